@@ -1,0 +1,44 @@
+"""itd: Inference-Time Decontamination for evaluation benchmarks.
+
+Library entry points: `load_benchmark`, `write_benchmark`, `scan`, `build_index`, `check`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Sample",
+    "Source",
+    "load_benchmark",
+    "write_benchmark",
+    "scan",
+    "ScanConfig",
+    "ScanReport",
+    "build_index",
+    "check",
+    "InputError",
+]
+
+_LAZY = {
+    "Sample": "itd.data",
+    "Source": "itd.data",
+    "load_benchmark": "itd.data",
+    "write_benchmark": "itd.data",
+    "scan": "itd.scan",
+    "ScanConfig": "itd.scan",
+    "ScanReport": "itd.report",
+    "build_index": "itd.index",
+    "check": "itd.index",
+    "InputError": "itd.errors",
+}
+
+
+def __getattr__(name: str):
+    # Lazy so that `import itd` (and the pre-commit check) stays light.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'itd' has no attribute {name!r}")
