@@ -1,0 +1,227 @@
+"""Streaming corpus readers: JSONL (plain, .gz, .zst), plain text, parquet; files, directories and globs.
+
+Nothing is loaded whole: documents are yielded one by one with an id (`file:line`) that evidence points to.
+Large uncompressed files are split into byte-range shards (cut at line starts) so several processes can read
+one file; each shard knows the line number it starts at, so ids are the same however the corpus is split.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from itd.errors import InputError, require
+
+__all__ = ["Document", "Shard", "expand_paths", "plan_shards", "ShardReader", "iter_documents", "CORPUS_SUFFIXES"]
+
+CORPUS_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".txt", ".txt.gz", ".txt.zst", ".parquet")
+_READ_BLOCK = 1 << 24
+
+
+@dataclass(slots=True)
+class Document:
+    """One corpus document: its file, 1-based line (JSONL/text) or row (parquet), and text."""
+
+    file: str
+    line: int
+    text: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """A unit of corpus work: a whole file, or a byte range [start, end) of an uncompressed line file."""
+
+    path: str
+    kind: str  # "jsonl", "txt" or "parquet"
+    compression: str | None  # None, "gz" or "zst"
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+    size: int = 0  # bytes on disk covered by the shard, for progress
+
+
+def _kind(path: Path) -> tuple[str, str | None]:
+    name = path.name.lower()
+    compression = None
+    for ext, comp in ((".gz", "gz"), (".zst", "zst")):
+        if name.endswith(ext):
+            name, compression = name[: -len(ext)], comp
+    if name.endswith(".parquet"):
+        return "parquet", compression
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl", compression
+    return "txt", compression
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named by `paths`: files as given, directories walked for corpus files, globs expanded."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(CORPUS_SUFFIXES))
+            if not found:
+                raise InputError("directory holds no corpus files (" + ", ".join(CORPUS_SUFFIXES) + ")", path=str(p))
+            out.extend(found)
+        elif glob.has_magic(str(raw)):
+            found = sorted(Path(f) for f in glob.glob(str(raw), recursive=True) if Path(f).is_file())
+            if not found:
+                raise InputError("glob matches no files", path=str(raw))
+            out.extend(found)
+        else:
+            raise InputError("no such file or directory", path=str(raw))
+    return out
+
+
+def plan_shards(paths: Iterable[str | os.PathLike], shard_bytes: int | None = None) -> list[Shard]:
+    """Split the corpus into shards. With `shard_bytes`, uncompressed line files larger than that are cut into
+    byte ranges at line starts (one sequential pass counts lines so every shard knows its first line)."""
+    shards: list[Shard] = []
+    for path in expand_paths(paths):
+        kind, comp = _kind(path)
+        size = path.stat().st_size
+        if not shard_bytes or comp or kind == "parquet" or size <= shard_bytes:
+            shards.append(Shard(str(path), kind, comp, size=size))
+            continue
+        with open(path, "rb") as f:
+            start, line = 0, 1
+            while start < size:
+                # count newlines up to the next cut, then extend the cut to the end of its line
+                f.seek(start)
+                data = f.read(shard_bytes)
+                end = start + len(data)
+                if end < size:
+                    rest = f.readline()
+                    data += rest
+                    end += len(rest)
+                shards.append(Shard(str(path), kind, None, start, end, line, end - start))
+                line += data.count(b"\n")
+                start = end
+    return shards
+
+
+class ShardReader:
+    """Iterates the documents of one shard. `consumed` is the number of on-disk bytes read so far."""
+
+    def __init__(self, shard: Shard, text_field: str = "text"):
+        self.shard = shard
+        self.text_field = text_field
+        self.consumed = 0
+
+    def __iter__(self) -> Iterator[Document]:
+        if self.shard.kind == "parquet":
+            yield from self._parquet()
+        else:
+            yield from self._lines()
+
+    def _lines(self) -> Iterator[Document]:
+        s = self.shard
+        try:
+            with open(s.path, "rb") as raw:
+                if s.compression == "gz":
+                    stream = gzip.GzipFile(fileobj=raw)
+                elif s.compression == "zst":
+                    zstd = require("zstandard", "core", "Reading .zst corpora")
+                    stream = io.BufferedReader(zstd.ZstdDecompressor().stream_reader(raw), _READ_BLOCK)
+                else:
+                    raw.seek(s.start)
+                    stream = raw
+                parse = self._json_docs if s.kind == "jsonl" else self._text_docs
+                yield from parse(self._raw_lines(stream, raw))
+        except (OSError, EOFError) as exc:
+            raise InputError(f"cannot read corpus file: {exc}", path=s.path) from exc
+        self.consumed = s.size
+
+    def _raw_lines(self, stream, raw) -> Iterator[tuple[int, bytes]]:
+        s = self.shard
+        limit = None if s.end is None else s.end - s.start
+        pos = 0
+        line_no = s.first_line
+        for line in stream:
+            if limit is not None and pos >= limit:
+                break
+            pos += len(line)
+            yield line_no, line
+            line_no += 1
+            if not line_no & 255:
+                self.consumed = pos if s.compression is None else raw.tell()
+
+    def _json_docs(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[Document]:
+        field = self.text_field
+        path = self.shard.path
+        for line_no, line in lines:
+            if not line.strip():
+                continue
+            if line_no == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            try:
+                rec = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"invalid JSON ({exc})", path=path, line=line_no) from None
+            if not isinstance(rec, dict):
+                raise InputError("a JSONL corpus line must be an object", path=path, line=line_no)
+            text = rec.get(field)
+            if not isinstance(text, str):
+                what = "missing" if field not in rec else f"not a string ({type(text).__name__})"
+                raise InputError(
+                    f"text field {field!r} is {what}; fields here: {', '.join(list(rec)[:8])} (set --text-field)",
+                    path=path,
+                    line=line_no,
+                )
+            yield Document(path, line_no, text)
+
+    def _text_docs(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[Document]:
+        """Plain text: one document per paragraph (blank-line separated); id is its first line."""
+        path = self.shard.path
+        buf: list[str] = []
+        first = 0
+        for line_no, line in lines:
+            text = line.decode("utf-8", "replace")
+            if text.strip():
+                if not buf:
+                    first = line_no
+                buf.append(text)
+            elif buf:
+                yield Document(path, first, "".join(buf))
+                buf = []
+        if buf:
+            yield Document(path, first, "".join(buf))
+
+    def _parquet(self) -> Iterator[Document]:
+        pq = require("pyarrow.parquet", "parquet", "Reading parquet corpora")
+        path = self.shard.path
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises its own error types
+            raise InputError(f"cannot read parquet file: {exc}", path=path) from None
+        if self.text_field not in pf.schema_arrow.names:
+            raise InputError(
+                f"parquet file has no column {self.text_field!r}; columns: {', '.join(pf.schema_arrow.names)} (set --text-field)",
+                path=path,
+            )
+        row = 1
+        total_rows = max(1, pf.metadata.num_rows)
+        for batch in pf.iter_batches(columns=[self.text_field], batch_size=4096):
+            for text in batch.column(0).to_pylist():
+                if isinstance(text, str):
+                    yield Document(path, row, text)
+                row += 1
+            self.consumed = int(self.shard.size * (row - 1) / total_rows)
+
+
+def iter_documents(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[Document]:
+    """Every document of a corpus, in order, streamed."""
+    for shard in plan_shards(paths):
+        yield from ShardReader(shard, text_field)

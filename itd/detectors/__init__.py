@@ -1,0 +1,7 @@
+"""Corpus-side contamination detectors, behind one interface and a registry (`DETECTORS`)."""
+
+from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding
+from itd.detectors import ngram as _ngram  # noqa: F401  (registers "ngram")
+from itd.detectors import minhash as _minhash  # noqa: F401  (registers "minhash")
+
+__all__ = ["DETECTORS", "CorpusDetector", "DocBatch", "Evidence", "EvidenceBook", "Finding"]

@@ -1,0 +1,187 @@
+"""The corpus-detector interface, its registry, and the records detectors produce.
+
+A corpus detector is fitted on the benchmark once, then streams document batches: `scan_batch` returns a
+partial result, partial results from any number of batches or worker processes are combined with `merge`,
+and `finish` turns the merged partial into one `Finding` per sample. Detectors are picklable so a process pool
+or a cluster can run them.
+"""
+
+from __future__ import annotations
+
+import abc
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from itd.corpus import Document
+from itd.data import Sample
+from itd.registry import Registry
+from itd.text import TokenizedBatch, fold_for_alignment
+
+__all__ = [
+    "DETECTORS",
+    "CorpusDetector",
+    "DocBatch",
+    "Evidence",
+    "EvidenceBook",
+    "Finding",
+    "align",
+]
+
+DETECTORS: Registry[type["CorpusDetector"]] = Registry("detector")
+
+
+@dataclass(slots=True)
+class DocBatch:
+    """A batch of corpus documents with their normalised texts tokenised once for every detector."""
+
+    docs: list[Document]
+    normalized: list[str]
+    tokens: TokenizedBatch
+
+
+@dataclass(slots=True, order=True)
+class Evidence:
+    """A verified match: where in which corpus document a sample (or a part of it) was found."""
+
+    score: float
+    detector: str = field(compare=False)
+    match: str = field(compare=False)  # "raw", "numnorm" (ngram) or "fuzzy" (minhash)
+    part: str = field(compare=False)  # "question", "answer" or "question+answer"
+    doc: str = field(compare=False)  # "file:line"
+    start: int = field(compare=False)  # character offsets in the document text
+    end: int = field(compare=False)
+    text: str = field(compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "match": self.match,
+            "part": self.part,
+            "doc": self.doc,
+            "start": self.start,
+            "end": self.end,
+            "score": round(self.score, 2),
+            "text": self.text,
+        }
+
+
+class EvidenceBook:
+    """The best `limit` pieces of evidence per sample (highest score first), mergeable across workers."""
+
+    def __init__(self, limit: int = 5):
+        if limit < 1:
+            raise ValueError("evidence limit must be >= 1")
+        self.limit = limit
+        self._heaps: dict[int, list[Evidence]] = {}
+
+    def add(self, sample: int, ev: Evidence) -> None:
+        """Keep `ev` if it is among the best; overlapping evidence of one kind in one document counts once."""
+        heap = self._heaps.setdefault(sample, [])
+        for i, e in enumerate(heap):
+            if (e.doc, e.detector, e.part) == (ev.doc, ev.detector, ev.part) and e.start < ev.end and ev.start < e.end:
+                if ev.score > e.score:
+                    heap[i] = ev
+                    heapq.heapify(heap)
+                return
+        if len(heap) < self.limit:
+            heapq.heappush(heap, ev)
+        elif ev.score > heap[0].score:
+            heapq.heapreplace(heap, ev)
+
+    def merge(self, other: "EvidenceBook") -> "EvidenceBook":
+        for sample, evs in other._heaps.items():
+            for ev in evs:
+                self.add(sample, ev)
+        return self
+
+    def get(self, sample: int) -> list[Evidence]:
+        return sorted(self._heaps.get(sample, ()), key=lambda e: (-e.score, e.doc, e.start))
+
+    def shift_lines(self, file: str, offset: int) -> None:
+        """Add `offset` to the line number of every evidence from `file` (used when merging file shards)."""
+        prefix = file + ":"
+        for evs in self._heaps.values():
+            for ev in evs:
+                if ev.doc.startswith(prefix):
+                    ev.doc = f"{file}:{int(ev.doc[len(prefix):]) + offset}"
+
+
+@dataclass(slots=True)
+class Finding:
+    """What one detector concluded about one sample.
+
+    `input_hit`/`label_hit`: the detector found the question / the answer part in the corpus under its own
+    thresholds. `details` holds the detector's numbers (coverage, best similarity) for the report.
+    """
+
+    detector: str
+    input_hit: bool
+    label_hit: bool
+    details: dict[str, Any]
+    evidence: list[Evidence]
+    checked: bool = True
+
+
+def align(needle: str, doc_text: str, lo: int, hi: int, margin: int) -> tuple[float, int, int]:
+    """Best fuzzy alignment of `needle` inside `doc_text[lo-margin : hi+margin]`.
+
+    Only that bounded window is compared, never the whole document. rapidfuzz's partial-ratio alignment finds
+    the span; the score is the plain similarity ratio of the whole needle with that span (0-100), so a span
+    that holds only part of the needle scores low. Case, punctuation and whitespace runs are folded first.
+    Returns (score, start, end) in document character offsets.
+    """
+    from rapidfuzz import fuzz
+
+    w0 = max(0, lo - margin)
+    w1 = min(len(doc_text), hi + margin)
+    folded_needle, _ = fold_for_alignment(needle)
+    window, index = fold_for_alignment(doc_text[w0:w1])
+    if not folded_needle or not window:
+        return 0.0, w0, w0
+    res = fuzz.partial_ratio_alignment(folded_needle, window)
+    if len(folded_needle) <= len(window):
+        a, b = res.dest_start, res.dest_end
+    else:  # the window is shorter than the needle: all of it is the match
+        a, b = 0, len(window)
+    score = fuzz.ratio(folded_needle, window[a:b])
+    start = w0 + index[a]
+    end = w0 + index[b - 1] + 1 if b > a else start
+    return float(score), start, end
+
+
+class CorpusDetector(abc.ABC):
+    """Finds benchmark samples inside a streamed corpus."""
+
+    name: ClassVar[str]
+
+    def __init__(self, evidence_limit: int = 5):
+        if evidence_limit < 1:
+            raise ValueError("evidence_limit must be >= 1")
+        self.evidence_limit = evidence_limit
+        self.samples: list[Sample] = []
+
+    @abc.abstractmethod
+    def fit(self, samples: Sequence[Sample]) -> "CorpusDetector":
+        """Index the benchmark; returns self."""
+
+    @abc.abstractmethod
+    def empty(self) -> Any:
+        """A partial result for no documents."""
+
+    @abc.abstractmethod
+    def scan_batch(self, batch: DocBatch) -> Any:
+        """Scan one batch of documents; returns a partial result."""
+
+    @abc.abstractmethod
+    def merge(self, a: Any, b: Any) -> Any:
+        """Combine two partial results (may modify and return `a`)."""
+
+    @abc.abstractmethod
+    def finish(self, partial: Any) -> list[Finding]:
+        """One `Finding` per fitted sample, in sample order."""
+
+    @staticmethod
+    def evidence_of(partial: Any) -> EvidenceBook:
+        """The evidence book inside a partial result (used to fix line numbers of sharded files)."""
+        return partial.evidence

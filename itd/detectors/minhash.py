@@ -1,0 +1,245 @@
+"""Fuzzy near-duplicates: MinHash-LSH over item-sized sliding windows of each document.
+
+Document-level Jaccard cannot see a short item inside a long document, so each document is cut into windows
+about the size of the benchmark items and every window is compared with an LSH index (datasketch `MinHashLSH`)
+of the items. Window signatures are computed for all windows at once with numpy: every shingle is permuted once,
+then signatures are minima over blocks of shingles (datasketch's "affine32" scheme, bit for bit). A numpy
+band-hash prefilter skips windows that share no LSH band with any item; the rest are queried against the
+datasketch index and every candidate is verified with rapidfuzz on a bounded window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from itd.data import Sample
+from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, align
+from itd.detectors.ngram import byte_to_char
+from itd.errors import require
+from itd.text import mix64, ngram_hashes, normalize, tokenize
+
+__all__ = ["MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "permute"]
+
+PARTS = ("question", "question+answer")
+_CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
+_U32 = np.uint32
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser (the pre-mix of datasketch's affine32 scheme)."""
+    h = h.astype(_U32, copy=True)
+    with np.errstate(over="ignore"):
+        h ^= h >> _U32(16)
+        h *= _U32(0x85EBCA6B)
+        h ^= h >> _U32(13)
+        h *= _U32(0xC2B2AE35)
+        h ^= h >> _U32(16)
+    return h
+
+
+def shingle_hashes32(token_hashes: np.ndarray, doc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of every k-token shingle inside one document, and each shingle's first token index."""
+    h, pos = ngram_hashes(token_hashes, doc, [k])[k]
+    return (h ^ (h >> np.uint64(32))).astype(_U32), pos
+
+
+def permute(h32: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Permuted hash values, shape (len(h32), num_perm): `fmix32(h) * a + b mod 2^32` as datasketch does."""
+    with np.errstate(over="ignore"):
+        return fmix32(h32)[:, None] * a[None, :] + b[None, :]
+
+
+def _range_min(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Row-wise minimum of `values[lo[i]:hi[i]]` for every i (sparse table; hi > lo)."""
+    length = hi - lo
+    level = np.floor(np.log2(length)).astype(np.int64)
+    out = np.empty((lo.size, values.shape[1]), dtype=values.dtype)
+    table = values
+    for j in range(int(level.max()) + 1):
+        if j:
+            half = 1 << (j - 1)
+            table = np.minimum(table[:-half], table[half:])
+        sel = np.flatnonzero(level == j)
+        if sel.size:
+            out[sel] = np.minimum(table[lo[sel]], table[hi[sel] - (1 << j)])
+    return out
+
+
+def _window_sizes(lengths: np.ndarray, ratio: float = 1.25) -> np.ndarray:
+    """Geometric buckets of item lengths: every item gets a window within a factor `ratio` of its length."""
+    lo, hi = int(lengths.min()), int(lengths.max())
+    sizes = [lo]
+    while sizes[-1] * ratio < hi:
+        sizes.append(int(np.ceil(sizes[-1] * ratio)))
+    sizes.append(hi)
+    return np.unique(sizes)
+
+
+@dataclass(slots=True)
+class MinHashPartial:
+    """Best verified similarity per (sample, part) and evidence; mergeable."""
+
+    best: np.ndarray  # shape (n_samples, 2), rapidfuzz score, 0 when nothing verified
+    evidence: EvidenceBook
+
+
+@DETECTORS.register("minhash")
+class MinHashDetector(CorpusDetector):
+    """MinHash-LSH near-duplicate detector.
+
+    threshold: Jaccard threshold of the LSH index; min_score: rapidfuzz partial-ratio a candidate must reach;
+    num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed.
+    """
+
+    name = "minhash"
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        min_score: float = 80.0,
+        num_perm: int = 64,
+        shingle: int = 3,
+        min_tokens: int = 10,
+        seed: int = 1,
+        evidence_limit: int = 5,
+    ):
+        super().__init__(evidence_limit)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if not 0.0 <= min_score <= 100.0:
+            raise ValueError(f"min_score must be in [0, 100], got {min_score}")
+        if num_perm < 8 or shingle < 1 or min_tokens < shingle:
+            raise ValueError("need num_perm >= 8, shingle >= 1 and min_tokens >= shingle")
+        self.threshold, self.min_score, self.num_perm = threshold, min_score, num_perm
+        self.shingle, self.min_tokens, self.seed = shingle, min_tokens, seed
+
+    def _minhash(self, hashvalues: np.ndarray):
+        datasketch = require("datasketch", "core", "The minhash detector")
+        return datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, hashvalues=hashvalues, scheme="affine32")
+
+    def fit(self, samples: Sequence[Sample]) -> "MinHashDetector":
+        datasketch = require("datasketch", "core", "The minhash detector")
+        self.samples = list(samples)
+        a, b = datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, scheme="affine32").permutations
+        self._a, self._b = np.asarray(a, dtype=_U32), np.asarray(b, dtype=_U32)
+        # entry e: sample e // 2, part e % 2 (0 = question, 1 = question + answer)
+        texts = []
+        for s in self.samples:
+            q, ans = normalize(s.prompt_text()), normalize(s.answer_text())
+            texts += [q, q + "\n" + ans if ans.strip() else ""]
+        self._texts = texts
+        tb = tokenize(texts, normalized=True)
+        lengths = np.diff(tb.doc_token_offsets)
+        h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
+        entry = tb.doc[pos]
+        keep = lengths[entry] >= self.min_tokens
+        sigs = np.full((len(texts), self.num_perm), np.iinfo(_U32).max, dtype=_U32)
+        if keep.any():
+            np.minimum.at(sigs, entry[keep], permute(h32[keep], self._a, self._b))
+        indexed = np.flatnonzero(lengths >= self.min_tokens)
+        indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
+        self._lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        with self._lsh.insertion_session() as session:
+            for e in indexed:
+                session.insert(int(e), self._minhash(sigs[e]))
+        self._bands = [(s, t) for s, t in self._lsh.hashranges]
+        rng = np.random.default_rng(self.seed)
+        self._band_mult = rng.integers(1, 1 << 63, size=self.num_perm, dtype=np.uint64) | np.uint64(1)
+        self._band_keys = [np.unique(self._band_hash(sigs[indexed], s, t)) for s, t in self._bands]
+        self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
+        return self
+
+    def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            h = (sigs[:, start:end].astype(np.uint64) * self._band_mult[: end - start]).sum(axis=1, dtype=np.uint64)
+        return mix64(h)
+
+    def empty(self) -> MinHashPartial:
+        return MinHashPartial(np.zeros((len(self.samples), 2)), EvidenceBook(self.evidence_limit))
+
+    def scan_batch(self, batch: DocBatch) -> MinHashPartial:
+        part = self.empty()
+        tb = batch.tokens
+        if not self._sizes.size or tb.n_tokens < self.shingle:
+            return part
+        h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
+        if not h32.size:
+            return part
+        doc = tb.doc[pos]
+        run_start = np.searchsorted(doc, np.arange(len(batch.docs) + 1))
+        lo, hi = self._window_bounds(run_start)
+        candidates = []
+        for c0 in range(0, h32.size, _CHUNK):
+            sel = np.flatnonzero((lo >= c0) & (lo < c0 + _CHUNK))
+            if not sel.size:
+                continue
+            c1 = int(hi[sel].max())
+            sigs = _range_min(permute(h32[c0:c1], self._a, self._b), lo[sel] - c0, hi[sel] - c0)
+            hit = np.zeros(sel.size, dtype=bool)
+            for (s, t), keys in zip(self._bands, self._band_keys):
+                bh = self._band_hash(sigs, s, t)
+                i = np.searchsorted(keys, bh)
+                i[i == keys.size] = 0
+                hit |= keys[i] == bh
+            for w in np.flatnonzero(hit):
+                first, last = int(pos[lo[sel[w]]]), int(pos[hi[sel[w]] - 1]) + self.shingle - 1
+                for e in self._lsh.query(self._minhash(sigs[w])):
+                    candidates.append((int(tb.doc[first]), int(e), first, last))
+        self._verify(batch, candidates, part)
+        return part
+
+    def _window_bounds(self, run_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi) shingle ranges of every item-sized window, stride 1/8 of its size, inside one document."""
+        n_in_doc = np.diff(run_start)
+        los, his = [], []
+        for size in self._sizes:
+            n_sh = max(1, int(size) - self.shingle + 1)
+            stride = max(1, n_sh // 8)
+            per_doc = np.where(n_in_doc > 0, np.maximum(1, -(-(n_in_doc - n_sh + 1) // stride)), 0)
+            d = np.repeat(np.arange(n_in_doc.size), per_doc)
+            k = np.arange(d.size) - np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
+            lo = run_start[d] + k * stride
+            los.append(lo)
+            his.append(np.minimum(lo + n_sh, run_start[d + 1]))
+        return np.concatenate(los), np.concatenate(his)
+
+    def _verify(self, batch: DocBatch, candidates: list[tuple[int, int, int, int]], part: MinHashPartial) -> None:
+        """Verify each (document, item) candidate once, over the union of its candidate windows."""
+        spans: dict[tuple[int, int], list[int]] = {}
+        for d, e, first, last in candidates:
+            span = spans.setdefault((d, e), [first, last])
+            span[0], span[1] = min(span[0], first), max(span[1], last)
+        tb = batch.tokens
+        for (d, e), (first, last) in spans.items():
+            document = batch.docs[d]
+            lo, hi = (int(x) for x in byte_to_char(batch.normalized[d], np.array([tb.starts[first], tb.ends[last]])))
+            sample, which = divmod(e, 2)
+            needle = self._texts[e]
+            score, a, b = align(needle, document.text, lo, hi, margin=max(32, len(needle) // 4))
+            if score < self.min_score:
+                continue
+            part.best[sample, which] = max(part.best[sample, which], score)
+            part.evidence.add(sample, Evidence(score, self.name, "fuzzy", PARTS[which], document.id, a, b, document.text[a:b]))
+
+    def merge(self, a: MinHashPartial, b: MinHashPartial) -> MinHashPartial:
+        np.maximum(a.best, b.best, out=a.best)
+        a.evidence.merge(b.evidence)
+        return a
+
+    def finish(self, partial: MinHashPartial) -> list[Finding]:
+        findings = []
+        for i in range(len(self.samples)):
+            q, qa = partial.best[i]
+            findings.append(
+                Finding(
+                    self.name,
+                    input_hit=bool(max(q, qa) >= self.min_score),
+                    label_hit=bool(qa >= self.min_score),
+                    details={"fuzzy": {"question": round(float(q), 2), "question+answer": round(float(qa), 2)}},
+                    evidence=partial.evidence.get(i),
+                )
+            )
+        return findings

@@ -1,0 +1,255 @@
+"""Exact n-gram containment (GPT-3 / Llama-2 / PaLM style), with a raw and a number-normalised pass.
+
+The benchmark's n-grams are indexed (the benchmark is small) and the corpus is streamed past them. Per sample
+the detector reports coverage, the fraction of its tokens covered by n-grams found in the corpus, separately for
+the question part and the answer part. The number-normalised pass turns every number into one placeholder, so
+a copy with the numbers changed is caught too; the finding says which pass matched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from itd.data import Sample
+from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, align
+from itd.text import ngram_hashes, normalize, tokenize
+
+__all__ = ["NGramDetector", "NGramPartial", "byte_to_char"]
+
+PASSES = ("raw", "numnorm")
+_MAX_OCCURRENCES = 64  # an n-gram shared by more samples than this is boilerplate: counted, not used as evidence
+
+
+@dataclass(slots=True)
+class _Table:
+    """Sorted unique n-gram hashes of the benchmark for one (pass, n), with their occurrences."""
+
+    keys: np.ndarray  # sorted unique uint64
+    ptr: np.ndarray  # occurrences of keys[u] are occ[ptr[u]:ptr[u+1]]
+    occ: np.ndarray  # global benchmark token index of each occurrence's first token
+
+
+@dataclass(slots=True)
+class NGramPartial:
+    """Which benchmark n-grams were seen, per pass and n, plus evidence; mergeable."""
+
+    found: dict[tuple[int, int], np.ndarray]
+    evidence: EvidenceBook
+
+
+def byte_to_char(text: str, offsets: np.ndarray) -> np.ndarray:
+    """Map byte offsets in `text.encode()` to character offsets in `text`."""
+    if text.isascii():
+        return offsets
+    raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    char_of_byte = np.concatenate([[0], np.cumsum((raw & 0xC0) != 0x80)])
+    return char_of_byte[np.clip(offsets, 0, raw.size)]
+
+
+@DETECTORS.register("ngram")
+class NGramDetector(CorpusDetector):
+    """Exact n-gram containment with coverage per part and a number-normalised pass.
+
+    n: n-gram length; short items (fewer than `short_item_tokens` tokens, question and answer together) use
+    `n_short`; items shorter than `n_short` are matched whole if they have at least `min_tokens` tokens, else
+    reported unchecked. A question coverage >= `input_threshold` marks the input as contaminated, an answer
+    coverage >= `label_threshold` the label.
+    """
+
+    name = "ngram"
+
+    def __init__(
+        self,
+        n: int = 13,
+        n_short: int = 8,
+        short_item_tokens: int = 26,
+        min_tokens: int = 5,
+        input_threshold: float = 0.4,
+        label_threshold: float = 0.4,
+        evidence_limit: int = 5,
+    ):
+        super().__init__(evidence_limit)
+        if not 1 <= n_short <= n:
+            raise ValueError(f"need 1 <= n_short <= n, got n={n}, n_short={n_short}")
+        if not 1 <= min_tokens <= n_short:
+            raise ValueError(f"need 1 <= min_tokens <= n_short, got {min_tokens}")
+        for name, t in (("input_threshold", input_threshold), ("label_threshold", label_threshold)):
+            if not 0.0 < t <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {t}")
+        self.n, self.n_short, self.short_item_tokens, self.min_tokens = n, n_short, short_item_tokens, min_tokens
+        self.input_threshold, self.label_threshold = input_threshold, label_threshold
+
+    # ---- benchmark side -------------------------------------------------------------------------------
+    def fit(self, samples: Sequence[Sample]) -> "NGramDetector":
+        self.samples = list(samples)
+        texts: list[str] = []
+        for s in self.samples:
+            texts += [normalize(s.prompt_text()), normalize(s.answer_text())]
+        self._norm = texts
+        tb = tokenize(texts, normalized=True)
+        n_samples = len(self.samples)
+        sample_of = (tb.doc // 2).astype(np.int64)
+        self._is_answer = (tb.doc % 2).astype(bool)
+        self._sample_start = tb.doc_token_offsets[0::2]  # length n_samples + 1 (offsets of even texts, then end)
+        if self._sample_start.size < n_samples + 1:
+            self._sample_start = np.append(self._sample_start, tb.n_tokens)
+        lengths = np.diff(self._sample_start)
+        self._prompt_len = tb.doc_token_offsets[1::2][:n_samples] - self._sample_start[:n_samples]
+        n_eff = np.where(lengths >= self.short_item_tokens, self.n, self.n_short)
+        n_eff = np.where(lengths < self.n_short, lengths, n_eff)
+        self._n_eff = np.where(lengths < self.min_tokens, 0, n_eff)
+        self.ns = sorted(set(int(v) for v in self._n_eff if v > 0))
+        # character offsets of each benchmark token inside its own normalised text (for evidence needles)
+        self._tok_start = tb.starts.copy()
+        self._tok_end = tb.ends.copy()
+        for d in np.flatnonzero([not t.isascii() for t in texts]):
+            sl = slice(tb.doc_token_offsets[d], tb.doc_token_offsets[d + 1])
+            self._tok_start[sl] = byte_to_char(texts[d], tb.starts[sl])
+            self._tok_end[sl] = byte_to_char(texts[d], tb.ends[sl])
+        self._tok_doc = tb.doc
+        self._tables: dict[tuple[int, int], _Table] = {}
+        for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
+            for n, (h, pos) in ngram_hashes(hashes, sample_of, self.ns).items():
+                keep = self._n_eff[sample_of[pos]] == n
+                h, pos = h[keep], pos[keep]
+                order = np.argsort(h, kind="stable")
+                h, pos = h[order], pos[order]
+                keys, first = np.unique(h, return_index=True)
+                self._tables[(p, n)] = _Table(keys, np.append(first, h.size).astype(np.int64), pos)
+        self._n_tokens = tb.n_tokens
+        self._sample_of = sample_of
+        return self
+
+    def empty(self) -> NGramPartial:
+        found = {k: np.zeros(t.keys.size, dtype=bool) for k, t in self._tables.items()}
+        return NGramPartial(found, EvidenceBook(self.evidence_limit))
+
+    # ---- corpus side ----------------------------------------------------------------------------------
+    def scan_batch(self, batch: DocBatch) -> NGramPartial:
+        part = self.empty()
+        tb = batch.tokens
+        if tb.n_tokens == 0 or not self._tables:
+            return part
+        groups: list[tuple[np.ndarray, ...]] = []  # per hit: corpus first token, benchmark first token, n, pass
+        for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
+            for n, (q, pos) in ngram_hashes(hashes, tb.doc, self.ns).items():
+                table = self._tables[(p, n)]
+                if not table.keys.size or not q.size:
+                    continue
+                idx = np.searchsorted(table.keys, q)
+                idx[idx == table.keys.size] = 0
+                hit = np.flatnonzero(table.keys[idx] == q)
+                if not hit.size:
+                    continue
+                u = idx[hit]
+                part.found[(p, n)][u] = True
+                counts = table.ptr[u + 1] - table.ptr[u]
+                usable = counts <= _MAX_OCCURRENCES
+                u, cpos, counts = u[usable], pos[hit][usable], counts[usable]
+                if not u.size:
+                    continue
+                # expand each hit to every benchmark occurrence of its n-gram
+                rep = np.repeat(np.arange(u.size), counts)
+                within = np.arange(rep.size) - np.repeat(np.cumsum(counts) - counts, counts)
+                bpos = table.occ[table.ptr[u][rep] + within]
+                groups.append((cpos[rep], bpos, np.full(rep.size, n), np.full(rep.size, p)))
+        if groups:
+            self._collect_evidence(batch, *(np.concatenate(g) for g in zip(*groups)), book=part.evidence)
+        return part
+
+    def _collect_evidence(self, batch: DocBatch, cpos, bpos, ns, passes, book: EvidenceBook) -> None:
+        """Group hits by (document, sample) and verify each group's span with rapidfuzz."""
+        tb = batch.tokens
+        doc = tb.doc[cpos].astype(np.int64)
+        sample = self._sample_of[bpos]
+        key = doc * len(self.samples) + sample
+        order = np.argsort(key, kind="stable")
+        key, cpos, bpos, ns, passes, doc, sample = (a[order] for a in (key, cpos, bpos, ns, passes, doc, sample))
+        cut = np.flatnonzero(np.diff(key)) + 1
+        starts = np.concatenate([[0], cut])
+        c_lo = np.minimum.reduceat(cpos, starts)
+        c_hi = np.maximum.reduceat(cpos + ns - 1, starts)
+        b_lo = np.minimum.reduceat(bpos, starts)
+        b_hi = np.maximum.reduceat(bpos + ns - 1, starts)
+        pass_bits = np.bitwise_or.reduceat(1 << passes, starts)
+        for g, first in enumerate(starts):
+            d, s = int(doc[first]), int(sample[first])
+            needle, part_name = self._needle(int(b_lo[g]), int(b_hi[g]))
+            document = batch.docs[d]
+            lo_b, hi_b = int(tb.starts[c_lo[g]]), int(tb.ends[c_hi[g]])
+            lo, hi = (int(x) for x in byte_to_char(batch.normalized[d], np.array([lo_b, hi_b])))
+            score, a, b = align(needle, document.text, lo, hi, margin=max(32, len(needle) // 4))
+            match = "raw" if pass_bits[g] & 1 else "numnorm"
+            book.add(s, Evidence(score, self.name, match, part_name, document.id, a, b, document.text[a:b]))
+
+    def _needle(self, g0: int, g1: int) -> tuple[str, str]:
+        """Normalised benchmark text spanning global benchmark tokens g0..g1, and which part it covers."""
+        d0, d1 = int(self._tok_doc[g0]), int(self._tok_doc[g1])
+        a, b = int(self._tok_start[g0]), int(self._tok_end[g1])
+        if d0 == d1:
+            return self._norm[d0][a:b], ("answer" if d0 % 2 else "question")
+        return self._norm[d0][a:] + "\n" + self._norm[d1][:b], "question+answer"
+
+    def merge(self, a: NGramPartial, b: NGramPartial) -> NGramPartial:
+        for k, v in b.found.items():
+            a.found[k] |= v
+        a.evidence.merge(b.evidence)
+        return a
+
+    # ---- results --------------------------------------------------------------------------------------
+    def coverage(self, partial: NGramPartial) -> np.ndarray:
+        """Array [pass, sample, part] of covered-token fractions (part 0 = question, 1 = answer)."""
+        out = np.zeros((len(PASSES), len(self.samples), 2))
+        sample_of = self._sample_of
+        for p in range(len(PASSES)):
+            delta = np.zeros(self._n_tokens + 1, dtype=np.int64)
+            for (pp, n), table in self._tables.items():
+                if pp != p:
+                    continue
+                u = np.flatnonzero(partial.found[(pp, n)])
+                if not u.size:
+                    continue
+                counts = table.ptr[u + 1] - table.ptr[u]
+                rep = np.repeat(u, counts)
+                within = np.arange(rep.size) - np.repeat(np.cumsum(counts) - counts, counts)
+                first = table.occ[table.ptr[rep] + within]
+                np.add.at(delta, first, 1)
+                np.add.at(delta, first + n, -1)
+            covered = np.cumsum(delta[:-1]) > 0
+            for part in (0, 1):
+                mask = self._is_answer == bool(part)
+                hits = np.bincount(sample_of[mask & covered], minlength=len(self.samples))
+                total = np.bincount(sample_of[mask], minlength=len(self.samples))
+                out[p, :, part] = np.divide(hits, total, out=np.zeros(len(self.samples)), where=total > 0)
+        return out
+
+    def finish(self, partial: NGramPartial) -> list[Finding]:
+        cov = self.coverage(partial)
+        findings = []
+        for i in range(len(self.samples)):
+            q_hit = cov[:, i, 0] >= self.input_threshold
+            a_hit = cov[:, i, 1] >= self.label_threshold
+            crossed = q_hit | a_hit
+            match = "raw" if crossed[0] else ("numnorm" if crossed[1] else None)
+            details = {
+                "coverage": {
+                    name: {"question": round(float(cov[p, i, 0]), 4), "answer": round(float(cov[p, i, 1]), 4)}
+                    for p, name in enumerate(PASSES)
+                },
+                "match": match,
+                "n": int(self._n_eff[i]),
+            }
+            findings.append(
+                Finding(
+                    self.name,
+                    input_hit=bool(q_hit.any()),
+                    label_hit=bool(a_hit.any()),
+                    details=details,
+                    evidence=partial.evidence.get(i),
+                    checked=bool(self._n_eff[i] > 0),
+                )
+            )
+        return findings

@@ -1,0 +1,233 @@
+"""Corpus scan: stream a corpus past the fitted detectors, in one process or a local process pool.
+
+`scan(samples, corpus, config)` returns a `ScanReport` with one labelled result per sample. Work is split into
+shards (files, or byte ranges of large uncompressed files); every shard is read, normalised and tokenised once,
+in batches, and every detector sees each batch. Partial results merge in any order, so the report does not
+depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from itd.corpus import Document, Shard, ShardReader, plan_shards
+from itd.data import Sample
+from itd.detectors import DETECTORS
+from itd.detectors.base import CorpusDetector, DocBatch
+from itd.errors import InputError
+from itd.report import SampleResult, ScanReport, label_of
+from itd.text import normalize, tokenize
+
+__all__ = ["ScanConfig", "scan", "build_detectors", "Progress"]
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass(slots=True)
+class ScanConfig:
+    """Settings of a corpus scan. Every field has a CLI option and an `ITD_*` environment variable."""
+
+    detectors: tuple[str, ...] = ("ngram",)
+    n: int = 13
+    n_short: int = 8
+    input_threshold: float = 0.4
+    label_threshold: float = 0.4
+    fuzzy_threshold: float = 0.5  # MinHash Jaccard threshold of the LSH index
+    fuzzy_min_score: float = 80.0  # rapidfuzz score a fuzzy candidate must reach to count
+    num_perm: int = 64
+    shingle: int = 3
+    text_field: str = "text"
+    workers: int = 1
+    batch_chars: int = 1 << 20
+    shard_bytes: int = 32 << 20
+    evidence_limit: int = 5
+
+    def __post_init__(self) -> None:
+        self.detectors = tuple(d.strip().lower() for d in self.detectors if d.strip())
+        if not self.detectors:
+            raise InputError("at least one detector is needed")
+        for d in self.detectors:
+            DETECTORS.get(d)  # raises with a did-you-mean
+        if self.workers < 1:
+            raise InputError(f"workers must be >= 1, got {self.workers}")
+        if self.batch_chars < 1024:
+            raise InputError("batch_chars must be >= 1024")
+        if self.shard_bytes < 1 << 16:
+            raise InputError("shard_bytes must be >= 65536")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_detectors(config: ScanConfig) -> list[CorpusDetector]:
+    """Instantiate the configured detectors (not yet fitted)."""
+    out: list[CorpusDetector] = []
+    for name in config.detectors:
+        cls = DETECTORS.get(name)
+        if name == "ngram":
+            out.append(
+                cls(
+                    n=config.n,
+                    n_short=config.n_short,
+                    input_threshold=config.input_threshold,
+                    label_threshold=config.label_threshold,
+                    evidence_limit=config.evidence_limit,
+                )
+            )
+        elif name == "minhash":
+            out.append(
+                cls(
+                    threshold=config.fuzzy_threshold,
+                    min_score=config.fuzzy_min_score,
+                    num_perm=config.num_perm,
+                    shingle=config.shingle,
+                    evidence_limit=config.evidence_limit,
+                )
+            )
+        else:
+            out.append(cls(evidence_limit=config.evidence_limit))
+    return out
+
+
+def make_batch(docs: list[Document]) -> DocBatch:
+    """Normalise and tokenise a list of documents once, for every detector."""
+    normalized = [normalize(d.text) for d in docs]
+    return DocBatch(docs, normalized, tokenize(normalized, normalized=True))
+
+
+def _batches(docs: Iterable[Document], batch_chars: int) -> Iterable[list[Document]]:
+    batch: list[Document] = []
+    size = 0
+    for d in docs:
+        batch.append(d)
+        size += len(d.text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def scan_shard(
+    detectors: Sequence[CorpusDetector],
+    shard: Shard,
+    config: ScanConfig,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[list[Any], int]:
+    """Scan one shard with every detector; returns (partial per detector, documents read)."""
+    partials = [d.empty() for d in detectors]
+    reader = ShardReader(shard, config.text_field)
+    reported = 0
+    n_docs = 0
+    for docs in _batches(reader, config.batch_chars):
+        batch = make_batch(docs)
+        n_docs += len(docs)
+        for i, det in enumerate(detectors):
+            partials[i] = det.merge(partials[i], det.scan_batch(batch))
+        if on_bytes is not None and reader.consumed > reported:
+            on_bytes(reader.consumed - reported)
+            reported = reader.consumed
+    if on_bytes is not None and shard.size > reported:
+        on_bytes(shard.size - reported)
+    return partials, n_docs
+
+
+# ---- process pool -----------------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(detectors: list[CorpusDetector], config: ScanConfig, counter) -> None:
+    _WORKER.update(detectors=detectors, config=config, counter=counter)
+
+
+def _add_bytes(n: int) -> None:
+    counter = _WORKER["counter"]
+    with counter.get_lock():
+        counter.value += n
+
+
+def _worker_scan(shard: Shard) -> tuple[list[Any], int]:
+    return scan_shard(_WORKER["detectors"], shard, _WORKER["config"], _add_bytes)
+
+
+def _run_pool(detectors, shards, config, total, progress) -> tuple[list[Any], int]:
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("q", 0)
+    partials = [d.empty() for d in detectors]
+    n_docs = 0
+    with ProcessPoolExecutor(
+        max_workers=min(config.workers, len(shards)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(detectors, config, counter),
+    ) as pool:
+        pending = {pool.submit(_worker_scan, s) for s in shards}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    parts, docs = fut.result()
+                    n_docs += docs
+                    partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
+                if progress is not None:
+                    progress(min(counter.value, total), total)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return partials, n_docs
+
+
+def scan(
+    samples: Sequence[Sample],
+    corpus: Sequence[str | os.PathLike] | str | os.PathLike,
+    config: ScanConfig | None = None,
+    progress: Progress | None = None,
+) -> ScanReport:
+    """Find `samples` in `corpus` (files, directories or globs) and return a labelled `ScanReport`."""
+    config = config or ScanConfig()
+    if isinstance(corpus, (str, os.PathLike)):
+        corpus = [corpus]
+    if not samples:
+        raise InputError("the benchmark has no samples")
+    t0 = time.perf_counter()
+    detectors = [d.fit(samples) for d in build_detectors(config)]
+    shards = plan_shards(corpus, config.shard_bytes if config.workers > 1 else None)
+    total = sum(s.size for s in shards)
+    if config.workers > 1 and len(shards) > 1:
+        partials, n_docs = _run_pool(detectors, shards, config, total, progress)
+    else:
+        partials = [d.empty() for d in detectors]
+        n_docs = 0
+        done = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total)
+
+        for shard in shards:
+            parts, docs = scan_shard(detectors, shard, config, on_bytes)
+            n_docs += docs
+            partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
+    per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
+    results = []
+    for i, sample in enumerate(samples):
+        findings = [f[i] for f in per_detector]
+        results.append(SampleResult(sample, label_of(findings), findings))
+    seconds = time.perf_counter() - t0
+    stats = {
+        "documents": n_docs,
+        "bytes": total,
+        "shards": len(shards),
+        "workers": config.workers,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(total / 1e6 / seconds, 2) if seconds > 0 else None,
+    }
+    return ScanReport(results, config.to_dict(), stats)

@@ -1,0 +1,219 @@
+"""Text normalisation, tokenisation and n-gram hashing, vectorised with numpy.
+
+Normalisation folds unicode (NFKC), case, punctuation and whitespace; a token is a maximal run of letters and
+digits (digits joined by `,` or `.` stay one token, so `1,000` and `3.5` are single numbers). GSM8K calculator
+annotations `<<expr=result>>` are blanked. Positions are kept: for ASCII text a token's byte offsets in the
+normalised buffer are its character offsets in the original, which is what evidence needs.
+
+Token hashes are deterministic 64-bit values (no per-process salt), so persistent indexes built on one machine
+are valid on another.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "TokenizedBatch",
+    "normalize",
+    "tokenize",
+    "ngram_hashes",
+    "mix64",
+    "NUMBER_HASH",
+    "fold_for_alignment",
+]
+
+_U64 = np.uint64
+_NONWORD = re.compile(r"[\W_]")
+_ANNOTATION = re.compile(r"<<[^<>\n]*>>")
+_NON_SPACE = re.compile(r"\S+")
+
+# Byte classes of the normalised (lowercase) buffer: 1 = word byte. Bytes >= 0x80 belong to non-ASCII
+# letters/digits (non-word unicode characters were already folded to spaces).
+_WORD = np.zeros(256, dtype=bool)
+_WORD[ord("0") : ord("9") + 1] = True
+_WORD[ord("a") : ord("z") + 1] = True
+_WORD[0x80:] = True
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[ord("0") : ord("9") + 1] = True
+_JOINER = np.zeros(256, dtype=bool)
+_JOINER[[ord(","), ord(".")]] = True
+
+# Masks keeping the first k bytes of a little-endian uint64.
+_MASKS = np.array([(1 << (8 * k)) - 1 if k < 8 else (1 << 64) - 1 for k in range(9)], dtype=_U64)
+_CHUNKS = 4  # tokens up to 32 bytes are hashed vectorised; longer ones (rare) with blake2b
+
+NUMBER_HASH = np.uint64(0x9E3779B97F4A7C15)  # placeholder that every number token becomes in the number pass
+_NGRAM_MULT = np.uint64(0x100000001B3)
+_LEN_MULT = np.uint64(0xD6E8FEB86659FD93)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, elementwise on a uint64 array (returns a new array)."""
+    x = x.astype(_U64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> _U64(30)
+        x *= _U64(0xBF58476D1CE4E5B9)
+        x ^= x >> _U64(27)
+        x *= _U64(0x94D049BB133111EB)
+        x ^= x >> _U64(31)
+    return x
+
+
+def normalize(text: str) -> str:
+    """Normalise one text for matching. ASCII input keeps its length (offsets stay valid)."""
+    if text.isascii():
+        return text.lower()
+    text = unicodedata.normalize("NFKC", text).lower()
+    if "<<" in text:  # blank annotations before the fold below turns their brackets into spaces
+        text = _ANNOTATION.sub(lambda m: " " * len(m.group()), text)
+    return _NONWORD.sub(" ", text)
+
+
+def _blank_annotations(body: np.ndarray, word: np.ndarray) -> None:
+    """Mark GSM8K calculator annotations `<<expr=result>>` (on one line) as non-word bytes, in place."""
+    lt, gt, nl = body == ord("<"), body == ord(">"), body == ord("\n")
+    opens = np.flatnonzero(lt[:-1] & lt[1:])
+    closes = np.flatnonzero(gt[:-1] & gt[1:]) + 2  # one past the annotation
+    if not opens.size or not closes.size:
+        return
+    newlines = np.flatnonzero(nl)
+    nxt = np.searchsorted(closes, opens + 2)
+    ok = nxt < closes.size
+    opens, ends = opens[ok], closes[nxt[ok]]
+    # an annotation never spans a line
+    same_line = np.searchsorted(newlines, opens) == np.searchsorted(newlines, ends)
+    opens, ends = opens[same_line], ends[same_line]
+    delta = np.zeros(body.size + 1, dtype=np.int32)
+    np.add.at(delta, opens, 1)
+    np.add.at(delta, ends, -1)
+    word &= np.cumsum(delta[:-1]) <= 0
+
+
+def fold_for_alignment(text: str) -> tuple[str, list[int]]:
+    """Fold for the rapidfuzz verifier: lowercase, non-alphanumerics to spaces, whitespace runs collapsed.
+
+    Returns the folded text and, for each of its characters, the index of the character it came from.
+    """
+    folded = _NONWORD.sub(" ", text.lower())
+    if len(folded) != len(text):  # a rare lowercase mapping changed the length: offsets stay approximate
+        folded = folded[: len(text)].ljust(len(text))
+    out: list[str] = []
+    index: list[int] = []
+    for m in _NON_SPACE.finditer(folded):
+        if out:
+            out.append(" ")
+            index.append(m.start() - 1)
+        out.append(m.group())
+        index.extend(range(m.start(), m.end()))
+    return "".join(out), index
+
+
+@dataclass(slots=True)
+class TokenizedBatch:
+    """Tokens of a batch of texts, concatenated.
+
+    `hashes[i]` is token i's 64-bit hash, `is_number[i]` whether it starts with a digit, `starts/ends` its byte
+    offsets inside its own text's normalised UTF-8 encoding, `doc[i]` the index of its text, and
+    `doc_token_offsets[d]` the index of text d's first token (length n_docs + 1).
+    """
+
+    hashes: np.ndarray
+    is_number: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    doc: np.ndarray
+    doc_token_offsets: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.hashes.shape[0])
+
+    def number_hashes(self) -> np.ndarray:
+        """Token hashes with every number replaced by one placeholder (the number-normalised pass)."""
+        return np.where(self.is_number, NUMBER_HASH, self.hashes)
+
+
+def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatch:
+    """Tokenise and hash a batch of texts in one vectorised pass."""
+    encoded = [(t if normalized else normalize(t)).encode("utf-8", "surrogatepass") for t in texts]
+    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+    doc_byte_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(lengths + 1, out=doc_byte_offsets[1:])
+    # One separator byte between texts keeps tokens from spanning two texts; 8 zero bytes of padding let the
+    # unaligned 8-byte reads below run past the last token.
+    data = b"\n".join(encoded) + b"\n"
+    buf = np.frombuffer(data + b"\0" * 8, dtype=np.uint8)
+    body = buf[:-8]
+    word = _WORD[body]
+    if body.size > 2:
+        # a ',' or '.' between two digits joins them into one number token
+        word[1:-1] |= _JOINER[body[1:-1]] & _DIGIT[body[:-2]] & _DIGIT[body[2:]]
+    if b"<<" in data:
+        _blank_annotations(body, word)
+    edges = np.diff(word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    lens = ends - starts
+
+    # Read each token as up to four unaligned little-endian uint64 words and fold them into one hash.
+    words64 = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf.data, strides=(1,))
+    with np.errstate(over="ignore"):
+        h = lens.astype(_U64) * _LEN_MULT
+        for k in range(_CHUNKS):
+            rem = np.clip(lens - 8 * k, 0, 8)
+            if not rem.any():
+                break
+            chunk = words64[np.minimum(starts + 8 * k, words64.size - 1)] & _MASKS[rem]
+            h = mix64(h ^ chunk)
+    long_tokens = np.flatnonzero(lens > 8 * _CHUNKS)
+    for i in long_tokens:  # rare: URLs, base64, very long words
+        digest = blake2b(buf[starts[i] : ends[i]].tobytes(), digest_size=8).digest()
+        h[i] = np.frombuffer(digest, dtype="<u8")[0]
+
+    doc = np.searchsorted(doc_byte_offsets, starts, side="right") - 1
+    local_starts = starts - doc_byte_offsets[doc]
+    doc_token_offsets = np.searchsorted(doc, np.arange(len(encoded) + 1), side="left")
+    return TokenizedBatch(
+        hashes=h,
+        is_number=_DIGIT[body[starts]] if starts.size else np.zeros(0, dtype=bool),
+        starts=local_starts,
+        ends=local_starts + lens,
+        doc=doc.astype(np.int32),
+        doc_token_offsets=doc_token_offsets.astype(np.int64),
+    )
+
+
+def ngram_hashes(token_hashes: np.ndarray, doc: np.ndarray, ns: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Hashes of every token n-gram for each n in `ns` that lies inside one document.
+
+    Returns `{n: (hashes, positions)}`: `positions[j]` is the index of the n-gram's first token.
+    """
+    ns = sorted(set(int(n) for n in ns))
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    total = token_hashes.shape[0]
+    if not ns:
+        return out
+    if ns[0] < 1:
+        raise ValueError("n must be >= 1")
+    acc = token_hashes.astype(_U64, copy=True)
+    with np.errstate(over="ignore"):
+        for n in range(1, ns[-1] + 1):
+            m = total - n + 1
+            if m <= 0:
+                for rest in ns:
+                    if rest >= n:
+                        out[rest] = (np.zeros(0, _U64), np.zeros(0, np.int64))
+                break
+            if n > 1:
+                acc = acc[:m] * _NGRAM_MULT + token_hashes[n - 1 : n - 1 + m]
+            if n in ns:
+                valid = np.flatnonzero(doc[:m] == doc[n - 1 : n - 1 + m])
+                out[n] = (mix64(acc[valid] ^ _U64(n)), valid)
+    return out
