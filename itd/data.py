@@ -2,20 +2,53 @@
 
 Loaders (GSM8K JSONL, MMLU CSV in three layouts, generic JSONL/CSV with a field map, HF datasets) and writers
 that emit samples back in their source layout live here too.
+
+Every sample records its `layout`, the exact shape it was read from:
+
+- ``gsm8k``: JSONL ``{"question", "answer"}``, the answer a worked solution ending ``#### N``;
+- ``mmlu-index``: CSV with header ``question,choice0,choice1,choice2,choice3,answer``, 0-based index answers;
+- ``mmlu-letter``: the original headerless MMLU CSV ``question,A,B,C,D,answer`` with letter answers;
+- ``mmlu-index-noheader`` / ``mmlu-letter-header``: the two rarer mixes of the above;
+- ``mmlu-hf``: JSONL records of Hugging Face ``cais/mmlu``: ``question, subject, choices[4], answer`` (int);
+- ``jsonl`` / ``csv``: generic files; with a field map the layout is ``jsonl:{...}`` / ``csv:{...}``, the map's
+  non-default entries as compact JSON.
+
+Records without an id field get the positional id ``<file stem>:<line>``. Positional ids are not written back:
+they are derived again from the output file. The same goes for the subject of an MMLU CSV file (its name).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import itertools
+import json
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, BinaryIO
 
-__all__ = ["Source", "Sample", "strip_calculator_annotations", "gsm8k_final_answer"]
+from itd.errors import InputError, require
+from itd.io import atomic_write
+from itd.registry import Registry
+
+__all__ = [
+    "Source",
+    "Sample",
+    "strip_calculator_annotations",
+    "gsm8k_final_answer",
+    "BenchmarkFormat",
+    "FORMATS",
+    "detect_format",
+    "load_benchmark",
+    "load_hf_dataset",
+    "write_benchmark",
+]
 
 BENCHMARKS = ("gsm8k", "mmlu", "generic")
 
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
-_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
 
 
 def strip_calculator_annotations(text: str) -> str:
@@ -25,10 +58,12 @@ def strip_calculator_annotations(text: str) -> str:
 
 def gsm8k_final_answer(solution: str) -> str | None:
     """The final answer after `####`, commas removed (`#### 1,000` -> `1000`); None when absent."""
-    m = _FINAL.search(solution)
-    if not m:
+    # Linear-time equivalent of `re.search(r"####\s*(.+?)\s*$", solution, re.S)`, which backtracks
+    # quadratically on long whitespace runs after the marker.
+    i = solution.find("####")
+    if i < 0 or i + 4 == len(solution):
         return None
-    return m.group(1).replace(",", "").strip()
+    return solution[i + 4 :].strip().replace(",", "").strip()
 
 
 @dataclass(frozen=True, slots=True)

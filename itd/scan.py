@@ -23,7 +23,7 @@ from itd.errors import InputError
 from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize
 
-__all__ = ["ScanConfig", "scan", "build_detectors", "Progress"]
+__all__ = ["ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress"]
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -38,7 +38,7 @@ class ScanConfig:
     input_threshold: float = 0.4
     label_threshold: float = 0.4
     fuzzy_threshold: float = 0.5  # MinHash Jaccard threshold of the LSH index
-    fuzzy_min_score: float = 80.0  # rapidfuzz score a fuzzy candidate must reach to count
+    fuzzy_min_score: float = 85.0  # rapidfuzz score a fuzzy candidate must reach to count
     num_perm: int = 64
     shingle: int = 3
     text_field: str = "text"
@@ -100,7 +100,8 @@ def make_batch(docs: list[Document]) -> DocBatch:
     return DocBatch(docs, normalized, tokenize(normalized, normalized=True))
 
 
-def _batches(docs: Iterable[Document], batch_chars: int) -> Iterable[list[Document]]:
+def batches(docs: Iterable[Document], batch_chars: int) -> Iterable[list[Document]]:
+    """Group documents into lists of about `batch_chars` characters."""
     batch: list[Document] = []
     size = 0
     for d in docs:
@@ -124,7 +125,7 @@ def scan_shard(
     reader = ShardReader(shard, config.text_field)
     reported = 0
     n_docs = 0
-    for docs in _batches(reader, config.batch_chars):
+    for docs in batches(reader, config.batch_chars):
         batch = make_batch(docs)
         n_docs += len(docs)
         for i, det in enumerate(detectors):

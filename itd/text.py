@@ -101,6 +101,8 @@ def fold_for_alignment(text: str) -> tuple[str, list[int]]:
 
     Returns the folded text and, for each of its characters, the index of the character it came from.
     """
+    if "<<" in text:
+        text = _ANNOTATION.sub(lambda m: " " * len(m.group()), text)
     folded = _NONWORD.sub(" ", text.lower())
     if len(folded) != len(text):  # a rare lowercase mapping changed the length: offsets stay approximate
         folded = folded[: len(text)].ljust(len(text))
@@ -166,12 +168,14 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     words64 = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf.data, strides=(1,))
     with np.errstate(over="ignore"):
         h = lens.astype(_U64) * _LEN_MULT
+        sel = np.arange(starts.size)
         for k in range(_CHUNKS):
-            rem = np.clip(lens - 8 * k, 0, 8)
-            if not rem.any():
+            # a token's hash depends on its own bytes only: chunk k is mixed in only for tokens that reach it
+            sel = sel[lens[sel] > 8 * k]
+            if not sel.size:
                 break
-            chunk = words64[np.minimum(starts + 8 * k, words64.size - 1)] & _MASKS[rem]
-            h = mix64(h ^ chunk)
+            chunk = words64[starts[sel] + 8 * k] & _MASKS[np.minimum(lens[sel] - 8 * k, 8)]
+            h[sel] = mix64(h[sel] ^ chunk)
     long_tokens = np.flatnonzero(lens > 8 * _CHUNKS)
     for i in long_tokens:  # rare: URLs, base64, very long words
         digest = blake2b(buf[starts[i] : ends[i]].tobytes(), digest_size=8).digest()

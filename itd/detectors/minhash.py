@@ -99,7 +99,7 @@ class MinHashDetector(CorpusDetector):
     def __init__(
         self,
         threshold: float = 0.5,
-        min_score: float = 80.0,
+        min_score: float = 85.0,
         num_perm: int = 64,
         shingle: int = 3,
         min_tokens: int = 10,
@@ -126,11 +126,12 @@ class MinHashDetector(CorpusDetector):
         a, b = datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, scheme="affine32").permutations
         self._a, self._b = np.asarray(a, dtype=_U32), np.asarray(b, dtype=_U32)
         # entry e: sample e // 2, part e % 2 (0 = question, 1 = question + answer)
-        texts = []
+        texts, answers = [], []
         for s in self.samples:
             q, ans = normalize(s.prompt_text()), normalize(s.answer_text())
             texts += [q, q + "\n" + ans if ans.strip() else ""]
-        self._texts = texts
+            answers.append(ans)
+        self._texts, self._answers = texts, answers
         tb = tokenize(texts, normalized=True)
         lengths = np.diff(tb.doc_token_offsets)
         h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
@@ -219,6 +220,9 @@ class MinHashDetector(CorpusDetector):
             sample, which = divmod(e, 2)
             needle = self._texts[e]
             score, a, b = align(needle, document.text, lo, hi, margin=max(32, len(needle) // 4))
+            if which == 1 and score >= self.min_score:
+                # the whole item matched: the answer must also be there, not just a long question
+                score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
             if score < self.min_score:
                 continue
             part.best[sample, which] = max(part.best[sample, which], score)

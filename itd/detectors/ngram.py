@@ -54,8 +54,8 @@ class NGramDetector(CorpusDetector):
     """Exact n-gram containment with coverage per part and a number-normalised pass.
 
     n: n-gram length; short items (fewer than `short_item_tokens` tokens, question and answer together) use
-    `n_short`; items shorter than `n_short` are matched whole if they have at least `min_tokens` tokens, else
-    reported unchecked. A question coverage >= `input_threshold` marks the input as contaminated, an answer
+    `n_short`; items shorter than `n_short` are matched whole if they have at least `min_tokens` tokens and
+    `match_short_items` is set, else reported unchecked. A question coverage >= `input_threshold` marks the input as contaminated, an answer
     coverage >= `label_threshold` the label.
     """
 
@@ -70,6 +70,7 @@ class NGramDetector(CorpusDetector):
         input_threshold: float = 0.4,
         label_threshold: float = 0.4,
         evidence_limit: int = 5,
+        match_short_items: bool = True,
     ):
         super().__init__(evidence_limit)
         if not 1 <= n_short <= n:
@@ -81,6 +82,7 @@ class NGramDetector(CorpusDetector):
                 raise ValueError(f"{name} must be in (0, 1], got {t}")
         self.n, self.n_short, self.short_item_tokens, self.min_tokens = n, n_short, short_item_tokens, min_tokens
         self.input_threshold, self.label_threshold = input_threshold, label_threshold
+        self.match_short_items = match_short_items
 
     # ---- benchmark side -------------------------------------------------------------------------------
     def fit(self, samples: Sequence[Sample]) -> "NGramDetector":
@@ -99,7 +101,7 @@ class NGramDetector(CorpusDetector):
         lengths = np.diff(self._sample_start)
         self._prompt_len = tb.doc_token_offsets[1::2][:n_samples] - self._sample_start[:n_samples]
         n_eff = np.where(lengths >= self.short_item_tokens, self.n, self.n_short)
-        n_eff = np.where(lengths < self.n_short, lengths, n_eff)
+        n_eff = np.where(lengths < self.n_short, lengths if self.match_short_items else 0, n_eff)
         self._n_eff = np.where(lengths < self.min_tokens, 0, n_eff)
         self.ns = sorted(set(int(v) for v in self._n_eff if v > 0))
         # character offsets of each benchmark token inside its own normalised text (for evidence needles)
@@ -111,9 +113,12 @@ class NGramDetector(CorpusDetector):
             self._tok_end[sl] = byte_to_char(texts[d], tb.ends[sl])
         self._tok_doc = tb.doc
         self._tables: dict[tuple[int, int], _Table] = {}
+        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number)])
         for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
             for n, (h, pos) in ngram_hashes(hashes, sample_of, self.ns).items():
                 keep = self._n_eff[sample_of[pos]] == n
+                if p == 1:  # an n-gram of mostly number placeholders ("= # + # = #") matches any arithmetic
+                    keep &= (numbers_before[pos + n] - numbers_before[pos]) * 2 <= n
                 h, pos = h[keep], pos[keep]
                 order = np.argsort(h, kind="stable")
                 h, pos = h[order], pos[order]
@@ -192,6 +197,14 @@ class NGramDetector(CorpusDetector):
         if d0 == d1:
             return self._norm[d0][a:b], ("answer" if d0 % 2 else "question")
         return self._norm[d0][a:] + "\n" + self._norm[d1][:b], "question+answer"
+
+    def lookup(self, contains) -> NGramPartial:
+        """A partial result from a membership test `contains(pass_name, n, hashes) -> bool array` instead of a
+        corpus stream (used with a persistent index)."""
+        part = self.empty()
+        for (p, n), table in self._tables.items():
+            part.found[(p, n)] = np.asarray(contains(PASSES[p], n, table.keys), dtype=bool)
+        return part
 
     def merge(self, a: NGramPartial, b: NGramPartial) -> NGramPartial:
         for k, v in b.found.items():

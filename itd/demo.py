@@ -1,0 +1,192 @@
+"""The embedded default: a benchmark of the project's own making and a corpus with planted leaks.
+
+`generate_problems` writes GSM8K-style arithmetic word problems (worked solutions with `<<expr=result>>`
+annotations and a final `#### N`) whose answers are computed, so they are correct by construction.
+`plant` turns an item into a leaked copy of a given kind; `build_demo` writes benchmark, corpus and ground
+truth to a directory. The same planting functions build the test corpora from real GSM8K and MMLU data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from itd.io import atomic_write, write_json
+
+__all__ = ["VARIANTS", "EXPECTED_LABEL", "generate_problems", "filler_text", "plant", "build_demo", "DemoSet"]
+
+_NAMES = (
+    "Ava Liam Noah Mia Zoe Omar Ines Kenji Priya Tomas Lena Ravi Sofia Yusuf Hana Marco Chloe Diego Amara Felix "
+    "Greta Hugo Irene Jonas Keira Luca Maya Nils Olga Pablo Quinn Rosa Sami Tara Umar Vera Wade Xena Yara Zane"
+).split()
+_ITEMS = (
+    "apples marbles stickers pencils cookies books shells stamps cards beads lemons buttons candles kites coins "
+    "muffins postcards crayons seashells pebbles ribbons magnets puzzles erasers acorns tulips cupcakes bracelets "
+    "notebooks balloons comics lanterns pinecones feathers dominoes"
+).split()
+_PLACES = (
+    "school market library park bakery museum garden harbor station farm workshop festival zoo aquarium "
+    "campsite orchard theater stadium pier greenhouse"
+).split()
+_INTROS = (
+    "{n} is saving up for a new bike.",
+    "{n} loves weekend projects.",
+    "{n} helps out at the {p} on Saturdays.",
+    "{n} keeps a careful notebook of everything.",
+    "Last spring {n} started a small hobby.",
+    "{n} and a cousin planned a busy week.",
+    "{n} wants to surprise the family.",
+    "After school {n} likes to count things.",
+)
+_WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
+    "you were her she there been one all we their has would when if so no out into up time more other some what "
+    "only could over new also after two first way even well year work back any good most through people state "
+    "river city north light music paper water history science market system story family number morning field"
+).split()
+
+
+_TEMPLATES = 5
+
+
+def _problem(rng: random.Random, kind: int, name: str, item: str, place: str) -> tuple[str, str]:
+    intro = rng.choice(_INTROS).format(n=name, p=place) + " "
+    if kind == 0:
+        a, b, c = rng.randint(10, 60), rng.randint(5, 40), rng.randint(1, 9)
+        q = f"{name} has {a} {item}. At the {place} {name} buys {b} more and then gives {c} to a friend. How many {item} does {name} have now?"
+        s = f"After buying, {name} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.\nAfter giving some away, {a + b} - {c} = <<{a + b}-{c}={a + b - c}>>{a + b - c} {item} are left.\n#### {a + b - c}"
+    elif kind == 1:
+        a, b, c = rng.randint(3, 30), rng.randint(2, 12), rng.randint(2, 7)
+        q = f"{name} sells {a} {item} every day at the {place} for ${b} each. How much money does {name} make in {c} days?"
+        s = f"Each day {name} makes {a} * {b} = $<<{a}*{b}={a * b}>>{a * b}.\nIn {c} days that is {a * b} * {c} = $<<{a * b}*{c}={a * b * c}>>{a * b * c}.\n#### {a * b * c}"
+    elif kind == 2:
+        a, b = rng.randint(4, 25), rng.randint(3, 12)
+        c = rng.randint(1, a * b - 1)
+        q = f"A box at the {place} holds {a} {item}. {name} fills {b} boxes and then uses {c} of the {item} for a project. How many {item} are left in the boxes?"
+        s = f"The boxes hold {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item}.\nAfter the project, {a * b} - {c} = <<{a * b}-{c}={a * b - c}>>{a * b - c} are left.\n#### {a * b - c}"
+    elif kind == 3:
+        a, k = rng.randint(5, 40), rng.randint(2, 4)
+        q = f"{name} collected {a} {item} on Monday and {k} times as many on Tuesday. How many {item} did {name} collect on both days together?"
+        s = f"On Tuesday {name} collected {a} * {k} = <<{a}*{k}={a * k}>>{a * k} {item}.\nTogether that is {a} + {a * k} = <<{a}+{a * k}={a + a * k}>>{a + a * k} {item}.\n#### {a + a * k}"
+    else:
+        per, groups = rng.randint(2, 9), rng.randint(3, 12)
+        total, extra = per * groups, rng.randint(1, 20)
+        q = f"{name} shares {total} {item} equally among {groups} friends at the {place} and then finds {extra} more for each friend. How many {item} does each friend get in all?"
+        s = f"Each friend first gets {total} / {groups} = <<{total}/{groups}={per}>>{per} {item}.\nWith the extra ones each friend has {per} + {extra} = <<{per}+{extra}={per + extra}>>{per + extra}.\n#### {per + extra}"
+    return intro + q, s
+
+
+def generate_problems(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """`n` distinct GSM8K-layout records `{"question", "answer"}` with computed answers."""
+    rng = random.Random(seed)
+    # Problems of one template never share a name, item or place: otherwise two of them would be the same
+    # problem with other numbers, which the number-normalised pass rightly reports.
+    pools: dict[int, list[list[str]]] = {}
+    out = []
+    for i in range(n):
+        kind = i % _TEMPLATES
+        pool = pools.get(kind)
+        if not pool or not all(pool):
+            pool = pools[kind] = [rng.sample(words, len(words)) for words in (_NAMES, _ITEMS, _PLACES)]
+        q, s = _problem(rng, kind, *(words.pop() for words in pool))
+        out.append({"question": q, "answer": s})
+    return out
+
+
+def filler_text(rng: random.Random, words: int) -> str:
+    """Random prose-like text of about `words` words (no benchmark content)."""
+    out, sentence = [], []
+    for _ in range(words):
+        sentence.append(rng.choice(_WORDS))
+        if len(sentence) >= rng.randint(6, 18):
+            out.append(" ".join(sentence).capitalize() + ".")
+            sentence = []
+    if sentence:
+        out.append(" ".join(sentence).capitalize() + ".")
+    return " ".join(out)
+
+
+# Planted leak kinds and the label a scan should give each (ngram + minhash detectors).
+EXPECTED_LABEL = {
+    "verbatim": "input_and_label_contaminated",  # question + answer, as is
+    "reformatted": "input_and_label_contaminated",  # case, whitespace and punctuation changed
+    "embedded": "input_and_label_contaminated",  # in the middle of a 5,000-word document
+    "question_only": "input_contaminated",
+    "first_half": "input_contaminated",  # first half of the question
+    "numbers_changed": "input_and_label_contaminated",  # every number replaced (number-normalised pass)
+    "edited": "input_contaminated",  # a few words of the question replaced (fuzzy pass)
+}
+VARIANTS = tuple(EXPECTED_LABEL)
+
+
+def _reformat(text: str) -> str:
+    text = text.upper().replace(" ", "  ")
+    return re.sub(r"[.,?!]", lambda m: {".": " ;", ",": " -", "?": " !", "!": " ?"}[m.group()], text)
+
+
+def _change_numbers(text: str, rng: random.Random) -> str:
+    return re.sub(r"\d+", lambda m: str(int(m.group()) + rng.randint(1, 9)), text)
+
+
+def _edit_words(text: str, rng: random.Random, edits: int = 3) -> str:
+    words = text.split(" ")
+    for i in rng.sample(range(len(words)), min(edits, max(1, len(words) // 6))):
+        words[i] = rng.choice(["zephyr", "quartz", "lantern", "meadow", "copper", "violet"])
+    return " ".join(words)
+
+
+def plant(kind: str, question: str, answer: str, rng: random.Random) -> str:
+    """The text of a corpus document leaking one item (`question`, `answer`) as `kind` (see `VARIANTS`)."""
+    both = question + "\n" + answer
+    if kind == "verbatim":
+        return both
+    if kind == "reformatted":
+        return _reformat(both)
+    if kind == "embedded":
+        return filler_text(rng, 2500) + "\n\n" + both + "\n\n" + filler_text(rng, 2500)
+    if kind == "question_only":
+        return filler_text(rng, 40) + " " + question
+    if kind == "first_half":
+        words = question.split(" ")
+        return " ".join(words[: len(words) // 2]) + " " + filler_text(rng, 30)
+    if kind == "numbers_changed":
+        return _change_numbers(both, rng)
+    if kind == "edited":
+        return "From a forum post: " + _edit_words(question, rng) + " Thanks for any help."
+    raise ValueError(f"unknown leak kind {kind!r}; known: {', '.join(VARIANTS)}")
+
+
+@dataclass(slots=True)
+class DemoSet:
+    """Paths of a generated demo: benchmark (GSM8K layout), corpus (JSONL) and truth (id -> leak kind)."""
+
+    benchmark: Path
+    corpus: Path
+    truth: dict[str, str]
+
+
+def build_demo(out: str | Path, *, items: int = 100, leaked_per_kind: int = 3, filler_docs: int = 3000, seed: int = 0) -> DemoSet:
+    """Write a demo benchmark and a corpus leaking `leaked_per_kind` items of every kind; ids as the loader gives."""
+    out = Path(out)
+    rng = random.Random(seed)
+    bench = generate_problems(items, seed)
+    bench_path, corpus_path = out / "benchmark.jsonl", out / "corpus.jsonl"
+    with atomic_write(bench_path) as f:
+        for rec in bench:
+            f.write(json.dumps(rec) + "\n")
+    order = list(range(items))
+    rng.shuffle(order)
+    truth: dict[str, str] = {}
+    docs = [filler_text(rng, rng.randint(50, 400)) for _ in range(filler_docs)]
+    for k, kind in enumerate(VARIANTS):
+        for j in order[k * leaked_per_kind : (k + 1) * leaked_per_kind]:
+            truth[f"benchmark:{j + 1}"] = kind
+            docs.insert(rng.randrange(len(docs) + 1), plant(kind, bench[j]["question"], bench[j]["answer"], rng))
+    with atomic_write(corpus_path) as f:
+        for i, text in enumerate(docs):
+            f.write(json.dumps({"id": i, "text": text}) + "\n")
+    write_json(out / "truth.json", truth)
+    return DemoSet(bench_path, corpus_path, truth)

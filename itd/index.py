@@ -1,0 +1,163 @@
+"""Persistent corpus n-gram index and the fast eval-set check that uses it (the pre-commit hook).
+
+An index is a directory: one sorted, unique `uint64` array of n-gram hashes per (pass, n) saved as `.npy`
+(memory-mapped when checking, so a check touches only the pages its lookups hit), and `index.json` with the
+normalisation settings and a manifest. Membership is `np.searchsorted`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from itd.corpus import ShardReader, plan_shards
+from itd.data import Sample
+from itd.detectors.ngram import PASSES, NGramDetector
+from itd.errors import InputError
+from itd.io import atomic_write, build_manifest, write_json
+from itd.report import SampleResult, ScanReport, label_of
+from itd.scan import batches, make_batch
+from itd.text import ngram_hashes
+
+__all__ = ["INDEX_FORMAT", "NGramIndex", "build_index", "check"]
+
+INDEX_FORMAT = 1
+_SPILL = 8_000_000  # hashes held per (pass, n) before they are sorted and spilled to a run file
+
+
+class NGramIndex:
+    """A loaded index: `contains(pass_name, n, hashes) -> bool array`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_file = self.path / "index.json"
+        if not meta_file.is_file():
+            raise InputError("not an itd index (no index.json); build one with `itd index build`", path=str(self.path))
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_file.read_text("utf-8"))
+        except ValueError as exc:
+            raise InputError(f"index.json is not valid JSON ({exc})", path=str(meta_file)) from None
+        if self.meta.get("format") != INDEX_FORMAT:
+            raise InputError(f"index format {self.meta.get('format')!r} is not supported (want {INDEX_FORMAT}); rebuild it", path=str(meta_file))
+        self.n: int = self.meta["n"]
+        self.n_short: int = self.meta["n_short"]
+        self._arrays: dict[tuple[str, int], np.ndarray] = {}
+
+    def array(self, pass_name: str, n: int) -> np.ndarray:
+        key = (pass_name, n)
+        if key not in self._arrays:
+            f = self.path / f"{pass_name}_{n}.npy"
+            if not f.is_file():
+                raise InputError(f"index is missing {f.name}; rebuild it", path=str(self.path))
+            self._arrays[key] = np.load(f, mmap_mode="r")
+        return self._arrays[key]
+
+    def contains(self, pass_name: str, n: int, hashes: np.ndarray) -> np.ndarray:
+        """Which of `hashes` occur in the corpus (for n-grams of length n in pass `pass_name`)."""
+        arr = self.array(pass_name, n)
+        if not arr.size or not hashes.size:
+            return np.zeros(hashes.shape, dtype=bool)
+        idx = np.searchsorted(arr, hashes)
+        idx[idx == arr.size] = 0
+        return np.asarray(arr[idx] == hashes)
+
+
+def build_index(
+    corpus: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    n: int = 13,
+    n_short: int = 8,
+    text_field: str = "text",
+    batch_chars: int = 1 << 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Stream `corpus` and write its n-gram index to directory `out`; returns the index metadata."""
+    if not 1 <= n_short <= n:
+        raise InputError(f"need 1 <= n_short <= n, got n={n}, n_short={n_short}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = plan_shards(corpus)
+    total = sum(s.size for s in shards)
+    t0 = time.perf_counter()
+    ns = sorted({n, n_short})
+    keys = [(p, k) for p in PASSES for k in ns]
+    pending: dict[tuple[str, int], list[np.ndarray]] = {k: [] for k in keys}
+    held = dict.fromkeys(keys, 0)
+    runs: dict[tuple[str, int], list[Path]] = {k: [] for k in keys}
+    done, docs = 0, 0
+    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
+
+        def spill(key):
+            arr = np.unique(np.concatenate(pending[key])) if pending[key] else np.zeros(0, np.uint64)
+            f = Path(tmp) / f"{key[0]}_{key[1]}_{len(runs[key])}.npy"
+            np.save(f, arr)
+            runs[key].append(f)
+            pending[key], held[key] = [], 0
+
+        for shard in shards:
+            reader = ShardReader(shard, text_field)
+            seen = 0
+            for batch_docs in batches(reader, batch_chars):
+                tb = make_batch(batch_docs).tokens
+                docs += len(batch_docs)
+                for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
+                    for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
+                        pending[(p, k)].append(np.unique(h))
+                        held[(p, k)] += h.size
+                        if held[(p, k)] >= _SPILL:
+                            spill((p, k))
+                if progress is not None and reader.consumed > seen:
+                    done += reader.consumed - seen
+                    seen = reader.consumed
+                    progress(done, total)
+            done += shard.size - seen
+            if progress is not None:
+                progress(done, total)
+        counts = {}
+        for key in keys:
+            spill(key)
+            merged = np.unique(np.concatenate([np.load(f) for f in runs[key]]))
+            with atomic_write(out / f"{key[0]}_{key[1]}.npy", "wb", encoding=None) as f:
+                np.save(f, merged)
+            counts[f"{key[0]}_{key[1]}"] = int(merged.size)
+    meta = {
+        "format": INDEX_FORMAT,
+        "n": n,
+        "n_short": n_short,
+        "passes": list(PASSES),
+        "text_field": text_field,
+        "documents": docs,
+        "bytes": total,
+        "ngrams": counts,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "manifest": build_manifest(
+            command="index build",
+            config={"n": n, "n_short": n_short, "text_field": text_field},
+            inputs=[s.path for s in shards],
+        ),
+    }
+    write_json(out / "index.json", meta)
+    return meta
+
+
+def check(samples: Sequence[Sample], index: NGramIndex | str | os.PathLike, **thresholds: float) -> ScanReport:
+    """Look every sample's n-grams up in a persistent index; returns a `ScanReport` (coverage, no evidence).
+
+    `thresholds` may set `input_threshold` and `label_threshold` of the n-gram detector.
+    """
+    if not isinstance(index, NGramIndex):
+        index = NGramIndex(index)
+    t0 = time.perf_counter()
+    # the index holds n and n_short grams only, so items shorter than n_short are reported unchecked
+    det = NGramDetector(n=index.n, n_short=index.n_short, match_short_items=False, **thresholds).fit(samples)
+    findings = det.finish(det.lookup(index.contains))
+    results = [SampleResult(s, label_of([f]), [f]) for s, f in zip(samples, findings)]
+    stats = {"index": str(index.path), "seconds": round(time.perf_counter() - t0, 3)}
+    return ScanReport(results, {"index": str(index.path), "n": index.n, "n_short": index.n_short, **thresholds}, stats)
