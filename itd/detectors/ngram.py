@@ -56,7 +56,8 @@ class NGramDetector(CorpusDetector):
     n: n-gram length; short items (fewer than `short_item_tokens` tokens, question and answer together) use
     `n_short`; items shorter than `n_short` are matched whole if they have at least `min_tokens` tokens and
     `match_short_items` is set, else reported unchecked. A question coverage >= `input_threshold` marks the input as contaminated, an answer
-    coverage >= `label_threshold` the label.
+    coverage >= `label_threshold` the label. The finding's `match` says which pass found it: "raw" (a copy with
+    the same numbers) or "numnorm" (it matches clearly better once numbers are ignored: other numbers).
     """
 
     name = "ngram"
@@ -213,9 +214,12 @@ class NGramDetector(CorpusDetector):
         return a
 
     # ---- results --------------------------------------------------------------------------------------
-    def coverage(self, partial: NGramPartial) -> np.ndarray:
-        """Array [pass, sample, part] of covered-token fractions (part 0 = question, 1 = answer)."""
+    def coverage(self, partial: NGramPartial) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Covered-token fractions and counts, arrays [pass, sample, part] (part 0 = question, 1 = answer), and
+        the token count of each part, [sample, part]."""
         out = np.zeros((len(PASSES), len(self.samples), 2))
+        n_covered = np.zeros_like(out, dtype=np.int64)
+        sizes = np.zeros((len(self.samples), 2), dtype=np.int64)
         sample_of = self._sample_of
         for p in range(len(PASSES)):
             delta = np.zeros(self._n_tokens + 1, dtype=np.int64)
@@ -237,16 +241,24 @@ class NGramDetector(CorpusDetector):
                 hits = np.bincount(sample_of[mask & covered], minlength=len(self.samples))
                 total = np.bincount(sample_of[mask], minlength=len(self.samples))
                 out[p, :, part] = np.divide(hits, total, out=np.zeros(len(self.samples)), where=total > 0)
-        return out
+                n_covered[p, :, part] = hits
+                sizes[:, part] = total
+        return out, n_covered, sizes
 
     def finish(self, partial: NGramPartial) -> list[Finding]:
-        cov = self.coverage(partial)
+        cov, counts, sizes = self.coverage(partial)
+        # one shared n-gram is a phrase, not a copy: a part needs more covered tokens than one n-gram covers
+        # (or all of its tokens, when it is that short)
+        needed = np.minimum(sizes, self._n_eff[:, None] + 1)
+        enough = counts >= needed[None, :, :]
         findings = []
         for i in range(len(self.samples)):
-            q_hit = cov[:, i, 0] >= self.input_threshold
-            a_hit = cov[:, i, 1] >= self.label_threshold
+            q_hit = (cov[:, i, 0] >= self.input_threshold) & enough[:, i, 0]
+            a_hit = (cov[:, i, 1] >= self.label_threshold) & enough[:, i, 1] & (sizes[i, 1] > 0)
             crossed = q_hit | a_hit
-            match = "raw" if crossed[0] else ("numnorm" if crossed[1] else None)
+            # "numnorm": the copy matches clearly better once numbers are ignored (same problem, other numbers)
+            gain = cov[1, i].sum() - cov[0, i].sum()
+            match = "numnorm" if crossed[1] and (gain > 0.1 or not crossed[0]) else ("raw" if crossed[0] else None)
             details = {
                 "coverage": {
                     name: {"question": round(float(cov[p, i, 0]), 4), "answer": round(float(cov[p, i, 1]), 4)}
