@@ -1,0 +1,152 @@
+"""`itd` command line: exit codes, stdout/stderr separation, env vars, reports with manifests, the pre-commit
+check against a persistent index, and the pre-commit hook definition."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from itd.cli import main
+from itd.data import load_benchmark
+from itd.index import build_index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "itd.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def leaked_setup(shared_data, tmp_path_factory):
+    """A corpus of MMLU dev items, filler and 5 leaked GSM8K test items, its index, a leaked and a clean eval file.
+
+    (GSM8K train is left out here: it holds genuine near-duplicates of some test items, tested in test_scan_real.)
+    """
+    import random
+
+    from itd.demo import filler_text
+
+    tmp = tmp_path_factory.mktemp("check")
+    rng = random.Random(1)
+    test_lines = (shared_data / "gsm8k" / "test.jsonl").read_text("utf-8").splitlines()
+    docs = [s.prompt_text() for s in load_benchmark(shared_data / "mmlu" / "dev")]
+    docs += [filler_text(rng, 400) for _ in range(500)]
+    docs += [json.loads(test_lines[i])["question"] for i in (3, 50, 99, 400, 700)]
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    index = tmp / "index"
+    build_index([corpus], index)
+    leaked = tmp / "leaked.jsonl"
+    leaked.write_text("\n".join(test_lines[:120]) + "\n", encoding="utf-8")  # holds items 3, 50 and 99
+    clean = tmp / "clean.jsonl"
+    clean.write_text("\n".join(test_lines[800:900]) + "\n", encoding="utf-8")
+    return corpus, index, leaked, clean
+
+
+def test_check_exit_codes(leaked_setup, tmp_path):
+    corpus, index, leaked, clean = leaked_setup
+    bad = run_cli("check", str(leaked), "--index", str(index))
+    assert bad.returncode == 1
+    lines = [line for line in bad.stdout.splitlines() if line.strip()]
+    assert {line.split(":")[1] for line in lines} == {"4", "51", "100"}  # file:line of each leaked item
+    assert all("input_contaminated" in line for line in lines)
+    ok = run_cli("check", str(clean), "--index", str(index))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "q", "answer": "a #### 1"}\n{"question": \n', encoding="utf-8")
+    err = run_cli("check", str(broken), "--index", str(index))
+    assert err.returncode == 2
+    assert f"{broken}:2" in err.stderr and "Traceback" not in err.stderr
+    missing = run_cli("check", str(clean), "--index", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "index" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_check_json(leaked_setup):
+    _, index, leaked, _ = leaked_setup
+    res = run_cli("check", str(leaked), "--index", str(index), "--json")
+    data = json.loads(res.stdout)
+    assert sorted(r["line"] for r in data["contaminated"]) == [4, 51, 100]
+
+
+def test_scan_cli_json_out_and_manifest(leaked_setup, tmp_path):
+    corpus, _, leaked, _ = leaked_setup
+    out = tmp_path / "report.jsonl"
+    res = run_cli("scan", str(leaked), "--corpus", str(corpus), "--json", "--out", str(out), "--detector", "ngram")
+    assert res.returncode == 1, res.stderr
+    summary = json.loads(res.stdout)  # stdout holds only the JSON; logs and progress went to stderr
+    assert summary["labels"]["input_contaminated"] == 3
+    records = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert len(records) == 120
+    flagged = [r for r in records if r["label"] != "clean"]
+    assert sorted(r["source"]["line"] for r in flagged) == [4, 51, 100]
+    for r in flagged:
+        assert r["evidence"] and r["evidence"][0]["doc"].startswith(str(corpus))
+        assert set(r["coverage"]) == {"raw", "numnorm"}
+    manifest = json.loads((tmp_path / "report.jsonl.manifest.json").read_text("utf-8"))
+    assert manifest["tool"] == "itd" and manifest["config"]["n"] == 13
+    assert {Path(i["path"]).name for i in manifest["inputs"]} == {"leaked.jsonl", "corpus.jsonl"}
+    assert all(len(i["sha256"]) == 64 for i in manifest["inputs"])
+
+
+def test_scan_clean_exits_zero_and_env_vars(leaked_setup):
+    corpus, _, _, clean = leaked_setup
+    res = run_cli("scan", str(clean), "--json", "--detector", "ngram", env={"ITD_SCAN_CORPUS": str(corpus), "ITD_SCAN_N": "11"})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["labels"]["clean"] == 100
+
+
+def test_usage_errors_exit_2_without_traceback(leaked_setup, tmp_path, capsys):
+    corpus, _, leaked, _ = leaked_setup
+    assert main(["scan", str(leaked), "--corpus", str(corpus), "--detector", "ngarm"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'ngram'" in err
+    assert main(["scan", str(leaked), "--corpus", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["scan", str(leaked)]) == 2  # --corpus is required
+    bad_corpus = tmp_path / "bad.jsonl"
+    bad_corpus.write_text('{"text": "fine"}\n{"body": "no text field"}\n', encoding="utf-8")
+    assert main(["scan", str(leaked), "--corpus", str(bad_corpus), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad_corpus}:2" in err and "--text-field" in err
+
+
+def test_demo_runs_and_matches_truth(tmp_path):
+    res = run_cli("demo", "--out", str(tmp_path / "demo"), "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["truth_mismatches"] == 0
+    assert summary["labels"]["clean"] == 79  # 100 items, 21 planted leaks
+    assert (tmp_path / "demo" / "report.jsonl").is_file()
+
+
+def test_precommit_hook_manifest_is_valid():
+    clientlib = pytest.importorskip("pre_commit.clientlib", reason="pre-commit is in the dev extra")
+    hooks = clientlib.load_manifest(str(ROOT / ".pre-commit-hooks.yaml"))
+    (hook,) = hooks
+    assert hook["id"] == "itd-check" and hook["entry"] == "itd check" and hook["require_serial"] is True
+    import re
+
+    pattern = re.compile(hook["files"])
+    assert pattern.search("evals/gsm8k.jsonl") and pattern.search("mmlu/anatomy_test.csv")
+    assert not pattern.search("README.md")
+
+
+def test_check_api_on_real_items(leaked_setup):
+    from itd.index import check
+
+    _, index, leaked, _ = leaked_setup
+    report = check(load_benchmark(leaked), index)
+    assert sorted(r.sample.source.line for r in report.contaminated) == [4, 51, 100]

@@ -1,0 +1,118 @@
+"""Tokenisation and hashing invariants, corpus readers, MinHash equivalence with datasketch, and the registry."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from itd.corpus import Document, ShardReader, iter_documents, plan_shards
+from itd.detectors import DETECTORS
+from itd.detectors.minhash import permute, shingle_hashes32
+from itd.errors import InputError
+from itd.registry import Registry
+from itd.text import ngram_hashes, normalize, tokenize
+
+
+def _hashes(text: str) -> list[int]:
+    return tokenize([text]).hashes.tolist()
+
+
+def test_normalisation_folds_case_punctuation_whitespace_and_annotations():
+    assert _hashes("Janet's ducks, lay 16 eggs!") == _hashes("JANET S   ducks lay\n16 eggs")
+    assert _hashes("makes 9 * 2 = $<<9*2=18>>18 a day") == _hashes("makes 9 * 2 = $18 a day")
+    assert _hashes("Ｆｕｌｌｗｉｄｔｈ café") == _hashes("fullwidth CAFÉ")  # NFKC
+    assert len(_hashes("1,000 and 3.5")) == 3  # numbers with separators stay one token
+    tb = tokenize(["a 12 b"])
+    assert tb.is_number.tolist() == [False, True, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=80), min_size=1, max_size=6), st.integers(0, 5))
+def test_token_hashes_do_not_depend_on_the_batch(texts, k):
+    """A text's token hashes and offsets are the same alone or inside any batch (indexes rely on it)."""
+    k = min(k, len(texts) - 1)
+    batch = tokenize(texts)
+    alone = tokenize([texts[k]])
+    sl = slice(batch.doc_token_offsets[k], batch.doc_token_offsets[k + 1])
+    assert batch.hashes[sl].tolist() == alone.hashes.tolist()
+    assert batch.starts[sl].tolist() == alone.starts.tolist()
+
+
+def test_ngrams_never_span_documents():
+    tb = tokenize(["a b c", "d e f"])
+    (h, pos), = ngram_hashes(tb.hashes, tb.doc, [2]).values()
+    assert pos.tolist() == [0, 1, 3, 4]
+    joined = tokenize(["a b c d e f"])
+    (hj, _), = ngram_hashes(joined.hashes, joined.doc, [2]).values()
+    assert h.tolist() == [hj[0], hj[1], hj[3], hj[4]]
+
+
+def test_offsets_map_to_original_text():
+    text = "Some TEXT, with   punctuation."
+    tb = tokenize([text])
+    words = [text[a:b] for a, b in zip(tb.starts, tb.ends)]
+    assert words == ["Some", "TEXT", "with", "punctuation"]
+    assert normalize("ÀB") == "àb"
+
+
+def test_minhash_signatures_equal_datasketch():
+    datasketch = pytest.importorskip("datasketch")
+    tb = tokenize(["the quick brown fox jumps over the lazy dog again and again"])
+    h32, _ = shingle_hashes32(tb.hashes, tb.doc, 3)
+    ref = datasketch.MinHash(num_perm=64, seed=1, scheme="affine32", hashfunc=lambda x: x)
+    ref.update_batch([int(v) for v in h32])
+    a, b = ref.permutations
+    ours = permute(h32, np.asarray(a, np.uint32), np.asarray(b, np.uint32)).min(axis=0)
+    assert ours.tolist() == ref.hashvalues.tolist()
+
+
+def test_corpus_formats_and_sharding(tmp_path):
+    zstd = pytest.importorskip("zstandard")
+    lines = [json.dumps({"text": f"document number {i}", "meta": i}) for i in range(500)]
+    raw = ("\n".join(lines) + "\n").encode()
+    (tmp_path / "a.jsonl").write_bytes(raw)
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "c.jsonl.zst").write_bytes(zstd.ZstdCompressor().compress(raw))
+    (tmp_path / "d.txt").write_text("first paragraph\nstill first\n\nsecond paragraph\n", encoding="utf-8")
+    docs = list(iter_documents([tmp_path]))
+    assert len(docs) == 500 * 3 + 2
+    assert docs[-1] == Document(str(tmp_path / "d.txt"), 4, "second paragraph\n")
+    assert {d.line for d in docs if d.file.endswith("c.jsonl.zst")} == set(range(1, 501))
+    shards = plan_shards([tmp_path / "a.jsonl"], shard_bytes=1 << 10)
+    assert len(shards) > 5
+    sharded = [d for s in shards for d in ShardReader(s)]
+    assert [(d.line, d.text) for d in sharded] == [(i + 1, f"document number {i}") for i in range(500)]
+    parquet = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    parquet.write_table(pa.table({"content": ["x y z", "u v w"]}), tmp_path / "e.parquet")
+    assert [d.text for d in iter_documents([tmp_path / "e.parquet"], text_field="content")] == ["x y z", "u v w"]
+    with pytest.raises(InputError, match="no column 'text'"):
+        list(iter_documents([tmp_path / "e.parquet"]))
+
+
+def test_corpus_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(InputError) as exc:
+        list(iter_documents([bad]))
+    assert exc.value.path == str(bad) and exc.value.line == 2
+    with pytest.raises(InputError, match="no such file"):
+        list(iter_documents([tmp_path / "missing.jsonl"]))
+    with pytest.raises(InputError, match="glob matches no files"):
+        list(iter_documents([str(tmp_path / "*.parquet")]))
+
+
+def test_registry_did_you_mean():
+    assert set(DETECTORS.names()) >= {"ngram", "minhash"}
+    with pytest.raises(InputError, match="Did you mean 'minhash'"):
+        DETECTORS.get("minhsh")
+    reg: Registry[int] = Registry("thing")
+    reg.register("one")(1)
+    with pytest.raises(ValueError):
+        reg.register("one")(2)
