@@ -66,32 +66,7 @@ class ScanConfig:
 
 def build_detectors(config: ScanConfig) -> list[CorpusDetector]:
     """Instantiate the configured detectors (not yet fitted)."""
-    out: list[CorpusDetector] = []
-    for name in config.detectors:
-        cls = DETECTORS.get(name)
-        if name == "ngram":
-            out.append(
-                cls(
-                    n=config.n,
-                    n_short=config.n_short,
-                    input_threshold=config.input_threshold,
-                    label_threshold=config.label_threshold,
-                    evidence_limit=config.evidence_limit,
-                )
-            )
-        elif name == "minhash":
-            out.append(
-                cls(
-                    threshold=config.fuzzy_threshold,
-                    min_score=config.fuzzy_min_score,
-                    num_perm=config.num_perm,
-                    shingle=config.shingle,
-                    evidence_limit=config.evidence_limit,
-                )
-            )
-        else:
-            out.append(cls(evidence_limit=config.evidence_limit))
-    return out
+    return [DETECTORS.get(name).from_config(config) for name in config.detectors]
 
 
 def make_batch(docs: list[Document]) -> DocBatch:

@@ -161,6 +161,11 @@ class CorpusDetector(abc.ABC):
         self.evidence_limit = evidence_limit
         self.samples: list[Sample] = []
 
+    @classmethod
+    def from_config(cls, config: Any) -> "CorpusDetector":
+        """Build the detector from a `ScanConfig` (each detector picks the fields it uses)."""
+        return cls(evidence_limit=config.evidence_limit)
+
     @abc.abstractmethod
     def fit(self, samples: Sequence[Sample]) -> "CorpusDetector":
         """Index the benchmark; returns self."""

@@ -116,6 +116,16 @@ class MinHashDetector(CorpusDetector):
         self.threshold, self.min_score, self.num_perm = threshold, min_score, num_perm
         self.shingle, self.min_tokens, self.seed = shingle, min_tokens, seed
 
+    @classmethod
+    def from_config(cls, config) -> "MinHashDetector":
+        return cls(
+            threshold=config.fuzzy_threshold,
+            min_score=config.fuzzy_min_score,
+            num_perm=config.num_perm,
+            shingle=config.shingle,
+            evidence_limit=config.evidence_limit,
+        )
+
     def _minhash(self, hashvalues: np.ndarray):
         datasketch = require("datasketch", "core", "The minhash detector")
         return datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, hashvalues=hashvalues, scheme="affine32")

@@ -85,6 +85,16 @@ class NGramDetector(CorpusDetector):
         self.input_threshold, self.label_threshold = input_threshold, label_threshold
         self.match_short_items = match_short_items
 
+    @classmethod
+    def from_config(cls, config) -> "NGramDetector":
+        return cls(
+            n=config.n,
+            n_short=config.n_short,
+            input_threshold=config.input_threshold,
+            label_threshold=config.label_threshold,
+            evidence_limit=config.evidence_limit,
+        )
+
     # ---- benchmark side -------------------------------------------------------------------------------
     def fit(self, samples: Sequence[Sample]) -> "NGramDetector":
         self.samples = list(samples)
