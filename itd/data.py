@@ -614,7 +614,7 @@ def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _Bad(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+        raise _Bad(f"invalid JSON: {exc.msg} at column {exc.pos + 1}") from None
     except RecursionError:
         raise _Bad("invalid JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer with too many digits
@@ -632,6 +632,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, record) for each non-blank line of a JSONL file; InputError at the first bad line."""
+    found = False
     with _open(path) as f:
         for line, raw in enumerate(f, 1):
             try:
@@ -640,7 +641,10 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     continue
                 record = _json_object(text)
             except _Bad as exc:
-                raise InputError(str(exc), path, line) from None
+                array = not found and raw.lstrip(codecs.BOM_UTF8 + b" \t").startswith(b"[")
+                hint = " (the file must hold JSON Lines: one object per line, not a JSON array)" if array else ""
+                raise InputError(f"{exc}{hint}", path, line) from None
+            found = True
             yield line, record
 
 
@@ -758,11 +762,19 @@ def _pick_layout(fmt: str | None, fields: dict[str, Any] | None, container: str,
     return _LAYOUTS.get(name or ("mmlu-letter" if fmt == "mmlu" else "csv"))
 
 
+def _first_record(path: Path) -> dict[str, Any] | None:
+    found = _peek(_jsonl_records(path), 1)
+    return found[0][1] if found else None
+
+
+def _first_rows(path: Path) -> list[list[str]]:
+    return _peek((row for row in _csv_rows(path) if row), 2)
+
+
 def _file_layout(path: Path, fmt: str | None, fields: dict[str, Any] | None) -> _Layout:
     container = _container(path, fmt)
-    if container == "jsonl":
-        return _pick_layout(fmt, fields, container, lambda: next((rec for _, rec in _peek(_jsonl_records(path), 1)), None))
-    return _pick_layout(fmt, fields, container, lambda: _peek((row for row in _csv_rows(path) if row), 2))
+    peek = _first_record if container == "jsonl" else _first_rows
+    return _pick_layout(fmt, fields, container, lambda: peek(path))
 
 
 def _input_files(path: Path) -> list[Path]:
@@ -809,7 +821,8 @@ def _collect(
             raise InputError(str(exc), origin.file, line) from None
         first = seen.setdefault(sample.id, source)
         if first is not source:
-            raise InputError(f"duplicate id {_short(sample.id)} (first at {first.file}:{first.line})", origin.file, line)
+            where = f"{first.file}:{first.line}"
+            raise InputError(f"duplicate id {_short(sample.id)} (first at {where})", origin.file, line)
         if benchmark is not None:
             sample.benchmark = benchmark
         samples.append(sample)
@@ -953,8 +966,15 @@ def _write_file(samples: list[Sample], path: Path, layout: _Layout) -> Path:
             f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         else:
             columns = list(dict.fromkeys(k for r in records for k in r)) if layout.header else list(layout.columns)
-            writer = csv.writer(f, lineterminator="\n")
-            if layout.header:
-                writer.writerow(columns)
-            writer.writerows([_cell(record.get(c)) for c in columns] for record in records)
+            rows = [[_cell(record.get(c)) for c in columns] for record in records]
+            _write_csv_rows(f, [columns, *rows] if layout.header else rows)
     return path
+
+
+def _write_csv_rows(f: Any, rows: list[list[str]]) -> None:
+    """Minimal quoting and "\n" line ends, like the MMLU files; a row with a "\r" in a cell is quoted in full,
+    because the csv module only quotes the characters of its line terminator and a bare "\r" would split the row."""
+    plain = csv.writer(f, lineterminator="\n")
+    quoted = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        (quoted if any("\r" in cell for cell in row) else plain).writerow(row)

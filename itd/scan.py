@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -132,7 +133,9 @@ def _worker_scan(shard: Shard) -> tuple[list[Any], int]:
 
 
 def _run_pool(detectors, shards, config, total, progress) -> tuple[list[Any], int]:
-    ctx = mp.get_context("spawn")
+    # fork on Linux: workers inherit the fitted detectors and need no importable __main__ (scripts piped to
+    # python, notebooks); they run only numpy/rapidfuzz code, so the usual fork hazards do not apply
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     counter = ctx.Value("q", 0)
     partials = [d.empty() for d in detectors]
     n_docs = 0

@@ -81,6 +81,12 @@ def mcq(sample: Sample) -> tuple[object, ...]:
     return sample.question, sample.choices, sample.answer, sample.subject
 
 
+def hf_record(sample: Sample) -> dict[str, object]:
+    """An MMLU sample as a Hugging Face cais/mmlu record."""
+    s = sample
+    return {"question": s.question, "subject": s.subject, "choices": list(s.choices), "answer": s.answer}
+
+
 def raises_input_error(path: Path, line: int | None, fragment: str, **kwargs: object) -> InputError:
     with pytest.raises(InputError) as info:
         load_benchmark(path, **kwargs)
@@ -169,8 +175,7 @@ def test_mmlu_letter_and_hf_layouts_match_index_layout(tmp_path: Path, mmlu_item
         by_subject.setdefault(s.subject, []).append(s)
     for subject, items in by_subject.items():  # the original release: headerless, letter answers
         write(letters / f"{subject}_test.csv", csv_text([[s.question, *s.choices, "ABCD"[s.answer]] for s in items]))
-    records = [{"question": s.question, "subject": s.subject, "choices": list(s.choices), "answer": s.answer} for s in mmlu_items]
-    write(hf, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write(hf, "".join(json.dumps(hf_record(s), ensure_ascii=False) + "\n" for s in mmlu_items))
 
     from_letters = load_benchmark(letters)
     from_hf = load_benchmark(hf)
@@ -263,27 +268,27 @@ def test_field_map_errors(tmp_path: Path) -> None:
 
 
 def test_load_hf_dataset(tmp_path: Path, gsm8k_test: Path, mmlu_test: Path) -> None:
-    pytest.importorskip("datasets", reason="the optional dependency 'datasets' (pip install 'itd[hf]') is not installed")
+    pytest.importorskip("datasets", reason="optional dependency 'datasets' not installed (pip install 'itd[hf]')")
     gsm_file = write(tmp_path / "gsm.jsonl", "".join(gsm8k_test.read_text(encoding="utf-8").splitlines(True)[:20]))
     mmlu = load_benchmark(mmlu_test / "anatomy_test.csv")[:20]
-    mmlu_records = [{"question": s.question, "subject": s.subject, "choices": list(s.choices), "answer": s.answer} for s in mmlu]
-    mmlu_file = write(tmp_path / "mmlu.jsonl", jsonl(*mmlu_records))
+    mmlu_file = write(tmp_path / "mmlu.jsonl", jsonl(*map(hf_record, mmlu)))
     cache = str(tmp_path / "hf-cache")
 
     gsm_samples = load_hf_dataset("json", split="train", data_files=str(gsm_file), cache_dir=cache)
     assert [s.layout for s in gsm_samples] == ["gsm8k"] * 20
     assert [s.source for s in gsm_samples] == [Source("json", i) for i in range(1, 21)]
     expected = load_benchmark(gsm_file)
-    assert [(s.question, s.answer, s.solution) for s in gsm_samples] == [(s.question, s.answer, s.solution) for s in expected]
+    assert [(s.question, s.answer, s.solution) for s in gsm_samples] == [
+        (s.question, s.answer, s.solution) for s in expected
+    ]
     assert gsm_samples[0].id == "json:1"
 
     mmlu_samples = load_hf_dataset("json", split="train", data_files=str(mmlu_file), cache_dir=cache)
     assert {s.layout for s in mmlu_samples} == {"mmlu-hf"}
     assert [mcq(s) for s in mmlu_samples] == [mcq(s) for s in mmlu]
 
-    generic = load_hf_dataset(
-        "json", split="train", data_files=str(mmlu_file), cache_dir=cache, fields={"question": "question", "solution": "subject"}
-    )
+    fields = {"question": "question", "solution": "subject"}
+    generic = load_hf_dataset("json", split="train", data_files=str(mmlu_file), cache_dir=cache, fields=fields)
     assert generic[0].benchmark == "generic" and generic[0].solution == "anatomy"
 
     with pytest.raises(InputError, match="Hugging Face") as info:
@@ -502,7 +507,8 @@ def test_duplicate_ids_across_files_of_a_directory(tmp_path: Path) -> None:
 
 
 def test_lone_surrogate(tmp_path: Path) -> None:
-    raises_input_error(write(tmp_path / "g.jsonl", jsonl(gsm()) + '{"question": "\\ud800", "answer": "#### 1"}\n'), 2, "surrogate")
+    path = write(tmp_path / "g.jsonl", jsonl(gsm()) + '{"question": "\\ud800", "answer": "#### 1"}\n')
+    raises_input_error(path, 2, "surrogate")
     assert load_benchmark(write(tmp_path / "ok.jsonl", jsonl(gsm("\U0001f600"))))[0].question == "\U0001f600"
 
 
@@ -573,7 +579,13 @@ def test_detect_format(tmp_path: Path, gsm8k_test: Path, mmlu_test: Path) -> Non
         "plain.csv": "question,answer\nq,a\n",
         "empty.jsonl": "",
     }
-    expected = {"letter.csv": "mmlu", "noheader.csv": "mmlu", "hf.jsonl": "mmlu", "plain.jsonl": "jsonl", "plain.csv": "csv"}
+    expected = {
+        "letter.csv": "mmlu",
+        "noheader.csv": "mmlu",
+        "hf.jsonl": "mmlu",
+        "plain.jsonl": "jsonl",
+        "plain.csv": "csv",
+    }
     for name, content in cases.items():
         assert detect_format(write(tmp_path / name, content)) == expected.get(name, "jsonl"), name
     layouts = {name: load_benchmark(tmp_path / name)[0].layout for name in expected}

@@ -23,18 +23,68 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 WHOLE_FILE_PROBLEMS = ("no records found", "CSV header: ")
 FORMATS = ("auto", "gsm8k", "mmlu", "jsonl", "csv")
-KEYS = ("question", "answer", "choices", "subject", "id", "solution", "extra")
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=8)
-field_values = st.one_of(
+texts = st.text(max_size=12)
+ids = st.text(max_size=3) | st.integers(0, 5)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts
+json_values = st.recursive(
+    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4), max_leaves=8
+)
+odd_values = st.one_of(
     json_values,
     st.sampled_from(["#### 42", "x\n#### 1,000", "####", "A", "E", "7", "3", ""]),
     st.integers(-2, 6),
-    st.lists(st.text(max_size=5), min_size=3, max_size=5),
+    st.lists(texts, min_size=3, max_size=5),
 )
-records = st.dictionaries(st.sampled_from(KEYS), field_values, max_size=6)
-cells = st.one_of(st.text(max_size=10), st.sampled_from(["A", "D", "E", "0", "3", "7", "", "question", '"', "a,b", "x\ny"]))
+extras = st.dictionaries(st.sampled_from(["meta", "note", "subject"]), json_values, max_size=2) | st.fixed_dictionaries(
+    {"id": ids}
+)
+
+# Records that are valid for one layout; `corrupt` breaks some of them.
+record_kinds = {
+    "gsm8k": st.builds(
+        lambda q, n, more: {"question": q, "answer": f"work <<1+1=2>>\n#### {n}", **more},
+        texts,
+        st.integers() | st.sampled_from(["1,000", "3.5", " 7 "]),
+        extras,
+    ),
+    "mmlu-hf": st.fixed_dictionaries(
+        {"question": texts, "choices": st.lists(texts, min_size=4, max_size=4), "answer": st.integers(0, 3)},
+        optional={"subject": texts, "id": ids, "more": json_values},
+    ),
+    "generic": st.fixed_dictionaries(
+        {"question": texts},
+        optional={"answer": st.none() | texts | st.integers(), "solution": texts, "id": ids, "x": json_values},
+    ),
+}
+mmlu_rows = st.tuples(st.lists(texts, min_size=5, max_size=5), st.sampled_from("0123ABCD")).map(lambda t: [*t[0], t[1]])
+generic_rows = st.lists(texts, min_size=3, max_size=3)
+cells = st.one_of(texts, st.sampled_from(["A", "D", "E", "0", "3", "7", "", "question", '"', "a,b", "x\ny", "\r"]))
+
+
+def corrupt(draw: st.DrawFn, record: dict | list) -> object:
+    """Leave a record or row as is, or break it: change, drop or add a value, or swap it for any JSON value."""
+    kind = draw(st.sampled_from(["keep", "keep", "keep", "change", "drop", "add", "replace"]))
+    if kind == "keep" or not record and kind in ("change", "drop"):
+        return record
+    if kind == "replace":
+        return draw(json_values if isinstance(record, dict) else st.lists(cells, max_size=8))
+    record = record.copy()
+    if isinstance(record, dict):
+        key = draw(st.sampled_from(sorted(record))) if kind != "add" else draw(texts)
+        if kind == "drop":
+            del record[key]
+        else:
+            record[key] = draw(odd_values)
+    else:
+        at = draw(st.integers(0, len(record) - (kind != "add")))
+        if kind == "drop":
+            del record[at]
+        elif kind == "add":
+            record.insert(at, draw(cells))
+        else:
+            record[at] = draw(cells)
+    return record
 
 
 @pytest.fixture(scope="module")
@@ -96,24 +146,28 @@ def test_random_bytes(fuzz_dir: Path, data: bytes, suffix: str, fmt: str) -> Non
 
 @FUZZ
 @given(
-    lines=st.lists(records | json_values, min_size=0, max_size=6),
+    data=st.data(),
+    kind=st.sampled_from(sorted(record_kinds)),
     blank=st.sampled_from(["", "\n", "  \r\n"]),
     bom=st.booleans(),
     fmt=st.sampled_from(("auto", "gsm8k", "mmlu", "jsonl")),
 )
-def test_random_json_lines(fuzz_dir: Path, lines: list[object], blank: str, bom: bool, fmt: str) -> None:
+def test_random_json_lines(fuzz_dir: Path, data: st.DataObject, kind: str, blank: str, bom: bool, fmt: str) -> None:
+    lines = [corrupt(data.draw, record) for record in data.draw(st.lists(record_kinds[kind], max_size=6))]
     text = ("\ufeff" if bom else "") + "".join(json.dumps(line) + "\n" + blank for line in lines)
     load_file(fuzz_dir, "records.jsonl", text.encode("utf-8"), fmt)
 
 
 @FUZZ
 @given(
-    header=st.sampled_from([None, "question,choice0,choice1,choice2,choice3,answer", "question,answer,id,choices"]),
-    rows=st.lists(st.lists(cells, min_size=4, max_size=7), max_size=5),
+    data=st.data(),
+    header=st.sampled_from([None, "question,choice0,choice1,choice2,choice3,answer", "question,answer,id"]),
     crlf=st.booleans(),
     fmt=st.sampled_from(("auto", "mmlu", "csv")),
 )
-def test_random_csv_rows(fuzz_dir: Path, header: str | None, rows: list[list[str]], crlf: bool, fmt: str) -> None:
+def test_random_csv_rows(fuzz_dir: Path, data: st.DataObject, header: str | None, crlf: bool, fmt: str) -> None:
+    valid_rows = generic_rows if header and header.startswith("question,answer") else mmlu_rows
+    rows = [corrupt(data.draw, row) for row in data.draw(st.lists(valid_rows, max_size=5))]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n" if crlf else "\n")
     if header:
@@ -124,6 +178,8 @@ def test_random_csv_rows(fuzz_dir: Path, header: str | None, rows: list[list[str
 
 def mutate(data: bytes, draw: st.DrawFn) -> bytes:
     """One corruption of `data`: truncate, flip a byte, insert or delete bytes, or duplicate a line."""
+    if not data:
+        return draw(st.binary(max_size=8))
     kind = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "duplicate"]))
     at = draw(st.integers(0, len(data)))
     if kind == "truncate":
@@ -132,7 +188,8 @@ def mutate(data: bytes, draw: st.DrawFn) -> bytes:
         at = min(at, len(data) - 1)
         return data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
     if kind == "insert":
-        return data[:at] + draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b'"', b",", b"\n", b"{", b"\xff", b"\r"])) + data[at:]
+        noise = st.binary(min_size=1, max_size=8) | st.sampled_from([b'"', b",", b"\n", b"{", b"\xff", b"\r"])
+        return data[:at] + draw(noise) + data[at:]
     if kind == "delete":
         return data[:at] + data[at + draw(st.integers(1, 40)) :]
     lines = data.splitlines(keepends=True)
@@ -142,7 +199,9 @@ def mutate(data: bytes, draw: st.DrawFn) -> bytes:
 
 @FUZZ
 @given(st.data(), st.sampled_from(["jsonl", "csv"]), st.integers(1, 3))
-def test_mutated_real_lines(fuzz_dir: Path, real_lines: dict[str, list[bytes]], data: st.DataObject, suffix: str, rounds: int) -> None:
+def test_mutated_real_lines(
+    fuzz_dir: Path, real_lines: dict[str, list[bytes]], data: st.DataObject, suffix: str, rounds: int
+) -> None:
     lines = real_lines[suffix]
     start = data.draw(st.integers(0, len(lines) - 1)) if suffix == "jsonl" else 0  # keep the CSV header
     chunk = b"".join(lines[start : start + data.draw(st.integers(1, 6))])

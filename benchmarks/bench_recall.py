@@ -1,0 +1,201 @@
+"""Recall and false positives per planted leak variant, on real GSM8K / MMLU data.
+
+Corpus (two JSONL files, so evidence tells where a match came from):
+  * `gsm8k_train.jsonl`: every GSM8K train problem (question + worked solution) as one document;
+  * `synthetic.jsonl`: `--filler` filler documents (`itd.demo.filler_text`) plus the planted leaks:
+    `--per-variant` GSM8K test items for each `itd.demo.VARIANTS` kind, and `--per-variant` MMLU test items for
+    verbatim / question_only / edited, rendered as `Sample.prompt_text()` (question + one line per choice) and
+    `Sample.answer_text()` (the correct choice), planted with `itd.demo.plant`.
+
+Both benchmarks (GSM8K test, all MMLU test items) are scanned with `detectors=("ngram", "minhash")`. Per variant
+the table gives planted, detected (label != clean), detected with `EXPECTED_LABEL[kind]`, located (evidence points
+at the planted document), and which detector/pass fired. Un-planted items that are flagged are split by where the
+evidence is (GSM8K train = genuine train/test near-duplicates, or the synthetic file = spurious) and by which
+pass flagged them.
+
+    python benchmarks/bench_recall.py --per-variant 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+MMLU_VARIANTS = ("verbatim", "question_only", "edited")
+
+
+def passes_of(result) -> tuple[bool, bool, bool]:
+    """(raw n-gram, number-normalised n-gram only, fuzzy) flags of one SampleResult."""
+    raw = numnorm = fuzzy = False
+    for f in result.findings:
+        if not (f.input_hit or f.label_hit):
+            continue
+        if f.detector == "ngram":
+            raw = f.details.get("match") == "raw"
+            numnorm = f.details.get("match") == "numnorm"
+        elif f.detector == "minhash":
+            fuzzy = True
+    return raw, numnorm, fuzzy
+
+
+def pass_name(raw: bool, numnorm: bool, fuzzy: bool) -> str:
+    if raw:
+        return "raw n-gram" + (" + fuzzy" if fuzzy else "")
+    if numnorm:
+        return "number-normalised n-gram only" + (" + fuzzy" if fuzzy else "")
+    return "fuzzy only"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.data_arg(ap)
+    ap.add_argument("--per-variant", type=int, default=20, help="Items planted per variant (and per benchmark).")
+    ap.add_argument("--filler", type=int, default=2000, help="Filler documents in the synthetic file.")
+    ap.add_argument("--show", type=int, default=8, help="Un-planted flagged items to list with their evidence.")
+    args = ap.parse_args(argv)
+
+    from itd.data import load_benchmark
+    from itd.demo import EXPECTED_LABEL, VARIANTS, filler_text, plant
+    from itd.scan import ScanConfig, scan
+
+    rng = random.Random(args.seed)
+    data = Path(args.data)
+    gsm = load_benchmark(data / "gsm8k" / "test.jsonl")
+    gsm_raw = C.gsm8k_records(data, "test")
+    mmlu = load_benchmark(data / "mmlu" / "test")
+
+    # which items leak as what: distinct items per benchmark
+    truth: dict[str, dict[int, str]] = {"gsm8k": {}, "mmlu": {}}
+    order = rng.sample(range(len(gsm)), len(VARIANTS) * args.per_variant)
+    for k, kind in enumerate(VARIANTS):
+        for j in order[k * args.per_variant : (k + 1) * args.per_variant]:
+            truth["gsm8k"][j] = kind
+    order = rng.sample(range(len(mmlu)), len(MMLU_VARIANTS) * args.per_variant)
+    for k, kind in enumerate(MMLU_VARIANTS):
+        for j in order[k * args.per_variant : (k + 1) * args.per_variant]:
+            truth["mmlu"][j] = kind
+
+    docs: list[tuple[str | None, int | None, str]] = [(None, None, filler_text(rng, rng.randint(50, 400))) for _ in range(args.filler)]
+    for j, kind in truth["gsm8k"].items():  # the raw GSM8K record: solution with its <<calculator>> annotations
+        docs.append(("gsm8k", j, plant(kind, gsm_raw[j]["question"], gsm_raw[j]["answer"], rng)))
+    for j, kind in truth["mmlu"].items():
+        docs.append(("mmlu", j, plant(kind, mmlu[j].prompt_text(), mmlu[j].answer_text(), rng)))
+    rng.shuffle(docs)
+
+    with C.workdir(args.workdir, "itd-bench-recall-") as wd:
+        train = wd / "gsm8k_train.jsonl"
+        train_records = C.gsm8k_records(data, "train")
+        with open(train, "w", encoding="utf-8") as f:
+            for r in train_records:
+                f.write(json.dumps({"text": r["question"] + "\n" + r["answer"]}) + "\n")
+        synthetic = wd / "synthetic.jsonl"
+        planted_line: dict[tuple[str, int], int] = {}
+        with open(synthetic, "w", encoding="utf-8") as f:
+            for line, (bench, j, text) in enumerate(docs, 1):
+                f.write(json.dumps({"text": text}) + "\n")
+                if bench is not None:
+                    planted_line[(bench, j)] = line
+        corpus = [train, synthetic]
+        mb = sum(p.stat().st_size for p in corpus) / 1e6
+
+        cfg = ScanConfig(detectors=("ngram", "minhash"))
+        reports, secs = {}, {}
+        for name, samples in (("gsm8k", gsm), ("mmlu", mmlu)):
+            t = time.perf_counter()
+            reports[name] = scan(samples, corpus, cfg)
+            secs[name] = time.perf_counter() - t
+
+        planted_docs = {f"{synthetic}:{line}" for line in planted_line.values()}
+
+        def where(result) -> str:
+            """Where an un-planted flagged item's evidence lies."""
+            kinds = set()
+            for ev in result.evidence:
+                if ev.doc.startswith(str(train) + ":"):
+                    kinds.add("GSM8K train")
+                elif ev.doc in planted_docs:
+                    kinds.add("another item's planted document")
+                else:
+                    kinds.add("filler")
+            if not kinds:
+                return "no evidence (boilerplate n-grams shared by > 64 items only)"
+            return " + ".join(sorted(kinds))
+
+        rows = []
+        for bench in ("gsm8k", "mmlu"):
+            results = reports[bench].results
+            for kind in VARIANTS if bench == "gsm8k" else MMLU_VARIANTS:
+                items = [j for j, k in truth[bench].items() if k == kind]
+                det = [j for j in items if results[j].label != "clean"]
+                exp = [j for j in det if results[j].label == EXPECTED_LABEL[kind]]
+                loc = [j for j in items if any(ev.doc == f"{synthetic}:{planted_line[(bench, j)]}" for ev in results[j].evidence)]
+                by = Counter(pass_name(*passes_of(results[j])) for j in det)
+                labels = Counter(results[j].label for j in items)
+                rows.append(
+                    (
+                        "GSM8K" if bench == "gsm8k" else "MMLU",
+                        kind,
+                        EXPECTED_LABEL[kind],
+                        len(items),
+                        len(det),
+                        len(exp),
+                        len(loc),
+                        "; ".join(f"{k}: {v}" for k, v in by.most_common()) or "-",
+                        "; ".join(f"{k}: {v}" for k, v in labels.most_common()),
+                    )
+                )
+
+        fp_rows, listed = [], []
+        for bench in ("gsm8k", "mmlu"):
+            results = reports[bench].results
+            clean_items = [j for j in range(len(results)) if j not in truth[bench]]
+            flagged = [j for j in clean_items if results[j].label != "clean"]
+            cats: Counter[tuple[str, str]] = Counter()
+            groups: dict[tuple[str, str], Counter[str]] = {}
+            for j in flagged:
+                q_hit = any(f.input_hit for f in results[j].findings)
+                part = "question" if q_hit else "answer only"
+                key = (where(results[j]), pass_name(*passes_of(results[j])), part)
+                cats[key] += 1
+                groups.setdefault(key, Counter())[results[j].sample.id.rsplit(":", 1)[0]] += 1
+                listed.append((bench, j, key[0]))
+            name = "GSM8K" if bench == "gsm8k" else "MMLU"
+            fp_rows.append((name, len(clean_items), len(flagged), f"{len(flagged) / len(clean_items):.2%}", "(all)", "-", "-", "-"))
+            for key, n in sorted(cats.items(), key=lambda kv: -kv[1]):
+                files = ", ".join(f"{k} {v}" for k, v in groups[key].most_common(3))
+                fp_rows.append((name, "", n, f"{n / len(clean_items):.2%}", key[0], key[1], key[2], files))
+
+        C.header("Recall and false positives per planted variant (detectors ngram + minhash, real data)")
+        print(
+            f"corpus: GSM8K train ({len(train_records):,} docs) + synthetic "
+            f"({args.filler:,} filler docs + {len(docs) - args.filler} planted) = {mb:.1f} MB; "
+            f"benchmarks: GSM8K test {len(gsm):,} items (scan {secs['gsm8k']:.1f} s), MMLU test {len(mmlu):,} items "
+            f"(scan {secs['mmlu']:.1f} s)\n"
+        )
+        print("### Planted items\n")
+        print(C.table(["benchmark", "variant", "expected label", "planted", "detected", "expected label", "located", "detected by", "labels"], rows))
+        print()
+        print("### Un-planted items flagged (false positives and genuine near-duplicates)\n")
+        print(C.table(["benchmark", "un-planted items", "flagged", "rate", "evidence in", "flagged by", "part over threshold", "top source files"], fp_rows))
+        print()
+        if listed and args.show:
+            print(f"first {min(args.show, len(listed))} un-planted flagged items, with their best evidence:\n")
+            for bench, j, src in listed[: args.show]:  # noqa: B007
+                r = reports[bench].results[j]
+                ev = r.evidence[0] if r.evidence else None
+                q = r.sample.question.replace("\n", " ")[:90]
+                e = ev.text.replace("\n", " ")[:90] if ev else "-"
+                print(f"- {r.sample.id} ({r.label}, {pass_name(*passes_of(r))}, evidence in {src}, score {ev.score if ev else 0:.0f}): item \"{q}...\" / evidence \"{e}...\"")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
