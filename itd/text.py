@@ -91,8 +91,8 @@ def _blank_annotations(body: np.ndarray, word: np.ndarray) -> None:
     same_line = np.searchsorted(newlines, opens) == np.searchsorted(newlines, ends)
     opens, ends = opens[same_line], ends[same_line]
     delta = np.zeros(body.size + 1, dtype=np.int32)
-    np.add.at(delta, opens, 1)
-    np.add.at(delta, ends, -1)
+    delta[opens] += 1  # opens are distinct, and so are ends
+    delta[ends] -= 1
     word &= np.cumsum(delta[:-1]) <= 0
 
 

@@ -20,6 +20,8 @@ from itd.text import ngram_hashes, normalize, tokenize
 __all__ = ["NGramDetector", "NGramPartial", "byte_to_char"]
 
 PASSES = ("raw", "numnorm")
+_FILTER_BITS = 24
+_FILTER_SHIFT = np.uint64(64 - _FILTER_BITS)
 _MAX_OCCURRENCES = 64  # an n-gram shared by more samples than this is boilerplate: counted, not used as evidence
 
 
@@ -135,6 +137,9 @@ class NGramDetector(CorpusDetector):
                 h, pos = h[order], pos[order]
                 keys, first = np.unique(h, return_index=True)
                 self._tables[(p, n)] = _Table(keys, np.append(first, h.size).astype(np.int64), pos)
+        self._filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
+        for table in self._tables.values():
+            self._filter[table.keys >> _FILTER_SHIFT] = True
         self._n_tokens = tb.n_tokens
         self._sample_of = sample_of
         return self
@@ -155,12 +160,15 @@ class NGramDetector(CorpusDetector):
                 table = self._tables[(p, n)]
                 if not table.keys.size or not q.size:
                     continue
-                idx = np.searchsorted(table.keys, q)
+                # a direct-mapped bit table rejects almost every corpus n-gram before the binary search
+                maybe = np.flatnonzero(self._filter[q >> _FILTER_SHIFT])
+                idx = np.searchsorted(table.keys, q[maybe])
                 idx[idx == table.keys.size] = 0
-                hit = np.flatnonzero(table.keys[idx] == q)
+                found = table.keys[idx] == q[maybe]
+                hit = maybe[found]
                 if not hit.size:
                     continue
-                u = idx[hit]
+                u = idx[found]
                 part.found[(p, n)][u] = True
                 counts = table.ptr[u + 1] - table.ptr[u]
                 usable = counts <= _MAX_OCCURRENCES
