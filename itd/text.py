@@ -90,6 +90,9 @@ def _blank_annotations(body: np.ndarray, word: np.ndarray) -> None:
     # an annotation never spans a line
     same_line = np.searchsorted(newlines, opens) == np.searchsorted(newlines, ends)
     opens, ends = opens[same_line], ends[same_line]
+    # like the regex <<[^<>]*>>: an open followed by another open before its close is not an annotation
+    inner = np.append(opens[1:] >= ends[:-1], True)[: opens.size]
+    opens, ends = opens[inner], ends[inner]
     delta = np.zeros(body.size + 1, dtype=np.int32)
     delta[opens] += 1  # opens are distinct, and so are ends
     delta[ends] -= 1

@@ -116,3 +116,13 @@ def test_registry_did_you_mean():
     reg.register("one")(1)
     with pytest.raises(ValueError):
         reg.register("one")(2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="<>=x1 \n+", max_size=60))
+def test_annotation_blanking_matches_the_regex(text):
+    """The vectorised `<<expr=result>>` blanking agrees with the regex definition on any input."""
+    import re
+
+    blanked = re.sub(r"<<[^<>\n]*>>", lambda m: " " * len(m.group()), text)
+    assert _hashes(text) == _hashes(blanked)
