@@ -184,11 +184,22 @@ def machine() -> str:
     return f"{nproc} cores (nproc), {cpu}, Python {platform.python_version()}, {platform.system()} {platform.machine()}"
 
 
+def code_version() -> str:
+    """The itd commit measured, and whether itd/ had uncommitted changes (read-only git calls)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "itd"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (rev or "unknown") + (" + uncommitted changes in itd/" if dirty else "")
+
+
 def header(title: str, argv: Sequence[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
     print(f"## {title}\n")
     print(f"command: `python {' '.join(argv)}`  ")
-    print(f"machine: {machine()}\n")
+    print(f"machine: {machine()}  ")
+    print(f"itd: commit {code_version()}\n")
 
 
 def profile_table(fn: Callable[[], object], top: int = 12) -> str:

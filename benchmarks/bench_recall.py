@@ -33,7 +33,11 @@ MMLU_VARIANTS = ("verbatim", "question_only", "edited")
 
 
 def passes_of(result) -> tuple[bool, bool, bool]:
-    """(raw n-gram, number-normalised n-gram only, fuzzy) flags of one SampleResult."""
+    """(n-gram match "raw", n-gram match "numnorm", fuzzy) flags of one SampleResult.
+
+    The ngram finding's `match` is "numnorm" when the number-normalised pass matched clearly better than the raw
+    pass (same text, other numbers); the raw pass may still have some coverage then.
+    """
     raw = numnorm = fuzzy = False
     for f in result.findings:
         if not (f.input_hit or f.label_hit):
@@ -50,7 +54,7 @@ def pass_name(raw: bool, numnorm: bool, fuzzy: bool) -> str:
     if raw:
         return "raw n-gram" + (" + fuzzy" if fuzzy else "")
     if numnorm:
-        return "number-normalised n-gram only" + (" + fuzzy" if fuzzy else "")
+        return "numnorm n-gram" + (" + fuzzy" if fuzzy else "")
     return "fuzzy only"
 
 
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         if listed and args.show:
             print(f"first {min(args.show, len(listed))} un-planted flagged items, with their best evidence:\n")
-            for bench, j, src in listed[: args.show]:  # noqa: B007
+            for bench, j, src in listed[: args.show]:
                 r = reports[bench].results[j]
                 ev = r.evidence[0] if r.evidence else None
                 q = r.sample.question.replace("\n", " ")[:90]
