@@ -22,7 +22,7 @@ __all__ = ["NGramDetector", "NGramPartial", "byte_to_char"]
 PASSES = ("raw", "numnorm")
 _FILTER_BITS = 24
 _FILTER_SHIFT = np.uint64(64 - _FILTER_BITS)
-_MAX_OCCURRENCES = 64  # an n-gram shared by more samples than this is boilerplate: counted, not used as evidence
+_MIN_SHARED_LIMIT = 25  # n-grams in more items than this (or 0.5% of the benchmark) are boilerplate
 
 
 @dataclass(slots=True)
@@ -126,15 +126,21 @@ class NGramDetector(CorpusDetector):
             self._tok_end[sl] = byte_to_char(texts[d], tb.ends[sl])
         self._tok_doc = tb.doc
         self._tables: dict[tuple[int, int], _Table] = {}
+        self._shared_limit = max(_MIN_SHARED_LIMIT, int(np.ceil(0.005 * n_samples)))
         numbers_before = np.concatenate([[0], np.cumsum(tb.is_number)])
         for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
             for n, (h, pos) in ngram_hashes(hashes, sample_of, self.ns).items():
                 keep = self._n_eff[sample_of[pos]] == n
-                if p == 1:  # an n-gram of mostly number placeholders ("= # + # = #") matches any arithmetic
+                if p == 1:  # an n-gram dense in number placeholders ("# hours # hours #") matches any arithmetic
                     keep &= (numbers_before[pos + n] - numbers_before[pos]) * 2 <= n
                 h, pos = h[keep], pos[keep]
                 order = np.argsort(h, kind="stable")
                 h, pos = h[order], pos[order]
+                keys, first, count = np.unique(h, return_index=True, return_counts=True)
+                # an n-gram that many items share is benchmark boilerplate (a subject's fixed preamble):
+                # finding it in a corpus says nothing about any one item, so it is not indexed
+                common = np.repeat(count > self._shared_limit, count)
+                h, pos = h[~common], pos[~common]
                 keys, first = np.unique(h, return_index=True)
                 self._tables[(p, n)] = _Table(keys, np.append(first, h.size).astype(np.int64), pos)
         self._filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
@@ -171,10 +177,7 @@ class NGramDetector(CorpusDetector):
                 u = idx[found]
                 part.found[(p, n)][u] = True
                 counts = table.ptr[u + 1] - table.ptr[u]
-                usable = counts <= _MAX_OCCURRENCES
-                u, cpos, counts = u[usable], pos[hit][usable], counts[usable]
-                if not u.size:
-                    continue
+                cpos = pos[hit]
                 # expand each hit to every benchmark occurrence of its n-gram
                 rep = np.repeat(np.arange(u.size), counts)
                 within = np.arange(rep.size) - np.repeat(np.cumsum(counts) - counts, counts)
