@@ -19,6 +19,7 @@ they are derived again from the output file. The same goes for the subject of an
 
 from __future__ import annotations
 
+import abc
 import codecs
 import csv
 import itertools
@@ -310,7 +311,7 @@ class _Origin:
         return f"{self.stem}:{line}"
 
 
-class _Layout:
+class _Layout(abc.ABC):
     """One exact source layout: how its records become samples (`parse`) and samples become records (`dump`)."""
 
     name: str
@@ -321,14 +322,16 @@ class _Layout:
     columns: tuple[str, ...] = ()  # CSV: the record keys of a headerless file's columns
 
     def read_header(self, row: list[str]) -> list[str]:
-        """Check a CSV header row; return the record keys of its columns."""
-        raise NotImplementedError
+        """Check a CSV header row; return the record keys of its columns (by default, the names as given)."""
+        return list(row)
 
+    @abc.abstractmethod
     def parse(self, rec: Mapping[str, Any], source: Source, origin: _Origin) -> Sample:
-        raise NotImplementedError
+        """One record of this layout as a Sample."""
 
+    @abc.abstractmethod
     def dump(self, sample: Sample) -> dict[str, Any]:
-        raise NotImplementedError
+        """A Sample as one record of this layout."""
 
 
 class _Gsm8k(_Layout):
