@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import codecs
+import contextlib
 import csv
 import itertools
 import json
@@ -695,12 +696,11 @@ def _peek(items: Generator[Any, None, None], n: int) -> list[Any]:
     """Up to `n` items from the start of a reader, fewer where it fails (the full load then reports why)."""
     out: list[Any] = []
     try:
-        for item in items:
-            out.append(item)
-            if len(out) == n:
-                break
-    except (InputError, _Bad):
-        pass
+        with contextlib.suppress(InputError, _Bad):
+            for item in items:
+                out.append(item)
+                if len(out) == n:
+                    break
     finally:
         items.close()
     return out
