@@ -31,6 +31,7 @@ __all__ = [
 
 _U64 = np.uint64
 _NONWORD = re.compile(r"[\W_]")
+_NON_ASCII_NONWORD = re.compile(r"[^\w\x00-\x7f]")
 _ANNOTATION = re.compile(r"<<[^<>\n]*>>")
 _NON_SPACE = re.compile(r"\S+")
 
@@ -44,6 +45,10 @@ _DIGIT = np.zeros(256, dtype=bool)
 _DIGIT[ord("0") : ord("9") + 1] = True
 _JOINER = np.zeros(256, dtype=bool)
 _JOINER[[ord(","), ord(".")]] = True
+_OPTION_LETTER = np.zeros(256, dtype=bool)
+_OPTION_LETTER[ord("a") : ord("j") + 1] = True
+_MARKER_END = np.zeros(256, dtype=bool)
+_MARKER_END[[ord("."), ord(")")]] = True
 
 # Masks keeping the first k bytes of a little-endian uint64.
 _MASKS = np.array([(1 << (8 * k)) - 1 if k < 8 else (1 << 64) - 1 for k in range(9)], dtype=_U64)
@@ -70,10 +75,9 @@ def normalize(text: str) -> str:
     """Normalise one text for matching. ASCII input keeps its length (offsets stay valid)."""
     if text.isascii():
         return text.lower()
-    text = unicodedata.normalize("NFKC", text).lower()
-    if "<<" in text:  # blank annotations before the fold below turns their brackets into spaces
-        text = _ANNOTATION.sub(lambda m: " " * len(m.group()), text)
-    return _NONWORD.sub(" ", text)
+    # ASCII punctuation is left to the byte-level tokenizer (as for ASCII text); only non-ASCII symbols, which
+    # the tokenizer would take for word bytes, become spaces
+    return _NON_ASCII_NONWORD.sub(" ", unicodedata.normalize("NFKC", text).lower())
 
 
 def _blank_annotations(body: np.ndarray, word: np.ndarray) -> None:
@@ -166,6 +170,14 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1)
     lens = ends - starts
+    # option markers ("B." or "(b)" before a choice) are layout, not content: dropping them lets a
+    # multiple-choice item match whether or not a copy letters its choices
+    single = np.flatnonzero(lens == 1)
+    marker = single[_OPTION_LETTER[body[starts[single]]] & _MARKER_END[body[ends[single]]]]
+    if marker.size:
+        keep = np.ones(starts.size, dtype=bool)
+        keep[marker] = False
+        starts, ends, lens = starts[keep], ends[keep], lens[keep]
 
     # Read each token as up to four unaligned little-endian uint64 words and fold them into one hash.
     words64 = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf.data, strides=(1,))

@@ -123,26 +123,40 @@ def test_two_workers_give_the_same_report(gsm8k_case, gsm8k_report):
     assert [r.to_dict() for r in two.results] == one_recs
 
 
+def _harness(s, key: str = "") -> str:
+    """An item in lm-evaluation-harness's MMLU prompt layout: letters before the choices, then "Answer:"."""
+    return s.question + "\n" + "\n".join(f"{l}. {c}" for l, c in zip("ABCD", s.choices)) + "\nAnswer:" + key
+
+
 def test_mmlu_items_found_in_corpus(shared_data, tmp_path):
+    """The label of an MCQ item is its key: the choices alone (which include the correct one) are only input."""
     rng = random.Random(3)
     samples = load_benchmark(shared_data / "mmlu" / "test" / "high_school_biology_test.csv")
-    leaked = {samples[5].id: "full", samples[40].id: "question_only", samples[77].id: "harness"}
+    s = {i: samples[i] for i in (5, 40, 77, 91, 120, 133)}
+    planted = {
+        5: (s[5].prompt_text() + "\nAnswer: " + s[5].choices[s[5].answer], "input_and_label_contaminated"),
+        40: ("Q: " + s[40].question, "input_contaminated"),
+        77: (_harness(s[77]), "input_contaminated"),
+        91: (_harness(s[91], " " + "ABCD"[s[91].answer]), "input_and_label_contaminated"),
+        120: (s[120].prompt_text(), "input_contaminated"),
+        133: (_harness(s[133], " " + "ABCD"[(s[133].answer + 1) % 4]), "input_contaminated"),  # a wrong key
+    }
     docs = [filler_text(rng, 300) for _ in range(200)]
-    by_id = {s.id: s for s in samples}
-    s = by_id[samples[5].id]
-    docs.insert(10, s.prompt_text() + "\nAnswer: " + s.answer_text())
-    s = by_id[samples[40].id]
-    docs.insert(50, "Q: " + s.question)
-    s = by_id[samples[77].id]  # lm-evaluation-harness prompt layout, letters before the choices
-    docs.insert(90, s.question + "\n" + "\n".join(f"{l}. {c}" for l, c in zip("ABCD", s.choices)) + "\nAnswer:")
+    for k, (i, (text, _)) in enumerate(planted.items()):
+        docs.insert(10 + 20 * k, text + "\n\n" + filler_text(rng, 40))
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
-    report = scan(samples, corpus, ScanConfig(detectors=("ngram", "minhash")))
-    labels = {r.sample.id: r.label for r in report.results}
-    assert labels[samples[5].id] == "input_and_label_contaminated"
-    assert labels[samples[40].id] == "input_contaminated"
-    assert labels[samples[77].id] != "clean"
-    assert sum(label != "clean" for sid, label in labels.items() if sid not in leaked) == 0
+    for detectors in (("ngram",), ("minhash",), ("ngram", "minhash")):
+        report = scan(samples, corpus, ScanConfig(detectors=detectors))
+        labels = {r.sample.id: r.label for r in report.results}
+        got = {i: labels[samples[i].id] for i in planted}
+        expected = {i: label for i, (_, label) in planted.items()}
+        if detectors == ("minhash",):  # too short for an item-sized fuzzy window: only n-grams find a bare question
+            expected[40] = got[40]
+        assert got == expected, detectors
+        assert sum(label != "clean" for sid, label in labels.items() if sid not in {samples[i].id for i in planted}) == 0
+    key_evidence = [e for e in report.by_id()[samples[91].id].evidence if e.part == "question+answer"]
+    assert key_evidence and key_evidence[0].text.rstrip().endswith("Answer: " + "ABCD"[s[91].answer])
 
 
 def test_number_pass_ignores_pure_arithmetic(shared_data, tmp_path):

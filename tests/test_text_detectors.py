@@ -29,6 +29,17 @@ def test_normalisation_folds_case_punctuation_whitespace_and_annotations():
     assert len(_hashes("1,000 and 3.5")) == 3  # numbers with separators stay one token
     tb = tokenize(["a 12 b"])
     assert tb.is_number.tolist() == [False, True, False]
+    # one non-ASCII character elsewhere in a text must not change how its ASCII part tokenises
+    assert _hashes("It costs 3.5 dollars, Janet's") == _hashes("It costs 3.5 dollars, Janet’s")
+
+
+def test_option_markers_are_layout_not_content():
+    """Lettered choices ("B. mutualism") and bare choices tokenise alike; prose letters stay."""
+    lettered = "Which one?\nA. parasitism.\nB. mutualism.\n(c) commensalism\nAnswer: B"
+    bare = "Which one?\nparasitism.\nmutualism.\ncommensalism\nAnswer: B"
+    assert _hashes(lettered) == _hashes(bare)
+    assert len(_hashes("a cat and a dog")) == 5
+    assert _hashes("Vitamin A is ... plan B.") == _hashes("vitamin a is plan")
 
 
 @settings(max_examples=200, deadline=None)

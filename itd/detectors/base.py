@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import heapq
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -26,6 +27,8 @@ __all__ = [
     "EvidenceBook",
     "Finding",
     "align",
+    "answer_key_end",
+    "label_text",
 ]
 
 DETECTORS: Registry[type["CorpusDetector"]] = Registry("detector")
@@ -121,6 +124,43 @@ class Finding:
     details: dict[str, Any]
     evidence: list[Evidence]
     checked: bool = True
+
+
+_KEY_PREFIX = re.compile(r"\b(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?\s*[:=-]?\s*", re.IGNORECASE)
+_KEY_LETTER = re.compile(r"\(?([a-z])\)?(?![a-z0-9])", re.IGNORECASE)
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def label_text(sample: Sample) -> str:
+    """The label part a corpus detector looks for as text: the worked solution or the answer.
+
+    Empty for a multiple-choice item: its correct choice is already among the choices in the question part, so
+    finding that text says nothing about the key. The key of an MCQ item is found by `answer_key_end` instead.
+    """
+    return "" if sample.is_mcq else sample.answer_text()
+
+
+def answer_key_end(sample: Sample, text: str, pos: int, slack: int = 16) -> int | None:
+    """Where the answer key of an MCQ `sample` ends when `text` states it right after `pos`, else None.
+
+    A key is "Answer" (or "The correct answer is") followed by the letter of the correct choice or by the
+    correct choice's text, starting within `slack` characters of `pos` (the end of the matched item; fuzzy
+    alignment can stop a few characters short of it).
+    """
+    if not sample.is_mcq or not isinstance(sample.answer, int):
+        return None
+    m = _KEY_PREFIX.search(text, pos, pos + slack + 32)
+    if m is None or m.start() > pos + slack:
+        return None
+    at = m.end()
+    letter = _KEY_LETTER.match(text, at)
+    if letter is not None and letter.group(1).lower() == _LETTERS[sample.answer]:
+        return letter.end()
+    choice, _ = fold_for_alignment(sample.choices[sample.answer])
+    window, index = fold_for_alignment(text[at : at + 2 * len(choice) + 16])
+    if choice and window.startswith(choice) and window[len(choice) : len(choice) + 1] in ("", " "):
+        return at + index[len(choice) - 1] + 1
+    return None
 
 
 def align(needle: str, doc_text: str, lo: int, hi: int, margin: int) -> tuple[float, int, int]:

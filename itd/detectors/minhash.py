@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from itd.data import Sample
-from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, align
+from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, align, answer_key_end, label_text
 from itd.detectors.ngram import byte_to_char
 from itd.errors import require
 from itd.text import mix64, ngram_hashes, normalize, tokenize
@@ -138,7 +138,7 @@ class MinHashDetector(CorpusDetector):
         # entry e: sample e // 2, part e % 2 (0 = question, 1 = question + answer)
         texts, answers = [], []
         for s in self.samples:
-            q, ans = normalize(s.prompt_text()), normalize(s.answer_text())
+            q, ans = normalize(s.prompt_text()), normalize(label_text(s))
             texts += [q, q + "\n" + ans if ans.strip() else ""]
             answers.append(ans)
         self._texts, self._answers = texts, answers
@@ -235,6 +235,9 @@ class MinHashDetector(CorpusDetector):
                 score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
             if score < self.min_score:
                 continue
+            key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8)
+            if key_end is not None:  # an MCQ item followed by its key: the label is there too
+                b, which = key_end, 1
             part.best[sample, which] = max(part.best[sample, which], score)
             part.evidence.add(sample, Evidence(score, self.name, "fuzzy", PARTS[which], document.id, a, b, document.text[a:b]))
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from itd.data import Sample
-from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, align
+from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, align, answer_key_end, label_text
 from itd.text import ngram_hashes, normalize, tokenize
 
 __all__ = ["NGramDetector", "NGramPartial", "byte_to_char"]
@@ -102,7 +102,7 @@ class NGramDetector(CorpusDetector):
         self.samples = list(samples)
         texts: list[str] = []
         for s in self.samples:
-            texts += [normalize(s.prompt_text()), normalize(s.answer_text())]
+            texts += [normalize(s.prompt_text()), normalize(label_text(s))]
         self._norm = texts
         tb = tokenize(texts, normalized=True)
         n_samples = len(self.samples)
@@ -210,6 +210,9 @@ class NGramDetector(CorpusDetector):
             lo, hi = (int(x) for x in byte_to_char(batch.normalized[d], np.array([lo_b, hi_b])))
             score, a, b = align(needle, document.text, lo, hi, margin=max(32, len(needle) // 4))
             match = "raw" if pass_bits[g] & 1 else "numnorm"
+            key_end = answer_key_end(self.samples[s], document.text, b, slack=16 + len(needle) // 8)
+            if key_end is not None:
+                b, part_name = key_end, "question+answer"
             book.add(s, Evidence(score, self.name, match, part_name, document.id, a, b, document.text[a:b]))
 
     def _needle(self, g0: int, g1: int) -> tuple[str, str]:
@@ -276,6 +279,9 @@ class NGramDetector(CorpusDetector):
         for i in range(len(self.samples)):
             q_hit = (cov[:, i, 0] >= self.input_threshold) & enough[:, i, 0]
             a_hit = (cov[:, i, 1] >= self.label_threshold) & enough[:, i, 1] & (sizes[i, 1] > 0)
+            evidence = partial.evidence.get(i)
+            if self.samples[i].is_mcq:  # the label of an MCQ item is its key, stated right after the choices
+                a_hit = q_hit & any(e.part == "question+answer" for e in evidence)
             crossed = q_hit | a_hit
             # "numnorm": the copy matches clearly better once numbers are ignored (same problem, other numbers)
             gain = cov[1, i].sum() - cov[0, i].sum()
@@ -294,7 +300,7 @@ class NGramDetector(CorpusDetector):
                     input_hit=bool(q_hit.any()),
                     label_hit=bool(a_hit.any()),
                     details=details,
-                    evidence=partial.evidence.get(i),
+                    evidence=evidence,
                     checked=bool(self._n_eff[i] > 0),
                 )
             )
