@@ -31,7 +31,6 @@ __all__ = [
 
 _U64 = np.uint64
 _NONWORD = re.compile(r"[\W_]")
-_NON_ASCII_NONWORD = re.compile(r"[^\w\x00-\x7f]")
 _ANNOTATION = re.compile(r"<<[^<>\n]*>>")
 _NON_SPACE = re.compile(r"\S+")
 
@@ -49,6 +48,7 @@ _OPTION_LETTER = np.zeros(256, dtype=bool)
 _OPTION_LETTER[ord("a") : ord("j") + 1] = True
 _MARKER_END = np.zeros(256, dtype=bool)
 _MARKER_END[[ord("."), ord(")")]] = True
+_PUNCT = _JOINER | _MARKER_END
 
 # Masks keeping the first k bytes of a little-endian uint64.
 _MASKS = np.array([(1 << (8 * k)) - 1 if k < 8 else (1 << 64) - 1 for k in range(9)], dtype=_U64)
@@ -75,32 +75,50 @@ def normalize(text: str) -> str:
     """Normalise one text for matching. ASCII input keeps its length (offsets stay valid)."""
     if text.isascii():
         return text.lower()
-    # ASCII punctuation is left to the byte-level tokenizer (as for ASCII text); only non-ASCII symbols, which
-    # the tokenizer would take for word bytes, become spaces
-    return _NON_ASCII_NONWORD.sub(" ", unicodedata.normalize("NFKC", text).lower())
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def _blank_unicode_punctuation(body: np.ndarray, word: np.ndarray) -> None:
+    """Mark the UTF-8 bytes of non-ASCII punctuation and symbols as non-word bytes, in place.
+
+    Covers U+00A0-U+00BF (no-break space, quotes, signs), U+00D7 and U+00F7 (multiplication and division
+    signs), U+2000-U+2BFF (general punctuation such as ’ “ — …, currency, arrows, math operators, shapes) and
+    U+3000-U+303F (CJK punctuation). Other non-ASCII bytes stay word bytes, as letters do.
+    """
+    lead = np.flatnonzero(body >= 0xC2)  # lead bytes of multi-byte characters
+    first, second = body[lead], body[np.minimum(lead + 1, body.size - 1)]
+    two = ((first == 0xC2) & (second >= 0xA0)) | ((first == 0xC3) & ((second == 0x97) | (second == 0xB7)))
+    three = ((first == 0xE2) & (second >= 0x80) & (second <= 0xAF)) | ((first == 0xE3) & (second == 0x80))
+    for k in range(3):
+        word[np.minimum(lead[two | three] + k if k < 2 else lead[three] + k, body.size - 1)] = False
 
 
 def _blank_annotations(body: np.ndarray, word: np.ndarray) -> None:
     """Mark GSM8K calculator annotations `<<expr=result>>` (on one line) as non-word bytes, in place."""
-    lt, gt, nl = body == ord("<"), body == ord(">"), body == ord("\n")
-    opens = np.flatnonzero(lt[:-1] & lt[1:])
-    closes = np.flatnonzero(gt[:-1] & gt[1:]) + 2  # one past the annotation
+    lt = np.flatnonzero(body == ord("<"))
+    opens = lt[:-1][np.diff(lt) == 1]
+    gt = np.flatnonzero(body == ord(">"))
+    closes = gt[:-1][np.diff(gt) == 1] + 2  # one past the annotation
     if not opens.size or not closes.size:
         return
-    newlines = np.flatnonzero(nl)
     nxt = np.searchsorted(closes, opens + 2)
     ok = nxt < closes.size
     opens, ends = opens[ok], closes[nxt[ok]]
     # an annotation never spans a line
+    newlines = np.flatnonzero(body == ord("\n"))
     same_line = np.searchsorted(newlines, opens) == np.searchsorted(newlines, ends)
     opens, ends = opens[same_line], ends[same_line]
     # like the regex <<[^<>]*>>: an open followed by another open before its close is not an annotation
     inner = np.append(opens[1:] >= ends[:-1], True)[: opens.size]
     opens, ends = opens[inner], ends[inner]
-    delta = np.zeros(body.size + 1, dtype=np.int32)
-    delta[opens] += 1  # opens are distinct, and so are ends
-    delta[ends] -= 1
-    word &= np.cumsum(delta[:-1]) <= 0
+    word[_ranges(opens, ends)] = False
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Every index of the disjoint ranges [starts[i], ends[i]), concatenated."""
+    lengths = ends - starts
+    skip = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(int(lengths.sum())) + skip
 
 
 def fold_for_alignment(text: str) -> tuple[str, list[int]]:
@@ -161,23 +179,26 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     buf = np.frombuffer(data + b"\0" * 8, dtype=np.uint8)
     body = buf[:-8]
     word = _WORD[body]
-    if body.size > 2:
+    if not data.isascii():
+        _blank_unicode_punctuation(body, word)
+    punct = np.flatnonzero(_PUNCT[body[1:-1]]) + 1
+    if punct.size:
+        before, after = body[punct - 1], body[punct + 1]
         # a ',' or '.' between two digits joins them into one number token
-        word[1:-1] |= _JOINER[body[1:-1]] & _DIGIT[body[:-2]] & _DIGIT[body[2:]]
+        join = _JOINER[body[punct]] & _DIGIT[before] & _DIGIT[after]
+        # an option marker ("B." or "(b)" before a choice) is layout, not content: dropping it lets a
+        # multiple-choice item match whether or not a copy letters its choices
+        single = np.ones(punct.size, dtype=bool)
+        single[punct >= 2] = ~word[punct[punct >= 2] - 2]
+        marker = _MARKER_END[body[punct]] & _OPTION_LETTER[before] & single
+        word[punct[join]] = True
+        word[punct[marker] - 1] = False
     if b"<<" in data:
         _blank_annotations(body, word)
-    edges = np.diff(word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
+    change = np.flatnonzero(word[1:] != word[:-1]) + 1
+    bounds = np.concatenate([[0], change]) if word[0] else change
+    starts, ends = bounds[0::2], bounds[1::2]  # runs of word bytes alternate start, end; the text ends in "\n"
     lens = ends - starts
-    # option markers ("B." or "(b)" before a choice) are layout, not content: dropping them lets a
-    # multiple-choice item match whether or not a copy letters its choices
-    single = np.flatnonzero(lens == 1)
-    marker = single[_OPTION_LETTER[body[starts[single]]] & _MARKER_END[body[ends[single]]]]
-    if marker.size:
-        keep = np.ones(starts.size, dtype=bool)
-        keep[marker] = False
-        starts, ends, lens = starts[keep], ends[keep], lens[keep]
 
     # Read each token as up to four unaligned little-endian uint64 words and fold them into one hash.
     words64 = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf.data, strides=(1,))
@@ -196,15 +217,15 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
         digest = blake2b(buf[starts[i] : ends[i]].tobytes(), digest_size=8).digest()
         h[i] = np.frombuffer(digest, dtype="<u8")[0]
 
-    doc = np.searchsorted(doc_byte_offsets, starts, side="right") - 1
+    doc_token_offsets = np.searchsorted(starts, doc_byte_offsets, side="left")
+    doc = np.repeat(np.arange(len(encoded), dtype=np.int32), np.diff(doc_token_offsets))
     local_starts = starts - doc_byte_offsets[doc]
-    doc_token_offsets = np.searchsorted(doc, np.arange(len(encoded) + 1), side="left")
     return TokenizedBatch(
         hashes=h,
         is_number=_DIGIT[body[starts]] if starts.size else np.zeros(0, dtype=bool),
         starts=local_starts,
         ends=local_starts + lens,
-        doc=doc.astype(np.int32),
+        doc=doc,
         doc_token_offsets=doc_token_offsets.astype(np.int64),
     )
 
