@@ -97,6 +97,15 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
     out.print(table)
 
 
+def _warn_skipped(stats: dict) -> None:
+    """Tell the user on stderr how many malformed corpus lines were skipped, with the first few errors."""
+    if stats.get("skipped_lines"):
+        console = _err_console()
+        console.print(f"[yellow]skipped {stats['skipped_lines']} malformed corpus line(s):[/yellow]", highlight=False)
+        for message in stats["skipped_errors"][:5]:
+            console.print(f"  {message}", highlight=False, markup=False)
+
+
 def _parse_detectors(value: str) -> tuple[str, ...]:
     return tuple(v for v in (p.strip() for p in value.split(",")) if v)
 
@@ -119,10 +128,11 @@ def cli() -> None:
 @click.option("--fuzzy-min-score", type=click.FloatRange(0, 100), default=85.0, help="rapidfuzz score a fuzzy match needs.")
 @click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
+@click.option("--skip-bad-lines", is_flag=True, help="Skip malformed corpus lines (counted and reported) instead of stopping.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the per-sample JSONL report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, out, as_json, quiet):
+def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, skip_bad_lines, out, as_json, quiet):
     """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found."""
     from itd.io import build_manifest
     from itd.scan import ScanConfig
@@ -137,10 +147,12 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         fuzzy_min_score=fuzzy_min_score,
         text_field=text_field,
         workers=workers,
+        skip_bad_lines=skip_bad_lines,
     )
     samples = _load(benchmark, fmt)
     with _byte_progress("scanning corpus", not quiet) as progress:
         report = run_scan(samples, list(corpus), config, progress=progress)
+    _warn_skipped(report.stats)
     if out:
         manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[benchmark, *corpus])
         report.write_jsonl(out, manifest)
@@ -163,13 +175,17 @@ def index() -> None:
 @click.option("--n", type=click.IntRange(2, 64), default=13, help="n-gram length.")
 @click.option("--n-short", type=click.IntRange(1, 64), default=8, help="n-gram length for short items.")
 @click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
+@click.option("--skip-bad-lines", is_flag=True, help="Skip malformed corpus lines (counted and reported) instead of stopping.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index_build(corpus, out, n, n_short, text_field, quiet):
+def index_build(corpus, out, n, n_short, text_field, skip_bad_lines, quiet):
     """Index the n-grams of CORPUS into directory OUT."""
     from itd.index import build_index
 
     with _byte_progress("indexing corpus", not quiet) as progress:
-        meta = build_index(list(corpus), out, n=n, n_short=n_short, text_field=text_field, progress=progress)
+        meta = build_index(
+            list(corpus), out, n=n, n_short=n_short, text_field=text_field, skip_bad_lines=skip_bad_lines, progress=progress
+        )
+    _warn_skipped(meta)
     _err_console().print(f"index written to {out}: {meta['documents']} documents, {meta['bytes']} bytes")
     return EXIT_CLEAN
 

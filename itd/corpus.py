@@ -112,13 +112,34 @@ def plan_shards(paths: Iterable[str | os.PathLike], shard_bytes: int | None = No
     return shards
 
 
-class ShardReader:
-    """Iterates the documents of one shard. `consumed` is the number of on-disk bytes read so far."""
+_KEEP_SKIPPED = 20
 
-    def __init__(self, shard: Shard, text_field: str = "text"):
+
+class ShardReader:
+    """Iterates the documents of one shard. `consumed` is the number of on-disk bytes read so far.
+
+    A malformed line raises `InputError`; with `skip_bad=True` it is skipped instead, counted in `n_skipped`,
+    and its error kept in `skipped` (the first `_KEEP_SKIPPED`), so one bad line in a huge corpus does not
+    throw away a long scan.
+    """
+
+    def __init__(self, shard: Shard, text_field: str = "text", skip_bad: bool = False):
         self.shard = shard
         self.text_field = text_field
+        self.skip_bad = skip_bad
         self.consumed = 0
+        self.n_skipped = 0
+        self.skipped: list[str] = []
+
+    def _bad(self, message: str, line: int) -> None:
+        """Raise the error of a malformed line, or record it and go on when skipping bad lines."""
+        error = InputError(message, path=self.shard.path, line=line)
+        if not self.skip_bad:
+            error.message += " (or pass --skip-bad-lines to skip such lines)"
+            raise error
+        self.n_skipped += 1
+        if len(self.skipped) < _KEEP_SKIPPED:
+            self.skipped.append(str(error))
 
     def __iter__(self) -> Iterator[Document]:
         if self.shard.kind == "parquet":
@@ -169,17 +190,16 @@ class ShardReader:
             try:
                 rec = json.loads(line)
             except ValueError as exc:
-                raise InputError(f"invalid JSON ({exc})", path=path, line=line_no) from None
+                self._bad(f"invalid JSON ({exc})", line_no)
+                continue
             if not isinstance(rec, dict):
-                raise InputError("a JSONL corpus line must be an object", path=path, line=line_no)
+                self._bad("a JSONL corpus line must be an object", line_no)
+                continue
             text = rec.get(field)
             if not isinstance(text, str):
                 what = "missing" if field not in rec else f"not a string ({type(text).__name__})"
-                raise InputError(
-                    f"text field {field!r} is {what}; fields here: {', '.join(list(rec)[:8])} (set --text-field)",
-                    path=path,
-                    line=line_no,
-                )
+                self._bad(f"text field {field!r} is {what}; fields here: {', '.join(list(rec)[:8])} (set --text-field)", line_no)
+                continue
             yield Document(path, line_no, text)
 
     def _text_docs(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[Document]:

@@ -76,6 +76,7 @@ def build_index(
     n_short: int = 8,
     text_field: str = "text",
     batch_chars: int = 1 << 20,
+    skip_bad_lines: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Stream `corpus` and write its n-gram index to directory `out`; returns the index metadata."""
@@ -91,7 +92,7 @@ def build_index(
     pending: dict[tuple[str, int], list[np.ndarray]] = {k: [] for k in keys}
     held = dict.fromkeys(keys, 0)
     runs: dict[tuple[str, int], list[Path]] = {k: [] for k in keys}
-    done, docs = 0, 0
+    done, docs, skipped, errors = 0, 0, 0, []
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
 
         def spill(key):
@@ -102,7 +103,7 @@ def build_index(
             pending[key], held[key] = [], 0
 
         for shard in shards:
-            reader = ShardReader(shard, text_field)
+            reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines)
             seen = 0
             for batch_docs in batches(reader, batch_chars):
                 tb = make_batch(batch_docs).tokens
@@ -118,6 +119,8 @@ def build_index(
                     seen = reader.consumed
                     progress(done, total)
             done += shard.size - seen
+            skipped += reader.n_skipped
+            errors = (errors + reader.skipped)[:20]
             if progress is not None:
                 progress(done, total)
         counts = {}
@@ -134,6 +137,8 @@ def build_index(
         "passes": list(PASSES),
         "text_field": text_field,
         "documents": docs,
+        "skipped_lines": skipped,
+        "skipped_errors": errors,
         "bytes": total,
         "ngrams": counts,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from itd.corpus import Document, Shard, ShardReader, plan_shards
@@ -47,6 +47,7 @@ class ScanConfig:
     batch_chars: int = 1 << 20
     shard_bytes: int = 32 << 20
     evidence_limit: int = 5
+    skip_bad_lines: bool = False
 
     def __post_init__(self) -> None:
         self.detectors = tuple(d.strip().lower() for d in self.detectors if d.strip())
@@ -90,15 +91,30 @@ def batches(docs: Iterable[Document], batch_chars: int) -> Iterable[list[Documen
         yield batch
 
 
+@dataclass(slots=True)
+class ShardTally:
+    """What reading shards came to: documents read, malformed lines skipped and the first of their errors."""
+
+    documents: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: "ShardTally") -> "ShardTally":
+        self.documents += other.documents
+        self.skipped += other.skipped
+        self.errors = (self.errors + other.errors)[:20]
+        return self
+
+
 def scan_shard(
     detectors: Sequence[CorpusDetector],
     shard: Shard,
     config: ScanConfig,
     on_bytes: Callable[[int], None] | None = None,
-) -> tuple[list[Any], int]:
-    """Scan one shard with every detector; returns (partial per detector, documents read)."""
+) -> tuple[list[Any], ShardTally]:
+    """Scan one shard with every detector; returns (partial per detector, tally of what was read)."""
     partials = [d.empty() for d in detectors]
-    reader = ShardReader(shard, config.text_field)
+    reader = ShardReader(shard, config.text_field, skip_bad=config.skip_bad_lines)
     reported = 0
     n_docs = 0
     for docs in batches(reader, config.batch_chars):
@@ -111,7 +127,7 @@ def scan_shard(
             reported = reader.consumed
     if on_bytes is not None and shard.size > reported:
         on_bytes(shard.size - reported)
-    return partials, n_docs
+    return partials, ShardTally(n_docs, reader.n_skipped, reader.skipped)
 
 
 # ---- process pool -----------------------------------------------------------------------------------------
@@ -128,17 +144,17 @@ def _add_bytes(n: int) -> None:
         counter.value += n
 
 
-def _worker_scan(shard: Shard) -> tuple[list[Any], int]:
+def _worker_scan(shard: Shard) -> tuple[list[Any], ShardTally]:
     return scan_shard(_WORKER["detectors"], shard, _WORKER["config"], _add_bytes)
 
 
-def _run_pool(detectors, shards, config, total, progress) -> tuple[list[Any], int]:
+def _run_pool(detectors, shards, config, total, progress) -> tuple[list[Any], ShardTally]:
     # fork on Linux: workers inherit the fitted detectors and need no importable __main__ (scripts piped to
     # python, notebooks); they run only numpy/rapidfuzz code, so the usual fork hazards do not apply
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     counter = ctx.Value("q", 0)
     partials = [d.empty() for d in detectors]
-    n_docs = 0
+    tally = ShardTally()
     with ProcessPoolExecutor(
         max_workers=min(config.workers, len(shards)),
         mp_context=ctx,
@@ -150,8 +166,8 @@ def _run_pool(detectors, shards, config, total, progress) -> tuple[list[Any], in
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    parts, docs = fut.result()
-                    n_docs += docs
+                    parts, part_tally = fut.result()
+                    tally.add(part_tally)
                     partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
                 if progress is not None:
                     progress(min(counter.value, total), total)
@@ -159,7 +175,7 @@ def _run_pool(detectors, shards, config, total, progress) -> tuple[list[Any], in
             for fut in pending:
                 fut.cancel()
             raise
-    return partials, n_docs
+    return partials, tally
 
 
 def scan(
@@ -179,10 +195,10 @@ def scan(
     shards = plan_shards(corpus, config.shard_bytes if config.workers > 1 else None)
     total = sum(s.size for s in shards)
     if config.workers > 1 and len(shards) > 1:
-        partials, n_docs = _run_pool(detectors, shards, config, total, progress)
+        partials, tally = _run_pool(detectors, shards, config, total, progress)
     else:
         partials = [d.empty() for d in detectors]
-        n_docs = 0
+        tally = ShardTally()
         done = 0
 
         def on_bytes(n: int) -> None:
@@ -192,8 +208,8 @@ def scan(
                 progress(done, total)
 
         for shard in shards:
-            parts, docs = scan_shard(detectors, shard, config, on_bytes)
-            n_docs += docs
+            parts, part_tally = scan_shard(detectors, shard, config, on_bytes)
+            tally.add(part_tally)
             partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
     per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
     results = []
@@ -202,7 +218,9 @@ def scan(
         results.append(SampleResult(sample, label_of(findings), findings))
     seconds = time.perf_counter() - t0
     stats = {
-        "documents": n_docs,
+        "documents": tally.documents,
+        "skipped_lines": tally.skipped,
+        "skipped_errors": tally.errors,
         "bytes": total,
         "shards": len(shards),
         "workers": config.workers,

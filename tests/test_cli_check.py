@@ -150,3 +150,22 @@ def test_check_api_on_real_items(leaked_setup):
     _, index, leaked, _ = leaked_setup
     report = check(load_benchmark(leaked), index)
     assert sorted(r.sample.source.line for r in report.contaminated) == [4, 51, 100]
+
+
+def test_bad_corpus_line_stops_with_its_location_or_is_skipped(leaked_setup, tmp_path):
+    """A malformed line names file:line and exits 2; with --skip-bad-lines the scan goes on and reports it."""
+    corpus, _, leaked, _ = leaked_setup
+    lines = corpus.read_text("utf-8").splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines[:7] + ['{"text": "unterminated', '{"body": "no text field"}'] + lines[7:]) + "\n", "utf-8")
+    stopped = run_cli("scan", str(leaked), "--corpus", str(bad), "--json", "-q")
+    assert stopped.returncode == 2
+    assert f"{bad}:8: invalid JSON" in stopped.stderr and "--skip-bad-lines" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    skipped = run_cli("scan", str(leaked), "--corpus", str(bad), "--json", "-q", "--skip-bad-lines")
+    assert skipped.returncode == 1  # the leaked items after the bad lines are still found
+    summary = json.loads(skipped.stdout)
+    assert summary["stats"]["skipped_lines"] == 2
+    assert summary["stats"]["skipped_errors"][1].startswith(f"{bad}:9: text field 'text' is missing")
+    assert "skipped 2 malformed corpus line(s)" in skipped.stderr
+    assert len(summary["contaminated_ids"]) == 3
