@@ -4,8 +4,8 @@ Corpus (two JSONL files, so evidence tells where a match came from):
   * `gsm8k_train.jsonl`: every GSM8K train problem (question + worked solution) as one document;
   * `synthetic.jsonl`: `--filler` filler documents (`itd.demo.filler_text`) plus the planted leaks:
     `--per-variant` GSM8K test items for each `itd.demo.VARIANTS` kind, and `--per-variant` MMLU test items for
-    verbatim / question_only / edited, rendered as `Sample.prompt_text()` (question + one line per choice) and
-    `Sample.answer_text()` (the correct choice), planted with `itd.demo.plant`.
+    verbatim / question_only / edited, in lm-evaluation-harness's layout: `itd.render.render(s, "options")`
+    (question, then `A. ...` choice lines) and the key `Answer: <letter>`, planted with `itd.demo.plant`.
 
 Both benchmarks (GSM8K test, all MMLU test items) are scanned with `detectors=("ngram", "minhash")`. Per variant
 the table gives planted, detected (label != clean), detected with `EXPECTED_LABEL[kind]`, located (evidence points
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from itd.data import load_benchmark
     from itd.demo import EXPECTED_LABEL, VARIANTS, filler_text, plant
+    from itd.render import render
     from itd.scan import ScanConfig, scan
 
     rng = random.Random(args.seed)
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     for j, kind in truth["gsm8k"].items():  # the raw GSM8K record: solution with its <<calculator>> annotations
         docs.append(("gsm8k", j, plant(kind, gsm_raw[j]["question"], gsm_raw[j]["answer"], rng)))
     for j, kind in truth["mmlu"].items():
-        docs.append(("mmlu", j, plant(kind, mmlu[j].prompt_text(), mmlu[j].answer_text(), rng)))
+        key = "Answer: " + "ABCDEFGHIJ"[mmlu[j].answer]
+        docs.append(("mmlu", j, plant(kind, render(mmlu[j], "options"), key, rng)))
     rng.shuffle(docs)
 
     with C.workdir(args.workdir, "itd-bench-recall-") as wd:
