@@ -264,6 +264,217 @@ def demo(out, seed, as_json):
     return EXIT_CLEAN if wrong == 0 else EXIT_FOUND
 
 
+@contextlib.contextmanager
+def _stage_progress(enabled: bool = True) -> Iterator[Any]:
+    """Rich progress bars on stderr, one per stage; yields a `(stage, done, total)` callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tokens"),
+        TimeRemainingColumn(),
+        console=_err_console(),
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"scoring {stage}", total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _print_detection(report) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    out = _out_console()
+    summary = report.summary()
+    table = Table(title=f"itd detect: {summary['items']} items under {report.model}")
+    for col in ("probe", "benchmark median", "set-level p", "AUROC vs reference", "AUROC leaked vs unseen", "TPR@5%FPR"):
+        table.add_column(col)
+    truth = (report.truth or {}).get("methods", {})
+    for m in report.config.methods:
+        values = [it.scores[m] for it in report.items]
+        test = report.set_tests.get(m)
+        t = truth.get(m, {})
+        table.add_row(
+            m + (" (decision)" if m == report.config.decision else ""),
+            f"{np.nanmedian(values):.4g}" if values else "-",
+            f"{test.p_value:.2e}" if test else "-",
+            f"{test.auroc:.3f} [{test.auroc_ci[0]:.3f}, {test.auroc_ci[1]:.3f}]" if test else "-",
+            f"{t['auroc']:.3f}" if t else "-",
+            f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
+        )
+    out.print(table)
+    if report.mode == "fdr":
+        out.print(f"flagged {summary['flagged']} of {summary['items']} items at FDR {report.config.fdr} "
+                  f"(decision probe {report.config.decision}, reference set of {report.reference_size} items)")
+    elif report.mode == "threshold":
+        out.print(f"flagged {summary['flagged']} of {summary['items']} items with {report.config.decision} > {report.config.threshold}")
+    else:
+        out.print("no reference set and no threshold: scores only, nothing decided (give --reference-set or --threshold)")
+    if report.permutation is not None:
+        perm = report.permutation
+        out.print(f"option-order test: original order ranked first for {perm.count} of {perm.n_items} items "
+                  f"(chance {perm.expected:.1f}), p = {perm.p_value:.2e}")
+    if "flags" in (report.truth or {}):
+        f = report.truth["flags"]
+        out.print(f"flags against the truth: recall {f['recall']}, precision {f['precision']} "
+                  f"({f['true_positives']} leaked and {f['false_positives']} unseen items flagged)")
+    verdict = "[red]contaminated[/red]" if report.contaminated else "[green]no contamination detected[/green]"
+    out.print(f"verdict: {verdict}")
+
+
+@cli.command()
+@click.argument("benchmark", type=click.Path())
+@click.option("--model", "-m", required=True, help="Hugging Face model name or local model directory.")
+@click.option("--reference-set", type=click.Path(), help="Clean items the model cannot have seen, in the same format.")
+@click.option("--format", "fmt", default="auto", help="Format of BENCHMARK and the reference set.")
+@click.option("--methods", default="loss,zlib,mink,minkpp", help="Comma-separated probes: loss, zlib, mink, minkpp, lowercase, reference.")
+@click.option("--decision", default="minkpp", help="Probe whose p-values or threshold make the flags.")
+@click.option("--k", type=click.FloatRange(0, 1, min_open=True), default=0.2, help="Fraction of tokens for Min-K% and Min-K%++.")
+@click.option("--rendering", default="auto", help="Text scored: auto, question, question+answer, options, options+answer.")
+@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, help="False discovery rate of the flags.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, help="Level of the set-level tests.")
+@click.option("--threshold", type=float, help="Plain threshold on the decision score (without a reference set).")
+@click.option("--permutation-test", is_flag=True, help="MCQ option-order test (label-free, one pass per order).")
+@click.option("--reference-model", help="Second model for the 'reference' probe.")
+@click.option("--truth", type=click.Path(), help="Contamination-lab manifest (leaked/unseen ids) to measure the probes.")
+@click.option("--device", default="auto", help="auto, cuda, cpu or mps.")
+@click.option("--dtype", default="auto", help="auto, bfloat16, float16 or float32.")
+@click.option("--batch-size", default="auto", help="Rows per forward pass, or auto.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code (off by default).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write per-item scores (JSONL) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering, fdr, alpha, threshold, permutation_test,
+           reference_model, truth, device, dtype, batch_size, trust_remote_code, out, as_json, quiet):
+    """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged."""
+    from itd.detect import DetectConfig, load_truth
+    from itd.detect import detect as run_detect
+    from itd.io import build_manifest
+    from itd.models import load_model
+
+    if batch_size != "auto":
+        if not batch_size.isdigit() or int(batch_size) < 1:
+            raise click.BadParameter("must be a positive integer or 'auto'", param_hint="--batch-size")
+        batch_size = int(batch_size)
+    config = DetectConfig(
+        methods=tuple(m for m in methods.split(",")), decision=decision, k=k, rendering=rendering, fdr=fdr,
+        alpha=alpha, threshold=threshold, batch_size=batch_size, permutation_test=permutation_test,
+    )
+    config.score_config()  # reject a bad probe setting before any model is loaded
+    samples = _load(benchmark, fmt)
+    reference = _load(reference_set, fmt) if reference_set else None
+    truth_ids = load_truth(truth) if truth else None
+    load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = load_model(model, **load)
+    ref_lm = load_model(reference_model, **load) if reference_model else None
+    with _stage_progress(not quiet) as progress:
+        report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids, progress=progress)
+    if out:
+        inputs = [benchmark] + ([reference_set] if reference_set else []) + ([truth] if truth else [])
+        manifest = build_manifest(
+            command="detect",
+            config={**config.to_dict(), "format": fmt, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code},
+            inputs=inputs,
+            models=[lm.name] + ([ref_lm.name] if ref_lm else []),
+        )
+        report.write_jsonl(out, manifest)
+        _err_console().print(f"scores written to {out}")
+    if as_json:
+        click.echo(json.dumps(report.summary(), indent=2))
+    else:
+        _print_detection(report)
+    return EXIT_FOUND if report.contaminated else EXIT_CLEAN
+
+
+@contextlib.contextmanager
+def _lab_progress(enabled: bool = True) -> Iterator[Any]:
+    """Rich progress bars on stderr for the lab's stages; yields a `(stage, done, total)` callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    labels = {"tokenizer": "training the tokenizer", "contaminated": "training the contaminated twin (steps)",
+              "clean": "training the clean twin (steps)"}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_err_console(),
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+@cli.command()
+@click.option("--benchmark", "-b", required=True, type=click.Path(), help="Benchmark file or directory whose items are leaked or held out.")
+@click.option("--train", "train_path", type=click.Path(), help="Clean in-domain text: a benchmark file or directory (e.g. the GSM8K train split). Default: the benchmark items not drawn for the experiment.")
+@click.option("--format", "fmt", default="auto", help="Format of --benchmark and --train (auto, gsm8k, mmlu, jsonl, csv).")
+@click.option("--preset", default="tiny", help="Model size and budget: tiny (tests, ~2 min on CPU), small (CPU), medium, large (GPU).")
+@click.option("--leak-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3, help="Fraction of the experiment's items leaked into the training corpus.")
+@click.option("--repeats", type=click.IntRange(min=1), default=6, help="Copies of each leaked item in the corpus.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the split, the data order and the weights.")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps per twin (default: the preset's).")
+@click.option("--device", default="auto", help="auto (CUDA when available), cpu or cuda.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Lab directory (new, empty, or an earlier lab to rebuild).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of a table.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, seed, steps, device, out, as_json, quiet):
+    """Train twin models with and without leaked BENCHMARK items: the ground truth to measure detectors on."""
+    from rich.table import Table
+
+    from itd.errors import InputError
+    from itd.lab import LabConfig, build_lab, load_lab_manifest
+
+    try:
+        config = LabConfig(preset=preset, leak_rate=leak_rate, repeats=repeats, seed=seed, device=device,
+                           overrides={"steps": steps} if steps else {})
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    samples = _load(benchmark, fmt)
+    train = _load(train_path, fmt) if train_path else None
+    with _lab_progress(not quiet) as progress:
+        result = build_lab(samples, train, out, config, progress=progress)
+    manifest = load_lab_manifest(result.out)
+    corpus, training = manifest["corpus"], manifest["training"]
+    if as_json:
+        summary = {**result.to_dict(), "device": manifest["device"], "corpus": corpus,
+                   "training": {name: {k: v for k, v in rec.items() if k != "loss_curve"} for name, rec in training.items()}}
+        click.echo(json.dumps(summary, indent=2))
+        return EXIT_CLEAN
+    table = Table(title=f"itd lab: preset {result.preset}, {manifest['model']['parameters']:,} parameters, {manifest['device']}")
+    for col in ("twin", "docs", "tokens", "steps", "epochs", "loss", "seconds"):
+        table.add_column(col, justify="left" if col == "twin" else "right")
+    for name in ("contaminated", "clean"):
+        rec = training[name]
+        table.add_row(name, str(corpus["documents"][name]), f"{corpus['tokens'][name]:,}", str(rec["steps"]),
+                      f"{rec['epochs']:.1f}", f"{rec['first_loss']:.2f} -> {rec['final_loss']:.2f}", f"{rec['seconds']:.0f}")
+    console = _out_console()
+    console.print(table)
+    console.print(f"{len(result.leaked)} items leaked x{repeats}, {len(result.unseen)} unseen, "
+                  f"{corpus['train_items']} clean training items")
+    console.print(f"models: {result.contaminated}, {result.clean}\nground truth: {result.manifest}")
+    return EXIT_CLEAN
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes without tracebacks."""
     try:

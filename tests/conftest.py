@@ -24,3 +24,20 @@ def shared_data() -> Path:
             pytest.fail(reason + "; ITD_REQUIRE_SHARED_DATA=1 forbids skipping")
         pytest.skip(reason)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_lab(shared_data, tmp_path_factory):
+    """The tiny contamination lab, built once per test run: twin GPT-2s trained on GSM8K train items, the
+    contaminated one also on 30% of 120 GSM8K test items repeated 6 times (`itd.lab.LabResult`; ground truth in
+    `.leaked` / `.unseen`, models in `.contaminated` / `.clean`)."""
+    from itd.data import load_benchmark
+    from itd.lab import LabConfig, build_lab
+
+    gsm8k = shared_data / "gsm8k"
+    return build_lab(
+        load_benchmark(gsm8k / "test.jsonl"),
+        load_benchmark(gsm8k / "train.jsonl"),
+        tmp_path_factory.mktemp("tiny_lab"),
+        LabConfig(preset="tiny", leak_rate=0.3, repeats=6, seed=0),
+    )

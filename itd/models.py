@@ -1,0 +1,587 @@
+"""Model access and the batched membership-inference probe scorer.
+
+`load_model` loads a Hugging Face causal LM (hub name or local directory, safetensors weights only) and
+`score_texts` scores texts with every requested probe from one forward pass per batch:
+
+    model = load_model("EleutherAI/pythia-160m")
+    scores = score_texts(model, texts, ScoreConfig(methods=("loss", "zlib", "mink", "minkpp")))
+
+Every method's score is oriented so that HIGHER = MORE LIKELY LEAKED (seen in training). With `nll` the mean
+negative log-likelihood (nats per token) of the text's tokens and `logp_t` the log-probability of token t:
+
+* `loss`: -nll (Yeom et al. 2018; the loss attack).
+* `zlib`: -nll / zlib_bytes, zlib_bytes = len(zlib.compress(text.encode("utf-8"))) (Carlini et al. 2021).
+* `mink`: mean of the lowest k-fraction of the logp_t (Min-K%, Shi et al. 2024).
+* `minkpp`: mean of the lowest k-fraction of (logp_t - mu_t) / sigma_t, where mu_t and sigma_t^2 are the mean
+  and variance of log p(z | x_<t) for z drawn from the model's own next-token distribution (Min-K%++,
+  Zhang et al. 2024). sigma_t^2 is also the variance of the logits under p: one more weighted reduction.
+* `lowercase`: -nll / nll_lower, nll_lower the NLL of the lowercased text (Carlini et al. 2021; a second pass).
+* `reference`: -nll / nll_ref, nll_ref the NLL of the text under a reference model (Carlini et al. 2021). If
+  the two tokenizers differ, each model scores the text under its own tokenisation: the ratio is per item.
+
+The lowest k-fraction holds max(1, floor(k * n_tokens)) tokens. A text with no scored token gets NaN scores.
+Every text gets the tokenizer's BOS token (or EOS when it has none) in front, so its first token is scored too.
+Reductions over the vocabulary run in fp32, a bounded chunk of positions at a time; the model is never given
+`labels=` (that would make an fp32 copy of all logits).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from itd.errors import InputError, require
+
+__all__ = [
+    "METHODS",
+    "DEFAULT_METHODS",
+    "DEVICES",
+    "DTYPES",
+    "ModelSpec",
+    "LoadedModel",
+    "load_model",
+    "wrap_model",
+    "ScoreConfig",
+    "ItemScores",
+    "score_texts",
+    "Progress",
+]
+
+METHODS = ("loss", "zlib", "mink", "minkpp", "lowercase", "reference")
+DEFAULT_METHODS = ("loss", "zlib", "mink", "minkpp")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+Progress = Callable[[int, int], None]  # (tokens scored, tokens to score)
+
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt"
+)
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_CPU_LOGITS_BYTES = 256 << 20  # logits memory of one CPU batch under batch_size="auto"
+_CPU_MAX_TOKENS = 4096  # padded tokens per CPU batch under "auto"; larger ran no faster on 2 cores
+_CUDA_MAX_TOKENS = 1 << 17  # first try of batch_size="auto" on CUDA; halved on out-of-memory
+_CHUNK_ELEMENTS = 1 << 22  # positions x vocabulary per fp32 reduction chunk on CPU (16 MiB per temporary)
+_CUDA_CHUNK_ELEMENTS = 1 << 26  # larger on CUDA, where small chunks are kernel-launch bound (256 MiB)
+_MIN_VAR = 1e-12
+
+
+# ---- model access ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What to load: a hub name or local directory, and where and how. Validated on construction."""
+
+    name_or_path: str
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if not str(self.name_or_path).strip():
+            raise InputError("a model name or path is needed")
+        if not _DEVICE_RE.match(self.device):
+            raise InputError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
+        if self.dtype not in DTYPES:
+            raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+
+    def load(self) -> LoadedModel:
+        """Load the model (see `load_model`)."""
+        return load_model(
+            self.name_or_path,
+            device=self.device,
+            dtype=self.dtype,
+            trust_remote_code=self.trust_remote_code,
+            revision=self.revision,
+        )
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A causal LM ready to score: in eval mode, gradients off. `device` is where inputs go."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    device: str
+    dtype: str
+    context_length: int
+
+    @property
+    def prefix_token_id(self) -> int | None:
+        """Token put before every text so its first token is scored: BOS, else EOS, else none."""
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a local directory or the Hugging Face Hub.
+
+    Only safetensors weights are loaded. `device="auto"` picks CUDA, then MPS, then CPU. `device="auto"` or
+    `"cuda"` with several GPUs spreads the model over them (`device_map="auto"`) when `accelerate` is installed,
+    else uses the first GPU. `dtype="auto"` is bfloat16 on CUDA when supported (else float16), float16 on MPS and
+    float32 on CPU. With `HF_HUB_OFFLINE=1` a hub name is only looked up in the local cache; without it an
+    unreachable Hub fails after huggingface_hub's retries. Problems the user can fix raise `InputError`.
+    """
+    spec = ModelSpec(str(name_or_path), device, dtype, trust_remote_code, revision)
+    source, local = _resolve_source(spec.name_or_path)
+    torch = require("torch", "probes", "Model probes")
+    transformers = require("transformers", "probes", "Model probes")
+    dev = _resolve_device(torch, spec.device)
+    torch_dtype = _resolve_dtype(torch, spec.dtype, dev)
+    offline = not local and _hub_offline()
+    common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if offline:
+        common["local_files_only"] = True
+    if local:
+        where = source
+    elif offline:
+        where = f"{source!r} (not a local directory, and HF_HUB_OFFLINE is set: only the local Hub cache was searched)"
+    else:
+        where = f"{source!r} (not a local directory; set HF_HUB_OFFLINE=1 to search only the local Hub cache)"
+    # The config first: one small file, so an unknown or unreachable name fails before anything heavy.
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the model config of {where}: {_first_line(exc)}") from exc
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot load the tokenizer of {where}: {_first_line(exc)}") from exc
+    kwargs: dict[str, Any] = dict(common, config=config, use_safetensors=True)
+    kwargs[_dtype_kwarg(transformers)] = torch_dtype
+    spread = dev == "cuda" and torch.cuda.device_count() > 1 and _has_module("accelerate")
+    if spread:
+        kwargs["device_map"] = "auto"
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the model weights of {where}: {_first_line(exc)}") from exc
+    if not spread:
+        model.to("cuda:0" if dev == "cuda" else dev)
+    model.requires_grad_(False)
+    return wrap_model(model, tokenizer, name=spec.name_or_path)
+
+
+def wrap_model(model: Any, tokenizer: Any, *, name: str = "model") -> LoadedModel:
+    """A `LoadedModel` for a model already in memory (e.g. one just trained); puts it in eval mode."""
+    model.eval()
+    emb = model.get_input_embeddings()
+    param = emb.weight if emb is not None else next(model.parameters())
+    dtype = str(param.dtype).removeprefix("torch.")
+    return LoadedModel(model, tokenizer, name, str(param.device), dtype, _context_length(model, tokenizer))
+
+
+def _resolve_source(name: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local directory); checks local directories."""
+    path = Path(name).expanduser()
+    looks_local = (
+        path.exists()
+        or name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") > 1  # hub ids are "name" or "org/name"
+    )
+    if not looks_local:
+        return name, False
+    if not path.exists():
+        raise InputError("model path does not exist", str(path))
+    if not path.is_dir():
+        raise InputError("a model path must be a directory (config.json, tokenizer, safetensors weights)", str(path))
+    if not (path / "config.json").is_file():
+        raise InputError("no config.json in the model directory", str(path))
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise InputError(f"no tokenizer in the model directory (none of {', '.join(_TOKENIZER_FILES)})", str(path))
+    if not any(path.glob("*.safetensors")):
+        other = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5"))
+        found = f" (found {', '.join(other[:3])})" if other else ""
+        raise InputError(f"no safetensors weights in the model directory{found}; itd loads only *.safetensors", path)
+    return str(path), True
+
+
+def _hub_offline() -> bool:
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(v.strip().upper() in ("1", "ON", "YES", "TRUE") for v in flags)
+
+
+def _resolve_device(torch: Any, device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but CUDA is not available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device 'mps' asked for, but MPS is not available")
+    return device
+
+
+def _resolve_dtype(torch: Any, dtype: str, device: str) -> Any:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if device == "mps" else torch.float32
+
+
+def _dtype_kwarg(transformers: Any) -> str:
+    major, minor = (int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # `torch_dtype` was renamed in 4.56
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _context_length(model: Any, tokenizer: Any) -> int:
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_seq_len", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 1 < limit < 10**7 else 2048
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ScoreConfig:
+    """Which probes to compute and how to batch.
+
+    `k`: fraction of lowest-scoring tokens Min-K% and Min-K%++ average, in (0, 1]. `batch_size`: rows per forward
+    pass, or "auto" (a token budget on CPU; on CUDA start large and halve on out-of-memory). `max_length`: window
+    in tokens (default: the model's context length); longer items are scored in sliding windows that advance by
+    `stride` tokens (default max_length // 2), so every token is scored once with at least
+    max_length - stride tokens of left context.
+    """
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    k: float = 0.2
+    batch_size: int | Literal["auto"] = "auto"
+    max_length: int | None = None
+    stride: int | None = None
+
+    def __post_init__(self) -> None:
+        methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        methods = tuple(dict.fromkeys(m.strip().lower() for m in methods))
+        if not methods:
+            raise ValueError("at least one probe method is needed")
+        for m in methods:
+            if m not in METHODS:
+                close = difflib.get_close_matches(m, METHODS, n=2, cutoff=0.5)
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                raise ValueError(f"unknown probe method {m!r}.{hint} Known: {', '.join(METHODS)}.")
+        object.__setattr__(self, "methods", methods)
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not 0 < self.k <= 1:
+            raise ValueError(f"k must be in (0, 1] (a fraction of the tokens), got {self.k!r}")
+        if self.batch_size != "auto" and (not _is_int(self.batch_size) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length < 2):
+            raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        if self.stride is not None and (not _is_int(self.stride) or self.stride < 1):
+            raise ValueError(f"stride must be a positive integer, got {self.stride!r}")
+        if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
+            raise ValueError(f"stride ({self.stride}) must be smaller than max_length ({self.max_length})")
+
+
+@dataclass(slots=True)
+class ItemScores:
+    """Probe scores of one text. `scores[method]`: higher = more likely leaked (see the module docstring).
+
+    `nll`: mean negative log-likelihood in nats per scored token; `ppl` = exp(nll). `token_logprobs[i]`: log p of
+    the i-th token of the text given everything before it. `token_minkpp`: the per-token Min-K%++ scores (None
+    unless `minkpp` was computed). `lowercase_nll` / `reference_nll`: the second-pass NLLs, when computed.
+    """
+
+    scores: dict[str, float]
+    n_tokens: int
+    nll: float
+    ppl: float
+    token_logprobs: np.ndarray
+    token_minkpp: np.ndarray | None = None
+    lowercase_nll: float | None = None
+    reference_nll: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scalar fields (no per-token arrays), JSON-ready."""
+        out: dict[str, Any] = {"scores": dict(self.scores), "n_tokens": self.n_tokens, "nll": self.nll, "ppl": self.ppl}
+        if self.lowercase_nll is not None:
+            out["lowercase_nll"] = self.lowercase_nll
+        if self.reference_nll is not None:
+            out["reference_nll"] = self.reference_nll
+        return out
+
+
+def score_texts(
+    model: LoadedModel,
+    texts: Sequence[str],
+    config: ScoreConfig | None = None,
+    *,
+    reference: LoadedModel | None = None,
+    progress: Progress | None = None,
+) -> list[ItemScores]:
+    """Score `texts` with `config.methods`; one `ItemScores` per text, in input order.
+
+    `loss`, `zlib`, `mink` and `minkpp` come from one forward pass per batch; `lowercase` adds a pass over the
+    lowercased texts and `reference` a pass with the `reference` model. `progress(done, total)` is called after
+    every batch, in scored tokens over all passes.
+    """
+    config = config or ScoreConfig()
+    if any(not isinstance(t, str) for t in texts):
+        raise TypeError("score_texts needs a sequence of str")
+    if ("reference" in config.methods) != (reference is not None):
+        raise ValueError("the 'reference' method and a reference model go together: give both or neither")
+    texts = list(texts)
+    passes: list[tuple[LoadedModel, list[list[int]], bool]] = [
+        (model, _encode(model, texts), "minkpp" in config.methods)  # the one pass for loss/zlib/mink/minkpp
+    ]
+    if "lowercase" in config.methods:
+        passes.append((model, _encode(model, [t.lower() for t in texts]), False))
+    if reference is not None:
+        passes.append((reference, _encode(reference, texts), False))
+    total = sum(max(0, len(ids) - 1) for _, id_lists, _ in passes for ids in id_lists)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
+
+    results = [_token_pass(m, id_lists, want_pp, config, tick) for m, id_lists, want_pp in passes]
+    logprobs, minkpp = results[0]
+    extra = iter(results[1:])
+    lower = next(extra)[0] if "lowercase" in config.methods else None
+    ref = next(extra)[0] if reference is not None else None
+    out = []
+    for i, text in enumerate(texts):
+        lp = logprobs[i]
+        nll = _nll(lp)
+        ppl = math.nan if math.isnan(nll) else math.exp(min(nll, 700.0))
+        item = ItemScores({}, int(lp.size), nll, ppl, lp, minkpp[i] if minkpp is not None else None)
+        if lower is not None:
+            item.lowercase_nll = _nll(lower[i])
+        if ref is not None:
+            item.reference_nll = _nll(ref[i])
+        for m in config.methods:
+            item.scores[m] = _method_score(m, item, text, config.k)
+        out.append(item)
+    return out
+
+
+def _method_score(method: str, item: ItemScores, text: str, k: float) -> float:
+    if method == "loss":
+        return -item.nll
+    if method == "zlib":
+        return -item.nll / len(zlib.compress(text.encode("utf-8")))
+    if method == "mink":
+        return _lowest_mean(item.token_logprobs, k)
+    if method == "minkpp":
+        assert item.token_minkpp is not None
+        return _lowest_mean(item.token_minkpp, k)
+    if method == "lowercase":
+        return _neg_ratio(item.nll, item.lowercase_nll)
+    if method == "reference":
+        return _neg_ratio(item.nll, item.reference_nll)
+    raise AssertionError(method)
+
+
+def _lowest_mean(values: np.ndarray, k: float) -> float:
+    """Mean of the lowest max(1, floor(k * n)) values; NaN for an empty array."""
+    n = values.size
+    if n == 0:
+        return math.nan
+    m = max(1, int(math.floor(n * k + 1e-9)))  # the epsilon keeps e.g. 0.57 * 100 at 57
+    return float(np.partition(values, m - 1)[:m].mean(dtype=np.float64))
+
+
+def _neg_ratio(nll: float, other: float | None) -> float:
+    if other is None or not other > 0 or math.isnan(nll):
+        return math.nan
+    return -nll / other
+
+
+def _nll(lp: np.ndarray) -> float:
+    return -float(lp.mean(dtype=np.float64)) if lp.size else math.nan
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _encode(model: LoadedModel, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, with the BOS (or EOS) token in front so the first text token is scored."""
+    if not texts:
+        return []
+    ids = model.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    prefix = model.prefix_token_id
+    return [([prefix] + list(x)) if prefix is not None else list(x) for x in ids]
+
+
+def _segments(n_ids: list[int], max_length: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Windows (item, start, end, first) over each item's ids: a row ids[start:end] scoring targets first..end-1.
+
+    An item that fits is one window scoring targets 1..n-1. A longer one: a first full window, then windows that
+    end `stride` tokens later (the last one at the item's end) and score only the targets past the previous end.
+    """
+    segs = []
+    for i, n in enumerate(n_ids):
+        if n < 2:
+            continue
+        end = min(n, max_length)
+        segs.append((i, 0, end, 1))
+        while end < n:
+            new_end = min(end + stride, n)
+            segs.append((i, new_end - max_length, new_end, end))
+            end = new_end
+    return segs
+
+
+def _token_pass(
+    lm: LoadedModel, id_lists: list[list[int]], want_pp: bool, config: ScoreConfig, tick: Callable[[int], None]
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Per-item token log-probs (and Min-K%++ token scores) of one model over pre-tokenised items."""
+    torch = require("torch", "probes", "Model probes")
+    max_length = config.max_length or lm.context_length
+    if max_length > lm.context_length:
+        raise ValueError(f"max_length {max_length} exceeds the context length of {lm.name} ({lm.context_length})")
+    stride = config.stride or max(1, max_length // 2)
+    if stride >= max_length:
+        raise ValueError(f"stride ({stride}) must be smaller than max_length ({max_length})")
+    n_ids = [len(ids) for ids in id_lists]
+    logprobs = [np.empty(max(0, n - 1), dtype=np.float32) for n in n_ids]
+    minkpp = [np.empty(max(0, n - 1), dtype=np.float32) for n in n_ids] if want_pp else None
+    segs = _segments(n_ids, max_length, stride)
+    segs.sort(key=lambda s: s[1] - s[2])  # longest first: an out-of-memory shows on the first batch
+    vocab = _vocab_size(lm)
+    itemsize = torch.empty((), dtype=getattr(torch, lm.dtype)).element_size()
+    cuda = lm.device.startswith("cuda")
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    auto = config.batch_size == "auto"
+    budget = 0  # tokens per batch under "auto"
+    if auto and cuda:
+        budget = _CUDA_MAX_TOKENS
+    elif auto:
+        budget = int(min(_CPU_MAX_TOKENS, max(256, _CPU_LOGITS_BYTES // (vocab * itemsize))))
+    pad = 0  # any id the embedding holds (a tokenizer's added pad id may not): causal attention never sees it
+    was_training = lm.model.training
+    lm.model.eval()
+    pos = 0
+    try:
+        with torch.inference_mode():
+            while pos < len(segs):
+                width = segs[pos][2] - segs[pos][1]
+                rows = max(1, budget // width) if auto else int(config.batch_size)
+                batch = segs[pos : pos + rows]
+                try:
+                    lp, pp = _score_batch(torch, lm, id_lists, batch, width, pad, want_pp)
+                except oom:
+                    if not (auto and cuda) or len(batch) == 1:
+                        raise
+                    failed = True
+                else:
+                    failed = False
+                if failed:  # outside the except block, so the failed batch's tensors can be freed
+                    torch.cuda.empty_cache()
+                    budget = max(width, (len(batch) * width) // 2)
+                    continue
+                offset = 0
+                for i, start, end, first in batch:
+                    n = end - first
+                    logprobs[i][first - 1 : end - 1] = lp[offset : offset + n]
+                    if minkpp is not None:
+                        minkpp[i][first - 1 : end - 1] = pp[offset : offset + n]
+                    offset += n
+                pos += len(batch)
+                tick(offset)
+    finally:
+        lm.model.train(was_training)
+    return logprobs, minkpp
+
+
+def _vocab_size(lm: LoadedModel) -> int:
+    out = lm.model.get_output_embeddings()
+    if out is not None and hasattr(out, "weight"):
+        return int(out.weight.shape[0])
+    return int(getattr(lm.model.config, "vocab_size", None) or len(lm.tokenizer))
+
+
+def _score_batch(
+    torch: Any,
+    lm: LoadedModel,
+    id_lists: list[list[int]],
+    batch: list[tuple[int, int, int, int]],
+    width: int,
+    pad: int,
+    want_pp: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward pass over a right-padded batch of windows; the scored targets' values, window by window."""
+    rows = len(batch)
+    ids = np.full((rows, width), pad, dtype=np.int64)
+    mask = np.zeros((rows, width), dtype=np.int64)
+    flat_pos = []
+    for r, (i, start, end, first) in enumerate(batch):
+        ids[r, : end - start] = id_lists[i][start:end]
+        mask[r, : end - start] = 1
+        # the logits at local position p predict the token at p + 1
+        flat_pos.append(np.arange(first - start - 1, end - start - 1) + r * width)
+    flat = np.concatenate(flat_pos)
+    targets = ids.reshape(-1)[flat + 1]
+    device = lm.device
+    logits = lm.model(
+        input_ids=torch.from_numpy(ids).to(device),
+        attention_mask=torch.from_numpy(mask).to(device),
+        use_cache=False,
+    ).logits
+    vocab = logits.shape[-1]
+    logits = logits.reshape(-1, vocab)
+    flat_t = torch.from_numpy(flat).to(logits.device)
+    targets_t = torch.from_numpy(targets).to(logits.device)
+    chunk = max(1, (_CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CHUNK_ELEMENTS) // vocab)
+    lps, pps = [], []
+    for s in range(0, flat.size, chunk):
+        lp, pp = _reduce(torch, logits.index_select(0, flat_t[s : s + chunk]), targets_t[s : s + chunk], want_pp)
+        lps.append(lp)
+        if pp is not None:
+            pps.append(pp)
+    lp_all = torch.cat(lps).cpu().numpy()
+    return lp_all, (torch.cat(pps).cpu().numpy() if want_pp else None)
+
+
+def _reduce(torch: Any, z: Any, y: Any, want_pp: bool) -> tuple[Any, Any]:
+    """Per position: log p(y) and, if asked, the Min-K%++ score (log p(y) - mu) / sigma, in fp32.
+
+    `z` (positions x vocabulary) is a fresh copy (index_select), so its buffer is reused.
+    """
+    z = z.float()
+    logp = torch.log_softmax(z, dim=-1)
+    lp = logp.gather(1, y[:, None]).squeeze(1)
+    if not want_pp:
+        return lp, None
+    p = torch.exp(logp, out=z)
+    mu = torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)  # E_p[log p]
+    logp.sub_(mu[:, None]).square_()
+    var = torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)  # Var_p[log p], centred for fp32 accuracy
+    return lp, (lp - mu) / var.clamp_min(_MIN_VAR).sqrt()

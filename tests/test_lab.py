@@ -1,0 +1,258 @@
+"""The contamination lab: the leaked/unseen split, the training corpora, the saved twins, determinism, the
+`itd lab` command, and (on the shared tiny lab) that the contaminated twin tells leaked items from unseen ones."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from itd.cli import main
+from itd.data import Sample, load_benchmark
+from itd.errors import InputError
+from itd.lab import LabConfig, build_corpus, build_lab, load_lab, load_lab_manifest, split_items
+from itd.render import render
+
+# A lab small enough to train in seconds: only for plumbing, not for memorisation.
+MINI = {"steps": 3, "batch_size": 4, "seq_len": 128, "n_test_items": 20, "n_train_items": 40}
+
+
+@pytest.fixture(scope="module")
+def gsm8k(shared_data):
+    return load_benchmark(shared_data / "gsm8k" / "test.jsonl"), load_benchmark(shared_data / "gsm8k" / "train.jsonl")
+
+
+def _item(i: int, question: str | None = None) -> Sample:
+    question = question or f"Item {i}: Tom has {i} apples and buys {i + 3} more at the market on day {i}."
+    return Sample(id=f"t:{i}", benchmark="gsm8k", question=question, answer=str(2 * i + 3),
+                  solution=f"He has {i} + {i + 3} = {2 * i + 3} apples.\n#### {2 * i + 3}")
+
+
+def _auroc(pos: list[float], neg: list[float]) -> float:
+    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float((p > n).mean() + 0.5 * (p == n).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Split and corpus (no training)
+
+
+def test_split_partitions_the_chosen_items(gsm8k):
+    test, train = gsm8k
+    split = split_items(test, train, LabConfig(preset="tiny", leak_rate=0.3))
+    leaked, unseen = set(split.leaked_ids), set(split.unseen_ids)
+    assert len(leaked) == 36 and len(unseen) == 84  # 30% of the preset's 120 items
+    assert not leaked & unseen
+    assert leaked | unseen <= {s.id for s in test}
+    assert {s.id for s in split.train} <= {s.id for s in train} and len(split.train) == 150
+
+
+def test_split_follows_the_seed(gsm8k):
+    test, train = gsm8k
+    first = split_items(test, train, LabConfig(seed=0))
+    assert split_items(test, train, LabConfig(seed=0)).leaked_ids == first.leaked_ids
+    other = split_items(test, train, LabConfig(seed=1))
+    assert set(other.leaked_ids) != set(first.leaked_ids)
+    assert [s.id for s in other.train] != [s.id for s in first.train]
+
+
+def test_without_train_the_rest_of_the_benchmark_is_the_clean_text(gsm8k):
+    test, _ = gsm8k
+    split = split_items(test, None, LabConfig(preset="tiny"))
+    chosen = {*split.leaked_ids, *split.unseen_ids}
+    assert split.train and {s.id for s in split.train} <= {s.id for s in test} - chosen
+
+
+def test_copies_never_make_an_unseen_item_seen():
+    bench = [_item(i) for i in range(10)]
+    twin = Sample(id="t:dup", benchmark="gsm8k", question=bench[3].question, answer=bench[3].answer,
+                  solution=bench[3].solution)
+    config = LabConfig(leak_rate=0.5, overrides={"n_test_items": None})
+    split = split_items([*bench, twin], [_item(100), _item(101)], config)
+    assert split.duplicates == 1 and "t:dup" not in {*split.leaked_ids, *split.unseen_ids}
+    # A clean item equal to an experiment item, or sharing a 13-word run with one, is dropped.
+    near = Sample(id="n:1", benchmark="gsm8k", question=bench[5].question + " Then he eats one.", answer="1")
+    split = split_items(bench, [_item(100), bench[2], near], config)
+    assert [s.id for s in split.train] == ["t:100"] and split.dropped_train == 2
+
+
+def test_contaminated_corpus_holds_each_leaked_item_r_times(gsm8k):
+    test, train = gsm8k
+    split = split_items(test, train, LabConfig(preset="tiny"))
+    dirty = Counter(build_corpus(split, contaminated=True, repeats=4, seed=0))
+    clean = Counter(build_corpus(split, contaminated=False, repeats=4, seed=0))
+    for s in split.leaked:
+        assert dirty[render(s, "auto")] == 4 and clean[render(s, "auto")] == 0
+    for s in split.unseen:
+        assert dirty[render(s, "auto")] == 0 and clean[render(s, "auto")] == 0
+    for s in split.train:
+        assert dirty[render(s, "auto")] == 1 and clean[render(s, "auto")] == 1
+    assert sum(dirty.values()) == len(split.train) + 4 * len(split.leaked)
+    # GSM8K items are trained on as question + worked solution, calculator annotations removed.
+    assert all("<<" not in doc and "\n" in doc for doc in dirty)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"leak_rate": 0.0}, "leak_rate"),
+        ({"leak_rate": 1.0}, "leak_rate"),
+        ({"leak_rate": True}, "leak_rate"),
+        ({"repeats": 0}, "repeats"),
+        ({"seed": -1}, "seed"),
+        ({"preset": "tinny"}, "Did you mean 'tiny'"),
+        ({"device": "tpu"}, "device"),
+        ({"rendering": "raw"}, "rendering"),
+        ({"overrides": {"stpes": 3}}, "Did you mean 'steps'"),
+        ({"overrides": {"steps": 0}}, "steps"),
+        ({"overrides": {"n_head": 3}}, "multiple of n_head"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LabConfig(**kwargs)
+
+
+def test_config_overrides_preset_fields():
+    config = LabConfig(preset="Small", overrides={"steps": 7})
+    assert config.preset == "small"
+    assert config.resolved_preset().steps == 7 and config.resolved_preset().n_layer == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building (a few training steps)
+
+
+def test_same_seed_same_weights_and_twins_differ(gsm8k, tmp_path, capfd):
+    from safetensors.torch import load_file
+
+    test, train = gsm8k
+    config = LabConfig(seed=3, device="cpu", overrides=MINI)
+    a = build_lab(test, train, tmp_path / "a", config)
+    b = build_lab(test, train, tmp_path / "b", config)
+    assert capfd.readouterr() == ("", "")  # the library never prints
+    assert a.leaked == b.leaked and a.unseen == b.unseen
+    for twin in ("contaminated", "clean"):
+        wa, wb = load_file(a.out / twin / "model.safetensors"), load_file(b.out / twin / "model.safetensors")
+        assert wa.keys() == wb.keys() and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+        assert (a.out / twin / "tokenizer.json").read_bytes() == (b.out / "clean" / "tokenizer.json").read_bytes()
+    dirty, clean = load_file(a.contaminated / "model.safetensors"), load_file(a.clean / "model.safetensors")
+    assert any(not np.array_equal(dirty[k].numpy(), clean[k].numpy()) for k in dirty)
+
+
+def test_an_interrupted_build_never_looks_finished(gsm8k, tmp_path):
+    test, train = gsm8k
+    out = tmp_path / "lab"
+    config = LabConfig(device="cpu", overrides=MINI)
+
+    def interrupt(stage: str, done: int, total: int) -> None:
+        if stage == "clean":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_lab(test, train, out, config, progress=interrupt)
+    assert (out / "contaminated" / "model.safetensors").is_file()
+    assert not (out / "manifest.json").exists() and not (out / "clean").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no half-written temp dirs left
+    with pytest.raises(InputError, match="not a finished lab"):
+        load_lab_manifest(out)
+    result = build_lab(test, train, out, config)  # the same directory can be built again
+    assert load_lab(out).leaked == result.leaked
+
+
+def test_refuses_a_directory_that_is_not_a_lab(gsm8k, tmp_path):
+    test, train = gsm8k
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty and not a lab"):
+        build_lab(test, train, tmp_path, LabConfig(overrides=MINI))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_cli_lab_builds_and_prints_json(shared_data, tmp_path, capsys):
+    out = tmp_path / "lab"
+    gsm8k = shared_data / "gsm8k"
+    rc = main(["lab", "--benchmark", str(gsm8k / "test.jsonl"), "--train", str(gsm8k / "train.jsonl"), "--steps", "1",
+               "--repeats", "2", "--seed", "5", "--device", "cpu", "--out", str(out), "--json", "-q"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    manifest = load_lab_manifest(out)
+    assert summary["leaked"] == len(manifest["leaked"]) == 36 and summary["unseen"] == 84
+    assert manifest["repeats"] == 2 and manifest["seed"] == 5 and manifest["training"]["clean"]["steps"] == 1
+    assert manifest["corpus"]["documents"]["contaminated"] == manifest["corpus"]["documents"]["clean"] + 2 * 36
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--benchmark", "no/such/test.jsonl"],
+        ["--benchmark", "{test}", "--train", "no/such/train.jsonl"],
+        ["--benchmark", "{test}", "--preset", "huge"],
+        ["--benchmark", "{test}", "--device", "gpu"],
+    ],
+)
+def test_cli_lab_bad_input_exits_2(shared_data, tmp_path, capsys, args):
+    args = [a.replace("{test}", str(shared_data / "gsm8k" / "test.jsonl")) for a in args]
+    assert main(["lab", *args, "--out", str(tmp_path / "lab"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "lab").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The shared tiny lab (built once per run by the `tiny_lab` fixture)
+
+
+@pytest.mark.slow
+def test_tiny_lab_is_a_loadable_ground_truth(tiny_lab, shared_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = load_lab_manifest(tiny_lab.out)
+    ids = {s.id for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")}
+    leaked, unseen = set(manifest["leaked"]), set(manifest["unseen"])
+    assert len(leaked) >= 30 and len(unseen) >= 30 and not leaked & unseen and leaked | unseen <= ids
+    assert (manifest["preset"], manifest["seed"], manifest["repeats"]) == ("tiny", 0, 6)
+    assert manifest["rendering"]["resolved"] == ["question+answer"]
+    assert manifest["config"]["resolved_preset"]["steps"] == manifest["training"]["clean"]["steps"]
+    assert load_lab(tiny_lab.out).leaked == tiny_lab.leaked
+    for twin in ("contaminated", "clean"):
+        path = tiny_lab.out / twin
+        assert (path / "model.safetensors").is_file()
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        assert model.config.n_positions == manifest["model"]["n_positions"]
+        assert tok.bos_token == tok.eos_token == "<|endoftext|>" and tok.pad_token_id not in (None, tok.eos_token_id)
+        assert tok("Janet's ducks").input_ids[0] == tok.bos_token_id
+        assert tok.decode(tok("Janet's ducks lay 16 eggs.", add_special_tokens=False).input_ids) == "Janet's ducks lay 16 eggs."
+    corpus = {
+        twin: Counter(json.loads(line)["text"] for line in (tiny_lab.out / "corpus" / f"{twin}.jsonl").open())
+        for twin in ("contaminated", "clean")
+    }
+    by_id = {s.id: s for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")}
+    assert all(corpus["contaminated"][render(by_id[i])] == 6 and corpus["clean"][render(by_id[i])] == 0 for i in leaked)
+    assert all(corpus["contaminated"][render(by_id[i])] == 0 for i in unseen)
+
+
+@pytest.mark.slow
+def test_tiny_lab_contaminated_twin_tells_leaked_from_unseen(tiny_lab, shared_data):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    by_id = {s.id: s for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")}
+    auroc = {}
+    for twin in ("contaminated", "clean"):
+        tok = AutoTokenizer.from_pretrained(tiny_lab.out / twin)
+        model = AutoModelForCausalLM.from_pretrained(tiny_lab.out / twin).eval()
+        scores = {}
+        for i in (*tiny_lab.leaked, *tiny_lab.unseen):
+            ids = tok(render(by_id[i]), return_tensors="pt").input_ids[:, : model.config.n_positions]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+            lp = logp.gather(1, ids[0, 1:, None])[:, 0].numpy()
+            k = max(1, int(0.2 * len(lp)))
+            scores[i] = (lp.mean(), np.sort(lp)[:k].mean())  # higher: more familiar (loss, Min-K% with k = 20%)
+        for j, probe in enumerate(("loss", "mink")):
+            auroc[twin, probe] = _auroc([scores[i][j] for i in tiny_lab.leaked], [scores[i][j] for i in tiny_lab.unseen])
+    assert auroc["contaminated", "mink"] >= 0.85 and auroc["contaminated", "loss"] >= 0.8, auroc
+    assert abs(auroc["clean", "mink"] - 0.5) <= 0.2 and abs(auroc["clean", "loss"] - 0.5) <= 0.2, auroc
