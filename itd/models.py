@@ -142,6 +142,7 @@ def load_model(
     source, local = _resolve_source(spec.name_or_path)
     torch = require("torch", "probes", "Model probes")
     transformers = require("transformers", "probes", "Model probes")
+    transformers.utils.logging.disable_progress_bar()  # stderr belongs to itd's own progress display
     dev = _resolve_device(torch, spec.device)
     torch_dtype = _resolve_dtype(torch, spec.dtype, dev)
     offline = not local and _hub_offline()

@@ -1,0 +1,113 @@
+"""Detector accuracy against ground truth: contamination-lab twins at several leak repeat counts.
+
+For each benchmark (GSM8K test, with GSM8K train as the clean text; MMLU test, with the other MMLU test items as
+the clean text) and each repeat count r, `itd.lab.build_lab` trains the contaminated and the clean twin, and
+`itd.detect.detect` scores the lab's items (leaked + unseen) under each twin with every probe in one pass. The
+table gives, per probe, the AUROC of leaked vs unseen items (with a 95% bootstrap interval) and the TPR at 1% and
+5% FPR under the contaminated twin, and the AUROC under the clean twin (should be near 0.5: the twins differ only
+by the leaked items). The set-level test uses a clean reference set of `--reference` benchmark items outside
+the experiment, scored the same way.
+
+    python benchmarks/bench_lab.py --preset small --repeats 1,3,6
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+GOAL_AUROC, GOAL_TPR5 = 0.95, 0.8
+METHODS = ("loss", "zlib", "mink", "minkpp")
+
+
+def run_cell(name, benchmark, train, r, args, wd):
+    from itd.detect import DetectConfig, detect
+    from itd.lab import LabConfig, build_lab
+    from itd.models import load_model
+    from itd.render import render
+
+    overrides = {"steps": args.steps} if args.steps else {}
+    config = LabConfig(preset=args.preset, leak_rate=args.leak_rate, repeats=r, seed=args.seed, device=args.device, overrides=overrides)
+    t0 = time.perf_counter()
+    lab = build_lab(benchmark, train, wd / f"{name}_r{r}", config)
+    train_s = time.perf_counter() - t0
+    in_lab = set(lab.leaked) | set(lab.unseen)
+    items = [s for s in benchmark if s.id in in_lab]
+    trained = clean_texts(lab)
+    pool = [s for s in benchmark if s.id not in in_lab and render(s) not in trained]
+    reference = random.Random(args.seed).sample(pool, min(args.reference, len(pool))) if args.reference else None
+    truth = {"leaked": list(lab.leaked), "unseen": list(lab.unseen)}
+    det = DetectConfig(methods=METHODS, batch_size=args.batch_size)
+    reports = {
+        twin: detect(items, load_model(getattr(lab, twin), device=args.device), reference, det, truth=truth)
+        for twin in ("contaminated", "clean")
+    }
+    return lab, train_s, reports
+
+
+def clean_texts(lab) -> set[str]:
+    """The rendered texts both twins trained on (the clean corpus the lab saved), so none enters the reference."""
+    import json
+
+    with open(lab.out / "corpus" / "clean.jsonl", encoding="utf-8") as f:
+        return {json.loads(line)["text"] for line in f}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    C.data_arg(ap)
+    ap.add_argument("--preset", default="small", help="Lab preset (tiny, small, medium, large).")
+    ap.add_argument("--repeats", default="1,3,6", help="Comma-separated repeat counts r.")
+    ap.add_argument("--benchmarks", default="gsm8k,mmlu", help="Comma-separated: gsm8k, mmlu.")
+    ap.add_argument("--leak-rate", type=float, default=0.3)
+    ap.add_argument("--steps", type=int, default=0, help="Override the preset's training steps.")
+    ap.add_argument("--reference", type=int, default=600, help="Clean reference items for the set-level test (0: none).")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", default="auto")
+    args = ap.parse_args()
+    if args.batch_size != "auto":
+        args.batch_size = int(args.batch_size)
+
+    from itd.data import load_benchmark
+
+    data = Path(args.data)
+    sets = {
+        "gsm8k": lambda: (load_benchmark(data / "gsm8k" / "test.jsonl"), load_benchmark(data / "gsm8k" / "train.jsonl")),
+        "mmlu": lambda: (load_benchmark(data / "mmlu" / "test"), None),
+    }
+    C.header(f"Probe accuracy on contamination-lab twins (preset {args.preset})")
+    rows, verdicts = [], []
+    with C.workdir(args.workdir, "itd-bench-lab-") as wd:
+        for name in args.benchmarks.split(","):
+            benchmark, train = sets[name]()
+            for r in (int(x) for x in args.repeats.split(",")):
+                lab, train_s, reports = run_cell(name, benchmark, train, r, args, wd)
+                con, cln = reports["contaminated"], reports["clean"]
+                print(f"- {name} r={r}: {len(lab.leaked)} leaked / {len(lab.unseen)} unseen items, both twins trained in "
+                      f"{train_s:.0f} s; set-level p (minkpp) contaminated {con.set_tests['minkpp'].p_value:.1e}, "
+                      f"clean {cln.set_tests['minkpp'].p_value:.2f}; FDR flags contaminated {len(con.flagged)} "
+                      f"(precision {con.truth.get('flags', {}).get('precision')}), clean {len(cln.flagged)}"
+                      if con.set_tests else f"- {name} r={r}: twins trained in {train_s:.0f} s")
+                for m in METHODS:
+                    t, c = con.truth["methods"][m], cln.truth["methods"][m]
+                    rows.append((name, r, m, f"{t['auroc']:.3f} [{t['auroc_ci'][0]:.2f}, {t['auroc_ci'][1]:.2f}]",
+                                 t["tpr_at_1pct_fpr"], t["tpr_at_5pct_fpr"], f"{c['auroc']:.3f}"))
+                best = con.truth["methods"]["minkpp"]
+                verdicts.append((name, r, best["auroc"] >= GOAL_AUROC and best["tpr_at_5pct_fpr"] >= GOAL_TPR5))
+    print()
+    print(C.table(("benchmark", "r", "probe", "AUROC [95% CI]", "TPR@1%FPR", "TPR@5%FPR", "clean-twin AUROC"), rows))
+    print()
+    for name, r, ok in verdicts:
+        if r == 6:
+            print(f"goal at r=6 ({name}): Min-K%++ AUROC >= {GOAL_AUROC} and TPR@5%FPR >= {GOAL_TPR5}: {'met' if ok else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
