@@ -1,6 +1,7 @@
 """itd: Inference-Time Decontamination for evaluation benchmarks.
 
-Library entry points: `load_benchmark`, `write_benchmark`, `scan`, `build_index`, `check`.
+Library entry points: `load_benchmark`, `write_benchmark`, `scan`, `build_index`, `check` (corpus side);
+`load_model`, `detect` (model side); `build_lab` (ground-truth twin models).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ __all__ = [
     "ScanReport",
     "build_index",
     "check",
+    "load_model",
+    "detect",
+    "DetectConfig",
+    "DetectionReport",
+    "build_lab",
+    "LabConfig",
     "InputError",
 ]
 
@@ -31,6 +38,12 @@ _LAZY = {
     "ScanReport": "itd.report",
     "build_index": "itd.index",
     "check": "itd.index",
+    "load_model": "itd.models",
+    "detect": "itd.detect",
+    "DetectConfig": "itd.detect",
+    "DetectionReport": "itd.detect",
+    "build_lab": "itd.lab",
+    "LabConfig": "itd.lab",
     "InputError": "itd.errors",
 }
 

@@ -265,18 +265,19 @@ def demo(out, seed, as_json):
 
 
 @contextlib.contextmanager
-def _stage_progress(enabled: bool = True) -> Iterator[Any]:
-    """Rich progress bars on stderr, one per stage; yields a `(stage, done, total)` callback."""
+def _stage_progress(labels: dict[str, str], enabled: bool = True) -> Iterator[Any]:
+    """Rich progress bars on stderr, one per stage (described by `labels`); yields a `(stage, done, total)`
+    callback."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("tokens"),
+        TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=_err_console(),
     ) as bar:
@@ -284,7 +285,7 @@ def _stage_progress(enabled: bool = True) -> Iterator[Any]:
 
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(f"scoring {stage}", total=total)
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
         yield update
@@ -377,7 +378,8 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
     load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     lm = load_model(model, **load)
     ref_lm = load_model(reference_model, **load) if reference_model else None
-    with _stage_progress(not quiet) as progress:
+    labels = {stage: f"scoring {stage} (tokens)" for stage in ("benchmark", "reference set", "option orders")}
+    with _stage_progress(labels, not quiet) as progress:
         report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids, progress=progress)
     if out:
         inputs = [benchmark] + ([reference_set] if reference_set else []) + ([truth] if truth else [])
@@ -394,34 +396,6 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
     else:
         _print_detection(report)
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
-
-
-@contextlib.contextmanager
-def _lab_progress(enabled: bool = True) -> Iterator[Any]:
-    """Rich progress bars on stderr for the lab's stages; yields a `(stage, done, total)` callback."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    labels = {"tokenizer": "training the tokenizer", "contaminated": "training the contaminated twin (steps)",
-              "clean": "training the clean twin (steps)"}
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=_err_console(),
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
 
 
 @cli.command()
@@ -451,7 +425,9 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, seed, steps, dev
         raise InputError(str(exc)) from None
     samples = _load(benchmark, fmt)
     train = _load(train_path, fmt) if train_path else None
-    with _lab_progress(not quiet) as progress:
+    labels = {"tokenizer": "training the tokenizer", "contaminated": "training the contaminated twin (steps)",
+              "clean": "training the clean twin (steps)"}
+    with _stage_progress(labels, not quiet) as progress:
         result = build_lab(samples, train, out, config, progress=progress)
     manifest = load_lab_manifest(result.out)
     corpus, training = manifest["corpus"], manifest["training"]

@@ -169,3 +169,15 @@ def test_bad_corpus_line_stops_with_its_location_or_is_skipped(leaked_setup, tmp
     assert summary["stats"]["skipped_errors"][1].startswith(f"{bad}:9: text field 'text' is missing")
     assert "skipped 2 malformed corpus line(s)" in skipped.stderr
     assert len(summary["contaminated_ids"]) == 3
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    """Atomic writes go through a private temp file; the output itself must get the mode the umask gives."""
+    from itd.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "report.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
