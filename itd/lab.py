@@ -631,7 +631,7 @@ def build_lab(
         model, records[name] = _train_model(docs, tokenizer, preset, config.seed, device, progress, name)
         n_params = sum(p.numel() for p in model.parameters())
 
-        def save(tmp: Path) -> None:
+        def save(tmp: Path, model: Any = model) -> None:
             with _quiet_transformers(transformers):
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
