@@ -32,23 +32,22 @@ def _out_console():
     return Console(file=sys.stdout)
 
 
+def _progress_bars(*columns: Any):
+    """A rich progress display on stderr: description, bar, then `columns`."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), *columns, console=_err_console())
+
+
 @contextlib.contextmanager
 def _byte_progress(label: str, enabled: bool = True) -> Iterator[Any]:
     """A rich progress bar over bytes on stderr; yields a `(done, total)` callback."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=_err_console(),
-        transient=False,
-    ) as bar:
+    with _progress_bars(DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
@@ -271,16 +270,9 @@ def _stage_progress(labels: dict[str, str], enabled: bool = True) -> Iterator[An
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=_err_console(),
-    ) as bar:
+    with _progress_bars(MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
         tasks: dict[str, Any] = {}
 
         def update(stage: str, done: int, total: int) -> None:
