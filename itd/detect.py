@@ -41,8 +41,6 @@ __all__ = [
 
 Progress = Callable[[str, int, int], None]  # (stage, tokens done, tokens total)
 
-_PROBE_METHODS = ("loss", "zlib", "mink", "minkpp", "lowercase", "reference")
-
 
 @dataclass(frozen=True, slots=True)
 class DetectConfig:
