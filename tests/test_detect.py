@@ -11,7 +11,7 @@ import pytest
 
 from itd.cli import main
 from itd.data import Sample, load_benchmark
-from itd.detect import DetectConfig, detect, load_truth, option_orders
+from itd.detection import DetectConfig, detect, load_truth, option_orders
 from itd.errors import InputError
 from itd.models import load_model
 

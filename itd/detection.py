@@ -35,6 +35,7 @@ __all__ = [
     "ItemDetection",
     "DetectionReport",
     "detect",
+    "score_samples",
     "load_truth",
     "option_orders",
 ]
@@ -208,7 +209,8 @@ def _stage(progress: Progress | None, stage: str):
     return None if progress is None else (lambda done, total: progress(stage, done, total))
 
 
-def _score(lm, samples: Sequence[Sample], config: DetectConfig, reference_model, progress, stage: str):
+def score_samples(lm, samples: Sequence[Sample], config: DetectConfig, reference_model=None, progress: Progress | None = None, stage: str = "benchmark"):
+    """`itd.models.ItemScores` of `samples` rendered as `config.rendering`, one per sample, in order."""
     from itd.models import score_texts
 
     texts = [render(s, config.rendering) for s in samples]
@@ -298,14 +300,14 @@ def detect(
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     if isinstance(reference_model, (str, os.PathLike)):
         reference_model = load_model(reference_model)
-    scored = _score(lm, samples, config, reference_model, progress, "benchmark")
+    scored = score_samples(lm, samples, config, reference_model, progress, "benchmark")
     items = [
         ItemDetection(s, resolve_rendering(s, config.rendering), dict(sc.scores), sc.n_tokens, sc.nll)
         for s, sc in zip(samples, scored)
     ]
     report = DetectionReport(items, config, lm.name, mode="scores")
     if reference:
-        ref_scored = _score(lm, reference, config, reference_model, progress, "reference set")
+        ref_scored = score_samples(lm, reference, config, reference_model, progress, "reference set")
         report.mode, report.reference_size = "fdr", len(reference)
         for m in config.methods:
             bench = np.array([it.scores[m] for it in items])

@@ -1,0 +1,89 @@
+"""The rewriter interface: a rewriter proposes a variant of one sample; `itd.rewriters.verify` decides whether
+it may replace the original.
+
+A rewriter never judges its own output. It returns a `Candidate` (the new sample plus the answer the rewrite
+must have) or raises `NotRewritable` with the reason; `itd.rewriting` runs the checks, the assurance rounds and
+the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+from itd.data import Sample
+from itd.registry import Registry
+
+__all__ = ["Candidate", "NotRewritable", "Rewriter", "REWRITERS", "Progress"]
+
+Progress = Callable[[int, int], None]
+"""Called as `progress(done, total)` while a batch of proposals is made."""
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A proposed rewrite of one sample.
+
+    `expected_answer` is the gold answer the rewrite must have: the original one for meaning-preserving
+    rewriters, the recomputed one for numeric re-instantiation, the remapped index for an option shuffle.
+    `info` holds what the rewriter knows about how it was made (values substituted, permutation, raw LLM
+    reply, token usage, whether it came from the cache); it goes into the per-item log.
+    """
+
+    sample: Sample
+    expected_answer: str | int | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class NotRewritable(Exception):
+    """This attempt produced no candidate: the item is outside what the rewriter handles, or the reply was
+    unusable. `raw` keeps an LLM's raw reply for the log."""
+
+    def __init__(self, reason: str, *, raw: str | None = None, info: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+        self.info = info or {}
+
+
+class Rewriter(abc.ABC):
+    """Base class of every rewriter.
+
+    Subclasses implement `propose`; `attempt` (0, 1, ...) must lead to a different proposal on a retry, so a
+    rejected rewrite is not proposed again. Rewriters that wait on I/O override `propose_many` to work on many
+    samples at once.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    """What the rewrite keeps, which decides its checks (`itd.rewriters.verify.KINDS`): "paraphrase" (meaning
+    and answer, new wording), "values" (wording, new numbers and answer), "order" (options, new order)."""
+    changes_difficulty: ClassVar[bool] = False
+    """True when the variant is known to be harder or easier than the original (e.g. MMLU-CF option
+    replacement); the report says so."""
+
+    @abc.abstractmethod
+    def propose(self, sample: Sample, attempt: int = 0) -> Candidate:
+        """Return a candidate rewrite of `sample`, or raise `NotRewritable`."""
+
+    def propose_many(
+        self, jobs: Sequence[tuple[Sample, int]], progress: Progress | None = None
+    ) -> list[Candidate | NotRewritable]:
+        """`propose` for each `(sample, attempt)`, in order; failures are returned, not raised."""
+        out: list[Candidate | NotRewritable] = []
+        for i, (sample, attempt) in enumerate(jobs):
+            try:
+                out.append(self.propose(sample, attempt))
+            except NotRewritable as exc:
+                out.append(exc)
+            if progress:
+                progress(i + 1, len(jobs))
+        return out
+
+    def config(self) -> dict[str, Any]:
+        """The settings that determine this rewriter's output, for the manifest (never a secret)."""
+        return {"method": self.name}
+
+
+REWRITERS: Registry[type[Rewriter]] = Registry("rewriter")

@@ -1,0 +1,215 @@
+"""LLM rewriting over any OpenAI-compatible chat endpoint, and an LLM solver for the verification step.
+
+Prompts are text files in `itd/prompts/` with a `[system]` and a `[user]` section and `$question`, `$solution`,
+`$choices` placeholders; pass another file to change one. The reply must be one JSON object of the task's schema;
+anything else is a failed attempt, kept with its raw text. The item's text only ever fills the placeholders and
+the reply is only ever parsed into the schema, so instructions inside an item cannot steer the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import string
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from itd.data import Sample, gsm8k_final_answer
+from itd.errors import InputError
+from itd.llm import LLMClient, LLMConfig, LLMReply, LLMRequest
+from itd.render import LETTERS
+from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Progress, Rewriter
+
+__all__ = ["Prompt", "load_prompt", "LLMRewriter", "LLMSolver", "PROMPTS"]
+
+PROMPTS = ("math_rewrite", "mcq_rewrite", "math_solve", "mcq_solve")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prompt:
+    """A chat prompt: a system message and a user message template."""
+
+    name: str
+    system: str
+    user: string.Template
+
+    def messages(self, **fields: str) -> list[dict[str, str]]:
+        """The chat messages with `fields` filled in (values are inserted verbatim, never interpreted)."""
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user.safe_substitute(fields)}]
+
+
+def load_prompt(name: str, path: str | Path | None = None) -> Prompt:
+    """The packaged prompt `name` (one of `PROMPTS`), or the file at `path` in the same `[system]`/`[user]` form."""
+    if path is None:
+        if name not in PROMPTS:
+            raise InputError(f"unknown prompt {name!r}; packaged prompts: {', '.join(PROMPTS)}")
+        text = resources.files("itd.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")
+        where = f"{name}.txt"
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read prompt file: {exc.strerror}", path=str(path)) from None
+        where = str(path)
+    m = re.fullmatch(r"\s*\[system\]\n(.*?)\n\[user\]\n(.*)", text, re.S)
+    if not m:
+        raise InputError("a prompt file needs a '[system]' line, the system message, a '[user]' line and the user message", path=where, line=1)
+    return Prompt(name, m.group(1).strip(), string.Template(m.group(2).strip()))
+
+
+def _schemas():
+    from pydantic import BaseModel, Field
+
+    class MathRewrite(BaseModel):
+        question: str = Field(min_length=1)
+        solution: str = Field(min_length=1)
+
+    class MCQRewrite(BaseModel):
+        question: str = Field(min_length=1)
+        choices: list[str] = Field(min_length=2)
+
+    class Answer(BaseModel):
+        reasoning: str = ""
+        answer: str
+
+    return MathRewrite, MCQRewrite, Answer
+
+
+def _choices_block(choices: Sequence[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+
+
+class _LLMUser:
+    """Shared set-up of the rewriter and the solver: one client, its stats, and progress over reply batches."""
+
+    def __init__(self, llm: LLMConfig):
+        if not isinstance(llm, LLMConfig):
+            raise TypeError("llm must be an itd.llm.LLMConfig")
+        self.llm = llm
+        self.client = LLMClient(llm)
+        self.stats: dict[str, int] = {}
+
+    def _ask(self, groups: list[tuple[Any, list[int], list[LLMRequest]]], n: int, progress: Progress | None) -> dict[int, LLMReply]:
+        """Run each (schema, indices, requests) group; replies by job index; progress over all `n` jobs.
+        `stats` accumulates the client's counters (calls, cache hits, failures, tokens) over every batch."""
+        replies: dict[int, LLMReply] = {}
+        base = 0
+        for schema, idx, requests in groups:
+            if not requests:
+                continue
+            before = dict(self.stats)
+
+            def tick(done: int, total: int, stats: dict[str, int], _base: int = base, _before: dict = before) -> None:
+                self.stats = {k: _before.get(k, 0) + v for k, v in stats.items()}
+                if progress:
+                    progress(_base + done, n)
+
+            for i, reply in zip(idx, self.client.complete_json(requests, schema, progress=tick)):
+                replies[i] = reply
+            base += len(requests)
+        return replies
+
+
+@REWRITERS.register("llm")
+class LLMRewriter(_LLMUser, Rewriter):
+    """Paraphrase items with a chat model: a new scenario with the same numbers, steps and answer (math), or a
+    synonymous question and options with the same key (multiple choice). Attempt `i` uses seed `llm.seed + i`."""
+
+    name: ClassVar[str] = "llm"
+    kind: ClassVar[str] = "paraphrase"
+
+    def __init__(self, llm: LLMConfig, *, math_prompt: str | Path | None = None, mcq_prompt: str | Path | None = None):
+        super().__init__(llm)
+        self.prompt_paths = {"math": math_prompt, "mcq": mcq_prompt}
+        self.math_prompt = load_prompt("math_rewrite", math_prompt)
+        self.mcq_prompt = load_prompt("mcq_rewrite", mcq_prompt)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "llm": self.llm.to_dict(),
+            "prompts": {k: str(v) if v else "packaged" for k, v in self.prompt_paths.items()},
+        }
+
+    def propose(self, sample: Sample, attempt: int = 0) -> Candidate:
+        result = self.propose_many([(sample, attempt)])[0]
+        if isinstance(result, NotRewritable):
+            raise result
+        return result
+
+    def propose_many(self, jobs: Sequence[tuple[Sample, int]], progress: Progress | None = None) -> list[Candidate | NotRewritable]:
+        MathRewrite, MCQRewrite, _ = _schemas()
+        out: list[Candidate | NotRewritable | None] = [None] * len(jobs)
+        math: tuple[Any, list[int], list[LLMRequest]] = (MathRewrite, [], [])
+        mcq: tuple[Any, list[int], list[LLMRequest]] = (MCQRewrite, [], [])
+        for i, (s, attempt) in enumerate(jobs):
+            seed = self.llm.seed + attempt
+            if s.is_mcq and isinstance(s.answer, int):
+                msgs = self.mcq_prompt.messages(question=s.question, choices=_choices_block(s.choices or ()))
+                group = mcq
+            elif s.solution and gsm8k_final_answer(s.solution) is not None:
+                msgs = self.math_prompt.messages(question=s.question, solution=s.solution)
+                group = math
+            else:
+                out[i] = NotRewritable("unsupported item: neither a worked math problem nor multiple choice with a key")
+                continue
+            group[1].append(i)
+            group[2].append(LLMRequest(messages=msgs, seed=seed))
+        replies = self._ask([math, mcq], len(jobs), progress)
+        for i, reply in replies.items():
+            out[i] = self._candidate(jobs[i][0], reply)
+        return [o for o in out if o is not None]
+
+    def _candidate(self, sample: Sample, reply: LLMReply) -> Candidate | NotRewritable:
+        info = {"seed": reply.seed, "cached": reply.cached, "usage": reply.usage, "cache_key": reply.key}
+        if not reply.ok:
+            return NotRewritable(f"bad reply: {reply.error}", raw=reply.text, info=info)
+        value = reply.value
+        info["raw"] = reply.text
+        if sample.is_mcq:
+            choices = tuple(c.strip() for c in value.choices)
+            if len(choices) != len(sample.choices or ()):
+                return NotRewritable(f"bad reply: {len(choices)} options, the item has {len(sample.choices or ())}", raw=reply.text, info=info)
+            new = dataclasses.replace(sample, question=value.question.strip(), choices=choices)
+            return Candidate(new, sample.answer, info)
+        solution = value.solution.strip()
+        new = dataclasses.replace(sample, question=value.question.strip(), solution=solution, answer=gsm8k_final_answer(solution))
+        return Candidate(new, sample.answer, info)
+
+
+class LLMSolver(_LLMUser):
+    """A `verify.Solver` backed by a chat model: the final number of a math item, the option index of an MCQ."""
+
+    def __init__(self, llm: LLMConfig, *, math_prompt: str | Path | None = None, mcq_prompt: str | Path | None = None):
+        super().__init__(llm)
+        self.math_prompt = load_prompt("math_solve", math_prompt)
+        self.mcq_prompt = load_prompt("mcq_solve", mcq_prompt)
+
+    def __call__(self, samples: Sequence[Sample]) -> list[str | int | None]:
+        _, _, Answer = _schemas()
+        math: tuple[Any, list[int], list[LLMRequest]] = (Answer, [], [])
+        mcq: tuple[Any, list[int], list[LLMRequest]] = (Answer, [], [])
+        for i, s in enumerate(samples):
+            if s.is_mcq:
+                mcq[1].append(i)
+                mcq[2].append(LLMRequest(self.mcq_prompt.messages(question=s.question, choices=_choices_block(s.choices or ())), None))
+            else:
+                math[1].append(i)
+                math[2].append(LLMRequest(self.math_prompt.messages(question=s.question), None))
+        replies = self._ask([math, mcq], len(samples), None)
+        answers: list[str | int | None] = []
+        for i, s in enumerate(samples):
+            reply = replies.get(i)
+            text = reply.value.answer.strip() if reply is not None and reply.ok else ""
+            answers.append(_parse_answer(text, s))
+        return answers
+
+
+def _parse_answer(text: str, sample: Sample) -> str | int | None:
+    if sample.is_mcq:
+        m = re.fullmatch(r"\(?([A-Za-z])\)?\.?", text.strip())
+        idx = LETTERS.find(m.group(1).upper()) if m else -1
+        return idx if 0 <= idx < len(sample.choices or ()) else None
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    return numbers[-1].replace(",", "") if numbers else None

@@ -1,0 +1,245 @@
+"""Rewrite flagged items, verify every rewrite, and re-detect the accepted ones (the assurance rounds).
+
+Round r proposes one rewrite (attempt r) for every item still pending, verifies the candidates, and re-runs the
+assurance detectors on those that passed. An item is `rewritten` once a candidate passes both; items whose
+candidates failed or stayed flagged are retried next round, up to `rounds`, and end `rejected` with every
+attempt kept. Items that were not flagged are `unchanged`. A rejected item is never swapped in: the output keeps
+the original in its place (or drops it when asked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Sequence
+
+from itd.data import Sample
+from itd.errors import InputError
+from itd.io import atomic_write, manifest_path, write_json
+from itd.rewriters import REWRITERS, Candidate, NotRewritable, Rewriter
+from itd.rewriters.verify import Check, Verifier, VerifyConfig
+
+__all__ = ["Attempt", "ItemRewrite", "RewriteReport", "rewrite", "load_flagged", "STATUSES"]
+
+STATUSES = ("rewritten", "rejected", "unchanged")
+
+Progress = Callable[[str, int, int, dict[str, Any]], None]
+"""`progress(stage, done, total, counters)`: stage like "round 1: rewriting"; counters hold rewritten /
+rejected / pending counts and the rewriter's own (LLM calls, cache hits, tokens)."""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One proposal for one item: the candidate (if any), its checks, and why it was not used."""
+
+    round: int
+    accepted: bool
+    reason: str | None
+    checks: list[Check] = field(default_factory=list)
+    candidate: Candidate | None = None
+    raw: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {"round": self.round, "accepted": self.accepted, "reason": self.reason}
+        rec["checks"] = [c.to_dict() for c in self.checks]
+        if self.candidate is not None:
+            s = self.candidate.sample
+            rec["candidate"] = {"question": s.question, "choices": list(s.choices) if s.choices else None,
+                                "solution": s.solution, "answer": s.answer}
+            rec["expected_answer"] = self.candidate.expected_answer
+        info = dict(self.candidate.info if self.candidate is not None else self.info)
+        raw = info.pop("raw", None) or self.raw
+        if raw is not None:
+            rec["raw"] = raw
+        if info:
+            rec["info"] = info
+        return rec
+
+
+@dataclass(slots=True)
+class ItemRewrite:
+    """One benchmark item's outcome: its status, the sample to use, and every attempt."""
+
+    original: Sample
+    status: str
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def final(self) -> Sample:
+        """The accepted rewrite when `rewritten`, else the original."""
+        if self.status == "rewritten":
+            return next(a.candidate.sample for a in reversed(self.attempts) if a.accepted and a.candidate)
+        return self.original
+
+    @property
+    def rounds(self) -> int:
+        return len(self.attempts)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [a.reason for a in self.attempts if a.reason]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The per-item log record."""
+        return {
+            "id": self.original.id,
+            "source": self.original.source.to_dict() if self.original.source else None,
+            "status": self.status,
+            "rounds": self.rounds,
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+
+@dataclass(slots=True)
+class RewriteReport:
+    """Results of `rewrite`, in benchmark order."""
+
+    items: list[ItemRewrite]
+    rewriter: dict[str, Any]
+    verify: dict[str, Any]
+    rounds: int
+    assurance: list[str]
+    changes_difficulty: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(it.status for it in self.items)
+        return {s: c.get(s, 0) for s in STATUSES}
+
+    def samples(self, drop_rejected: bool = False) -> list[Sample]:
+        """The decontaminated set: rewrites in place of their originals; rejected items kept unchanged (or
+        dropped with `drop_rejected`)."""
+        return [it.final for it in self.items if not (drop_rejected and it.status == "rejected")]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able summary: counts, rounds needed, the commonest rejection reasons, the rewriter's stats."""
+        rewritten = [it for it in self.items if it.status == "rewritten"]
+        reasons = Counter(_reason_kind(it.reasons[-1]) for it in self.items if it.status == "rejected" and it.reasons)
+        return {
+            "items": len(self.items),
+            "counts": self.counts(),
+            "rounds_needed": dict(sorted(Counter(it.rounds for it in rewritten).items())),
+            "rejection_reasons": dict(reasons.most_common()),
+            "rejected_ids": [it.original.id for it in self.items if it.status == "rejected"],
+            "method": self.rewriter.get("method"),
+            "changes_difficulty": self.changes_difficulty,
+            "assurance": self.assurance,
+            "stats": self.stats,
+        }
+
+    def write_log(self, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
+        """The per-item JSONL log (every item, every attempt and check), atomically; the manifest beside it."""
+        with atomic_write(path) as f:
+            for it in self.items:
+                f.write(json.dumps(it.to_dict(), ensure_ascii=False, default=str) + "\n")
+        if manifest is not None:
+            write_json(manifest_path(path), {**manifest, "summary": self.summary()})
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def load_flagged(path: str | os.PathLike) -> set[str]:
+    """Ids flagged in an `itd detect --out` JSONL (`"flag": true`) or an `itd scan` JSONL (label not clean)."""
+    flagged: set[str] = set()
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read the flagged-items file: {exc.strerror}", path=str(path)) from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"invalid JSON: {exc.msg}", path=str(path), line=n) from None
+            if not isinstance(rec, dict) or "id" not in rec or not ("flag" in rec or "label" in rec):
+                raise InputError("expected a record with 'id' and 'flag' (itd detect) or 'label' (itd scan)", path=str(path), line=n)
+            if rec.get("flag") is True or rec.get("label", "clean") != "clean":
+                flagged.add(str(rec["id"]))
+    return flagged
+
+
+def rewrite(
+    samples: Sequence[Sample],
+    rewriter: Rewriter | str = "numeric",
+    verify: Verifier | VerifyConfig | None = None,
+    *,
+    flagged: Collection[str] | None = None,
+    rounds: int = 3,
+    assurance: Sequence[Any] = (),
+    progress: Progress | None = None,
+) -> RewriteReport:
+    """Rewrite the `flagged` items of `samples` (all of them when None) and return the `RewriteReport`.
+
+    `rewriter`: a `Rewriter` or a registered name (built with default settings). `verify`: the `Verifier` (or
+    its config) run on every candidate. `assurance`: detectors re-run on accepted candidates
+    (`itd.assure.ModelAssurance`, `CorpusAssurance`); a candidate they still flag is retried next round.
+    """
+    if rounds < 1:
+        raise InputError(f"rounds must be >= 1, got {rounds}")
+    if isinstance(rewriter, str):
+        rewriter = REWRITERS.get(rewriter)()
+    verifier = verify if isinstance(verify, Verifier) else Verifier(verify)
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise InputError(f"sample ids must be unique to rewrite; {dup!r} appears more than once")
+    wanted = set(ids) if flagged is None else set(flagged)
+    items = [ItemRewrite(s, "rejected" if s.id in wanted else "unchanged") for s in samples]
+    pending = [it for it in items if it.status == "rejected"]
+    counters: dict[str, Any] = {"rewritten": 0, "rejected": 0, "pending": len(pending)}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if progress:
+            progress(stage, done, total, {**counters, **getattr(rewriter, "stats", {})})
+
+    for r in range(rounds):
+        if not pending:
+            break
+        stage = f"round {r + 1}"
+        proposals = rewriter.propose_many(
+            [(it.original, r) for it in pending], lambda d, t: report(f"{stage}: rewriting", d, t)
+        )
+        made = [(it, p) for it, p in zip(pending, proposals) if isinstance(p, Candidate)]
+        for it, p in zip(pending, proposals):
+            if isinstance(p, NotRewritable):
+                it.attempts.append(Attempt(r + 1, False, p.reason, raw=p.raw, info=p.info))
+        report(f"{stage}: verifying", 0, len(made))
+        checks = verifier.verify_many([(it.original, c) for it, c in made], rewriter.kind)
+        passed = []
+        for (it, cand), cs in zip(made, checks):
+            failed = [c for c in cs if c.ok is False]
+            attempt = Attempt(r + 1, not failed, f"check failed: {'; '.join(f'{c.name}: {c.detail}' for c in failed)}" if failed else None, cs, cand)
+            it.attempts.append(attempt)
+            if not failed:
+                passed.append((it, attempt))
+        for a in assurance:
+            report(f"{stage}: assurance ({a.name})", 0, len(passed))
+            still = a.still_flagged([attempt.candidate.sample for _, attempt in passed], rewriter.kind)
+            for it, attempt in passed:
+                if it.original.id in still:
+                    attempt.accepted = False
+                    attempt.reason = f"still flagged: {a.name}: {still[it.original.id]}"
+            passed = [(it, attempt) for it, attempt in passed if attempt.accepted]
+        for it, _ in passed:
+            it.status = "rewritten"
+        pending = [it for it in pending if it.status != "rewritten"]
+        counters.update(rewritten=sum(it.status == "rewritten" for it in items), pending=len(pending))
+        report(f"{stage}: done", 1, 1)
+    counters["rejected"] = len(pending)
+    report("finished", 1, 1)
+    return RewriteReport(
+        items,
+        rewriter.config(),
+        verifier.config.to_dict() | {"solver": verifier.solver is not None},
+        rounds,
+        [a.name for a in assurance],
+        changes_difficulty=rewriter.changes_difficulty,
+        stats={k: v for k, v in counters.items() if k != "pending"} | dict(getattr(rewriter, "stats", {})),
+    )
