@@ -481,7 +481,7 @@ def _print_rewrite(report, out: str, log: str) -> None:
     if summary["rounds_needed"]:
         console.print("rounds needed: " + ", ".join(f"{n} item(s) in {r}" for r, n in summary["rounds_needed"].items()))
     if summary["rejection_reasons"]:
-        reasons = Table(title="why items were rejected (last attempt)")
+        reasons = Table(title="rejected: reason of the last attempt")
         reasons.add_column("reason")
         reasons.add_column("items", justify="right")
         for reason, n in summary["rejection_reasons"].items():

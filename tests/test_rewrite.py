@@ -282,3 +282,12 @@ def test_cli_rewrite_input_errors_exit_2(shared_data, tmp_path, capsys):
     assert main(["rewrite", str(bench), "--method", "numerik", "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "Did you mean 'numeric'" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_numeric_candidates_all_pass_verification_on_real_gsm8k(gsm8k):
+    report = rewrite(gsm8k, "numeric", NO_EMBED, rounds=1)
+    proposed = [it for it in report.items if it.attempts[0].candidate is not None]
+    assert len(proposed) >= 0.9 * len(gsm8k)
+    assert report.counts()["rewritten"] == len(proposed)  # every emitted rewrite passes every check
+    checks = {c.name for c in proposed[0].attempts[0].checks}
+    assert {"chain", "first_step_numbers", "answer_changed"} <= checks

@@ -195,14 +195,15 @@ def _near_copy(original: Sample, new: Sample, max_ratio: float) -> Check:
     return Check("near_copy", ok, f"similarity {ratio:.3f} {'<' if ok else '>='} {max_ratio}")
 
 
-def _first_step_numbers(original: Sample, new: Sample) -> Check:
+def _first_step_numbers(original: Sample, new: Sample, replaced: set[float] = frozenset()) -> Check:
     steps = parse_chain(new.solution or "")
     if not steps:
         return Check("first_step_numbers", False, "the rewritten solution has no annotated step")
     used = {float(x.replace(",", "")) for x in _NUMBER.findall(steps[0].expression)}
-    # Numbers the original question did not state either (60 minutes, 100 percent) are general knowledge.
+    # Numbers the original question did not state either (60 minutes, 100 percent) are general knowledge; so is
+    # an old value that a numeric rewrite replaced and that reappears as a constant or a result ($100 at 6/100).
     stated = numbers_in(original.question) | numbers_in(new.question)
-    needed = {x for x in used if x in stated}
+    needed = {x for x in used if x in stated and x not in replaced}
     missing = sorted(x for x in needed if x not in numbers_in(new.question))
     if missing:
         return Check("first_step_numbers", False, f"the first step uses {', '.join(f'{x:g}' for x in missing)}, "
@@ -218,7 +219,8 @@ def _math_checks(original: Sample, cand: Candidate, kind: str) -> list[Check]:
     checks = [Check("chain", chain.ok, chain.reason or f"{chain.steps} step(s) re-execute, final answer {chain.final}")]
     if chain.ok and new.answer is not None and not same_number(new.answer, chain.final):
         checks.append(Check("answer_field", False, f"answer field {new.answer!r} differs from the solution's {chain.final}"))
-    checks.append(_first_step_numbers(original, new))
+    replaced = {float(old) for old, value in cand.info.get("values", {}).items() if not same_number(old, value)}
+    checks.append(_first_step_numbers(original, new, replaced))
     if kind == "paraphrase":
         ok = original.answer is None or same_number(cand.expected_answer, original.answer)
         checks.append(Check("same_answer", ok, f"expected {cand.expected_answer!r}, original {original.answer!r}"))
