@@ -199,8 +199,8 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
-            pass
+        def log_message(self, format: str, *args: Any) -> None:
+            """Silence the per-request log lines of `BaseHTTPRequestHandler`."""
 
         def _send(self, status: int, body: str, headers: Mapping[str, str] = ()) -> None:
             data = body.encode("utf-8")

@@ -423,7 +423,7 @@ def test_deterministic_and_attempts_differ(gsm8k):
         try:
             differ_seed += other_seed.propose(s).info["values"] != first.info["values"]
         except NotRewritable:
-            pass
+            continue  # another seed may find no values where seed 0 did
     assert compared >= 30 and differ_seed >= compared // 2
 
 

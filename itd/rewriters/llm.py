@@ -159,7 +159,9 @@ class LLMRewriter(_LLMUser, Rewriter):
         replies = self._ask([math, mcq], len(jobs), progress)
         for i, reply in replies.items():
             out[i] = self._candidate(jobs[i][0], reply)
-        return [o for o in out if o is not None]
+        if any(o is None for o in out):
+            raise RuntimeError("the LLM client returned fewer replies than requests")
+        return out  # type: ignore[return-value]
 
     def _candidate(self, sample: Sample, reply: LLMReply) -> Candidate | NotRewritable:
         info = {"seed": reply.seed, "cached": reply.cached, "usage": reply.usage, "cache_key": reply.key}

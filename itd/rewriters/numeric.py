@@ -976,7 +976,7 @@ def _draw(var: _Var, rng: random.Random, mode: int) -> Fraction:
 
 
 class _Failure(Exception):
-    pass
+    """This item (or this draw of values) cannot be rewritten; the message is the reason."""
 
 
 class _Refreeze(NotRewritable):
@@ -1020,6 +1020,23 @@ def _valid_input(var: _Var, x: Fraction) -> bool:
     return x <= max(20 * v, 100)
 
 
+def _evaluate_step(st, var_value, step_value):
+    """A step's value from its literals' roles: a question variable (through its derivation), an earlier step's
+    result, or a constant."""
+    lits = []
+    for r in st.roles:
+        if r[0] == "var":
+            lits.append(_derive(var_value(r[1]), r[2]))
+        elif r[0] == "step":
+            lits.append(step_value(r[1]))
+        else:
+            lits.append(r[1])
+    try:
+        return st.value(lits)
+    except ValueError:
+        raise _Failure("division by zero") from None
+
+
 def _check_result(k: int, x: Fraction, old: Fraction) -> None:
     """_Failure(category) when the new result of step k is not of the kind the original had."""
     if old.denominator == 1 and x.denominator != 1:
@@ -1055,18 +1072,7 @@ def _recompute(plan: _Plan, drawn: dict[int, Fraction], check: bool = True,
         if done is not None:
             return done
         st = plan.steps[k]
-        lits = []
-        for r in st.roles:
-            if r[0] == "var":
-                lits.append(_derive(var_value(r[1]), r[2]))
-            elif r[0] == "step":
-                lits.append(step_value(r[1]))
-            else:
-                lits.append(r[1])
-        try:
-            x = st.value(lits)
-        except ValueError:
-            raise _Failure("division by zero") from None
+        x = _evaluate_step(st, var_value, step_value)
         if check:
             _check_result(k, x, st.stated)
         results[k] = x
@@ -1112,7 +1118,7 @@ def _order_ok(plan: _Plan, new: list[Fraction]) -> bool:
 
 
 class _Budget(Exception):
-    pass
+    """The search for values ran out of draws."""
 
 
 class _Search:
@@ -1194,18 +1200,7 @@ class _Search:
     def _step(self, k: int, added: list[int]) -> None:
         plan = self.plan
         st = plan.steps[k]
-        lits = []
-        for r in st.roles:
-            if r[0] == "var":
-                lits.append(_derive(self.values[r[1]], r[2]))
-            elif r[0] == "step":
-                lits.append(self.results[r[1]])
-            else:
-                lits.append(r[1])
-        try:
-            x = st.value(lits)
-        except ValueError:
-            raise _Failure("division by zero") from None
+        x = _evaluate_step(st, self.values.__getitem__, self.results.__getitem__)
         _check_result(k, x, st.stated)
         if k == plan.final_step and x == self.old_final:
             raise _Failure("same answer")
