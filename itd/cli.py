@@ -455,8 +455,7 @@ def _rewrite_progress(enabled: bool = True) -> Iterator[Any]:
         tasks: dict[str, Any] = {}
 
         def update(stage: str, done: int, total: int, counters: dict[str, Any]) -> None:
-            text = (f"rewritten {counters.get('rewritten', 0)}, pending {counters.get('pending', 0)}, "
-                    f"rejected {counters.get('rejected', 0)}")
+            text = f"rewritten {counters.get('rewritten', 0)}, pending {counters.get('pending', 0)}"
             if "calls" in counters:
                 text += (f" | calls {counters['calls']}, cached {counters.get('cache_hits', 0)}, "
                          f"tokens {counters.get('prompt_tokens', 0) + counters.get('completion_tokens', 0):,}")
@@ -472,7 +471,8 @@ def _print_rewrite(report, out: str, log: str) -> None:
 
     summary = report.summary()
     console = _out_console()
-    table = Table(title=f"itd rewrite ({summary['method']}): {summary['items']} items")
+    title = f"itd rewrite ({summary['method']}): {summary['items']} items"
+    table = Table(title=title, min_width=len(title))
     table.add_column("status")
     table.add_column("items", justify="right")
     for status, n in summary["counts"].items():
@@ -481,7 +481,8 @@ def _print_rewrite(report, out: str, log: str) -> None:
     if summary["rounds_needed"]:
         console.print("rounds needed: " + ", ".join(f"{n} item(s) in {r}" for r, n in summary["rounds_needed"].items()))
     if summary["rejection_reasons"]:
-        reasons = Table(title="rejected: reason of the last attempt")
+        title = "rejected: reason of the last attempt"
+        reasons = Table(title=title, min_width=len(title))
         reasons.add_column("reason")
         reasons.add_column("items", justify="right")
         for reason, n in summary["rejection_reasons"].items():
@@ -598,10 +599,12 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     if Path(benchmark).is_dir():
         Path(out).mkdir(parents=True, exist_ok=True)
     if kept:
-        write_benchmark(kept, out, format=None if fmt == "auto" else fmt)
         from itd.io import manifest_path, write_json
 
+        write_benchmark(kept, out, format=None if fmt == "auto" else fmt)
         write_json(manifest_path(out), {**manifest, "summary": report.summary(), "log": log_path})
+    else:
+        _err_console().print("[yellow]every item was rejected and dropped: no rewritten set was written[/yellow]")
     report.write_log(log_path, manifest)
     if as_json:
         click.echo(json.dumps({**report.summary(), "out": out, "log": log_path}, indent=2))

@@ -26,8 +26,8 @@ __all__ = ["Attempt", "ItemRewrite", "RewriteReport", "rewrite", "load_flagged",
 STATUSES = ("rewritten", "rejected", "unchanged")
 
 Progress = Callable[[str, int, int, dict[str, Any]], None]
-"""`progress(stage, done, total, counters)`: stage like "round 1: rewriting"; counters hold rewritten /
-rejected / pending counts and the rewriter's own (LLM calls, cache hits, tokens)."""
+"""`progress(stage, done, total, counters)`: stage like "round 1: rewriting"; counters hold the rewritten and
+still-pending counts and the rewriter's own (LLM calls, cache hits, tokens)."""
 
 
 @dataclass(slots=True)
@@ -140,7 +140,11 @@ class RewriteReport:
 
 
 def _reason_kind(reason: str) -> str:
-    return reason.split(":", 1)[0]
+    """The category of a rejection reason: "check failed: chain", "bad reply: invalid JSON", "positional key"."""
+    parts = [p.strip() for p in reason.split(":")]
+    if parts[0] in ("check failed", "still flagged", "bad reply") and len(parts) > 1:
+        return f"{parts[0]}: {parts[1]}"
+    return parts[0]
 
 
 def load_flagged(path: str | os.PathLike) -> set[str]:
@@ -193,7 +197,7 @@ def rewrite(
     wanted = set(ids) if flagged is None else set(flagged)
     items = [ItemRewrite(s, "rejected" if s.id in wanted else "unchanged") for s in samples]
     pending = [it for it in items if it.status == "rejected"]
-    counters: dict[str, Any] = {"rewritten": 0, "rejected": 0, "pending": len(pending)}
+    counters: dict[str, Any] = {"rewritten": 0, "pending": len(pending)}
 
     def report(stage: str, done: int, total: int) -> None:
         if progress:
@@ -212,6 +216,7 @@ def rewrite(
                 it.attempts.append(Attempt(r + 1, False, p.reason, raw=p.raw, info=p.info))
         report(f"{stage}: verifying", 0, len(made))
         checks = verifier.verify_many([(it.original, c) for it, c in made], rewriter.kind)
+        report(f"{stage}: verifying", len(made), len(made))
         passed = []
         for (it, cand), cs in zip(made, checks):
             failed = [c for c in cs if c.ok is False]
@@ -231,9 +236,7 @@ def rewrite(
             it.status = "rewritten"
         pending = [it for it in pending if it.status != "rewritten"]
         counters.update(rewritten=sum(it.status == "rewritten" for it in items), pending=len(pending))
-        report(f"{stage}: done", 1, 1)
     counters["rejected"] = len(pending)
-    report("finished", 1, 1)
     return RewriteReport(
         items,
         rewriter.config(),
