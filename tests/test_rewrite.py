@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -291,3 +292,30 @@ def test_numeric_candidates_all_pass_verification_on_real_gsm8k(gsm8k):
     assert report.counts()["rewritten"] == len(proposed)  # every emitted rewrite passes every check
     checks = {c.name for c in proposed[0].attempts[0].checks}
     assert {"chain", "first_step_numbers", "answer_changed"} <= checks
+
+
+def test_cli_rewrite_with_model_assurance(tiny_lab, gsm8k, tmp_path, capsys):
+    """Numeric rewrites keep the wording, which the contaminated twin memorised: its probe still flags most of
+    them and sends them back. The clean twin, same corpus minus the leaks, flags (almost) none."""
+    from itd.cli import main
+
+    leaked_ids, unseen_ids = set(tiny_lab.leaked), set(tiny_lab.unseen)
+    leaked = [s for s in gsm8k if s.id in leaked_ids]
+    reference = [s for s in gsm8k if s.id not in leaked_ids | unseen_ids][::3]
+    bench, ref = tmp_path / "leaked.jsonl", tmp_path / "reference.jsonl"
+    for path, items in ((bench, leaked), (ref, reference)):
+        path.write_text("".join(json.dumps({"id": s.id, "question": s.question, "answer": s.solution}) + "\n" for s in items))
+    still = {}
+    for twin in ("contaminated", "clean"):
+        out = tmp_path / f"{twin}.jsonl"
+        rc = main(["rewrite", str(bench), "--method", "numeric", "--assure-model", str(getattr(tiny_lab, twin)),
+                   "--reference-set", str(ref), "--device", "cpu", "--rounds", "2", "--out", str(out), "--json", "-q"])
+        summary = json.loads(capsys.readouterr().out)
+        assert rc == (1 if summary["counts"]["rejected"] else 0) and summary["assurance"] == ["model"]
+        log = [json.loads(line) for line in Path(str(out) + ".log.jsonl").read_text().splitlines()]
+        proposed = [a for rec in log for a in rec["attempts"] if "candidate" in a]
+        still[twin] = sum((a["reason"] or "").startswith("still flagged: model: minkpp p=") for a in proposed) / len(proposed)
+        accepted = [a for a in proposed if a["accepted"]]
+        assert all(a["reason"] is None for a in accepted)
+        assert str(getattr(tiny_lab, twin)) in json.loads(Path(str(out) + ".manifest.json").read_text())["models"]
+    assert still["contaminated"] >= 0.5 and still["clean"] <= 0.1
