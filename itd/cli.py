@@ -466,28 +466,26 @@ def _rewrite_progress(enabled: bool = True) -> Iterator[Any]:
         yield update
 
 
-def _print_rewrite(report, out: str, log: str) -> None:
+def _count_table(title: str, label: str, counts: dict[str, int]):
+    """A two-column rich table: `label`, then the number of items."""
     from rich.table import Table
 
+    table = Table(title=title, min_width=len(title))
+    table.add_column(label)
+    table.add_column("items", justify="right")
+    for key, n in counts.items():
+        table.add_row(key, str(n))
+    return table
+
+
+def _print_rewrite(report, out: str, log: str) -> None:
     summary = report.summary()
     console = _out_console()
-    title = f"itd rewrite ({summary['method']}): {summary['items']} items"
-    table = Table(title=title, min_width=len(title))
-    table.add_column("status")
-    table.add_column("items", justify="right")
-    for status, n in summary["counts"].items():
-        table.add_row(status, str(n))
-    console.print(table)
+    console.print(_count_table(f"itd rewrite ({summary['method']}): {summary['items']} items", "status", summary["counts"]))
     if summary["rounds_needed"]:
         console.print("rounds needed: " + ", ".join(f"{n} item(s) in {r}" for r, n in summary["rounds_needed"].items()))
     if summary["rejection_reasons"]:
-        title = "rejected: reason of the last attempt"
-        reasons = Table(title=title, min_width=len(title))
-        reasons.add_column("reason")
-        reasons.add_column("items", justify="right")
-        for reason, n in summary["rejection_reasons"].items():
-            reasons.add_row(reason, str(n))
-        console.print(reasons)
+        console.print(_count_table("rejected: reason of the last attempt", "reason", summary["rejection_reasons"]))
     if report.changes_difficulty:
         console.print("[yellow]note: this rewriter changes difficulty (MMLU-CF option replacement); scores are not "
                       "comparable to the original set[/yellow]")

@@ -139,7 +139,7 @@ class Verifier:
         return results
 
     def _add_semantic(self, pairs: Sequence[tuple[Sample, Candidate]], results: list[list[Check]]) -> None:
-        todo = [i for i, checks in enumerate(results) if all(c.ok is not False for c in checks)]
+        todo = _passing(results)
         model = self._load_embedder() if todo else None
         if model is None:
             for i in todo:
@@ -172,7 +172,7 @@ class Verifier:
         return self._embedder
 
     def _add_solver(self, pairs: Sequence[tuple[Sample, Candidate]], results: list[list[Check]]) -> None:
-        todo = [i for i, checks in enumerate(results) if all(c.ok is not False for c in checks)]
+        todo = _passing(results)
         if not todo:
             return
         answers = self.solver([pairs[i][1].sample for i in todo])
@@ -183,6 +183,11 @@ class Verifier:
             else:
                 ok = got == want if pairs[i][0].is_mcq else same_number(got, want)
                 results[i].append(Check("solver", ok, f"solver answered {got!r}, gold {want!r}"))
+
+
+def _passing(results: list[list[Check]]) -> list[int]:
+    """Indices of the candidates no check has failed yet (the costly checks run on these only)."""
+    return [i for i, checks in enumerate(results) if all(c.ok is not False for c in checks)]
 
 
 def _full_text(sample: Sample) -> str:
