@@ -11,9 +11,10 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterator
 
-__all__ = ["atomic_write", "sha256_file", "build_manifest", "write_json", "manifest_path"]
+__all__ = ["atomic_write", "sha256_file", "build_manifest", "write_json", "manifest_path", "Journal", "content_key"]
 
 _SECRET_WORDS = ("key", "token", "secret", "password")
 
@@ -103,3 +104,58 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
         f.write("\n")
+
+
+def content_key(*parts: Any) -> str:
+    """Hex SHA-256 of `parts` as canonical JSON: the key of a piece of work that depends on exactly these."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class Journal:
+    """An append-only JSONL record of finished work, keyed by string, that survives `kill -9`.
+
+    Every `put_many` appends its records, flushes and fsyncs before returning, so what it recorded is on disk.
+    A process killed mid-write leaves at most one torn last line, which loading skips (and the next append
+    starts on a fresh line). A later put of a key wins. Used so that a resumed run repeats no finished model call.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._data: dict[str, Any] = {}
+        self._torn = False
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                raw = f.read()
+            self._torn = bool(raw) and not raw.endswith(b"\n")
+            for line in raw.splitlines():
+                try:
+                    rec = json.loads(line)
+                    self._data[rec["k"]] = rec["v"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # the torn line of an interrupted append
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value recorded under `key`, or `default`."""
+        return self._data.get(key, default)
+
+    def put_many(self, items: Mapping[str, Any]) -> None:
+        """Record `items` (key -> JSON-serialisable value) durably."""
+        if not items:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps({"k": k, "v": v}, ensure_ascii=False) + "\n" for k, v in items.items())
+        with open(self.path, "a", encoding="utf-8") as f:
+            if self._torn:
+                f.write("\n")
+                self._torn = False
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        self._data.update(items)

@@ -39,6 +39,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from itd.errors import InputError, require
+from itd.io import Journal, content_key
 
 __all__ = [
     "METHODS",
@@ -72,6 +73,7 @@ _CUDA_MAX_TOKENS = 1 << 17  # first try of batch_size="auto" on CUDA; halved on 
 _CHUNK_ELEMENTS = 1 << 22  # positions x vocabulary per fp32 reduction chunk on CPU (16 MiB per temporary)
 _CUDA_CHUNK_ELEMENTS = 1 << 26  # larger on CUDA, where small chunks are kernel-launch bound (256 MiB)
 _MIN_VAR = 1e-12
+_STORE_CHUNK = 64  # texts per recorded chunk of a stored scoring run
 
 
 # ---- model access ---------------------------------------------------------------------------------------------
@@ -114,6 +116,14 @@ class LoadedModel:
     device: str
     dtype: str
     context_length: int
+    store: Journal | None = None
+    """When set, finished scoring chunks are recorded here and never recomputed (a resumed run)."""
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies the weights for a results store: the name, the commit of a hub model, and the size
+        and modification time of every weight file of a local one (a changed file invalidates the store)."""
+        return _fingerprint(self.model, self.name)
 
     @property
     def prefix_token_id(self) -> int | None:
@@ -356,6 +366,8 @@ def score_texts(
     if ("reference" in config.methods) != (reference is not None):
         raise ValueError("the 'reference' method and a reference model go together: give both or neither")
     texts = list(texts)
+    if model.store is not None:
+        return _score_stored(model, texts, config, reference, progress)
     passes: list[tuple[LoadedModel, list[list[int]], bool]] = [
         (model, _encode(model, texts), "minkpp" in config.methods)  # the one pass for loss/zlib/mink/minkpp
     ]
@@ -390,6 +402,64 @@ def score_texts(
             item.scores[m] = _method_score(m, item, text, config.k)
         out.append(item)
     return out
+
+
+def _score_stored(model: LoadedModel, texts: list[str], config: ScoreConfig, reference: LoadedModel | None,
+                  progress: Progress | None) -> list[ItemScores]:
+    """`score_texts` through `model.store`: fixed chunks of texts in input order, so a resumed run scores the
+    missing chunks in exactly the batches the first run would have, and gets bit-identical scores."""
+    from dataclasses import asdict, replace
+
+    store = model.store
+    bare = replace(model, store=None)
+    ident = [model.fingerprint, reference.fingerprint if reference is not None else None, asdict(config)]
+    chunks = [texts[i : i + _STORE_CHUNK] for i in range(0, len(texts), _STORE_CHUNK)]
+    keys = [content_key("score", *ident, chunk) for chunk in chunks]
+    todo = [i for i, key in enumerate(keys) if key not in store]
+    sizes = {i: sum(len(t) for t in chunks[i]) or 1 for i in todo}
+    total, done = sum(sizes.values()), 0
+    for i in todo:
+        scored = score_texts(bare, chunks[i], config, reference=reference)
+        store.put_many({keys[i]: [_scores_record(item) for item in scored]})
+        done += sizes[i]
+        if progress is not None:
+            progress(done, total)
+    return [_scores_from_record(rec) for key in keys for rec in store.get(key)]
+
+
+def _scores_record(item: ItemScores) -> dict[str, Any]:
+    rec = item.to_dict()
+    rec["token_logprobs"] = item.token_logprobs.tolist()
+    rec["dtype"] = str(item.token_logprobs.dtype)
+    if item.token_minkpp is not None:
+        rec["token_minkpp"] = item.token_minkpp.tolist()
+    return rec
+
+
+def _scores_from_record(rec: dict[str, Any]) -> ItemScores:
+    dtype = np.dtype(rec["dtype"])
+    minkpp = rec.get("token_minkpp")
+    return ItemScores(
+        scores=dict(rec["scores"]),
+        n_tokens=rec["n_tokens"],
+        nll=rec["nll"],
+        ppl=rec["ppl"],
+        token_logprobs=np.asarray(rec["token_logprobs"], dtype=dtype),
+        token_minkpp=None if minkpp is None else np.asarray(minkpp, dtype=dtype),
+        lowercase_nll=rec.get("lowercase_nll"),
+        reference_nll=rec.get("reference_nll"),
+    )
+
+
+def _fingerprint(model: Any, name: str) -> str:
+    config = getattr(model, "config", None)
+    parts: list[Any] = [name, getattr(config, "_commit_hash", None)]
+    path = Path(name)
+    if path.is_dir():
+        parts[0] = str(path.resolve())
+        parts += [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir())
+                  if f.suffix in (".safetensors", ".json")]
+    return content_key(*parts)
 
 
 def _method_score(method: str, item: ItemScores, text: str, k: float) -> float:
