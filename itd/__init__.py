@@ -1,7 +1,8 @@
 """itd: Inference-Time Decontamination for evaluation benchmarks.
 
 Library entry points: `load_benchmark`, `write_benchmark`, `scan`, `build_index`, `check` (corpus side);
-`load_model`, `detect` (model side); `build_lab` (ground-truth twin models); `rewrite` (verified rewrites).
+`load_model`, `detect` (model side); `build_lab` (ground-truth twin models); `rewrite` (verified rewrites);
+`evaluate`, `compare` (scores before and after); `Pipeline` (all of it, from a TOML config, in a run directory).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ __all__ = [
     "LabConfig",
     "rewrite",
     "RewriteReport",
+    "evaluate",
+    "compare",
+    "EvalConfig",
+    "EvalResult",
+    "Pipeline",
+    "PipelineConfig",
     "InputError",
 ]
 
@@ -48,6 +55,12 @@ _LAZY = {
     "LabConfig": "itd.lab",
     "rewrite": "itd.rewriting",
     "RewriteReport": "itd.rewriting",
+    "evaluate": "itd.evaluation",
+    "compare": "itd.evaluation",
+    "EvalConfig": "itd.evaluation",
+    "EvalResult": "itd.evaluation",
+    "Pipeline": "itd.pipeline",
+    "PipelineConfig": "itd.pipeline",
     "InputError": "itd.errors",
 }
 

@@ -220,47 +220,146 @@ def check(files, index_path, fmt, as_json):
     return EXIT_FOUND if found else EXIT_CLEAN
 
 
-@cli.command()
-@click.option("--out", "-o", type=click.Path(file_okay=False), help="Keep the generated data here (default: a temp dir).")
-@click.option("--seed", type=int, default=0, help="Random seed of the generated data.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-def demo(out, seed, as_json):
-    """Generate a benchmark and a corpus with planted leaks, scan it, and compare with the truth."""
+def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
+    """`--set table.key=value` pairs; the value is read as TOML (numbers, booleans, lists), else as a string."""
+    import tomllib
+
+    from itd.errors import InputError
+
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set needs table.key=value, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _fmt_ci(fig: dict | None, pct: bool = True) -> str:
+    """A figure of `itd.evaluation.Estimate.to_dict` as "value [low, high]" (percent, or plain with `pct` off)."""
+    if not fig or fig.get("value") is None:
+        return "n/a" + (f" ({fig['reason']})" if fig and fig.get("reason") else "")
+    show = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.2f}")
+    low, high = fig.get("ci") or (None, None)
+    return show(fig["value"]) + (f" [{show(low)}, {show(high)}]" if low is not None else "")
+
+
+def _print_run(result, title: str) -> None:
+    """The terminal report of a pipeline run: detection, rewriting, accuracy with CIs, headline figures."""
     from rich.table import Table
 
-    from itd.demo import EXPECTED_LABEL, build_demo
-    from itd.scan import ScanConfig
-    from itd.scan import scan as run_scan
-
-    with contextlib.ExitStack() as stack:
-        where = Path(out) if out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="itd-demo-")))
-        data = build_demo(where, seed=seed)
-        samples = _load(str(data.benchmark), "auto")
-        _err_console().print(f"demo data in {where}: {len(samples)} benchmark items, {len(data.truth)} planted leaks")
-        with _byte_progress("scanning corpus") as progress:
-            report = run_scan(samples, [data.corpus], ScanConfig(detectors=("ngram", "minhash")), progress=progress)
-        if out:
-            report.write_jsonl(where / "report.jsonl")
-    rows, wrong = [], 0
-    for r in report.results:
-        kind = data.truth.get(r.sample.id, "not leaked")
-        expected = EXPECTED_LABEL.get(kind, "clean")
-        ok = expected == r.label
-        wrong += not ok
-        if kind != "not leaked" or not ok:
-            rows.append((r.sample.id, kind, expected, r.label, ok))
-    if as_json:
-        click.echo(json.dumps({**report.summary(), "truth_mismatches": wrong}, indent=2))
-    else:
-        _print_report(report, title="itd demo: scan of a corpus with planted leaks")
-        table = Table(title="Planted leaks vs. scan")
-        for col in ("id", "planted as", "expected", "found", "ok"):
+    out = _out_console()
+    summary = result.summary
+    det = summary.get("detection")
+    if det:
+        table = Table(title=f"{title}: detection")
+        for col in ("items", "flagged", "mode", "decision probe", "set-level p", "AUROC leaked vs unseen"):
             table.add_column(col)
-        for row in sorted(rows, key=lambda x: x[1]):
-            table.add_row(*row[:4], "yes" if row[4] else "[red]NO[/red]")
-        _out_console().print(table)
-        _out_console().print(f"{len(report.results) - wrong}/{len(report.results)} items labelled as planted.")
-    return EXIT_CLEAN if wrong == 0 else EXIT_FOUND
+        test = det.get("set_test") or {}
+        truth = ((det.get("truth") or {}).get("methods") or {}).get(det.get("decision"), {})
+        table.add_row(str(summary["benchmark"]["items"]), str(summary["flagged"]), str(det.get("mode", "scan")),
+                      str(det.get("decision", "-")), f"{test['p_value']:.2g}" if test.get("p_value") is not None else "-",
+                      f"{truth['auroc']:.3f}" if truth.get("auroc") is not None else "-")
+        out.print(table)
+    out.print(_count_table(f"{title}: rewriting ({summary['rewrite'].get('method')})", "status", summary["rewrite"]["counts"]))
+    ev = summary.get("evaluation")
+    if not ev:
+        return
+    subsets = ("original", "decontaminated", "flagged_before", "flagged_after", "unflagged")
+    table = Table(title=f"{title}: accuracy (95% bootstrap CI)")
+    table.add_column("model")
+    for sub in subsets:
+        table.add_column(sub.replace("_", " "))
+    for role, by_subset in ev["accuracy"].items():
+        name = summary["models"].get(role) or role
+        table.add_row(f"{role} ({Path(name).name})", *(_fmt_ci(by_subset.get(sub)) for sub in subsets))
+    out.print(table)
+    figures = Table(title=f"{title}: what the score was made of")
+    figures.add_column("figure")
+    figures.add_column("value [95% CI]")
+    for key, label, pct in (("inflation", "inflation (original - decontaminated)", True),
+                            ("true_inflation", "true inflation (vs clean twin, original)", True),
+                            ("residual_inflation", "residual inflation (vs clean twin, decontaminated)", True),
+                            ("inflation_removed", "share of inflation removed", True),
+                            ("fidelity", "fidelity (clean twin agrees with itself)", False),
+                            ("resistance", "resistance (twins agree after rewriting)", False)):
+        if key in ev:
+            figures.add_row(label, _fmt_ci(ev[key], pct))
+    out.print(figures)
+    if ev.get("unparsed"):
+        out.print(f"unparseable answers (counted wrong): {ev['unparsed']}")
+
+
+@cli.command("run")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: <config>-run, or itd-run).")
+@click.option("--benchmark", help="benchmark.path: the benchmark file or directory.")
+@click.option("--model", help="model.name: the evaluated model (directory or hub name).")
+@click.option("--clean-model", help="model.clean: a clean twin / reference model (fidelity, inflation removed).")
+@click.option("--reference-set", help="benchmark.reference: clean items of the same kind that calibrate the probes.")
+@click.option("--corpus", multiple=True, help="scan.corpus: training corpus paths (repeatable).")
+@click.option("--method", help="rewrite.method: auto, numeric, permute or llm.")
+@click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE", help="Any config key, e.g. --set rewrite.rounds=2.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout instead of tables.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or logs.")
+def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, method, sets, as_json, quiet):
+    """Run the whole pipeline (detect, rewrite, verify, assure, evaluate, report) from a TOML CONFIG; exit 1 if
+    any item was flagged. Run it again with the same arguments to resume an interrupted run."""
+    from itd.pipeline import Pipeline, PipelineConfig, load_config
+
+    overrides = {k: v for k, v in (("benchmark.path", benchmark), ("model.name", model), ("model.clean", clean_model),
+                                    ("benchmark.reference", reference_set), ("scan.corpus", list(corpus) or None),
+                                    ("rewrite.method", method)) if v}
+    overrides.update(_parse_sets(sets))
+    if config:
+        pipeline = Pipeline.from_config(config, out, overrides)
+    else:
+        data: dict[str, Any] = {}
+        for key, value in overrides.items():
+            table, _, name = key.rpartition(".")
+            data.setdefault(table, {})[name] = value
+        pipeline = Pipeline(PipelineConfig.from_dict(data, where="options"), out or "itd-run")
+    log = (lambda m: None) if quiet else (lambda m: _err_console().print(f"[dim]{m}[/dim]"))
+    with _stage_progress({}, not quiet) as progress:
+        result = pipeline.run(progress=progress, log=log)
+    if as_json:
+        click.echo(json.dumps({**result.summary, "out": str(result.out)}, indent=2))
+    else:
+        _print_run(result, "itd run")
+        _out_console().print(f"run directory: {result.out} (report: {result.files.get('report', '-')})")
+    return EXIT_FOUND if result.contaminated else EXIT_CLEAN
+
+
+@cli.command()
+@click.option("--benchmark", type=click.Choice(["arithmetic", "gsm8k", "mmlu"]), default="arithmetic", show_default=True,
+              help="The embedded arithmetic benchmark, or real GSM8K / MMLU files under --data.")
+@click.option("--data", type=click.Path(file_okay=False), help="Directory of the real files (gsm8k: test.jsonl, train.jsonl; mmlu: test/).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="itd-demo", show_default=True, help="Demo directory (lab, run, data).")
+@click.option("--preset", help="Lab preset (default: demo for arithmetic, tiny for real files).")
+@click.option("--items", type=click.IntRange(20), default=200, show_default=True, help="Benchmark items in the experiment.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data, the lab and every stage.")
+@click.option("--device", default="auto", help="auto (CUDA when available), cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or logs.")
+def demo(benchmark, data, out, preset, items, seed, device, as_json, quiet):
+    """The whole story offline: train contamination-lab twins (one saw a third of the benchmark), detect the
+    leaked items with probes, rewrite them, evaluate both twins before and after, and report."""
+    from itd.demo import DemoConfig, run_demo
+
+    config = DemoConfig(benchmark=benchmark, data=data, preset=preset, items=items, seed=seed, device=device)
+    log = (lambda m: None) if quiet else (lambda m: _err_console().print(f"[dim]{m}[/dim]"))
+    with _stage_progress({}, not quiet) as progress:
+        result = run_demo(out, config, progress=progress, log=log)
+    if as_json:
+        click.echo(json.dumps({**result.summary, "out": str(result.out)}, indent=2))
+    else:
+        _print_run(result, f"itd demo ({benchmark})")
+        _out_console().print(f"report: {result.files.get('report')}")
+    return EXIT_CLEAN
 
 
 @contextlib.contextmanager

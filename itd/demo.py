@@ -1,9 +1,13 @@
-"""The embedded default: a benchmark of the project's own making and a corpus with planted leaks.
+"""The embedded default: benchmarks of the project's own making, for `itd demo` and the tests.
 
-`generate_problems` writes GSM8K-style arithmetic word problems (worked solutions with `<<expr=result>>`
-annotations and a final `#### N`) whose answers are computed, so they are correct by construction.
-`plant` turns an item into a leaked copy of a given kind; `build_demo` writes benchmark, corpus and ground
-truth to a directory. The same planting functions build the test corpora from real GSM8K and MMLU data.
+`arithmetic_problems` writes small GSM8K-layout word problems (worked solutions with `<<expr=result>>`
+annotations and a final `#### N`) whose answers are computed: correct by construction, and learnable, so a
+contamination-lab model trained on other problems of the kind has a real, non-trivial accuracy on them.
+`run_demo` tells the whole story on them (or on real files): lab twins, detection, rewriting, evaluation.
+
+`generate_problems` writes harder problems of the same layout for corpus scans; `plant` turns an item into a
+leaked copy of a given kind, and `build_demo` writes a benchmark, a corpus with planted leaks and the ground
+truth. The same planting functions build the test corpora from real GSM8K and MMLU data.
 """
 
 from __future__ import annotations
@@ -11,12 +15,26 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from itd.errors import InputError
+
 from itd.io import atomic_write, write_json
 
-__all__ = ["VARIANTS", "EXPECTED_LABEL", "generate_problems", "filler_text", "plant", "build_demo", "DemoSet"]
+__all__ = [
+    "VARIANTS",
+    "EXPECTED_LABEL",
+    "arithmetic_problems",
+    "generate_problems",
+    "filler_text",
+    "plant",
+    "build_demo",
+    "DemoSet",
+    "DemoConfig",
+    "run_demo",
+]
 
 _NAMES = (
     "Ava Liam Noah Mia Zoe Omar Ines Kenji Priya Tomas Lena Ravi Sofia Yusuf Hana Marco Chloe Diego Amara Felix "
@@ -190,3 +208,164 @@ def build_demo(out: str | Path, *, items: int = 100, leaked_per_kind: int = 3, f
             f.write(json.dumps({"id": i, "text": text}) + "\n")
     write_json(out / "truth.json", truth)
     return DemoSet(bench_path, corpus_path, truth)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The learnable arithmetic benchmark and the whole story
+
+_ARITH_TEMPLATES = 5
+
+
+def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str) -> tuple[str, str]:
+    """One problem of template `kind`: small operands (2-15), one or two steps of +, - and a times table."""
+    def r(lo: int = 2, hi: int = 15) -> int:
+        return rng.randint(lo, hi)
+
+    if kind == 0:
+        a, b = r(), r()
+        c = rng.randint(1, a + b - 1)
+        q = f"{name} has {a} {item}. At the {place} {name} gets {b} more and then gives {c} away. How many {item} does {name} have now?"
+        s = f"{name} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.\nThen {a + b} - {c} = <<{a + b}-{c}={a + b - c}>>{a + b - c} are left.\n#### {a + b - c}"
+    elif kind == 1:
+        a, b = r(2, 9), r(2, 9)
+        q = f"{name} sells {a} {item} at the {place} for ${b} each. How much money does {name} make?"
+        s = f"{name} makes {a} * {b} = $<<{a}*{b}={a * b}>>{a * b}.\n#### {a * b}"
+    elif kind == 2:
+        a, b = r(), r()
+        q = f"{name} found {a} {item} in the morning and {b} {item} at the {place} in the afternoon. How many {item} did {name} find in all?"
+        s = f"In all {name} found {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.\n#### {a + b}"
+    elif kind == 3:
+        a = r(5, 20)
+        b = rng.randint(1, a - 1)
+        q = f"There are {a} {item} at the {place}. {name} takes {b} of them. How many {item} are still at the {place}?"
+        s = f"There are {a} - {b} = <<{a}-{b}={a - b}>>{a - b} {item} left.\n#### {a - b}"
+    else:
+        a, k = r(2, 9), r(2, 4)
+        q = f"{name} read {a} pages on Monday and {k} times as many on Tuesday. How many pages did {name} read on both days?"
+        s = f"On Tuesday {name} read {a} * {k} = <<{a}*{k}={a * k}>>{a * k} pages.\nTogether that is {a} + {a * k} = <<{a}+{a * k}={a + a * k}>>{a + a * k} pages.\n#### {a + a * k}"
+    return q, s
+
+
+def arithmetic_problems(n: int, seed: int = 0, *, exclude: Collection[str] = ()) -> list[dict[str, str]]:
+    """`n` distinct learnable GSM8K-layout records `{"question", "answer"}` (none of whose questions is in
+    `exclude`), the templates taken in turn and names, items, places and numbers drawn with `seed`."""
+    rng = random.Random(seed)
+    seen = set(exclude)
+    out: list[dict[str, str]] = []
+    while len(out) < n:
+        kind = len(out) % _ARITH_TEMPLATES
+        q, s = _arithmetic(rng, kind, rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_PLACES))
+        if q not in seen:
+            seen.add(q)
+            out.append({"question": q, "answer": s})
+    return out
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `run_demo` runs: `benchmark` "arithmetic" (the embedded default, generated), "gsm8k" or "mmlu"
+    (real files under `data`: `test.jsonl` + `train.jsonl`, or `test/` + `dev/`), the lab preset ("demo" for
+    arithmetic, else "tiny" when None), its leak rate, repeats and seed, and the number of benchmark items."""
+
+    benchmark: str = "arithmetic"
+    data: str | None = None
+    preset: str | None = None
+    items: int = 200
+    leak_rate: float = 0.3
+    repeats: int = 6
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in ("arithmetic", "gsm8k", "mmlu"):
+            raise InputError(f"unknown demo benchmark {self.benchmark!r}; choose arithmetic, gsm8k or mmlu")
+        if self.benchmark != "arithmetic" and not self.data:
+            raise InputError(f"the {self.benchmark} demo needs --data (the directory of its files)")
+        if self.items < 20:
+            raise InputError(f"the demo needs at least 20 items, got {self.items}")
+
+
+def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]:
+    """The benchmark and clean training samples of the demo (generated files are written to `data_dir`)."""
+    from itd.data import load_benchmark
+
+    if config.benchmark == "arithmetic":
+        test = arithmetic_problems(2 * config.items, seed=config.seed)
+        train = arithmetic_problems(20 * config.items, seed=config.seed + 1, exclude={r["question"] for r in test})
+        for name, records in (("test", test), ("train", train)):
+            with atomic_write(data_dir / f"{name}.jsonl") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+        return load_benchmark(data_dir / "test.jsonl"), load_benchmark(data_dir / "train.jsonl")
+    root = Path(config.data)
+    if config.benchmark == "gsm8k":
+        for name in ("test.jsonl", "train.jsonl"):
+            if not (root / name).is_file():
+                raise InputError(f"the gsm8k demo needs {name} in --data", path=str(root))
+        return load_benchmark(root / "test.jsonl", benchmark="gsm8k"), load_benchmark(root / "train.jsonl", benchmark="gsm8k")
+    if not (root / "test").is_dir():
+        raise InputError("the mmlu demo needs a test/ directory of subject files in --data", path=str(root))
+    return load_benchmark(root / "test", benchmark="mmlu"), None
+
+
+def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None, log=None):
+    """The whole story in directory `out`: build the lab twins, then run the pipeline (probe detection with a
+    held-out reference set, deterministic rewriting, corpus assurance against the lab's training corpus,
+    evaluation of both twins, report). Returns the pipeline's `RunResult`; `out/lab` and `out/run` hold the rest.
+    Running it again in the same directory reuses a finished lab and resumes the run."""
+    from itd.lab import LabConfig, build_lab, load_lab, write_experiment
+    from itd.pipeline import Pipeline, load_config
+
+    config = config or DemoConfig()
+    out = Path(out)
+    log = log or (lambda message: None)
+    preset = config.preset or ("demo" if config.benchmark == "arithmetic" else "tiny")
+    lab_config = LabConfig(preset=preset, leak_rate=config.leak_rate, repeats=config.repeats, seed=config.seed,
+                           device=config.device, overrides={"n_test_items": config.items})
+    benchmark, train = _demo_inputs(config, out / "data")
+    lab_dir = out / "lab"
+    lab = load_lab(lab_dir) if _same_lab(lab_dir, lab_config) else None
+    if lab is None:
+        log(f"training the {preset} lab twins on {config.benchmark} (this is most of the demo's time)")
+        lab = build_lab(benchmark, train, lab_dir, lab_config,
+                        progress=None if progress is None else lambda stage, d, t: progress(f"lab: {stage}", d, t))
+    paths = write_experiment(lab, benchmark, out / "data", reference=config.items)
+    toml = f"""# itd demo: the evaluated model is the lab's contaminated twin; the clean twin measures fidelity.
+[benchmark]
+path = {json.dumps(str(paths["benchmark"]))}
+reference = {json.dumps(str(paths["reference"]))}
+truth = {json.dumps(str(paths["truth"]))}
+
+[model]
+name = {json.dumps(str(lab.contaminated))}
+clean = {json.dumps(str(lab.clean))}
+device = {json.dumps(config.device)}
+
+[rewrite]
+# numeric keeps the wording on purpose (new numbers, new answer), which a token-level probe of the
+# contaminated twin still recognises; the corpus check asks the question that matters for it: is the
+# rewrite, with its new numbers, in the training data?
+assurance = ["corpus"]
+seed = {config.seed}
+
+[scan]
+# the lab's training corpus, for assurance only: detection is the probes' (inference-time) job here
+corpus = [{json.dumps(str(lab.out / "corpus" / "contaminated.jsonl"))}]
+
+[evaluate]
+seed = {config.seed}
+"""
+    with atomic_write(out / "demo.toml") as f:
+        f.write(toml)
+    cfg = load_config(out / "demo.toml")
+    return Pipeline(cfg, out / "run").run(progress=progress, log=log)
+
+
+def _same_lab(path: Path, config) -> bool:
+    """Whether `path` holds a finished lab built with `config` (then the demo reuses it)."""
+    from itd.lab import load_lab_manifest
+
+    try:
+        manifest = load_lab_manifest(path)
+    except InputError:
+        return False
+    return manifest.get("config") == json.loads(json.dumps(config.to_dict()))

@@ -25,7 +25,7 @@ from itd.io import atomic_write
 
 __all__ = ["render_html_report", "write_html_report", "roc_curve", "top_items"]
 
-_SUBSETS = ("original", "decontaminated", "flagged_original", "flagged_decontaminated", "unflagged")
+_SUBSETS = ("original", "decontaminated", "flagged_before", "flagged_after", "unflagged")
 _HEADLINES = (
     ("inflation", "Inflation", "accuracy on the original items minus accuracy on the decontaminated ones"),
     ("true_inflation", "True inflation", "the same gap measured on the model's clean twin as reference"),
@@ -203,11 +203,17 @@ def _roc_plot(items: Sequence[Mapping], methods: Sequence[str]) -> str | None:
     return _img(fig, "ROC curves per probe")
 
 
+def _ci(figure: Mapping) -> tuple[float | None, float | None]:
+    """The interval of a figure (`itd.evaluation.Estimate.to_dict`: ``"ci": [low, high]``)."""
+    ci = figure.get("ci") or (None, None)
+    return _num(ci[0]), _num(ci[1])
+
+
 def _accuracy_plot(accuracy: Mapping) -> str | None:
     roles = [r for r in accuracy if isinstance(accuracy.get(r), Mapping)]
-    subsets = [s for s in _SUBSETS if any(_num((accuracy[r].get(s) or {}).get("acc")) is not None for r in roles)]
+    subsets = [s for s in _SUBSETS if any(_num((accuracy[r].get(s) or {}).get("value")) is not None for r in roles)]
     subsets += sorted({s for r in roles for s in accuracy[r] if s not in _SUBSETS
-                       and _num((accuracy[r].get(s) or {}).get("acc")) is not None})
+                       and _num((accuracy[r].get(s) or {}).get("value")) is not None})
     if not roles or not subsets:
         return None
     fig = _figure(min(7.2, 2.0 + 1.0 * len(subsets)), 3.8)
@@ -217,10 +223,10 @@ def _accuracy_plot(accuracy: Mapping) -> str | None:
         xs, ys, err = [], [], [[], []]
         for j, s in enumerate(subsets):
             cell = accuracy[role].get(s) or {}
-            acc = _num(cell.get("acc"))
+            acc = _num(cell.get("value"))
             if acc is None:
                 continue
-            lo, hi = _num(cell.get("lo")), _num(cell.get("hi"))
+            lo, hi = _ci(cell)
             xs.append(j - 0.4 + width * (i + 0.5))
             ys.append(acc)
             err[0].append(max(0.0, acc - lo) if lo is not None else 0.0)
@@ -359,7 +365,7 @@ def _headlines(summary: Mapping, items: Sequence[Mapping]) -> str:
         v = ev.get(key)
         if isinstance(v, Mapping) and _num(v.get("value")) is not None:
             signed = key in ("inflation", "true_inflation", "residual_inflation")
-            ci = f"95% CI [{_fmt(v.get('lo'))}, {_fmt(v.get('hi'))}]" + (f", n={_e(v['n'])}" if "n" in v else "")
+            ci = f"95% CI [{_fmt(_ci(v)[0])}, {_fmt(_ci(v)[1])}]" + (f", n={_e(v['n'])}" if "n" in v else "")
             body = f'<div class="v">{_fmt(v["value"], sign=signed)}</div><div class="ci">{ci}</div>'
         else:
             reason = (v or {}).get("reason") if isinstance(v, Mapping) else ev.get(f"{key}_reason")
@@ -417,9 +423,9 @@ def _accuracy_table(accuracy: Mapping) -> str:
     rows = []
     for role, subsets in accuracy.items():
         for s, c in (subsets or {}).items():
-            if isinstance(c, Mapping) and _num(c.get("acc")) is not None:
-                rows.append(f"<tr><td>{_e(role)}</td><td>{_e(s)}</td><td>{_fmt(c['acc'])}</td>"
-                            f"<td>[{_fmt(c.get('lo'))}, {_fmt(c.get('hi'))}]</td><td>{_e(c.get('n'))}</td></tr>")
+            if isinstance(c, Mapping) and _num(c.get("value")) is not None:
+                rows.append(f"<tr><td>{_e(role)}</td><td>{_e(s)}</td><td>{_fmt(c['value'])}</td>"
+                            f"<td>[{_fmt(_ci(c)[0])}, {_fmt(_ci(c)[1])}]</td><td>{_e(c.get('n'))}</td></tr>")
     return ("<table><tr><th>model</th><th>subset</th><th>accuracy</th><th>95% CI</th><th>n</th></tr>"
             + "".join(rows) + "</table>") if rows else ""
 

@@ -48,6 +48,8 @@ __all__ = [
     "split_items",
     "build_corpus",
     "build_lab",
+    "held_out",
+    "write_experiment",
     "load_lab_manifest",
     "load_lab",
 ]
@@ -130,6 +132,11 @@ for _preset in (
         "tiny", n_layer=2, n_head=4, n_embd=128, seq_len=512, vocab_size=2048, batch_size=8, steps=48, lr=3e-3,
         n_test_items=120, n_train_items=150,
         description="0.7M parameters; both twins in about 25 s on 2 idle CPU cores, 2 min on a busy one (tests, demo)",
+    ),
+    LabPreset(
+        "demo", n_layer=2, n_head=4, n_embd=128, seq_len=256, vocab_size=1024, batch_size=16, steps=600, lr=3e-3,
+        n_test_items=200, n_train_items=4000,
+        description="tiny's model on short texts, trained 12x longer: learns itd's arithmetic problems (itd demo)",
     ),
     LabPreset(
         "small", n_layer=4, n_head=4, n_embd=256, seq_len=512, vocab_size=4096, batch_size=8, steps=320, lr=1.5e-3,
@@ -748,3 +755,50 @@ def load_lab(path: str | os.PathLike) -> LabResult:
         seconds=float(manifest.get("wall_seconds", 0.0)),
         preset=str(manifest.get("preset", "")),
     )
+
+
+def held_out(lab: LabResult, benchmark: Sequence[Sample]) -> list[Sample]:
+    """The items of `benchmark` that neither twin saw: not in the experiment, and whose rendered text is not in
+    the clean training corpus. A valid clean reference set for calibrating the probes on the lab's models."""
+    import json
+
+    manifest = load_lab_manifest(lab.out)
+    rendering = manifest.get("config", {}).get("rendering", "auto")
+    with open(lab.out / "corpus" / "clean.jsonl", encoding="utf-8") as f:
+        trained = {json.loads(line)["text"] for line in f}
+    chosen = set(lab.leaked) | set(lab.unseen)
+    return [s for s in benchmark if s.id not in chosen and render(s, rendering) not in trained]
+
+
+def write_experiment(lab: LabResult, benchmark: Sequence[Sample], out: str | os.PathLike, *,
+                     reference: int = 0) -> dict[str, Path]:
+    """Write the lab's experiment items (leaked + unseen) as a benchmark in their source layout, `reference`
+    held-out items (`held_out`) as a clean reference set, and `truth.json` with the leaked and unseen ids as
+    the written files number them. Returns the paths under the keys "benchmark", "reference" and "truth"."""
+    from itd.data import load_benchmark, write_benchmark
+    from itd.io import write_json
+
+    out = Path(out)
+    chosen = set(lab.leaked) | set(lab.unseen)
+    sets = {"benchmark": [s for s in benchmark if s.id in chosen]}
+    if reference:
+        sets["reference"] = held_out(lab, benchmark)[:reference]
+    paths: dict[str, Path] = {}
+    written: list[Sample] = []
+    for name, samples in sets.items():
+        if not samples:
+            raise InputError(f"no {name} items to write; the benchmark has too few items beyond the experiment")
+        is_dir = any(s.source is not None and s.source.file != samples[0].source.file for s in samples)
+        target = out / name if is_dir else out / f"{name}{Path(samples[0].source.file).suffix if samples[0].source else '.jsonl'}"
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+        write_benchmark(samples, target)
+        paths[name] = target
+        if name == "benchmark":
+            written = load_benchmark(target)
+    text_id = {render(s, "question"): s.id for s in written}
+    old_text = {s.id: render(s, "question") for s in sets["benchmark"]}
+    truth = {key: [text_id[old_text[i]] for i in ids] for key, ids in (("leaked", lab.leaked), ("unseen", lab.unseen))}
+    paths["truth"] = out / "truth.json"
+    write_json(paths["truth"], truth)
+    return paths

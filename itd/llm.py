@@ -1,17 +1,20 @@
-"""An OpenAI-compatible chat client for JSON replies, with an on-disk content-addressed cache.
+"""An OpenAI-compatible client for JSON and plain-text replies, with an on-disk content-addressed cache.
 
 `LLMClient.complete_json` sends a batch of chat requests concurrently (at most `LLMConfig.concurrency` in
 flight), parses each reply into a pydantic schema and returns one `LLMReply` per request, in input order. A
 failed item (bad JSON, schema violation, HTTP error after retries, timeout) is a reply with `error` set, never an
-exception, so one bad item cannot stop a batch.
+exception, so one bad item cannot stop a batch. `LLMClient.complete_text` does the same for plain-text prompts
+(`TextRequest`), over the chat API (the prompt is one user message) or the completions API (`LLMConfig.api`);
+its replies carry the raw text, for an evaluator to parse.
 
 Every reply the endpoint returns is written to the cache (`cache_dir/<key[:2]>/<key>.json`) as soon as it
 arrives, so an interrupted run loses only the calls in flight and a re-run repeats no finished call. The key is
 the SHA-256 of what determines the reply: model, messages, temperature, seed, max_tokens, response format and the
-schema; never the endpoint URL nor the API key. The key itself is resolved from the environment when the client
+schema (text requests: the API, prompt, stop sequences and max_tokens instead of the last two); never the
+endpoint URL nor the API key. The key itself is resolved from the environment when the client
 is made and is kept out of the config, the replies, the cache and every error message.
 
-A reply is data: its text is only ever parsed into the schema.
+A reply is data: its text is only ever parsed (into the schema, or by an evaluator's answer extraction).
 """
 
 from __future__ import annotations
@@ -32,9 +35,22 @@ from typing import Any, Callable, Sequence
 from itd.errors import InputError, require
 from itd.io import atomic_write
 
-__all__ = ["LLMConfig", "LLMRequest", "LLMReply", "LLMClient", "Progress", "RESPONSE_FORMATS", "cache_key", "default_cache_dir"]
+__all__ = [
+    "LLMConfig",
+    "LLMRequest",
+    "TextRequest",
+    "LLMReply",
+    "LLMClient",
+    "Progress",
+    "RESPONSE_FORMATS",
+    "APIS",
+    "cache_key",
+    "text_cache_key",
+    "default_cache_dir",
+]
 
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+APIS = ("chat", "completions")
 
 Progress = Callable[[int, int, dict[str, int]], None]
 """Called as `progress(done, total, stats)` after each reply; stats counts calls, cache_hits, failures,
@@ -63,7 +79,9 @@ class LLMConfig:
     429, 5xx, timeouts and connection errors. `temperature`, `seed`, `max_tokens`: sampling settings (the seed
     is the default of requests that give none). `response_format`: "json_schema" (the schema is sent, not
     strict), "json_object", or "none" (nothing sent; the prompt must ask for JSON). `cache_dir`: reply cache
-    directory, None for no cache.
+    directory, None for no cache. `api`: the endpoint API `complete_text` uses, "chat" (`/chat/completions`,
+    the prompt as one user message) or "completions" (`/completions`, the raw prompt); `complete_json` always
+    uses the chat API.
     """
 
     model: str
@@ -77,6 +95,7 @@ class LLMConfig:
     max_tokens: int | None = None
     response_format: str = "json_object"
     cache_dir: str | None = None
+    api: str = "chat"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -114,6 +133,8 @@ class LLMConfig:
             )
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
+        if self.api not in APIS:
+            raise InputError(f"unknown LLM API {self.api!r}; choose one of {', '.join(APIS)}")
 
     def resolve_api_key(self) -> str:
         """The API key from the first set variable of `api_key_env`; "none" for a `base_url` that needs none.
@@ -157,6 +178,34 @@ class LLMRequest:
 
 
 @dataclass(slots=True)
+class TextRequest:
+    """One plain-text request: the `prompt`, `stop` sequences (sent to the endpoint, at most 4 as OpenAI allows;
+    the endpoint ends the reply before the first one), the sampling `seed` (None: the config's seed) and
+    `max_tokens` (None: the config's)."""
+
+    prompt: str
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt:
+            raise InputError("a text request needs a non-empty prompt string")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(x, str) and x for x in stop):
+            raise InputError(f"stop sequences must be non-empty strings, got {self.stop!r:.200}")
+        if len(stop) > 4:
+            raise InputError(f"at most 4 stop sequences can be sent to an OpenAI-compatible endpoint, got {len(stop)}")
+        self.stop = stop
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise InputError(f"LLM request seed must be an integer or None, got {self.seed!r}")
+        if self.max_tokens is not None and (
+            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
+            raise InputError(f"max_tokens must be an integer >= 1 or None, got {self.max_tokens!r}")
+
+
+@dataclass(slots=True)
 class LLMReply:
     """The outcome of one request.
 
@@ -168,7 +217,7 @@ class LLMReply:
 
     key: str
     text: str | None
-    value: Any = None
+    value: Any = None  # text requests: the reply text itself
     error: str | None = None
     cached: bool = False
     usage: dict[str, int] = field(default_factory=dict)
@@ -196,7 +245,7 @@ class LLMReply:
 
 def cache_key(config: LLMConfig, messages: Sequence[dict[str, Any]], seed: int, schema: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of what determines a reply; the endpoint URL and key are not in it."""
-    payload = {
+    return _hash_payload({
         "v": _CACHE_VERSION,
         "model": config.model,
         "messages": list(messages),
@@ -205,7 +254,26 @@ def cache_key(config: LLMConfig, messages: Sequence[dict[str, Any]], seed: int, 
         "max_tokens": config.max_tokens,
         "response_format": config.response_format,
         "schema": schema.model_json_schema(),
-    }
+    })
+
+
+def text_cache_key(config: LLMConfig, request: TextRequest, seed: int) -> str:
+    """The cache key of a plain-text request: SHA-256 of the API, model, prompt, temperature, seed, max_tokens
+    and stop sequences (never the endpoint URL nor the key); disjoint from every `cache_key`."""
+    return _hash_payload({
+        "v": _CACHE_VERSION,
+        "kind": "text",
+        "api": config.api,
+        "model": config.model,
+        "prompt": request.prompt,
+        "temperature": config.temperature,
+        "seed": seed,
+        "max_tokens": request.max_tokens if request.max_tokens is not None else config.max_tokens,
+        "stop": list(request.stop),
+    })
+
+
+def _hash_payload(payload: dict[str, Any]) -> str:
     try:
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -214,13 +282,14 @@ def cache_key(config: LLMConfig, messages: Sequence[dict[str, Any]], seed: int, 
 
 
 class LLMClient:
-    """Sends batches of JSON-reply chat requests to an OpenAI-compatible endpoint, through the cache.
+    """Sends batches of JSON-reply chat requests (or plain-text requests) to an OpenAI-compatible endpoint,
+    through the cache.
 
     Making a client checks that `openai` is installed and resolves the API key; no connection is made until
-    `complete_json` has a cache miss. A client can be used for any number of batches."""
+    `complete_json` or `complete_text` has a cache miss. A client can be used for any number of batches."""
 
-    def __init__(self, config: LLMConfig):
-        self._openai = require("openai", "llm", "The LLM rewriter")
+    def __init__(self, config: LLMConfig, *, purpose: str = "The LLM rewriter"):
+        self._openai = require("openai", "llm", purpose)
         self.config = config
         self._api_key = config.resolve_api_key()
         self.last_stats: dict[str, int] = _new_stats()
@@ -244,7 +313,44 @@ class LLMClient:
         `last_stats`."""
         _check_schema(schema)
         reqs = [r if isinstance(r, LLMRequest) else LLMRequest(**r) for r in requests]
-        coro = self._run(reqs, schema, progress)
+        cfg = self.config
+        seeds = [cfg.seed if r.seed is None else r.seed for r in reqs]
+        keys = [cache_key(cfg, r.messages, seed, schema) for r, seed in zip(reqs, seeds)]
+
+        def parse(key: str, text: str | None, seed: int, cached: bool) -> LLMReply:
+            return _reply_from_text(key, text, schema, seed, cached=cached)
+
+        def send(client: Any, i: int) -> Any:
+            return client.chat.completions.create(**self._json_kwargs(reqs[i].messages, seeds[i], schema))
+
+        return self._run_sync(self._run(keys, seeds, send, _chat_parts, parse, progress))
+
+    def complete_text(self, requests: Sequence[TextRequest | str], progress: Progress | None = None) -> list[LLMReply]:
+        """One reply per plain-text request (a `TextRequest` or a prompt string), in input order, over the API
+        of `config.api`; a reply's `text` (and `value`) is the raw reply text, `error` is set only when there is
+        no text (an HTTP error after retries, a timeout, an empty reply). The cache, concurrency, retries and
+        progress work as in `complete_json`; `config.response_format` is not sent."""
+        reqs = [r if isinstance(r, TextRequest) else TextRequest(r) for r in requests]
+        cfg = self.config
+        seeds = [cfg.seed if r.seed is None else r.seed for r in reqs]
+        keys = [text_cache_key(cfg, r, seed) for r, seed in zip(reqs, seeds)]
+
+        def send(client: Any, i: int) -> Any:
+            r = reqs[i]
+            kwargs: dict[str, Any] = {"model": cfg.model, "temperature": cfg.temperature, "seed": seeds[i]}
+            max_tokens = r.max_tokens if r.max_tokens is not None else cfg.max_tokens
+            if max_tokens is not None:
+                kwargs["max_tokens"] = max_tokens
+            if r.stop:
+                kwargs["stop"] = list(r.stop)
+            if cfg.api == "completions":
+                return client.completions.create(prompt=r.prompt, **kwargs)
+            return client.chat.completions.create(messages=[{"role": "user", "content": r.prompt}], **kwargs)
+
+        extract = _text_completion_parts if cfg.api == "completions" else _chat_parts
+        return self._run_sync(self._run(keys, seeds, send, extract, _text_reply, progress))
+
+    def _run_sync(self, coro: Any) -> list[LLMReply]:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -267,9 +373,19 @@ class LLMClient:
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    async def _run(self, reqs: list[LLMRequest], schema: Any, progress: Progress | None) -> list[LLMReply]:
+    async def _run(
+        self,
+        keys: list[str],
+        seeds: list[int],
+        send: Callable[[Any, int], Any],
+        extract: Callable[[Any], tuple[str | None, dict[str, int], str | None]],
+        parse: Callable[[str, str | None, int, bool], LLMReply],
+        progress: Progress | None,
+    ) -> list[LLMReply]:
+        """Serve each request (index i, cache key keys[i]) from the cache or by `send(client, i)`; `extract` takes
+        the text, usage and finish reason out of a response and `parse` makes the reply of a text."""
         cfg = self.config
-        total = len(reqs)
+        total = len(keys)
         stats = self.last_stats = _new_stats()
         results: list[LLMReply | None] = [None] * total
         done = 0
@@ -288,12 +404,8 @@ class LLMClient:
 
         # Group identical requests, then serve what the cache has before any connection is made.
         groups: dict[str, list[int]] = {}
-        seeds: dict[str, int] = {}
-        for i, r in enumerate(reqs):
-            seed = cfg.seed if r.seed is None else r.seed
-            key = cache_key(cfg, r.messages, seed, schema)
+        for i, key in enumerate(keys):
             groups.setdefault(key, []).append(i)
-            seeds[key] = seed
         misses: list[str] = []
         for key, indices in groups.items():
             t0 = time.perf_counter()
@@ -301,7 +413,7 @@ class LLMClient:
             if entry is None:
                 misses.append(key)
                 continue
-            reply = _reply_from_text(key, entry["text"], schema, seeds[key], cached=True)
+            reply = parse(key, entry["text"], seeds[indices[0]], True)
             reply.usage = _clean_usage(entry.get("usage"))
             reply.seconds = time.perf_counter() - t0
             report(indices, reply)
@@ -320,7 +432,8 @@ class LLMClient:
                 indices = groups[key]
                 async with sem:
                     stats["calls"] += 1
-                    reply = await self._call(client, key, reqs[indices[0]].messages, seeds[key], schema)
+                    i = indices[0]
+                    reply = await self._call(client, key, seeds[i], lambda: send(client, i), extract, parse)
                 stats["prompt_tokens"] += reply.usage.get("prompt_tokens", 0)
                 stats["completion_tokens"] += reply.usage.get("completion_tokens", 0)
                 report(indices, reply)
@@ -330,14 +443,9 @@ class LLMClient:
             await client.close()
         return results  # type: ignore[return-value]
 
-    async def _call(self, client: Any, key: str, messages: list[dict], seed: int, schema: Any) -> LLMReply:
-        """One request through the SDK. Retries are the SDK's own: `AsyncOpenAI(max_retries=...)` retries
-        timeouts, connection errors and responses with status 408, 409, 429 or >= 500 (unless the server sends
-        `x-should-retry: false`) with exponential backoff from 0.5 s to 8 s with jitter, and honours
-        `retry-after-ms` / `retry-after` up to 120 s (openai `_base_client.py`: `_should_retry`,
-        `_calculate_retry_timeout`). There is no retry loop here."""
+    def _json_kwargs(self, messages: list[dict], seed: int, schema: Any) -> dict[str, Any]:
+        """The arguments of one JSON-reply chat request."""
         cfg = self.config
-        openai = self._openai
         kwargs: dict[str, Any] = {
             "model": cfg.model,
             "messages": messages,
@@ -357,10 +465,28 @@ class LLMClient:
             }
         elif cfg.response_format == "json_object":
             kwargs["response_format"] = {"type": "json_object"}
+        return kwargs
+
+    async def _call(
+        self,
+        client: Any,
+        key: str,
+        seed: int,
+        create: Callable[[], Any],
+        extract: Callable[[Any], tuple[str | None, dict[str, int], str | None]],
+        parse: Callable[[str, str | None, int, bool], LLMReply],
+    ) -> LLMReply:
+        """One request through the SDK (`create()` makes the SDK call's coroutine). Retries are the SDK's own:
+        `AsyncOpenAI(max_retries=...)` retries timeouts, connection errors and responses with status 408, 409,
+        429 or >= 500 (unless the server sends `x-should-retry: false`) with exponential backoff from 0.5 s to
+        8 s with jitter, and honours `retry-after-ms` / `retry-after` up to 120 s (openai `_base_client.py`:
+        `_should_retry`, `_calculate_retry_timeout`). There is no retry loop here."""
+        cfg = self.config
+        openai = self._openai
         t0 = time.perf_counter()
         error: str | None = None
         try:
-            completion = await client.chat.completions.create(**kwargs)
+            completion = await create()
         except openai.APITimeoutError:
             error = f"timeout ({cfg.timeout:g}s per attempt, {cfg.max_retries} retries)"
         except openai.APIStatusError as exc:
@@ -379,9 +505,9 @@ class LLMClient:
         if error is not None:  # a transport failure: not cached, a re-run tries again
             return LLMReply(key=key, text=None, error=self._redact(error)[:500], seconds=seconds, seed=seed)
 
-        text, usage, finish = _completion_parts(completion)
+        text, usage, finish = extract(completion)
         self._cache_write(key, text, usage, finish, seconds, seed)
-        reply = _reply_from_text(key, text, schema, seed, cached=False)
+        reply = parse(key, text, seed, False)
         reply.usage = usage
         reply.seconds = seconds
         return reply
@@ -471,7 +597,14 @@ def _describe(e: dict[str, Any]) -> str:
     return f"field '{loc}': {e.get('msg', 'invalid')}"
 
 
-def _completion_parts(completion: Any) -> tuple[str | None, dict[str, int], str | None]:
+def _text_reply(key: str, text: str | None, seed: int, cached: bool) -> LLMReply:
+    """A plain-text reply: its text is the value; only a missing text is an error (an empty string is a reply)."""
+    error = "empty reply" if text is None else None
+    return LLMReply(key=key, text=text, value=text, error=error, cached=cached, seed=seed)
+
+
+def _chat_parts(completion: Any) -> tuple[str | None, dict[str, int], str | None]:
+    """Text, usage and finish reason of a chat completion."""
     text = finish = None
     choices = getattr(completion, "choices", None) or []
     if choices:
@@ -479,6 +612,18 @@ def _completion_parts(completion: Any) -> tuple[str | None, dict[str, int], str 
         finish = getattr(choice, "finish_reason", None)
         message = getattr(choice, "message", None)
         content = getattr(message, "content", None)
+        text = content if isinstance(content, str) else None
+    usage = getattr(completion, "usage", None)
+    return text, _clean_usage(usage.model_dump() if hasattr(usage, "model_dump") else usage), finish
+
+
+def _text_completion_parts(completion: Any) -> tuple[str | None, dict[str, int], str | None]:
+    """Text, usage and finish reason of a (legacy) text completion."""
+    text = finish = None
+    choices = getattr(completion, "choices", None) or []
+    if choices:
+        finish = getattr(choices[0], "finish_reason", None)
+        content = getattr(choices[0], "text", None)
         text = content if isinstance(content, str) else None
     usage = getattr(completion, "usage", None)
     return text, _clean_usage(usage.model_dump() if hasattr(usage, "model_dump") else usage), finish

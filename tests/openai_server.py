@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible chat-completions server for tests (standard library only).
+"""A small OpenAI-compatible chat-completions (and legacy completions) server for tests (standard library only).
 
     with OpenAIServer() as server:
         server.responder = lambda req: Reply(content='{"answer": 1}')
@@ -66,7 +66,10 @@ Responder = Callable[[dict[str, Any]], Reply]
 
 
 def last_user_message(request: Mapping[str, Any]) -> str:
-    """The text of the last user message of a chat request ("" when none)."""
+    """The text of the last user message of a chat request, or the prompt of a completions request ("" when
+    none)."""
+    if not request.get("messages") and isinstance(request.get("prompt"), str):
+        return request["prompt"]
     for m in reversed(request.get("messages") or []):
         if isinstance(m, dict) and m.get("role") == "user":
             content = m.get("content")
@@ -102,7 +105,8 @@ class Script:
 
 
 class OpenAIServer:
-    """`POST /v1/chat/completions` on 127.0.0.1, a random port, in a background thread.
+    """`POST /v1/chat/completions` and `POST /v1/completions` on 127.0.0.1, a random port, in a background thread.
+    A completions request gets the reply's `content` as its choice's `text`.
 
     `url` is the base URL for a client (".../v1"); `requests` the recorded requests; `calls` their count;
     `max_in_flight` the most requests handled at once since the last `reset()`."""
@@ -188,6 +192,24 @@ def _completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
     }
 
 
+def _text_completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    prompt = request.get("prompt")
+    prompt_tokens = len(prompt.split()) if isinstance(prompt, str) else 0
+    completion_tokens = len((reply.content or "").split())
+    return {
+        "id": f"cmpl-test-{time.monotonic_ns()}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": request.get("model", "test-model"),
+        "choices": [{"index": 0, "text": reply.content, "finish_reason": reply.finish_reason, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
 def _error_body(reply: Reply) -> dict[str, Any]:
     kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_exceeded"}.get(
         reply.status, "server_error"
@@ -222,7 +244,8 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            route = self.path.rstrip("/")
+            if route not in ("/v1/chat/completions", "/v1/completions"):
                 self._send(404, json.dumps({"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}}))
                 return
             try:
@@ -242,6 +265,8 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                     return
                 if reply.body is not None:
                     body = reply.body
+                elif reply.status == 200 and route == "/v1/completions":
+                    body = json.dumps(_text_completion(request, reply))
                 elif reply.status == 200:
                     body = json.dumps(_completion(request, reply))
                 else:

@@ -123,13 +123,17 @@ def test_usage_errors_exit_2_without_traceback(leaked_setup, tmp_path, capsys):
     assert f"{bad_corpus}:2" in err and "--text-field" in err
 
 
-def test_demo_runs_and_matches_truth(tmp_path):
-    res = run_cli("demo", "--out", str(tmp_path / "demo"), "--json")
-    assert res.returncode == 0, res.stdout + res.stderr
-    summary = json.loads(res.stdout)
-    assert summary["truth_mismatches"] == 0
-    assert summary["labels"]["clean"] == 79  # 100 items, 21 planted leaks
-    assert (tmp_path / "demo" / "report.jsonl").is_file()
+def test_planted_leak_demo_scan_matches_truth(tmp_path):
+    """The generated benchmark with 21 planted leaks of seven kinds: the ngram + minhash scan labels every item
+    as planted."""
+    from itd.demo import EXPECTED_LABEL, build_demo
+    from itd.scan import ScanConfig, scan
+
+    data = build_demo(tmp_path / "demo")
+    report = scan(load_benchmark(data.benchmark), [data.corpus], ScanConfig(detectors=("ngram", "minhash")))
+    found = {r.sample.id: r.label for r in report.results}
+    assert len(found) == 100 and sum(label == "clean" for label in found.values()) == 79
+    assert {i: EXPECTED_LABEL[kind] for i, kind in data.truth.items()} == {i: found[i] for i in data.truth}
 
 
 def test_precommit_hook_manifest_is_valid():

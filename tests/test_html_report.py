@@ -27,7 +27,7 @@ XSS = "<script>alert('x')</script>"
 
 def _acc(acc, n):
     half = 1.96 * (acc * (1 - acc) / n) ** 0.5
-    return {"acc": acc, "lo": max(0.0, acc - half), "hi": min(1.0, acc + half), "n": n}
+    return {"value": acc, "ci": [max(0.0, acc - half), min(1.0, acc + half)], "n": n}
 
 
 def full_run(n: int = 60, seed: int = 0):
@@ -80,14 +80,14 @@ def full_run(n: int = 60, seed: int = 0):
         "rewrite": {"method": "numeric", "counts": {"rewritten": 8, "rejected": 1, "unchanged": 0}, "rounds": 2},
         "evaluation": {"metric": "flexible",
                        "accuracy": {"model": {"original": _acc(0.7, n), "decontaminated": _acc(0.45, n),
-                                              "flagged_original": _acc(0.95, 20), "flagged_decontaminated": _acc(0.4, 20),
+                                              "flagged_before": _acc(0.95, 20), "flagged_after": _acc(0.4, 20),
                                               "unflagged": _acc(0.55, 40)},
                                     "clean": {"original": _acc(0.42, n), "decontaminated": _acc(0.4, n)}},
-                       "inflation": {"value": 0.25, "lo": 0.12, "hi": 0.38, "n": n},
-                       "true_inflation": {"value": 0.28, "lo": 0.15, "hi": 0.4, "n": n},
-                       "residual_inflation": {"value": 0.03, "lo": -0.05, "hi": 0.1, "n": n},
-                       "inflation_removed": {"value": 0.89, "lo": 0.6, "hi": 1.0, "n": n},
-                       "fidelity": {"value": 0.95, "lo": 0.9, "hi": 0.99, "n": n},
+                       "inflation": {"value": 0.25, "ci": [0.12, 0.38], "n": n},
+                       "true_inflation": {"value": 0.28, "ci": [0.15, 0.4], "n": n},
+                       "residual_inflation": {"value": 0.03, "ci": [-0.05, 0.1], "n": n},
+                       "inflation_removed": {"value": 0.89, "ci": [0.6, 1.0], "n": n},
+                       "fidelity": {"value": 0.95, "ci": [0.9, 0.99], "n": n},
                        "resistance": {"value": None, "reason": "needs rewritten items <evaluated> twice"}},
     }
     return summary, items

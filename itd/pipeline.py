@@ -1,0 +1,629 @@
+"""The end-to-end pipeline: load, detect, rewrite (verify, assure), evaluate, report, in one run directory.
+
+`Pipeline.from_config("run.toml").run()` does what `itd run run.toml` does. A run directory holds:
+
+    config.toml          the effective config (every key, defaults filled in)
+    manifest.json        tool version, config, SHA-256 of every input, model names, seeds (never a key)
+    items.jsonl          one record per benchmark item: scores, p-values, label, evidence, rewrite attempts and
+                         checks, predictions before and after
+    summary.json         the figures of the report (also what `--json` prints)
+    report.html          the self-contained report with plots
+    decontaminated/      the decontaminated benchmark in its source layout
+    lm_eval/             the decontaminated set as an lm-evaluation-harness task (`lm_eval --include_path`)
+    detection.jsonl, scan.jsonl, rewrite.jsonl   each stage's own output
+    state/               journals of finished model calls and the LLM reply cache
+
+Resuming is running again: every model call goes through a journal in `state/` (fixed chunks, see
+`itd.models.score_texts` and `itd.evaluation.evaluate`) and every LLM call through the reply cache, so a run
+killed at any point and started again repeats no finished call and, every stage being deterministic in its
+inputs and seeds, writes the same results. A run directory holding a run of another config is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from itd.data import Sample, load_benchmark, write_benchmark
+from itd.detection import DetectConfig
+from itd.errors import InputError
+from itd.io import Journal, atomic_write, build_manifest, write_json
+from itd.rewriters.verify import VerifyConfig
+
+__all__ = [
+    "BenchmarkConfig",
+    "ModelConfig",
+    "ScanSection",
+    "RewriteConfig",
+    "ReportConfig",
+    "PipelineConfig",
+    "Pipeline",
+    "RunResult",
+    "load_config",
+]
+
+Progress = Callable[[str, int, int], None]
+"""`progress(stage, done, total)`, called as each stage advances."""
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """The benchmark (`path`, a file or directory), its `format`, and the optional side inputs: a clean
+    `reference` set of the same kind (calibrates the probes), the `fewshot` split (GSM8K train, MMLU dev) and
+    a `truth` file (`leaked`/`unseen` ids, e.g. a contamination-lab manifest) to measure against."""
+
+    path: str = ""
+    format: str = "auto"
+    reference: str | None = None
+    fewshot: str | None = None
+    truth: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The evaluated model (`name`: a local directory or hub name) and, optionally, a `clean` twin or reference
+    model of the same family that never saw the benchmark (fidelity, resistance, inflation removed).
+    With `base_url` both are model names on an OpenAI-compatible endpoint (evaluation only: an endpoint gives
+    no token probabilities to probe)."""
+
+    name: str = ""
+    clean: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    base_url: str | None = None
+    api: str = "chat"
+    api_key_env: tuple[str, ...] = ("ITD_API_KEY", "OPENAI_API_KEY")
+    concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        if self.api not in ("chat", "completions"):
+            raise InputError(f"model.api must be 'chat' or 'completions', got {self.api!r}")
+
+
+@dataclass(frozen=True)
+class ScanSection:
+    """Corpus-side detection: the training `corpus` (files, directories, globs) and the scan's `detectors`;
+    no corpus, no scan."""
+
+    corpus: tuple[str, ...] = ()
+    detectors: tuple[str, ...] = ("ngram",)
+    text_field: str = "text"
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """What replaces the flagged items. `method`: "auto" (numeric for GSM8K, permute for multiple choice),
+    or a registered rewriter. `assurance`: detectors re-run on each rewrite ("model", "corpus"); "auto" is the
+    corpus when one is given, else the model. `only_flagged`: rewrite the flagged items only (else all).
+    `drop_rejected`: leave items no rewrite passed for out of the decontaminated set (else they stay as they
+    were). `llm_model` etc.: the endpoint of the `llm` rewriter."""
+
+    method: str = "auto"
+    rounds: int = 3
+    only_flagged: bool = True
+    drop_rejected: bool = False
+    seed: int = 0
+    assurance: tuple[str, ...] = ("auto",)
+    llm_model: str | None = None
+    llm_base_url: str | None = None
+    temperature: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise InputError(f"rewrite.rounds must be >= 1, got {self.rounds}")
+        for a in self.assurance:
+            if a not in ("auto", "model", "corpus", "none"):
+                raise InputError(f"unknown assurance {a!r}; choose from auto, model, corpus, none")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Outputs beyond the records: `html` report, `lm_eval` task export (named `task`), and how many of the
+    most suspicious items the report shows (`top`)."""
+
+    html: bool = True
+    lm_eval: bool = True
+    task: str | None = None
+    top: int = 20
+
+
+def _eval_config_class():
+    from itd.evaluation import EvalConfig
+
+    return EvalConfig
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of a run, one TOML table per field (`[benchmark]`, `[model]`, `[detect]`, ...).
+    `detect` is `itd.detection.DetectConfig` (`probes = false` skips model-side detection), `verify` is
+    `itd.rewriters.verify.VerifyConfig`, `evaluate` is `itd.evaluation.EvalConfig` (`enabled = false` skips it)."""
+
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    probes: bool = True
+    scan: ScanSection = field(default_factory=ScanSection)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    evaluate: Any = None
+    evaluation: bool = True
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def __post_init__(self) -> None:
+        if self.evaluate is None:
+            object.__setattr__(self, "evaluate", _eval_config_class()())
+        if not self.benchmark.path:
+            raise InputError("the config needs benchmark.path (the benchmark file or directory)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain values (TOML- and JSON-ready; None values left out), one table per stage."""
+        data = _drop_none(dataclasses.asdict(self))
+        data["detect"]["probes"] = data.pop("probes")
+        data["evaluate"]["enabled"] = data.pop("evaluation")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> PipelineConfig:
+        """Build from nested tables; an unknown key is an InputError naming `where` and the closest key."""
+        data = dict(data)
+        # The two switches are written inside their tables in TOML: [detect] probes, [evaluate] enabled.
+        detect = dict(data.pop("detect", {}) or {})
+        evaluate = dict(data.pop("evaluate", {}) or {})
+        top: dict[str, Any] = {}
+        if "probes" in detect:
+            top["probes"] = _typed(bool, detect.pop("probes"), f"{where}: detect.probes")
+        if "enabled" in evaluate:
+            top["evaluation"] = _typed(bool, evaluate.pop("enabled"), f"{where}: evaluate.enabled")
+        sections = {"benchmark": BenchmarkConfig, "model": ModelConfig, "detect": DetectConfig, "scan": ScanSection,
+                    "rewrite": RewriteConfig, "verify": VerifyConfig, "evaluate": _eval_config_class(),
+                    "report": ReportConfig}
+        bench = data.get("benchmark") or {}
+        if isinstance(bench, Mapping) and bench.get("fewshot") and "fewshot" not in evaluate:
+            evaluate["fewshot"] = bench["fewshot"]  # one few-shot split for the evaluation and the export
+        data["detect"], data["evaluate"] = detect, evaluate
+        for key in data:
+            if key not in sections:
+                raise InputError(f"{where}: unknown table [{key}]{_did_you_mean(key, sections)}")
+        for key, cls_ in sections.items():
+            table = data.get(key) or {}
+            if not isinstance(table, Mapping):
+                raise InputError(f"{where}: [{key}] must be a table")
+            top[key] = _build(cls_, table, f"{where}: [{key}]")
+        return cls(**top)
+
+
+def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in table.items():
+        if key not in names:
+            raise InputError(f"{where}: unknown key {key!r}{_did_you_mean(key, names)}")
+        kwargs[key] = _typed(hints[key], value, f"{where} {key}")
+    try:
+        return cls(**kwargs)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc.message}") from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """`value` checked against the annotation `hint`; TOML arrays become tuples where the field is a tuple."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _typed(arg, value, where)
+            except InputError as exc:
+                errors.append(exc.message)
+        raise InputError(errors[-1] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where}: expected a list, got {value!r}")
+        return tuple(_typed(args[0] if args else Any, v, where) for v in value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or hint is not bool and isinstance(value, bool) and hint is not Any:
+        raise InputError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise InputError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _did_you_mean(key: str, names: Any) -> str:
+    close = difflib.get_close_matches(str(key), list(names), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Read a TOML config; `overrides` maps dotted keys ("model.name", "rewrite.rounds") to values that replace
+    the file's. Relative paths in the file are relative to the file's directory."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no such config file", path=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        where = re.search(r"\(at line (\d+), column \d+\)$", str(exc))  # Python < 3.14 has no exc.lineno
+        message = str(exc)[: where.start()].strip() if where else str(exc)
+        raise InputError(f"invalid TOML: {message}", path=str(path), line=int(where.group(1)) if where else None) from None
+    _resolve_paths(data, path.parent)
+    for key, value in (overrides or {}).items():
+        table, _, name = key.rpartition(".")
+        if not table:
+            raise InputError(f"an override needs a table and a key (e.g. model.name), got {key!r}")
+        data.setdefault(table, {})[name] = value
+    return PipelineConfig.from_dict(data, where=str(path))
+
+
+_PATH_KEYS = {"benchmark": ("path", "reference", "fewshot", "truth"), "model": ("name", "clean"), "scan": ("corpus",)}
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value) and (base / value).exists():
+            return str(base / value)
+        return value
+
+    for table, keys in _PATH_KEYS.items():
+        section = data.get(table)
+        if isinstance(section, dict):
+            for key in keys:
+                if isinstance(section.get(key), list):
+                    section[key] = [fix(v) for v in section[key]]
+                elif key in section:
+                    section[key] = fix(section[key])
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the summary (figures of the report), the per-item records and the files."""
+
+    out: Path
+    summary: dict[str, Any]
+    items: list[dict[str, Any]]
+    files: dict[str, Path]
+
+    @property
+    def contaminated(self) -> bool:
+        """Whether any item was flagged (the verdict behind `itd run`'s exit code 1)."""
+        return bool(self.summary.get("flagged"))
+
+
+class Pipeline:
+    """A configured run: `Pipeline(config, out).run()`; see the module docstring for the run directory."""
+
+    def __init__(self, config: PipelineConfig, out: str | os.PathLike = "itd-run"):
+        self.config = config
+        self.out = Path(out)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike, out: str | os.PathLike | None = None,
+                    overrides: Mapping[str, Any] | None = None) -> Pipeline:
+        """A pipeline from a TOML file; the run directory defaults to `<config stem>-run` beside it."""
+        path = Path(path)
+        return cls(load_config(path, overrides), out if out is not None else path.with_name(path.stem + "-run"))
+
+    # ---- the run ----------------------------------------------------------------------------------------------
+    def run(self, progress: Progress | None = None, log: Log | None = None) -> RunResult:
+        """Run every stage (or resume an interrupted run of the same config) and write the run directory."""
+        import tomli_w
+
+        cfg = self.config
+        log = log or (lambda message: None)
+        out = self.out
+        effective = tomli_w.dumps(cfg.to_dict())
+        self._claim(out, effective)
+        state = out / "state"
+        state.mkdir(parents=True, exist_ok=True)
+
+        samples = load_benchmark(cfg.benchmark.path, cfg.benchmark.format)
+        if not samples:
+            raise InputError("the benchmark has no samples", path=cfg.benchmark.path)
+        kind = "mmlu" if samples[0].is_mcq else samples[0].benchmark
+        reference = load_benchmark(cfg.benchmark.reference, cfg.benchmark.format) if cfg.benchmark.reference else None
+        fewshot = load_benchmark(cfg.benchmark.fewshot) if cfg.benchmark.fewshot else None
+        truth = None
+        if cfg.benchmark.truth:
+            from itd.detection import load_truth
+
+            truth = load_truth(cfg.benchmark.truth)
+        log(f"{len(samples)} {kind} items from {cfg.benchmark.path}")
+
+        models = self._models(state)
+        files: dict[str, Path] = {}
+        detection = scan_report = None
+        if cfg.probes and models.get("model") is not None:
+            from itd.detection import detect
+
+            log(f"detecting with {cfg.model.name}")
+            detection = detect(samples, models["model"], reference, cfg.detect, truth=truth,
+                               progress=_sub(progress, "detect"))
+            detection.write_jsonl(out / "detection.jsonl")
+            files["detection"] = out / "detection.jsonl"
+        if cfg.scan.corpus:
+            from itd.scan import ScanConfig, scan
+
+            log(f"scanning {len(cfg.scan.corpus)} corpus path(s)")
+            scan_report = scan(samples, list(cfg.scan.corpus), self._scan_config(),
+                               progress=lambda d, t: progress("scan", d, t) if progress else None)
+            scan_report.write_jsonl(out / "scan.jsonl")
+            files["scan"] = out / "scan.jsonl"
+        flagged = {it.sample.id for it in detection.flagged} if detection else set()
+        if scan_report is not None:
+            flagged |= {r.sample.id for r in scan_report.contaminated}
+        if detection is None and scan_report is None and cfg.rewrite.only_flagged:
+            raise InputError("nothing to detect with: give model.name (with detect probes on) or scan.corpus, "
+                             "or set rewrite.only_flagged = false to rewrite every item")
+        log(f"{len(flagged)} item(s) flagged")
+
+        rewrite_report = self._rewrite(samples, kind, flagged, models.get("model"), reference, state, progress)
+        rewrite_report.write_log(out / "rewrite.jsonl")
+        files["rewrite"] = out / "rewrite.jsonl"
+        decontaminated = rewrite_report.samples(drop_rejected=cfg.rewrite.drop_rejected)
+        files["decontaminated"] = self._write_set(decontaminated)
+
+        evaluation = comparison = None
+        if cfg.evaluation:
+            evaluation, comparison = self._evaluate(samples, decontaminated, flagged, models, fewshot, state, progress, log)
+
+        items = _item_records(samples, detection, scan_report, truth, rewrite_report, flagged, evaluation)
+        summary = _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation)
+        with atomic_write(out / "items.jsonl") as f:
+            for rec in items:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        write_json(out / "summary.json", summary)
+        files.update(items=out / "items.jsonl", summary=out / "summary.json")
+        if cfg.report.lm_eval and kind in ("gsm8k", "mmlu") and decontaminated:
+            from itd.export import export_lm_eval
+
+            task = cfg.report.task or f"{Path(cfg.benchmark.path).stem}_itd"
+            export_lm_eval(decontaminated, out / "lm_eval", task=task, kind=kind, fewshot=fewshot)
+            files["lm_eval"] = out / "lm_eval"
+        if cfg.report.html:
+            from itd.html_report import write_html_report
+
+            write_html_report(out / "report.html", summary, items, top=cfg.report.top)
+            files["report"] = out / "report.html"
+        inputs = [p for p in (cfg.benchmark.path, cfg.benchmark.reference, cfg.benchmark.fewshot, cfg.benchmark.truth) if p]
+        manifest = build_manifest(command="run", config=cfg.to_dict(), inputs=[*inputs, *cfg.scan.corpus],
+                                  models=[m for m in (cfg.model.name, cfg.model.clean, cfg.rewrite.llm_model) if m])
+        manifest["rewrite_stats"] = rewrite_report.stats
+        manifest["seeds"] = {"detect": cfg.detect.seed, "rewrite": cfg.rewrite.seed, "evaluate": cfg.evaluate.seed}
+        manifest["outputs"] = {k: str(v.relative_to(out)) for k, v in files.items()}
+        write_json(out / "manifest.json", manifest)
+        files["manifest"] = out / "manifest.json"
+        return RunResult(out, summary, items, files)
+
+    # ---- stages -----------------------------------------------------------------------------------------------
+    def _claim(self, out: Path, effective: str) -> None:
+        """Make `out` this run's directory: new, empty, or holding a run of the same config (a resume)."""
+        saved = out / "config.toml"
+        if saved.exists():
+            if saved.read_text(encoding="utf-8") != effective:
+                raise InputError("the run directory holds a run of another config; use a new --out, or remove it",
+                                 path=str(out))
+            return
+        if out.exists() and any(out.iterdir()):
+            raise InputError("the run directory exists and is not an itd run; use a new --out", path=str(out))
+        with atomic_write(saved) as f:
+            f.write(effective)
+
+    def _models(self, state: Path) -> dict[str, Any]:
+        """The evaluated and clean models, loaded once, each with its journal of finished model calls."""
+        cfg = self.config.model
+        if not cfg.name:
+            return {}
+        if cfg.base_url:
+            return {"model": None, "clean": None}  # endpoints: evaluation backends only, made in _evaluate
+        from itd.models import load_model
+
+        models = {}
+        for role, name in (("model", cfg.name), ("clean", cfg.clean)):
+            if name:
+                lm = load_model(name, device=cfg.device, dtype=cfg.dtype)
+                lm.store = Journal(state / f"scores-{role}.jsonl")
+                models[role] = lm
+        return models
+
+    def _scan_config(self):
+        from itd.scan import ScanConfig
+
+        s = self.config.scan
+        return ScanConfig(detectors=s.detectors, text_field=s.text_field, workers=s.workers)
+
+    def _rewrite(self, samples, kind, flagged, lm, reference, state, progress):
+        from itd.rewriters import REWRITERS
+        from itd.rewriters.verify import Verifier
+        from itd.rewriting import rewrite
+
+        cfg = self.config
+        method = cfg.rewrite.method
+        if method == "auto":
+            method = "permute" if kind == "mmlu" else "numeric"
+        factory = REWRITERS.get(method)
+        if factory.name == "llm":
+            from itd.llm import LLMConfig
+
+            if not cfg.rewrite.llm_model:
+                raise InputError("the llm rewriter needs rewrite.llm_model (and rewrite.llm_base_url for a local endpoint)")
+            rewriter = factory(LLMConfig(model=cfg.rewrite.llm_model, base_url=cfg.rewrite.llm_base_url,
+                                         temperature=cfg.rewrite.temperature, seed=cfg.rewrite.seed,
+                                         cache_dir=str(state / "llm-cache")))
+        else:
+            rewriter = factory(seed=cfg.rewrite.seed)
+        assurance = []
+        wanted = set(cfg.rewrite.assurance) - {"none"}
+        if "auto" in wanted:
+            wanted.discard("auto")
+            wanted.add("corpus" if cfg.scan.corpus else "model")
+        if "model" in wanted and lm is not None and (reference or cfg.detect.threshold is not None):
+            from itd.assure import ModelAssurance
+
+            assurance.append(ModelAssurance(lm, reference, cfg.detect))
+        if "corpus" in wanted and cfg.scan.corpus:
+            from itd.assure import CorpusAssurance
+
+            assurance.append(CorpusAssurance(list(cfg.scan.corpus), self._scan_config()))
+
+        def on_progress(stage: str, done: int, total: int, counters: dict) -> None:
+            if progress is not None:
+                progress(f"rewrite: {stage}", done, total)
+
+        return rewrite(samples, rewriter, Verifier(cfg.verify), flagged=flagged if cfg.rewrite.only_flagged else None,
+                       rounds=cfg.rewrite.rounds, assurance=assurance, progress=on_progress)
+
+    def _write_set(self, samples: list[Sample]) -> Path:
+        target = self.out / "decontaminated"
+        source = Path(self.config.benchmark.path)
+        fmt = None if self.config.benchmark.format == "auto" else self.config.benchmark.format
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            write_benchmark(samples, target, format=fmt)
+            return target
+        if samples:
+            write_benchmark(samples, target / source.name, format=fmt)
+        return target / source.name
+
+    def _evaluate(self, samples, decontaminated, flagged, models, fewshot, state, progress, log):
+        from itd.evaluation import compare, evaluate
+
+        cfg = self.config
+        ecfg = cfg.evaluate
+        results: dict[str, dict[str, Any]] = {}
+        for role, name in (("model", cfg.model.name), ("clean", cfg.model.clean)):
+            if not name:
+                continue
+            backend = models.get(role) if not cfg.model.base_url else self._endpoint(name, state)
+            store = Journal(state / f"eval-{role}.jsonl")
+            results[role] = {}
+            for which, items in (("original", samples), ("decontaminated", decontaminated)):
+                log(f"evaluating {name} on the {which} set")
+                results[role][which] = evaluate(items, backend, ecfg, store=store,
+                                                progress=_sub(progress, f"evaluate {role} ({which})"))
+        if "model" not in results:
+            return None, None
+        rewritten = None
+        comparison = compare(
+            results["model"]["original"], results["model"]["decontaminated"], flagged,
+            clean_original=results.get("clean", {}).get("original"),
+            clean_decontaminated=results.get("clean", {}).get("decontaminated"),
+            rewritten=rewritten, seed=ecfg.seed,
+        )
+        return results, comparison
+
+    def _endpoint(self, name: str, state: Path):
+        from itd.evaluation import OpenAIBackend
+        from itd.llm import LLMConfig
+
+        cfg = self.config.model
+        return OpenAIBackend(LLMConfig(model=name, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
+                                       concurrency=cfg.concurrency, temperature=0.0, cache_dir=str(state / "llm-cache")),
+                             api=cfg.api)
+
+
+def _sub(progress: Progress | None, stage: str):
+    """A `(done, total)` callback feeding `progress` under `stage`; a stage-keyed callback passes through."""
+    if progress is None:
+        return None
+
+    def update(*args: Any) -> None:
+        if len(args) == 3:  # (sub-stage, done, total) from detect
+            progress(f"{stage}: {args[0]}", args[1], args[2])
+        else:
+            progress(stage, args[0], args[1])
+
+    return update
+
+
+# ---- records ----------------------------------------------------------------------------------------------------
+def _sample_view(s: Sample) -> dict[str, Any]:
+    return {"question": s.question, "answer": s.answer, "choices": list(s.choices) if s.choices else None,
+            "solution": s.solution}
+
+
+def _item_records(samples, detection, scan_report, truth, rewrite_report, flagged, evaluation) -> list[dict[str, Any]]:
+    det = {it.sample.id: it for it in detection.items} if detection else {}
+    found = scan_report.by_id() if scan_report is not None else {}
+    rewrites = {it.original.id: it for it in rewrite_report.items}
+    leaked = set(truth["leaked"]) if truth else set()
+    unseen = set(truth["unseen"]) if truth else set()
+    evals = {}
+    if evaluation:
+        for role, sets in evaluation.items():
+            for which, result in sets.items():
+                for it in result.items:
+                    evals.setdefault(it.id, {}).setdefault(role, {})[which] = it.to_dict()
+    records = []
+    for s in samples:
+        rec: dict[str, Any] = {"id": s.id, "source": s.source.to_dict() if s.source else None,
+                               "original": _sample_view(s), "flagged": s.id in flagged}
+        if s.id in det:
+            d = det[s.id].to_dict(detection.config.decision)
+            rec["detection"] = {"scores": {m: d.get(m) for m in detection.config.methods}, "p_value": d.get("p_value"),
+                                "q_value": d.get("q_value"), "flag": d.get("flag"), "n_tokens": d.get("n_tokens")}
+        if s.id in found:
+            r = found[s.id].to_dict()
+            rec["scan"] = {"label": r["label"], "coverage": r.get("coverage"), "evidence": r.get("evidence", [])}
+        rec["truth"] = "leaked" if s.id in leaked else "unseen" if s.id in unseen else None
+        it = rewrites[s.id]
+        rec["rewrite"] = {"status": it.status if it.status != "unchanged" else "not_flagged",
+                          "method": rewrite_report.rewriter.get("method"),
+                          "final": _sample_view(it.final) if it.status == "rewritten" else None,
+                          "reasons": it.reasons, "attempts": [a.to_dict() for a in it.attempts]}
+        rec["evaluation"] = evals.get(s.id)
+        records.append(rec)
+    return records
+
+
+def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "benchmark": {"path": cfg.benchmark.path, "kind": kind, "items": len(samples)},
+        "models": {"model": cfg.model.name or None, "clean": cfg.model.clean},
+        "flagged": len(flagged),
+    }
+    if detection is not None:
+        d = detection.summary()
+        d.pop("flagged_ids", None)
+        d["methods"] = list(detection.config.methods)
+        d["fdr"] = detection.config.fdr
+        d["set_test"] = d.get("set_tests", {}).get(detection.config.decision)
+        out["detection"] = d
+    if scan_report is not None:
+        out.setdefault("detection", {})["scan"] = {"counts": scan_report.counts()}
+    out["rewrite"] = {k: v for k, v in rewrite_report.summary().items() if k != "stats"}  # stats: manifest
+    if comparison is not None:
+        out["evaluation"] = comparison.to_dict()
+        out["evaluation"]["metric"] = evaluation["model"]["original"].metric
+        out["evaluation"]["unparsed"] = {role: {which: r.unparsed for which, r in sets.items() if r.unparsed}
+                                         for role, sets in evaluation.items()}
+    return out

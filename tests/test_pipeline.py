@@ -1,0 +1,210 @@
+"""The end-to-end pipeline (`itd run`, `itd.Pipeline`) on the tiny contamination lab built from real GSM8K data:
+config handling, the run directory, resuming after `kill -9`, and the library example of the README."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from itd.errors import InputError
+from itd.pipeline import Pipeline, PipelineConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "itd.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "NO_COLOR": "1", **(env or {})}, timeout=900)
+
+
+# ---- config ---------------------------------------------------------------------------------------------------
+def test_config_unknown_key_names_the_file_and_the_closest_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[benchmark]\npath = "b.jsonl"\n[rewrite]\nrouns = 2\n')
+    with pytest.raises(InputError, match=r"run\.toml.*\[rewrite\].*'rouns'.*did you mean 'rounds'"):
+        load_config(path)
+    path.write_text('[benchmark]\npath = "b.jsonl"\n[evalute]\n')
+    with pytest.raises(InputError, match="did you mean 'evaluate'"):
+        load_config(path)
+
+
+def test_config_bad_toml_and_bad_types_are_input_errors(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[benchmark]\npath = "b.jsonl"\n\n[detect]\nfdr = \n')
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    assert err.value.line == 5 and "run.toml" in str(err.value)
+    path.write_text('[benchmark]\npath = "b.jsonl"\n[rewrite]\nrounds = "two"\n')
+    with pytest.raises(InputError, match="rounds.*expected int"):
+        load_config(path)
+    path.write_text('[benchmark]\npath = "b.jsonl"\n[detect]\nfdr = 1.5\n')
+    with pytest.raises(InputError, match="fdr must be in"):
+        load_config(path)
+
+
+def test_config_defaults_overrides_and_relative_paths(tmp_path):
+    (tmp_path / "bench.jsonl").write_text("")
+    path = tmp_path / "run.toml"
+    path.write_text('[benchmark]\npath = "bench.jsonl"\n[detect]\nmethods = ["loss", "minkpp"]\nprobes = false\n'
+                    '[evaluate]\nenabled = false\n')
+    cfg = load_config(path, {"rewrite.rounds": 2, "model.name": "m"})
+    assert cfg.benchmark.path == str(tmp_path / "bench.jsonl")  # relative to the config file
+    assert cfg.detect.methods == ("loss", "minkpp") and cfg.probes is False and cfg.evaluation is False
+    assert cfg.rewrite.rounds == 2 and cfg.model.name == "m"
+    again = PipelineConfig.from_dict(cfg.to_dict())  # the saved effective config reads back to the same config
+    assert again == cfg
+    with pytest.raises(InputError, match="benchmark.path"):
+        PipelineConfig.from_dict({})
+
+
+# ---- a full run on the tiny lab ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lab_run_config(tiny_lab, shared_data, tmp_path_factory):
+    """A TOML config running the pipeline on the tiny lab: the experiment's 120 GSM8K items, 300 held-out ones
+    as the reference set, both twins, numeric rewrites with model assurance."""
+    from itd.data import load_benchmark
+    from itd.lab import write_experiment
+
+    d = tmp_path_factory.mktemp("pipeline")
+    write_experiment(tiny_lab, load_benchmark(shared_data / "gsm8k" / "test.jsonl"), d, reference=300)
+    config = d / "run.toml"
+    config.write_text(f"""
+[benchmark]
+path = "benchmark.jsonl"
+reference = "reference.jsonl"
+truth = "truth.json"
+
+[model]
+name = "{tiny_lab.contaminated}"
+clean = "{tiny_lab.clean}"
+device = "cpu"
+
+[rewrite]
+rounds = 2
+
+[evaluate]
+max_new_tokens = 48
+""")
+    return config
+
+
+@pytest.fixture(scope="module")
+def lab_run(lab_run_config):
+    out = lab_run_config.parent / "run"
+    res = run_cli("run", str(lab_run_config), "--out", str(out), "--json")
+    assert res.returncode in (0, 1), res.stderr
+    return out, res
+
+
+def test_run_writes_the_run_directory(lab_run, tiny_lab):
+    out, res = lab_run
+    summary = json.loads(res.stdout)
+    assert res.returncode == (1 if summary["flagged"] else 0)
+    for name in ("config.toml", "manifest.json", "items.jsonl", "summary.json", "report.html", "detection.jsonl",
+                 "rewrite.jsonl", "decontaminated/benchmark.jsonl"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob(".*.tmp"))  # every file was written atomically, no temp file left
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert len(items) == summary["benchmark"]["items"] == 120
+    leaked = set(json.loads((out.parent / "truth.json").read_text())["leaked"])
+    assert len(leaked) == len(tiny_lab.leaked)
+    for rec in items:
+        assert rec["truth"] == ("leaked" if rec["id"] in leaked else "unseen")
+        assert set(rec["detection"]["scores"]) == {"loss", "zlib", "mink", "minkpp"}
+        assert 0 < rec["detection"]["p_value"] <= 1
+        assert rec["rewrite"]["status"] in ("rewritten", "rejected", "not_flagged")
+        assert rec["flagged"] == (rec["rewrite"]["status"] != "not_flagged")
+        for role in ("model", "clean"):  # predictions before and after for both twins; no item dropped
+            assert {"original", "decontaminated"} <= set(rec["evaluation"][role])
+    flagged = [r for r in items if r["flagged"]]
+    assert flagged and sum(r["truth"] == "leaked" for r in flagged) > len(flagged) / 2
+    ev = summary["evaluation"]
+    for role in ("model", "clean"):
+        for subset in ("original", "decontaminated", "flagged_before", "flagged_after", "unflagged"):
+            fig = ev["accuracy"][role][subset]
+            assert fig["ci"][0] <= fig["value"] <= fig["ci"][1]
+    assert {"inflation", "fidelity", "resistance", "inflation_removed"} <= set(ev)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tool"] == "itd" and manifest["models"][:2] == [str(tiny_lab.contaminated), str(tiny_lab.clean)]
+    assert {Path(f["path"]).name for f in manifest["inputs"]} >= {"benchmark.jsonl", "reference.jsonl"}
+    assert manifest["seeds"] and manifest["outputs"]["report"] == "report.html"
+
+
+def test_run_decontaminated_set_replaces_exactly_the_rewritten_items(lab_run):
+    from itd.data import load_benchmark
+
+    out, _ = lab_run
+    items = {r["id"]: r for r in map(json.loads, (out / "items.jsonl").read_text().splitlines())}
+    decon = load_benchmark(out / "decontaminated" / "benchmark.jsonl")
+    assert [s.id for s in decon] == list(items)
+    for s in decon:
+        rec = items[s.id]
+        if rec["rewrite"]["status"] == "rewritten":
+            assert s.question == rec["rewrite"]["final"]["question"] != rec["original"]["question"]
+        else:
+            assert s.question == rec["original"]["question"]
+
+
+def test_run_exports_an_lm_eval_task(lab_run):
+    out, _ = lab_run
+    yaml = (out / "lm_eval" / "benchmark_itd.yaml").read_text()
+    assert "dataset_path" in yaml and "benchmark_itd.test.jsonl" in yaml
+
+
+def test_run_refuses_a_run_directory_of_another_config(lab_run, lab_run_config):
+    out, _ = lab_run
+    res = run_cli("run", str(lab_run_config), "--out", str(out), "--set", "rewrite.rounds=3")
+    assert res.returncode == 2 and "another config" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_run_resumes_after_kill_9_with_identical_results_and_no_repeated_call(lab_run, lab_run_config):
+    """Kill `itd run` mid-evaluation, start it again with the same command: same files as the uninterrupted
+    run, and every journal holds each finished model call once (a repeated call would be appended again)."""
+    reference, _ = lab_run
+    out = lab_run_config.parent / "resumed"
+    cmd = [sys.executable, "-m", "itd.cli", "run", str(lab_run_config), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "state" / "eval-model.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert res.returncode in (0, 1), res.stderr
+    for name in ("items.jsonl", "summary.json", "decontaminated/benchmark.jsonl", "rewrite.jsonl", "detection.jsonl"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    for j in (out / "state").glob("*.jsonl"):
+        keys = [json.loads(line)["k"] for line in j.read_text().splitlines() if line.strip().endswith("}")]
+        assert len(keys) == len(set(keys)), f"{j.name}: a finished call was repeated"
+        ref_keys = {json.loads(line)["k"] for line in (reference / "state" / j.name).read_text().splitlines()}
+        assert set(keys) == ref_keys
+
+
+def test_library_example_of_the_readme(lab_run_config, tmp_path, monkeypatch):
+    """The README's library example, executed as written (paths swapped for the tiny lab's)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- library-example -->\n```python\n(.*?)```", readme, re.S)
+    assert block, "the README lost its library example"
+    code = block.group(1).replace("run.toml", str(lab_run_config)).replace("my-run", str(tmp_path / "lib-run"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert (tmp_path / "lib-run" / "summary.json").is_file()
+    assert result.summary["evaluation"]["accuracy"]["model"]["original"]["n"] == 120
+    # by hand, the stages give the pipeline's figures
+    assert namespace["flagged"] == {r["id"] for r in result.items if r["flagged"]}
+    assert namespace["before"].accuracy == result.summary["evaluation"]["accuracy"]["model"]["original"]["value"]
