@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -309,7 +308,7 @@ def _print_run(result, title: str) -> None:
 def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, method, sets, as_json, quiet):
     """Run the whole pipeline (detect, rewrite, verify, assure, evaluate, report) from a TOML CONFIG; exit 1 if
     any item was flagged. Run it again with the same arguments to resume an interrupted run."""
-    from itd.pipeline import Pipeline, PipelineConfig, load_config
+    from itd.pipeline import Pipeline, PipelineConfig
 
     overrides = {k: v for k, v in (("benchmark.path", benchmark), ("model.name", model), ("model.clean", clean_model),
                                     ("benchmark.reference", reference_set), ("scan.corpus", list(corpus) or None),

@@ -346,10 +346,16 @@ device = {json.dumps(config.device)}
 # rewrite, with its new numbers, in the training data?
 assurance = ["corpus"]
 seed = {config.seed}
+# A lab model this small memorises weakly: the set-level test finds the contamination, but few leaked items
+# stand out from held-out ones by enough to pass FDR control. The demo rewrites every item, as one should when
+# the set is contaminated and the leaked items cannot be singled out.
+only_flagged = false
 
 [scan]
-# the lab's training corpus, for assurance only: detection is the probes' (inference-time) job here
+# the lab's training corpus, for assurance only: detection is the probes' (inference-time) job here (and
+# the templated problems all match each other once numbers are ignored, as the scan's numnorm pass would say)
 corpus = [{json.dumps(str(lab.out / "corpus" / "contaminated.jsonl"))}]
+detect = false
 
 [evaluate]
 seed = {config.seed}

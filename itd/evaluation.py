@@ -512,8 +512,14 @@ class HFBackend(Backend):
         ctx = self.lm.context_length
         items = []
         for i, r in enumerate(requests):
-            new = max(1, min(r.max_new_tokens, ctx - 1))
-            ids = self._encode(r.prompt)[-(ctx - new):]
+            ids = self._encode(r.prompt)
+            # The prompt keeps its tokens while the generation budget fits beside it; a prompt that would leave
+            # less than a quarter of the context (or the budget) loses its oldest tokens instead.
+            new = max(1, min(r.max_new_tokens, ctx - len(ids), ctx - 1))
+            floor = max(1, min(r.max_new_tokens, ctx // 4))
+            if new < floor:
+                new = floor
+            ids = ids[-(ctx - new):]
             items.append((i, ids, new, r.stop))
         items.sort(key=lambda t: (-t[2], -len(t[1]), t[0]))
         out: list[GenOutput | None] = [None] * len(requests)

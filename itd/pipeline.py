@@ -93,9 +93,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ScanSection:
     """Corpus-side detection: the training `corpus` (files, directories, globs) and the scan's `detectors`;
-    no corpus, no scan."""
+    no corpus, no scan. `detect = false` keeps the corpus for assurance only (nothing is flagged by it)."""
 
     corpus: tuple[str, ...] = ()
+    detect: bool = True
     detectors: tuple[str, ...] = ("ngram",)
     text_field: str = "text"
     workers: int = 1
@@ -370,8 +371,8 @@ class Pipeline:
                                progress=_sub(progress, "detect"))
             detection.write_jsonl(out / "detection.jsonl")
             files["detection"] = out / "detection.jsonl"
-        if cfg.scan.corpus:
-            from itd.scan import ScanConfig, scan
+        if cfg.scan.corpus and cfg.scan.detect:
+            from itd.scan import scan
 
             log(f"scanning {len(cfg.scan.corpus)} corpus path(s)")
             scan_report = scan(samples, list(cfg.scan.corpus), self._scan_config(),
