@@ -289,8 +289,9 @@ def _print_run(result, title: str) -> None:
         if key in ev:
             figures.add_row(label, _fmt_ci(ev[key], pct))
     out.print(figures)
-    if ev.get("unparsed"):
-        out.print(f"unparseable answers (counted wrong): {ev['unparsed']}")
+    unparsed = {f"{role} ({which})": ids for role, sets in (ev.get("unparsed") or {}).items() for which, ids in sets.items()}
+    for where, ids in unparsed.items():
+        out.print(f"unparseable answers of {where}, counted wrong: {', '.join(ids)}")
 
 
 @cli.command("run")

@@ -245,7 +245,7 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is int and isinstance(value, bool) or hint is not bool and isinstance(value, bool) and hint is not Any:
+    if isinstance(value, bool) and hint is not bool:  # bool is an int subclass; true is no number here
         raise InputError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint):
         raise InputError(f"{where}: expected {hint.__name__}, got {value!r}")
@@ -363,6 +363,8 @@ class Pipeline:
         models = self._models(state)
         files: dict[str, Path] = {}
         detection = scan_report = None
+        if cfg.probes and cfg.model.base_url:
+            log("model-side detection skipped: an endpoint gives no token probabilities to probe")
         if cfg.probes and models.get("model") is not None:
             from itd.detection import detect
 
@@ -395,7 +397,8 @@ class Pipeline:
 
         evaluation = comparison = None
         if cfg.evaluation:
-            evaluation, comparison = self._evaluate(samples, decontaminated, flagged, models, fewshot, state, progress, log)
+            rewritten = {it.original.id for it in rewrite_report.items if it.status == "rewritten"}
+            evaluation, comparison = self._evaluate(samples, decontaminated, flagged, rewritten, models, state, progress, log)
 
         items = _item_records(samples, detection, scan_report, truth, rewrite_report, flagged, evaluation)
         summary = _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation)
@@ -515,7 +518,7 @@ class Pipeline:
             write_benchmark(samples, target / source.name, format=fmt)
         return target / source.name
 
-    def _evaluate(self, samples, decontaminated, flagged, models, fewshot, state, progress, log):
+    def _evaluate(self, samples, decontaminated, flagged, rewritten, models, state, progress, log):
         from itd.evaluation import compare, evaluate
 
         cfg = self.config
@@ -533,7 +536,6 @@ class Pipeline:
                                                 progress=_sub(progress, f"evaluate {role} ({which})"))
         if "model" not in results:
             return None, None
-        rewritten = None
         comparison = compare(
             results["model"]["original"], results["model"]["decontaminated"], flagged,
             clean_original=results.get("clean", {}).get("original"),
