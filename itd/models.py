@@ -23,6 +23,10 @@ The lowest k-fraction holds max(1, floor(k * n_tokens)) tokens. A text with no s
 Every text gets the tokenizer's BOS token (or EOS when it has none) in front, so its first token is scored too.
 Reductions over the vocabulary run in fp32, a bounded chunk of positions at a time; the model is never given
 `labels=` (that would make an fp32 copy of all logits).
+
+Several devices: `load_model(..., device="cuda:0,cuda:1")` loads one replica per device and `score_texts`
+splits the texts among them (data parallel, `itd.parallel`); `device="auto"` does so on a machine with several
+GPUs when the model fits on one of them, and spreads a larger model over the GPUs (`device_map="auto"`).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ _CUDA_MAX_TOKENS = 1 << 17  # first try of batch_size="auto" on CUDA; halved on 
 _CHUNK_ELEMENTS = 1 << 22  # positions x vocabulary per fp32 reduction chunk on CPU (16 MiB per temporary)
 _CUDA_CHUNK_ELEMENTS = 1 << 26  # larger on CUDA, where small chunks are kernel-launch bound (256 MiB)
 _MIN_VAR = 1e-12
+_REPLICA_MEMORY_SHARE = 0.6  # weights may take this share of a GPU's free memory for one replica per GPU
 _STORE_CHUNK = 64  # texts per recorded chunk of a stored scoring run
 
 
@@ -90,8 +95,13 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not str(self.name_or_path).strip():
             raise InputError("a model name or path is needed")
-        if not _DEVICE_RE.match(self.device):
-            raise InputError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
+        from itd.parallel import parse_devices
+
+        if parse_devices(self.device) is None and not _DEVICE_RE.match(self.device):
+            raise InputError(
+                f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}, cuda:N, or a comma-separated "
+                "list such as cuda:0,cuda:1 (one model replica per device)"
+            )
         if self.dtype not in DTYPES:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
@@ -118,6 +128,10 @@ class LoadedModel:
     context_length: int
     store: Journal | None = None
     """When set, finished scoring chunks are recorded here and never recomputed (a resumed run)."""
+    spec: ModelSpec | None = None
+    """What was loaded (None for a model wrapped with `wrap_model`): lets other processes load the same model."""
+    replicas: Any = None
+    """An `itd.parallel.ReplicaPool` when the model runs with one replica per device; `model` is replica 0."""
 
     @property
     def fingerprint(self) -> str:
@@ -143,12 +157,20 @@ def load_model(
     """Load a causal LM and its tokenizer from a local directory or the Hugging Face Hub.
 
     Only safetensors weights are loaded. `device="auto"` picks CUDA, then MPS, then CPU. `device="auto"` or
-    `"cuda"` with several GPUs spreads the model over them (`device_map="auto"`) when `accelerate` is installed,
-    else uses the first GPU. `dtype="auto"` is bfloat16 on CUDA when supported (else float16), float16 on MPS and
-    float32 on CPU. With `HF_HUB_OFFLINE=1` a hub name is only looked up in the local cache; without it an
-    unreachable Hub fails after huggingface_hub's retries. Problems the user can fix raise `InputError`.
+    `"cuda"` with several GPUs loads one replica per GPU when the weights fit in a share of one GPU's free memory
+    (data-parallel scoring, `itd.parallel`), and otherwise spreads the model over them (`device_map="auto"`)
+    when `accelerate` is installed, else uses the first GPU. A comma-separated list (`"cuda:0,cuda:1"`,
+    `"cpu,cpu"`) asks for one replica per listed device. `dtype="auto"` is bfloat16 on CUDA when supported (else
+    float16), float16 on MPS and float32 on CPU. With `HF_HUB_OFFLINE=1` a hub name is only looked up in the local
+    cache; without it an unreachable Hub fails after huggingface_hub's retries. Problems the user can fix raise
+    `InputError`.
     """
+    from itd.parallel import parse_devices
+
     spec = ModelSpec(str(name_or_path), device, dtype, trust_remote_code, revision)
+    devices = parse_devices(spec.device)
+    if devices is not None:
+        return _load_replicas(spec, devices)
     source, local = _resolve_source(spec.name_or_path)
     torch = require("torch", "probes", "Model probes")
     transformers = require("transformers", "probes", "Model probes")
@@ -176,7 +198,10 @@ def load_model(
         raise InputError(f"cannot load the tokenizer of {where}: {_first_line(exc)}") from exc
     kwargs: dict[str, Any] = dict(common, config=config, use_safetensors=True)
     kwargs[_dtype_kwarg(transformers)] = torch_dtype
-    spread = dev == "cuda" and torch.cuda.device_count() > 1 and _has_module("accelerate")
+    n_gpus = torch.cuda.device_count() if dev == "cuda" else 0
+    if n_gpus > 1 and _fits_one_gpu(torch, transformers, config, torch_dtype, spec.trust_remote_code, n_gpus):
+        return _load_replicas(spec, [f"cuda:{i}" for i in range(n_gpus)])
+    spread = n_gpus > 1 and _has_module("accelerate")
     if spread:
         kwargs["device_map"] = "auto"
     try:
@@ -186,7 +211,36 @@ def load_model(
     if not spread:
         model.to("cuda:0" if dev == "cuda" else dev)
     model.requires_grad_(False)
-    return wrap_model(model, tokenizer, name=spec.name_or_path)
+    lm = wrap_model(model, tokenizer, name=spec.name_or_path)
+    lm.spec = spec
+    return lm
+
+
+def _load_replicas(spec: ModelSpec, devices: list[str]) -> LoadedModel:
+    """Replica 0 on `devices[0]` in this process, one worker process per further device (`itd.parallel`)."""
+    from dataclasses import replace
+
+    from itd.parallel import ReplicaPool
+
+    lm = load_model(spec.name_or_path, device=devices[0], dtype=spec.dtype,
+                    trust_remote_code=spec.trust_remote_code, revision=spec.revision)
+    lm.replicas = ReplicaPool(replace(spec, device=devices[0]), devices)
+    return lm
+
+
+def _fits_one_gpu(
+    torch: Any, transformers: Any, config: Any, torch_dtype: Any, trust_remote_code: bool, n_gpus: int
+) -> bool:
+    """Whether the weights fit in `_REPLICA_MEMORY_SHARE` of the free memory of every GPU (counted on the
+    meta device, so nothing is allocated); the rest is for activations and logits."""
+    try:
+        with torch.device("meta"):
+            skeleton = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # an architecture that cannot be built on the meta device: do not replicate
+        return False
+    weights = sum(p.numel() for p in skeleton.parameters()) * torch.empty((), dtype=torch_dtype).element_size()
+    free = min(torch.cuda.mem_get_info(i)[0] for i in range(n_gpus))
+    return weights <= _REPLICA_MEMORY_SHARE * free
 
 
 def wrap_model(model: Any, tokenizer: Any, *, name: str = "model") -> LoadedModel:
@@ -368,6 +422,8 @@ def score_texts(
     texts = list(texts)
     if model.store is not None:
         return _score_stored(model, texts, config, reference, progress)
+    if model.replicas is not None and len(texts) > 1 and (reference is None or reference.spec is not None):
+        return model.replicas.score(model, texts, config, reference, progress)
     passes: list[tuple[LoadedModel, list[list[int]], bool]] = [
         (model, _encode(model, texts), "minkpp" in config.methods)  # the one pass for loss/zlib/mink/minkpp
     ]
@@ -418,6 +474,18 @@ def _score_stored(model: LoadedModel, texts: list[str], config: ScoreConfig, ref
     todo = [i for i, key in enumerate(keys) if key not in store]
     sizes = {i: sum(len(t) for t in chunks[i]) or 1 for i in todo}
     total, done = sum(sizes.values()), 0
+    if model.replicas is not None and len(todo) > 1 and (reference is None or reference.spec is not None):
+        # whole store chunks per replica: each is scored in the batches one device would use, and recorded
+        # as soon as it is done
+        def record(j: int, scored: list[ItemScores]) -> None:
+            nonlocal done
+            store.put_many({keys[todo[j]]: [_scores_record(item) for item in scored]})
+            done += sizes[todo[j]]
+            if progress is not None:
+                progress(done, total)
+
+        model.replicas.map(bare, [chunks[i] for i in todo], config, reference, on_done=record)
+        todo = []
     for i in todo:
         scored = score_texts(bare, chunks[i], config, reference=reference)
         store.put_many({keys[i]: [_scores_record(item) for item in scored]})

@@ -93,13 +93,21 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ScanSection:
     """Corpus-side detection: the training `corpus` (files, directories, globs) and the scan's `detectors`;
-    no corpus, no scan. `detect = false` keeps the corpus for assurance only (nothing is flagged by it)."""
+    no corpus, no scan. `detect = false` keeps the corpus for assurance only (nothing is flagged by it).
+    `engine`: "local" (a process pool of `workers`) or "ray" (the cluster at `ray_address`, or a local one)."""
 
     corpus: tuple[str, ...] = ()
     detect: bool = True
     detectors: tuple[str, ...] = ("ngram",)
     text_field: str = "text"
     workers: int = 1
+    engine: str = "local"
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        from itd.engines import ENGINES
+
+        ENGINES.get(self.engine)  # an unknown engine fails when the config loads, with a did-you-mean
 
 
 @dataclass(frozen=True)
@@ -463,7 +471,8 @@ class Pipeline:
         from itd.scan import ScanConfig
 
         s = self.config.scan
-        return ScanConfig(detectors=s.detectors, text_field=s.text_field, workers=s.workers)
+        return ScanConfig(detectors=s.detectors, text_field=s.text_field, workers=s.workers, engine=s.engine,
+                          ray_address=s.ray_address)
 
     def _rewrite(self, samples, kind, flagged, lm, reference, state, progress):
         from itd.rewriters import REWRITERS

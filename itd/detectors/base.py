@@ -9,7 +9,6 @@ or a cluster can run them.
 from __future__ import annotations
 
 import abc
-import heapq
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -69,8 +68,15 @@ class Evidence:
         }
 
 
+def _rank(ev: Evidence) -> tuple:
+    """Total order of evidence, best first: higher score, then document, offsets and kind. Ties are broken the
+    same way whatever order evidence arrives in, so merged books do not depend on the order shards finish in."""
+    return (-ev.score, ev.doc, ev.start, ev.end, ev.detector, ev.part, ev.match, ev.text)
+
+
 class EvidenceBook:
-    """The best `limit` pieces of evidence per sample (highest score first), mergeable across workers."""
+    """The best `limit` pieces of evidence per sample (highest score first), mergeable across workers in any
+    order (ties are broken by `_rank`)."""
 
     def __init__(self, limit: int = 5):
         if limit < 1:
@@ -80,17 +86,18 @@ class EvidenceBook:
 
     def add(self, sample: int, ev: Evidence) -> None:
         """Keep `ev` if it is among the best; overlapping evidence of one kind in one document counts once."""
-        heap = self._heaps.setdefault(sample, [])
-        for i, e in enumerate(heap):
+        kept = self._heaps.setdefault(sample, [])  # at most `limit` pieces, in no particular order
+        for i, e in enumerate(kept):
             if (e.doc, e.detector, e.part) == (ev.doc, ev.detector, ev.part) and e.start < ev.end and ev.start < e.end:
-                if ev.score > e.score:
-                    heap[i] = ev
-                    heapq.heapify(heap)
+                if _rank(ev) < _rank(e):
+                    kept[i] = ev
                 return
-        if len(heap) < self.limit:
-            heapq.heappush(heap, ev)
-        elif ev.score > heap[0].score:
-            heapq.heapreplace(heap, ev)
+        if len(kept) < self.limit:
+            kept.append(ev)
+            return
+        worst = max(range(len(kept)), key=lambda i: _rank(kept[i]))
+        if _rank(ev) < _rank(kept[worst]):
+            kept[worst] = ev
 
     def merge(self, other: "EvidenceBook") -> "EvidenceBook":
         for sample, evs in other._heaps.items():
@@ -99,7 +106,7 @@ class EvidenceBook:
         return self
 
     def get(self, sample: int) -> list[Evidence]:
-        return sorted(self._heaps.get(sample, ()), key=lambda e: (-e.score, e.doc, e.start))
+        return sorted(self._heaps.get(sample, ()), key=_rank)
 
     def shift_lines(self, file: str, offset: int) -> None:
         """Add `offset` to the line number of every evidence from `file` (used when merging file shards)."""
