@@ -60,6 +60,12 @@ def main() -> int:
         [k, _fig(ev.get(k), pct=k not in ("fidelity", "resistance"))]
         for k in ("inflation", "true_inflation", "residual_inflation", "inflation_removed", "fidelity", "resistance")
     ]))
+    by_truth = ev.get("by_truth", {})
+    if by_truth:  # where the memory is: leaked vs unseen items, before and after rewriting
+        cols = [(w, g) for w in ("original", "decontaminated") for g in ("leaked", "unseen")]
+        print(C.table(["twin", *(f"{w} {g} (n={by_truth['model'][w][g]['n']})" for w, g in cols)], [
+            [role] + [f"{100 * sets[w][g]['accuracy']:.1f}%" if sets[w][g]["accuracy"] is not None else "n/a" for w, g in cols]
+            for role, sets in by_truth.items()]))
     return 0
 
 

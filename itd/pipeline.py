@@ -409,7 +409,8 @@ class Pipeline:
             evaluation, comparison = self._evaluate(samples, decontaminated, flagged, rewritten, models, state, progress, log)
 
         items = _item_records(samples, detection, scan_report, truth, rewrite_report, flagged, evaluation)
-        summary = _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation)
+        summary = _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation,
+                           truth)
         with atomic_write(out / "items.jsonl") as f:
             for rec in items:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -617,7 +618,8 @@ def _item_records(samples, detection, scan_report, truth, rewrite_report, flagge
     return records
 
 
-def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation) -> dict[str, Any]:
+def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation,
+             truth) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": {"path": cfg.benchmark.path, "kind": kind, "items": len(samples)},
         "models": {"model": cfg.model.name or None, "clean": cfg.model.clean},
@@ -638,4 +640,20 @@ def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged
         out["evaluation"]["metric"] = evaluation["model"]["original"].metric
         out["evaluation"]["unparsed"] = {role: {which: r.unparsed for which, r in sets.items() if r.unparsed}
                                          for role, sets in evaluation.items()}
+        if truth:
+            out["evaluation"]["by_truth"] = _accuracy_by_truth(evaluation, truth)
+    return out
+
+
+def _accuracy_by_truth(evaluation, truth) -> dict[str, Any]:
+    """Accuracy of every model on every set, on the items the truth says leaked and on the unseen ones: where
+    the memory is, and whether rewriting took it away."""
+    out: dict[str, Any] = {}
+    for role, sets in evaluation.items():
+        for which, result in sets.items():
+            for group in ("leaked", "unseen"):
+                ids = set(truth[group])
+                hits = [it.correct for it in result.items if it.id in ids]
+                out.setdefault(role, {}).setdefault(which, {})[group] = {
+                    "accuracy": sum(hits) / len(hits) if hits else None, "n": len(hits)}
     return out

@@ -135,6 +135,13 @@ def test_run_writes_the_run_directory(lab_run, tiny_lab):
             fig = ev["accuracy"][role][subset]
             assert fig["ci"][0] <= fig["value"] <= fig["ci"][1]
     assert {"inflation", "fidelity", "resistance", "inflation_removed"} <= set(ev)
+    truth_n = {g: sum(r["truth"] == g for r in items) for g in ("leaked", "unseen")}
+    for role in ("model", "clean"):  # accuracy split by the lab's truth, consistent with the per-item records
+        for which in ("original", "decontaminated"):
+            for group, n in truth_n.items():
+                fig = ev["by_truth"][role][which][group]
+                hits = [r["evaluation"][role][which]["correct"] for r in items if r["truth"] == group]
+                assert fig["n"] == n and fig["accuracy"] == pytest.approx(sum(hits) / n)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tool"] == "itd" and manifest["models"][:2] == [str(tiny_lab.contaminated), str(tiny_lab.clean)]
     assert {Path(f["path"]).name for f in manifest["inputs"]} >= {"benchmark.jsonl", "reference.jsonl"}
