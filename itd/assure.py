@@ -88,7 +88,9 @@ class CorpusAssurance:
 
     A numeric re-instantiation ("values") keeps the wording on purpose, and the scan finds the original's
     wording with any numbers; such a rewrite is still leaked only when a verbatim match in the corpus also
-    states every number of the rewritten question."""
+    states every number of the rewritten question. An option permutation ("order") keeps the question and the
+    options on purpose too: what it removes is a memorised answer position, so it is still leaked only when the
+    corpus states the rewrite's own key after it (`input_and_label_contaminated`)."""
 
     name = "corpus"
 
@@ -109,6 +111,10 @@ class CorpusAssurance:
             return {}
         found = {}
         for r in scan(samples, self.corpus, self.config).contaminated:
+            if kind == "order":
+                if r.label == "input_and_label_contaminated":
+                    found[r.sample.id] = f"{r.label}: the corpus states the new key ({', '.join(r.detected_by)})"
+                continue
             if kind != "values":
                 found[r.sample.id] = f"{r.label} ({', '.join(r.detected_by)})"
                 continue

@@ -198,6 +198,29 @@ def test_corpus_assurance_sends_a_still_leaked_rewrite_back(gsm8k, tmp_path):
     assert report.summary()["rounds_needed"][2] == 1
 
 
+def test_corpus_assurance_of_a_permutation_asks_whether_the_new_key_leaked(mmlu, tmp_path):
+    from itd.assure import CorpusAssurance
+    from itd.rewriters.permute import PermuteRewriter
+
+    items = [s for s in mmlu if not any(c.lower().startswith(("all of", "none of", "both")) for c in s.choices)][:6]
+    rewriter = PermuteRewriter(seed=0)
+    moved = [rewriter.propose(s, 0).sample for s in items]
+    letters = "ABCD"
+
+    def record(s, key: int) -> str:
+        options = "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(s.choices))
+        return json.dumps({"text": f"{s.question}\n{options}\nAnswer: {letters[key]}"}) + "\n"
+
+    # the corpus holds every original item with its key; item 0 also leaked in its permuted form, new key included
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(record(s, int(s.answer)) for s in items) + record(moved[0], int(moved[0].answer)))
+    check = CorpusAssurance([corpus])
+    still = check.still_flagged(moved, kind="order")
+    assert set(still) == {moved[0].id} and "new key" in still[moved[0].id]
+    # judged as a paraphrase, the same rewrites would all be rejected: the question text is in the corpus
+    assert set(check.still_flagged(moved, kind="paraphrase")) == {s.id for s in moved}
+
+
 def test_model_assurance_flags_memorised_text_not_unseen(tiny_lab, gsm8k):
     from itd.assure import ModelAssurance
     from itd.detection import DetectConfig
