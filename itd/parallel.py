@@ -21,6 +21,7 @@ that dies or fails stops the pool: the error is raised here, and the model must 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue
@@ -130,11 +131,10 @@ def _worker_main(spec: Any, device: str, threads: int | None, tasks: Any, result
 
 
 def _shutdown(procs: list[Any], tasks: list[Any]) -> None:
+    """Ask every worker to stop, wait a little, then terminate the ones still running."""
     for q in tasks:
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a queue already closed: its worker is gone anyway
             q.put(None)
-        except (OSError, ValueError):
-            pass
     for p in procs:
         p.join(timeout=10)
         if p.is_alive():

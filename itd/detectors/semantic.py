@@ -210,10 +210,7 @@ def number_spans(text: str) -> list[tuple[int, int, float]]:
         tok = m.group()
         if tok[0].isdigit():
             flush()
-            try:
-                out.append((m.start(), m.end(), float(tok.replace(",", "").rstrip("."))))
-            except ValueError:
-                pass
+            out.append((m.start(), m.end(), float(tok.replace(",", ""))))  # digits, commas, .digits: always a float
             continue
         w = tok.lower()
         if w in _UNITS or w in _TENS:
