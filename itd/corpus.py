@@ -18,11 +18,13 @@ import io
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterable, Iterator
 
 from itd.errors import InputError, require
+from itd.paths import check_input
 
 __all__ = [
     "Document", "Shard", "expand_paths", "plan_shards", "ShardReader", "iter_documents", "is_url", "url_file_info",
@@ -139,20 +141,19 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path | str]:
             out.extend(_expand_url(str(raw)))
             continue
         p = Path(raw)
-        if p.is_file():
-            out.append(p)
-        elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(CORPUS_SUFFIXES))
-            if not found:
-                raise InputError("directory holds no corpus files (" + ", ".join(CORPUS_SUFFIXES) + ")", path=str(p))
-            out.extend(found)
-        elif glob.has_magic(str(raw)):
-            found = sorted(Path(f) for f in glob.glob(str(raw), recursive=True) if Path(f).is_file())
+        if not os.path.lexists(p) and glob.has_magic(str(raw)):
+            found = sorted(Path(f) for f in glob.glob(str(raw), recursive=True) if not Path(f).is_dir())
             if not found:
                 raise InputError("glob matches no files", path=str(raw))
-            out.extend(found)
+        elif stat.S_ISDIR(check_input(p).st_mode):
+            found = sorted(f for f in p.rglob("*") if f.name.lower().endswith(CORPUS_SUFFIXES) and not f.is_dir())
+            if not found:
+                raise InputError("directory holds no corpus files (" + ", ".join(CORPUS_SUFFIXES) + ")", path=str(p))
         else:
-            raise InputError("no such file or directory", path=str(raw))
+            found = [p]
+        for f in found:  # a FIFO, device, symlink loop or unreadable file among them is an error, not skipped
+            check_input(f, allow_dir=False)
+        out.extend(found)
     return out
 
 

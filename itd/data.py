@@ -26,6 +26,7 @@ import csv
 import itertools
 import json
 import re
+import stat
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -33,6 +34,7 @@ from typing import Any, BinaryIO
 
 from itd.errors import InputError, require
 from itd.io import atomic_write
+from itd.paths import check_input
 from itd.registry import Registry
 
 __all__ = [
@@ -781,16 +783,16 @@ def _file_layout(path: Path, fmt: str | None, fields: dict[str, Any] | None) -> 
 
 
 def _input_files(path: Path) -> list[Path]:
-    """The file itself, or the .csv/.jsonl files of a directory, sorted."""
+    """The file itself, or the .csv/.jsonl files of a directory, sorted. A path that cannot be read (a FIFO or
+    device, a symlink loop, no permission), given or among the directory's .csv/.jsonl files, is an InputError."""
+    if not stat.S_ISDIR(check_input(path).st_mode):
+        return [path]
     try:
-        if not path.is_dir():
-            if not path.exists():
-                raise InputError("no such file or directory", path)
-            return [path]
         entries = sorted(path.iterdir())
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", path) from None
-    files = [p for p in entries if p.suffix.lower() in _DIR_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+    named = [p for p in entries if p.suffix.lower() in _DIR_SUFFIXES and not p.name.startswith(".")]
+    files = [p for p in named if not stat.S_ISDIR(check_input(p).st_mode)]
     if not files:
         subdirs = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
         hint = f" (it has subdirectories: {', '.join(subdirs[:5])})" if subdirs else ""
@@ -800,7 +802,7 @@ def _input_files(path: Path) -> list[Path]:
 
 def _options(format: str | None, fields: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any] | None]:
     """Check the format name and field map a loader was given: (format or None for auto, complete field map)."""
-    fmt = None if format is None or format.strip().lower() == "auto" else FORMATS.get(format).name
+    fmt = None if format is None or format.strip().lower() == "auto" else FORMATS.get(format, also=("auto",)).name
     mapping = None if fields is None else _field_map(fields)
     if mapping is not None and fmt in ("gsm8k", "mmlu"):
         raise InputError(f"a field map applies to the generic jsonl and csv formats, not to {fmt!r}")

@@ -285,6 +285,18 @@ class DemoConfig:
             raise InputError(f"the {self.benchmark} demo needs --data (the directory of its files)")
         if self.items < 20:
             raise InputError(f"the demo needs at least 20 items, got {self.items}")
+        try:  # the lab's settings, checked before any data is generated
+            self.lab_config()
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def lab_config(self, **overrides: int):
+        """The `itd.lab.LabConfig` of the demo's twins (preset "demo" for arithmetic, else "tiny", unless set)."""
+        from itd.lab import LabConfig
+
+        preset = self.preset or ("demo" if self.benchmark == "arithmetic" else "tiny")
+        return LabConfig(preset=preset, leak_rate=self.leak_rate, repeats=self.repeats, seed=self.seed,
+                         device=self.device, overrides={"n_test_items": self.items, **overrides})
 
 
 def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]:
@@ -317,19 +329,16 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None
     held-out reference set, deterministic rewriting, corpus assurance against the lab's training corpus,
     evaluation of both twins, report). Returns the pipeline's `RunResult`; `out/lab` and `out/run` hold the rest.
     Running it again in the same directory reuses a finished lab and resumes the run."""
-    from itd.lab import LabConfig, build_lab, load_lab, write_experiment
+    from itd.lab import build_lab, load_lab, write_experiment
     from itd.pipeline import Pipeline, load_config
 
     config = config or DemoConfig()
     out = Path(out)
     log = log or (lambda message: None)
-    preset = config.preset or ("demo" if config.benchmark == "arithmetic" else "tiny")
     benchmark, train = _demo_inputs(config, out / "data")
-    overrides = {"n_test_items": config.items}
-    if config.benchmark == "arithmetic":
-        overrides["n_train_items"] = len(train)  # as many as were generated for it, whatever the preset
-    lab_config = LabConfig(preset=preset, leak_rate=config.leak_rate, repeats=config.repeats, seed=config.seed,
-                           device=config.device, overrides=overrides)
+    # arithmetic: as many training items as were generated for it, whatever the preset
+    lab_config = config.lab_config(**({"n_train_items": len(train)} if config.benchmark == "arithmetic" else {}))
+    preset = lab_config.preset
     lab_dir = out / "lab"
     lab = load_lab(lab_dir) if _same_lab(lab_dir, lab_config) else None
     if lab is None:

@@ -9,15 +9,21 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Iterator
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-__all__ = ["atomic_write", "sha256_file", "build_manifest", "write_json", "manifest_path", "Journal", "content_key"]
+__all__ = ["atomic_write", "sha256_file", "build_manifest", "write_json", "manifest_path", "Journal", "content_key",
+           "redact_url", "redact_text", "redact_urls", "url_secrets"]
 
 _SECRET_WORDS = ("key", "token", "secret", "password")
+# query parameters that carry credentials: API keys, tokens, passwords, signed-URL signatures and credentials
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|sig|auth|credential|session|private", re.IGNORECASE)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 @contextlib.contextmanager
@@ -58,7 +64,80 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def redact_url(url: str) -> str:
+    """`url` with its credentials replaced by `<redacted>`: the user:password part and the values of key-like
+    query or fragment parameters (`api_key`, `key`, `token`, `sig`, `X-Amz-Credential`, ...). Other URLs and
+    strings come back unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or not parts.netloc:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "<redacted>@" + netloc.rpartition("@")[2]
+    redacted = parts._replace(netloc=netloc, query=_redact_params(parts.query), fragment=_redact_params(parts.fragment))
+    return url if redacted == parts else urlunsplit(redacted)
+
+
+def _secret_params(params: str) -> list[str]:
+    """The values of the key-like names of a `k=v&k2=v2` string."""
+    found = []
+    for pair in params.split("&"):
+        name, sep, value = pair.partition("=")
+        if sep and value and _SECRET_PARAM.search(unquote_plus(name)):
+            found.append(value)
+    return found
+
+
+def _redact_params(params: str) -> str:
+    """A `k=v&k2=v2` string with the values of key-like names replaced by `<redacted>`."""
+    if "=" not in params:
+        return params
+    secret = set(_secret_params(params))
+    return "&".join(f"{p.partition('=')[0]}=<redacted>" if p.partition("=")[2] in secret else p
+                    for p in params.split("&"))
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials inside `url` (the password, or the user name when there is none; key-like parameter
+    values; raw and %-decoded, at least 4 characters), longest first: what to remove from a message that may quote a part of the URL, such as an endpoint's 404 path."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = _secret_params(parts.query) + _secret_params(parts.fragment)
+    if "@" in parts.netloc:  # user:password, or a token as the user name (https://TOKEN@host)
+        user, _, password = parts.netloc.rpartition("@")[0].partition(":")
+        found.append(password or user)
+    found += [unquote_plus(f) for f in found]
+    return sorted({f for f in found if len(f) >= 4}, key=len, reverse=True)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with the credentials of every URL in it redacted (see `redact_url`) and every string of `secrets`
+    (e.g. `url_secrets` of an endpoint, an API key) replaced by `<redacted>`: for messages and logs."""
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def redact_urls(value: Any) -> Any:
+    """`value` (nested dicts, lists, strings) with the credentials of every URL in its strings redacted."""
+    if isinstance(value, dict):
+        return {k: redact_urls(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_urls(v) for v in value]
+    return redact_text(value) if isinstance(value, str) else value
+
+
 def _redact(value: Any) -> Any:
+    """A config for a manifest: values under secret-like keys replaced, URL credentials redacted everywhere."""
     if isinstance(value, dict):
         return {
             k: ("<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) and v else _redact(v))
@@ -66,7 +145,7 @@ def _redact(value: Any) -> Any:
         }
     if isinstance(value, (list, tuple)):
         return [_redact(v) for v in value]
-    return value
+    return redact_urls(value)
 
 
 def build_manifest(
@@ -99,8 +178,8 @@ def build_manifest(
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "config": _redact(config),
-        "inputs": files,
-        "models": list(models),
+        "inputs": _redact(files),
+        "models": _redact(list(models)),
     }
 
 

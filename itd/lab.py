@@ -196,9 +196,9 @@ class LabConfig:
         names = [f.name for f in dataclasses.fields(LabPreset) if f.name not in ("name", "description")]
         for key in overrides:
             if key not in names:
-                import difflib
+                from itd.registry import close_names
 
-                close = difflib.get_close_matches(str(key), names, n=1)
+                close = close_names(str(key), names, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"unknown preset field {key!r} in overrides.{hint} Fields: {', '.join(names)}")
         object.__setattr__(self, "overrides", overrides)

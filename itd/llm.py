@@ -28,12 +28,12 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from itd.errors import InputError, require
-from itd.io import atomic_write
+from itd.io import atomic_write, redact_text, url_secrets
 
 __all__ = [
     "LLMConfig",
@@ -104,7 +104,7 @@ class LLMConfig:
         if self.base_url is not None:
             url = str(self.base_url).strip().rstrip("/")
             if not re.match(r"^https?://[^/\s]+", url):
-                raise InputError(f"the LLM base URL must start with http:// or https://, got {self.base_url!r}")
+                raise InputError(f"the LLM base URL must start with http:// or https://, got {redact_text(str(self.base_url))!r}")
             object.__setattr__(self, "base_url", url)
         names = (self.api_key_env,) if isinstance(self.api_key_env, str) else tuple(self.api_key_env)
         names = tuple(n.strip() for n in names if isinstance(n, str) and n.strip())
@@ -149,6 +149,10 @@ class LLMConfig:
         raise InputError(
             f"no API key: set {' or '.join(self.api_key_env)} (or give a base URL of a local endpoint that needs none)"
         )
+
+    def __repr__(self) -> str:  # the endpoint URL's credentials stay out of logs and messages
+        values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return redact_text(f"{type(self).__name__}({values})", url_secrets(self.base_url))
 
     def to_dict(self) -> dict[str, Any]:
         """The config for a manifest: the names of the key variables, never the key."""
@@ -513,10 +517,11 @@ class LLMClient:
         return reply
 
     def _redact(self, message: str) -> str:
+        """`message` without the API key, the credentials of the endpoint URL (an error may quote a part of it,
+        such as the path and query of a 404) or of any URL in it."""
         key = self._api_key
-        if key and key != "none" and len(key) >= 4:
-            message = message.replace(key, "<redacted>")
-        return message
+        secrets = [key] if key and key != "none" and len(key) >= 4 else []
+        return redact_text(message, [*secrets, *url_secrets(self.config.base_url)])
 
     def _cache_read(self, key: str) -> dict[str, Any] | None:
         """The cache entry of `key`, or None when absent, unreadable, truncated or not an entry of this key."""

@@ -31,7 +31,6 @@ GPUs when the model fits on one of them, and spreads a larger model over the GPU
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -44,6 +43,7 @@ import numpy as np
 
 from itd.errors import InputError, require
 from itd.io import Journal, content_key
+from itd.registry import close_names
 
 __all__ = [
     "METHODS",
@@ -356,7 +356,7 @@ class ScoreConfig:
             raise ValueError("at least one probe method is needed")
         for m in methods:
             if m not in METHODS:
-                close = difflib.get_close_matches(m, METHODS, n=2, cutoff=0.5)
+                close = close_names(m, METHODS, n=2)
                 hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 raise ValueError(f"unknown probe method {m!r}.{hint} Known: {', '.join(METHODS)}.")
         object.__setattr__(self, "methods", methods)

@@ -2,7 +2,7 @@
 
 `Pipeline.from_config("run.toml").run()` does what `itd run run.toml` does. A run directory holds:
 
-    config.toml          the effective config (every key, defaults filled in)
+    config.toml          the effective config (every key, defaults filled in; URL credentials redacted)
     manifest.json        tool version, config, SHA-256 of every input, model names, seeds (never a key)
     items.jsonl          one record per benchmark item: scores, p-values, label, evidence, rewrite attempts and
                          checks, predictions before and after
@@ -22,7 +22,6 @@ inputs and seeds, writes the same results. A run directory holding a run of anot
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import re
@@ -36,7 +35,8 @@ from typing import Any, Callable, Mapping
 from itd.data import Sample, load_benchmark, write_benchmark
 from itd.detection import DetectConfig
 from itd.errors import InputError
-from itd.io import Journal, atomic_write, build_manifest, write_json
+from itd.io import Journal, atomic_write, build_manifest, redact_urls, write_json
+from itd.registry import close_names
 from itd.rewriters.verify import VerifyConfig
 
 __all__ = [
@@ -261,7 +261,7 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
 
 
 def _did_you_mean(key: str, names: Any) -> str:
-    close = difflib.get_close_matches(str(key), list(names), n=1)
+    close = close_names(str(key), names, n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
 
 
@@ -350,7 +350,7 @@ class Pipeline:
         cfg = self.config
         log = log or (lambda message: None)
         out = self.out
-        effective = tomli_w.dumps(cfg.to_dict())
+        effective = tomli_w.dumps(redact_urls(cfg.to_dict()))  # no credentials of endpoint URLs on disk
         self._claim(out, effective)
         state = out / "state"
         state.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from itd.errors import InputError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "close_names"]
 
 T = TypeVar("T")
+
+# difflib ratio a name needs to be suggested: "jsonl" for "json" (0.89) or "csv" for "cvs" (0.67), but not
+# "mmlu" for "xml" (0.57), which only shares two letters
+_CLOSE_CUTOFF = 0.6
+
+
+def close_names(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """The known names close enough to `name` to suggest as "did you mean" (possibly none)."""
+    return difflib.get_close_matches(str(name).strip().lower(), list(known), n=n, cutoff=_CLOSE_CUTOFF)
 
 
 class Registry(Generic[T]):
@@ -39,15 +48,16 @@ class Registry(Generic[T]):
 
         return add
 
-    def get(self, name: str) -> T:
-        """Return the plugin called `name`, or raise `InputError` with the closest known names."""
+    def get(self, name: str, *, also: Iterable[str] = ()) -> T:
+        """Return the plugin called `name`, or raise `InputError` with the close known names (if any) and the
+        list of valid ones; `also` are names valid where the caller looks up (such as "auto") but not plugins."""
         key = name.strip().lower()
         if key in self._entries:
             return self._entries[key]
-        close = difflib.get_close_matches(key, list(self._entries), n=3, cutoff=0.5)
+        valid = sorted({*self._entries, *also})
+        close = close_names(key, valid)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        known = ", ".join(sorted(self._entries)) or "none"
-        raise InputError(f"unknown {self.kind} {name!r}.{hint} Known: {known}.")
+        raise InputError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(valid) or 'none'}.")
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
