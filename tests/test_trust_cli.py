@@ -105,6 +105,16 @@ def test_finite_float_keeps_its_bounds():
     assert FiniteFloat().convert("-3.25", None, None) == -3.25
 
 
+@pytest.mark.parametrize("args,message", [(["--preset", "huge"], "unknown lab preset 'huge'"),
+                                          (["--device", "gpu"], "device must be"),
+                                          (["--seed", "-1"], "seed must be an integer >= 0")])
+def test_bad_demo_options_are_input_errors_before_anything_is_written(tmp_path, capsys, args, message):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "-q", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "demo").exists()
+
+
 # ---- 2. outputs checked before any work ------------------------------------------------------------------------
 @pytest.fixture
 def no_work(monkeypatch):
