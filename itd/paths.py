@@ -114,6 +114,9 @@ def _check_output(path: Path, directory: bool, label: str) -> None:
             raise InputError(f"{label} must be a regular file, but this is {kind}", path=str(path))
         _probe_writable(path if directory else path.absolute().parent, label, path)
         return
+    if directory and os.path.islink(path):  # a directory cannot be made where a dangling symlink is
+        raise InputError(f"cannot write {label} here: {_why_unreadable(path, FileNotFoundError(errno.ENOENT, ''))}",
+                         path=str(path))
     # absent: the nearest existing ancestor must be a writable directory (the missing ones are created)
     ancestor = path.absolute().parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:

@@ -148,6 +148,8 @@ def _bad_outputs(tmp_path, bench, corpus):
     os.link(bench, hard)
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
+    dangling = tmp_path / "dangling-index"
+    dangling.symlink_to(tmp_path / "nowhere")
     scan = ["scan", str(bench), "-c", str(corpus), "--detector", "ngram", "-q"]
     rewrite = ["rewrite", str(bench), "--method", "numeric", "-q"]
     cases = [
@@ -161,6 +163,7 @@ def _bad_outputs(tmp_path, bench, corpus):
         (scan + ["--judge-cache-dir", str(regular / "cache")], "is not a directory"),
         (["index", "build", "-c", str(corpus), "--out", str(regular / "idx")], "is not a directory"),
         (["index", "build", "-c", str(tmp_path), "--out", str(tmp_path)], "is an input of this command"),
+        (["index", "build", "-c", str(corpus), "--out", str(dangling)], "dangling symlink"),
         (rewrite + ["--out", str(bench_link)], "is an input of this command"),
         (rewrite + ["--out", str(hard)], "is an input of this command"),
         (rewrite + ["--out", str(tmp_path / "r.jsonl"), "--log", str(tmp_path / "r.jsonl")], "same path"),
