@@ -126,12 +126,36 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
 
 
 def _warn_skipped(stats: dict) -> None:
-    """Tell the user on stderr how many malformed corpus lines were skipped, with the first few errors."""
+    """Tell the user on stderr how many malformed corpus lines were skipped (with the first few errors) and
+    which corpus files held no documents."""
+    console = _err_console()
     if stats.get("skipped_lines"):
-        console = _err_console()
-        console.print(f"[yellow]skipped {stats['skipped_lines']} malformed corpus line(s):[/yellow]", highlight=False)
+        skipped = stats["skipped_lines"]
+        lines = skipped + stats.get("documents", 0)
+        console.print(f"[yellow]skipped {skipped:,} malformed corpus line(s) of {lines:,} ({skipped / lines:.2%}); "
+                      "the first errors:[/yellow]", highlight=False, soft_wrap=True)
         for message in stats["skipped_errors"][:5]:
-            console.print(f"  {message}", highlight=False, markup=False)
+            console.print(f"  {message}", highlight=False, markup=False, soft_wrap=True)
+    if stats.get("empty_files"):
+        names = stats.get("empty_file_names") or []
+        console.print(f"[yellow]{stats['empty_files']:,} corpus file(s) held no documents:[/yellow]", highlight=False, soft_wrap=True)
+        for name in names[:5]:
+            console.print(f"  {name}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _read_summary(stats: dict) -> str:
+    """What a corpus verdict stands on, in one line: documents, bytes, files and lines skipped."""
+    from rich.filesize import decimal
+
+    line = (f"read {_plural(stats.get('documents', 0), 'document')} ({decimal(stats.get('bytes') or 0)}) from "
+            f"{_plural(stats.get('files', 0), 'file')}; {_plural(stats.get('skipped_lines', 0), 'line')} skipped")
+    if stats.get("empty_files"):
+        line += f"; {_plural(stats['empty_files'], 'file')} without documents"
+    return line
 
 
 def _say_processed(stats: dict, verb: str) -> None:
@@ -148,6 +172,29 @@ def _say_processed(stats: dict, verb: str) -> None:
     _err_console().print(line, highlight=False, markup=False)
 
 
+class _BadLineLimit(click.ParamType):
+    """--max-bad-lines: a share of the lines read (below 1, or a percentage such as 1%) or a number of lines."""
+
+    name = "SHARE|COUNT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        from itd.errors import InputError
+        from itd.scan import check_max_bad_lines
+
+        text = str(value).strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+            return check_max_bad_lines(number)
+        except ValueError:
+            self.fail(f"{value!r} is neither a share (0.01, 1%) nor a number of lines (100)", param, ctx)
+        except InputError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+_SKIP_BAD_HELP = "Skip malformed corpus lines (counted and reported) instead of stopping at the first one."
+_MAX_BAD_HELP = ("With --skip-bad-lines: the most malformed lines the run may skip, as a share of the lines read "
+                 "when below 1 (0.01 or 1%) or as a number of lines from 1 up (100). Skipping more, reading 0 "
+                 "documents, or skipping every line of a file is an input error (exit 2).")
 _ENGINE_HELP = "Where the corpus is read: local (this process, or a pool of -j processes) or ray (pip install 'itd[ray]')."
 _RAY_ADDRESS_HELP = ("With --engine ray: the cluster to run on, 'auto' (the one this machine belongs to) or "
                      "ray://HOST:10001; default: start a local Ray instance with -j CPUs (-j 1: every core).")
@@ -177,7 +224,8 @@ def cli() -> None:
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
 @click.option("--engine", default="local", help=_ENGINE_HELP)
 @click.option("--ray-address", help=_RAY_ADDRESS_HELP)
-@click.option("--skip-bad-lines", is_flag=True, help="Skip malformed corpus lines (counted and reported) instead of stopping.")
+@click.option("--skip-bad-lines", is_flag=True, help=_SKIP_BAD_HELP)
+@click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the per-sample JSONL report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -194,8 +242,9 @@ def cli() -> None:
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, engine, ray_address, skip_bad_lines, out, as_json, quiet, **semantic):
-    """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found."""
+def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, as_json, quiet, **semantic):
+    """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found, 0 if none is (and the corpus was
+    read: 0 documents, or too many skipped lines, is an input error, exit 2)."""
     from itd.io import build_manifest
     from itd.scan import ScanConfig
     from itd.scan import scan as run_scan
@@ -215,6 +264,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         engine=engine,
         ray_address=ray_address,
         skip_bad_lines=skip_bad_lines,
+        max_bad_lines=max_bad_lines,
         **semantic,  # the --semantic-* and --judge-* options, named as the ScanConfig fields
     )
     samples = _load(benchmark, fmt)
@@ -231,6 +281,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         click.echo(json.dumps(report.summary(), indent=2))
     else:
         _print_report(report, title=f"{benchmark}: {len(samples)} samples")
+        _out_console().print(_read_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 
@@ -248,10 +299,13 @@ def index() -> None:
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
 @click.option("--engine", default="local", help=_ENGINE_HELP)
 @click.option("--ray-address", help=_RAY_ADDRESS_HELP)
-@click.option("--skip-bad-lines", is_flag=True, help="Skip malformed corpus lines (counted and reported) instead of stopping.")
+@click.option("--skip-bad-lines", is_flag=True, help=_SKIP_BAD_HELP)
+@click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the index metadata as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_address, skip_bad_lines, quiet):
-    """Index the n-grams of CORPUS into directory OUT."""
+def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_address, skip_bad_lines, max_bad_lines, as_json, quiet):
+    """Index the n-grams of CORPUS into directory OUT (nothing is written when 0 documents were read or too
+    many lines were skipped: exit 2)."""
     from itd.index import build_index
 
     _check_paths([("--out", out, True)], corpus=list(corpus))
@@ -259,12 +313,15 @@ def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_addres
     with _byte_progress("indexing corpus", not quiet) as progress:
         meta = build_index(
             list(corpus), out, n=n, n_short=n_short, text_field=text_field, skip_bad_lines=skip_bad_lines,
-            progress=progress, engine=engine, ray_address=ray_address, workers=workers,
+            max_bad_lines=max_bad_lines, progress=progress, engine=engine, ray_address=ray_address, workers=workers,
         )
     if not quiet:
         _say_processed(meta, "indexed")
     _warn_skipped(meta)
-    _err_console().print(f"index written to {out}: {meta['documents']} documents, {meta['bytes']} bytes")
+    if as_json:
+        click.echo(json.dumps({**meta, "out": out}, indent=2))
+    else:
+        _out_console().print(f"index written to {out}: {_read_summary(meta)}", highlight=False, markup=False, soft_wrap=True)
     return EXIT_CLEAN
 
 
@@ -274,28 +331,41 @@ def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_addres
 @click.option("--format", "fmt", default="auto", help="Eval-set format (auto, gsm8k, mmlu, jsonl, csv).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def check(files, index_path, fmt, as_json):
-    """Check eval-set FILES against an index; exit 1 if any item appears in the indexed corpus."""
+    """Check eval-set FILES against an index; exit 1 if any item appears in the indexed corpus (an index of 0
+    documents is refused: exit 2)."""
+    from rich.filesize import decimal
+
     from itd.index import NGramIndex
     from itd.index import check as run_check
 
     idx = NGramIndex(index_path)
     found: list[dict[str, Any]] = []
+    items = unchecked = 0
     for f in files:
         report = run_check(_load(f, fmt), idx)
+        items += report.stats["items"]
+        unchecked += report.stats["unchecked"]
         for r in report.contaminated:
             rec = r.to_dict()
             found.append({"file": f, "id": rec["id"], "line": rec["source"]["line"] if rec["source"] else None, "label": rec["label"], "coverage": rec["coverage"]})
+    corpus = idx.corpus()
     if as_json:
-        click.echo(json.dumps({"files": list(files), "contaminated": found}, indent=2))
-    elif found:
-        for rec in found:
-            c = rec["coverage"]
-            click.echo(
-                f"{rec['file']}:{rec['line']}: {rec['id']} {rec['label']} "
-                f"(coverage raw {c['raw']['question']:.2f}/{c['raw']['answer']:.2f}, numnorm {c['numnorm']['question']:.2f}/{c['numnorm']['answer']:.2f})"
-            )
-    else:
-        click.echo(f"{len(files)} file(s) clean")
+        click.echo(json.dumps({"files": list(files), "items": items, "unchecked": unchecked, "index": corpus,
+                               "contaminated": found}, indent=2))
+        return EXIT_FOUND if found else EXIT_CLEAN
+    for rec in found:
+        c = rec["coverage"]
+        click.echo(
+            f"{rec['file']}:{rec['line']}: {rec['id']} {rec['label']} "
+            f"(coverage raw {c['raw']['question']:.2f}/{c['raw']['answer']:.2f}, numnorm {c['numnorm']['question']:.2f}/{c['numnorm']['answer']:.2f})"
+        )
+    verdict = f": {_plural(len(found), 'item')} found" if found else " clean"
+    click.echo(
+        f"{_plural(len(files), 'file')}{verdict}; checked {_plural(items, 'item')}"
+        + (f" ({unchecked:,} too short to check)" if unchecked else "")
+        + f" against an index of {_plural(corpus['documents'], 'document')} ({decimal(corpus['bytes'] or 0)}) from "
+        f"{_plural(corpus['files'], 'file')}; {_plural(corpus['skipped_lines'], 'line')} skipped when it was built"
+    )
     return EXIT_FOUND if found else EXIT_CLEAN
 
 
@@ -497,7 +567,7 @@ def _print_detection(report) -> None:
     elif report.mode == "threshold":
         out.print(f"flagged {summary['flagged']} of {summary['items']} items with {report.config.decision} > {report.config.threshold}")
     else:
-        out.print("no reference set and no threshold: scores only, nothing decided (give --reference-set or --threshold)")
+        out.print("no reference set and no threshold: scores only, nothing can be decided (give --reference-set or --threshold)")
     if report.permutation is not None:
         perm = report.permutation
         out.print(f"option-order test: original order ranked first for {perm.count} of {perm.n_items} items "
@@ -506,7 +576,8 @@ def _print_detection(report) -> None:
         f = report.truth["flags"]
         out.print(f"flags against the truth: recall {f['recall']}, precision {f['precision']} "
                   f"({f['true_positives']} leaked and {f['false_positives']} unseen items flagged)")
-    verdict = "[red]contaminated[/red]" if report.contaminated else "[green]no contamination detected[/green]"
+    verdict = {"contaminated": "[red]contaminated[/red]", "not_detected": "[green]no contamination detected[/green]",
+               "undecided": "[yellow]undecided[/yellow] (exit 2)"}[report.verdict]
     out.print(f"verdict: {verdict}")
 
 
@@ -535,7 +606,8 @@ def _print_detection(report) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering, fdr, alpha, threshold, permutation_test,
            reference_model, truth, device, dtype, batch_size, trust_remote_code, out, as_json, quiet):
-    """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged."""
+    """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
+    not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by."""
     from itd.detection import DetectConfig, load_truth
     from itd.detection import detect as run_detect
     from itd.io import build_manifest
@@ -575,6 +647,10 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
         click.echo(json.dumps(report.summary(), indent=2))
     else:
         _print_detection(report)
+    if report.contaminated is None:
+        _err_console().print("[yellow]undecided: scores alone are no verdict; give --reference-set (clean items "
+                             "the model cannot have seen) or --threshold to decide by[/yellow]")
+        return EXIT_USAGE
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 

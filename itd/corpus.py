@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterable, Iterator
@@ -194,6 +195,54 @@ def plan_shards(paths: Iterable[str | os.PathLike], shard_bytes: int | None = No
 
 
 _KEEP_SKIPPED = 20
+_LAYOUT_PROBE = 1000  # records of a shard that all lack the text field: the layout is wrong, not the lines
+_ZSTD_CHUNK = 1 << 16  # compressed bytes fed to the zstd decompressor at a time (bounds the output of one feed)
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a .zst stream, frame after frame, that raises `EOFError` when the input ends
+    inside a frame (zstandard's `stream_reader` ends there silently, so a cut file would read as a short one).
+    `compressed` counts the compressed bytes consumed, for error messages."""
+
+    def __init__(self, raw: IO[bytes], zstd: Any):
+        self._raw = raw
+        self._new = zstd.ZstdDecompressor().decompressobj
+        self._obj = self._new()
+        self._in_frame = False  # bytes of a frame were fed and its end was not reached yet
+        self._out = memoryview(b"")
+        self.compressed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            chunk = self._raw.read(_ZSTD_CHUNK)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the zstd stream ends inside a frame (the file is truncated)")
+                if not self.compressed:
+                    raise EOFError("the file is empty: a zstd stream has at least a frame header (truncated?)")
+                return 0
+            self.compressed += len(chunk)
+            self._out = memoryview(self._feed(chunk))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _feed(self, data: bytes) -> bytes:
+        """Decompress `data`, starting a new decompressor at every frame end (concatenated frames)."""
+        out = []
+        while data:
+            self._in_frame = True
+            out.append(self._obj.decompress(data))
+            if not self._obj.eof:
+                break
+            data = self._obj.unused_data
+            self._obj = self._new()
+            self._in_frame = False
+        return b"".join(out)
 
 
 class ShardReader:
@@ -201,16 +250,24 @@ class ShardReader:
 
     A malformed line raises `InputError`; with `skip_bad=True` it is skipped instead, counted in `n_skipped`,
     and its error kept in `skipped` (the first `_KEEP_SKIPPED`), so one bad line in a huge corpus does not
-    throw away a long scan.
+    throw away a long scan. More than `max_skipped` skipped lines (None: no limit here) raise `InputError`,
+    and so does a text field missing from every one of the shard's first `_LAYOUT_PROBE` records: that is a
+    wrong `--text-field`, not bad lines. `n_documents` counts the documents yielded; a corrupt or truncated
+    compressed stream or parquet file raises `InputError` naming the file, the line or row reached and, for
+    compressed files, how many compressed bytes had been consumed.
     """
 
-    def __init__(self, shard: Shard, text_field: str = "text", skip_bad: bool = False):
+    def __init__(self, shard: Shard, text_field: str = "text", skip_bad: bool = False, max_skipped: int | None = None):
         self.shard = shard
         self.text_field = text_field
         self.skip_bad = skip_bad
+        self.max_skipped = max_skipped
         self.consumed = 0
+        self.n_documents = 0
         self.n_skipped = 0
+        self.n_missing_field = 0  # records skipped because the text field was missing
         self.skipped: list[str] = []
+        self._line = shard.first_line  # the line (or row) being read, for errors
 
     def _bad(self, message: str, line: int) -> None:
         """Raise the error of a malformed line, or record it and go on when skipping bad lines."""
@@ -221,6 +278,31 @@ class ShardReader:
         self.n_skipped += 1
         if len(self.skipped) < _KEEP_SKIPPED:
             self.skipped.append(str(error))
+        if self.max_skipped is not None and self.n_skipped > self.max_skipped:
+            raise InputError(
+                f"this file alone has more than {self.max_skipped:,} malformed line(s), the most --max-bad-lines "
+                f"allows; the first: {self.skipped[0]}", path=self.shard.path, line=line,
+            )
+
+    def _missing_field(self, rec: dict, line: int) -> None:
+        """A record without the text field: a bad line, or, when no record of the shard had it, a layout error."""
+        field = self.text_field
+        what = "missing" if field not in rec else f"not a string ({type(rec[field]).__name__})"
+        fields = ", ".join(list(rec)[:8])
+        if self.n_documents:  # other records have it: this one is malformed
+            self._bad(f"text field {field!r} is {what}; fields here: {fields}", line)
+            return
+        if field in rec:
+            self._bad(f"text field {field!r} is {what}; fields here: {fields} (set --text-field)", line)
+            return
+        self.n_missing_field += 1
+        if not self.skip_bad or self.n_missing_field >= _LAYOUT_PROBE:
+            raise InputError(
+                f"no record read so far has the text field {field!r} ({self.n_missing_field:,} read); fields here: "
+                f"{fields}. This is the corpus's layout, not bad lines: set --text-field to the field that holds "
+                "the text", path=self.shard.path, line=line,
+            )
+        self._bad(f"text field {field!r} is missing; fields here: {fields} (set --text-field)", line)
 
     def __iter__(self) -> Iterator[Document]:
         if self.shard.kind == "parquet":
@@ -231,19 +313,39 @@ class ShardReader:
     def _lines(self) -> Iterator[Document]:
         s = self.shard
         try:
-            with _open_binary(s.path) as raw:
+            raw = _open_binary(s.path)
+        except OSError as exc:
+            raise InputError(f"cannot read corpus file: {exc}", path=s.path) from None
+        corrupt: tuple[type[BaseException], ...] = (OSError, EOFError)
+        zst = None
+        with raw:
+            try:
                 if s.compression == "gz":
+                    corrupt += (zlib.error,)
                     stream = gzip.GzipFile(fileobj=raw)
                 elif s.compression == "zst":
                     zstd = require("zstandard", "core", "Reading .zst corpora")
-                    stream = io.BufferedReader(zstd.ZstdDecompressor().stream_reader(raw), _READ_BLOCK)
+                    corrupt += (zstd.ZstdError,)
+                    zst = _ZstdFrames(raw, zstd)
+                    stream = io.BufferedReader(zst, _READ_BLOCK)
                 else:
                     raw.seek(s.start)
                     stream = raw
                 parse = self._json_docs if s.kind == "jsonl" else self._text_docs
-                yield from parse(self._raw_lines(stream, raw))
-        except (OSError, EOFError) as exc:
-            raise InputError(f"cannot read corpus file: {exc}", path=s.path) from exc
+                for doc in parse(self._raw_lines(stream, raw)):
+                    self.n_documents += 1
+                    yield doc
+                if s.compression == "gz" and not raw.tell():
+                    raise EOFError("the file is empty: a gzip stream has at least a header (truncated?)")
+            except corrupt as exc:
+                if not s.compression:
+                    raise InputError(f"cannot read corpus file: {exc}", path=s.path, line=self._line) from None
+                at = zst.compressed if zst is not None else _tell(raw)
+                where = f" within the first {at:,} compressed bytes" if at else ""
+                raise InputError(
+                    f"corrupt or truncated .{s.compression} data{where}, after {self._line - s.first_line:,} "
+                    f"complete line(s): {exc}", path=s.path, line=self._line,
+                ) from None
         self.consumed = s.size
 
     def _raw_lines(self, stream, raw) -> Iterator[tuple[int, bytes]]:
@@ -257,6 +359,7 @@ class ShardReader:
             pos += len(line)
             yield line_no, line
             line_no += 1
+            self._line = line_no
             if not line_no & 255:
                 self.consumed = pos if s.compression is None else raw.tell()
 
@@ -278,8 +381,7 @@ class ShardReader:
                 continue
             text = rec.get(field)
             if not isinstance(text, str):
-                what = "missing" if field not in rec else f"not a string ({type(text).__name__})"
-                self._bad(f"text field {field!r} is {what}; fields here: {', '.join(list(rec)[:8])} (set --text-field)", line_no)
+                self._missing_field(rec, line_no)
                 continue
             yield Document(path, line_no, text)
 
@@ -312,22 +414,48 @@ class ShardReader:
 
     def _parquet_rows(self, pq: Any, path: str, source: IO[bytes]) -> Iterator[Document]:
         try:
-            pf = pq.ParquetFile(source)
+            pf = pq.ParquetFile(source, page_checksum_verification=True)  # pages written with a CRC are checked
         except Exception as exc:  # pyarrow raises its own error types
             raise InputError(f"cannot read parquet file: {exc}", path=path) from None
-        if self.text_field not in pf.schema_arrow.names:
+        schema = pf.schema_arrow
+        if self.text_field not in schema.names:
             raise InputError(
-                f"parquet file has no column {self.text_field!r}; columns: {', '.join(pf.schema_arrow.names)} (set --text-field)",
+                f"parquet file has no column {self.text_field!r}; columns: {', '.join(schema.names)} (set --text-field)",
                 path=path,
+            )
+        pa = require("pyarrow", "parquet", "Reading parquet corpora")
+        column_type = schema.field(self.text_field).type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise InputError(
+                f"parquet column {self.text_field!r} holds {column_type}, not text (set --text-field)", path=path
             )
         row = 1
         total_rows = max(1, pf.metadata.num_rows)
-        for batch in pf.iter_batches(columns=[self.text_field], batch_size=4096):
-            for text in batch.column(0).to_pylist():
-                if isinstance(text, str):
-                    yield Document(path, row, text)
-                row += 1
-            self.consumed = int(self.shard.size * (row - 1) / total_rows)
+        try:
+            for batch in pf.iter_batches(columns=[self.text_field], batch_size=4096):
+                for text in batch.column(0).to_pylist():
+                    if text is None:
+                        self._bad(f"text column {self.text_field!r} is null in this row", row)
+                    else:
+                        self.n_documents += 1
+                        yield Document(path, row, text)
+                    row += 1
+                self.consumed = int(self.shard.size * (row - 1) / total_rows)
+        except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid, bad UTF-8
+            raise InputError(
+                f"corrupt or truncated parquet data after {row - 1:,} of {pf.metadata.num_rows:,} row(s): {exc}",
+                path=path, line=row,
+            ) from None
+        if row - 1 != pf.metadata.num_rows:
+            raise InputError(f"parquet file yielded {row - 1:,} rows, its footer says {pf.metadata.num_rows:,}", path=path)
+
+
+def _tell(f: IO[bytes]) -> int | None:
+    """Position of `f`, or None when it cannot say."""
+    try:
+        return f.tell()
+    except (OSError, ValueError):
+        return None
 
 
 def iter_documents(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[Document]:

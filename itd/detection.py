@@ -156,11 +156,26 @@ class DetectionReport:
         return None if test is None else test.p_value < self.config.alpha
 
     @property
-    def contaminated(self) -> bool:
+    def decided(self) -> bool:
+        """Whether anything could decide: a reference set, a threshold, or an option-permutation test that ran
+        (MCQ items). Scores alone decide nothing."""
+        return self.mode != "scores" or self.permutation is not None
+
+    @property
+    def contaminated(self) -> bool | None:
         """The verdict behind exit code 1: the set-level test is significant, an item is flagged, or the
-        option-permutation test is significant."""
+        option-permutation test is significant. None when nothing could decide (`decided` is false): scores
+        alone are never a "clean" verdict."""
+        if not self.decided:
+            return None
         perm = self.permutation is not None and self.permutation.p_value < self.config.alpha
         return bool(self.set_contaminated) or bool(self.flagged) or perm
+
+    @property
+    def verdict(self) -> str:
+        """"contaminated", "not_detected" or "undecided" (no reference set, threshold or permutation test)."""
+        contaminated = self.contaminated
+        return "undecided" if contaminated is None else "contaminated" if contaminated else "not_detected"
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary: verdict, flag counts, set-level tests and ground-truth metrics."""
@@ -172,6 +187,7 @@ class DetectionReport:
             "reference_items": self.reference_size,
             "flagged": len(self.flagged),
             "flagged_ids": [it.sample.id for it in self.flagged],
+            "verdict": self.verdict,
             "contaminated": self.contaminated,
             "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
         }

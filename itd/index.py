@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from itd.engines import make_engine
 from itd.errors import InputError
 from itd.io import atomic_write, build_manifest, write_json
 from itd.report import SampleResult, ScanReport, label_of
-from itd.scan import ShardTally, batches, make_batch
+from itd.scan import DEFAULT_MAX_BAD_LINES, ShardTally, batches, check_max_bad_lines, make_batch, reader_skip_limit
 from itd.text import ngram_hashes
 
 __all__ = ["INDEX_FORMAT", "NGramIndex", "build_index", "check"]
@@ -49,9 +50,26 @@ class NGramIndex:
             raise InputError(f"index.json is not valid JSON ({exc})", path=str(meta_file)) from None
         if self.meta.get("format") != INDEX_FORMAT:
             raise InputError(f"index format {self.meta.get('format')!r} is not supported (want {INDEX_FORMAT}); rebuild it", path=str(meta_file))
+        documents = self.meta.get("documents")
+        if not isinstance(documents, int) or documents < 1:
+            raise InputError(
+                f"the index holds {documents} documents: it was built from a corpus of which nothing was read, and "
+                "an empty index is no basis for calling anything clean; rebuild it from the corpus (set --text-field "
+                "to the field that holds the text)", path=str(meta_file),
+            )
         self.n: int = self.meta["n"]
         self.n_short: int = self.meta["n_short"]
         self._arrays: dict[tuple[str, int], np.ndarray] = {}
+
+    def corpus(self) -> dict[str, Any]:
+        """What a check against this index stands on: the indexed corpus's documents, bytes, files and skipped
+        lines, from index.json."""
+        m = self.meta
+        files = m.get("files")
+        if files is None:  # an index built before the file count was recorded
+            files = len((m.get("manifest") or {}).get("inputs") or [])
+        return {"path": str(self.path), "documents": m["documents"], "bytes": m.get("bytes"), "files": files,
+                "skipped_lines": m.get("skipped_lines", 0)}
 
     def array(self, pass_name: str, n: int) -> np.ndarray:
         key = (pass_name, n)
@@ -81,16 +99,15 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 
 
 def _index_shard(
-    shared: tuple[list[int], str, int, bool], shard: Shard, on_bytes: Callable[[int], None] | None
+    shared: tuple[list[int], str, int, bool, int | None], shard: Shard, on_bytes: Callable[[int], None] | None
 ) -> tuple[dict[tuple[str, int], np.ndarray], ShardTally]:
     """The n-gram hashes of one shard: sorted unique per (pass, n), and what was read (an engine task)."""
-    ns, text_field, batch_chars, skip_bad_lines = shared
+    ns, text_field, batch_chars, skip_bad_lines, max_skipped = shared
     runs: dict[tuple[str, int], list[np.ndarray]] = {(p, k): [] for p in PASSES for k in ns}
-    reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines)
-    seen = docs = 0
+    reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped)
+    seen = 0
     for batch_docs in batches(reader, batch_chars):
         tb = make_batch(batch_docs).tokens
-        docs += len(batch_docs)
         for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
             for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
                 runs[(p, k)].append(_sorted_unique(h))
@@ -100,7 +117,7 @@ def _index_shard(
     if on_bytes is not None and shard.size > seen:
         on_bytes(shard.size - seen)
     out = {key: _sorted_unique(np.concatenate(r)) if r else np.zeros(0, np.uint64) for key, r in runs.items()}
-    return out, ShardTally(docs, reader.n_skipped, reader.skipped)
+    return out, ShardTally.of_reader(reader)
 
 
 def build_index(
@@ -112,6 +129,7 @@ def build_index(
     text_field: str = "text",
     batch_chars: int = 1 << 20,
     skip_bad_lines: bool = False,
+    max_bad_lines: float = DEFAULT_MAX_BAD_LINES,
     progress: Callable[[int, int], None] | None = None,
     engine: str = "local",
     ray_address: str | None = None,
@@ -122,17 +140,40 @@ def build_index(
 
     `engine="ray"` reads the shards (large files cut into `shard_bytes` ranges) in parallel on Ray
     (`ray_address`, `workers`: see `itd.engines.RayEngine`), `workers` > 1 with the local engine in a process
-    pool; the index is the same either way.
+    pool; the index is the same either way. An index is only written when a verdict may rest on it
+    (`itd.scan.ShardTally.validate`: documents were read, and no more lines were skipped than `max_bad_lines`
+    allows); otherwise `InputError` is raised and `out` is left as it was (removed if this call created it).
     """
     if not 1 <= n_short <= n:
         raise InputError(f"need 1 <= n_short <= n, got n={n}, n_short={n_short}")
+    check_max_bad_lines(max_bad_lines)
     engine = engine.strip().lower()
     if ray_address is not None and engine != "ray":
         raise InputError(f"a Ray address ({ray_address!r}) needs the Ray engine (--engine ray)")
     runner = make_engine(engine, workers=workers, address=ray_address) if engine != "local" or workers > 1 else None
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(corpus, shard_bytes if runner is not None else None)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        meta = _build(shards, out, runner, n, n_short, text_field, batch_chars, skip_bad_lines, max_bad_lines, progress)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    meta.update(engine=engine, workers=runner.stats.workers if runner is not None else 1,
+                parallelism=runner.stats.parallelism if runner is not None else 1)
+    meta["manifest"] = build_manifest(
+        command="index build",
+        config={"n": n, "n_short": n_short, "text_field": text_field},
+        inputs=list(dict.fromkeys(s.path for s in shards)),
+    )
+    write_json(out / "index.json", meta)
+    return meta
+
+
+def _build(shards, out: Path, runner, n, n_short, text_field, batch_chars, skip_bad_lines, max_bad_lines, progress) -> dict[str, Any]:
+    """Read `shards`, check what was read, then write the index arrays into `out`; returns the metadata so far."""
     total = sum(s.size for s in shards)
     t0 = time.perf_counter()
     ns = sorted({n, n_short})
@@ -140,7 +181,8 @@ def build_index(
     pending: dict[tuple[str, int], list[np.ndarray]] = {k: [] for k in keys}
     held = dict.fromkeys(keys, 0)
     runs: dict[tuple[str, int], list[Path]] = {k: [] for k in keys}
-    done, docs, skipped, errors = 0, 0, 0, []
+    max_skipped = reader_skip_limit(max_bad_lines)
+    tally = ShardTally()
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
 
         def spill(key):
@@ -157,19 +199,17 @@ def build_index(
                 spill(key)
 
         if runner is not None:
-            tally = ShardTally()
-            shared = (ns, text_field, batch_chars, skip_bad_lines)
+            shared = (ns, text_field, batch_chars, skip_bad_lines, max_skipped)
             for _, (hashes_by_key, part) in runner.map_shards(_index_shard, shared, shards, progress):
                 tally.add(part)
                 for key, hashes in hashes_by_key.items():
                     add(key, hashes)
-            docs, skipped, errors = tally.documents, tally.skipped, tally.errors
+        done = 0
         for shard in shards if runner is None else ():
-            reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines)
+            reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped)
             seen = 0
             for batch_docs in batches(reader, batch_chars):
                 tb = make_batch(batch_docs).tokens
-                docs += len(batch_docs)
                 for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
                     for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
                         add((p, k), _sorted_unique(h))
@@ -178,10 +218,10 @@ def build_index(
                     seen = reader.consumed
                     progress(done, total)
             done += shard.size - seen
-            skipped += reader.n_skipped
-            errors = (errors + reader.skipped)[:20]
+            tally.add(ShardTally.of_reader(reader))
             if progress is not None:
                 progress(done, total)
+        tally.validate(max_bad_lines, text_field)  # before anything is written
         counts = {}
         for key in keys:
             spill(key)
@@ -189,36 +229,25 @@ def build_index(
             with atomic_write(out / f"{key[0]}_{key[1]}.npy", "wb", encoding=None) as f:
                 np.save(f, merged)
             counts[f"{key[0]}_{key[1]}"] = int(merged.size)
-    meta = {
+    return {
         "format": INDEX_FORMAT,
         "n": n,
         "n_short": n_short,
         "passes": list(PASSES),
         "text_field": text_field,
-        "documents": docs,
-        "skipped_lines": skipped,
-        "skipped_errors": errors,
-        "bytes": total,
+        **tally.stats(),
         "shards": len(shards),
-        "engine": engine,
-        "workers": runner.stats.workers if runner is not None else 1,
-        "parallelism": runner.stats.parallelism if runner is not None else 1,
         "ngrams": counts,
         "seconds": round(time.perf_counter() - t0, 3),
-        "manifest": build_manifest(
-            command="index build",
-            config={"n": n, "n_short": n_short, "text_field": text_field},
-            inputs=list(dict.fromkeys(s.path for s in shards)),
-        ),
     }
-    write_json(out / "index.json", meta)
-    return meta
 
 
 def check(samples: Sequence[Sample], index: NGramIndex | str | os.PathLike, **thresholds: float) -> ScanReport:
     """Look every sample's n-grams up in a persistent index; returns a `ScanReport` (coverage, no evidence).
 
-    `thresholds` may set `input_threshold` and `label_threshold` of the n-gram detector.
+    `thresholds` may set `input_threshold` and `label_threshold` of the n-gram detector. The stats say what the
+    verdict stands on: the index's corpus (`NGramIndex.corpus`), the items checked and those too short to check.
+    An index of 0 documents is refused (`InputError`) when it is loaded.
     """
     if not isinstance(index, NGramIndex):
         index = NGramIndex(index)
@@ -227,5 +256,6 @@ def check(samples: Sequence[Sample], index: NGramIndex | str | os.PathLike, **th
     det = NGramDetector(n=index.n, n_short=index.n_short, match_short_items=False, **thresholds).fit(samples)
     findings = det.finish(det.lookup(index.contains))
     results = [SampleResult(s, label_of([f]), [f]) for s, f in zip(samples, findings)]
-    stats = {"index": str(index.path), "seconds": round(time.perf_counter() - t0, 3)}
+    stats = {"index": index.corpus(), "items": len(results), "unchecked": sum(not f.checked for f in findings),
+             "seconds": round(time.perf_counter() - t0, 3)}
     return ScanReport(results, {"index": str(index.path), "n": index.n, "n_short": index.n_short, **thresholds}, stats)

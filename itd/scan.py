@@ -8,6 +8,7 @@ depend on the number of workers or on the engine (`itd.engines`: `local` or `ray
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,9 +23,28 @@ from itd.errors import InputError
 from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize
 
-__all__ = ["ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress"]
+__all__ = [
+    "ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress", "ShardTally",
+    "FileTally", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
+]
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+DEFAULT_MAX_BAD_LINES = 0.01  # with skip_bad_lines: 1% of the lines read may be skipped
+
+
+def check_max_bad_lines(value: float) -> float:
+    """`value` if it is a valid bad-line limit (a share in [0, 1), or a whole number of lines >= 1)."""
+    if not value >= 0 or value == float("inf"):
+        raise InputError(f"max_bad_lines must be >= 0, got {value}")
+    if value >= 1 and value != int(value):
+        raise InputError(f"max_bad_lines of 1 or more is a number of lines and must be whole, got {value}")
+    return value
+
+
+def reader_skip_limit(max_bad_lines: float) -> int | None:
+    """The bad-line limit as a count when it is one (then a reader can stop as soon as it is passed), else None."""
+    return int(max_bad_lines) if max_bad_lines >= 1 or max_bad_lines == 0 else None
 
 
 @dataclass(slots=True)
@@ -46,6 +66,7 @@ class ScanConfig:
     shard_bytes: int = 32 << 20
     evidence_limit: int = 5
     skip_bad_lines: bool = False
+    max_bad_lines: float = DEFAULT_MAX_BAD_LINES  # with skip_bad_lines: a share of the lines (< 1) or a count
     engine: str = "local"  # "local" (process pool) or "ray"
     ray_address: str | None = None  # ray.init address for engine "ray"; None starts a local Ray instance
     # detector "semantic" (itd.detectors.semantic): embedding retrieval, then a cosine threshold or an LLM judge
@@ -75,6 +96,7 @@ class ScanConfig:
             raise InputError("batch_chars must be >= 1024")
         if self.shard_bytes < 1 << 16:
             raise InputError("shard_bytes must be >= 65536")
+        check_max_bad_lines(self.max_bad_lines)
         self.engine = self.engine.strip().lower()
         ENGINES.get(self.engine)  # raises with a did-you-mean
         if self.ray_address is not None:
@@ -112,18 +134,104 @@ def batches(docs: Iterable[Document], batch_chars: int) -> Iterable[list[Documen
 
 
 @dataclass(slots=True)
+class FileTally:
+    """What reading one corpus file came to: its bytes, documents, skipped lines, how many of those lacked the
+    text field while no record of the file had it (a layout problem), and the first skipped line's error."""
+
+    bytes: int = 0
+    documents: int = 0
+    skipped: int = 0
+    missing_field: int = 0
+    first_error: str | None = None
+
+    def add(self, other: "FileTally") -> None:
+        self.bytes += other.bytes
+        self.documents += other.documents
+        self.skipped += other.skipped
+        self.missing_field += other.missing_field
+        self.first_error = self.first_error or other.first_error
+
+
+_KEEP_ERRORS = 20
+
+
+@dataclass(slots=True)
 class ShardTally:
-    """What reading shards came to: documents read, malformed lines skipped and the first of their errors."""
+    """What reading shards came to: documents read, malformed lines skipped, the first of their errors, and
+    the same per file. Tallies merge in any order; `validate` says whether a verdict may rest on them."""
 
     documents: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    files: dict[str, FileTally] = field(default_factory=dict)
+
+    @classmethod
+    def of_reader(cls, reader: ShardReader) -> "ShardTally":
+        """The tally of a shard `reader` has read to its end."""
+        file = FileTally(reader.shard.size, reader.n_documents, reader.n_skipped, reader.n_missing_field,
+                         reader.skipped[0] if reader.skipped else None)
+        return cls(reader.n_documents, reader.n_skipped, list(reader.skipped), {reader.shard.path: file})
 
     def add(self, other: "ShardTally") -> "ShardTally":
         self.documents += other.documents
         self.skipped += other.skipped
-        self.errors = (self.errors + other.errors)[:20]
+        self.errors = (self.errors + other.errors)[:_KEEP_ERRORS]
+        for path, file in other.files.items():
+            self.files.setdefault(path, FileTally()).add(file)
         return self
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files.values())
+
+    @property
+    def empty_files(self) -> list[str]:
+        """Files that held no record at all (nothing read, nothing skipped)."""
+        return [p for p, f in self.files.items() if not f.documents and not f.skipped]
+
+    def stats(self) -> dict[str, Any]:
+        """What the verdict stands on, for a report's stats: documents, bytes, files, skipped lines."""
+        empty = self.empty_files
+        return {
+            "documents": self.documents,
+            "bytes": self.bytes,
+            "files": len(self.files),
+            "skipped_lines": self.skipped,
+            "skipped_errors": self.errors,
+            "empty_files": len(empty),
+            "empty_file_names": empty[:_KEEP_ERRORS],
+        }
+
+    def validate(self, max_bad_lines: float = DEFAULT_MAX_BAD_LINES, text_field: str = "text") -> None:
+        """Raise `InputError` unless a "clean" verdict may rest on what was read: some documents; no file of
+        which every record was skipped; no more skipped lines than `max_bad_lines` allows (a share of the
+        lines read when below 1, else a count)."""
+        check_max_bad_lines(max_bad_lines)
+        layout = (f"the text field {text_field!r} is missing from every record: the corpus has another layout, "
+                  "set --text-field to the field that holds the text")
+        if not self.documents:
+            if not self.skipped:
+                raise InputError(
+                    f"read 0 documents from {len(self.files)} file(s) ({self.bytes:,} bytes): the corpus holds no "
+                    "text, and a verdict cannot rest on reading nothing"
+                )
+            missing = sum(f.missing_field for f in self.files.values())
+            why = layout if missing == self.skipped else "every line was skipped as malformed"
+            raise InputError(f"read 0 documents from {len(self.files)} file(s): {why}; the first error: {self.errors[0]}")
+        for path, file in self.files.items():
+            if not file.documents and file.skipped:
+                why = layout if file.missing_field == file.skipped else "every line was skipped as malformed"
+                raise InputError(f"0 documents read from this file, {file.skipped:,} line(s) skipped: {why}; the "
+                                 f"first error: {file.first_error}", path=path)
+        lines = self.documents + self.skipped
+        allowed = int(max_bad_lines) if max_bad_lines >= 1 else math.floor(max_bad_lines * lines + 1e-9)
+        if self.skipped > allowed:
+            limit = f"{int(max_bad_lines):,} lines" if max_bad_lines >= 1 else f"{max_bad_lines:.2%} of the lines"
+            raise InputError(
+                f"{self.skipped:,} of {lines:,} corpus lines ({self.skipped / lines:.2%}) were malformed and skipped, "
+                f"more than --max-bad-lines allows ({limit}); a verdict on the rest would not say what the corpus "
+                "holds. First errors:\n  " + "\n  ".join(self.errors[:5])
+            )
 
 
 def scan_shard(
@@ -134,12 +242,11 @@ def scan_shard(
 ) -> tuple[list[Any], ShardTally]:
     """Scan one shard with every detector; returns (partial per detector, tally of what was read)."""
     partials = [d.empty() for d in detectors]
-    reader = ShardReader(shard, config.text_field, skip_bad=config.skip_bad_lines)
+    reader = ShardReader(shard, config.text_field, skip_bad=config.skip_bad_lines,
+                         max_skipped=reader_skip_limit(config.max_bad_lines))
     reported = 0
-    n_docs = 0
     for docs in batches(reader, config.batch_chars):
         batch = make_batch(docs)
-        n_docs += len(docs)
         for i, det in enumerate(detectors):
             partials[i] = det.merge(partials[i], det.scan_batch(batch))
         if on_bytes is not None and reader.consumed > reported:
@@ -147,7 +254,7 @@ def scan_shard(
             reported = reader.consumed
     if on_bytes is not None and shard.size > reported:
         on_bytes(shard.size - reported)
-    return partials, ShardTally(n_docs, reader.n_skipped, reader.skipped)
+    return partials, ShardTally.of_reader(reader)
 
 
 def _scan_task(
@@ -164,7 +271,12 @@ def scan(
     config: ScanConfig | None = None,
     progress: Progress | None = None,
 ) -> ScanReport:
-    """Find `samples` in `corpus` (files, directories or globs) and return a labelled `ScanReport`."""
+    """Find `samples` in `corpus` (files, directories or globs) and return a labelled `ScanReport`.
+
+    Raises `InputError` when the verdict could not rest on what was read (`ShardTally.validate`): no documents,
+    a file whose every line was skipped, or more skipped lines than `config.max_bad_lines` allows. The report's
+    stats say what was read: documents, bytes, files, skipped lines.
+    """
     config = config or ScanConfig()
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
@@ -181,6 +293,7 @@ def scan(
     for _, (parts, part_tally) in engine.map_shards(_scan_task, (detectors, config), shards, progress):
         tally.add(part_tally)
         partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
+    tally.validate(config.max_bad_lines, config.text_field)
     per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
     results = []
     for i, sample in enumerate(samples):
@@ -188,10 +301,7 @@ def scan(
         results.append(SampleResult(sample, label_of(findings), findings))
     seconds = time.perf_counter() - t0
     stats = {
-        "documents": tally.documents,
-        "skipped_lines": tally.skipped,
-        "skipped_errors": tally.errors,
-        "bytes": total,
+        **tally.stats(),
         "shards": len(shards),
         "workers": engine.stats.workers,
         "engine": engine.name,

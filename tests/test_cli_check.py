@@ -60,11 +60,13 @@ def test_check_exit_codes(leaked_setup, tmp_path):
     corpus, index, leaked, clean = leaked_setup
     bad = run_cli("check", str(leaked), "--index", str(index))
     assert bad.returncode == 1
-    lines = [line for line in bad.stdout.splitlines() if line.strip()]
+    *lines, summary = [line for line in bad.stdout.splitlines() if line.strip()]
     assert {line.split(":")[1] for line in lines} == {"4", "51", "100"}  # file:line of each leaked item
     assert all("input_contaminated" in line for line in lines)
+    assert summary.startswith("1 file: 3 items found; checked 120 items against an index of 760 documents")
     ok = run_cli("check", str(clean), "--index", str(index))
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("1 file clean; checked 100 items against an index of 760 documents")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "q", "answer": "a #### 1"}\n{"question": \n', encoding="utf-8")
     err = run_cli("check", str(broken), "--index", str(index))
@@ -120,7 +122,8 @@ def test_usage_errors_exit_2_without_traceback(leaked_setup, tmp_path, capsys):
     bad_corpus.write_text('{"text": "fine"}\n{"body": "no text field"}\n', encoding="utf-8")
     assert main(["scan", str(leaked), "--corpus", str(bad_corpus), "-q"]) == 2
     err = capsys.readouterr().err
-    assert f"{bad_corpus}:2" in err and "--text-field" in err
+    # the field is missing on one line while others have it: a malformed line, which may be skipped
+    assert f"{bad_corpus}:2" in err and "--skip-bad-lines" in err
 
 
 def test_planted_leak_demo_scan_matches_truth(tmp_path):
