@@ -440,6 +440,8 @@ def _env_value(option: click.Option) -> tuple[str, object]:
         high = t.max if t.max is not None else low + 2.0
         value = next(v for v in (low + (high - low) / 3, low + (high - low) / 2) if v != option.default)
         raw = repr(value)
+    elif isinstance(t, itd_cli._BadLineLimit):
+        raw, value = "250", 250.0
     else:
         raw = value = f"from-env-{option.name}"
     return raw, ((value,) if option.multiple else value)
@@ -476,7 +478,9 @@ def test_check_index_from_the_environment_end_to_end(files, tmp_path, monkeypatc
     monkeypatch.setenv("ITD_CHECK_JSON", "1")
     capsys.readouterr()
     assert main(["check", str(bench)]) == 0
-    assert json.loads(capsys.readouterr().out) == {"files": [str(bench)], "contaminated": []}
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["files"] == [str(bench)] and summary["contaminated"] == []
+    assert summary["index"]["path"] == str(tmp_path / "idx") and summary["index"]["documents"] == 1
 
 
 def test_every_itd_variable_in_the_readme_exists():
