@@ -128,10 +128,12 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
 def _warn_skipped(stats: dict) -> None:
     """Tell the user on stderr how many malformed corpus lines were skipped, with the first few errors."""
     if stats.get("skipped_lines"):
+        from itd.io import redact_text
+
         console = _err_console()
         console.print(f"[yellow]skipped {stats['skipped_lines']} malformed corpus line(s):[/yellow]", highlight=False)
         for message in stats["skipped_errors"][:5]:
-            console.print(f"  {message}", highlight=False, markup=False)
+            console.print(f"  {redact_text(message)}", highlight=False, markup=False)
 
 
 def _say_processed(stats: dict, verb: str) -> None:
@@ -839,7 +841,9 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return EXIT_USAGE
     except ITDError as exc:
-        click.echo(f"error: {exc}", err=True)
+        from itd.io import redact_text
+
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
