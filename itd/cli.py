@@ -34,6 +34,13 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+def _echo_json(obj: Any) -> None:
+    """Print `obj` as indented JSON on stdout, with credentials in URLs redacted."""
+    from itd.io import redact_urls
+
+    click.echo(json.dumps(redact_urls(obj), indent=2, default=str))
+
+
 def _err_console():
     from rich.console import Console
 
@@ -128,6 +135,8 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
 def _warn_skipped(stats: dict) -> None:
     """Tell the user on stderr how many malformed corpus lines were skipped (with the first few errors) and
     which corpus files held no documents."""
+    from itd.io import redact_text
+
     console = _err_console()
     if stats.get("skipped_lines"):
         skipped = stats["skipped_lines"]
@@ -135,12 +144,12 @@ def _warn_skipped(stats: dict) -> None:
         console.print(f"[yellow]skipped {skipped:,} malformed corpus line(s) of {lines:,} ({skipped / lines:.2%}); "
                       "the first errors:[/yellow]", highlight=False, soft_wrap=True)
         for message in stats["skipped_errors"][:5]:
-            console.print(f"  {message}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"  {redact_text(message)}", highlight=False, markup=False, soft_wrap=True)
     if stats.get("empty_files"):
         names = stats.get("empty_file_names") or []
         console.print(f"[yellow]{stats['empty_files']:,} corpus file(s) held no documents:[/yellow]", highlight=False, soft_wrap=True)
         for name in names[:5]:
-            console.print(f"  {name}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"  {redact_text(name)}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _plural(n: int, word: str) -> str:
@@ -278,7 +287,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         report.write_jsonl(out, manifest)
         _err_console().print(f"report written to {out}")
     if as_json:
-        click.echo(json.dumps(report.summary(), indent=2))
+        _echo_json(report.summary())
     else:
         _print_report(report, title=f"{benchmark}: {len(samples)} samples")
         _out_console().print(_read_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
@@ -319,7 +328,7 @@ def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_addres
         _say_processed(meta, "indexed")
     _warn_skipped(meta)
     if as_json:
-        click.echo(json.dumps({**meta, "out": out}, indent=2))
+        _echo_json({**meta, "out": out})
     else:
         _out_console().print(f"index written to {out}: {_read_summary(meta)}", highlight=False, markup=False, soft_wrap=True)
     return EXIT_CLEAN
@@ -350,8 +359,8 @@ def check(files, index_path, fmt, as_json):
             found.append({"file": f, "id": rec["id"], "line": rec["source"]["line"] if rec["source"] else None, "label": rec["label"], "coverage": rec["coverage"]})
     corpus = idx.corpus()
     if as_json:
-        click.echo(json.dumps({"files": list(files), "items": items, "unchecked": unchecked, "index": corpus,
-                               "contaminated": found}, indent=2))
+        _echo_json({"files": list(files), "items": items, "unchecked": unchecked, "index": corpus,
+                               "contaminated": found})
         return EXIT_FOUND if found else EXIT_CLEAN
     for rec in found:
         c = rec["coverage"]
@@ -481,7 +490,7 @@ def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, m
     with _stage_progress({}, not quiet) as progress:
         result = pipeline.run(progress=progress, log=log)
     if as_json:
-        click.echo(json.dumps({**result.summary, "out": str(result.out)}, indent=2))
+        _echo_json({**result.summary, "out": str(result.out)})
     else:
         _print_run(result, "itd run")
         _out_console().print(f"run directory: {result.out} (report: {result.files.get('report', '-')})")
@@ -511,7 +520,7 @@ def demo(benchmark, data, out, preset, items, seed, device, as_json, quiet):
     with _stage_progress({}, not quiet) as progress:
         result = run_demo(out, config, progress=progress, log=log)
     if as_json:
-        click.echo(json.dumps({**result.summary, "out": str(result.out)}, indent=2))
+        _echo_json({**result.summary, "out": str(result.out)})
     else:
         _print_run(result, f"itd demo ({benchmark})")
         _out_console().print(f"report: {result.files.get('report')}")
@@ -644,7 +653,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
         report.write_jsonl(out, manifest)
         _err_console().print(f"scores written to {out}")
     if as_json:
-        click.echo(json.dumps(report.summary(), indent=2))
+        _echo_json(report.summary())
     else:
         _print_detection(report)
     if report.contaminated is None:
@@ -692,7 +701,7 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, seed, steps, dev
     if as_json:
         summary = {**result.to_dict(), "device": manifest["device"], "corpus": corpus,
                    "training": {name: {k: v for k, v in rec.items() if k != "loss_curve"} for name, rec in training.items()}}
-        click.echo(json.dumps(summary, indent=2))
+        _echo_json(summary)
         return EXIT_CLEAN
     table = Table(title=f"itd lab: preset {result.preset}, {manifest['model']['parameters']:,} parameters, {manifest['device']}")
     for col in ("twin", "docs", "tokens", "steps", "epochs", "loss", "seconds"):
@@ -874,7 +883,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
         _err_console().print("[yellow]every item was rejected and dropped: no rewritten set was written[/yellow]")
     report.write_log(log_path, manifest)
     if as_json:
-        click.echo(json.dumps({**report.summary(), "out": out, "log": log_path}, indent=2))
+        _echo_json({**report.summary(), "out": out, "log": log_path})
     else:
         _print_rewrite(report, out, log_path)
     return EXIT_FOUND if report.counts()["rejected"] else EXIT_CLEAN
@@ -915,7 +924,9 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return EXIT_USAGE
     except ITDError as exc:
-        click.echo(f"error: {exc}", err=True)
+        from itd.io import redact_text
+
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

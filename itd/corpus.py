@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterable, Iterator
 
 from itd.errors import InputError, require
+from itd.io import redact_text
 from itd.paths import check_input
 
 __all__ = [
@@ -46,8 +47,8 @@ class Document:
     text: str
 
     @property
-    def id(self) -> str:
-        return f"{self.file}:{self.line}"
+    def id(self) -> str:  # what evidence quotes: no credentials of a corpus URL (e.g. a signed-URL query)
+        return f"{redact_text(self.file)}:{self.line}"
 
 
 @dataclass(frozen=True, slots=True)

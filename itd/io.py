@@ -190,9 +190,10 @@ def manifest_path(output: str | os.PathLike) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
+    """Write `obj` as indented JSON, atomically, with the credentials of any URL in its strings redacted (it
+    writes manifests, summaries and metadata, which quote configs, corpus URLs and error messages)."""
     with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        json.dump(redact_urls(obj), f, indent=2, ensure_ascii=False, default=str)
         f.write("\n")
 
 

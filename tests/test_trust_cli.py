@@ -352,6 +352,19 @@ def test_manifest_redacts_url_credentials_in_config_and_inputs():
     assert "sekret" not in text and "127.0.0.1:9/v1" in text
 
 
+def test_json_outputs_evidence_and_errors_hide_url_credentials(files, tmp_path, capsys):
+    from itd.corpus import Document
+    from itd.io import write_json
+
+    write_json(tmp_path / "meta.json", {"skipped_errors": [f"{SECRET_URL}:3: bad line"], "n": (1, 2)})
+    assert "sekret" not in (tmp_path / "meta.json").read_text("utf-8")
+    assert Document(SECRET_URL, 7, "text").id == "http://<redacted>@127.0.0.1:9/v1?api_key=<redacted>:7"
+    assert Document("corpus/a.jsonl", 7, "text").id == "corpus/a.jsonl:7"
+    bench, _ = files
+    assert main(["scan", str(bench), "-q", "-c", SECRET_URL]) == 2  # an error quoting a corpus URL
+    assert "sekret" not in capsys.readouterr().err
+
+
 def test_llm_config_repr_and_errors_hide_url_credentials():
     from itd.llm import LLMConfig
 
