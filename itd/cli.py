@@ -360,7 +360,7 @@ def check(files, index_path, fmt, as_json):
     corpus = idx.corpus()
     if as_json:
         _echo_json({"files": list(files), "items": items, "unchecked": unchecked, "index": corpus,
-                               "contaminated": found})
+                    "contaminated": found})
         return EXIT_FOUND if found else EXIT_CLEAN
     for rec in found:
         c = rec["coverage"]
