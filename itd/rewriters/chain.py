@@ -8,8 +8,8 @@ Expressions are evaluated by walking a whitelisted `ast` tree (numbers, + - * / 
 parentheses): never `eval`. The text is an item's (or an LLM's), so the arithmetic is bounded: expressions of at
 most `MAX_EXPRESSION_CHARS` characters nested at most `MAX_DEPTH` deep, numbers and every intermediate value of at
 most `MAX_DIGITS` digits (numerator and denominator), exponents of at most `MAX_EXPONENT`. Whatever the text, an
-evaluation returns a value or raises `ExpressionError` (a ValueError) saying what broke the bound, in
-microseconds to milliseconds; never hangs, exhausts memory or raises anything else.
+evaluation returns a value or raises `ExpressionError` (a ValueError) saying what broke the bound; since no
+operand ever exceeds the bounds, it never hangs, exhausts memory or raises anything else (the tests fuzz this).
 """
 
 from __future__ import annotations
