@@ -97,15 +97,16 @@ def atomic_group(targets: list[str | os.PathLike]) -> Iterator[OutputGroup]:
     store.mkdir(exist_ok=True)
     slots = {p: _slot(p.parent, paths[0].parent) for p in paths}
     with _store_lock(store, paths[0]):
-        for p in paths:
-            _check_takeover(p, store, slots[p])
-        _clean_leftovers(store, paths)
         staging = store / f"s-{os.getpid()}-{time.time_ns()}"
-        staged = {p: staging / slots[p] / p.name for p in paths}
-        for p in staged.values():
-            p.parent.mkdir(parents=True, exist_ok=True)
         generation = store / ("g-" + staging.name[2:])
         try:
+            _check_symlinks(store)
+            for p in paths:
+                _check_takeover(p, store, slots[p])
+            _clean_leftovers(store, paths)
+            staged = {p: staging / slots[p] / p.name for p in paths}
+            for p in staged.values():
+                p.parent.mkdir(parents=True, exist_ok=True)
             yield OutputGroup(staged)
             _fsync_tree(staging)
             for p in paths:
@@ -117,10 +118,28 @@ def atomic_group(targets: list[str | os.PathLike]) -> Iterator[OutputGroup]:
             shutil.rmtree(staging, ignore_errors=True)
             if generation.exists() and _current(store) != generation.name:
                 shutil.rmtree(generation, ignore_errors=True)
+            if _current(store) is None:  # nothing was ever committed here: leave no empty store behind
+                shutil.rmtree(store, ignore_errors=True)
             raise
         for old in store.glob("g-*"):
             if old.name != generation.name:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_symlinks(store: Path) -> None:
+    """InputError, before any work, where the file system has no symbolic links (FAT, some shares, Windows
+    without developer mode)."""
+    from itd.errors import InputError
+
+    probe = store / f".probe.{os.getpid()}"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+        os.symlink("current", probe)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot create symbolic links here ({exc.strerror}); they commit the outputs as one "
+                         "unit: write them to a local file system", path=str(store.parent)) from None
 
 
 def _current(store: Path) -> str | None:

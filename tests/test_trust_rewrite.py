@@ -384,6 +384,10 @@ def _expect(paths: list[Path], tag: str | None, skip: int | None = None) -> tupl
 
 def test_atomic_group_commits_replaces_and_drops_members(tmp_path):
     paths = _group(tmp_path)
+    with pytest.raises(RuntimeError):  # a first commit that fails leaves nothing behind
+        with atomic_group(paths):
+            raise RuntimeError("the run failed")
+    assert list(paths[0].parent.iterdir()) == []
     _commit(paths, "one")
     assert _read(paths) == _expect(paths, "one")
     _commit(paths, "two", skip=0)  # a member not written is absent afterwards (no stale set beside a new log)
@@ -405,6 +409,16 @@ def test_atomic_group_takes_over_plain_outputs_and_refuses_a_foreign_directory(t
     _commit(paths, "new")
     assert _read(paths) == _expect(paths, "new") and all(p.is_symlink() for p in paths)
 
+    older = tmp_path / "older-set"  # a set directory of an older itd, its manifest beside it
+    older.mkdir()
+    (older / "a.csv").write_text("older")
+    manifest_path(older).write_text(json.dumps({"tool": "itd", "command": "rewrite"}))
+    with atomic_group([older, manifest_path(older)]) as staged:
+        staged.path(older).mkdir()
+        staged.path(older).joinpath("b.csv").write_text("new")
+        staged.path(manifest_path(older)).write_text("{}")
+    assert [p.name for p in older.iterdir()] == ["b.csv"] and manifest_path(older).read_text() == "{}"
+
     mine = tmp_path / "my-data"
     mine.mkdir()
     (mine / "precious.txt").write_text("keep me")
@@ -412,6 +426,29 @@ def test_atomic_group_takes_over_plain_outputs_and_refuses_a_foreign_directory(t
         with atomic_group([mine, manifest_path(mine)]):
             pass
     assert (mine / "precious.txt").read_text() == "keep me"
+
+
+def test_cli_directory_output_is_replaced_as_a_whole(shared_data, tmp_path, capsys):
+    bench = tmp_path / "mmlu"
+    bench.mkdir()
+    for name in ("anatomy_test.csv", "abstract_algebra_test.csv"):
+        lines = (shared_data / "mmlu" / "test" / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        (bench / name).write_text("".join(lines[:6]), encoding="utf-8")
+    out = tmp_path / "clean"
+    assert main(["rewrite", str(bench), "--method", "permute", "--out", str(out), "-q"]) in (0, 1)
+    assert sorted(p.name for p in out.iterdir()) == ["abstract_algebra_test.csv", "anatomy_test.csv"]
+    first = {p.name: p.read_text() for p in out.iterdir()}
+    (bench / "abstract_algebra_test.csv").unlink()  # the next run writes one file: the other one must not linger
+    assert main(["rewrite", str(bench), "--method", "permute", "--seed", "1", "--out", str(out), "-q"]) in (0, 1)
+    assert [p.name for p in out.iterdir()] == ["anatomy_test.csv"] and out.joinpath("anatomy_test.csv").read_text() != first["anatomy_test.csv"]
+    assert json.loads(manifest_path(out).read_text())["config"]["method"]["seed"] == 1
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert main(["rewrite", str(bench), "--method", "permute", "--out", str(mine), "-q"]) == 2
+    assert "no itd output" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep me"
 
 
 _FS_STEPS = ("replace", "rename", "symlink", "link")
