@@ -684,7 +684,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
 
     from itd.data import write_benchmark
     from itd.errors import InputError
-    from itd.io import atomic_group, build_manifest, manifest_path, write_json
+    from itd.io import atomic_group, build_manifest, check_group, manifest_path, write_json
     from itd.rewriting import load_flagged
     from itd.rewriting import rewrite as run_rewrite
     from itd.rewriters import REWRITERS
@@ -717,33 +717,35 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     verifier = Verifier(VerifyConfig(max_ratio=max_similarity, min_cosine_math=min_cosine_math, min_cosine_mcq=min_cosine_mcq,
                                      embedder=embedder, allow_verbatim_options=allow_verbatim_options), solver=solve)
     log_path = log_path or str(Path(out).with_name(Path(out).name + ".log.jsonl"))
+    outputs = [out, manifest_path(out), log_path, manifest_path(log_path)]
+    check_group(outputs)  # outputs that could not be committed are refused before the work
+    samples = _load(benchmark, fmt)
+    flagged = load_flagged(only_flagged) if only_flagged else None
+    if flagged is not None and not flagged & {s.id for s in samples}:
+        _err_console().print(f"[yellow]none of the {len(flagged)} flagged ids is in {benchmark}: nothing to rewrite[/yellow]")
+    assurance = []
+    if assure_model:
+        from itd.assure import ModelAssurance
+        from itd.detection import DetectConfig
+        from itd.models import load_model
+
+        reference = _load(reference_set, fmt) if reference_set else None
+        assurance.append(ModelAssurance(load_model(assure_model, device=device), reference, DetectConfig(fdr=fdr, threshold=threshold)))
+    if assure_corpus:
+        from itd.assure import CorpusAssurance
+
+        assurance.append(CorpusAssurance(list(assure_corpus)))
+    with _rewrite_progress(not quiet) as progress:
+        report = run_rewrite(samples, rewriter, verifier, flagged=flagged, rounds=rounds, assurance=assurance, progress=progress)
+    kept = report.samples(drop_rejected=drop_rejected)
+    config = {"method": rewriter.config(), "verify": report.verify, "rounds": rounds, "drop_rejected": drop_rejected,
+              "only_flagged": only_flagged, "format": fmt, "assurance": report.assurance, "fdr": fdr, "threshold": threshold}
+    inputs = [benchmark] + [p for p in (only_flagged, reference_set) if p]
+    models = [m for m in (llm_model, solver_model, assure_model) if m]
+    manifest = build_manifest(command="rewrite", config=config, inputs=inputs, models=models)
     # The set, the log and both manifests commit together (itd.io.atomic_group): a run that fails or is killed
-    # leaves the previous outputs whole, and nothing is written before the run has finished.
-    with atomic_group([out, manifest_path(out), log_path, manifest_path(log_path)]) as staged:
-        samples = _load(benchmark, fmt)
-        flagged = load_flagged(only_flagged) if only_flagged else None
-        if flagged is not None and not flagged & {s.id for s in samples}:
-            _err_console().print(f"[yellow]none of the {len(flagged)} flagged ids is in {benchmark}: nothing to rewrite[/yellow]")
-        assurance = []
-        if assure_model:
-            from itd.assure import ModelAssurance
-            from itd.detection import DetectConfig
-            from itd.models import load_model
-
-            reference = _load(reference_set, fmt) if reference_set else None
-            assurance.append(ModelAssurance(load_model(assure_model, device=device), reference, DetectConfig(fdr=fdr, threshold=threshold)))
-        if assure_corpus:
-            from itd.assure import CorpusAssurance
-
-            assurance.append(CorpusAssurance(list(assure_corpus)))
-        with _rewrite_progress(not quiet) as progress:
-            report = run_rewrite(samples, rewriter, verifier, flagged=flagged, rounds=rounds, assurance=assurance, progress=progress)
-        kept = report.samples(drop_rejected=drop_rejected)
-        config = {"method": rewriter.config(), "verify": report.verify, "rounds": rounds, "drop_rejected": drop_rejected,
-                  "only_flagged": only_flagged, "format": fmt, "assurance": report.assurance, "fdr": fdr, "threshold": threshold}
-        inputs = [benchmark] + [p for p in (only_flagged, reference_set) if p]
-        models = [m for m in (llm_model, solver_model, assure_model) if m]
-        manifest = build_manifest(command="rewrite", config=config, inputs=inputs, models=models)
+    # leaves the previous outputs whole.
+    with atomic_group(outputs) as staged:
         if Path(benchmark).is_dir():
             staged.path(out).mkdir()
         if kept:

@@ -18,7 +18,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Iterator
 
-__all__ = ["atomic_write", "atomic_group", "OutputGroup", "sha256_file", "build_manifest", "write_json", "manifest_path",
+__all__ = ["atomic_write", "atomic_group", "check_group", "OutputGroup", "sha256_file", "build_manifest", "write_json", "manifest_path",
            "Journal", "content_key"]
 
 _SECRET_WORDS = ("key", "token", "secret", "password")
@@ -80,27 +80,17 @@ def atomic_group(targets: list[str | os.PathLike]) -> Iterator[OutputGroup]:
     output written before) is first moved into the current generation without changing what its path reads
     (a file is swapped for its link atomically; a directory is renamed away and its link put in its place, an
     instant in which the path is missing). A non-empty directory is only taken over when an itd manifest lies
-    beside it, so a directory of the user's is never swallowed. One commit at a time per store (a lock file; a
-    second one fails at once). Needs symbolic links (POSIX)."""
-    from itd.errors import InputError
-
-    paths = [Path(os.path.abspath(t)) for t in targets]
-    if not paths or len(set(paths)) != len(paths) or any(not p.name for p in paths):
-        raise InputError(f"an output group needs distinct named paths, got {[str(t) for t in targets]}")
-    for a in paths:
-        for b in paths:
-            if a != b and a in b.parents:
-                raise InputError(f"{b} would be inside the output directory {a}; choose a path outside it", path=str(b))
+    beside it, so a directory of the user's is never swallowed (`check_group` tells before the work). One commit
+    at a time per store (a lock file; a second one waits, then replaces the first). Needs symbolic links (checked
+    first: an InputError where the file system has none)."""
+    paths, store, slots = _layout(targets)
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
-    store = paths[0].parent / _STORE.format(paths[0].name)
-    store.mkdir(exist_ok=True)
-    slots = {p: _slot(p.parent, paths[0].parent) for p in paths}
-    with _store_lock(store, paths[0]):
+    _check_symlinks(store.parent)
+    with _store_lock(store):
         staging = store / f"s-{os.getpid()}-{time.time_ns()}"
         generation = store / ("g-" + staging.name[2:])
         try:
-            _check_symlinks(store)
             for p in paths:
                 _check_takeover(p, store, slots[p])
             _clean_leftovers(store, paths)
@@ -126,12 +116,38 @@ def atomic_group(targets: list[str | os.PathLike]) -> Iterator[OutputGroup]:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_symlinks(store: Path) -> None:
-    """InputError, before any work, where the file system has no symbolic links (FAT, some shares, Windows
-    without developer mode)."""
+def check_group(targets: list[str | os.PathLike]) -> None:
+    """InputError when `atomic_group(targets)` would refuse them (paths not distinct, one inside another, a
+    directory of the user's in the way): call it before the work whose outputs they are."""
+    paths, store, slots = _layout(targets)
+    for p in paths:
+        _check_takeover(p, store, slots[p])
+    if store.parent.is_dir():
+        _check_symlinks(store.parent)
+
+
+def _layout(targets: list[str | os.PathLike]) -> tuple[list[Path], Path, dict[Path, str]]:
+    """The targets as absolute paths, their store and the slot of each in a generation; InputError for targets
+    that cannot form a group."""
     from itd.errors import InputError
 
-    probe = store / f".probe.{os.getpid()}"
+    paths = [Path(os.path.abspath(t)) for t in targets]
+    if not paths or len(set(paths)) != len(paths) or any(not p.name for p in paths):
+        raise InputError(f"an output group needs distinct named paths, got {[str(t) for t in targets]}")
+    for a in paths:
+        for b in paths:
+            if a != b and a in b.parents:
+                raise InputError(f"{b} would be inside the output directory {a}; choose a path outside it", path=str(b))
+    store = paths[0].parent / _STORE.format(paths[0].name)
+    return paths, store, {p: _slot(p.parent, paths[0].parent) for p in paths}
+
+
+def _check_symlinks(folder: Path) -> None:
+    """InputError where the file system of `folder` has no symbolic links (FAT, some shares, Windows without
+    developer mode)."""
+    from itd.errors import InputError
+
+    probe = folder / f".itd-probe.{os.getpid()}.link"
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(probe)
@@ -139,7 +155,7 @@ def _check_symlinks(store: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise InputError(f"cannot create symbolic links here ({exc.strerror}); they commit the outputs as one "
-                         "unit: write them to a local file system", path=str(store.parent)) from None
+                         "unit: write them to a local file system", path=str(folder)) from None
 
 
 def _current(store: Path) -> str | None:
@@ -180,24 +196,28 @@ def _link_text(target: Path, store: Path, slot: str) -> str:
 
 
 @contextlib.contextmanager
-def _store_lock(store: Path, first: Path) -> Iterator[None]:
-    from itd.errors import InputError
-
+def _store_lock(store: Path) -> Iterator[None]:
+    """Commits to one store one at a time (a commit takes moments: a second one waits for it)."""
     try:
         import fcntl
     except ImportError:  # no flock: commits are still atomic, only not serialised
         yield
         return
-    with open(store / "lock", "a") as f:
+    while True:
+        store.mkdir(exist_ok=True)
+        f = open(store / "lock", "a")
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError("another itd command is writing this output now; wait for it or choose another path",
-                             path=str(first)) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(store / "lock")):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # the store was removed while we waited (its first commit failed): lock the new one
+    try:
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
 
 
 def _is_ours(target: Path, store: Path, slot: str) -> bool:

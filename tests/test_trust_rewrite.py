@@ -401,6 +401,26 @@ def test_atomic_group_commits_replaces_and_drops_members(tmp_path):
     assert [p.name for p in store.iterdir() if p.name.startswith(("g-", "s-"))] == [os.readlink(store / "current")]
 
 
+def test_concurrent_commits_wait_for_each_other(tmp_path):
+    paths = _group(tmp_path)
+    errors = []
+
+    def writer(tag: str) -> None:
+        try:
+            for i in range(5):
+                _commit(paths, f"{tag}{i}")
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _read(paths) in (_expect(paths, "a4"), _expect(paths, "b4"))
+
+
 def test_atomic_group_takes_over_plain_outputs_and_refuses_a_foreign_directory(tmp_path):
     paths = _group(tmp_path)
     paths[0].parent.mkdir(parents=True)
