@@ -813,7 +813,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
 
     from itd.data import write_benchmark
     from itd.errors import InputError
-    from itd.io import build_manifest
+    from itd.io import atomic_group, build_manifest, check_group, manifest_path, write_json
     from itd.rewriting import load_flagged
     from itd.rewriting import rewrite as run_rewrite
     from itd.rewriters import REWRITERS
@@ -825,7 +825,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     factory = REWRITERS.get(method)
     llm_config = None
     if factory.name == "llm" or solver:
-        from itd.llm import LLMConfig, default_cache_dir
+        from itd.llm import LLMConfig, check_endpoint, default_cache_dir
 
         if not llm_model:
             raise InputError("the LLM rewriter and the solver check need --model (the chat model name)")
@@ -834,6 +834,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
             temperature=temperature, seed=seed, response_format=response_format,
             cache_dir=None if no_cache else str(cache_dir or default_cache_dir()),
         )
+        check_endpoint(llm_config, purpose="The LLM rewriter")  # a dead endpoint stops the run now, not in minutes
     if factory.name == "llm":
         rewriter = factory(llm_config, math_prompt=math_prompt, mcq_prompt=mcq_prompt)
     elif factory.name == "permute":
@@ -847,6 +848,9 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
         solve = LLMSolver(dataclasses.replace(llm_config, model=solver_model or llm_model, temperature=0.0))
     verifier = Verifier(VerifyConfig(max_ratio=max_similarity, min_cosine_math=min_cosine_math, min_cosine_mcq=min_cosine_mcq,
                                      embedder=embedder, allow_verbatim_options=allow_verbatim_options), solver=solve)
+    log_path = _rewrite_log_path(out, log_path)
+    outputs = [out, manifest_path(out), log_path, manifest_path(log_path)]
+    check_group(outputs)  # outputs that could not be committed are refused before the work
     samples = _load(benchmark, fmt)
     flagged = load_flagged(only_flagged) if only_flagged else None
     if flagged is not None and not flagged & {s.id for s in samples}:
@@ -866,22 +870,22 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     with _rewrite_progress(not quiet) as progress:
         report = run_rewrite(samples, rewriter, verifier, flagged=flagged, rounds=rounds, assurance=assurance, progress=progress)
     kept = report.samples(drop_rejected=drop_rejected)
-    log_path = _rewrite_log_path(out, log_path)
     config = {"method": rewriter.config(), "verify": report.verify, "rounds": rounds, "drop_rejected": drop_rejected,
               "only_flagged": only_flagged, "format": fmt, "assurance": report.assurance, "fdr": fdr, "threshold": threshold}
     inputs = [benchmark] + [p for p in (only_flagged, reference_set) if p]
     models = [m for m in (llm_model, solver_model, assure_model) if m]
     manifest = build_manifest(command="rewrite", config=config, inputs=inputs, models=models)
-    if Path(benchmark).is_dir():
-        Path(out).mkdir(parents=True, exist_ok=True)
-    if kept:
-        from itd.io import manifest_path, write_json
-
-        write_benchmark(kept, out, format=None if fmt == "auto" else fmt)
-        write_json(manifest_path(out), {**manifest, "summary": report.summary(), "log": log_path})
-    else:
-        _err_console().print("[yellow]every item was rejected and dropped: no rewritten set was written[/yellow]")
-    report.write_log(log_path, manifest)
+    # The set, the log and both manifests commit together (itd.io.atomic_group): a run that fails or is killed
+    # leaves the previous outputs whole.
+    with atomic_group(outputs) as staged:
+        if Path(benchmark).is_dir():
+            staged.path(out).mkdir()
+        if kept:
+            write_benchmark(kept, staged.path(out), format=None if fmt == "auto" else fmt)
+            write_json(staged.path(manifest_path(out)), {**manifest, "summary": report.summary(), "log": log_path})
+        else:
+            _err_console().print("[yellow]every item was rejected and dropped: no rewritten set was written[/yellow]")
+        report.write_log(staged.path(log_path), manifest)
     if as_json:
         _echo_json({**report.summary(), "out": out, "log": log_path})
     else:

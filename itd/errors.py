@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ITDError", "InputError", "MissingDependencyError", "require"]
+__all__ = ["ITDError", "InputError", "MissingDependencyError", "EndpointError", "require"]
 
 
 class ITDError(Exception):
@@ -43,6 +43,19 @@ class MissingDependencyError(ITDError):
 
     def __reduce__(self):
         return (type(self), (self.module, self.extra, self.purpose))
+
+
+class EndpointError(ITDError):
+    """An LLM endpoint cannot be reached (checked before the work starts) or was lost during the run: the run
+    stops (exit 2) instead of recording every remaining item as failed. `url` is the endpoint with any
+    credentials removed."""
+
+    def __init__(self, message: str, url: str | None = None):
+        self.message, self.url = message, url
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.url))
 
 
 def require(module: str, extra: str, purpose: str):

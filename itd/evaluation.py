@@ -782,7 +782,8 @@ class OpenAIBackend(Backend):
         return {"backend": "openai", "model": cfg.model, "api": cfg.api, "temperature": cfg.temperature}
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenOutput]:
-        """One reply per request through the client; endpoint failures are outputs with `error` set."""
+        """One reply per request through the client; endpoint failures (an HTTP error after retries, a timeout)
+        are outputs with `error` set; a lost endpoint raises `itd.errors.EndpointError` (the run stops)."""
         from itd.llm import TextRequest
 
         texts = [TextRequest(r.prompt, stop=tuple(r.stop[:4]), seed=r.seed, max_tokens=r.max_new_tokens) for r in requests]

@@ -1,4 +1,5 @@
-"""Atomic writes, file hashing and run manifests for every output a user keeps."""
+"""Atomic writes (one file, or several files and directories as one unit), file hashing and run manifests for
+every output a user keeps."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from collections.abc import Iterable, Mapping
 from typing import Any, Iterator
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-__all__ = ["atomic_write", "sha256_file", "build_manifest", "write_json", "manifest_path", "Journal", "content_key",
-           "redact_url", "redact_text", "redact_urls", "url_secrets"]
+__all__ = ["atomic_write", "atomic_group", "check_group", "OutputGroup", "sha256_file", "build_manifest", "write_json",
+           "manifest_path", "Journal", "content_key", "redact_url", "redact_text", "redact_urls", "url_secrets"]
 
 _SECRET_WORDS = ("key", "token", "secret", "password")
 # query parameters that carry credentials: API keys, tokens, passwords, signed-URL signatures and credentials
@@ -47,6 +50,276 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+class OutputGroup:
+    """The staging area of one `atomic_group` commit: write each target at `path(target)`."""
+
+    def __init__(self, staged: dict[Path, Path]):
+        self._staged = staged
+
+    def path(self, target: str | os.PathLike) -> Path:
+        """Where to write `target` (one of the group's targets) so that it is part of the commit; a target
+        not written is absent after the commit."""
+        key = Path(os.path.abspath(target))
+        if key not in self._staged:
+            raise KeyError(f"{target} is not one of this group's outputs")
+        return self._staged[key]
+
+
+_STORE = ".{}.itd"  # the store of a group: beside its first target
+
+
+@contextlib.contextmanager
+def atomic_group(targets: list[str | os.PathLike]) -> Iterator[OutputGroup]:
+    """Write several outputs (files or directories) as one unit: readers of the target paths see every target
+    as the previous commit left it or every one as this commit wrote it, never a mix; after a crash or `kill -9`
+    at any moment too. A target the commit does not write is absent afterwards.
+
+    Mechanism: each target path is a symbolic link into a store beside the first target,
+    `.<first target name>.itd/`, whose link `current` names the committed generation, a directory holding
+    every member. A commit writes the members into a fresh staging directory of the store (`path(target)`
+    says where), fsyncs them, renames it to a generation and switches `current` to it with one atomic rename
+    (`os.replace` of a link); the previous generation is then removed. On an exception inside the block the
+    staging directory is removed and nothing changes. A target that exists as a plain file or directory (an
+    output written before) is first moved into the current generation without changing what its path reads
+    (a file is swapped for its link atomically; a directory is renamed away and its link put in its place, an
+    instant in which the path is missing). A non-empty directory is only taken over when an itd manifest lies
+    beside it, so a directory of the user's is never swallowed (`check_group` tells before the work). One commit
+    at a time per store (a lock file; a second one waits, then replaces the first). Needs symbolic links (checked
+    first: an InputError where the file system has none)."""
+    paths, store, slots = _layout(targets)
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    _check_symlinks(store.parent)
+    with _store_lock(store):
+        staging = store / f"s-{os.getpid()}-{time.time_ns()}"
+        generation = store / ("g-" + staging.name[2:])
+        try:
+            for p in paths:
+                _check_takeover(p, store, slots[p])
+            _clean_leftovers(store, paths)
+            staged = {p: staging / slots[p] / p.name for p in paths}
+            for p in staged.values():
+                p.parent.mkdir(parents=True, exist_ok=True)
+            yield OutputGroup(staged)
+            _fsync_tree(staging)
+            for p in paths:
+                _link_target(p, store, slots[p])
+            os.rename(staging, generation)
+            _fsync_dir(store)
+            _point(store / "current", generation.name)  # the commit
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if generation.exists() and _current(store) != generation.name:
+                shutil.rmtree(generation, ignore_errors=True)
+            if _current(store) is None:  # nothing was ever committed here: leave no empty store behind
+                shutil.rmtree(store, ignore_errors=True)
+            raise
+        for old in store.glob("g-*"):
+            if old.name != generation.name:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def check_group(targets: list[str | os.PathLike]) -> None:
+    """InputError when `atomic_group(targets)` would refuse them (paths not distinct, one inside another, a
+    directory of the user's in the way): call it before the work whose outputs they are."""
+    paths, store, slots = _layout(targets)
+    for p in paths:
+        _check_takeover(p, store, slots[p])
+    if store.parent.is_dir():
+        _check_symlinks(store.parent)
+
+
+def _layout(targets: list[str | os.PathLike]) -> tuple[list[Path], Path, dict[Path, str]]:
+    """The targets as absolute paths, their store and the slot of each in a generation; InputError for targets
+    that cannot form a group."""
+    from itd.errors import InputError
+
+    paths = [Path(os.path.abspath(t)) for t in targets]
+    if not paths or len(set(paths)) != len(paths) or any(not p.name for p in paths):
+        raise InputError(f"an output group needs distinct named paths, got {[str(t) for t in targets]}")
+    for a in paths:
+        for b in paths:
+            if a != b and a in b.parents:
+                raise InputError(f"{b} would be inside the output directory {a}; choose a path outside it", path=str(b))
+    store = paths[0].parent / _STORE.format(paths[0].name)
+    return paths, store, {p: _slot(p.parent, paths[0].parent) for p in paths}
+
+
+def _check_symlinks(folder: Path) -> None:
+    """InputError where the file system of `folder` has no symbolic links (FAT, some shares, Windows without
+    developer mode)."""
+    from itd.errors import InputError
+
+    probe = folder / f".itd-probe.{os.getpid()}.link"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+        os.symlink("current", probe)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot create symbolic links here ({exc.strerror}); they commit the outputs as one "
+                         "unit: write them to a local file system", path=str(folder)) from None
+
+
+def _current(store: Path) -> str | None:
+    """The name of the committed generation, None before the first commit."""
+    try:
+        return os.readlink(store / "current")
+    except OSError:
+        return None
+
+
+def _clean_leftovers(store: Path, targets: list[Path]) -> None:
+    """What a killed commit leaves (staging, a directory set aside, temporary links); the lock says no commit is
+    running, and none of it is what a target reads."""
+    for pattern in ("s-*", "old-*", ".current.*.tmp"):
+        for stale in store.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+    current = _current(store)
+    for old in store.glob("g-*"):
+        if current is not None and old.name != current:  # a generation the last commit did not get to remove
+            shutil.rmtree(old, ignore_errors=True)
+    for target in targets:
+        for stale in target.parent.glob(glob.escape(f".{target.name}.") + "*.link"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+
+
+def _slot(parent: Path, base: Path) -> str:
+    """The folder of a generation that holds the members of `parent` (by its path relative to the store's)."""
+    return hashlib.sha256(os.path.relpath(parent, base).encode("utf-8")).hexdigest()[:12]
+
+
+def _link_text(target: Path, store: Path, slot: str) -> str:
+    return os.path.relpath(store / "current" / slot / target.name, target.parent)
+
+
+@contextlib.contextmanager
+def _store_lock(store: Path) -> Iterator[None]:
+    """Commits to one store one at a time (a commit takes moments: a second one waits for it)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock: commits are still atomic, only not serialised
+        yield
+        return
+    while True:
+        store.mkdir(exist_ok=True)
+        f = open(store / "lock", "a")
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(store / "lock")):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # the store was removed while we waited (its first commit failed): lock the new one
+    try:
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def _is_ours(target: Path, store: Path, slot: str) -> bool:
+    return target.is_symlink() and os.readlink(target) == _link_text(target, store, slot)
+
+
+def _check_takeover(target: Path, store: Path, slot: str) -> None:
+    """Refuse, before any work, to take over a directory of the user's (non-empty, no itd manifest beside it)."""
+    from itd.errors import InputError
+
+    if _is_ours(target, store, slot) or target.is_symlink() or not target.is_dir():
+        return
+    if any(target.iterdir()):
+        try:
+            manifest = json.loads(manifest_path(target).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = None
+        if not (isinstance(manifest, dict) and manifest.get("tool") == "itd"):
+            raise InputError("the output directory exists, holds files and is no itd output (no itd manifest "
+                             "beside it); remove it or choose another path", path=str(target))
+
+
+def _link_target(target: Path, store: Path, slot: str) -> None:
+    """Make `target` the store's link, first moving what it holds into the current generation (what the path
+    reads does not change: a dangling link reads as absent, as a missing file does)."""
+    if _is_ours(target, store, slot):
+        return
+    current = store / "current"
+    if not current.is_symlink():
+        first = store / f"g-{os.getpid()}-{time.time_ns()}-before"
+        first.mkdir()
+        _point(current, first.name)
+    member = current / slot / target.name
+    if target.exists():  # (a dangling link of someone else's reads as absent, and stays so)
+        member.parent.mkdir(parents=True, exist_ok=True)
+        if member.is_dir() and not member.is_symlink():  # a copy a killed commit left half done
+            shutil.rmtree(member)
+        elif member.is_symlink() or member.exists():
+            os.unlink(member)
+        if target.is_dir():
+            shutil.copytree(target, member, symlinks=True)
+            _fsync_tree(member)
+        else:
+            try:
+                os.link(target, member, follow_symlinks=True)
+            except OSError:  # another file system, or no hard links: a copy
+                shutil.copy2(target, member)
+            _fsync_file(member)
+        _fsync_dir(member.parent)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(_link_text(target, store, slot), tmp)
+    if target.is_dir() and not target.is_symlink():
+        aside = store / f"old-{time.time_ns()}"
+        os.rename(target, aside)
+        os.replace(tmp, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def _point(link: Path, name: str) -> None:
+    """Make `link` a symbolic link to `name`, atomically (a new link renamed over the old one)."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(name, tmp)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                _fsync_file(Path(folder, name))
+        _fsync_dir(Path(folder))
 
 
 def _umask() -> int:

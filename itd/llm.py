@@ -3,7 +3,10 @@
 `LLMClient.complete_json` sends a batch of chat requests concurrently (at most `LLMConfig.concurrency` in
 flight), parses each reply into a pydantic schema and returns one `LLMReply` per request, in input order. A
 failed item (bad JSON, schema violation, HTTP error after retries, timeout) is a reply with `error` set, never an
-exception, so one bad item cannot stop a batch. `LLMClient.complete_text` does the same for plain-text prompts
+exception, so one bad item cannot stop a batch. Losing the endpoint is not an item's failure: a connection error
+that outlasts the retries cancels the batch and raises `itd.errors.EndpointError` (the replies that arrived are
+in the cache), so a dead endpoint never turns into a run of failed items. `check_endpoint` tells, before any
+work, whether an endpoint answers at all. `LLMClient.complete_text` does the same for plain-text prompts
 (`TextRequest`), over the chat API (the prompt is one user message) or the completions API (`LLMConfig.api`);
 its replies carry the raw text, for an evaluator to parse.
 
@@ -32,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from itd.errors import InputError, require
+from itd.errors import EndpointError, InputError, require
 from itd.io import atomic_write, redact_text, url_secrets
 
 __all__ = [
@@ -47,7 +50,13 @@ __all__ = [
     "cache_key",
     "text_cache_key",
     "default_cache_dir",
+    "check_endpoint",
+    "redact_url",
+    "DEFAULT_BASE_URL",
 ]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+"""Where the openai SDK sends requests when no base URL is given."""
 
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
 APIS = ("chat", "completions")
@@ -285,6 +294,69 @@ def _hash_payload(payload: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def redact_url(url: str | None) -> str:
+    """`url` fit to show: user and password replaced by `<redacted>`, and so are the values of query parameters
+    named like a secret (key, token, secret, password, signature); None is the SDK default endpoint."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if url is None:
+        return DEFAULT_BASE_URL
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = host if ":" not in host else f"[{host}]"
+    if port is not None:
+        netloc += f":{port}"
+    if parts.username is not None or parts.password is not None:
+        netloc = "<redacted>@" + netloc
+    query = urlencode([(k, "<redacted>" if re.search(r"key|token|secret|passw|sig|auth", k, re.I) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="<>")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def check_endpoint(config: LLMConfig, *, timeout: float = 5.0, purpose: str = "The LLM client") -> None:
+    """Raise `EndpointError` ("cannot connect to <URL>") unless the endpoint of `config` answers; call it before
+    the work that needs the endpoint starts, so a dead endpoint stops the run at once (exit 2) instead of after
+    minutes of retries.
+
+    One `GET <base_url>/models` with no retries and `timeout` seconds (at most the config's): any HTTP answer
+    means the endpoint is there (a server without that route answers 404), except 401/403, which say the API
+    key is refused. The URL in messages has its credentials removed (`redact_url`); the key never appears."""
+    openai = require("openai", "llm", purpose)
+    key = config.resolve_api_key()
+    where = redact_url(config.base_url)
+    client = openai.OpenAI(api_key=key, base_url=config.base_url, timeout=min(timeout, config.timeout), max_retries=0)
+    try:
+        client.models.list()
+    except openai.APIStatusError as exc:
+        if exc.status_code in (401, 403):
+            raise EndpointError(f"the endpoint {where} refused the API key (HTTP {exc.status_code}); set "
+                                f"{' or '.join(config.api_key_env)}", where) from None
+    except openai.APITimeoutError:
+        raise EndpointError(f"cannot connect to {where}: no answer within {min(timeout, config.timeout):g} s",
+                            where) from None
+    except openai.APIConnectionError as exc:
+        raise EndpointError(f"cannot connect to {where}: {_connection_cause(exc, config, key)}", where) from None
+    except openai.OpenAIError:
+        pass  # an answer the SDK cannot read: the endpoint is there
+    finally:
+        client.close()
+
+
+def _connection_cause(exc: BaseException, config: LLMConfig, key: str) -> str:
+    """Why a connection failed, in one line, without the key or the URL's credentials."""
+    cause = exc.__cause__ or exc
+    text = f"{type(cause).__name__}: {' '.join(str(cause).split())}"
+    if config.base_url:
+        text = text.replace(config.base_url, redact_url(config.base_url))
+    if key and key != "none" and len(key) >= 4:
+        text = text.replace(key, "<redacted>")
+    return text[:300]
+
+
 class LLMClient:
     """Sends batches of JSON-reply chat requests (or plain-text requests) to an OpenAI-compatible endpoint,
     through the cache.
@@ -430,20 +502,31 @@ class LLMClient:
         client = self._openai.AsyncOpenAI(
             api_key=self._api_key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=cfg.max_retries
         )
+
+        async def one(key: str) -> None:
+            indices = groups[key]
+            async with sem:
+                stats["calls"] += 1
+                i = indices[0]
+                reply = await self._call(client, key, seeds[i], lambda: send(client, i), extract, parse)
+            stats["prompt_tokens"] += reply.usage.get("prompt_tokens", 0)
+            stats["completion_tokens"] += reply.usage.get("completion_tokens", 0)
+            report(indices, reply)
+
+        tasks = [asyncio.ensure_future(one(k)) for k in misses]
         try:
-
-            async def one(key: str) -> None:
-                indices = groups[key]
-                async with sem:
-                    stats["calls"] += 1
-                    i = indices[0]
-                    reply = await self._call(client, key, seeds[i], lambda: send(client, i), extract, parse)
-                stats["prompt_tokens"] += reply.usage.get("prompt_tokens", 0)
-                stats["completion_tokens"] += reply.usage.get("completion_tokens", 0)
-                report(indices, reply)
-
-            await asyncio.gather(*(one(k) for k in misses))
+            await asyncio.gather(*tasks)
+        except EndpointError as exc:
+            # the endpoint is gone: stop the requests still waiting instead of retrying each of them
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            where = f" in the reply cache ({cfg.cache_dir})" if cfg.cache_dir else " (no reply cache: they are lost)"
+            raise EndpointError(f"{exc.message}; {done} of {total} replies of this batch arrived{where}; run again "
+                                "to continue from them", exc.url) from None
         finally:
+            for t in tasks:
+                t.cancel()
             await client.close()
         return results  # type: ignore[return-value]
 
@@ -480,7 +563,9 @@ class LLMClient:
         extract: Callable[[Any], tuple[str | None, dict[str, int], str | None]],
         parse: Callable[[str, str | None, int, bool], LLMReply],
     ) -> LLMReply:
-        """One request through the SDK (`create()` makes the SDK call's coroutine). Retries are the SDK's own:
+        """One request through the SDK (`create()` makes the SDK call's coroutine); `EndpointError` when the
+        connection fails after the retries (the endpoint is gone: a matter of the run, not of this item). Retries
+        are the SDK's own:
         `AsyncOpenAI(max_retries=...)` retries timeouts, connection errors and responses with status 408, 409,
         429 or >= 500 (unless the server sends `x-should-retry: false`) with exponential backoff from 0.5 s to
         8 s with jitter, and honours `retry-after-ms` / `retry-after` up to 120 s (openai `_base_client.py`:
@@ -501,8 +586,9 @@ class LLMClient:
             if detail:
                 error += f": {detail}"
         except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            error = f"connection error after {cfg.max_retries} retries: {type(cause).__name__}: {cause}"
+            where = redact_url(cfg.base_url)
+            raise EndpointError(f"lost the LLM endpoint {where}: connection error after {cfg.max_retries} retries: "
+                                f"{_connection_cause(exc, cfg, self._api_key)}", where) from None
         except openai.OpenAIError as exc:  # e.g. a 200 whose body is no chat completion
             error = f"bad response from the endpoint: {type(exc).__name__}: {exc}"
         seconds = time.perf_counter() - t0

@@ -368,6 +368,7 @@ class Pipeline:
             truth = load_truth(cfg.benchmark.truth)
         log(f"{len(samples)} {kind} items from {cfg.benchmark.path}")
 
+        self._check_endpoints(state)
         models = self._models(state)
         files: dict[str, Path] = {}
         detection = scan_report = None
@@ -486,13 +487,7 @@ class Pipeline:
             method = "permute" if kind == "mmlu" else "numeric"
         factory = REWRITERS.get(method)
         if factory.name == "llm":
-            from itd.llm import LLMConfig
-
-            if not cfg.rewrite.llm_model:
-                raise InputError("the llm rewriter needs rewrite.llm_model (and rewrite.llm_base_url for a local endpoint)")
-            rewriter = factory(LLMConfig(model=cfg.rewrite.llm_model, base_url=cfg.rewrite.llm_base_url,
-                                         temperature=cfg.rewrite.temperature, seed=cfg.rewrite.seed,
-                                         cache_dir=str(state / "llm-cache")))
+            rewriter = factory(self._rewriter_llm(state))
         else:
             rewriter = factory(seed=cfg.rewrite.seed)
         assurance = []
@@ -554,14 +549,46 @@ class Pipeline:
         )
         return results, comparison
 
-    def _endpoint(self, name: str, state: Path):
-        from itd.evaluation import OpenAIBackend
+    def _rewriter_llm(self, state: Path):
+        """The LLM config of the `llm` rewriter."""
+        from itd.llm import LLMConfig
+
+        cfg = self.config.rewrite
+        if not cfg.llm_model:
+            raise InputError("the llm rewriter needs rewrite.llm_model (and rewrite.llm_base_url for a local endpoint)")
+        return LLMConfig(model=cfg.llm_model, base_url=cfg.llm_base_url, temperature=cfg.temperature, seed=cfg.seed,
+                         cache_dir=str(state / "llm-cache"))
+
+    def _endpoint_llm(self, name: str, state: Path):
+        """The LLM config of the evaluation endpoint serving model `name`."""
         from itd.llm import LLMConfig
 
         cfg = self.config.model
-        return OpenAIBackend(LLMConfig(model=name, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
-                                       concurrency=cfg.concurrency, temperature=0.0, cache_dir=str(state / "llm-cache")),
-                             api=cfg.api)
+        return LLMConfig(model=name, base_url=cfg.base_url, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                         temperature=0.0, cache_dir=str(state / "llm-cache"))
+
+    def _endpoint(self, name: str, state: Path):
+        from itd.evaluation import OpenAIBackend
+
+        return OpenAIBackend(self._endpoint_llm(name, state), api=self.config.model.api)
+
+    def _check_endpoints(self, state: Path) -> None:
+        """Stop before any work when an endpoint the run needs does not answer (`itd.llm.check_endpoint`)."""
+        cfg = self.config
+        configs = []
+        if cfg.evaluation and cfg.model.base_url:
+            configs += [self._endpoint_llm(name, state) for name in (cfg.model.name, cfg.model.clean) if name]
+        if cfg.rewrite.method == "llm":
+            configs.append(self._rewriter_llm(state))
+        if not configs:
+            return
+        from itd.llm import check_endpoint
+
+        checked = set()
+        for llm in configs:
+            if (llm.base_url, llm.api_key_env) not in checked:
+                checked.add((llm.base_url, llm.api_key_env))
+                check_endpoint(llm, purpose="The run's LLM endpoint")
 
 
 def _sub(progress: Progress | None, stage: str):

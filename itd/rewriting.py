@@ -5,6 +5,11 @@ assurance detectors on those that passed. An item is `rewritten` once a candidat
 candidates failed or stayed flagged are retried next round, up to `rounds`, and end `rejected` with every
 attempt kept. Items that were not flagged are `unchanged`. A rejected item is never swapped in: the output keeps
 the original in its place (or drops it when asked).
+
+One bad item is that item's problem: an unexpected exception while proposing, verifying or re-detecting one item
+rejects that item with the reason `"error: <stage>: <Type>: <message>"` and the run goes on (a batch that raises is
+split in halves until the item that raises is found). An `itd.errors.ITDError` raised in the loop is about the
+run, not an item (the LLM endpoint lost, a dependency missing, a cache that cannot be written) and stops it.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence, TypeVar
 
 from itd.data import Sample
-from itd.errors import InputError
+from itd.errors import InputError, ITDError
 from itd.io import atomic_write, manifest_path, write_json
 from itd.rewriters import REWRITERS, Candidate, NotRewritable, Rewriter
+from itd.rewriters.base import item_error
 from itd.rewriters.verify import Check, Verifier, VerifyConfig
 
 __all__ = ["Attempt", "ItemRewrite", "RewriteReport", "rewrite", "load_flagged", "STATUSES"]
@@ -142,9 +148,39 @@ class RewriteReport:
 def _reason_kind(reason: str) -> str:
     """The category of a rejection reason: "check failed: chain", "bad reply: invalid JSON", "positional key"."""
     parts = [p.strip() for p in reason.split(":")]
-    if parts[0] in ("check failed", "still flagged", "bad reply") and len(parts) > 1:
+    if parts[0] in ("check failed", "still flagged", "bad reply", "error") and len(parts) > 1:
         return f"{parts[0]}: {parts[1]}"
     return parts[0]
+
+
+_Job = TypeVar("_Job")
+_Out = TypeVar("_Out")
+
+
+def _per_item(call: Callable[[list[_Job]], list[_Out]], jobs: list[_Job],
+              failed: Callable[[_Job, Exception], _Out]) -> list[_Out]:
+    """`call(jobs)`, one output per job. When it raises anything but an `ITDError`, the batch is split in halves
+    (recursively) so that only the jobs that raise on their own get `failed(job, exc)`."""
+    if not jobs:
+        return []
+    try:
+        out = list(call(jobs))
+        if len(out) != len(jobs):
+            raise RuntimeError(f"{len(out)} results for {len(jobs)} items")
+        return out
+    except ITDError:
+        raise
+    except Exception as exc:
+        if len(jobs) == 1:
+            return [failed(jobs[0], exc)]
+    half = len(jobs) // 2
+    return _per_item(call, jobs[:half], failed) + _per_item(call, jobs[half:], failed)
+
+
+def _assure(detector: Any, samples: list[Sample], kind: str) -> list[str | None]:
+    """Per sample: why `detector` still flags it ("still flagged: <name>: <why>"), or None when it is clean."""
+    still = detector.still_flagged(samples, kind)
+    return [f"still flagged: {detector.name}: {still[s.id]}" if s.id in still else None for s in samples]
 
 
 def load_flagged(path: str | os.PathLike) -> set[str]:
@@ -207,30 +243,41 @@ def rewrite(
         if not pending:
             break
         stage = f"round {r + 1}"
-        proposals = rewriter.propose_many(
-            [(it.original, r) for it in pending], lambda d, t: report(f"{stage}: rewriting", d, t)
-        )
+        jobs = [(it.original, r) for it in pending]
+
+        def propose(batch: list[tuple[Sample, int]], _stage: str = stage, _n: int = len(jobs)) -> list[Any]:
+            tick = (lambda d, t: report(f"{_stage}: rewriting", d, t)) if len(batch) == _n else None
+            return rewriter.propose_many(batch, tick)
+
+        proposals = _per_item(propose, jobs, lambda job, exc: item_error("rewriter", exc))
         made = [(it, p) for it, p in zip(pending, proposals) if isinstance(p, Candidate)]
         for it, p in zip(pending, proposals):
             if isinstance(p, NotRewritable):
                 it.attempts.append(Attempt(r + 1, False, p.reason, raw=p.raw, info=p.info))
         report(f"{stage}: verifying", 0, len(made))
-        checks = verifier.verify_many([(it.original, c) for it, c in made], rewriter.kind)
+        checks = _per_item(lambda pairs: verifier.verify_many(pairs, rewriter.kind), [(it.original, c) for it, c in made],
+                           lambda pair, exc: [Check("error", False, item_error("verify", exc).reason)])
         report(f"{stage}: verifying", len(made), len(made))
         passed = []
         for (it, cand), cs in zip(made, checks):
             failed = [c for c in cs if c.ok is False]
-            attempt = Attempt(r + 1, not failed, f"check failed: {'; '.join(f'{c.name}: {c.detail}' for c in failed)}" if failed else None, cs, cand)
+            reason = None
+            if failed:
+                crashed = [c.detail for c in failed if c.name == "error"]
+                reason = crashed[0] if crashed else f"check failed: {'; '.join(f'{c.name}: {c.detail}' for c in failed)}"
+            attempt = Attempt(r + 1, not failed, reason, cs, cand)
             it.attempts.append(attempt)
             if not failed:
                 passed.append((it, attempt))
         for a in assurance:
             report(f"{stage}: assurance ({a.name})", 0, len(passed))
-            still = a.still_flagged([attempt.candidate.sample for _, attempt in passed], rewriter.kind)
-            for it, attempt in passed:
-                if it.original.id in still:
+            verdicts = _per_item(lambda batch, _a=a: _assure(_a, batch, rewriter.kind),
+                                 [attempt.candidate.sample for _, attempt in passed],
+                                 lambda sample, exc, _a=a: item_error(f"assurance ({_a.name})", exc).reason)
+            for (it, attempt), verdict in zip(passed, verdicts):
+                if verdict is not None:
                     attempt.accepted = False
-                    attempt.reason = f"still flagged: {a.name}: {still[it.original.id]}"
+                    attempt.reason = verdict
             passed = [(it, attempt) for it, attempt in passed if attempt.accepted]
         for it, _ in passed:
             it.status = "rewritten"

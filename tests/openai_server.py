@@ -105,7 +105,8 @@ class Script:
 
 
 class OpenAIServer:
-    """`POST /v1/chat/completions` and `POST /v1/completions` on 127.0.0.1, a random port, in a background thread.
+    """`POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models` on 127.0.0.1, a random port, in a
+    background thread.
     A completions request gets the reply's `content` as its choice's `text`.
 
     `url` is the base URL for a client (".../v1"); `requests` the recorded requests; `calls` their count;
@@ -239,11 +240,20 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True  # the client gave up (a timeout test)
 
         def do_GET(self) -> None:
+            # `GET /v1/models` (what an endpoint check asks) answers without being recorded, so `calls` counts
+            # completions only
+            if self.path.rstrip("/") == "/v1/models":
+                self._send(200, json.dumps({"object": "list", "data": [
+                    {"id": "test-model", "object": "model", "created": 0, "owned_by": "itd-tests"}]}))
+                return
             self._send(404, json.dumps({"error": {"message": "not found", "type": "invalid_request_error"}}))
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if server._closing.is_set():  # closed: a kept-alive connection is dropped unanswered, as by a dead server
+                self.close_connection = True
+                return
             route = self.path.rstrip("/")
             if route not in ("/v1/chat/completions", "/v1/completions"):
                 self._send(404, json.dumps({"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}}))

@@ -18,7 +18,7 @@ pytest.importorskip("openai")
 
 from pydantic import BaseModel  # noqa: E402
 
-from itd.errors import InputError, MissingDependencyError  # noqa: E402
+from itd.errors import EndpointError, InputError, MissingDependencyError  # noqa: E402
 from itd.llm import LLMClient, LLMConfig, LLMReply, LLMRequest, cache_key  # noqa: E402
 from openai_server import Reply, Script, last_user_message  # noqa: E402
 
@@ -169,12 +169,13 @@ def test_slow_reply_beyond_timeout_is_a_timeout_error(llm_server, tmp_path):
     assert cache_files(tmp_path) == []
 
 
-def test_connection_refused_is_a_failed_reply(llm_server, tmp_path):
+def test_connection_refused_stops_the_batch(llm_server, tmp_path):
+    # a lost endpoint is not an item's failure: the batch stops with EndpointError naming the endpoint
     url = llm_server.url
     llm_server.close()
     client = LLMClient(LLMConfig(model="m", base_url=url, max_retries=0, timeout=1.0))
-    [r] = client.complete_json([req("x")], QA)
-    assert not r.ok and r.error.startswith("connection error")
+    with pytest.raises(EndpointError, match=r"lost the LLM endpoint http://127\.0\.0\.1:\d+/v1: connection error"):
+        client.complete_json([req("x"), req("y")], QA)
 
 
 # -- batching --------------------------------------------------------------------------------------------------

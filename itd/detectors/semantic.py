@@ -465,6 +465,9 @@ class SemanticDetector(CorpusDetector):
             if not isinstance(judge, LLMConfig):
                 raise TypeError("judge must be an itd.llm.LLMConfig")
             self._client = self._make_client()  # fails now, not after the scan, without openai or a key
+            from itd.llm import check_endpoint
+
+            check_endpoint(judge, purpose="The semantic detector's LLM judge")  # ... or without an endpoint
 
     @classmethod
     def from_config(cls, config: Any) -> "SemanticDetector":

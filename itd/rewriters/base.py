@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 from itd.data import Sample
+from itd.errors import ITDError
 from itd.registry import Registry
 
-__all__ = ["Candidate", "NotRewritable", "Rewriter", "REWRITERS", "Progress"]
+__all__ = ["Candidate", "NotRewritable", "Rewriter", "REWRITERS", "Progress", "item_error"]
 
 Progress = Callable[[int, int], None]
 """Called as `progress(done, total)` while a batch of proposals is made."""
@@ -47,6 +48,16 @@ class NotRewritable(Exception):
         self.info = info or {}
 
 
+def item_error(stage: str, exc: BaseException) -> NotRewritable:
+    """The failure of one item from an unexpected exception while `stage` ("rewriter", "verify", ...) worked on
+    it: reason `"error: <stage>: <Type>: <message>"`, so the item is rejected with it and the run goes on."""
+    message = " ".join(str(exc).split())
+    if len(message) > 300:
+        message = message[:300] + "..."
+    return NotRewritable(f"error: {stage}: {type(exc).__name__}: {message}" if message else
+                         f"error: {stage}: {type(exc).__name__}")
+
+
 class Rewriter(abc.ABC):
     """Base class of every rewriter.
 
@@ -70,13 +81,19 @@ class Rewriter(abc.ABC):
     def propose_many(
         self, jobs: Sequence[tuple[Sample, int]], progress: Progress | None = None
     ) -> list[Candidate | NotRewritable]:
-        """`propose` for each `(sample, attempt)`, in order; failures are returned, not raised."""
+        """`propose` for each `(sample, attempt)`, in order; failures are returned, not raised: an unexpected
+        exception on one item is that item's `NotRewritable` (`item_error`). An `ITDError` (an endpoint lost, a
+        missing dependency) is about the run, not the item, and is raised."""
         out: list[Candidate | NotRewritable] = []
         for i, (sample, attempt) in enumerate(jobs):
             try:
                 out.append(self.propose(sample, attempt))
             except NotRewritable as exc:
                 out.append(exc)
+            except ITDError:
+                raise
+            except Exception as exc:  # one bad item is that item's problem
+                out.append(item_error("rewriter", exc))
             if progress:
                 progress(i + 1, len(jobs))
         return out

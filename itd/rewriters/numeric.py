@@ -40,7 +40,16 @@ from typing import Any
 
 from itd.data import Sample, gsm8k_final_answer
 from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Rewriter
-from itd.rewriters.chain import Expression, check_chain, compile_expression, parse_chain, parse_number
+from itd.rewriters.chain import (
+    MAX_DIGITS,
+    Expression,
+    ExpressionError,
+    check_chain,
+    compile_expression,
+    number_value,
+    parse_chain,
+    parse_number,
+)
 
 __all__ = ["NumericRewriter", "GENERIC_CONSTANTS", "number_words"]
 
@@ -142,7 +151,7 @@ _NUM_RE = re.compile(r"(?:(?<=\$)\d{1,3}(?:[ \xa0]\d{3})+(?!\d)|\d{1,3}(?:,\d{3}
 
 
 def _num_value(text: str) -> Fraction:
-    return Fraction(re.sub(r"[,\s\xa0]", "", text))
+    return number_value(text)
 
 
 @dataclass(slots=True)
@@ -453,7 +462,11 @@ class _Plan:
                 stated = parse_number(st.result)
             except ValueError as exc:
                 raise NotRewritable(f"unsupported annotation: step {i}: {exc}") from None
-            if expr.value() != stated:
+            try:
+                value = expr.value()
+            except ExpressionError as exc:
+                raise NotRewritable(f"annotation: {exc} at {_clip(self.solution[st.span[0]:st.span[1]])}") from None
+            if value != stated:
                 raise NotRewritable(f"original chain does not re-execute: step {i} {st.expression}={st.result}")
             e0 = st.span[0] + 2
             spans = [(e0 + m.start(), e0 + m.end()) for m in _NUM_RE.finditer(st.expression)]
@@ -472,7 +485,7 @@ class _Plan:
                                      stated, False, parts=parsed[2], mirror=spans[0], prose_expr=True)
             m = re.match(r"\s?\$?\s?((?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?!\d|\.\d|/\d)",
                          self.solution[st.span[1]:])
-            if m and Fraction(m.group(1).replace(",", "")) == stated:
+            if m and number_value(m.group(1)) == stated:
                 info.echo = (st.span[1] + m.start(1), st.span[1] + m.end(1))
             info.end = info.echo[1] if info.echo else st.span[1]
             out.append(info)
@@ -931,6 +944,26 @@ def _show(x: Fraction) -> str:
     return _format(x) or str(x)
 
 
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
+MAX_ITEM_CHARS = 4000
+"""Longest question, and longest solution, the numeric rewriter reads (GSM8K's longest are under 1,300): its
+pattern matching grows faster than linearly on long runs of terms, so a longer text is not rewritable."""
+_LONG_DIGITS = re.compile(r"(?<!\d)\d{%d,}" % (MAX_DIGITS + 1))
+
+
+def _check_size(sample: Sample) -> None:
+    """NotRewritable when the item is outside the bounds the rewriter's analysis is made for."""
+    for part, text in (("question", sample.question), ("solution", sample.solution or "")):
+        m = _LONG_DIGITS.search(text)
+        if m:
+            raise NotRewritable(f"number too large: {len(m.group())} digits in the {part} (limit {MAX_DIGITS})")
+        if len(text) > MAX_ITEM_CHARS:
+            raise NotRewritable(f"item too long: the {part} has {len(text)} characters (limit {MAX_ITEM_CHARS})")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # drawing values
 
@@ -1033,8 +1066,8 @@ def _evaluate_step(st, var_value, step_value):
             lits.append(r[1])
     try:
         return st.value(lits)
-    except ValueError:
-        raise _Failure("division by zero") from None
+    except ExpressionError as exc:
+        raise _Failure(str(exc)) from None
 
 
 def _check_result(k: int, x: Fraction, old: Fraction) -> None:
@@ -1393,7 +1426,11 @@ class NumericRewriter(Rewriter):
             raise NotRewritable("not a worked math item")
         if attempt < 0:
             raise ValueError("attempt must be >= 0")
-        plan = self.plan(sample)
+        _check_size(sample)
+        try:
+            plan = self.plan(sample)
+        except ExpressionError as exc:  # a number of the text over the bounds (number_value)
+            raise NotRewritable(str(exc)) from None
         rng = self._rng(sample)
         seen: set[tuple[Fraction, ...]] = set()
         used: dict[int, set[Fraction]] = {}

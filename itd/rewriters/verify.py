@@ -24,7 +24,7 @@ from rapidfuzz import fuzz
 from itd.data import Sample
 from itd.errors import InputError, MissingDependencyError
 from itd.rewriters.base import Candidate
-from itd.rewriters.chain import check_chain, parse_chain
+from itd.rewriters.chain import MAX_DIGITS, check_chain, parse_chain
 
 __all__ = ["Check", "VerifyConfig", "Verifier", "KINDS", "numbers_in", "same_number", "Solver"]
 
@@ -48,19 +48,32 @@ _WORD_RE = re.compile(r"\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
 _TEXT = re.compile(r"[A-Za-z]{3,}")
 
 
+def _to_float(text: str) -> float | None:
+    """A number written as text ("18", "1,800", "$2.50") as a float; None when it is not one or has more than
+    `chain.MAX_DIGITS` digits (the bound every number read from item text is held to)."""
+    s = text.replace(",", "").replace("$", "").strip()
+    if sum(c.isdigit() for c in s) > MAX_DIGITS:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
 def numbers_in(text: str) -> set[float]:
-    """The numbers a text states, as digits ("1,000", "3.5") or as common number words ("three", "dozen")."""
-    found = {float(m.group().replace(",", "")) for m in _NUMBER.finditer(text) if m.group().replace(",", "")}
+    """The numbers a text states, as digits ("1,000", "3.5") or as common number words ("three", "dozen");
+    numbers over `chain.MAX_DIGITS` digits are left out."""
+    found = {x for m in _NUMBER.finditer(text) if (x := _to_float(m.group())) is not None}
     found.update(float(_WORDS[m.group().lower()]) for m in _WORD_RE.finditer(text))
     return found
 
 
 def same_number(a: Any, b: Any) -> bool:
     """Numeric equality of two answers given as text ("18", "18.0", "1,800") or numbers."""
-    try:
-        return abs(float(str(a).replace(",", "").replace("$", "").strip()) - float(str(b).replace(",", "").replace("$", "").strip())) < 1e-9
-    except ValueError:
+    x, y = _to_float(str(a)), _to_float(str(b))
+    if x is None or y is None:
         return str(a).strip() == str(b).strip()
+    return abs(x - y) < 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +217,7 @@ def _first_step_numbers(original: Sample, new: Sample, replaced: set[float] = fr
     steps = parse_chain(new.solution or "")
     if not steps:
         return Check("first_step_numbers", False, "the rewritten solution has no annotated step")
-    used = {float(x.replace(",", "")) for x in _NUMBER.findall(steps[0].expression)}
+    used = {v for x in _NUMBER.findall(steps[0].expression) if (v := _to_float(x)) is not None}
     # Numbers the original question did not state either (60 minutes, 100 percent) are general knowledge; so is
     # an old value that a numeric rewrite replaced and that reappears as a constant or a result ($100 at 6/100).
     stated = numbers_in(original.question) | numbers_in(new.question)
@@ -224,7 +237,8 @@ def _math_checks(original: Sample, cand: Candidate, kind: str) -> list[Check]:
     checks = [Check("chain", chain.ok, chain.reason or f"{chain.steps} step(s) re-execute, final answer {chain.final}")]
     if chain.ok and new.answer is not None and not same_number(new.answer, chain.final):
         checks.append(Check("answer_field", False, f"answer field {new.answer!r} differs from the solution's {chain.final}"))
-    replaced = {float(old) for old, value in cand.info.get("values", {}).items() if not same_number(old, value)}
+    replaced = {v for old, value in cand.info.get("values", {}).items()
+                if not same_number(old, value) and (v := _to_float(str(old))) is not None}
     checks.append(_first_step_numbers(original, new, replaced))
     if kind == "paraphrase":
         ok = original.answer is None or same_number(cand.expected_answer, original.answer)
