@@ -468,3 +468,16 @@ def test_detect_without_reference_or_threshold_is_undecided(tiny_model, shared_d
     assert main([*args, "--json", "--threshold", "1e9"]) == 0  # a threshold decides: nothing scores above it
     summary = json.loads(capsys.readouterr().out)
     assert summary["verdict"] == "not_detected" and summary["contaminated"] is False
+
+
+def test_run_with_undecided_detection_refuses_to_rewrite_nothing(tiny_model, shared_data, tmp_path):
+    """`itd run` with probes but no reference set or threshold cannot pick the items to rewrite: exit 2, not a
+    run that silently rewrites none of them."""
+    bench = tmp_path / "five.jsonl"
+    bench.write_text("\n".join((shared_data / "gsm8k" / "test.jsonl").read_text("utf-8").splitlines()[:5]) + "\n", "utf-8")
+    config = tmp_path / "run.toml"
+    config.write_text(f'[benchmark]\npath = "{bench}"\n[model]\nname = "{tiny_model}"\ndevice = "cpu"\n'
+                      '[evaluate]\nenabled = false\n', "utf-8")
+    res = run_cli("run", str(config), "--out", str(tmp_path / "run"), "-q")
+    assert res.returncode == 2, res.stderr
+    assert "reference" in res.stderr and "threshold" in res.stderr and "Traceback" not in res.stderr
