@@ -386,8 +386,8 @@ def test_rewrite_writes_no_url_credentials(files, tmp_path):
     res = run_cli("rewrite", str(bench), "--method", "llm", "--model", "m", "--base-url", SECRET_URL,
                   "--max-retries", "0", "--timeout", "5", "--rounds", "1", "--out", str(out),
                   "--cache-dir", str(tmp_path / "cache"), "--json")
-    assert res.returncode == 1, res.stderr  # port 9 refuses: every item is rejected, and the log says why
-    assert (out.parent / "rewritten.jsonl.log.jsonl.manifest.json").is_file()
+    assert res.returncode == 2, res.stderr  # port 9 refuses: the endpoint check stops the run before any work
+    assert "cannot connect to http://<redacted>@127.0.0.1:9/v1" in res.stderr and not out.exists()
     assert "sekret" not in res.stdout + res.stderr
     assert _files_holding(tmp_path, "sekret") == []
 
