@@ -80,7 +80,7 @@ _TOKEN = re.compile(
     r"(?P<mixed>(?<![\w.,/])\d+\s+\d+/\d+(?![\d/]))"                        # 1 1/2
     r"|(?P<slash>(?<![\w.,/])\d+/\d+(?![\d/]))"                              # 3/4
     r"|(?P<num>(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])\.\d+)"  # 1,200.50  3.5  .5
-    r"|(?P<word>[A-Za-z]+(?:-[A-Za-z]+)*)"
+    r"|(?P<word>[A-Za-z]+)"
     r"|(?P<sym>[$€£%])",
 )
 _SCALE_AFTER = {"thousand": 1000, "million": 10**6, "billion": 10**9}
@@ -261,7 +261,8 @@ def _read_words(out: list[Number], text: str, tokens: list, i: int, j: int) -> i
         elif p.isdigit():
             pieces.append(("words", Fraction(int(p))))
         elif p.lower() in _DENOMINATORS:  # "half", "quarter(s)" are not parsed by text2num
-            pieces.append(("denominator", Fraction(_DENOMINATORS[p.lower()])))
+            plural = p.lower().endswith("s") and p.lower() not in ("halves",) or p.lower() == "halves"
+            pieces.append(("denominator_plural" if plural else "denominator", Fraction(_DENOMINATORS[p.lower()])))
         elif p.lower() in ("a", "an"):
             pieces.append(("article", Fraction(1)))
     values: list[tuple[Fraction, str]] = []
@@ -269,8 +270,10 @@ def _read_words(out: list[Number], text: str, tokens: list, i: int, j: int) -> i
     while k < len(pieces):
         form, v = pieces[k]
         nxt = pieces[k + 1] if k + 1 < len(pieces) else None
-        if form in ("words", "article") and nxt and nxt[0] in ("ordinal_plural", "denominator", "ordinal") and \
-                (nxt[0] != "ordinal" or v == 1) and nxt[1] > 1 and int(nxt[1]) in _DENOMINATORS.values():
+        # a fraction: "two thirds", "three quarters", "one third", "a quarter"; not "sixteen half-gallon jars"
+        plural = nxt is not None and nxt[0] in ("ordinal_plural", "denominator_plural")
+        if form in ("words", "article") and nxt and nxt[0].startswith(("ordinal", "denominator")) and \
+                (plural or v == 1) and nxt[1] > 1 and int(nxt[1]) in _DENOMINATORS.values():
             values.append((v / nxt[1], "fraction"))
             k += 2
             continue
@@ -278,7 +281,7 @@ def _read_words(out: list[Number], text: str, tokens: list, i: int, j: int) -> i
             values.append((v, "words"))
         elif form.startswith("ordinal"):
             values.append((v, "ordinal"))
-        elif form == "denominator" and v == 2:
+        elif form.startswith("denominator") and v == 2:
             values.append((Fraction(1, 2), "fraction"))
         k += 1
     if j + 1 < len(tokens) and tokens[j][1].lower() == "and" and tokens[j + 1][1].lower() in ("a", "an") \

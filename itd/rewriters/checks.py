@@ -38,6 +38,7 @@ __all__ = [
     "distinct_options",
     "no_answer_hint",
     "option_alignment",
+    "option_similarity",
     "near_copy",
     "is_prose",
     "normalize_option",
@@ -255,19 +256,21 @@ def options_rephrased(original: Sample, new: Sample, allow_verbatim: bool = Fals
     return Check("options_rephrased", True, detail + (" (verbatim allowed)" if verbatim else ""), evidence)
 
 
-def distinct_options(original: Sample, new: Sample, max_ratio: float = 0.9) -> Check:
-    """No two options are (near-)duplicates (rapidfuzz ratio >= `max_ratio`) unless the original pair was too."""
+def _option_words(text: str) -> tuple[str, ...]:
+    return tuple(_stem(w.lower()) for w in re.findall(r"\w+", text) if w.lower() not in ("a", "an", "the"))
+
+
+def distinct_options(original: Sample, new: Sample) -> Check:
+    """No two options say the same words (up to case, punctuation, articles and word endings), unless the
+    original pair did too. Options that differ in one word ("plus"/"minus") are distinct."""
     old, now = original.choices or (), new.choices or ()
-    close = []
-    for i in range(len(now)):
-        for j in range(i + 1, len(now)):
-            r = fuzz.ratio(normalize_option(now[i]).lower(), normalize_option(now[j]).lower()) / 100
-            before = fuzz.ratio(normalize_option(old[i]).lower(), normalize_option(old[j]).lower()) / 100 if j < len(old) else 0.0
-            if r >= max_ratio and r > before:
-                close.append((i, j, round(r, 3)))
-    evidence = {"near_duplicates": close}
-    if close:
-        return Check("distinct_options", False, "near-duplicate options " + ", ".join(f"{i} and {j} ({r})" for i, j, r in close), evidence)
+    words = [_option_words(c) for c in now]
+    before = [_option_words(c) for c in old]
+    same = [(i, j) for i in range(len(now)) for j in range(i + 1, len(now))
+            if words[i] == words[j] and not (j < len(old) and before[i] == before[j])]
+    evidence = {"duplicates": same}
+    if same:
+        return Check("distinct_options", False, "duplicate options " + ", ".join(f"{i} and {j}" for i, j in same), evidence)
     return Check("distinct_options", True, f"{len(now)} distinct options", evidence)
 
 
@@ -326,14 +329,37 @@ def no_answer_hint(original: Sample, new: Sample, key: int, max_length_ratio: fl
     return Check("no_answer_hint", True, "no hint at the key", evidence)
 
 
+def option_similarity(cosine: Sequence[Sequence[float]], new: Sequence[str], old: Sequence[str]) -> list[list[float]]:
+    """Similarity of rewritten option i to original option j: the mean of the embedding cosine and the
+    character-level ratio (the embedding alone barely tells "deep to its superior border" from "deep to its
+    inferior border"); 1.0 for identical text."""
+    sim = []
+    for i, a in enumerate(new):
+        row = []
+        for j, b in enumerate(old):
+            if normalize_option(a) == normalize_option(b):
+                row.append(1.0)
+            else:
+                row.append((float(cosine[i][j]) + fuzz.ratio(a.lower(), b.lower()) / 100) / 2)
+        sim.append(row)
+    return sim
+
+
 def option_alignment(similarity: Sequence[Sequence[float]], margin: float, source: str) -> Check:
     """Each rewritten option is closest to its own original option: `similarity[i][j]` compares rewritten
-    option i with original option j; an option more than `margin` closer to another original option has moved
-    (the key's meaning on another slot, or a distractor turned into the key)."""
+    option i with original option j. Option i has moved to slot j when it is closer to original j than to its
+    own and original j is closer to it than to its own rewrite (a swap or rotation; by more than 0.01), or when
+    it is more than `margin` closer to original j (the key's meaning on another slot, a distractor turned into
+    the key)."""
+    n = len(similarity)
     moved = []
     for i, row in enumerate(similarity):
         j = max(range(len(row)), key=lambda c: row[c])
-        if j != i and row[j] - row[i] > margin:
+        if j == i or j >= n:
+            continue
+        gap = row[j] - row[i]
+        mutual = max(range(n), key=lambda r: similarity[r][j]) == i
+        if gap > margin or (mutual and gap > 0.01):
             moved.append((i, j, round(row[j], 3), round(row[i], 3)))
     evidence = {"similarity": [[round(x, 3) for x in row] for row in similarity], "source": source}
     if moved:

