@@ -204,6 +204,7 @@ class LLMSolver(_LLMUser):
         self.math_prompt = load_prompt("math_solve", math_prompt)
         self.mcq_prompt = load_prompt("mcq_solve", mcq_prompt)
         self.retries = retries
+        self._retried = 0
 
     def __call__(self, samples: Sequence[Sample]) -> list[str | int | None]:
         """One answer per item (the first sample of `votes`)."""
@@ -221,7 +222,8 @@ class LLMSolver(_LLMUser):
                 answers[i][j] = answer
             todo = [(i, j) for (i, j), answer in zip(todo, got) if answer is None]
             if attempt < self.retries:
-                self.stats["retries"] = self.stats.get("retries", 0) + len(todo)
+                self._retried += len(todo)
+        self.stats["retries"] = self._retried
         return answers
 
     def _ask_once(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[str | int | None]:
