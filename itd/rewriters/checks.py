@@ -217,8 +217,8 @@ that these those which who whom whose what when where why how than then there th
 you your i me my do does did has have had can could may might will would shall should must only also any all some each
 into onto about over under between after before during such other another more most less least very much many one""".split())
 _HEDGES = re.compile(r"\b(generally|usually|typically|often|mostly|commonly|frequently|normally|primarily|largely|"
-                     r"in (?:most|many|general|some) (?:cases|instances|circumstances)?|in general|as a rule|tends? to|"
-                     r"depending on|under (?:most|normal) conditions|for the most part|may|might|possibly|likely)\b", re.I)
+                     r"in (?:most|many|some) (?:cases|instances|circumstances)|in general|as a rule|tends? to|"
+                     r"depending on|under (?:most|normal) conditions|for the most part)\b", re.I)
 
 
 def normalize_option(text: str) -> str:
