@@ -21,7 +21,7 @@ from typing import Any
 
 from text_to_num import alpha2digit
 
-__all__ = ["Number", "read_numbers", "number_values", "equivalent", "units_in", "unit_dimension", "UNITS", "FORMS"]
+__all__ = ["Number", "read_numbers", "equivalent", "format_value", "units_in", "unit_dimension", "UNITS", "FORMS"]
 
 FORMS = ("digits", "words", "fraction", "multiplier", "ordinal")
 
@@ -99,16 +99,12 @@ class Number:
     start: int
     end: int
 
-    @property
-    def dimension(self) -> str | None:
-        """The dimension of the unit ("time", "length", "money", ...), None without a known unit."""
-        return None if self.unit is None else unit_dimension(self.unit)
-
     def to_dict(self) -> dict[str, Any]:
-        return {"value": _show(self.value), "text": self.text, "form": self.form, "unit": self.unit}
+        return {"value": format_value(self.value), "text": self.text, "form": self.form, "unit": self.unit}
 
 
-def _show(value: Fraction) -> str:
+def format_value(value: Fraction) -> str:
+    """A value as a person writes it: "16", "0.5", "1/3"."""
     if value.denominator == 1:
         return str(value.numerator)
     f = float(value)
@@ -122,11 +118,6 @@ def equivalent(a: Number, b: Number) -> bool:
         return True
     pa, pb = a.unit == "percent", b.unit == "percent"
     return pa != pb and (a.value / 100 == b.value if pa else b.value / 100 == a.value)
-
-
-def number_values(text: str, *, ordinals: bool = False) -> list[Fraction]:
-    """The values of `read_numbers(text)`, in order (ordinals only when asked)."""
-    return [n.value for n in read_numbers(text) if ordinals or n.form != "ordinal"]
 
 
 def read_numbers(text: str) -> list[Number]:
@@ -164,7 +155,6 @@ def read_numbers(text: str) -> list[Number]:
             i = _emit(out, text, tokens, i, j, value, "digits")
             continue
         if kind == "word":
-            parts = low.split("-")
             if low in _MULTIPLIERS and not (low == "half" and _preceded_by_and_a(tokens, i)):
                 form = "fraction" if low == "half" else "multiplier"
                 i = _emit(out, text, tokens, i, i + 1, Fraction(_MULTIPLIERS[low]), form)
@@ -175,8 +165,7 @@ def read_numbers(text: str) -> list[Number]:
                 i = _emit(out, text, tokens, i, i + 2, Fraction(1, _DENOMINATORS[tokens[i + 1][1].lower()]), "fraction")
                 continue
             scale_next = low in ("a", "an") and i + 1 < len(tokens) and tokens[i + 1][1].lower() in _SCALE_WORDS
-            if scale_next or all(p in _UNITS_WORDS or p in _SCALE_WORDS or p in _DENOMINATORS or p in _ORDINALS
-                                 for p in parts) and (parts[0] in _UNITS_WORDS or parts[0] in _ORDINALS):
+            if scale_next or low in _UNITS_WORDS or low in _ORDINALS:
                 j = _word_run_end(tokens, i, text)
                 i = _read_words(out, text, tokens, i, j)
                 continue
@@ -232,10 +221,9 @@ def _word_run_end(tokens: list, i: int, text: str) -> int:
         low = tok.lower()
         if not _adjacent(text, tokens[j - 1][3], start):
             break
-        if kind == "word" and all(p in _UNITS_WORDS or p in _SCALE_WORDS or p in _DENOMINATORS or p in _ORDINALS
-                                  for p in low.split("-")):
+        if kind == "word" and (low in _UNITS_WORDS or low in _SCALE_WORDS or low in _DENOMINATORS or low in _ORDINALS):
             j += 1
-        elif low == "and" and j + 1 < len(tokens) and tokens[j + 1][1].lower().split("-")[0] in _UNITS_WORDS:
+        elif low == "and" and j + 1 < len(tokens) and tokens[j + 1][1].lower() in _UNITS_WORDS:
             j += 1
         else:
             break
@@ -249,7 +237,6 @@ def _read_words(out: list[Number], text: str, tokens: list, i: int, j: int) -> i
     fraction ("two thirds"), an ordinal alone is an ordinal ("the third day")."""
     start, end = tokens[i][2], tokens[j - 1][3]
     words = text[start:end].replace("-", " ")
-    # "and a half" after the run: one and a half = 3/2
     parsed = alpha2digit(words, "en", threshold=0).split()
     pieces: list[tuple[str, Fraction]] = []
     for p in parsed:
@@ -261,8 +248,7 @@ def _read_words(out: list[Number], text: str, tokens: list, i: int, j: int) -> i
         elif p.isdigit():
             pieces.append(("words", Fraction(int(p))))
         elif p.lower() in _DENOMINATORS:  # "half", "quarter(s)" are not parsed by text2num
-            plural = p.lower().endswith("s") and p.lower() not in ("halves",) or p.lower() == "halves"
-            pieces.append(("denominator_plural" if plural else "denominator", Fraction(_DENOMINATORS[p.lower()])))
+            pieces.append(("denominator_plural" if p.lower().endswith("s") else "denominator", Fraction(_DENOMINATORS[p.lower()])))
         elif p.lower() in ("a", "an"):
             pieces.append(("article", Fraction(1)))
     values: list[tuple[Fraction, str]] = []
@@ -284,6 +270,7 @@ def _read_words(out: list[Number], text: str, tokens: list, i: int, j: int) -> i
         elif form.startswith("denominator") and v == 2:
             values.append((Fraction(1, 2), "fraction"))
         k += 1
+    # "one and a half": the whole number and the fraction after the run are one amount
     if j + 1 < len(tokens) and tokens[j][1].lower() == "and" and tokens[j + 1][1].lower() in ("a", "an") \
             and j + 2 < len(tokens) and tokens[j + 2][1].lower() in ("half", "quarter", "third") and values \
             and values[-1][1] == "words":
@@ -330,9 +317,8 @@ def _unit_after(text: str, tokens: list, j: int, end: int) -> tuple[str | None, 
             return "percent", k + 1
         if word == "per" and k + 1 < len(tokens) and tokens[k + 1][1].lower() == "cent":
             return "percent", k + 2
-        head = word.split("-")[0]
-        if head in UNITS:
-            return UNITS[head][0], j
+        if word in UNITS:
+            return UNITS[word][0], j
         if word not in _FILLERS:
             return None, j
         prev_end = tokens[k][3]
@@ -348,8 +334,11 @@ def units_in(text: str) -> Counter:
     """How often each canonical unit is mentioned in `text`: units after numbers, "per hour", "an hour",
     "hourly", currency signs, and the parts of compound units ("mph": mile and hour)."""
     found: Counter = Counter()
+    previous = ""
     for m in _WORDS_RE.finditer(text):
-        w = m.group().lower()
+        w, before, previous = m.group().lower(), previous, m.group().lower()
+        if w == "second" and before not in ("per", "a", "one", "each", "every") and not _ends_with_digit(text, m.start()):
+            continue  # "the second day" is an ordinal
         if w in _CURRENCY:
             found[_CURRENCY[w]] += 1
         elif w in _ADVERBS:
@@ -367,3 +356,8 @@ def unit_dimension(unit: str) -> str | None:
     if unit in _CURRENCY.values():
         return "money"
     return next((d for u, d in UNITS.values() if u == unit), None)
+
+
+def _ends_with_digit(text: str, at: int) -> bool:
+    """Whether the text before `at` ends with a digit (spaces or a hyphen between)."""
+    return bool(re.search(r"\d[\s-]*$", text[max(0, at - 12):at]))

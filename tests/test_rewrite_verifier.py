@@ -165,3 +165,24 @@ def test_read_numbers_digits_words_fractions_percent_money():
 def test_units_in_counts_compound_and_per_units():
     assert units_in("60 mph for 3 hours") == {"mph": 1, "mile": 1, "hour": 2}
     assert units_in("$20 an hour, paid weekly") == {"dollar": 1, "hour": 1, "week": 1}
+
+
+def test_paraphrase_checks_read_numbers_however_written(records):
+    from itd.rewriters.checks import answer_not_stated, numbers_kept, operands_stated, units_kept
+
+    r = next(r for r in records if r.original.id == "test:303")  # $50, half of it, an additional $10
+    item = r.original
+    for question in ("Lena took fifty dollars to the fair. She spent 50% of it on food and snacks, and another ten "
+                     "dollars on rides. How many dollars does she have left?",
+                     "Lena took $50 to the fair, spent one half of it on food and snacks and $10 more on rides. "
+                     "How much money, in dollars, is left?"):
+        new = dataclasses.replace(item, question=question, solution=r.rewrite["solution"], answer="15")
+        assert [c.ok for c in (numbers_kept(item, new), operands_stated(item, new), units_kept(item, new),
+                               answer_not_stated(item, new, "15"))] == [True] * 4, question
+    leaked = dataclasses.replace(item, question="Lena took $50 to the fair and kept $15 of it after spending half on "
+                                 "food and snacks and $10 on rides. How many dollars are left?", solution=r.rewrite["solution"])
+    assert answer_not_stated(item, leaked, "15").ok is False
+    euros = dataclasses.replace(item, question="Lena took €50 to the fair, spent half of it on food and snacks and "
+                                "another €10 on rides. How many euros does she have left?",
+                                solution=r.rewrite["solution"].replace("$", "€"))
+    assert units_kept(item, euros).ok is True  # the currency renamed throughout keeps the answer

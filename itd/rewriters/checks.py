@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from rapidfuzz import fuzz
 
 from itd.data import Sample
-from itd.numbers import Number, equivalent, read_numbers, unit_dimension, units_in
+from itd.numbers import Number, equivalent, format_value, read_numbers, unit_dimension, units_in
 from itd.rewriters.chain import compile_expression, parse_chain, parse_number
 
 __all__ = [
@@ -67,13 +67,6 @@ class Check:
 # math
 
 
-def _show(value: Fraction) -> str:
-    if value.denominator == 1:
-        return str(value.numerator)
-    f = float(value)
-    return f"{f:g}" if Fraction(f"{f:g}") == value else f"{value.numerator}/{value.denominator}"
-
-
 def _quantities(text: str) -> list[Number]:
     """The quantities of a question a rewrite must keep: ordinals are positions, not amounts."""
     return [n for n in read_numbers(text) if n.form != "ordinal"]
@@ -105,7 +98,7 @@ def numbers_kept(original: Sample, new: Sample) -> Check:
     evidence = {"original": [n.to_dict() for n in old], "rewrite": [n.to_dict() for n in now],
                 "missing": [n.to_dict() for n in missing], "added": [n.to_dict() for n in added if n.form != "ordinal"]}
     if missing:
-        lost = ", ".join(f"{_show(n.value)} ({n.text!r})" for n in missing)
+        lost = ", ".join(f"{format_value(n.value)} ({n.text!r})" for n in missing)
         return Check("numbers_kept", False, f"the rewritten question lacks {lost} of the original question", evidence)
     return Check("numbers_kept", True, f"all {len(old)} number(s) of the original question kept", evidence)
 
@@ -158,8 +151,8 @@ def answer_not_stated(original: Sample, new: Sample, answer: Any) -> Check:
     often than in the original question (0 and 1 are too common to tell)."""
     targets: dict[Fraction, str] = {}
     for solution in (original.solution, new.solution):
-        for i, r in enumerate(_step_results(solution), 1):
-            targets.setdefault(r, f"the result of a step ({_show(r)})")
+        for r in _step_results(solution):
+            targets.setdefault(r, f"the result of a step ({format_value(r)})")
     try:
         targets[parse_number(str(answer))] = f"the final answer {answer}"
     except ValueError:
@@ -172,7 +165,7 @@ def answer_not_stated(original: Sample, new: Sample, answer: Any) -> Check:
         probe = Number(value, "", "digits", None, 0, 0)
         if sum(equivalent(probe, n) for n in now) > sum(equivalent(probe, n) for n in old):
             leaked.append(what)
-    evidence = {"checked": sorted(_show(v) for v in targets), "leaked": leaked}
+    evidence = {"checked": sorted(format_value(v) for v in targets), "leaked": leaked}
     if leaked:
         return Check("answer_not_stated", False, f"the rewritten question states {'; '.join(leaked)}", evidence)
     return Check("answer_not_stated", True, f"none of {len(targets)} result(s) stated in the question", evidence)
