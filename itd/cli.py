@@ -761,6 +761,8 @@ def _print_rewrite(report, out: str, log: str) -> None:
         console.print("rounds needed: " + ", ".join(f"{n} item(s) in {r}" for r, n in summary["rounds_needed"].items()))
     if summary["rejection_reasons"]:
         console.print(_count_table("rejected: reason of the last attempt", "reason", summary["rejection_reasons"]))
+    if summary.get("rejections_by_check"):
+        console.print(_count_table("failed checks, every attempt", "check", summary["rejections_by_check"]))
     if report.changes_difficulty:
         console.print("[yellow]note: this rewriter changes difficulty (MMLU-CF option replacement); scores are not "
                       "comparable to the original set[/yellow]")
@@ -791,6 +793,11 @@ def _print_rewrite(report, out: str, log: str) -> None:
 @click.option("--mcq-prompt", type=click.Path(dir_okay=False), help="llm: prompt file replacing the packaged multiple-choice prompt.")
 @click.option("--solver", is_flag=True, help="Verify each rewrite by having the LLM (--solver-model) answer it.")
 @click.option("--solver-model", help="Chat model of the solver check [default: --model].")
+@click.option("--solver-samples", type=click.IntRange(1, 25), default=3, help="Solver answers per rewrite; the majority must be the gold answer.")
+@click.option("--solver-temperature", type=FiniteFloat(0, 2), default=0.7, help="Sampling temperature of the solver (above 0 for several samples).")
+@click.option("--unverifiable", type=click.Choice(["reject", "accept"]), default="reject", help="A rewrite the solver gets wrong while it also gets the original wrong: reject or accept it (marked unverifiable either way).")
+@click.option("--judge", is_flag=True, help="Also ask an LLM judge (--judge-model) whether each rewrite asks the same question with the same answer.")
+@click.option("--judge-model", help="Chat model of the equivalence judge [default: --model].")
 @click.option("--max-similarity", type=FiniteFloat(0, 1), default=0.9, help="Reject paraphrases at least this similar (rapidfuzz ratio).")
 @click.option("--min-cosine-math", type=FiniteFloat(0, 1), default=0.35, help="Reject math paraphrases below this embedding cosine.")
 @click.option("--min-cosine-mcq", type=FiniteFloat(0, 1), default=0.7, help="Reject MCQ paraphrases below this embedding cosine.")
@@ -806,7 +813,7 @@ def _print_rewrite(report, out: str, log: str) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_rejected, seed, mmlu_cf, base_url, llm_model,
             temperature, concurrency, timeout, max_retries, response_format, cache_dir, no_cache, math_prompt, mcq_prompt,
-            solver, solver_model, max_similarity, min_cosine_math, min_cosine_mcq, embedder, allow_verbatim_options,
+            solver, solver_model, solver_samples, solver_temperature, unverifiable, judge, judge_model, max_similarity, min_cosine_math, min_cosine_mcq, embedder, allow_verbatim_options,
             assure_model, reference_set, threshold, fdr, assure_corpus, device, as_json, quiet):
     """Rewrite BENCHMARK's (flagged) items, verify every rewrite, re-detect them; exit 1 if any item was rejected."""
     import dataclasses
@@ -824,11 +831,11 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
                  [benchmark, only_flagged, reference_set, math_prompt, mcq_prompt], list(assure_corpus))
     factory = REWRITERS.get(method)
     llm_config = None
-    if factory.name == "llm" or solver:
+    if factory.name == "llm" or solver or judge:
         from itd.llm import LLMConfig, check_endpoint, default_cache_dir
 
         if not llm_model:
-            raise InputError("the LLM rewriter and the solver check need --model (the chat model name)")
+            raise InputError("the LLM rewriter, the solver check and the judge need --model (the chat model name)")
         llm_config = LLMConfig(
             model=llm_model, base_url=base_url, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
             temperature=temperature, seed=seed, response_format=response_format,
@@ -845,9 +852,15 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     if solver:
         from itd.rewriters.llm import LLMSolver
 
-        solve = LLMSolver(dataclasses.replace(llm_config, model=solver_model or llm_model, temperature=0.0))
+        solve = LLMSolver(dataclasses.replace(llm_config, model=solver_model or llm_model, temperature=solver_temperature))
+    judge_llm = None
+    if judge:
+        from itd.rewriters.llm import LLMJudge
+
+        judge_llm = LLMJudge(dataclasses.replace(llm_config, model=judge_model or llm_model, temperature=0.0))
     verifier = Verifier(VerifyConfig(max_ratio=max_similarity, min_cosine_math=min_cosine_math, min_cosine_mcq=min_cosine_mcq,
-                                     embedder=embedder, allow_verbatim_options=allow_verbatim_options), solver=solve)
+                                     embedder=embedder, allow_verbatim_options=allow_verbatim_options,
+                                     solver_samples=solver_samples, unverifiable=unverifiable), solver=solve, judge=judge_llm)
     log_path = _rewrite_log_path(out, log_path)
     outputs = [out, manifest_path(out), log_path, manifest_path(log_path)]
     check_group(outputs)  # outputs that could not be committed are refused before the work
@@ -873,7 +886,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     config = {"method": rewriter.config(), "verify": report.verify, "rounds": rounds, "drop_rejected": drop_rejected,
               "only_flagged": only_flagged, "format": fmt, "assurance": report.assurance, "fdr": fdr, "threshold": threshold}
     inputs = [benchmark] + [p for p in (only_flagged, reference_set) if p]
-    models = [m for m in (llm_model, solver_model, assure_model) if m]
+    models = [m for m in (llm_model, solver_model, judge_model, assure_model) if m]
     manifest = build_manifest(command="rewrite", config=config, inputs=inputs, models=models)
     # The set, the log and both manifests commit together (itd.io.atomic_group): a run that fails or is killed
     # leaves the previous outputs whole.

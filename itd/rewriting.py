@@ -121,14 +121,21 @@ class RewriteReport:
         return [it.final for it in self.items if not (drop_rejected and it.status == "rejected")]
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-able summary: counts, rounds needed, the commonest rejection reasons, the rewriter's stats."""
+        """A JSON-able summary: counts, rounds needed, the commonest rejection reasons (last attempt per rejected
+        item), the failed checks over every attempt, the attempts the solver could not verify, the rewriter's
+        stats."""
         rewritten = [it for it in self.items if it.status == "rewritten"]
         reasons = Counter(_reason_kind(it.reasons[-1]) for it in self.items if it.status == "rejected" and it.reasons)
+        attempts = [a for it in self.items for a in it.attempts]
+        by_check = Counter(c.name for a in attempts for c in a.checks if c.ok is False)
+        unverifiable = sum(1 for a in attempts for c in a.checks if c.evidence.get("unverifiable"))
         return {
             "items": len(self.items),
             "counts": self.counts(),
             "rounds_needed": dict(sorted(Counter(it.rounds for it in rewritten).items())),
             "rejection_reasons": dict(reasons.most_common()),
+            "rejections_by_check": dict(by_check.most_common()),
+            "unverifiable": unverifiable,
             "rejected_ids": [it.original.id for it in self.items if it.status == "rejected"],
             "method": self.rewriter.get("method"),
             "changes_difficulty": self.changes_difficulty,
@@ -287,7 +294,7 @@ def rewrite(
     return RewriteReport(
         items,
         rewriter.config(),
-        verifier.config.to_dict() | {"solver": verifier.solver is not None},
+        verifier.config.to_dict() | {"solver": verifier.solver is not None, "judge": verifier.judge is not None},
         rounds,
         [a.name for a in assurance],
         changes_difficulty=rewriter.changes_difficulty,

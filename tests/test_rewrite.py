@@ -109,7 +109,7 @@ def test_good_math_paraphrase_passes_and_bad_ones_fail(gsm8k):
     bad_step = paraphrase(janet, question=JANET_Q, solution=JANET_S.replace("<<9*2=18>>", "<<9*2=19>>"), answer="18")
     assert "chain" in failed(v.verify(janet, bad_step, "paraphrase"))
     lost_number = paraphrase(janet, question=JANET_Q.replace("three", "a few"), solution=JANET_S, answer="18")
-    assert "first_step_numbers" in failed(v.verify(janet, lost_number, "paraphrase"))
+    assert {"numbers_kept", "operands_stated"} <= set(failed(v.verify(janet, lost_number, "paraphrase")))
     copy = paraphrase(janet, question=janet.question.replace("Janet", "Jane"), solution=JANET_S, answer="18")
     assert "near_copy" in failed(v.verify(janet, copy, "paraphrase"))
 
@@ -120,9 +120,16 @@ def test_mcq_paraphrase_checks():
     good = paraphrase(item, question="Which city serves as the French capital?",
                       choices=("The German capital Berlin", "Spain's Madrid", "The city of Paris", "Italy's Rome"))
     assert failed(v.verify(item, good, "paraphrase")) == []
-    verbatim = paraphrase(item, question="Which city serves as the French capital?", choices=item.choices)
-    assert failed(v.verify(item, verbatim, "paraphrase")) == ["options_rephrased"]
-    assert failed(Verifier(dataclasses.replace(NO_EMBED, allow_verbatim_options=True)).verify(item, verbatim, "paraphrase")) == []
+    names = paraphrase(item, question="Which city serves as the French capital?", choices=item.choices)
+    assert failed(v.verify(item, names, "paraphrase")) == []  # names stay verbatim, as the prompt says
+    prose = Sample("m2", "mmlu", "Why do leaves change colour in autumn?", 0,
+                   ("chlorophyll breaks down and other pigments show", "the leaves absorb more water from the soil",
+                    "the tree produces more green pigment than before", "insects eat the green parts of the leaf"))
+    verbatim = paraphrase(prose, question="What makes foliage turn colour in the fall?",
+                          choices=("the green pigment decays, revealing the other pigments",) + prose.choices[1:2] +
+                                  ("the tree makes extra chlorophyll", "bugs consume the leaf's green tissue"))
+    assert failed(v.verify(prose, verbatim, "paraphrase")) == ["options_rephrased"]
+    assert failed(Verifier(dataclasses.replace(NO_EMBED, allow_verbatim_options=True)).verify(prose, verbatim, "paraphrase")) == []
     dup = paraphrase(item, question="Which city serves as the French capital?", choices=("Berlin city", "Berlin city", "Paris city", "Rome city"))
     assert "distinct_options" in failed(v.verify(item, dup, "paraphrase"))
     moved = Candidate(dataclasses.replace(good.sample, answer=1), 1)

@@ -123,15 +123,25 @@ def test_instructions_inside_an_item_are_data(llm_server, tmp_path):
 
 def test_llm_solver_check(llm_server, tmp_path, gsm8k):
     janet = gsm8k[0]
-    answers = iter(["18", "17"])
-    llm_server.responder = lambda req: (Reply.json({"reasoning": "...", "answer": next(answers)})
-                                        if "<problem>" in last_user_message(req) else Reply.json(JANET))
-    solver = LLMSolver(config(llm_server, tmp_path, temperature=0.0))
-    verifier = Verifier(NO_EMBED, solver=solver)
-    first = rewrite([janet], LLMRewriter(config(llm_server, tmp_path)), verifier, rounds=1)
+    rewrite_answer = {"value": "18"}
+
+    def respond(req):
+        text = last_user_message(req)
+        if "<problem>" not in text:
+            return Reply.json(JANET)
+        answer = rewrite_answer["value"] if JANET["question"] in text else "18"  # the original is always solved
+        return Reply.json({"reasoning": "...", "answer": answer})
+
+    llm_server.responder = respond
+    solver = LLMSolver(config(llm_server, tmp_path, temperature=0.7))
+    first = rewrite([janet], LLMRewriter(config(llm_server, tmp_path)), Verifier(NO_EMBED, solver=solver), rounds=1)
     assert first.items[0].status == "rewritten"
-    second = rewrite([janet], LLMRewriter(config(llm_server, tmp_path, seed=5)), Verifier(NO_EMBED, solver=LLMSolver(config(llm_server, tmp_path, temperature=0.0, seed=9))), rounds=1)
-    assert second.items[0].status == "rejected" and "solver answered '17'" in second.items[0].reasons[-1]
+    assert sorted(r.json["seed"] for r in llm_server.requests if "<problem>" in last_user_message(r.json)) == [0, 1, 2]
+    rewrite_answer["value"] = "17"
+    second = rewrite([janet], LLMRewriter(config(llm_server, tmp_path, seed=5)),
+                     Verifier(NO_EMBED, solver=LLMSolver(config(llm_server, tmp_path, temperature=0.7, seed=9))), rounds=1)
+    reason = second.items[0].reasons[-1]
+    assert second.items[0].status == "rejected" and "solver majority '17'" in reason and "solves the original" in reason
 
 
 def test_prompt_override_by_path(llm_server, tmp_path, gsm8k):

@@ -21,9 +21,9 @@ from itd.llm import LLMClient, LLMConfig, LLMReply, LLMRequest
 from itd.render import LETTERS
 from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Progress, Rewriter
 
-__all__ = ["Prompt", "load_prompt", "LLMRewriter", "LLMSolver", "PROMPTS"]
+__all__ = ["Prompt", "load_prompt", "LLMRewriter", "LLMSolver", "LLMJudge", "PROMPTS"]
 
-PROMPTS = ("math_rewrite", "mcq_rewrite", "math_solve", "mcq_solve")
+PROMPTS = ("math_rewrite", "mcq_rewrite", "math_solve", "mcq_solve", "rewrite_judge")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,6 +74,17 @@ def _schemas():
         answer: str
 
     return MathRewrite, MCQRewrite, Answer
+
+
+def _judge_schema():
+    from pydantic import BaseModel
+
+    class Equivalence(BaseModel):
+        reasoning: str = ""
+        same_question: bool
+        same_answer: bool
+
+    return Equivalence
 
 
 def _choices_block(choices: Sequence[str]) -> str:
@@ -181,24 +192,51 @@ class LLMRewriter(_LLMUser, Rewriter):
 
 
 class LLMSolver(_LLMUser):
-    """A `verify.Solver` backed by a chat model: the final number of a math item, the option index of an MCQ."""
+    """A `verify.Solver` backed by a chat model: the final number of a math item, the option index of an MCQ.
 
-    def __init__(self, llm: LLMConfig, *, math_prompt: str | Path | None = None, mcq_prompt: str | Path | None = None):
+    `votes(samples, k)` samples `k` answers per item (seeds `llm.seed + j`; use a temperature above 0). A reply
+    without a usable answer is asked again with a fresh seed, up to `retries` times per sample, and counts as no
+    answer (never as agreement) when it stays unusable."""
+
+    def __init__(self, llm: LLMConfig, *, math_prompt: str | Path | None = None, mcq_prompt: str | Path | None = None,
+                 retries: int = 2):
         super().__init__(llm)
         self.math_prompt = load_prompt("math_solve", math_prompt)
         self.mcq_prompt = load_prompt("mcq_solve", mcq_prompt)
+        self.retries = retries
+        self._retried = 0
 
     def __call__(self, samples: Sequence[Sample]) -> list[str | int | None]:
+        """One answer per item (the first sample of `votes`)."""
+        return [v[0] for v in self.votes(samples, 1)]
+
+    def votes(self, samples: Sequence[Sample], k: int) -> list[list[str | int | None]]:
+        """`k` sampled answers per item, None for a sample whose replies never gave a usable answer."""
+        answers: list[list[str | int | None]] = [[None] * k for _ in samples]
+        todo = [(i, j) for i in range(len(samples)) for j in range(k)]
+        for attempt in range(self.retries + 1):
+            if not todo:
+                break
+            got = self._ask_once([samples[i] for i, _ in todo], [self.llm.seed + j + attempt * k for _, j in todo])
+            for (i, j), answer in zip(todo, got):
+                answers[i][j] = answer
+            todo = [(i, j) for (i, j), answer in zip(todo, got) if answer is None]
+            if attempt < self.retries:
+                self._retried += len(todo)
+        self.stats["retries"] = self._retried
+        return answers
+
+    def _ask_once(self, samples: Sequence[Sample], seeds: Sequence[int]) -> list[str | int | None]:
         _, _, Answer = _schemas()
         math: tuple[Any, list[int], list[LLMRequest]] = (Answer, [], [])
         mcq: tuple[Any, list[int], list[LLMRequest]] = (Answer, [], [])
-        for i, s in enumerate(samples):
+        for i, (s, seed) in enumerate(zip(samples, seeds)):
             if s.is_mcq:
                 mcq[1].append(i)
-                mcq[2].append(LLMRequest(self.mcq_prompt.messages(question=s.question, choices=_choices_block(s.choices or ())), None))
+                mcq[2].append(LLMRequest(self.mcq_prompt.messages(question=s.question, choices=_choices_block(s.choices or ())), seed))
             else:
                 math[1].append(i)
-                math[2].append(LLMRequest(self.math_prompt.messages(question=s.question), None))
+                math[2].append(LLMRequest(self.math_prompt.messages(question=s.question), seed))
         replies = self._ask([math, mcq], len(samples), None)
         answers: list[str | int | None] = []
         for i, s in enumerate(samples):
@@ -206,6 +244,37 @@ class LLMSolver(_LLMUser):
             text = reply.value.answer.strip() if reply is not None and reply.ok else ""
             answers.append(_parse_answer(text, s))
         return answers
+
+
+class LLMJudge(_LLMUser):
+    """A `verify.Judge` backed by a chat model: shown an original item and its rewrite, it answers whether they ask
+    the same question with the same answer (`rewrite_judge` prompt, a JSON verdict)."""
+
+    def __init__(self, llm: LLMConfig, *, prompt: str | Path | None = None):
+        super().__init__(llm)
+        self.prompt = load_prompt("rewrite_judge", prompt)
+
+    def __call__(self, pairs: Sequence[tuple[Sample, Sample]]) -> list[dict[str, Any] | None]:
+        requests = [LLMRequest(self.prompt.messages(original=_item_block(a), rewrite=_item_block(b)), None) for a, b in pairs]
+        replies = self._ask([(_judge_schema(), list(range(len(pairs))), requests)], len(pairs), None)
+        out: list[dict[str, Any] | None] = []
+        for i in range(len(pairs)):
+            reply = replies.get(i)
+            if reply is None or not reply.ok:
+                out.append(None)
+                continue
+            v = reply.value
+            out.append({"same_question": v.same_question, "same_answer": v.same_answer, "reason": v.reasoning})
+        return out
+
+
+def _item_block(sample: Sample) -> str:
+    """An item as the judge reads it: the question, then the options with the key marked, or the worked solution."""
+    if sample.is_mcq:
+        key = sample.answer if isinstance(sample.answer, int) else -1
+        options = "\n".join(f"{LETTERS[i]}. {c}" + ("   (correct)" if i == key else "") for i, c in enumerate(sample.choices or ()))
+        return f"Question: {sample.question}\n\nOptions:\n{options}"
+    return f"Question: {sample.question}\n\nSolution:\n{sample.solution or ''}\n\nAnswer: {sample.answer}"
 
 
 def _parse_answer(text: str, sample: Sample) -> str | int | None:

