@@ -292,6 +292,49 @@ def test_scan_workers_end_with_their_parent(shared_data, tmp_path, sig):
             os.kill(w, signal.SIGKILL)
 
 
+_PARENT = """
+import os, sys, time, multiprocessing as mp
+from itd import processes
+
+def busy(parent, watchdog):
+    if watchdog:  # the fallback of platforms without prctl
+        processes._set_pdeathsig = lambda: False
+    processes.die_with_parent(parent, poll_s=0.1)
+    while True:  # CPU-bound, as a worker is: the watchdog thread must still get its turn
+        sum(range(1000))
+
+if __name__ == "__main__":
+    child = mp.get_context(sys.argv[1]).Process(target=busy, args=(os.getpid(), sys.argv[2] == "watchdog"))
+    child.start()
+    print(child.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("how", ["pdeathsig", "watchdog"])
+def test_die_with_parent_on_sigkill(tmp_path, how):
+    """A worker (spawned, as the scoring replicas are) ends when its parent is SIGKILLed: through the kernel's
+    parent-death signal, and through the watchdog thread used where there is none."""
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), "spawn", how], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = int(parent.stdout.readline())
+    try:
+        time.sleep(0.5)
+        assert _running(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 5
+        while _running(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _running(child), f"the worker outlived its parent ({how})"
+    finally:
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
 # ---- long documents in windows ----------------------------------------------------------------------------------
 def test_window_spans_keep_tokens_and_every_run_of_k_tokens():
     """Windows cut between tokens (each window's tokens are the text's own tokens there) and every run of

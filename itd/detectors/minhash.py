@@ -41,6 +41,7 @@ __all__ = ["MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "p
 
 PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
+_FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
 _U32 = np.uint32
 
 
@@ -107,6 +108,19 @@ def clip_tokens(text: str, max_tokens: int, *, tail: bool = False) -> str:
     if keep <= 0:
         return ""
     return piece[: int(byte_to_char(piece, tb.ends[keep - 1 : keep])[0])]
+
+
+def _text_groups(texts: Sequence[str], max_chars: int) -> list[tuple[int, int]]:
+    """Consecutive ranges [e0, e1) of `texts` of at most `max_chars` characters each (or one longer text)."""
+    groups, start, size = [], 0, 0
+    for i, t in enumerate(texts):
+        if size and size + len(t) > max_chars:
+            groups.append((start, i))
+            start, size = i, 0
+        size += len(t)
+    if start < len(texts):
+        groups.append((start, len(texts)))
+    return groups
 
 
 def _window_sizes(lengths: np.ndarray, ratio: float = 1.25) -> np.ndarray:
@@ -185,20 +199,22 @@ class MinHashDetector(CorpusDetector):
             texts += [clip_tokens(q, cap), qa]
             answers.append(clip_tokens(ans, cap, tail=True))
         self._texts, self._answers = texts, answers
-        tb = tokenize(texts, normalized=True)
-        lengths = np.diff(tb.doc_token_offsets)
-        h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
-        entry = tb.doc[pos]
-        keep = lengths[entry] >= self.min_tokens
         sigs = np.full((len(texts), self.num_perm), np.iinfo(_U32).max, dtype=_U32)
-        kept = np.flatnonzero(keep)
-        for c0 in range(0, kept.size, _CHUNK):  # in chunks: memory does not grow with the benchmark's length
-            sel = kept[c0 : c0 + _CHUNK]
-            ent = entry[sel]  # shingles come in entry order
-            first = np.flatnonzero(np.r_[True, ent[1:] != ent[:-1]])
-            mins = np.minimum.reduceat(permute(h32[sel], self._a, self._b), first, axis=0)
-            np.minimum(sigs[ent[first]], mins, out=mins)
-            sigs[ent[first]] = mins
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        # entries a few MB at a time, shingles 32K at a time: memory does not grow with the benchmark's length
+        for e0, e1 in _text_groups(texts, _FIT_CHARS):
+            tb = tokenize(texts[e0:e1], normalized=True)
+            lengths[e0:e1] = np.diff(tb.doc_token_offsets)
+            h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
+            entry = tb.doc[pos].astype(np.int64) + e0
+            kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
+            for c0 in range(0, kept.size, _CHUNK):
+                sel = kept[c0 : c0 + _CHUNK]
+                ent = entry[sel]  # shingles come in entry order
+                first = np.flatnonzero(np.r_[True, ent[1:] != ent[:-1]])
+                mins = np.minimum.reduceat(permute(h32[sel], self._a, self._b), first, axis=0)
+                np.minimum(sigs[ent[first]], mins, out=mins)
+                sigs[ent[first]] = mins
         indexed = np.flatnonzero(lengths >= self.min_tokens)
         indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
         self._lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)

@@ -141,13 +141,16 @@ class NGramDetector(CorpusDetector):
                 h, pos = h[keep], pos[keep]
                 order = np.argsort(h, kind="stable")
                 h, pos = h[order], pos[order]
-                keys, first, count = np.unique(h, return_index=True, return_counts=True)
+                del order
+                starts = np.r_[True, h[1:] != h[:-1]]  # one sort: runs of equal keys, occurrences in order
+                count = np.diff(np.append(np.flatnonzero(starts), h.size))
                 # an n-gram that many items share is benchmark boilerplate (a subject's fixed preamble):
                 # finding it in a corpus says nothing about any one item, so it is not indexed
                 common = np.repeat(count > self._shared_limit, count)
-                h, pos = h[~common], pos[~common]
-                keys, first = np.unique(h, return_index=True)
-                self._tables[(p, n)] = _Table(keys, np.append(first, h.size).astype(np.int64), pos)
+                if common.any():
+                    h, pos, starts = h[~common], pos[~common], starts[~common]
+                first = np.flatnonzero(starts)
+                self._tables[(p, n)] = _Table(h[first], np.append(first, h.size).astype(np.int64), pos)
         self._filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
         for table in self._tables.values():
             self._filter[table.keys >> _FILTER_SHIFT] = True
