@@ -1,8 +1,9 @@
 """Crash sweep: `kill -9` at random moments of commands that write what a user keeps; is what is left whole?
 
 Each fault class runs its command to completion once (the references, and the duration T), then `--cases` times
-starts it over the *old* output and kills it with SIGKILL after a random delay in [0.05 T, 1.1 T] (the tail past
-T lets some runs finish). A case is handled when what is on disk afterwards is entirely the old output or
+starts it over the *old* output and kills it with SIGKILL after a random delay: every other case in
+[0.05 T, 1.1 T], the others in [0.8 T, 1.05 T], near the end where outputs are written and switched in (delays
+past T let some runs finish). A case is handled when what is on disk afterwards is entirely the old output or
 entirely the new one (files that belong together from the same run), or, for `run`, when running the same
 command again (the resume) gives files byte-identical to an uninterrupted run.
 
@@ -287,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             handled = killed_n = 0
             for i in range(args.cases):
                 case.prepare()
-                delay = rng.uniform(0.05, 1.1) * case.duration
+                # every other kill lands near the end, where the outputs are written and switched in
+                delay = (rng.uniform(0.05, 1.1) if i % 2 == 0 else rng.uniform(0.8, 1.05)) * case.duration
                 killed = kill_after(case.command(), case.wd, delay)
                 killed_n += killed
                 state = case.judge(killed)

@@ -16,7 +16,8 @@ Whole or absent. `build_index` writes everything into a staging directory beside
 A kill at any moment therefore leaves either the old index or the new one, never a mix: `index.json` names its
 parts by build id, and the old parts are deleted only after the new `index.json` is in place. What a killed
 build leaves behind (a staging directory, a parts directory no `index.json` names) is ignored by `NGramIndex`
-and deleted by the next build into the same directory (only when the process that made it is gone). A build that
+and deleted by the next build into the same directory: the parts an `index.json` records it replaced, and any
+staging or parts directory whose build process is gone (its pid is part of the build id). A build that
 fails (bad input, an exception, Ctrl-C) removes its staging directory and creates nothing; an existing index is
 untouched.
 
@@ -126,7 +127,8 @@ class NGramIndex:
                 name = _part_key(p, k)
                 rec = parts.get(name)
                 if not isinstance(rec, dict):
-                    raise IndexIntegrityError(f"index.json names no part {name}; rebuild the index", path=str(self.path))
+                    raise IndexIntegrityError(f"index.json names no part {name}; rebuild the index",
+                                              path=str(self.path))
                 expected = f"parts-{build}/{name}.npy"
                 if rec.get("file") != expected:
                     raise IndexIntegrityError(
@@ -134,7 +136,8 @@ class NGramIndex:
                         "belong together; rebuild the index", path=str(self.path))
                 f = self.path / expected
                 if not f.is_file():
-                    raise IndexIntegrityError(f"index part {expected} is missing; rebuild the index", path=str(self.path))
+                    raise IndexIntegrityError(f"index part {expected} is missing; rebuild the index",
+                                              path=str(self.path))
                 size = f.stat().st_size
                 if size != rec.get("bytes"):
                     raise IndexIntegrityError(
@@ -143,15 +146,17 @@ class NGramIndex:
                 try:
                     arr = np.load(f, mmap_mode="r")
                 except (ValueError, OSError) as exc:
-                    raise IndexIntegrityError(f"index part {expected} is not a readable .npy file ({exc}); rebuild the index",
-                                     path=str(self.path)) from None
+                    raise IndexIntegrityError(
+                        f"index part {expected} is not a readable .npy file ({exc}); rebuild the index",
+                        path=str(self.path)) from None
                 if arr.dtype != np.uint64 or arr.shape != (rec.get("count"),):
                     raise IndexIntegrityError(
                         f"index part {expected} holds {arr.shape} {arr.dtype}, index.json says ({rec.get('count')},) "
                         "uint64: the parts do not belong together; rebuild the index", path=str(self.path))
                 if verify and sha256_file(f) != rec.get("sha256"):
-                    raise IndexIntegrityError(f"index part {expected} does not match its SHA-256 in index.json (corrupted or "
-                                     "replaced); rebuild the index", path=str(self.path))
+                    raise IndexIntegrityError(
+                        f"index part {expected} does not match its SHA-256 in index.json (corrupted or replaced); "
+                        "rebuild the index", path=str(self.path))
                 arrays[(p, k)] = arr
         return arrays
 

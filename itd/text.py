@@ -270,7 +270,7 @@ def byte_to_char(text: str, offsets: np.ndarray) -> np.ndarray:
     return char_of_byte[np.clip(offsets, 0, raw.size)]
 
 
-_MAX_WINDOW_GROWTH = 16  # a window grows to at most this many times its size to hold enough tokens
+_MAX_WINDOW_GROWTH = 4  # a window grows to at most this many times its size to hold enough tokens
 
 
 def window_spans(text: str, size: int, overlap_tokens: int) -> Iterator[tuple[int, int]]:
