@@ -281,9 +281,11 @@ def window_spans(text: str, size: int, overlap_tokens: int) -> Iterator[tuple[in
     consecutive tokens lies whole in one window, and a window's tokens are the text's own tokens there (cuts fall
     between tokens; normalisation and tokenisation only look a few characters around a token). A window holding
     too few tokens for that (long tokens, or little but punctuation) grows, up to `_MAX_WINDOW_GROWTH` times
-    `size`, until it moves on by at least half its length. Two approximations, both in pathological text only: a
-    window that cannot find a space is cut mid-token, and where Unicode normalisation changes the text's length
-    the overlap is widened by that change (offsets are taken on the normalised text).
+    `size`, until it moves on by at least half its length; where even that is not enough, consecutive windows
+    overlap by half their length instead, so the work stays at most twice the text. Approximations, in
+    pathological text only: that last case; a window that cannot find a space is cut mid-token; and where Unicode
+    normalisation changes the text's length, the overlap is widened by that change (offsets are taken on the
+    normalised text).
     """
     if size < 1:
         raise ValueError("window size must be >= 1")
@@ -300,7 +302,9 @@ def window_spans(text: str, size: int, overlap_tokens: int) -> Iterator[tuple[in
         yield a, b
         if b >= n:
             return
-        a = nxt if nxt > a else b  # a window of at most `overlap_tokens` tokens even grown: it cannot overlap
+        if nxt - a < (b - a) // 2:  # too few tokens even grown: half the window overlaps (between tokens)
+            nxt = _window_end(text, a, a + (b - a) // 2)
+        a = nxt
     yield a, n
 
 

@@ -344,7 +344,8 @@ def test_window_spans_keep_tokens_and_every_run_of_k_tokens():
              "sold", "half", "eggs,", "it's", "#### 18", "élan", "naïve", "’quoted’"]
     for trial in range(30):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(200, 3000)))
-        size, k = rng.choice([64, 200, 1000]), rng.choice([1, 5, 13, 40])
+        # windows of `size` characters (grown up to 4x) hold twice k of these tokens
+        size, k = rng.choice([(64, 1), (64, 5), (200, 5), (200, 13), (1000, 13), (1000, 40)])
         whole = tokenize([normalize(text)], normalized=True)
         spans = list(window_spans(text, size, k))
         assert spans[0][0] == 0 and spans[-1][1] == len(text)
