@@ -3,7 +3,8 @@
 Each fault class runs its command to completion once (the references, and the duration T), then `--cases` times
 starts it over the *old* output and kills it with SIGKILL after a random delay: every other case in
 [0.05 T, 1.1 T], the others in [0.8 T, 1.05 T], near the end where outputs are written and switched in (delays
-past T let some runs finish). A case is handled when what is on disk afterwards is entirely the old output or
+past T let some runs finish). T follows the machine's load: a run that finishes before its kill sets T to the
+time it took. A case is handled when what is on disk afterwards is entirely the old output or
 entirely the new one (files that belong together from the same run), or, for `run`, when running the same
 command again (the resume) gives files byte-identical to an uninterrupted run.
 
@@ -55,16 +56,17 @@ def run_done(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
-def kill_after(cmd: list[str], cwd: Path, delay: float) -> bool:
-    """Start `cmd`, SIGKILL it after `delay` s; True if it was killed, False if it had already finished."""
+def kill_after(cmd: list[str], cwd: Path, delay: float) -> float | None:
+    """Start `cmd`, SIGKILL it after `delay` s; None if it was killed, else the seconds it took to finish."""
+    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=delay)
-        return False
+        return time.perf_counter() - t0
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        return True
+        return None
 
 
 def read(path: Path) -> bytes | None:
@@ -290,8 +292,11 @@ def main(argv: list[str] | None = None) -> int:
                 case.prepare()
                 # every other kill lands near the end, where the outputs are written and switched in
                 delay = (rng.uniform(0.05, 1.1) if i % 2 == 0 else rng.uniform(0.8, 1.05)) * case.duration
-                killed = kill_after(case.command(), case.wd, delay)
+                took = kill_after(case.command(), case.wd, delay)
+                killed = took is None
                 killed_n += killed
+                if not killed:  # the machine got faster: aim the next kills at the run time seen now
+                    case.duration = took
                 state = case.judge(killed)
                 handled += state is not None
                 key = (state or "NOT WHOLE") + ("" if killed else " (finished before the kill)")
