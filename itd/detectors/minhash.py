@@ -300,6 +300,7 @@ class MinHashDetector(CorpusDetector):
                 self._verify_span(batch, tb, d, e, first, min(last, first + 2 * MAX_MATCH_TOKENS), part)
 
     def _verify_span(self, batch: DocBatch, tb, d: int, e: int, first: int, last: int, part: MinHashPartial) -> None:
+        """Align entry `e` with document `d` around tokens first..last; record it if it scores `min_score`."""
         document = batch.docs[d]
         lo, hi = (int(x) for x in byte_to_char(batch.normalized[d], np.array([tb.starts[first], tb.ends[last]])))
         sample, which = divmod(e, 2)
@@ -315,7 +316,8 @@ class MinHashDetector(CorpusDetector):
             b, which = key_end, 1
         part.best[sample, which] = max(part.best[sample, which], score)
         at = document.offset  # a window's offsets are turned into the whole document's
-        part.evidence.add(sample, Evidence(score, self.name, "fuzzy", PARTS[which], document.id, at + a, at + b, document.text[a:b]))
+        ev = Evidence(score, self.name, "fuzzy", PARTS[which], document.id, at + a, at + b, document.text[a:b])
+        part.evidence.add(sample, ev)
 
     def merge(self, a: MinHashPartial, b: MinHashPartial) -> MinHashPartial:
         np.maximum(a.best, b.best, out=a.best)
