@@ -42,7 +42,7 @@ class ScanConfig:
     shingle: int = 3
     text_field: str = "text"
     workers: int = 1
-    batch_chars: int = 1 << 20
+    batch_chars: int = 1 << 20  # characters per batch; a longer document is read in windows of this size
     shard_bytes: int = 32 << 20
     evidence_limit: int = 5
     skip_bad_lines: bool = False
