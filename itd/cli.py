@@ -334,6 +334,22 @@ def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_addres
     return EXIT_CLEAN
 
 
+@index.command("verify")
+@click.argument("path", type=click.Path())
+def index_verify(path):
+    """Check that every part of the index at PATH matches the SHA-256 its index.json records (reads it all);
+    exit 1 if one does not."""
+    from itd.index import IndexIntegrityError, NGramIndex
+
+    try:
+        idx = NGramIndex(path, verify=True)
+    except IndexIntegrityError as exc:
+        click.echo(f"index check failed: {exc}", err=True)
+        return EXIT_FOUND
+    _err_console().print(f"index {path} is whole: build {idx.build}, {len(idx.meta['parts'])} parts match their SHA-256")
+    return EXIT_CLEAN
+
+
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--index", "index_path", required=True, type=click.Path(), help="Index directory from `itd index build`.")

@@ -40,11 +40,16 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 @dataclass(slots=True)
 class Document:
-    """One corpus document: its file, 1-based line (JSONL/text) or row (parquet), and text."""
+    """One corpus document: its file, 1-based line (JSONL/text) or row (parquet), and text.
+
+    A window of a long document (`itd.scan.batches`) is a `Document` too: `text` is the window, `offset` the
+    character offset of the window in the whole document, to which evidence offsets refer.
+    """
 
     file: str
     line: int
     text: str
+    offset: int = 0
 
     @property
     def id(self) -> str:  # what evidence quotes: no credentials of a corpus URL (e.g. a signed-URL query)

@@ -14,7 +14,8 @@ what comes out does not depend on the engine, the number of workers or the order
 detectors): read-only, sent to each worker once.
 
 * `local`: `workers=1` runs in this process. More workers fork a process pool (spawn off Linux) that inherits
-  `shared`; bytes read are summed in shared memory for the progress callback.
+  `shared`; bytes read are summed in shared memory for the progress callback. Every pool worker ends when this
+  process ends, whatever ends it (`itd.processes.die_with_parent`: SIGTERM and SIGKILL leave no orphans).
 * `ray`: `shared` is put in the object store once (`ray.put`) and every worker process fetches it once per run.
   Each shard is one task with `max_retries`, so a shard whose worker process or node dies is run again from
   its start on another worker, and its partial result counts once. Two tasks per cluster CPU (at least 16)
@@ -24,7 +25,9 @@ detectors): read-only, sent to each worker once.
   the number of attempts, reported as `retries`. Ray is connected to with `ray.init(address)` only if this
   process is not connected yet (`None`: start a local Ray instance, with `workers` CPUs when more than one is
   asked for, else every core; `"auto"`: the cluster this machine belongs to; `"ray://host:10001"`: Ray
-  Client); a Ray instance started here is shut down at the end. On a cluster, `itd` (and the corpus: a shared
+  Client); a Ray instance started here is shut down at the end. If this process is killed, Ray's own fate
+  sharing ends the instance it started (measured with `kill -9`: raylet and workers at once, its two idle agent
+  processes within a minute). On a cluster, `itd` (and the corpus: a shared
   filesystem or URLs every node can read) must be available on every node.
 """
 
@@ -44,6 +47,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from itd.corpus import Shard
 from itd.errors import InputError, ITDError, require
+from itd.processes import die_with_parent
 from itd.registry import Registry
 
 __all__ = [
@@ -148,7 +152,8 @@ class Engine(abc.ABC):
 _POOL: dict[str, Any] = {}
 
 
-def _init_pool_worker(fn: ShardFn, shared: Any, counter: Any) -> None:
+def _init_pool_worker(parent_pid: int, fn: ShardFn, shared: Any, counter: Any) -> None:
+    die_with_parent(parent_pid)
     _POOL.update(fn=fn, shared=shared, counter=counter)
 
 
@@ -207,7 +212,7 @@ class LocalEngine(Engine):
             max_workers=min(self.workers, len(shards)),
             mp_context=ctx,
             initializer=_init_pool_worker,
-            initargs=(fn, shared, counter),
+            initargs=(os.getpid(), fn, shared, counter),
         ) as pool:
             index = {pool.submit(_pool_task, s): i for i, s in enumerate(shards)}
             pending = set(index)

@@ -16,7 +16,9 @@ without GPUs.
 
 Workers are spawned (CUDA cannot be forked), so, as with any spawn-based multiprocessing, a script that loads
 a model on several devices needs the `if __name__ == "__main__":` guard; the `itd` command has it. A worker
-that dies or fails stops the pool: the error is raised here, and the model must be loaded again.
+that dies or fails stops the pool: the error is raised here, and the model must be loaded again. Workers end
+when this process ends, whatever ends it (`itd.processes.die_with_parent`), so a killed run leaves no replica
+holding a GPU.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from itd.errors import InputError
+from itd.processes import die_with_parent
 
 __all__ = ["ReplicaPool", "parse_devices", "split_balanced"]
 
@@ -91,8 +94,11 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"a scoring replica failed:\n{text}")
 
 
-def _worker_main(spec: Any, device: str, threads: int | None, tasks: Any, results: Any, rank: int) -> None:
+def _worker_main(
+    parent_pid: int, spec: Any, device: str, threads: int | None, tasks: Any, results: Any, rank: int
+) -> None:
     """A replica process: load the model on `device`, then score jobs from `tasks` until None arrives."""
+    die_with_parent(parent_pid)
     try:
         import torch
 
@@ -164,7 +170,7 @@ class ReplicaPool:
         self._procs = [
             ctx.Process(
                 target=_worker_main,
-                args=(spec, dev, threads if dev == "cpu" else None, q, self._results, rank),
+                args=(os.getpid(), spec, dev, threads if dev == "cpu" else None, q, self._results, rank),
                 daemon=True,
                 name=f"itd-replica-{rank}-{dev}",
             )

@@ -21,7 +21,7 @@ from itd.detectors.base import CorpusDetector, DocBatch
 from itd.engines import ENGINES, make_engine
 from itd.errors import InputError
 from itd.report import SampleResult, ScanReport, label_of
-from itd.text import normalize, tokenize
+from itd.text import normalize, tokenize, window_spans
 
 __all__ = [
     "ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress", "ShardTally",
@@ -62,7 +62,7 @@ class ScanConfig:
     shingle: int = 3
     text_field: str = "text"
     workers: int = 1
-    batch_chars: int = 1 << 20
+    batch_chars: int = 1 << 20  # characters per batch; a longer document is read in windows of this size
     shard_bytes: int = 32 << 20
     evidence_limit: int = 5
     skip_bad_lines: bool = False
@@ -119,16 +119,30 @@ def make_batch(docs: list[Document]) -> DocBatch:
     return DocBatch(docs, normalized, tokenize(normalized, normalized=True))
 
 
-def batches(docs: Iterable[Document], batch_chars: int) -> Iterable[list[Document]]:
-    """Group documents into lists of about `batch_chars` characters."""
+def batches(docs: Iterable[Document], batch_chars: int, overlap_tokens: int = 0) -> Iterable[list[Document]]:
+    """Group documents into lists of about `batch_chars` characters.
+
+    A document longer than `batch_chars` is read in windows of about that size (`itd.text.window_spans`), each a
+    `Document` with its `offset` in the whole one, that overlap by `overlap_tokens` tokens: a match spanning at
+    most that many tokens lies whole in one window, and memory does not grow with a document's length. Only the
+    first window of a document has `offset == 0`, which is how documents are counted.
+    """
     batch: list[Document] = []
     size = 0
     for d in docs:
-        batch.append(d)
-        size += len(d.text)
-        if size >= batch_chars:
-            yield batch
-            batch, size = [], 0
+        if len(d.text) > batch_chars:
+            pieces: Iterable[Document] = (
+                Document(d.file, d.line, d.text[a:b], d.offset + a)
+                for a, b in window_spans(d.text, batch_chars, overlap_tokens)
+            )
+        else:
+            pieces = (d,)
+        for piece in pieces:
+            batch.append(piece)
+            size += len(piece.text)
+            if size >= batch_chars:
+                yield batch
+                batch, size = [], 0
     if batch:
         yield batch
 
@@ -245,7 +259,8 @@ def scan_shard(
     reader = ShardReader(shard, config.text_field, skip_bad=config.skip_bad_lines,
                          max_skipped=reader_skip_limit(config.max_bad_lines))
     reported = 0
-    for docs in batches(reader, config.batch_chars):
+    overlap = max((d.context_tokens for d in detectors), default=0)
+    for docs in batches(reader, config.batch_chars, overlap):
         batch = make_batch(docs)
         for i, det in enumerate(detectors):
             partials[i] = det.merge(partials[i], det.scan_batch(batch))

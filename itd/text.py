@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +27,8 @@ __all__ = [
     "mix64",
     "NUMBER_HASH",
     "fold_for_alignment",
+    "byte_to_char",
+    "window_spans",
 ]
 
 _U64 = np.uint64
@@ -257,3 +259,89 @@ def ngram_hashes(token_hashes: np.ndarray, doc: np.ndarray, ns: Sequence[int]) -
                 valid = np.flatnonzero(doc[:m] == doc[n - 1 : n - 1 + m])
                 out[n] = (mix64(acc[valid] ^ _U64(n)), valid)
     return out
+
+
+def byte_to_char(text: str, offsets: np.ndarray) -> np.ndarray:
+    """Map byte offsets in `text.encode()` to character offsets in `text`."""
+    if text.isascii():
+        return offsets
+    raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    char_of_byte = np.concatenate([[0], np.cumsum((raw & 0xC0) != 0x80)])
+    return char_of_byte[np.clip(offsets, 0, raw.size)]
+
+
+_MAX_WINDOW_GROWTH = 4  # a window grows to at most this many times its size to hold enough tokens
+
+
+def window_spans(text: str, size: int, overlap_tokens: int) -> Iterator[tuple[int, int]]:
+    """Character spans [a, b) of overlapping windows that cover `text`, to read a long text in bounded pieces.
+
+    A window is about `size` characters and ends after a line break, or else a space, in its second half. The
+    next window starts at the `overlap_tokens`-th last token of the one before, so every run of `overlap_tokens`
+    consecutive tokens lies whole in one window, and a window's tokens are the text's own tokens there (cuts fall
+    between tokens; normalisation and tokenisation only look a few characters around a token). A window holding
+    too few tokens for that (long tokens, or little but punctuation) grows, up to `_MAX_WINDOW_GROWTH` times
+    `size`, until it moves on by at least half its length; where even that is not enough, consecutive windows
+    overlap by half their length instead, so the work stays at most twice the text. Approximations, in
+    pathological text only: that last case; a window that cannot find a space is cut mid-token; and where Unicode
+    normalisation changes the text's length, the overlap is widened by that change (offsets are taken on the
+    normalised text).
+    """
+    if size < 1:
+        raise ValueError("window size must be >= 1")
+    n = len(text)
+    a = 0
+    while n - a > size:
+        want = size
+        while True:
+            b = _window_end(text, a, min(n, a + want))
+            nxt = _tail_start(text, a, b, overlap_tokens) if b < n else b
+            if b >= n or nxt - a >= (b - a) // 2 or want >= _MAX_WINDOW_GROWTH * size:
+                break
+            want *= 2
+        yield a, b
+        if b >= n:
+            return
+        if nxt - a < (b - a) // 2:  # too few tokens even grown: half the window overlaps (between tokens)
+            nxt = _window_end(text, a, a + (b - a) // 2)
+        a = nxt
+    yield a, n
+
+
+def _window_end(text: str, a: int, end: int) -> int:
+    """Where a window starting at `a` ends, at most `end`: after the last line break, else space, of its second half."""
+    if end >= len(text):
+        return len(text)
+    mid = a + (end - a) // 2
+    for sep in ("\n", " "):
+        i = text.rfind(sep, mid, end)
+        if i >= 0:
+            return i + 1
+    return end
+
+
+def _tail_start(text: str, a: int, b: int, k: int) -> int:
+    """Character offset of the start of the k-th last token of `text[a:b]` (`a` if it holds fewer than k)."""
+    if k <= 0:
+        return b
+    span = 16 * k + 256
+    while True:
+        t = max(a, b - span)
+        partial = False
+        if t > a:  # start the tail at a line start, or after a space, so it does not begin inside a token
+            i = text.rfind("\n", max(a, t - span), t)
+            if i < 0:
+                i = text.rfind(" ", max(a, t - span), t)
+            t, partial = (i + 1, False) if i >= 0 else (t, True)
+        tail = text[t:b]
+        norm = normalize(tail)
+        tb = tokenize([norm], normalized=True)
+        first = tb.n_tokens - k  # index of the k-th last token; the first token of a mid-token tail is partial
+        if first >= int(partial):
+            off = int(byte_to_char(norm, tb.starts[first : first + 1])[0])
+            if len(norm) != len(tail):
+                off -= abs(len(norm) - len(tail))
+            return max(a, t + off)
+        if t == a:
+            return a
+        span *= 4

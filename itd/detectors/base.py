@@ -28,9 +28,17 @@ __all__ = [
     "align",
     "answer_key_end",
     "label_text",
+    "MAX_MATCH_TOKENS",
 ]
 
 DETECTORS: Registry[type["CorpusDetector"]] = Registry("detector")
+
+MAX_MATCH_TOKENS = 2048
+"""The longest stretch of tokens one match is compared or shown as. A benchmark item longer than this (rare:
+GSM8K items have at most ~320 tokens, MMLU items ~800) is fuzzily compared by its first (question) and last
+(question + answer) `MAX_MATCH_TOKENS` tokens, a piece of evidence shows at most this many of its tokens, and
+long documents are read in windows overlapping by at most twice this many tokens. This bounds memory and time by
+design, whatever the lengths of the items and the documents."""
 
 
 @dataclass(slots=True)
@@ -74,6 +82,12 @@ def _rank(ev: Evidence) -> tuple:
     return (-ev.score, ev.doc, ev.start, ev.end, ev.detector, ev.part, ev.match, ev.text)
 
 
+def _overlap_rank(ev: Evidence) -> tuple:
+    """Which of two overlapping pieces of evidence of one kind stays: the higher score, then the longer span (a
+    window boundary of a long document can cut a copy, whose part in that window also scores high)."""
+    return (-ev.score, ev.start - ev.end, _rank(ev))
+
+
 class EvidenceBook:
     """The best `limit` pieces of evidence per sample (highest score first), mergeable across workers in any
     order (ties are broken by `_rank`)."""
@@ -89,7 +103,7 @@ class EvidenceBook:
         kept = self._heaps.setdefault(sample, [])  # at most `limit` pieces, in no particular order
         for i, e in enumerate(kept):
             if (e.doc, e.detector, e.part) == (ev.doc, ev.detector, ev.part) and e.start < ev.end and ev.start < e.end:
-                if _rank(ev) < _rank(e):
+                if _overlap_rank(ev) < _overlap_rank(e):
                     kept[i] = ev
                 return
         if len(kept) < self.limit:
@@ -201,6 +215,9 @@ class CorpusDetector(abc.ABC):
     """Finds benchmark samples inside a streamed corpus."""
 
     name: ClassVar[str]
+    context_tokens: int = 0
+    """Consecutive corpus tokens one match can span (set by `fit`): a long document is read in windows that
+    overlap by at least this many tokens (`itd.scan.batches`), so no match is cut in two."""
 
     def __init__(self, evidence_limit: int = 5):
         if evidence_limit < 1:

@@ -6,6 +6,12 @@ of the items. Window signatures are computed for all windows at once with numpy:
 then signatures are minima over blocks of shingles (datasketch's "affine32" scheme, bit for bit). A numpy
 band-hash prefilter skips windows that share no LSH band with any item; the rest are queried against the
 datasketch index and every candidate is verified with rapidfuzz on a bounded window.
+
+An item longer than `MAX_MATCH_TOKENS` tokens is compared by its opening, the first `MAX_MATCH_TOKENS` tokens of
+its question (the "question" entry), and by its ending, the last `MAX_MATCH_TOKENS` tokens of question + answer
+(the "question+answer" entry: the answer with what comes right before it). A near-copy of the whole item holds
+both, so it is found; a copy of only its middle is left to the n-gram detector's coverage. Item-sized windows,
+signatures and alignments therefore stay bounded whatever the items' lengths.
 """
 
 from __future__ import annotations
@@ -16,15 +22,26 @@ from typing import Sequence
 import numpy as np
 
 from itd.data import Sample
-from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, align, answer_key_end, label_text
-from itd.detectors.ngram import byte_to_char
+from itd.detectors.base import (
+    DETECTORS,
+    MAX_MATCH_TOKENS,
+    CorpusDetector,
+    DocBatch,
+    Evidence,
+    EvidenceBook,
+    Finding,
+    align,
+    answer_key_end,
+    label_text,
+)
 from itd.errors import require
-from itd.text import mix64, ngram_hashes, normalize, tokenize
+from itd.text import byte_to_char, mix64, ngram_hashes, normalize, tokenize
 
-__all__ = ["MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "permute"]
+__all__ = ["MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "permute", "clip_tokens"]
 
 PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
+_FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
 _U32 = np.uint32
 
 
@@ -66,6 +83,44 @@ def _range_min(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
         if sel.size:
             out[sel] = np.minimum(table[lo[sel]], table[hi[sel] - (1 << j)])
     return out
+
+
+def clip_tokens(text: str, max_tokens: int, *, tail: bool = False) -> str:
+    """The first (or, with `tail`, the last) `max_tokens` tokens of a normalised `text`, cut between tokens; the
+    text itself when it is that short. Reads at most 32 characters per token of `text`, however long it is."""
+    if len(text) <= max_tokens:  # fewer characters than tokens allowed: nothing to clip (the usual case)
+        return text
+    limit = 32 * max_tokens
+    clipped = len(text) > limit
+    piece = (text[-limit:] if tail else text[:limit]) if clipped else text
+    tb = tokenize([piece], normalized=True)
+    cut = int(clipped)  # the token at the cut of a clipped piece may be partial: it is dropped
+    if tail:
+        first = max(tb.n_tokens - max_tokens, cut)
+        if first == 0:
+            return text
+        if first >= tb.n_tokens:
+            return ""
+        return piece[int(byte_to_char(piece, tb.starts[first : first + 1])[0]) :]
+    keep = min(tb.n_tokens - cut, max_tokens)
+    if keep == tb.n_tokens:
+        return text
+    if keep <= 0:
+        return ""
+    return piece[: int(byte_to_char(piece, tb.ends[keep - 1 : keep])[0])]
+
+
+def _text_groups(texts: Sequence[str], max_chars: int) -> list[tuple[int, int]]:
+    """Consecutive ranges [e0, e1) of `texts` of at most `max_chars` characters each (or one longer text)."""
+    groups, start, size = [], 0, 0
+    for i, t in enumerate(texts):
+        if size and size + len(t) > max_chars:
+            groups.append((start, i))
+            start, size = i, 0
+        size += len(t)
+    if start < len(texts):
+        groups.append((start, len(texts)))
+    return groups
 
 
 def _window_sizes(lengths: np.ndarray, ratio: float = 1.25) -> np.ndarray:
@@ -137,19 +192,29 @@ class MinHashDetector(CorpusDetector):
         self._a, self._b = np.asarray(a, dtype=_U32), np.asarray(b, dtype=_U32)
         # entry e: sample e // 2, part e % 2 (0 = question, 1 = question + answer)
         texts, answers = [], []
+        cap = MAX_MATCH_TOKENS
         for s in self.samples:
             q, ans = normalize(s.prompt_text()), normalize(label_text(s))
-            texts += [q, q + "\n" + ans if ans.strip() else ""]
-            answers.append(ans)
+            qa = clip_tokens(q + "\n" + ans, cap, tail=True) if ans.strip() else ""
+            texts += [clip_tokens(q, cap), qa]
+            answers.append(clip_tokens(ans, cap, tail=True))
         self._texts, self._answers = texts, answers
-        tb = tokenize(texts, normalized=True)
-        lengths = np.diff(tb.doc_token_offsets)
-        h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
-        entry = tb.doc[pos]
-        keep = lengths[entry] >= self.min_tokens
         sigs = np.full((len(texts), self.num_perm), np.iinfo(_U32).max, dtype=_U32)
-        if keep.any():
-            np.minimum.at(sigs, entry[keep], permute(h32[keep], self._a, self._b))
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        # entries a few MB at a time, shingles 32K at a time: memory does not grow with the benchmark's length
+        for e0, e1 in _text_groups(texts, _FIT_CHARS):
+            tb = tokenize(texts[e0:e1], normalized=True)
+            lengths[e0:e1] = np.diff(tb.doc_token_offsets)
+            h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
+            entry = tb.doc[pos].astype(np.int64) + e0
+            kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
+            for c0 in range(0, kept.size, _CHUNK):
+                sel = kept[c0 : c0 + _CHUNK]
+                ent = entry[sel]  # shingles come in entry order
+                first = np.flatnonzero(np.r_[True, ent[1:] != ent[:-1]])
+                mins = np.minimum.reduceat(permute(h32[sel], self._a, self._b), first, axis=0)
+                np.minimum(sigs[ent[first]], mins, out=mins)
+                sigs[ent[first]] = mins
         indexed = np.flatnonzero(lengths >= self.min_tokens)
         indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
         self._lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
@@ -161,6 +226,8 @@ class MinHashDetector(CorpusDetector):
         self._band_mult = rng.integers(1, 1 << 63, size=self.num_perm, dtype=np.uint64) | np.uint64(1)
         self._band_keys = [np.unique(self._band_hash(sigs[indexed], s, t)) for s, t in self._bands]
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
+        # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
+        self.context_tokens = 2 * int(self._sizes.max()) + self.shingle if self._sizes.size else 0
         return self
 
     def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
@@ -218,28 +285,39 @@ class MinHashDetector(CorpusDetector):
         return np.concatenate(los), np.concatenate(his)
 
     def _verify(self, batch: DocBatch, candidates: list[tuple[int, int, int, int]], part: MinHashPartial) -> None:
-        """Verify each (document, item) candidate once, over the union of its candidate windows."""
-        spans: dict[tuple[int, int], list[int]] = {}
-        for d, e, first, last in candidates:
-            span = spans.setdefault((d, e), [first, last])
-            span[0], span[1] = min(span[0], first), max(span[1], last)
+        """Verify each (document, item) candidate once per stretch of overlapping candidate windows (two copies far
+        apart in a long document are verified apart, each over a bounded span)."""
+        spans: dict[tuple[int, int], list[list[int]]] = {}
+        for d, e, first, last in sorted(candidates, key=lambda c: (c[0], c[1], c[2])):
+            runs = spans.setdefault((d, e), [])
+            if runs and first <= runs[-1][1] + 1:
+                runs[-1][1] = max(runs[-1][1], last)
+            else:
+                runs.append([first, last])
         tb = batch.tokens
-        for (d, e), (first, last) in spans.items():
-            document = batch.docs[d]
-            lo, hi = (int(x) for x in byte_to_char(batch.normalized[d], np.array([tb.starts[first], tb.ends[last]])))
-            sample, which = divmod(e, 2)
-            needle = self._texts[e]
-            score, a, b = align(needle, document.text, lo, hi, margin=max(32, len(needle) // 4))
-            if which == 1 and score >= self.min_score:
-                # the whole item matched: the answer must also be there, not just a long question
-                score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
-            if score < self.min_score:
-                continue
-            key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8)
-            if key_end is not None:  # an MCQ item followed by its key: the label is there too
-                b, which = key_end, 1
-            part.best[sample, which] = max(part.best[sample, which], score)
-            part.evidence.add(sample, Evidence(score, self.name, "fuzzy", PARTS[which], document.id, a, b, document.text[a:b]))
+        for (d, e), runs in spans.items():
+            for first, last in runs:
+                self._verify_span(batch, tb, d, e, first, min(last, first + 2 * MAX_MATCH_TOKENS), part)
+
+    def _verify_span(self, batch: DocBatch, tb, d: int, e: int, first: int, last: int, part: MinHashPartial) -> None:
+        """Align entry `e` with document `d` around tokens first..last; record it if it scores `min_score`."""
+        document = batch.docs[d]
+        lo, hi = (int(x) for x in byte_to_char(batch.normalized[d], np.array([tb.starts[first], tb.ends[last]])))
+        sample, which = divmod(e, 2)
+        needle = self._texts[e]
+        score, a, b = align(needle, document.text, lo, hi, margin=max(32, len(needle) // 4))
+        if which == 1 and score >= self.min_score:
+            # the whole item matched: the answer must also be there, not just a long question
+            score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
+        if score < self.min_score:
+            return
+        key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8)
+        if key_end is not None:  # an MCQ item followed by its key: the label is there too
+            b, which = key_end, 1
+        part.best[sample, which] = max(part.best[sample, which], score)
+        at = document.offset  # a window's offsets are turned into the whole document's
+        ev = Evidence(score, self.name, "fuzzy", PARTS[which], document.id, at + a, at + b, document.text[a:b])
+        part.evidence.add(sample, ev)
 
     def merge(self, a: MinHashPartial, b: MinHashPartial) -> MinHashPartial:
         np.maximum(a.best, b.best, out=a.best)

@@ -14,8 +14,19 @@ from typing import Sequence
 import numpy as np
 
 from itd.data import Sample
-from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, align, answer_key_end, label_text
-from itd.text import ngram_hashes, normalize, tokenize
+from itd.detectors.base import (
+    DETECTORS,
+    MAX_MATCH_TOKENS,
+    CorpusDetector,
+    DocBatch,
+    Evidence,
+    EvidenceBook,
+    Finding,
+    align,
+    answer_key_end,
+    label_text,
+)
+from itd.text import byte_to_char, ngram_hashes, normalize, tokenize
 
 __all__ = ["NGramDetector", "NGramPartial", "byte_to_char"]
 
@@ -40,15 +51,6 @@ class NGramPartial:
 
     found: dict[tuple[int, int], np.ndarray]
     evidence: EvidenceBook
-
-
-def byte_to_char(text: str, offsets: np.ndarray) -> np.ndarray:
-    """Map byte offsets in `text.encode()` to character offsets in `text`."""
-    if text.isascii():
-        return offsets
-    raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    char_of_byte = np.concatenate([[0], np.cumsum((raw & 0xC0) != 0x80)])
-    return char_of_byte[np.clip(offsets, 0, raw.size)]
 
 
 @DETECTORS.register("ngram")
@@ -112,6 +114,9 @@ class NGramDetector(CorpusDetector):
         if self._sample_start.size < n_samples + 1:
             self._sample_start = np.append(self._sample_start, tb.n_tokens)
         lengths = np.diff(self._sample_start)
+        self._length = lengths
+        # a copy of the longest item (with as many tokens again inserted) lies whole in one window of a long document
+        self.context_tokens = max(self.n, min(2 * int(lengths.max(initial=0)), 2 * MAX_MATCH_TOKENS))
         self._prompt_len = tb.doc_token_offsets[1::2][:n_samples] - self._sample_start[:n_samples]
         n_eff = np.where(lengths >= self.short_item_tokens, self.n, self.n_short)
         n_eff = np.where(lengths < self.n_short, lengths if self.match_short_items else 0, n_eff)
@@ -136,13 +141,16 @@ class NGramDetector(CorpusDetector):
                 h, pos = h[keep], pos[keep]
                 order = np.argsort(h, kind="stable")
                 h, pos = h[order], pos[order]
-                keys, first, count = np.unique(h, return_index=True, return_counts=True)
+                del order
+                starts = np.r_[True, h[1:] != h[:-1]]  # one sort: runs of equal keys, occurrences in order
+                count = np.diff(np.append(np.flatnonzero(starts), h.size))
                 # an n-gram that many items share is benchmark boilerplate (a subject's fixed preamble):
                 # finding it in a corpus says nothing about any one item, so it is not indexed
                 common = np.repeat(count > self._shared_limit, count)
-                h, pos = h[~common], pos[~common]
-                keys, first = np.unique(h, return_index=True)
-                self._tables[(p, n)] = _Table(keys, np.append(first, h.size).astype(np.int64), pos)
+                if common.any():
+                    h, pos, starts = h[~common], pos[~common], starts[~common]
+                first = np.flatnonzero(starts)
+                self._tables[(p, n)] = _Table(h[first], np.append(first, h.size).astype(np.int64), pos)
         self._filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
         for table in self._tables.values():
             self._filter[table.keys >> _FILTER_SHIFT] = True
@@ -188,19 +196,25 @@ class NGramDetector(CorpusDetector):
         return part
 
     def _collect_evidence(self, batch: DocBatch, cpos, bpos, ns, passes, book: EvidenceBook) -> None:
-        """Group hits by (document, sample) and verify each group's span with rapidfuzz."""
+        """Group hits into copies, by (document, sample) and position, and verify each copy's span with rapidfuzz.
+
+        Hits of one sample in one document start a new copy where they are more than the item's length (at most
+        `MAX_MATCH_TOKENS`) apart, so two copies far apart in a long document are two pieces of evidence, each
+        aligned over its own span; a copy is aligned over at most `MAX_MATCH_TOKENS` of the item's tokens.
+        """
         tb = batch.tokens
         doc = tb.doc[cpos].astype(np.int64)
         sample = self._sample_of[bpos]
         key = doc * len(self.samples) + sample
-        order = np.argsort(key, kind="stable")
+        order = np.lexsort((cpos, key))
         key, cpos, bpos, ns, passes, doc, sample = (a[order] for a in (key, cpos, bpos, ns, passes, doc, sample))
-        cut = np.flatnonzero(np.diff(key)) + 1
+        gap = np.minimum(self._length[sample], MAX_MATCH_TOKENS)
+        cut = np.flatnonzero((np.diff(key) != 0) | (np.diff(cpos) > gap[1:])) + 1
         starts = np.concatenate([[0], cut])
         c_lo = np.minimum.reduceat(cpos, starts)
-        c_hi = np.maximum.reduceat(cpos + ns - 1, starts)
+        c_hi = np.minimum(np.maximum.reduceat(cpos + ns - 1, starts), c_lo + 2 * MAX_MATCH_TOKENS)
         b_lo = np.minimum.reduceat(bpos, starts)
-        b_hi = np.maximum.reduceat(bpos + ns - 1, starts)
+        b_hi = np.minimum(np.maximum.reduceat(bpos + ns - 1, starts), b_lo + MAX_MATCH_TOKENS - 1)
         pass_bits = np.bitwise_or.reduceat(1 << passes, starts)
         for g, first in enumerate(starts):
             d, s = int(doc[first]), int(sample[first])
@@ -213,7 +227,8 @@ class NGramDetector(CorpusDetector):
             key_end = answer_key_end(self.samples[s], document.text, b, slack=16 + len(needle) // 8)
             if key_end is not None:
                 b, part_name = key_end, "question+answer"
-            book.add(s, Evidence(score, self.name, match, part_name, document.id, a, b, document.text[a:b]))
+            at = document.offset  # a window's offsets are turned into the whole document's
+            book.add(s, Evidence(score, self.name, match, part_name, document.id, at + a, at + b, document.text[a:b]))
 
     def _needle(self, g0: int, g1: int) -> tuple[str, str]:
         """Normalised benchmark text spanning global benchmark tokens g0..g1, and which part it covers."""

@@ -569,6 +569,7 @@ class SemanticDetector(CorpusDetector):
         self._fit_pid = os.getpid()
         self._device = self._resolved_device()
         self._window = self.window or auto_window(self.samples)
+        self.context_tokens = 2 * self._window + 64  # an item-sized window of words, with room for punctuation tokens
         n = len(self.samples)
         answers = [label_text(s) for s in self.samples]
         self._has_qa = np.array([bool(a.strip()) for a in answers], dtype=bool)
@@ -763,7 +764,8 @@ class SemanticDetector(CorpusDetector):
             found = self._answer_in(int(c), document.text[a : b + (b - a)])
             ev = SemanticEvidence(
                 round(float(s) * 100, 2), self.name, "embedding", "question+answer" if found else "question",
-                document.id, a, b, text, similarity=float(s), margin=float(m), view="question+answer" if v else "question",
+                document.id, document.offset + a, document.offset + b, text, similarity=float(s), margin=float(m),
+                view="question+answer" if v else "question",
                 answer_found=found,
             )
             part.evidence.add(int(c), ev)
