@@ -167,6 +167,16 @@ def _read_summary(stats: dict) -> str:
     return line
 
 
+def _layout_summary(stats: dict) -> str:
+    """The record layouts a corpus was read in, one line each: files, documents and records per field."""
+    lines = []
+    for name, entry in (stats.get("layouts") or {}).items():
+        fields = ", ".join(f"{f} {c:,}" for f, c in entry["fields"].items())
+        lines.append(f"layout {name}: {_plural(entry['files'], 'file')}, {_plural(entry['documents'], 'document')}"
+                     + (f" (records with text per field: {fields})" if fields else ""))
+    return "\n".join(lines)
+
+
 def _say_processed(stats: dict, verb: str) -> None:
     """One stderr line: how many bytes, shards, workers (and nodes) a corpus pass processed, and how fast."""
     nodes = stats.get("nodes") or 0
@@ -200,6 +210,10 @@ class _BadLineLimit(click.ParamType):
             self.fail(exc.message, param, ctx)
 
 
+_TEXT_FIELD_HELP = ("Field(s) of JSONL/parquet/datasets records that hold the text: comma-separated names or paths "
+                    "such as messages[*].content [default: the record layout, detected per file].")
+_LAYOUT_HELP = ("Record layout of the corpus: auto (detected per file), text, messages, sharegpt, alpaca, "
+                "prompt-completion, prompt-response, mmlu, gsm8k.")
 _SKIP_BAD_HELP = "Skip malformed corpus lines (counted and reported) instead of stopping at the first one."
 _MAX_BAD_HELP = ("With --skip-bad-lines: the most malformed lines the run may skip, as a share of the lines read "
                  "when below 1 (0.01 or 1%) or as a number of lines from 1 up (100). Skipping more, reading 0 "
@@ -229,7 +243,8 @@ def cli() -> None:
 @click.option("--input-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.4, help="Question coverage that marks the input contaminated.")
 @click.option("--label-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.4, help="Answer coverage that marks the label contaminated.")
 @click.option("--fuzzy-min-score", type=FiniteFloat(0, 100), default=85.0, help="rapidfuzz score a fuzzy match needs.")
-@click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
+@click.option("--text-field", default="text", help=_TEXT_FIELD_HELP)
+@click.option("--layout", default="auto", help=_LAYOUT_HELP)
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
 @click.option("--engine", default="local", help=_ENGINE_HELP)
 @click.option("--ray-address", help=_RAY_ADDRESS_HELP)
@@ -251,7 +266,7 @@ def cli() -> None:
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, as_json, quiet, **semantic):
+def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, as_json, quiet, **semantic):
     """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found, 0 if none is (and the corpus was
     read: 0 documents, or too many skipped lines, is an input error, exit 2)."""
     from itd.io import build_manifest
@@ -269,6 +284,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         label_threshold=label_threshold,
         fuzzy_min_score=fuzzy_min_score,
         text_field=text_field,
+        layout=layout,
         workers=workers,
         engine=engine,
         ray_address=ray_address,
@@ -291,6 +307,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
     else:
         _print_report(report, title=f"{benchmark}: {len(samples)} samples")
         _out_console().print(_read_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
+        _out_console().print(_layout_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 
@@ -304,7 +321,8 @@ def index() -> None:
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Index directory.")
 @click.option("--n", type=click.IntRange(2, 64), default=13, help="n-gram length.")
 @click.option("--n-short", type=click.IntRange(1, 64), default=8, help="n-gram length for short items.")
-@click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
+@click.option("--text-field", default="text", help=_TEXT_FIELD_HELP)
+@click.option("--layout", default="auto", help=_LAYOUT_HELP)
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
 @click.option("--engine", default="local", help=_ENGINE_HELP)
 @click.option("--ray-address", help=_RAY_ADDRESS_HELP)
@@ -312,7 +330,7 @@ def index() -> None:
 @click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the index metadata as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_address, skip_bad_lines, max_bad_lines, as_json, quiet):
+def index_build(corpus, out, n, n_short, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, as_json, quiet):
     """Index the n-grams of CORPUS into directory OUT (nothing is written when 0 documents were read or too
     many lines were skipped: exit 2)."""
     from itd.index import build_index
@@ -321,7 +339,7 @@ def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_addres
 
     with _byte_progress("indexing corpus", not quiet) as progress:
         meta = build_index(
-            list(corpus), out, n=n, n_short=n_short, text_field=text_field, skip_bad_lines=skip_bad_lines,
+            list(corpus), out, n=n, n_short=n_short, text_field=text_field, layout=layout, skip_bad_lines=skip_bad_lines,
             max_bad_lines=max_bad_lines, progress=progress, engine=engine, ray_address=ray_address, workers=workers,
         )
     if not quiet:
@@ -331,6 +349,7 @@ def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_addres
         _echo_json({**meta, "out": out})
     else:
         _out_console().print(f"index written to {out}: {_read_summary(meta)}", highlight=False, markup=False, soft_wrap=True)
+        _out_console().print(_layout_summary(meta), highlight=False, markup=False, soft_wrap=True)
     return EXIT_CLEAN
 
 

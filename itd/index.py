@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from itd.corpus import Shard, ShardReader, plan_shards
+from itd.corpus import Shard, ShardReader, plan_shards, resolve_layout
 from itd.data import Sample
 from itd.detectors.ngram import PASSES, NGramDetector
 from itd.engines import make_engine
@@ -99,12 +99,12 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 
 
 def _index_shard(
-    shared: tuple[list[int], str, int, bool, int | None], shard: Shard, on_bytes: Callable[[int], None] | None
+    shared: tuple[list[int], str, int, bool, int | None, str], shard: Shard, on_bytes: Callable[[int], None] | None
 ) -> tuple[dict[tuple[str, int], np.ndarray], ShardTally]:
     """The n-gram hashes of one shard: sorted unique per (pass, n), and what was read (an engine task)."""
-    ns, text_field, batch_chars, skip_bad_lines, max_skipped = shared
+    ns, text_field, batch_chars, skip_bad_lines, max_skipped, layout = shared
     runs: dict[tuple[str, int], list[np.ndarray]] = {(p, k): [] for p in PASSES for k in ns}
-    reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped)
+    reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped, layout=layout)
     seen = 0
     for batch_docs in batches(reader, batch_chars):
         tb = make_batch(batch_docs).tokens
@@ -127,6 +127,7 @@ def build_index(
     n: int = 13,
     n_short: int = 8,
     text_field: str = "text",
+    layout: str = "auto",
     batch_chars: int = 1 << 20,
     skip_bad_lines: bool = False,
     max_bad_lines: float = DEFAULT_MAX_BAD_LINES,
@@ -140,7 +141,8 @@ def build_index(
 
     `engine="ray"` reads the shards (large files cut into `shard_bytes` ranges) in parallel on Ray
     (`ray_address`, `workers`: see `itd.engines.RayEngine`), `workers` > 1 with the local engine in a process
-    pool; the index is the same either way. An index is only written when a verdict may rest on it
+    pool; the index is the same either way. Records are read in `layout` (`itd.layouts`; "auto": detected per
+    file) or from the fields `text_field` names. An index is only written when a verdict may rest on it
     (`itd.scan.ShardTally.validate`: documents were read, and no more lines were skipped than `max_bad_lines`
     allows); otherwise `InputError` is raised and `out` is left as it was (removed if this call created it).
     """
@@ -152,11 +154,12 @@ def build_index(
         raise InputError(f"a Ray address ({ray_address!r}) needs the Ray engine (--engine ray)")
     runner = make_engine(engine, workers=workers, address=ray_address) if engine != "local" or workers > 1 else None
     out = Path(out)
+    resolve_layout(layout, text_field)  # a bad --layout or --text-field fails before anything is read
     shards = plan_shards(corpus, shard_bytes if runner is not None else None)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        meta = _build(shards, out, runner, n, n_short, text_field, batch_chars, skip_bad_lines, max_bad_lines, progress)
+        meta = _build(shards, out, runner, n, n_short, (text_field, layout), batch_chars, skip_bad_lines, max_bad_lines, progress)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -165,15 +168,17 @@ def build_index(
                 parallelism=runner.stats.parallelism if runner is not None else 1)
     meta["manifest"] = build_manifest(
         command="index build",
-        config={"n": n, "n_short": n_short, "text_field": text_field},
+        config={"n": n, "n_short": n_short, "text_field": text_field, "layout": layout},
         inputs=list(dict.fromkeys(s.path for s in shards)),
     )
     write_json(out / "index.json", meta)
     return meta
 
 
-def _build(shards, out: Path, runner, n, n_short, text_field, batch_chars, skip_bad_lines, max_bad_lines, progress) -> dict[str, Any]:
-    """Read `shards`, check what was read, then write the index arrays into `out`; returns the metadata so far."""
+def _build(shards, out: Path, runner, n, n_short, reading, batch_chars, skip_bad_lines, max_bad_lines, progress) -> dict[str, Any]:
+    """Read `shards` (`reading`: text field and layout), check what was read, then write the index arrays into
+    `out`; returns the metadata so far."""
+    text_field, layout = reading
     total = sum(s.size for s in shards)
     t0 = time.perf_counter()
     ns = sorted({n, n_short})
@@ -199,14 +204,14 @@ def _build(shards, out: Path, runner, n, n_short, text_field, batch_chars, skip_
                 spill(key)
 
         if runner is not None:
-            shared = (ns, text_field, batch_chars, skip_bad_lines, max_skipped)
+            shared = (ns, text_field, batch_chars, skip_bad_lines, max_skipped, layout)
             for _, (hashes_by_key, part) in runner.map_shards(_index_shard, shared, shards, progress):
                 tally.add(part)
                 for key, hashes in hashes_by_key.items():
                     add(key, hashes)
         done = 0
         for shard in shards if runner is None else ():
-            reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped)
+            reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped, layout=layout)
             seen = 0
             for batch_docs in batches(reader, batch_chars):
                 tb = make_batch(batch_docs).tokens
@@ -235,6 +240,7 @@ def _build(shards, out: Path, runner, n, n_short, text_field, batch_chars, skip_
         "n_short": n_short,
         "passes": list(PASSES),
         "text_field": text_field,
+        "layout": layout,
         **tally.stats(),
         "shards": len(shards),
         "ngrams": counts,

@@ -14,12 +14,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from itd.corpus import Document, Shard, ShardReader, plan_shards
+from itd.corpus import Document, Shard, ShardReader, plan_shards, resolve_layout
 from itd.data import Sample
 from itd.detectors import DETECTORS
 from itd.detectors.base import CorpusDetector, DocBatch
 from itd.engines import ENGINES, make_engine
 from itd.errors import InputError
+from itd.io import redact_text
 from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize
 
@@ -60,7 +61,8 @@ class ScanConfig:
     fuzzy_min_score: float = 85.0  # rapidfuzz score a fuzzy candidate must reach to count
     num_perm: int = 64
     shingle: int = 3
-    text_field: str = "text"
+    text_field: str = "text"  # one or more comma-separated fields or paths (`messages[*].content`)
+    layout: str = "auto"  # a record layout of `itd.layouts` ("auto": detected per file)
     workers: int = 1
     batch_chars: int = 1 << 20
     shard_bytes: int = 32 << 20
@@ -97,6 +99,7 @@ class ScanConfig:
         if self.shard_bytes < 1 << 16:
             raise InputError("shard_bytes must be >= 65536")
         check_max_bad_lines(self.max_bad_lines)
+        resolve_layout(self.layout, self.text_field)  # an unknown layout or a bad field path fails here
         self.engine = self.engine.strip().lower()
         ENGINES.get(self.engine)  # raises with a did-you-mean
         if self.ray_address is not None:
@@ -136,13 +139,16 @@ def batches(docs: Iterable[Document], batch_chars: int) -> Iterable[list[Documen
 @dataclass(slots=True)
 class FileTally:
     """What reading one corpus file came to: its bytes, documents, skipped lines, how many of those lacked the
-    text field while no record of the file had it (a layout problem), and the first skipped line's error."""
+    text field while no record of the file had it (a layout problem), the first skipped line's error, the
+    layout(s) its records were read in (documents per layout) and how many records each field gave text."""
 
     bytes: int = 0
     documents: int = 0
     skipped: int = 0
     missing_field: int = 0
     first_error: str | None = None
+    layouts: dict[str, int] = field(default_factory=dict)
+    fields: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: "FileTally") -> None:
         self.bytes += other.bytes
@@ -150,9 +156,14 @@ class FileTally:
         self.skipped += other.skipped
         self.missing_field += other.missing_field
         self.first_error = self.first_error or other.first_error
+        for name, count in other.layouts.items():
+            self.layouts[name] = self.layouts.get(name, 0) + count
+        for name, count in other.fields.items():
+            self.fields[name] = self.fields.get(name, 0) + count
 
 
 _KEEP_ERRORS = 20
+_KEEP_FILES = 100  # files listed one by one in the stats
 
 
 @dataclass(slots=True)
@@ -169,7 +180,8 @@ class ShardTally:
     def of_reader(cls, reader: ShardReader) -> "ShardTally":
         """The tally of a shard `reader` has read to its end."""
         file = FileTally(reader.shard.size, reader.n_documents, reader.n_skipped, reader.n_missing_field,
-                         reader.skipped[0] if reader.skipped else None)
+                         reader.skipped[0] if reader.skipped else None, reader.documents_per_layout(),
+                         dict(reader.field_counts))
         return cls(reader.n_documents, reader.n_skipped, list(reader.skipped), {reader.shard.path: file})
 
     def add(self, other: "ShardTally") -> "ShardTally":
@@ -189,10 +201,35 @@ class ShardTally:
         """Files that held no record at all (nothing read, nothing skipped)."""
         return [p for p, f in self.files.items() if not f.documents and not f.skipped]
 
+    def layout_stats(self) -> dict[str, dict[str, Any]]:
+        """Per layout read: files, documents, and records per field (a file of mixed layouts counts in each; its
+        fields are listed per file only)."""
+        out: dict[str, dict[str, Any]] = {}
+        for file in self.files.values():
+            for name, docs in file.layouts.items():
+                entry = out.setdefault(name, {"files": 0, "documents": 0, "fields": {}})
+                entry["files"] += 1
+                entry["documents"] += docs
+                if len(file.layouts) == 1:
+                    for f, count in file.fields.items():
+                        entry["fields"][f] = entry["fields"].get(f, 0) + count
+        return dict(sorted(out.items()))
+
+    def file_layouts(self) -> list[dict[str, Any]]:
+        """Per file (the first `_KEEP_FILES`): the layout(s) read, documents, and records per field."""
+        return [
+            {"file": redact_text(path), "layout": "+".join(sorted(f.layouts)) or None, "documents": f.documents,
+             "fields": dict(f.fields)}
+            for path, f in sorted(self.files.items())[:_KEEP_FILES]
+        ]
+
     def stats(self) -> dict[str, Any]:
-        """What the verdict stands on, for a report's stats: documents, bytes, files, skipped lines."""
+        """What the verdict stands on, for a report's stats: documents, bytes, files, skipped lines, and the
+        layouts the records were read in (overall and per file)."""
         empty = self.empty_files
         return {
+            "layouts": self.layout_stats(),
+            "file_layouts": self.file_layouts(),
             "documents": self.documents,
             "bytes": self.bytes,
             "files": len(self.files),
@@ -208,7 +245,9 @@ class ShardTally:
         lines read when below 1, else a count)."""
         check_max_bad_lines(max_bad_lines)
         layout = (f"the text field {text_field!r} is missing from every record: the corpus has another layout, "
-                  "set --text-field to the field that holds the text")
+                  "set --text-field to the field(s) that hold the text" if text_field != "text" else
+                  "no record has the text fields of a known layout: set --text-field to the field(s) that hold "
+                  "the text, or --layout")
         if not self.documents:
             if not self.skipped:
                 raise InputError(
@@ -243,7 +282,7 @@ def scan_shard(
     """Scan one shard with every detector; returns (partial per detector, tally of what was read)."""
     partials = [d.empty() for d in detectors]
     reader = ShardReader(shard, config.text_field, skip_bad=config.skip_bad_lines,
-                         max_skipped=reader_skip_limit(config.max_bad_lines))
+                         max_skipped=reader_skip_limit(config.max_bad_lines), layout=config.layout)
     reported = 0
     for docs in batches(reader, config.batch_chars):
         batch = make_batch(docs)

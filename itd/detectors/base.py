@@ -147,19 +147,26 @@ def label_text(sample: Sample) -> str:
     return "" if sample.is_mcq else sample.answer_text()
 
 
-def answer_key_end(sample: Sample, text: str, pos: int, slack: int = 16) -> int | None:
+def answer_key_end(sample: Sample, text: str, pos: int, slack: int = 16, output_starts: Sequence[int] = ()) -> int | None:
     """Where the answer key of an MCQ `sample` ends when `text` states it right after `pos`, else None.
 
     A key is "Answer" (or "The correct answer is") followed by the letter of the correct choice or by the
     correct choice's text, starting within `slack` characters of `pos` (the end of the matched item; fuzzy
-    alignment can stop a few characters short of it).
+    alignment can stop a few characters short of it). In a record of several texts (`output_starts`: where its
+    responses, assistant turns or answers start) a response starting there is the answer whether it says
+    "Answer" or not: "B", "(B) Paris", "Paris" and "The answer is B" all state the key.
     """
     if not sample.is_mcq or not isinstance(sample.answer, int):
         return None
     m = _KEY_PREFIX.search(text, pos, pos + slack + 32)
-    if m is None or m.start() > pos + slack:
-        return None
-    at = m.end()
+    if m is not None and m.start() <= pos + slack:
+        at = m.end()
+    else:
+        start = next((s for s in output_starts if pos <= s <= pos + slack + 2), None)
+        if start is None:
+            return None
+        m = _KEY_PREFIX.match(text, start)
+        at = start if m is None else m.end()
     letter = _KEY_LETTER.match(text, at)
     if letter is not None and letter.group(1).lower() == _LETTERS[sample.answer]:
         return letter.end()

@@ -235,7 +235,8 @@ class MinHashDetector(CorpusDetector):
                 score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
             if score < self.min_score:
                 continue
-            key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8)
+            key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8,
+                                     output_starts=document.output_starts())
             if key_end is not None:  # an MCQ item followed by its key: the label is there too
                 b, which = key_end, 1
             part.best[sample, which] = max(part.best[sample, which], score)

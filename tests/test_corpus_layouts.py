@@ -1,0 +1,260 @@
+"""Corpora as they come: fine-tuning and chat record layouts, read with roles, from JSONL, parquet and `datasets`.
+
+Every layout is built from real GSM8K and MMLU items: a leaked item's question in the input side (instruction,
+prompt, user turn) with its answer in the output side (output, completion, assistant turn) is
+`input_and_label_contaminated`, exactly as when both are in one text; items not in the corpus stay clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from itd.corpus import ShardReader, iter_documents, plan_shards
+from itd.data import load_benchmark
+from itd.errors import InputError
+from itd.layouts import LAYOUTS, fields_layout
+from itd.scan import ScanConfig, scan
+
+LETTERS = "ABCD"
+NGRAM = ScanConfig(detectors=("ngram",))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "itd.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}, timeout=300)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gsm(shared_data):
+    """(40 GSM8K test samples, their raw records, 40 GSM8K train records as unrelated filler)."""
+    lines = (shared_data / "gsm8k" / "test.jsonl").read_text("utf-8").splitlines()[:40]
+    samples = load_benchmark(shared_data / "gsm8k" / "test.jsonl")[:40]
+    train = [json.loads(x) for x in (shared_data / "gsm8k" / "train.jsonl").read_text("utf-8").splitlines()[:40]]
+    return samples, [json.loads(x) for x in lines], train
+
+
+@pytest.fixture(scope="module")
+def mmlu(shared_data):
+    """40 MMLU test items of one subject (real MCQ with a distinctive stem)."""
+    return load_benchmark(shared_data / "mmlu" / "test" / "high_school_geography_test.csv")[:40]
+
+
+# every SFT layout: (name, record of (prompt, response))
+SFT = {
+    "alpaca": lambda q, a: {"instruction": "Solve the problem.", "input": q, "output": a},
+    "alpaca-no-input": lambda q, a: {"instruction": q, "input": "", "output": a},
+    "prompt-completion": lambda q, a: {"prompt": q, "completion": a},
+    "prompt-response": lambda q, a: {"prompt": q, "response": a},
+    "messages": lambda q, a: {"messages": [{"role": "system", "content": "You are a tutor."},
+                                           {"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+    "messages-parts": lambda q, a: {"messages": [{"role": "user", "content": [{"type": "text", "text": q}]},
+                                                 {"role": "assistant", "content": [{"type": "text", "text": a}]}]},
+    "sharegpt": lambda q, a: {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
+    "gsm8k": lambda q, a: {"question": q, "answer": a},
+}
+LAYOUT_OF = {"alpaca-no-input": "alpaca", "messages-parts": "messages"}
+
+
+@pytest.mark.parametrize("kind", list(SFT))
+def test_gsm8k_leaks_split_across_roles_are_input_and_label(gsm, tmp_path, kind):
+    samples, raw, train = gsm
+    make = SFT[kind]
+    leaked = {0, 7, 19, 33}
+    records = [make(r["question"], r["answer"]) for r in train[:20]]
+    for i in sorted(leaked):
+        records.insert(3 * i % len(records), make(raw[i]["question"], raw[i]["answer"]))
+    records.append(make(raw[5]["question"], "I am not sure how to solve this one."))  # question only
+    report = scan(samples, [write_jsonl(tmp_path / "sft.jsonl", records)], NGRAM)
+    labels = {r.sample.id: r.label for r in report.results}
+    for i, s in enumerate(samples):
+        want = ("input_and_label_contaminated" if i in leaked else "input_contaminated" if i == 5 else "clean")
+        assert labels[s.id] == want, (s.id, kind)
+    layout = LAYOUT_OF.get(kind, kind)
+    assert list(report.stats["layouts"]) == [layout]
+    assert report.stats["layouts"][layout]["documents"] == len(records)
+    # evidence offsets point into the joined document
+    doc_text = {f"{tmp_path / 'sft.jsonl'}:{n}": d.text for n, d in enumerate(iter_documents([tmp_path / "sft.jsonl"]), 1)}
+    for r in report.contaminated:
+        for e in r.evidence:
+            assert doc_text[e.doc][e.start:e.end] == e.text
+
+
+def test_field_counts_per_role(gsm, tmp_path):
+    _, raw, train = gsm
+    records = [SFT["messages"](r["question"], r["answer"]) for r in train[:10]]
+    records[3]["messages"].append({"role": "user", "content": "Thanks! And another one?"})
+    records[4]["messages"][0]["content"] = ""  # an empty system prompt gives no text
+    report = scan(gsm[0], [write_jsonl(tmp_path / "chat.jsonl", records)], NGRAM)
+    assert report.stats["layouts"]["messages"]["fields"] == {"messages[system]": 9, "messages[user]": 10, "messages[assistant]": 10}
+    (entry,) = report.stats["file_layouts"]
+    assert entry["layout"] == "messages" and entry["documents"] == 10 and entry["file"].endswith("chat.jsonl")
+
+
+MCQ_RESPONSES = {
+    "letter": lambda s: LETTERS[s.answer],
+    "letter-and-text": lambda s: f"({LETTERS[s.answer]}) {s.choices[s.answer]}",
+    "choice-text": lambda s: s.choices[s.answer],
+    "answer-is": lambda s: f"The answer is {LETTERS[s.answer]}.",
+}
+
+
+@pytest.mark.parametrize("response", list(MCQ_RESPONSES))
+def test_mmlu_question_in_user_turn_key_in_assistant_turn(mmlu, tmp_path, response):
+    say = MCQ_RESPONSES[response]
+    records = []
+    for i in (2, 11, 25):  # key in the assistant turn
+        s = mmlu[i]
+        records.append(SFT["messages"](s.question + "\n" + "\n".join(f"{L}. {c}" for L, c in zip(LETTERS, s.choices)), say(s)))
+    wrong = mmlu[30]  # the item with a wrong key: the input only
+    records.append(SFT["sharegpt"](wrong.prompt_text(), LETTERS[(wrong.answer + 1) % 4]))
+    report = scan(mmlu, [write_jsonl(tmp_path / "mcq.jsonl", records)], NGRAM)
+    labels = {r.sample.id: r.label for r in report.results}
+    assert [labels[mmlu[i].id] for i in (2, 11, 25)] == ["input_and_label_contaminated"] * 3
+    assert labels[wrong.id] == "input_contaminated"
+    assert sum(label != "clean" for label in labels.values()) == 4
+
+
+def test_mmlu_shaped_corpus_records(mmlu, tmp_path):
+    """A benchmark-shaped MMLU record (question, choices, 0-based answer) used as training data."""
+    records = [{"question": s.question, "subject": "geo", "choices": list(s.choices), "answer": s.answer} for s in mmlu[:5]]
+    report = scan(mmlu, [write_jsonl(tmp_path / "mmlu.jsonl", records)], NGRAM)
+    assert list(report.stats["layouts"]) == ["mmlu"]
+    assert report.stats["layouts"]["mmlu"]["fields"] == {"question": 5, "choices": 5, "answer": 5}
+    assert [r.label for r in report.results[:5]] == ["input_and_label_contaminated"] * 5
+    assert all(r.label == "clean" for r in report.results[5:])
+
+
+def test_text_field_paths_and_several_fields(gsm, tmp_path):
+    samples, raw, train = gsm
+    records = [SFT["messages"](r["question"], r["answer"]) for r in train[:5]] + [SFT["messages"](raw[2]["question"], raw[2]["answer"])]
+    path = write_jsonl(tmp_path / "chat.jsonl", records)
+    user_only = scan(samples, [path], ScanConfig(detectors=("ngram",), text_field="messages[1].content"))
+    assert user_only.by_id()[samples[2].id].label == "input_contaminated"
+    both = scan(samples, [path], ScanConfig(detectors=("ngram",), text_field="messages[*].content"))
+    assert both.by_id()[samples[2].id].label == "input_and_label_contaminated"
+    assert both.stats["layouts"]["fields"]["fields"] == {"messages[system]": 6, "messages[user]": 6, "messages[assistant]": 6}
+    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [SFT["alpaca"](raw[4]["question"], raw[4]["answer"])])
+    picked = scan(samples, [alpaca], ScanConfig(detectors=("ngram",), text_field="input, output"))
+    assert picked.by_id()[samples[4].id].label == "input_and_label_contaminated"
+    assert picked.stats["layouts"]["fields"]["fields"] == {"input": 1, "output": 1}
+    with pytest.raises(InputError, match="field path"):
+        ScanConfig(text_field="messages[x.content")
+    assert [s.path for s in fields_layout("a, b.c").fields] == ["a", "b.c"]
+
+
+def test_layout_forced_and_the_errors(gsm, tmp_path):
+    samples, raw, _ = gsm
+    rec = {"text": "a rendered chat without the question", **SFT["messages"](raw[1]["question"], raw[1]["answer"])}
+    path = write_jsonl(tmp_path / "both.jsonl", [rec])
+    assert scan(samples, [path], NGRAM).contaminated == []  # detected: `text` comes first
+    forced = scan(samples, [path], ScanConfig(detectors=("ngram",), layout="messages"))
+    assert [r.sample.id for r in forced.contaminated] == [samples[1].id]
+    with pytest.raises(InputError, match="unknown corpus layout 'chatml'; known: auto, text"):
+        ScanConfig(layout="chatml")
+    with pytest.raises(InputError, match="give one"):
+        ScanConfig(layout="alpaca", text_field="body")
+    # no record fits any layout: an error naming the file and the layouts tried
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"body": raw[0]["question"], "solution": raw[0]["answer"]}] * 3)
+    with pytest.raises(InputError, match="fits a known corpus layout") as info:
+        scan(samples, [odd], NGRAM)
+    assert info.value.path == str(odd) and all(name in info.value.message for name in LAYOUTS)
+    with pytest.raises(InputError, match="set --text-field"):
+        scan(samples, [odd], ScanConfig(detectors=("ngram",), skip_bad_lines=True, max_bad_lines=10))
+    # forced alpaca on it: the layout's fields are missing from every record
+    with pytest.raises(InputError, match=r"no record read so far has every text field of the alpaca layout"):
+        scan(samples, [odd], ScanConfig(detectors=("ngram",), layout="alpaca"))
+    # a record of a detected layout without its texts is a bad line
+    bad = write_jsonl(tmp_path / "bad.jsonl", [SFT["alpaca"](r["question"], r["answer"]) for r in raw[:3]] + [{"note": "x"}])
+    with pytest.raises(InputError, match=r"bad.jsonl:4: every text field of the alpaca layout \(instruction, input, output\) is missing"):
+        scan(samples, [bad], NGRAM)
+    skipped = scan(samples, [bad], ScanConfig(detectors=("ngram",), skip_bad_lines=True, max_bad_lines=1))
+    assert skipped.stats["skipped_lines"] == 1 and skipped.stats["documents"] == 3
+
+
+def test_parquet_with_a_messages_column(gsm, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    samples, raw, train = gsm
+    rows = [SFT["messages"](r["question"], r["answer"]) for r in train[:10] + raw[8:10]]
+    path = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    report = scan(samples, [path], NGRAM)
+    assert [r.sample.id for r in report.contaminated] == [samples[8].id, samples[9].id]
+    assert {r.label for r in report.contaminated} == {"input_and_label_contaminated"}
+    assert report.stats["layouts"]["messages"]["fields"]["messages[assistant]"] == 12
+    ev = report.contaminated[0].evidence[0]
+    assert ev.doc == f"{path}:11"
+    alpaca = tmp_path / "alpaca.parquet"
+    pq.write_table(pa.Table.from_pylist([SFT["alpaca"](raw[3]["question"], raw[3]["answer"])]), alpaca)
+    assert scan(samples, [alpaca], NGRAM).by_id()[samples[3].id].label == "input_and_label_contaminated"
+    odd = tmp_path / "odd.parquet"
+    pq.write_table(pa.table({"body": ["x"]}), odd)
+    with pytest.raises(InputError, match="fits no known corpus layout"):
+        scan(samples, [odd], NGRAM)
+
+
+def test_datasets_corpora_saved_to_disk_and_loaded_from_local_json(gsm, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    samples, raw, train = gsm
+    rows = [SFT["sharegpt"](r["question"], r["answer"]) for r in train[:10] + [raw[12]]]
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(saved))
+    report = scan(samples, [saved], NGRAM)
+    assert [(r.sample.id, r.label) for r in report.contaminated] == [(samples[12].id, "input_and_label_contaminated")]
+    assert report.contaminated[0].evidence[0].doc == f"{saved}:11"
+    assert report.stats["layouts"]["sharegpt"]["documents"] == 11
+    local = tmp_path / "local"
+    local.mkdir()
+    write_jsonl(local / "train.jsonl", [SFT["alpaca"](r["question"], r["answer"]) for r in train[:5] + [raw[13]]])
+    loaded = scan(samples, [f"hf://{local}:train"], NGRAM)
+    assert [r.sample.id for r in loaded.contaminated] == [samples[13].id]
+    assert loaded.contaminated[0].evidence[0].doc == f"hf://{local}:train:6"
+    splits = tmp_path / "splits"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(splits))
+    assert scan(samples, [f"hf://{splits}:train"], NGRAM).contaminated[0].sample.id == samples[12].id
+    with pytest.raises(InputError, match="no split 'test'; splits: train"):
+        scan(samples, [f"hf://{splits}:test"], NGRAM)
+
+
+def test_shards_of_one_file_read_the_same_layout(gsm, tmp_path):
+    """A large file split into byte ranges: every shard detects the file's layout; ids do not change."""
+    _, raw, train = gsm
+    path = write_jsonl(tmp_path / "big.jsonl", [SFT["prompt-completion"](r["question"], r["answer"] * 20) for r in train * 4])
+    whole = [(d.id, d.text) for d in iter_documents([path])]
+    shards = plan_shards([path], 1 << 16)
+    assert len(shards) > 2
+    readers = [ShardReader(s) for s in shards]
+    assert [(d.id, d.text) for r in readers for d in r] == whole
+    assert {r.layout_used for r in readers} == {"prompt-completion"}
+
+
+def test_cli_scan_says_which_layout_was_read(gsm, shared_data, tmp_path):
+    samples, raw, train = gsm
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in raw), encoding="utf-8")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "a.jsonl", [SFT["alpaca"](r["question"], r["answer"]) for r in train[:6] + [raw[1]]])
+    write_jsonl(corpus / "b.jsonl", [SFT["messages"](r["question"], r["answer"]) for r in train[6:9]])
+    res = run_cli("scan", str(bench), "--corpus", str(corpus), "--detector", "ngram", "-q")
+    assert res.returncode == 1, res.stderr
+    assert "layout alpaca: 1 file, 7 documents (records with text per field: instruction 7, input 7, output 7)" in res.stdout
+    assert "layout messages: 1 file, 3 documents" in res.stdout
+    res = run_cli("scan", str(bench), "--corpus", str(corpus / "b.jsonl"), "--layout", "alpaca", "-q", "--detector", "ngram")
+    assert res.returncode == 2 and "alpaca layout" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("scan", str(bench), "--corpus", str(corpus / "b.jsonl"), "--text-field", "messages[*].content", "-q",
+                  "--detector", "ngram", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["stats"]["layouts"]["fields"]["documents"] == 3
