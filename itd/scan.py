@@ -17,9 +17,10 @@ from typing import Any, Callable, Iterable, Sequence
 from itd.corpus import Document, Shard, ShardReader, plan_shards, resolve_layout
 from itd.data import Sample
 from itd.detectors import DETECTORS
-from itd.detectors.base import CorpusDetector, DocBatch
+from itd.detectors.base import CorpusDetector, DocBatch, Evidence
 from itd.engines import ENGINES, make_engine
 from itd.errors import InputError
+from itd.matches import MatchSpool
 from itd.io import redact_text
 from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize
@@ -175,6 +176,7 @@ class ShardTally:
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
     files: dict[str, FileTally] = field(default_factory=dict)
+    matches: list[tuple[int, Evidence]] = field(default_factory=list)  # every match of the shard, when recorded
 
     @classmethod
     def of_reader(cls, reader: ShardReader) -> "ShardTally":
@@ -284,16 +286,29 @@ def scan_shard(
     reader = ShardReader(shard, config.text_field, skip_bad=config.skip_bad_lines,
                          max_skipped=reader_skip_limit(config.max_bad_lines), layout=config.layout)
     reported = 0
+    matches: list[tuple[int, Evidence]] = []
     for docs in batches(reader, config.batch_chars):
         batch = make_batch(docs)
         for i, det in enumerate(detectors):
-            partials[i] = det.merge(partials[i], det.scan_batch(batch))
+            part = det.scan_batch(batch)
+            listed = getattr(det.evidence_of(part), "all", None)
+            if listed:
+                matches.extend(listed)
+                listed.clear()
+            partials[i] = det.merge(partials[i], part)
         if on_bytes is not None and reader.consumed > reported:
             on_bytes(reader.consumed - reported)
             reported = reader.consumed
     if on_bytes is not None and shard.size > reported:
         on_bytes(shard.size - reported)
-    return partials, ShardTally.of_reader(reader)
+    tally = ShardTally.of_reader(reader)
+    # a shard's matches in document order, so the file of every match is the same however the corpus is split
+    tally.matches = sorted(matches, key=lambda m: (_doc_line(m[1].doc), m[1].start, m[1].end, m[1].detector, m[0]))
+    return partials, tally
+
+
+def _doc_line(doc_id: str) -> int:
+    return int(doc_id.rpartition(":")[2])
 
 
 def _scan_task(
@@ -309,8 +324,13 @@ def scan(
     corpus: Sequence[str | os.PathLike] | str | os.PathLike,
     config: ScanConfig | None = None,
     progress: Progress | None = None,
+    matches_out: str | os.PathLike | None = None,
 ) -> ScanReport:
     """Find `samples` in `corpus` (files, directories or globs) and return a labelled `ScanReport`.
+
+    With `matches_out`, every match of a contaminated item in the corpus (`itd.matches`: item, detector, document,
+    character offsets, score), uncapped, is written there as JSONL, atomically, once the scan is done; the matches
+    wait in per-shard files beside it while the corpus is read.
 
     Raises `InputError` when the verdict could not rest on what was read (`ShardTally.validate`): no documents,
     a file whose every line was skipped, or more skipped lines than `config.max_bad_lines` allows. The report's
@@ -324,20 +344,27 @@ def scan(
     t0 = time.perf_counter()
     engine = make_engine(config.engine, workers=config.workers, address=config.ray_address)  # fails early
     detectors = [d.fit(samples) for d in build_detectors(config)]
+    for d in detectors:
+        d.record_matches = matches_out is not None
     split = config.workers > 1 or config.engine != "local"
     shards = plan_shards(corpus, config.shard_bytes if split else None)
     total = sum(s.size for s in shards)
     partials = [d.empty() for d in detectors]
     tally = ShardTally()
-    for _, (parts, part_tally) in engine.map_shards(_scan_task, (detectors, config), shards, progress):
-        tally.add(part_tally)
-        partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
-    tally.validate(config.max_bad_lines, config.text_field)
-    per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
-    results = []
-    for i, sample in enumerate(samples):
-        findings = [f[i] for f in per_detector]
-        results.append(SampleResult(sample, label_of(findings), findings))
+    with MatchSpool(matches_out) as spool:
+        for index, (parts, part_tally) in engine.map_shards(_scan_task, (detectors, config), shards, progress):
+            spool.put(index, part_tally.matches)
+            part_tally.matches = []
+            tally.add(part_tally)
+            partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
+        tally.validate(config.max_bad_lines, config.text_field)
+        per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
+        results = []
+        for i, sample in enumerate(samples):
+            findings = [f[i] for f in per_detector]
+            results.append(SampleResult(sample, label_of(findings), findings))
+        unrecorded = {d.name for d, p in zip(detectors, partials) if getattr(d.evidence_of(p), "all", None) is None}
+        matches_written = spool.finish(results, len(shards), unrecorded)
     seconds = time.perf_counter() - t0
     stats = {
         **tally.stats(),
@@ -351,4 +378,6 @@ def scan(
         "seconds": round(seconds, 3),
         "mb_per_s": round(total / 1e6 / seconds, 2) if seconds > 0 else None,
     }
+    if matches_out is not None:
+        stats["matches_written"] = matches_written
     return ScanReport(results, config.to_dict(), stats)

@@ -258,3 +258,56 @@ def test_cli_scan_says_which_layout_was_read(gsm, shared_data, tmp_path):
     res = run_cli("scan", str(bench), "--corpus", str(corpus / "b.jsonl"), "--text-field", "messages[*].content", "-q",
                   "--detector", "ngram", "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["stats"]["layouts"]["fields"]["documents"] == 3
+
+
+# ---- --write-matches ----------------------------------------------------------------------------------------
+def test_write_matches_lists_every_match_uncapped_in_corpus_order(gsm, tmp_path):
+    samples, raw, train = gsm
+    # item 2 copied into 8 documents (more than the report's 5 pieces of evidence), item 6 once; filler around
+    records = [SFT["alpaca"](r["question"], r["answer"]) for r in train[:12]]
+    for at in range(1, 17, 2):
+        records.insert(at, SFT["messages"](raw[2]["question"], raw[2]["answer"]))
+    records.append({"prompt": raw[6]["question"], "completion": raw[6]["answer"]})
+    corpus = write_jsonl(tmp_path / "mixed.jsonl", records)
+    out = tmp_path / "out" / "matches.jsonl"
+    config = ScanConfig(detectors=("ngram", "minhash"))
+    report = scan(samples, [corpus], config, matches_out=out)
+    capped = report.by_id()[samples[2].id].evidence
+    assert [e.detector for e in capped].count("ngram") == 5  # the report keeps 5 per detector
+    from itd.matches import read_matches
+
+    matches = read_matches(out)
+    assert report.stats["matches_written"] == len(matches)
+    lines = {n for n, r in enumerate(records, 1) if r.get("messages")}
+    for det in ("ngram", "minhash"):
+        assert {m["line"] for m in matches if m["item"] == samples[2].id and m["detector"] == det} == lines
+    assert {m["item"] for m in matches} == {samples[2].id, samples[6].id}
+    docs = {n: d.text for n, d in enumerate(iter_documents([corpus]), 1)}
+    for m in matches:
+        assert m["file"] == str(corpus) and m["doc"] == f"{corpus}:{m['line']}"
+        assert docs[m["line"]][m["start"]:m["end"]] == m["text"] and m["score"] > 0
+        assert m["label"] == "input_and_label_contaminated"
+    assert [m["line"] for m in matches] == sorted(m["line"] for m in matches)
+    assert not [p for p in out.parent.iterdir() if p.name != "matches.jsonl"]  # no spool left behind
+    # the same file however the corpus is split into shards and read by workers
+    split = scan(samples, [corpus], ScanConfig(detectors=("ngram", "minhash"), workers=2, shard_bytes=1 << 16,
+                                                 batch_chars=4096), matches_out=tmp_path / "split.jsonl")
+    assert split.stats["shards"] >= 1 and read_matches(tmp_path / "split.jsonl") == matches
+
+
+def test_cli_write_matches_with_manifest(gsm, tmp_path):
+    samples, raw, train = gsm
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in raw), encoding="utf-8")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [SFT["sharegpt"](r["question"], r["answer"]) for r in train[:5] + raw[:2]])
+    out = tmp_path / "m.jsonl"
+    res = run_cli("scan", str(bench), "--corpus", str(corpus), "--detector", "ngram", "-q", "--write-matches", str(out))
+    assert res.returncode == 1, res.stderr
+    manifest = json.loads((tmp_path / "m.jsonl.manifest.json").read_text())
+    matches = [json.loads(x) for x in out.read_text().splitlines()]
+    assert manifest["matches"] == len(matches) == 2 and manifest["contaminated_items"] == 2
+    assert [m["line"] for m in matches] == [6, 7] and {m["item"] for m in matches} == {"bench:1", "bench:2"}
+    clean = tmp_path / "clean.jsonl"
+    write_jsonl(clean, [SFT["sharegpt"](r["question"], r["answer"]) for r in train[:5]])
+    res = run_cli("scan", str(bench), "--corpus", str(clean), "--detector", "ngram", "-q", "--write-matches", str(out))
+    assert res.returncode == 0 and out.read_text() == ""  # read, nothing matched: an empty file, not a stale one

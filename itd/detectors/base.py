@@ -76,16 +76,23 @@ def _rank(ev: Evidence) -> tuple:
 
 class EvidenceBook:
     """The best `limit` pieces of evidence per sample (highest score first), mergeable across workers in any
-    order (ties are broken by `_rank`)."""
+    order (ties are broken by `_rank`). With `keep_all`, every piece added (not merged) is also listed in
+    `all`, uncapped, as (sample, evidence), for a caller to drain (`--write-matches`)."""
 
-    def __init__(self, limit: int = 5):
+    def __init__(self, limit: int = 5, keep_all: bool = False):
         if limit < 1:
             raise ValueError("evidence limit must be >= 1")
         self.limit = limit
         self._heaps: dict[int, list[Evidence]] = {}
+        self.all: list[tuple[int, Evidence]] | None = [] if keep_all else None
 
     def add(self, sample: int, ev: Evidence) -> None:
         """Keep `ev` if it is among the best; overlapping evidence of one kind in one document counts once."""
+        if self.all is not None:
+            self.all.append((sample, ev))
+        self._keep(sample, ev)
+
+    def _keep(self, sample: int, ev: Evidence) -> None:
         kept = self._heaps.setdefault(sample, [])  # at most `limit` pieces, in no particular order
         for i, e in enumerate(kept):
             if (e.doc, e.detector, e.part) == (ev.doc, ev.detector, ev.part) and e.start < ev.end and ev.start < e.end:
@@ -100,9 +107,13 @@ class EvidenceBook:
             kept[worst] = ev
 
     def merge(self, other: "EvidenceBook") -> "EvidenceBook":
-        for sample, evs in other._heaps.items():
-            for ev in evs:
-                self.add(sample, ev)
+        log, self.all = self.all, None  # merged evidence was listed when it was first added
+        try:
+            for sample, evs in other._heaps.items():
+                for ev in evs:
+                    self.add(sample, ev)
+        finally:
+            self.all = log
         return self
 
     def get(self, sample: int) -> list[Evidence]:
@@ -208,6 +219,11 @@ class CorpusDetector(abc.ABC):
     """Finds benchmark samples inside a streamed corpus."""
 
     name: ClassVar[str]
+    record_matches: bool = False  # set by a scan that writes every match: books keep all evidence added
+
+    def new_book(self) -> EvidenceBook:
+        """An empty evidence book for a partial result."""
+        return EvidenceBook(self.evidence_limit, keep_all=self.record_matches)
 
     def __init__(self, evidence_limit: int = 5):
         if evidence_limit < 1:

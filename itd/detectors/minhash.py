@@ -169,7 +169,7 @@ class MinHashDetector(CorpusDetector):
         return mix64(h)
 
     def empty(self) -> MinHashPartial:
-        return MinHashPartial(np.zeros((len(self.samples), 2)), EvidenceBook(self.evidence_limit))
+        return MinHashPartial(np.zeros((len(self.samples), 2)), self.new_book())
 
     def scan_batch(self, batch: DocBatch) -> MinHashPartial:
         part = self.empty()

@@ -152,7 +152,7 @@ class NGramDetector(CorpusDetector):
 
     def empty(self) -> NGramPartial:
         found = {k: np.zeros(t.keys.size, dtype=bool) for k, t in self._tables.items()}
-        return NGramPartial(found, EvidenceBook(self.evidence_limit))
+        return NGramPartial(found, self.new_book())
 
     # ---- corpus side ----------------------------------------------------------------------------------
     def scan_batch(self, batch: DocBatch) -> NGramPartial:
