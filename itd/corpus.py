@@ -315,6 +315,7 @@ class ShardReader:
         self._line = shard.first_line  # the line (or row) being read, for errors
         self._forced = resolve_layout(layout, text_field)
         self._layout = self._forced
+        self.last_layout: Layout | None = None  # the layout of the last record read
 
     @property
     def layout_used(self) -> str | None:
@@ -328,6 +329,11 @@ class ShardReader:
         if self.shard.kind == "txt" or (self.layout_used and not self.layout_counts and self.n_documents):
             return {self.layout_used: self.n_documents}  # paragraphs, or parquet's one text column
         return dict(self.layout_counts)
+
+    def document_of(self, rec: dict, line: int) -> Document | None:
+        """The document of record `rec` (line or row `line`), or None (after reporting it, as a bad line or a
+        layout error) when it holds none of the layout's texts; `last_layout` is then the layout it was read in."""
+        return self._document(rec, line)
 
     def _document(self, rec: dict, line: int) -> Document | None:
         """The document of record `rec`, or None (after reporting it) when it holds none of the layout's texts."""
@@ -347,6 +353,7 @@ class ShardReader:
             self._missing_field(rec, line)
             return None
         self.layout_counts[layout.name] += 1
+        self.last_layout = layout
         for label in dict.fromkeys(label for label, _, text in texts if text):  # records, not turns; in order
             self.field_counts[label] += 1
         if len(texts) == 1:

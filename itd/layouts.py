@@ -103,6 +103,40 @@ def _part_text(value: Any) -> str | None:
 _ROLE_KEYS = ("role", "from", "speaker", "author")
 
 
+def cut_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` without the character spans `spans` (overlapping spans are merged)."""
+    out, at = [], 0
+    for a, b in sorted(spans):
+        if b <= at:
+            continue
+        out.append(text[at:max(a, at)])
+        at = b
+    out.append(text[at:])
+    return "".join(out)
+
+
+def _cut_value(value: Any, spans: list[tuple[int, int]]) -> Any:
+    """A field value with `spans` of its text cut: a string, or a list of strings / content parts (their texts
+    joined by a newline, as `_part_text` reads them)."""
+    if isinstance(value, str):
+        return cut_spans(value, spans)
+    out, pos = [], 0
+    for item in value:
+        text = item if isinstance(item, str) else next((item[k] for k in ("text", "content") if isinstance(item, dict) and isinstance(item.get(k), str)), None)
+        if text is None:
+            out.append(item)
+            continue
+        local = [(max(a - pos, 0), min(b - pos, len(text))) for a, b in spans if a < pos + len(text) and b > pos]
+        new = cut_spans(text, local) if local else text
+        if isinstance(item, str):
+            out.append(new)
+        else:
+            k = "text" if isinstance(item.get("text"), str) else "content"
+            out.append({**item, k: new})
+        pos += len(text) + 1
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
     """A field (or path) that holds text. `kind`: "text" (a string or content parts), "lines" (a list of strings,
@@ -123,7 +157,13 @@ class FieldSpec:
 
     def texts(self, rec: dict) -> Iterator[tuple[str, str | None, str]]:
         """(field label, side, text) of every text this spec finds in `rec`, in order."""
-        for value, parent, label in self._walk(rec, self.steps, None, ""):
+        for label, side, text, _, _ in self.leaves(rec):
+            yield label, side, text
+
+    def leaves(self, rec: dict) -> Iterator[tuple[str, str | None, str, Any, Any]]:
+        """(field label, side, text, container, key) of every text this spec finds in `rec`, in order:
+        `container[key]` is the value the text was read from (for rewriting it)."""
+        for value, parent, label, container, key in self._walk(rec, self.steps, None, "", None, None):
             text = self._text(value)
             if text is None:
                 continue
@@ -133,7 +173,7 @@ class FieldSpec:
             if role is not None:
                 label = f"{self.top}[{role.strip().lower()}]"
             side = self.side or side_of(role) or side_of(self.steps[-1] if isinstance(self.steps[-1], str) else None)
-            yield label, side, text
+            yield label, side, text, container, key
 
     def _text(self, value: Any) -> str | None:
         if self.kind == "lines":
@@ -146,20 +186,20 @@ class FieldSpec:
             return value if isinstance(value, str) else None
         return _part_text(value)
 
-    def _walk(self, value: Any, steps: tuple, parent: Any, label: str) -> Iterator[tuple[Any, Any, str]]:
+    def _walk(self, value: Any, steps: tuple, parent: Any, label: str, container: Any, key: Any) -> Iterator[tuple[Any, Any, str, Any, Any]]:
         if not steps:
-            yield value, parent, label
+            yield value, parent, label, container, key
             return
         step, rest = steps[0], steps[1:]
         if step == "*":
             if isinstance(value, list):
-                for item in value:
-                    yield from self._walk(item, rest, item, f"{label}[*]")
+                for i, item in enumerate(value):
+                    yield from self._walk(item, rest, item, f"{label}[*]", value, i)
         elif isinstance(step, str):
             if isinstance(value, dict) and step in value:
-                yield from self._walk(value[step], rest, value, f"{label}.{step}" if label else step)
+                yield from self._walk(value[step], rest, value, f"{label}.{step}" if label else step, value, step)
         elif isinstance(value, list) and -len(value) <= step < len(value):
-            yield from self._walk(value[step], rest, value[step], f"{label}[{step}]")
+            yield from self._walk(value[step], rest, value[step], f"{label}[{step}]", value, step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +225,29 @@ class Layout:
         if len(self.fields) == 1 and self.fields[0].path == self.fields[0].top:
             return self.fields[0].path
         return None
+
+    def cut(self, rec: dict, spans: list[tuple[int, int]]) -> bool:
+        """Remove the character spans `spans` (offsets in the record's joined document) from `rec`'s texts, in
+        place. False, with `rec` unchanged, when a span falls in a value that cannot be cut (an MCQ key)."""
+        leaves = [leaf for spec in self.fields for leaf in ((spec, *x) for x in spec.leaves(rec))]
+        edits: list[tuple[Any, Any, Any]] = []
+        pos, first = 0, True
+        for spec, _, _, text, container, key in leaves:
+            if not text and len(leaves) > 1:
+                continue
+            if not first:
+                pos += len(SEPARATOR)
+            first = False
+            local = [(max(a - pos, 0), min(b - pos, len(text))) for a, b in spans if a < pos + len(text) and b > pos]
+            pos += len(text)
+            if not local:
+                continue
+            if spec.kind == "key":
+                return False
+            edits.append((container, key, _cut_value(container[key], local)))
+        for container, key, value in edits:
+            container[key] = value
+        return True
 
     @property
     def field_names(self) -> str:

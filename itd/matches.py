@@ -20,12 +20,12 @@ import pickle
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from itd.detectors.base import Evidence
 from itd.io import atomic_write, redact_text
 
-__all__ = ["MatchSpool", "match_record", "read_matches"]
+__all__ = ["MatchSpool", "match_record", "iter_matches", "read_matches"]
 
 
 def match_record(result: Any, ev: Evidence) -> dict[str, Any]:
@@ -101,7 +101,14 @@ class MatchSpool:
         return written
 
 
+def iter_matches(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The match records of a `--write-matches` file, streamed."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
 def read_matches(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The match records of a `--write-matches` file."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return list(iter_matches(path))

@@ -311,3 +311,78 @@ def test_cli_write_matches_with_manifest(gsm, tmp_path):
     write_jsonl(clean, [SFT["sharegpt"](r["question"], r["answer"]) for r in train[:5]])
     res = run_cli("scan", str(bench), "--corpus", str(clean), "--detector", "ngram", "-q", "--write-matches", str(out))
     assert res.returncode == 0 and out.read_text() == ""  # read, nothing matched: an empty file, not a stale one
+
+
+# ---- --write-clean-corpus -----------------------------------------------------------------------------------
+def test_clean_corpus_drop_and_cut_keep_layout_files_and_compression(gsm, tmp_path):
+    gzip = pytest.importorskip("gzip")
+    zstandard = pytest.importorskip("zstandard")
+    from itd.clean import write_clean_corpus
+    from itd.matches import read_matches
+
+    samples, raw, train = gsm
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    chat = [SFT["messages"](r["question"], r["answer"]) for r in train[:6]]
+    chat.insert(2, SFT["messages"]("Please help: " + raw[3]["question"], raw[3]["answer"]))
+    alpaca = [SFT["alpaca"](r["question"], r["answer"]) for r in train[6:10]] + [SFT["alpaca"](raw[9]["question"], "No idea.")]
+    (corpus / "chat.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in chat).encode()))
+    (corpus / "sub" / "alpaca.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in alpaca).encode()))
+    text = "\n\n".join([train[11]["question"], raw[20]["question"] + "\n" + raw[20]["answer"], train[12]["question"]]) + "\n"
+    (corpus / "notes.txt").write_text(text, encoding="utf-8")
+    report = scan(samples, [corpus], NGRAM, matches_out=tmp_path / "m.jsonl")
+    assert {r.sample.id for r in report.contaminated} == {samples[3].id, samples[9].id, samples[20].id}
+    matches = read_matches(tmp_path / "m.jsonl")
+
+    dropped = write_clean_corpus([corpus], matches, tmp_path / "dropped", "drop-document")
+    assert (dropped["documents"], dropped["dropped"], dropped["cut"]) == (len(chat) + len(alpaca) + 3, 3, 0)
+    assert sorted(str(p.relative_to(tmp_path / "dropped")) for p in (tmp_path / "dropped").rglob("*") if p.is_file()) == [
+        "chat.jsonl.gz", "notes.txt", "sub/alpaca.jsonl.zst"]
+    back = [json.loads(x) for x in gzip.decompress((tmp_path / "dropped" / "chat.jsonl.gz").read_bytes()).splitlines()]
+    assert back == chat[:2] + chat[3:]
+    assert scan(samples, [tmp_path / "dropped"], NGRAM).contaminated == []  # rescanned: clean
+
+    cut = write_clean_corpus([corpus], matches, tmp_path / "cut", "cut-span")
+    assert (cut["dropped"], cut["cut"]) == (0, 3)
+    back = [json.loads(x) for x in gzip.decompress((tmp_path / "cut" / "chat.jsonl.gz").read_bytes()).splitlines()]
+    assert back[2]["messages"][0] == chat[2]["messages"][0]  # the system turn is kept
+    assert back[2]["messages"][1]["content"].startswith("Please help:") and raw[3]["question"][:40] not in back[2]["messages"][1]["content"]
+    assert [m["role"] for m in back[2]["messages"]] == ["system", "user", "assistant"]
+    notes = (tmp_path / "cut" / "notes.txt").read_text("utf-8")
+    assert train[11]["question"] in notes and train[12]["question"] in notes and raw[20]["question"][:40] not in notes
+    assert scan(samples, [tmp_path / "cut"], NGRAM).contaminated == []
+    with pytest.raises(InputError, match="not empty"):
+        write_clean_corpus([corpus], matches, tmp_path / "cut", "cut-span")
+
+
+def test_clean_corpus_parquet_and_mcq_key_drops(mmlu, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from itd.clean import write_clean_corpus
+    from itd.matches import read_matches
+
+    rows = [{"question": s.question, "choices": list(s.choices), "answer": s.answer} for s in mmlu[:3]]
+    path = tmp_path / "c" / "mmlu.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    scan(mmlu, [path], NGRAM, matches_out=tmp_path / "m.jsonl")
+    result = write_clean_corpus([path], read_matches(tmp_path / "m.jsonl"), tmp_path / "clean", "cut-span")
+    assert result["dropped"] == 3  # the match runs into the answer index, which cannot be cut
+    assert pq.read_table(tmp_path / "clean" / "mmlu.parquet").num_rows == 0
+
+
+def test_cli_write_clean_corpus_with_manifest(gsm, tmp_path):
+    samples, raw, train = gsm
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in raw), encoding="utf-8")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [SFT["prompt-response"](r["question"], r["answer"]) for r in train[:5] + raw[:2]])
+    out = tmp_path / "clean"
+    res = run_cli("scan", str(bench), "--corpus", str(corpus), "--detector", "ngram,minhash", "-q",
+                  "--write-clean-corpus", str(out), "--clean-policy", "drop-document")
+    assert res.returncode == 1, res.stderr
+    assert [json.loads(x) for x in (out / "c.jsonl").read_text().splitlines()] == [SFT["prompt-response"](r["question"], r["answer"]) for r in train[:5]]
+    manifest = json.loads((tmp_path / "clean.manifest.json").read_text())
+    assert manifest["clean"]["dropped"] == 2 and manifest["config"]["clean_policy"] == "drop-document"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+    res = run_cli("scan", str(bench), "--corpus", str(corpus), "--detector", "ngram", "-q", "--write-clean-corpus", str(out))
+    assert res.returncode == 2 and "not empty" in res.stderr
