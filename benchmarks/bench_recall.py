@@ -242,21 +242,22 @@ def sft_layouts(args) -> int:
     truth: dict[str, dict[str, list[int]]] = {bench: {} for bench in picks}
     rows, fp_rows = [], []
     with C.workdir(args.workdir, "itd-bench-sft-") as wd:
-        files = {}
+        files, origin = {}, {}  # origin: doc id -> "GSM8K train", "filler" or "planted"
         for li, (layout, (make, _)) in enumerate(SFT_LAYOUTS.items()):
-            records = [make(r["question"], r["answer"]) for r in train[li::len(SFT_LAYOUTS)]]
-            records += [make(filler_text(rng, rng.randint(20, 80)), filler_text(rng, rng.randint(50, 300))) for _ in range(500)]
+            records = [("GSM8K train", make(r["question"], r["answer"])) for r in train[li::len(SFT_LAYOUTS)]]
+            records += [("filler", make(filler_text(rng, rng.randint(20, 80)), filler_text(rng, rng.randint(50, 300)))) for _ in range(500)]
             truth["gsm8k"][layout] = picks["gsm8k"][li * k : (li + 1) * k]
             truth["mmlu"][layout] = picks["mmlu"][li * k : (li + 1) * k]
             for j in truth["gsm8k"][layout]:
-                records.append(make(gsm_raw[j]["question"], gsm_raw[j]["answer"]))
+                records.append(("planted", make(gsm_raw[j]["question"], gsm_raw[j]["answer"])))
             for j in truth["mmlu"][layout]:  # options in the prompt, the key alone in the response
-                records.append(make(render(mmlu[j], "options"), "ABCDEFGHIJ"[mmlu[j].answer]))
+                records.append(("planted", make(render(mmlu[j], "options"), "ABCDEFGHIJ"[mmlu[j].answer])))
             rng.shuffle(records)
             files[layout] = wd / f"{layout}.jsonl"
             with open(files[layout], "w", encoding="utf-8") as f:
-                for r in records:
+                for line, (kind, r) in enumerate(records, 1):
                     f.write(json.dumps(r) + "\n")
+                    origin[f"{files[layout]}:{line}"] = kind
         cfg = dict(detectors=("ngram", "minhash"))
         for bench, samples in (("gsm8k", gsm), ("mmlu", mmlu)):
             t = time.perf_counter()
@@ -271,6 +272,8 @@ def sft_layouts(args) -> int:
                 single = scan(samples, [files[layout]], ScanConfig(**cfg, text_field=field)).results if field else None
                 items = truth[bench][layout]
                 for when, results in (("before, --text-field " + field if field else "before, any single field", single), ("after (layout detected)", after)):
+                    if when.startswith("after"):
+                        refused = "-"
                     if results is None:
                         rows.append((bench, layout, when, len(items), "-", "-", "no field holds the whole turn list", refused))
                         continue
@@ -281,14 +284,16 @@ def sft_layouts(args) -> int:
             planted = {j for layout in SFT_LAYOUTS for j in truth[bench][layout]}
             clean_items = [j for j in range(len(samples)) if j not in planted]
             flagged = [j for j in clean_items if after[j].label != "clean"]
+            where = Counter(" + ".join(sorted({origin[e.doc].replace("planted", "another item's plant") for e in after[j].evidence})) or "no evidence" for j in flagged)
             fp_rows.append((bench, len(clean_items), len(flagged), f"{len(flagged) / len(clean_items):.2%}", f"{secs:.1f} s",
+                            "; ".join(f"{k}: {v}" for k, v in where.most_common()) or "-",
                             ", ".join(after[j].sample.id for j in flagged[:8]) or "-"))
     C.header("Leaks split across the turns of SFT records (detectors ngram + minhash, real data)")
     print(f"corpus: one file per layout ({', '.join(SFT_LAYOUTS)}), each ~2,491 GSM8K train problems + 500 filler records "
           f"in that layout + {k} GSM8K and {k} MMLU test items planted (question in the input side, answer in the output side)\n")
     print(C.table(["benchmark", "layout", "read", "planted", "detected", "input_and_label", "labels", "default `text` field refused"], rows))
     print()
-    print(C.table(["benchmark", "un-planted items", "flagged (after)", "rate", "scan", "first flagged"], fp_rows))
+    print(C.table(["benchmark", "un-planted items", "flagged (after)", "rate", "scan", "evidence in", "first flagged"], fp_rows))
     return 0
 
 

@@ -316,6 +316,7 @@ class ShardReader:
         self._forced = resolve_layout(layout, text_field)
         self._layout = self._forced
         self.last_layout: Layout | None = None  # the layout of the last record read
+        self._single = None if self._layout is None else self._layout.single_field
 
     @property
     def layout_used(self) -> str | None:
@@ -344,6 +345,14 @@ class ShardReader:
                 self._no_layout(rec, line)
                 return None
             self._layout = layout
+            self._single = layout.single_field
+        if self._single is not None:  # the light path: one plain text field
+            text = rec.get(self._single)
+            if isinstance(text, str):
+                self.field_counts[self._single] += bool(text)
+                self.layout_counts[layout.name] += 1
+                self.last_layout = layout
+                return Document(self.shard.path, line, text)
         texts = layout.texts(rec)
         if not texts and self._forced is None:  # a file of mixed layouts: this record may fit another one
             other = detect_layout(rec)
