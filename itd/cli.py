@@ -167,6 +167,16 @@ def _read_summary(stats: dict) -> str:
     return line
 
 
+def _per_benchmark(names, reports) -> dict[str, dict]:
+    """Per benchmark of a multi-benchmark scan: samples, label counts and contaminated ids."""
+    out = {}
+    for name, rep in zip(names, reports):
+        summary = rep.summary()
+        summary.pop("stats")
+        out[name] = summary
+    return out
+
+
 def _layout_summary(stats: dict) -> str:
     """The record layouts a corpus was read in, one line each: files, documents and records per field."""
     lines = []
@@ -234,7 +244,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("benchmark", type=click.Path())
+@click.argument("benchmarks", nargs=-1, required=True, type=click.Path())
 @click.option("--corpus", "-c", multiple=True, required=True, help="Corpus file, directory or glob (repeatable).")
 @click.option("--detector", "detectors", default="ngram,minhash", help="Comma-separated detectors.")
 @click.option("--format", "fmt", default="auto", help="Benchmark format (auto, gsm8k, mmlu, jsonl, csv).")
@@ -269,17 +279,20 @@ def cli() -> None:
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, write_clean_corpus, clean_policy, as_json, quiet, **semantic):
-    """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found, 0 if none is (and the corpus was
-    read: 0 documents, or too many skipped lines, is an input error, exit 2)."""
+def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, write_clean_corpus, clean_policy, as_json, quiet, **semantic):
+    """Scan CORPUS for the items of each BENCHMARK (several: one read of the corpus, labels per benchmark); exit
+    1 if any item is found, 0 if none is (and the corpus was read: 0 documents, or too many skipped lines, is an
+    input error, exit 2)."""
     from itd.errors import InputError
     from itd.io import build_manifest, manifest_path, write_json
-    from itd.scan import ScanConfig
-    from itd.scan import scan as run_scan
+    from itd.report import ScanReport
+    from itd.scan import ScanConfig, scan_many
 
     _check_paths([("--out", out, False), ("--write-matches", write_matches, False),
                   ("--write-clean-corpus", write_clean_corpus, True),
-                  ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)], [benchmark], list(corpus))
+                  ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)], list(benchmarks), list(corpus))
+    if len(set(benchmarks)) < len(benchmarks):
+        raise InputError("a benchmark is named twice: " + ", ".join(sorted({b for b in benchmarks if benchmarks.count(b) > 1})))
     if out and write_matches and Path(out).resolve() == Path(write_matches).resolve():
         raise InputError("--out and --write-matches name the same file")
 
@@ -299,7 +312,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         max_bad_lines=max_bad_lines,
         **semantic,  # the --semantic-* and --judge-* options, named as the ScanConfig fields
     )
-    samples = _load(benchmark, fmt)
+    loaded = [_load(b, fmt) for b in benchmarks]
     if write_clean_corpus:
         from itd.clean import write_clean_corpus as write_clean
 
@@ -315,7 +328,9 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         matches_file = str(Path(spool.enter_context(tempfile.TemporaryDirectory(dir=clean_dir.parent, prefix=".itd-matches-"))) / "matches.jsonl")
     with spool:
         with _byte_progress("scanning corpus", not quiet) as progress:
-            report = run_scan(samples, list(corpus), config, progress=progress, matches_out=matches_file)
+            reports = scan_many(loaded, list(corpus), config, progress=progress, matches_out=matches_file)
+        # every benchmark's results together, for the outputs that cover the whole pass
+        report = reports[0] if len(reports) == 1 else ScanReport([r for rep in reports for r in rep.results], reports[0].config, reports[0].stats)
         if write_clean_corpus:
             from itd.matches import iter_matches
 
@@ -323,7 +338,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
                                   text_field=text_field, layout=layout)
             manifest = build_manifest(command="scan --write-clean-corpus",
                                       config={**config.to_dict(), "format": fmt, "clean_policy": clean_policy},
-                                      inputs=[benchmark, *corpus])
+                                      inputs=[*benchmarks, *corpus])
             write_json(manifest_path(clean_dir), {**manifest, "clean": cleaned,
                                                   "contaminated_items": [r.sample.id for r in report.contaminated]})
             _err_console().print(f"clean corpus written to {clean_dir}: {cleaned['dropped']:,} document(s) dropped, "
@@ -332,19 +347,22 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         _say_processed(report.stats, "scanned")
     if write_matches:
         manifest = build_manifest(command="scan --write-matches", config={**config.to_dict(), "format": fmt},
-                                  inputs=[benchmark, *corpus])
+                                  inputs=[*benchmarks, *corpus])
         write_json(manifest_path(write_matches), {**manifest, "matches": report.stats["matches_written"],
                                                   "contaminated_items": len(report.contaminated)})
         _err_console().print(f"{report.stats['matches_written']:,} match(es) written to {write_matches}")
     _warn_skipped(report.stats)
     if out:
-        manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[benchmark, *corpus])
+        manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[*benchmarks, *corpus])
+        if len(reports) > 1:
+            manifest["benchmarks"] = _per_benchmark(benchmarks, reports)
         report.write_jsonl(out, manifest)
         _err_console().print(f"report written to {out}")
     if as_json:
-        _echo_json(report.summary())
+        _echo_json(report.summary() if len(reports) == 1 else {"benchmarks": _per_benchmark(benchmarks, reports), "stats": report.stats})
     else:
-        _print_report(report, title=f"{benchmark}: {len(samples)} samples")
+        for name, rep in zip(benchmarks, reports):
+            _print_report(rep, title=f"{name}: {len(rep.results)} samples")
         _out_console().print(_read_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
         _out_console().print(_layout_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN

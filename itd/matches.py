@@ -34,6 +34,7 @@ def match_record(result: Any, ev: Evidence) -> dict[str, Any]:
     return {
         "item": result.sample.id,
         "benchmark": result.sample.benchmark,
+        "source": result.sample.source.file if result.sample.source else None,
         "label": result.label,
         "detector": ev.detector,
         "match": ev.match,
@@ -66,20 +67,23 @@ class MatchSpool:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
-    def put(self, shard_index: int, matches: list[tuple[int, Evidence]]) -> None:
-        """Spool the matches of shard `shard_index` ((item index, evidence), in document order)."""
+    def put(self, shard_index: int, matches: list[tuple[int, int, Evidence]]) -> None:
+        """Spool the matches of shard `shard_index` ((detector position, item index, evidence), in document
+        order)."""
         if self._dir is None or not matches:
             return
         with open(self._dir / f"{shard_index:08d}.pkl", "wb") as f:
             pickle.dump(matches, f, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def finish(self, results: Sequence[Any], n_shards: int, unrecorded: set[str] = frozenset()) -> int | None:
-        """Write the matches of contaminated `results` (by a detector that flagged the item) to `out`, shard by
-        shard; detectors in `unrecorded` (whose evidence is chosen only at the end, e.g. semantic's top-k)
+    def finish(self, results: Sequence[Sequence[Any]], owner: Sequence[int], n_shards: int,
+               unrecorded: Sequence[set[str]] = ()) -> int | None:
+        """Write the matches of contaminated items (by a detector that flagged the item) to `out`, shard by
+        shard. `results[g]`: the `SampleResult`s of benchmark g; `owner[i]`: the benchmark of detector position i;
+        detectors named in `unrecorded[g]` (whose evidence is chosen only at the end, e.g. semantic's top-k)
         contribute their final evidence. Returns the number of matches written (None without `out`)."""
         if self.out is None or self._dir is None:
             return None
-        flagged = [set(r.detected_by) if r.label != "clean" else set() for r in results]
+        flagged = [[set(r.detected_by) if r.label != "clean" else set() for r in rs] for rs in results]
         written = 0
         with atomic_write(self.out) as f:
             for index in range(n_shards):
@@ -88,16 +92,18 @@ class MatchSpool:
                     continue
                 with open(part, "rb") as g:
                     matches = pickle.load(g)
-                for sample, ev in matches:
-                    if ev.detector in flagged[sample]:
-                        f.write(json.dumps(match_record(results[sample], ev), ensure_ascii=False) + "\n")
+                for position, sample, ev in matches:
+                    g = owner[position]
+                    if ev.detector in flagged[g][sample]:
+                        f.write(json.dumps(match_record(results[g][sample], ev), ensure_ascii=False) + "\n")
                         written += 1
                 part.unlink()
-            for r, detectors in zip(results, flagged):
-                for ev in r.evidence:
-                    if ev.detector in unrecorded and ev.detector in detectors:
-                        f.write(json.dumps(match_record(r, ev), ensure_ascii=False) + "\n")
-                        written += 1
+            for g, names in enumerate(unrecorded):
+                for r, detectors in zip(results[g], flagged[g]):
+                    for ev in r.evidence:
+                        if ev.detector in names and ev.detector in detectors:
+                            f.write(json.dumps(match_record(r, ev), ensure_ascii=False) + "\n")
+                            written += 1
         return written
 
 

@@ -27,7 +27,7 @@ from itd.text import normalize, tokenize
 
 __all__ = [
     "ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress", "ShardTally",
-    "FileTally", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
+    "FileTally", "scan_many", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
 ]
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -176,7 +176,7 @@ class ShardTally:
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
     files: dict[str, FileTally] = field(default_factory=dict)
-    matches: list[tuple[int, Evidence]] = field(default_factory=list)  # every match of the shard, when recorded
+    matches: list[tuple[int, int, Evidence]] = field(default_factory=list)  # (detector, item, evidence), when recorded
 
     @classmethod
     def of_reader(cls, reader: ShardReader) -> "ShardTally":
@@ -281,19 +281,20 @@ def scan_shard(
     config: ScanConfig,
     on_bytes: Callable[[int], None] | None = None,
 ) -> tuple[list[Any], ShardTally]:
-    """Scan one shard with every detector; returns (partial per detector, tally of what was read)."""
+    """Scan one shard with every detector; returns (partial per detector, tally of what was read). With
+    detectors that record matches, the tally lists them as (detector position, item index, evidence)."""
     partials = [d.empty() for d in detectors]
     reader = ShardReader(shard, config.text_field, skip_bad=config.skip_bad_lines,
                          max_skipped=reader_skip_limit(config.max_bad_lines), layout=config.layout)
     reported = 0
-    matches: list[tuple[int, Evidence]] = []
+    matches: list[tuple[int, int, Evidence]] = []
     for docs in batches(reader, config.batch_chars):
         batch = make_batch(docs)
         for i, det in enumerate(detectors):
             part = det.scan_batch(batch)
             listed = getattr(det.evidence_of(part), "all", None)
             if listed:
-                matches.extend(listed)
+                matches.extend((i, sample, ev) for sample, ev in listed)
                 listed.clear()
             partials[i] = det.merge(partials[i], part)
         if on_bytes is not None and reader.consumed > reported:
@@ -303,7 +304,7 @@ def scan_shard(
         on_bytes(shard.size - reported)
     tally = ShardTally.of_reader(reader)
     # a shard's matches in document order, so the file of every match is the same however the corpus is split
-    tally.matches = sorted(matches, key=lambda m: (_doc_line(m[1].doc), m[1].start, m[1].end, m[1].detector, m[0]))
+    tally.matches = sorted(matches, key=lambda m: (_doc_line(m[2].doc), m[2].start, m[2].end, m[0], m[1]))
     return partials, tally
 
 
@@ -328,6 +329,21 @@ def scan(
 ) -> ScanReport:
     """Find `samples` in `corpus` (files, directories or globs) and return a labelled `ScanReport`.
 
+    One benchmark of `scan_many`; see there for `matches_out` and the errors raised.
+    """
+    return scan_many([samples], corpus, config, progress, matches_out)[0]
+
+
+def scan_many(
+    benchmarks: Sequence[Sequence[Sample]],
+    corpus: Sequence[str | os.PathLike] | str | os.PathLike,
+    config: ScanConfig | None = None,
+    progress: Progress | None = None,
+    matches_out: str | os.PathLike | None = None,
+) -> list[ScanReport]:
+    """Find the samples of several benchmarks in `corpus` in one read of it; one `ScanReport` per benchmark, as
+    if each had been scanned alone (each has detectors of its own, fitted on it alone).
+
     With `matches_out`, every match of a contaminated item in the corpus (`itd.matches`: item, detector, document,
     character offsets, score), uncapped, is written there as JSONL, atomically, once the scan is done; the matches
     wait in per-shard files beside it while the corpus is read.
@@ -339,11 +355,15 @@ def scan(
     config = config or ScanConfig()
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
-    if not samples:
+    if not benchmarks:
+        raise InputError("no benchmark to scan for")
+    if not all(benchmarks):
         raise InputError("the benchmark has no samples")
     t0 = time.perf_counter()
     engine = make_engine(config.engine, workers=config.workers, address=config.ray_address)  # fails early
-    detectors = [d.fit(samples) for d in build_detectors(config)]
+    groups = [[d.fit(samples) for d in build_detectors(config)] for samples in benchmarks]
+    detectors = [d for group in groups for d in group]
+    owner = [g for g, group in enumerate(groups) for _ in group]  # the benchmark of each detector
     for d in detectors:
         d.record_matches = matches_out is not None
     split = config.workers > 1 or config.engine != "local"
@@ -359,12 +379,13 @@ def scan(
             partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
         tally.validate(config.max_bad_lines, config.text_field)
         per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
-        results = []
-        for i, sample in enumerate(samples):
-            findings = [f[i] for f in per_detector]
-            results.append(SampleResult(sample, label_of(findings), findings))
-        unrecorded = {d.name for d, p in zip(detectors, partials) if getattr(d.evidence_of(p), "all", None) is None}
-        matches_written = spool.finish(results, len(shards), unrecorded)
+        results: list[list[SampleResult]] = []
+        for g, samples in enumerate(benchmarks):
+            mine = [f for f, o in zip(per_detector, owner) if o == g]
+            results.append([SampleResult(s, label_of([f[i] for f in mine]), [f[i] for f in mine]) for i, s in enumerate(samples)])
+        unrecorded = [{d.name for d, p, o in zip(detectors, partials, owner) if o == g
+                       and getattr(d.evidence_of(p), "all", None) is None} for g in range(len(groups))]
+        matches_written = spool.finish(results, owner, len(shards), unrecorded)
     seconds = time.perf_counter() - t0
     stats = {
         **tally.stats(),
@@ -380,4 +401,6 @@ def scan(
     }
     if matches_out is not None:
         stats["matches_written"] = matches_written
-    return ScanReport(results, config.to_dict(), stats)
+    if len(benchmarks) > 1:
+        stats["benchmarks_in_pass"] = len(benchmarks)
+    return [ScanReport(r, config.to_dict(), dict(stats)) for r in results]

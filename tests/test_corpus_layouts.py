@@ -386,3 +386,43 @@ def test_cli_write_clean_corpus_with_manifest(gsm, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
     res = run_cli("scan", str(bench), "--corpus", str(corpus), "--detector", "ngram", "-q", "--write-clean-corpus", str(out))
     assert res.returncode == 2 and "not empty" in res.stderr
+
+
+# ---- several benchmarks in one corpus pass -----------------------------------------------------------------
+def test_several_benchmarks_in_one_pass_label_as_each_alone(gsm, mmlu, tmp_path):
+    from itd.scan import scan_many
+
+    samples, raw, train = gsm
+    records = [SFT["messages"](r["question"], r["answer"]) for r in train[:8] + [raw[4]]]
+    records.append(SFT["sharegpt"](mmlu[6].prompt_text(), LETTERS[mmlu[6].answer]))
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    config = ScanConfig(detectors=("ngram", "minhash"))
+    together = scan_many([samples, mmlu], [corpus], config, matches_out=tmp_path / "m.jsonl")
+    alone = [scan(samples, [corpus], config), scan(mmlu, [corpus], config)]
+    for a, b in zip(together, alone):
+        assert [(r.sample.id, r.label, [e.to_dict() for e in r.evidence]) for r in a.results] == [
+            (r.sample.id, r.label, [e.to_dict() for e in r.evidence]) for r in b.results]
+    assert [r.sample.id for r in together[0].contaminated] == [samples[4].id]
+    assert [(r.sample.id, r.label) for r in together[1].contaminated] == [(mmlu[6].id, "input_and_label_contaminated")]
+    assert together[0].stats["documents"] == len(records) and together[0].stats["benchmarks_in_pass"] == 2
+    from itd.matches import read_matches
+
+    assert {(m["item"], m["benchmark"]) for m in read_matches(tmp_path / "m.jsonl")} == {(samples[4].id, "gsm8k"), (mmlu[6].id, "mmlu")}
+
+
+def test_cli_scan_several_benchmarks(gsm, shared_data, tmp_path):
+    samples, raw, train = gsm
+    bench = tmp_path / "gsm.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in raw), encoding="utf-8")
+    mmlu_file = shared_data / "mmlu" / "test" / "high_school_geography_test.csv"
+    mmlu = load_benchmark(mmlu_file)
+    corpus = write_jsonl(tmp_path / "c.jsonl", [SFT["alpaca"](r["question"], r["answer"]) for r in train[:4] + [raw[0]]]
+                         + [SFT["alpaca"](mmlu[3].prompt_text(), "Answer: " + LETTERS[mmlu[3].answer])])
+    res = run_cli("scan", str(bench), str(mmlu_file), "--corpus", str(corpus), "--detector", "ngram", "-q", "--json")
+    assert res.returncode == 1, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["benchmarks"][str(bench)]["contaminated_ids"] == ["gsm:1"]
+    assert summary["benchmarks"][str(mmlu_file)]["labels"]["input_and_label_contaminated"] == 1
+    assert summary["stats"]["documents"] == 6
+    res = run_cli("scan", str(bench), str(bench), "--corpus", str(corpus), "-q")
+    assert res.returncode == 2 and "named twice" in res.stderr
