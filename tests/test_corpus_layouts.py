@@ -426,3 +426,17 @@ def test_cli_scan_several_benchmarks(gsm, shared_data, tmp_path):
     assert summary["stats"]["documents"] == 6
     res = run_cli("scan", str(bench), str(bench), "--corpus", str(corpus), "-q")
     assert res.returncode == 2 and "named twice" in res.stderr
+
+
+def test_index_build_reads_layouts_too(gsm, tmp_path):
+    from itd.index import build_index
+    from itd.index import check as run_check
+
+    samples, raw, train = gsm
+    corpus = write_jsonl(tmp_path / "chat.jsonl", [SFT["sharegpt"](r["question"], r["answer"]) for r in train[:6] + [raw[15]]])
+    meta = build_index([corpus], tmp_path / "idx")
+    assert meta["layouts"]["sharegpt"]["documents"] == 7
+    report = run_check(samples, tmp_path / "idx")
+    assert [(r.sample.id, r.label) for r in report.contaminated] == [(samples[15].id, "input_and_label_contaminated")]
+    with pytest.raises(InputError, match="no record read so far has every text field of the alpaca layout"):
+        build_index([corpus], tmp_path / "idx2", layout="alpaca")
