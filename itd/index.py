@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from itd.corpus import Shard, ShardReader, plan_shards
+from itd.corpus import Shard, ShardReader, plan_shards, resolve_layout
 from itd.data import Sample
 from itd.detectors.ngram import PASSES, NGramDetector
 from itd.engines import make_engine
@@ -203,12 +203,12 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 
 
 def _index_shard(
-    shared: tuple[list[int], str, int, bool, int | None], shard: Shard, on_bytes: Callable[[int], None] | None
+    shared: tuple[list[int], str, int, bool, int | None, str], shard: Shard, on_bytes: Callable[[int], None] | None
 ) -> tuple[dict[tuple[str, int], np.ndarray], ShardTally]:
     """The n-gram hashes of one shard: sorted unique per (pass, n), and what was read (an engine task)."""
-    ns, text_field, batch_chars, skip_bad_lines, max_skipped = shared
+    ns, text_field, batch_chars, skip_bad_lines, max_skipped, layout = shared
     runs: dict[tuple[str, int], list[np.ndarray]] = {(p, k): [] for p in PASSES for k in ns}
-    reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped)
+    reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped, layout=layout)
     seen = 0
     for batch_docs in batches(reader, batch_chars, overlap_tokens=max(ns)):
         tb = make_batch(batch_docs).tokens
@@ -231,6 +231,7 @@ def build_index(
     n: int = 13,
     n_short: int = 8,
     text_field: str = "text",
+    layout: str = "auto",
     batch_chars: int = 1 << 20,
     skip_bad_lines: bool = False,
     max_bad_lines: float = DEFAULT_MAX_BAD_LINES,
@@ -245,7 +246,8 @@ def build_index(
 
     `engine="ray"` reads the shards (large files cut into `shard_bytes` ranges) in parallel on Ray
     (`ray_address`, `workers`: see `itd.engines.RayEngine`), `workers` > 1 with the local engine in a process
-    pool; the index is the same either way. An index is only written when a verdict may rest on it
+    pool; the index is the same either way. Records are read in `layout` (`itd.layouts`; "auto": detected per
+    file) or from the fields `text_field` names. An index is only written when a verdict may rest on it
     (`itd.scan.ShardTally.validate`: documents were read, and no more lines were skipped than `max_bad_lines`
     allows); otherwise `InputError` is raised and `out` is left as it was.
     """
@@ -257,6 +259,7 @@ def build_index(
         raise InputError(f"a Ray address ({ray_address!r}) needs the Ray engine (--engine ray)")
     out = Path(out)
     _check_target(out)
+    resolve_layout(layout, text_field)  # a bad --layout or --text-field fails before anything is read
     runner = make_engine(engine, workers=workers, address=ray_address) if engine != "local" or workers > 1 else None
     shards = plan_shards(corpus, shard_bytes if runner is not None else None)
     _remove_leftovers(out)
@@ -268,7 +271,7 @@ def build_index(
     try:
         t0 = time.perf_counter()
         parts, tally, total = _write_parts(stage, build, shards, sorted({n, n_short}), text_field, batch_chars,
-                                           skip_bad_lines, max_bad_lines, progress, runner)
+                                           skip_bad_lines, max_bad_lines, progress, runner, layout)
         meta = {
             "format": INDEX_FORMAT,
             "build": build,
@@ -276,6 +279,7 @@ def build_index(
             "n_short": n_short,
             "passes": list(PASSES),
             "text_field": text_field,
+            "layout": layout,
             **tally.stats(),
             "shards": len(shards),
             "engine": engine,
@@ -287,7 +291,7 @@ def build_index(
             "seconds": round(time.perf_counter() - t0, 3),
             "manifest": build_manifest(
                 command="index build",
-                config={"n": n, "n_short": n_short, "text_field": text_field},
+                config={"n": n, "n_short": n_short, "text_field": text_field, "layout": layout},
                 inputs=list(dict.fromkeys(s.path for s in shards)),
             ),
         }
@@ -411,6 +415,7 @@ def _write_parts(
     max_bad_lines: float,
     progress: Callable[[int, int], None] | None,
     runner: Any,
+    layout: str = "auto",
 ) -> tuple[dict[str, dict[str, Any]], ShardTally, int]:
     """Hash the corpus into `stage/parts-<build>/<pass>_<n>.npy` (sorted runs spilled to `stage/runs`);
     returns each part's record for index.json, what was read, and the corpus bytes. What was read is validated
@@ -439,14 +444,14 @@ def _write_parts(
 
     tally = ShardTally()
     if runner is not None:
-        shared = (ns, text_field, batch_chars, skip_bad_lines, max_skipped)
+        shared = (ns, text_field, batch_chars, skip_bad_lines, max_skipped, layout)
         for _, (hashes_by_key, part) in runner.map_shards(_index_shard, shared, shards, progress):
             tally.add(part)
             for key, hashes in hashes_by_key.items():
                 add(key, hashes)
     done = 0
     for shard in shards if runner is None else ():
-        reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped)
+        reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped, layout=layout)
         seen = 0
         for batch_docs in batches(reader, batch_chars, overlap_tokens=max(ns)):
             tb = make_batch(batch_docs).tokens

@@ -428,10 +428,13 @@ def build_manifest(
     (directories walked, globs expanded) are recorded with their SHA-256; corpus URLs with the size and the
     fingerprint their store gives (ETag, checksum), since hashing a remote corpus would read it a second time."""
     from itd import __version__
-    from itd.corpus import is_url, url_file_info
+    from itd.corpus import HF_PREFIX, is_url, url_file_info
 
     files = []
     for raw in inputs:
+        if isinstance(raw, str) and raw.startswith(HF_PREFIX):  # a `datasets` name: nothing to hash here
+            files.append({"path": raw, "dataset": True})
+            continue
         if is_url(raw):
             files.extend(url_file_info(str(raw)))
             continue

@@ -100,6 +100,7 @@ class ScanSection:
     detect: bool = True
     detectors: tuple[str, ...] = ("ngram",)
     text_field: str = "text"
+    layout: str = "auto"
     workers: int = 1
     engine: str = "local"
     ray_address: str | None = None
@@ -477,7 +478,7 @@ class Pipeline:
         from itd.scan import ScanConfig
 
         s = self.config.scan
-        return ScanConfig(detectors=s.detectors, text_field=s.text_field, workers=s.workers, engine=s.engine,
+        return ScanConfig(detectors=s.detectors, text_field=s.text_field, layout=s.layout, workers=s.workers, engine=s.engine,
                           ray_address=s.ray_address)
 
     def _rewrite(self, samples, kind, flagged, lm, reference, state, progress):

@@ -14,18 +14,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from itd.corpus import Document, Shard, ShardReader, plan_shards
+from itd.corpus import Document, Shard, ShardReader, plan_shards, resolve_layout
 from itd.data import Sample
 from itd.detectors import DETECTORS
-from itd.detectors.base import CorpusDetector, DocBatch
+from itd.detectors.base import CorpusDetector, DocBatch, Evidence
 from itd.engines import ENGINES, make_engine
 from itd.errors import InputError
+from itd.matches import MatchSpool
+from itd.io import redact_text
 from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize, window_spans
 
 __all__ = [
     "ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress", "ShardTally",
-    "FileTally", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
+    "FileTally", "scan_many", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
 ]
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -60,7 +62,8 @@ class ScanConfig:
     fuzzy_min_score: float = 85.0  # rapidfuzz score a fuzzy candidate must reach to count
     num_perm: int = 64
     shingle: int = 3
-    text_field: str = "text"
+    text_field: str = "text"  # one or more comma-separated fields or paths (`messages[*].content`)
+    layout: str = "auto"  # a record layout of `itd.layouts` ("auto": detected per file)
     workers: int = 1
     batch_chars: int = 1 << 20  # characters per batch; a longer document is read in windows of this size
     shard_bytes: int = 32 << 20
@@ -97,6 +100,7 @@ class ScanConfig:
         if self.shard_bytes < 1 << 16:
             raise InputError("shard_bytes must be >= 65536")
         check_max_bad_lines(self.max_bad_lines)
+        resolve_layout(self.layout, self.text_field)  # an unknown layout or a bad field path fails here
         self.engine = self.engine.strip().lower()
         ENGINES.get(self.engine)  # raises with a did-you-mean
         if self.ray_address is not None:
@@ -132,7 +136,7 @@ def batches(docs: Iterable[Document], batch_chars: int, overlap_tokens: int = 0)
     for d in docs:
         if len(d.text) > batch_chars:
             pieces: Iterable[Document] = (
-                Document(d.file, d.line, d.text[a:b], d.offset + a)
+                d.window(a, b)
                 for a, b in window_spans(d.text, batch_chars, overlap_tokens)
             )
         else:
@@ -150,13 +154,16 @@ def batches(docs: Iterable[Document], batch_chars: int, overlap_tokens: int = 0)
 @dataclass(slots=True)
 class FileTally:
     """What reading one corpus file came to: its bytes, documents, skipped lines, how many of those lacked the
-    text field while no record of the file had it (a layout problem), and the first skipped line's error."""
+    text field while no record of the file had it (a layout problem), the first skipped line's error, the
+    layout(s) its records were read in (documents per layout) and how many records each field gave text."""
 
     bytes: int = 0
     documents: int = 0
     skipped: int = 0
     missing_field: int = 0
     first_error: str | None = None
+    layouts: dict[str, int] = field(default_factory=dict)
+    fields: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: "FileTally") -> None:
         self.bytes += other.bytes
@@ -164,9 +171,14 @@ class FileTally:
         self.skipped += other.skipped
         self.missing_field += other.missing_field
         self.first_error = self.first_error or other.first_error
+        for name, count in other.layouts.items():
+            self.layouts[name] = self.layouts.get(name, 0) + count
+        for name, count in other.fields.items():
+            self.fields[name] = self.fields.get(name, 0) + count
 
 
 _KEEP_ERRORS = 20
+_KEEP_FILES = 100  # files listed one by one in the stats
 
 
 @dataclass(slots=True)
@@ -178,12 +190,14 @@ class ShardTally:
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
     files: dict[str, FileTally] = field(default_factory=dict)
+    matches: list[tuple[int, int, Evidence]] = field(default_factory=list)  # (detector, item, evidence), when recorded
 
     @classmethod
     def of_reader(cls, reader: ShardReader) -> "ShardTally":
         """The tally of a shard `reader` has read to its end."""
         file = FileTally(reader.shard.size, reader.n_documents, reader.n_skipped, reader.n_missing_field,
-                         reader.skipped[0] if reader.skipped else None)
+                         reader.skipped[0] if reader.skipped else None, reader.documents_per_layout(),
+                         dict(reader.field_counts))
         return cls(reader.n_documents, reader.n_skipped, list(reader.skipped), {reader.shard.path: file})
 
     def add(self, other: "ShardTally") -> "ShardTally":
@@ -203,10 +217,35 @@ class ShardTally:
         """Files that held no record at all (nothing read, nothing skipped)."""
         return [p for p, f in self.files.items() if not f.documents and not f.skipped]
 
+    def layout_stats(self) -> dict[str, dict[str, Any]]:
+        """Per layout read: files, documents, and records per field (a file of mixed layouts counts in each; its
+        fields are listed per file only)."""
+        out: dict[str, dict[str, Any]] = {}
+        for file in self.files.values():
+            for name, docs in file.layouts.items():
+                entry = out.setdefault(name, {"files": 0, "documents": 0, "fields": {}})
+                entry["files"] += 1
+                entry["documents"] += docs
+                if len(file.layouts) == 1:
+                    for f, count in file.fields.items():
+                        entry["fields"][f] = entry["fields"].get(f, 0) + count
+        return dict(sorted(out.items()))
+
+    def file_layouts(self) -> list[dict[str, Any]]:
+        """Per file (the first `_KEEP_FILES`): the layout(s) read, documents, and records per field."""
+        return [
+            {"file": redact_text(path), "layout": "+".join(sorted(f.layouts)) or None, "documents": f.documents,
+             "fields": dict(f.fields)}
+            for path, f in sorted(self.files.items())[:_KEEP_FILES]
+        ]
+
     def stats(self) -> dict[str, Any]:
-        """What the verdict stands on, for a report's stats: documents, bytes, files, skipped lines."""
+        """What the verdict stands on, for a report's stats: documents, bytes, files, skipped lines, and the
+        layouts the records were read in (overall and per file)."""
         empty = self.empty_files
         return {
+            "layouts": self.layout_stats(),
+            "file_layouts": self.file_layouts(),
             "documents": self.documents,
             "bytes": self.bytes,
             "files": len(self.files),
@@ -222,7 +261,9 @@ class ShardTally:
         lines read when below 1, else a count)."""
         check_max_bad_lines(max_bad_lines)
         layout = (f"the text field {text_field!r} is missing from every record: the corpus has another layout, "
-                  "set --text-field to the field that holds the text")
+                  "set --text-field to the field(s) that hold the text" if text_field != "text" else
+                  "no record has the text fields of a known layout: set --text-field to the field(s) that hold "
+                  "the text, or --layout")
         if not self.documents:
             if not self.skipped:
                 raise InputError(
@@ -254,22 +295,36 @@ def scan_shard(
     config: ScanConfig,
     on_bytes: Callable[[int], None] | None = None,
 ) -> tuple[list[Any], ShardTally]:
-    """Scan one shard with every detector; returns (partial per detector, tally of what was read)."""
+    """Scan one shard with every detector; returns (partial per detector, tally of what was read). With
+    detectors that record matches, the tally lists them as (detector position, item index, evidence)."""
     partials = [d.empty() for d in detectors]
     reader = ShardReader(shard, config.text_field, skip_bad=config.skip_bad_lines,
-                         max_skipped=reader_skip_limit(config.max_bad_lines))
+                         max_skipped=reader_skip_limit(config.max_bad_lines), layout=config.layout)
     reported = 0
+    matches: list[tuple[int, int, Evidence]] = []
     overlap = max((d.context_tokens for d in detectors), default=0)
     for docs in batches(reader, config.batch_chars, overlap):
         batch = make_batch(docs)
         for i, det in enumerate(detectors):
-            partials[i] = det.merge(partials[i], det.scan_batch(batch))
+            part = det.scan_batch(batch)
+            listed = getattr(det.evidence_of(part), "all", None)
+            if listed:
+                matches.extend((i, sample, ev) for sample, ev in listed)
+                listed.clear()
+            partials[i] = det.merge(partials[i], part)
         if on_bytes is not None and reader.consumed > reported:
             on_bytes(reader.consumed - reported)
             reported = reader.consumed
     if on_bytes is not None and shard.size > reported:
         on_bytes(shard.size - reported)
-    return partials, ShardTally.of_reader(reader)
+    tally = ShardTally.of_reader(reader)
+    # a shard's matches in document order, so the file of every match is the same however the corpus is split
+    tally.matches = sorted(matches, key=lambda m: (_doc_line(m[2].doc), m[2].start, m[2].end, m[0], m[1]))
+    return partials, tally
+
+
+def _doc_line(doc_id: str) -> int:
+    return int(doc_id.rpartition(":")[2])
 
 
 def _scan_task(
@@ -285,8 +340,28 @@ def scan(
     corpus: Sequence[str | os.PathLike] | str | os.PathLike,
     config: ScanConfig | None = None,
     progress: Progress | None = None,
+    matches_out: str | os.PathLike | None = None,
 ) -> ScanReport:
     """Find `samples` in `corpus` (files, directories or globs) and return a labelled `ScanReport`.
+
+    One benchmark of `scan_many`; see there for `matches_out` and the errors raised.
+    """
+    return scan_many([samples], corpus, config, progress, matches_out)[0]
+
+
+def scan_many(
+    benchmarks: Sequence[Sequence[Sample]],
+    corpus: Sequence[str | os.PathLike] | str | os.PathLike,
+    config: ScanConfig | None = None,
+    progress: Progress | None = None,
+    matches_out: str | os.PathLike | None = None,
+) -> list[ScanReport]:
+    """Find the samples of several benchmarks in `corpus` in one read of it; one `ScanReport` per benchmark, as
+    if each had been scanned alone (each has detectors of its own, fitted on it alone).
+
+    With `matches_out`, every match of a contaminated item in the corpus (`itd.matches`: item, detector, document,
+    character offsets, score), uncapped, is written there as JSONL, atomically, once the scan is done; the matches
+    wait in per-shard files beside it while the corpus is read.
 
     Raises `InputError` when the verdict could not rest on what was read (`ShardTally.validate`): no documents,
     a file whose every line was skipped, or more skipped lines than `config.max_bad_lines` allows. The report's
@@ -295,25 +370,37 @@ def scan(
     config = config or ScanConfig()
     if isinstance(corpus, (str, os.PathLike)):
         corpus = [corpus]
-    if not samples:
+    if not benchmarks:
+        raise InputError("no benchmark to scan for")
+    if not all(benchmarks):
         raise InputError("the benchmark has no samples")
     t0 = time.perf_counter()
     engine = make_engine(config.engine, workers=config.workers, address=config.ray_address)  # fails early
-    detectors = [d.fit(samples) for d in build_detectors(config)]
+    groups = [[d.fit(samples) for d in build_detectors(config)] for samples in benchmarks]
+    detectors = [d for group in groups for d in group]
+    owner = [g for g, group in enumerate(groups) for _ in group]  # the benchmark of each detector
+    for d in detectors:
+        d.record_matches = matches_out is not None
     split = config.workers > 1 or config.engine != "local"
     shards = plan_shards(corpus, config.shard_bytes if split else None)
     total = sum(s.size for s in shards)
     partials = [d.empty() for d in detectors]
     tally = ShardTally()
-    for _, (parts, part_tally) in engine.map_shards(_scan_task, (detectors, config), shards, progress):
-        tally.add(part_tally)
-        partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
-    tally.validate(config.max_bad_lines, config.text_field)
-    per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
-    results = []
-    for i, sample in enumerate(samples):
-        findings = [f[i] for f in per_detector]
-        results.append(SampleResult(sample, label_of(findings), findings))
+    with MatchSpool(matches_out) as spool:
+        for index, (parts, part_tally) in engine.map_shards(_scan_task, (detectors, config), shards, progress):
+            spool.put(index, part_tally.matches)
+            part_tally.matches = []
+            tally.add(part_tally)
+            partials = [d.merge(a, b) for d, a, b in zip(detectors, partials, parts)]
+        tally.validate(config.max_bad_lines, config.text_field)
+        per_detector = [d.finish(p) for d, p in zip(detectors, partials)]
+        results: list[list[SampleResult]] = []
+        for g, samples in enumerate(benchmarks):
+            mine = [f for f, o in zip(per_detector, owner) if o == g]
+            results.append([SampleResult(s, label_of([f[i] for f in mine]), [f[i] for f in mine]) for i, s in enumerate(samples)])
+        unrecorded = [{d.name for d, p, o in zip(detectors, partials, owner) if o == g
+                       and getattr(d.evidence_of(p), "all", None) is None} for g in range(len(groups))]
+        matches_written = spool.finish(results, owner, len(shards), unrecorded)
     seconds = time.perf_counter() - t0
     stats = {
         **tally.stats(),
@@ -327,4 +414,8 @@ def scan(
         "seconds": round(seconds, 3),
         "mb_per_s": round(total / 1e6 / seconds, 2) if seconds > 0 else None,
     }
-    return ScanReport(results, config.to_dict(), stats)
+    if matches_out is not None:
+        stats["matches_written"] = matches_written
+    if len(benchmarks) > 1:
+        stats["benchmarks_in_pass"] = len(benchmarks)
+    return [ScanReport(r, config.to_dict(), dict(stats)) for r in results]

@@ -224,9 +224,21 @@ def test_parquet_null_text_and_non_text_column(questions, tmp_path):
 
 
 # ---- a corpus in another layout, mostly malformed corpora ----------------------------------------------------
-def test_gsm8k_train_has_no_text_field_skip_bad_lines_is_exit_2(shared_data, bench, tmp_path):
-    """The real GSM8K train file has question/answer fields, no `text`: skipping every line is not a scan."""
-    train = shared_data / "gsm8k" / "train.jsonl"
+@pytest.fixture(scope="module")
+def unknown_layout(shared_data, tmp_path_factory) -> Path:
+    """The real GSM8K train records with their fields renamed (body, solution): a layout no reader knows."""
+    path = tmp_path_factory.mktemp("layout") / "train.jsonl"
+    lines = (shared_data / "gsm8k" / "train.jsonl").read_text("utf-8").splitlines()
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            rec = json.loads(line)
+            f.write(json.dumps({"body": rec["question"], "solution": rec["answer"]}) + "\n")
+    return path
+
+
+def test_unknown_layout_skip_bad_lines_is_exit_2(shared_data, unknown_layout, bench, tmp_path):
+    """Records with no known layout's fields: skipping every line is not a scan."""
+    train = unknown_layout
     for extra in ([], ["-j", "2"]):
         res = run_cli("scan", str(bench), "--corpus", str(train), "--skip-bad-lines", "--detector", "ngram", "-q", *extra)
         assert res.returncode == 2, res.stdout + res.stderr
@@ -238,14 +250,18 @@ def test_gsm8k_train_has_no_text_field_skip_bad_lines_is_exit_2(shared_data, ben
     res = run_cli("index", "build", "--corpus", str(train), "--out", str(out), "--skip-bad-lines", "-q")
     assert res.returncode == 2 and "Traceback" not in res.stderr and "set --text-field" in res.stderr
     assert not out.exists()  # no index left behind, so no `itd check` can pass against one
-    res = run_cli("scan", str(bench), "--corpus", str(train), "--text-field", "question", "--detector", "ngram", "-q")
+    res = run_cli("scan", str(bench), "--corpus", str(train), "--text-field", "body", "--detector", "ngram", "-q")
     assert res.returncode in (0, 1) and "read 7,473 documents" in res.stdout  # train holds near-copies of test items
+    # the real GSM8K train file is read in its own layout: question and answer
+    res = run_cli("scan", str(bench), "--corpus", str(shared_data / "gsm8k" / "train.jsonl"), "--detector", "ngram", "-q")
+    assert res.returncode in (0, 1) and "read 7,473 documents" in res.stdout
+    assert "layout gsm8k: 1 file, 7,473 documents (records with text per field: question 7,473, answer 7,473)" in res.stdout
 
 
-def test_a_small_file_without_the_field_is_a_layout_error(shared_data, bench, questions, tmp_path):
+def test_a_small_file_without_the_field_is_a_layout_error(unknown_layout, bench, questions, tmp_path):
     """Under the early layout probe (1000 records): the whole file is read, every line skipped, then refused;
     and one such file beside a good one is refused too (it would not have been scanned)."""
-    lines = (shared_data / "gsm8k" / "train.jsonl").read_text("utf-8").splitlines()[:40]
+    lines = unknown_layout.read_text("utf-8").splitlines()[:40]
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.jsonl").write_bytes(jsonl(questions[:500]))

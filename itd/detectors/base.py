@@ -90,16 +90,23 @@ def _overlap_rank(ev: Evidence) -> tuple:
 
 class EvidenceBook:
     """The best `limit` pieces of evidence per sample (highest score first), mergeable across workers in any
-    order (ties are broken by `_rank`)."""
+    order (ties are broken by `_rank`). With `keep_all`, every piece added (not merged) is also listed in
+    `all`, uncapped, as (sample, evidence), for a caller to drain (`--write-matches`)."""
 
-    def __init__(self, limit: int = 5):
+    def __init__(self, limit: int = 5, keep_all: bool = False):
         if limit < 1:
             raise ValueError("evidence limit must be >= 1")
         self.limit = limit
         self._heaps: dict[int, list[Evidence]] = {}
+        self.all: list[tuple[int, Evidence]] | None = [] if keep_all else None
 
     def add(self, sample: int, ev: Evidence) -> None:
         """Keep `ev` if it is among the best; overlapping evidence of one kind in one document counts once."""
+        if self.all is not None:
+            self.all.append((sample, ev))
+        self._keep(sample, ev)
+
+    def _keep(self, sample: int, ev: Evidence) -> None:
         kept = self._heaps.setdefault(sample, [])  # at most `limit` pieces, in no particular order
         for i, e in enumerate(kept):
             if (e.doc, e.detector, e.part) == (ev.doc, ev.detector, ev.part) and e.start < ev.end and ev.start < e.end:
@@ -114,9 +121,13 @@ class EvidenceBook:
             kept[worst] = ev
 
     def merge(self, other: "EvidenceBook") -> "EvidenceBook":
-        for sample, evs in other._heaps.items():
-            for ev in evs:
-                self.add(sample, ev)
+        log, self.all = self.all, None  # merged evidence was listed when it was first added
+        try:
+            for sample, evs in other._heaps.items():
+                for ev in evs:
+                    self.add(sample, ev)
+        finally:
+            self.all = log
         return self
 
     def get(self, sample: int) -> list[Evidence]:
@@ -161,19 +172,26 @@ def label_text(sample: Sample) -> str:
     return "" if sample.is_mcq else sample.answer_text()
 
 
-def answer_key_end(sample: Sample, text: str, pos: int, slack: int = 16) -> int | None:
+def answer_key_end(sample: Sample, text: str, pos: int, slack: int = 16, output_starts: Sequence[int] = ()) -> int | None:
     """Where the answer key of an MCQ `sample` ends when `text` states it right after `pos`, else None.
 
     A key is "Answer" (or "The correct answer is") followed by the letter of the correct choice or by the
     correct choice's text, starting within `slack` characters of `pos` (the end of the matched item; fuzzy
-    alignment can stop a few characters short of it).
+    alignment can stop a few characters short of it). In a record of several texts (`output_starts`: where its
+    responses, assistant turns or answers start) a response starting there is the answer whether it says
+    "Answer" or not: "B", "(B) Paris", "Paris" and "The answer is B" all state the key.
     """
     if not sample.is_mcq or not isinstance(sample.answer, int):
         return None
     m = _KEY_PREFIX.search(text, pos, pos + slack + 32)
-    if m is None or m.start() > pos + slack:
-        return None
-    at = m.end()
+    if m is not None and m.start() <= pos + slack:
+        at = m.end()
+    else:
+        start = next((s for s in output_starts if pos <= s <= pos + slack + 2), None)
+        if start is None:
+            return None
+        m = _KEY_PREFIX.match(text, start)
+        at = start if m is None else m.end()
     letter = _KEY_LETTER.match(text, at)
     if letter is not None and letter.group(1).lower() == _LETTERS[sample.answer]:
         return letter.end()
@@ -218,6 +236,11 @@ class CorpusDetector(abc.ABC):
     context_tokens: int = 0
     """Consecutive corpus tokens one match can span (set by `fit`): a long document is read in windows that
     overlap by at least this many tokens (`itd.scan.batches`), so no match is cut in two."""
+    record_matches: bool = False  # set by a scan that writes every match: books keep all evidence added
+
+    def new_book(self) -> EvidenceBook:
+        """An empty evidence book for a partial result."""
+        return EvidenceBook(self.evidence_limit, keep_all=self.record_matches)
 
     def __init__(self, evidence_limit: int = 5):
         if evidence_limit < 1:

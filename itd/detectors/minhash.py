@@ -236,7 +236,7 @@ class MinHashDetector(CorpusDetector):
         return mix64(h)
 
     def empty(self) -> MinHashPartial:
-        return MinHashPartial(np.zeros((len(self.samples), 2)), EvidenceBook(self.evidence_limit))
+        return MinHashPartial(np.zeros((len(self.samples), 2)), self.new_book())
 
     def scan_batch(self, batch: DocBatch) -> MinHashPartial:
         part = self.empty()
@@ -311,7 +311,8 @@ class MinHashDetector(CorpusDetector):
             score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
         if score < self.min_score:
             return
-        key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8)
+        key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8,
+                                 output_starts=document.output_starts())
         if key_end is not None:  # an MCQ item followed by its key: the label is there too
             b, which = key_end, 1
         part.best[sample, which] = max(part.best[sample, which], score)

@@ -160,7 +160,7 @@ class NGramDetector(CorpusDetector):
 
     def empty(self) -> NGramPartial:
         found = {k: np.zeros(t.keys.size, dtype=bool) for k, t in self._tables.items()}
-        return NGramPartial(found, EvidenceBook(self.evidence_limit))
+        return NGramPartial(found, self.new_book())
 
     # ---- corpus side ----------------------------------------------------------------------------------
     def scan_batch(self, batch: DocBatch) -> NGramPartial:
@@ -224,7 +224,8 @@ class NGramDetector(CorpusDetector):
             lo, hi = (int(x) for x in byte_to_char(batch.normalized[d], np.array([lo_b, hi_b])))
             score, a, b = align(needle, document.text, lo, hi, margin=max(32, len(needle) // 4))
             match = "raw" if pass_bits[g] & 1 else "numnorm"
-            key_end = answer_key_end(self.samples[s], document.text, b, slack=16 + len(needle) // 8)
+            key_end = answer_key_end(self.samples[s], document.text, b, slack=16 + len(needle) // 8,
+                                     output_starts=document.output_starts())
             if key_end is not None:
                 b, part_name = key_end, "question+answer"
             at = document.offset  # a window's offsets are turned into the whole document's
