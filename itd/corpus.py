@@ -380,7 +380,7 @@ class ShardReader:
         if len(texts) == 1:
             return Document(self.shard.path, line, texts[0][2])
         text, segments = join_texts(texts)
-        return Document(self.shard.path, line, text, segments)
+        return Document(self.shard.path, line, text, segments=segments)
 
     def _no_layout(self, rec: dict, line: int) -> None:
         """A record that fits no layout while none has yet: a layout error (after `_LAYOUT_PROBE` such records

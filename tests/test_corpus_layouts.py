@@ -440,3 +440,24 @@ def test_index_build_reads_layouts_too(gsm, tmp_path):
     assert [(r.sample.id, r.label) for r in report.contaminated] == [(samples[15].id, "input_and_label_contaminated")]
     with pytest.raises(InputError, match="no record read so far has every text field of the alpaca layout"):
         build_index([corpus], tmp_path / "idx2", layout="alpaca")
+
+
+def test_a_window_of_a_joined_record_keeps_its_output_starts_and_offset():
+    """A long chat record read in windows (`itd.scan.batches`): each window's output starts are where the
+    assistant turns start inside that window, and its offset places it in the whole record."""
+    from itd.corpus import Document
+    from itd.layouts import Segment
+    from itd.scan import batches
+
+    user, assistant = "question " * 600, "answer " * 600
+    text = user + "\n\n" + assistant
+    doc = Document("chat.jsonl", 3, text, segments=(Segment("messages[user]", "input", 0, len(user)),
+                                                     Segment("messages[assistant]", "output", len(user) + 2, len(text))))
+    windows = [d for batch in batches([doc], 2048, overlap_tokens=50) for d in batch]
+    assert len(windows) > 2 and windows[0].offset == 0
+    for w in windows:
+        assert text[w.offset:w.offset + len(w.text)] == w.text
+        for start in w.output_starts():
+            if 0 <= start < len(w.text):
+                assert w.offset + start == len(user) + 2
+    assert any(0 <= s < len(w.text) for w in windows for s in w.output_starts())
