@@ -10,7 +10,7 @@ Corpus (two JSONL files, so evidence tells where a match came from):
 Copies with markup (`MARKUP_VARIANTS`, for both benchmarks: the verbatim text re-wrapped to short lines, as HTML
 with character references, as Markdown, or with its LaTeX re-spaced) are planted `--per-variant` times each, and
 MMLU stems alone (no options, no key) `--per-variant` times for each stem-length bucket of `STEM_BUCKETS`
-(tokens); a stem of at least 13 tokens is expected `input_contaminated`, a shorter one `clean`.
+(tokens); a stem of at least 13 tokens is expected `input_contaminated`, a shorter one is not required either way.
 
 Both benchmarks (GSM8K test, all MMLU test items) are scanned with `detectors=("ngram", "minhash")`. Per variant
 the table gives planted, detected (label != clean), detected with `EXPECTED_LABEL[kind]`, located (evidence points
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     for lo, hi in STEM_BUCKETS:
         kind = f"stem_only {lo}-{hi - 1}" if hi < 10_000 else f"stem_only {lo}+"
         stem_kinds[kind] = (lo, hi)
-        expected[kind] = "input_contaminated" if lo >= DISTINCTIVE_STEM else "clean"
+        # a shorter stem is not required either way: it may be found when it is most of a short item
+        expected[kind] = "input_contaminated" if lo >= DISTINCTIVE_STEM else "any"
     gsm_kinds = VARIANTS + tuple(MARKUP_VARIANTS)
     mmlu_kinds = MMLU_VARIANTS + tuple(MARKUP_VARIANTS) + tuple(stem_kinds)
 
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in gsm_kinds if bench == "gsm8k" else mmlu_kinds:
                 items = [j for j, k in truth[bench].items() if k == kind]
                 det = [j for j in items if results[j].label != "clean"]
-                exp = [j for j in items if results[j].label == expected[kind]]
+                exp = [j for j in items if expected[kind] in ("any", results[j].label)]
                 loc = [j for j in items if any(ev.doc == f"{synthetic}:{planted_line[(bench, j)]}" for ev in results[j].evidence)]
                 by = Counter(pass_name(*passes_of(results[j])) for j in det)
                 labels = Counter(results[j].label for j in items)
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print("### Un-planted items flagged (false positives and genuine near-duplicates)\n")
         print(C.table(["benchmark", "un-planted items", "flagged", "rate", "evidence in", "flagged by", "part over threshold", "top source files"], fp_rows))
         print()
-        misses = [(b, j, k) for b in ("gsm8k", "mmlu") for j, k in truth[b].items() if reports[b].results[j].label != expected[k]]
+        misses = [(b, j, k) for b in ("gsm8k", "mmlu") for j, k in truth[b].items() if expected[k] not in ("any", reports[b].results[j].label)]
         if misses and args.show:
             print(f"first {min(args.show, len(misses))} of {len(misses)} planted items without the expected label:\n")
             for bench, j, kind in misses[: args.show]:

@@ -221,8 +221,13 @@ class NGramDetector(CorpusDetector):
                     owner.append(i)
         if seqs:
             (h, pos), = ngram_hashes(np.concatenate(seqs), np.repeat(np.arange(len(seqs)), k), [k]).values()
+            sample = np.asarray(owner, dtype=np.int64)[pos // k]
+            # items whose choices end alike ("... not wrong, not wrong answer: b") share a key n-gram, which then
+            # names none of them
+            own = _items_per_ngram(h, sample) == 1
+            h, sample = h[own], sample[own]
             order = np.argsort(h, kind="stable")
-            self._key_hashes, self._key_sample = h[order], np.asarray(owner, dtype=np.int64)[pos[order] // k]
+            self._key_hashes, self._key_sample = h[order], sample[order]
         else:
             self._key_hashes, self._key_sample = np.zeros(0, np.uint64), np.zeros(0, np.int64)
 
