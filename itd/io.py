@@ -159,6 +159,9 @@ def build_manifest(
 
     files = []
     for raw in inputs:
+        if isinstance(raw, str) and raw.startswith("hf://"):  # a Hugging Face dataset: named, not read again here
+            files.append({"path": raw, "dataset": True})
+            continue
         if is_url(raw):
             files.extend(url_file_info(str(raw)))
             continue
