@@ -465,6 +465,13 @@ def _print_run(result, title: str) -> None:
         name = summary["models"].get(role) or role
         table.add_row(f"{role} ({Path(name).name})", *(_fmt_ci(by_subset.get(sub)) for sub in subsets))
     out.print(table)
+    if ev.get("by_label"):
+        by_label = Table(title=f"{title}: accuracy by contamination label (corpus scan) and by model-side flag (95% CI)")
+        for col in ("items", "n", "before", "after"):
+            by_label.add_column(col)
+        for group, fig in ev["by_label"].items():
+            by_label.add_row(group.replace("_", " "), str(fig["before"]["n"]), _fmt_ci(fig["before"]), _fmt_ci(fig["after"]))
+        out.print(by_label)
     figures = Table(title=f"{title}: what the score was made of")
     figures.add_column("figure")
     figures.add_column("value [95% CI]")
