@@ -29,6 +29,7 @@ __all__ = [
     "mix64",
     "NUMBER_HASH",
     "fold_for_alignment",
+    "strip_markup",
 ]
 
 _U64 = np.uint64
@@ -93,7 +94,7 @@ def normalize(text: str) -> str:
     character references (a decoded letter or digit is kept in its word), and LaTeX spacing and sizing commands (`\\quad`, `\\left`,
     `\\text`, ...), so a copy pasted from a web page or with its LaTeX re-spaced keeps its n-grams.
     """
-    text = _strip_markup(text)
+    text = strip_markup(text)
     if text.isascii():
         return text.lower()
     return unicodedata.normalize("NFKC", text).lower()
@@ -107,7 +108,7 @@ def _entity(m: re.Match) -> str:
     return decoded if decoded.isalnum() else " " * len(m.group())
 
 
-def _strip_markup(text: str) -> str:
+def strip_markup(text: str) -> str:
     """Blank HTML tags, character references and LaTeX spacing commands, keeping the text's length."""
     if "<" in text:
         text = _HTML_TAG.sub(lambda m: " " * len(m.group()), text)
