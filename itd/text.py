@@ -44,6 +44,7 @@ _HTML_TAG = re.compile(
     r"title|tr|tt|u|ul|var)(?:\s+[\w:-]+\s*=\s*(?:\"[^\"<>]*\"|'[^'<>]*'|[^\s\"'<>]+))*\s*/?>",
     re.IGNORECASE,
 )
+_TAG_START = re.compile(r"</?[a-zA-Z]")
 _HTML_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});")
 _LATEX_SPACING = re.compile(
     r"\\(?:q?quad|[hv]space\*?|left|right|[bB]ig{1,2}[lr]?|displaystyle|textstyle|mathrm|mathbf|mathit|"
@@ -110,7 +111,7 @@ def _entity(m: re.Match) -> str:
 
 def strip_markup(text: str) -> str:
     """Blank HTML tags, character references and LaTeX spacing commands, keeping the text's length."""
-    if "<" in text:
+    if "<" in text and _TAG_START.search(text):  # GSM8K's "<<48/2=24>>" annotations are not tags
         text = _HTML_TAG.sub(lambda m: " " * len(m.group()), text)
     if "&" in text:
         text = _HTML_ENTITY.sub(_entity, text)
@@ -244,10 +245,11 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     numeric = _DIGIT[body]
     if punct.size:
         numeric[punct[join]] = True
-    split = np.flatnonzero(word[1:] & word[:-1] & (numeric[1:] != numeric[:-1]) & (body[1:] < 0x80) & (body[:-1] < 0x80)) + 1
-    if split.size:
-        starts = np.sort(np.concatenate([starts, split]))
-        ends = np.sort(np.concatenate([ends, split]))
+    split = np.flatnonzero(numeric[1:] != numeric[:-1]) + 1  # few: then the cheap tests on those only
+    split = split[word[split] & word[split - 1] & (body[split] < 0x80) & (body[split - 1] < 0x80)]
+    if split.size:  # each split lies inside a run: it ends one token and starts the next
+        starts = np.insert(starts, np.searchsorted(starts, split), split)
+        ends = np.insert(ends, np.searchsorted(ends, split), split)
     lens = ends - starts
 
     # Read each token as up to four unaligned little-endian uint64 words and fold them into one hash.
