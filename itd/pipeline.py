@@ -674,7 +674,26 @@ def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged
                                          for role, sets in evaluation.items()}
         if truth:
             out["evaluation"]["by_truth"] = _accuracy_by_truth(evaluation, truth)
+        if scan_report is not None:
+            out["evaluation"]["by_label"] = _accuracy_by_label(evaluation, scan_report, flagged, cfg.evaluate.seed)
     return out
+
+
+def _accuracy_by_label(evaluation, scan_report, flagged, seed: int) -> dict[str, Any]:
+    """The model's accuracy, before and after decontamination, on the items of each corpus-scan label and on
+    the model-side flagged and unflagged items (one table: where the score comes from)."""
+    from itd.evaluation import accuracy_by_group
+    from itd.report import LABELS
+
+    groups: dict[str, list[str]] = {label: [] for label in LABELS}
+    for r in scan_report.results:
+        groups[r.label].append(r.sample.id)
+    ids = [r.sample.id for r in scan_report.results]
+    flagged = set(flagged)
+    groups["flagged"] = [i for i in ids if i in flagged]
+    groups["unflagged"] = [i for i in ids if i not in flagged]
+    sets = evaluation["model"]
+    return accuracy_by_group(sets["original"], sets.get("decontaminated"), groups, seed=seed)
 
 
 def _accuracy_by_truth(evaluation, truth) -> dict[str, Any]:

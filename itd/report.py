@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
-from itd.data import Sample
+from itd.data import Sample, write_benchmark
 from itd.detectors.base import Evidence, Finding
+from itd.errors import InputError
 from itd.io import atomic_write, manifest_path, write_json
 
-__all__ = ["LABELS", "SampleResult", "ScanReport", "label_of"]
+__all__ = ["LABELS", "CLEAN_POLICIES", "SampleResult", "ScanReport", "label_of"]
 
 LABELS = ("clean", "input_contaminated", "input_and_label_contaminated")
+CLEAN_POLICIES = ("drop", "mark")
+MARK_FIELD = "contamination"
 
 
 def label_of(findings: Sequence[Finding]) -> str:
@@ -84,14 +91,39 @@ class ScanReport:
     def by_id(self) -> dict[str, SampleResult]:
         return {r.sample.id: r for r in self.results}
 
+    def breakdown(self, by: str) -> dict[str, dict[str, Any]]:
+        """Items per label for each benchmark file (`by="file"`) or subject (`by="subject"`), with the share of
+        contaminated items; groups in name order. Items without a file or subject are grouped under "-"."""
+        groups: dict[str, Counter] = {}
+        for r in self.results:
+            if by == "file":
+                key = r.sample.source.file if r.sample.source else "-"
+            elif by == "subject":
+                key = r.sample.subject or "-"
+            else:
+                raise ValueError(f"breakdown by 'file' or 'subject', not {by!r}")
+            groups.setdefault(key, Counter())[r.label] += 1
+        out = {}
+        for key in sorted(groups):
+            c = groups[key]
+            total = sum(c.values())
+            out[key] = {"samples": total, "labels": {label: c.get(label, 0) for label in LABELS},
+                        "contaminated_share": round((total - c.get(LABELS[0], 0)) / total, 4)}
+        return out
+
     def summary(self) -> dict[str, Any]:
-        """A JSON-able summary: label counts, statistics and the contaminated ids."""
-        return {
+        """A JSON-able summary: label counts, their split per benchmark file (and per subject, when items have
+        one), statistics and the contaminated ids."""
+        out = {
             "samples": len(self.results),
             "labels": self.counts(),
-            "contaminated_ids": [r.sample.id for r in self.contaminated],
-            "stats": self.stats,
+            "by_file": self.breakdown("file"),
         }
+        if any(r.sample.subject for r in self.results):
+            out["by_subject"] = self.breakdown("subject")
+        out["contaminated_ids"] = [r.sample.id for r in self.contaminated]
+        out["stats"] = self.stats
+        return out
 
     def write_jsonl(self, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
         """One JSON record per sample, written atomically; the manifest goes beside it."""
@@ -100,3 +132,56 @@ class ScanReport:
                 f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
         if manifest is not None:
             write_json(manifest_path(path), {**manifest, "summary": self.summary()})
+
+    def write_clean(self, out: str | os.PathLike, *, policy: str = "drop", directory: bool = False,
+                    format: str | None = None, manifest: dict[str, Any] | None = None) -> list[Path]:
+        """Write the benchmark back in its source layout without its contaminated items (`policy="drop"`), or
+        whole with each record's label in a `contamination` field (`"mark"`); returns the files written.
+
+        `directory`: the benchmark was a directory, so `out` is one too, with a file per source file. The files
+        and the manifest (`<out>.manifest.json`, with the summary and the ids dropped) are staged and committed
+        together: a failed write leaves `out` as it was.
+        """
+        if policy not in CLEAN_POLICIES:
+            raise InputError(f"unknown clean policy {policy!r}; choose {' or '.join(CLEAN_POLICIES)}")
+        if policy == "drop":
+            samples = [r.sample for r in self.results if r.label == LABELS[0]]
+        else:
+            samples = [dataclasses.replace(r.sample, extra={**r.sample.extra, MARK_FIELD: r.label}) for r in self.results]
+        if not samples:
+            raise InputError("every item is contaminated: a cleaned benchmark would be empty, nothing was written", str(out))
+        out = Path(out)
+        if directory and out.exists() and any(out.iterdir()):
+            raise InputError("the directory for the cleaned benchmark is not empty", str(out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            target = stage / out.name
+            if directory:
+                target.mkdir()
+            written = write_benchmark(samples, target, format=format)
+            if policy == "mark":
+                _check_marked(written)
+            dropped = [r.sample.id for r in self.results if r.label != LABELS[0]] if policy == "drop" else []
+            write_json(manifest_path(target), {**(manifest or {}), "policy": policy, "items_written": len(samples),
+                                               "dropped_ids": dropped, "summary": self.summary()})
+            if directory:
+                if out.exists():
+                    out.rmdir()
+                os.replace(target, out)
+            else:
+                os.replace(target, out)
+            os.replace(manifest_path(target), manifest_path(out))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return [out / p.name if directory else out for p in written]
+
+
+def _check_marked(files: list[Path]) -> None:
+    """A marked set must carry its labels: a fixed-column layout (headerless MMLU CSV) has no room for them."""
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            first = fh.readline()
+        if MARK_FIELD not in first:
+            raise InputError(f"the layout of {f.name} has fixed columns and cannot carry a {MARK_FIELD!r} field; "
+                             "use the drop policy, or write the set as JSONL (--format jsonl)")

@@ -1,7 +1,8 @@
 """Text normalisation, tokenisation and n-gram hashing, vectorised with numpy.
 
-Normalisation folds unicode (NFKC), case, punctuation and whitespace; a token is a maximal run of letters and
-digits (digits joined by `,` or `.` stay one token, so `1,000` and `3.5` are single numbers). GSM8K calculator
+Normalisation folds unicode (NFKC), case, punctuation, whitespace and markup (HTML tags and character references,
+LaTeX spacing commands); a token is a maximal run of letters or of digits (digits joined by `,` or `.` stay one
+token, so `1,000` and `3.5` are single numbers, and `5x` is two tokens). GSM8K calculator
 annotations `<<expr=result>>` are blanked. Positions are kept: for ASCII text a token's byte offsets in the
 normalised buffer are its character offsets in the original, which is what evidence needs.
 
@@ -11,6 +12,7 @@ are valid on another.
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -29,12 +31,27 @@ __all__ = [
     "fold_for_alignment",
     "byte_to_char",
     "window_spans",
+    "strip_markup",
 ]
 
 _U64 = np.uint64
 _NONWORD = re.compile(r"[\W_]")
 _ANNOTATION = re.compile(r"<<[^<>\n]*>>")
 _NON_SPACE = re.compile(r"\S+")
+# markup around copied text: HTML tags (known names; attributes only as name=value, so "a<b and c>d" is not a
+# tag), character references, and LaTeX spacing / sizing commands that do not change what the text says
+_HTML_TAG = re.compile(
+    r"</?(?:a|abbr|article|b|big|blockquote|body|br|center|code|dd|del|div|dl|dt|em|font|h[1-6]|head|hr|html|i|"
+    r"img|ins|kbd|label|li|mark|ol|p|pre|q|s|section|small|span|strike|strong|sub|sup|table|tbody|td|th|thead|"
+    r"title|tr|tt|u|ul|var)(?:\s+[\w:-]+\s*=\s*(?:\"[^\"<>]*\"|'[^'<>]*'|[^\s\"'<>]+))*\s*/?>",
+    re.IGNORECASE,
+)
+_TAG_START = re.compile(r"</?[a-zA-Z]")
+_HTML_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});")
+_LATEX_SPACING = re.compile(
+    r"\\(?:q?quad|[hv]space\*?|left|right|[bB]ig{1,2}[lr]?|displaystyle|textstyle|mathrm|mathbf|mathit|"
+    r"text(?:rm|bf|it)?|mbox|operatorname)(?![a-zA-Z])"
+)
 
 # Byte classes of the normalised (lowercase) buffer: 1 = word byte. Bytes >= 0x80 belong to non-ASCII
 # letters/digits (non-word unicode characters were already folded to spaces).
@@ -74,10 +91,35 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 
 def normalize(text: str) -> str:
-    """Normalise one text for matching. ASCII input keeps its length (offsets stay valid)."""
+    """Normalise one text for matching. ASCII input keeps its length (offsets stay valid).
+
+    Markup that a copy may carry around the same words is blanked to spaces of the same length: HTML tags,
+    character references (a decoded letter or digit is kept in its word), and LaTeX spacing and sizing commands (`\\quad`, `\\left`,
+    `\\text`, ...), so a copy pasted from a web page or with its LaTeX re-spaced keeps its n-grams.
+    """
+    text = strip_markup(text)
     if text.isascii():
         return text.lower()
     return unicodedata.normalize("NFKC", text).lower()
+
+
+def _entity(m: re.Match) -> str:
+    decoded = html.unescape(m.group())
+    if len(decoded) != 1 or decoded == m.group():
+        return m.group()
+    # a letter stays inside its word (offsets after it shift by a few characters); anything else becomes spaces
+    return decoded if decoded.isalnum() else " " * len(m.group())
+
+
+def strip_markup(text: str) -> str:
+    """Blank HTML tags, character references and LaTeX spacing commands, keeping the text's length."""
+    if "<" in text and _TAG_START.search(text):  # GSM8K's "<<48/2=24>>" annotations are not tags
+        text = _HTML_TAG.sub(lambda m: " " * len(m.group()), text)
+    if "&" in text:
+        text = _HTML_ENTITY.sub(_entity, text)
+    if "\\" in text:
+        text = _LATEX_SPACING.sub(lambda m: " " * len(m.group()), text)
+    return text
 
 
 def _blank_unicode_punctuation(body: np.ndarray, word: np.ndarray) -> None:
@@ -200,6 +242,16 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     change = np.flatnonzero(word[1:] != word[:-1]) + 1
     bounds = np.concatenate([[0], change]) if word[0] else change
     starts, ends = bounds[0::2], bounds[1::2]  # runs of word bytes alternate start, end; the text ends in "\n"
+    # a number and a letter written together ("5x", "2\,x" in LaTeX, "10am") are two tokens, so spacing a copy
+    # differently does not change its tokens
+    numeric = _DIGIT[body]
+    if punct.size:
+        numeric[punct[join]] = True
+    split = np.flatnonzero(numeric[1:] != numeric[:-1]) + 1  # few: then the cheap tests on those only
+    split = split[word[split] & word[split - 1] & (body[split] < 0x80) & (body[split - 1] < 0x80)]
+    if split.size:  # each split lies inside a run: it ends one token and starts the next
+        starts = np.insert(starts, np.searchsorted(starts, split), split)
+        ends = np.insert(ends, np.searchsorted(ends, split), split)
     lens = ends - starts
 
     # Read each token as up to four unaligned little-endian uint64 words and fold them into one hash.

@@ -188,3 +188,74 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_scan_per_subject_and_write_clean(shared_data, leaked_setup, tmp_path):
+    """The scan summary splits labels per subject and per file; --write-clean writes the benchmark without its
+    contaminated items in the source layout (a directory for a directory), with a manifest, or marks them."""
+    bench = tmp_path / "mmlu"
+    bench.mkdir()
+    for subject in ("anatomy", "business_ethics"):
+        (bench / f"{subject}_test.csv").symlink_to(shared_data / "mmlu" / "test" / f"{subject}_test.csv")
+    anatomy = load_benchmark(bench / "anatomy_test.csv")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "Seen online:\n" + s.prompt_text()}) + "\n" for s in anatomy[10:13]), encoding="utf-8")
+    out = tmp_path / "clean"
+    res = run_cli("scan", str(bench), "--corpus", str(corpus), "--detector", "ngram", "--json", "--write-clean", str(out))
+    assert res.returncode == 1, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["by_subject"]["anatomy"]["labels"]["input_contaminated"] == 3
+    assert summary["by_subject"]["anatomy"]["contaminated_share"] == round(3 / len(anatomy), 4)
+    assert summary["by_subject"]["business_ethics"]["contaminated_share"] == 0
+    assert {Path(f).name for f in summary["by_file"]} == {"anatomy_test.csv", "business_ethics_test.csv"}
+    cleaned = load_benchmark(out / "anatomy_test.csv")
+    assert [s.question for s in cleaned] == [s.question for s in anatomy[:10] + anatomy[13:]]
+    assert (out / "business_ethics_test.csv").read_bytes() == (bench / "business_ethics_test.csv").read_bytes()
+    manifest = json.loads((tmp_path / "clean.manifest.json").read_text("utf-8"))
+    assert manifest["policy"] == "drop" and sorted(manifest["dropped_ids"]) == sorted(s.id for s in anatomy[10:13])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clean")]  # no staging left behind
+
+    table = run_cli("scan", str(bench), "--corpus", str(corpus), "--detector", "ngram")
+    assert "Contamination per subject" in table.stdout and "anatomy" in table.stdout
+
+    _, _, leaked, _ = leaked_setup
+    marked = tmp_path / "marked.jsonl"
+    res = run_cli("scan", str(leaked), "--corpus", str(leaked_setup[0]), "--detector", "ngram", "-q",
+                  "--write-clean", str(marked), "--write-clean-mode", "mark")
+    assert res.returncode == 1, res.stderr
+    records = [json.loads(line) for line in marked.read_text("utf-8").splitlines()]
+    assert len(records) == 120 and sum(r["contamination"] != "clean" for r in records) == 3
+    assert set(records[3]) == {"question", "answer", "contamination"}
+
+
+def test_scan_hf_dataset_benchmark(shared_data, tmp_path, monkeypatch):
+    """`itd scan hf://NAME[:SPLIT]` reads the benchmark through `datasets.load_dataset` (a local directory here,
+    never the network): MMLU CSV rows become multiple-choice items, ids name the dataset and split."""
+    pytest.importorskip("datasets")
+    from itd.data import load_hf_dataset, parse_hf_spec
+
+    ds = tmp_path / "mmlu_anatomy"
+    ds.mkdir()
+    lines = (shared_data / "mmlu" / "test" / "anatomy_test.csv").read_text("utf-8").splitlines(True)
+    (ds / "test.csv").write_text("".join(lines[:31]), encoding="utf-8")  # the header and 30 items
+    env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    samples = load_hf_dataset(str(ds), "test", cache_dir=str(tmp_path / "hf"))
+    local = load_benchmark(ds / "test.csv")
+    assert [(s.question, s.choices, s.answer) for s in samples] == [(s.question, s.choices, s.answer) for s in local]
+    assert samples[0].is_mcq and samples[0].id == "mmlu_anatomy:test:1"
+    assert parse_hf_spec("hf://openai/gsm8k:main:test") == ("openai/gsm8k", "main", "test")
+    assert parse_hf_spec("hf://cais/mmlu") == ("cais/mmlu", None, "test")
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"text": "notes\n" + local[4].prompt_text() + "\nAnswer: " + "ABCD"[local[4].answer]}) + "\n", encoding="utf-8")
+    res = run_cli("scan", f"hf://{ds}:test", "--corpus", str(corpus), "--detector", "ngram", "--json", "--out", str(tmp_path / "r.jsonl"), env=env)
+    assert res.returncode == 1, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["contaminated_ids"] == ["mmlu_anatomy:test:5"]
+    assert summary["labels"]["input_and_label_contaminated"] == 1
+    manifest = json.loads((tmp_path / "r.jsonl.manifest.json").read_text("utf-8"))
+    assert {"path": f"hf://{ds}:test", "dataset": True} in manifest["inputs"]
+    bad = run_cli("scan", "hf://a:b:c:d", "--corpus", str(corpus), env=env)
+    assert bad.returncode == 2 and "hf://NAME" in bad.stderr and "Traceback" not in bad.stderr

@@ -276,12 +276,12 @@ def test_load_hf_dataset(tmp_path: Path, gsm8k_test: Path, mmlu_test: Path) -> N
 
     gsm_samples = load_hf_dataset("json", split="train", data_files=str(gsm_file), cache_dir=cache)
     assert [s.layout for s in gsm_samples] == ["gsm8k"] * 20
-    assert [s.source for s in gsm_samples] == [Source("json", i) for i in range(1, 21)]
+    assert [s.source for s in gsm_samples] == [Source("json:train", i) for i in range(1, 21)]
     expected = load_benchmark(gsm_file)
     assert [(s.question, s.answer, s.solution) for s in gsm_samples] == [
         (s.question, s.answer, s.solution) for s in expected
     ]
-    assert gsm_samples[0].id == "json:1"
+    assert gsm_samples[0].id == "json:train:1"  # positional ids name the dataset and split
 
     mmlu_samples = load_hf_dataset("json", split="train", data_files=str(mmlu_file), cache_dir=cache)
     assert {s.layout for s in mmlu_samples} == {"mmlu-hf"}
@@ -298,7 +298,7 @@ def test_load_hf_dataset(tmp_path: Path, gsm8k_test: Path, mmlu_test: Path) -> N
     bad = write(tmp_path / "bad.jsonl", jsonl(gsm(), {"question": 5, "answer": "#### 1"}))
     with pytest.raises(InputError, match="'question' must be a string") as info:
         load_hf_dataset("json", split="train", data_files=str(bad), cache_dir=cache, format="gsm8k")
-    assert (info.value.path, info.value.line) == ("json", 2)
+    assert (info.value.path, info.value.line) == ("json:train", 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -235,3 +235,41 @@ def test_demo_command_tells_the_whole_story(tmp_path):
     again = run_cli("demo", "--out", str(out), "--preset", "tiny", "--items", "40")  # reuses the lab, resumes
     assert again.returncode == 0, again.stderr
     assert "training the" not in again.stderr and "inflation" in again.stdout
+
+
+def test_accuracy_by_contamination_label(shared_data, tmp_path):
+    """With a corpus scan, the summary splits the model's accuracy by scan label and by model-side flag, before
+    and after decontamination, with counts and intervals, and the HTML report shows that table."""
+    import json as _json
+
+    from itd.data import load_benchmark
+    from itd.evaluation import EvalResult, ItemResult
+    from itd.html_report import render_html_report
+    from itd.pipeline import _accuracy_by_label
+    from itd.scan import ScanConfig, scan
+
+    samples = load_benchmark(shared_data / "gsm8k" / "test.jsonl")[:60]
+    corpus = tmp_path / "c.jsonl"
+    leaked = samples[:6]  # 0-2 with their solutions (input and label), 3-5 questions only (input)
+    corpus.write_text("".join(_json.dumps({"text": s.question + ("\n" + s.solution if k < 3 else "")}) + "\n"
+                              for k, s in enumerate(leaked)), encoding="utf-8")
+    report = scan(samples, corpus, ScanConfig(detectors=("ngram",)))
+    assert report.counts() == {"clean": 54, "input_contaminated": 3, "input_and_label_contaminated": 3}
+
+    def result(correct) -> EvalResult:
+        items = [ItemResult(s.id, "math", str(s.answer), correct(k), True) for k, s in enumerate(samples)]
+        return EvalResult(items, {}, {}, "chat", "generate", "flexible")
+
+    before = result(lambda k: k < 6 or k % 2 == 0)  # leaked items all right, the others half right
+    after = result(lambda k: k % 2 == 0)
+    flagged = {s.id for s in samples[:4]}
+    by_label = _accuracy_by_label({"model": {"original": before, "decontaminated": after}}, report, flagged, seed=0)
+    assert list(by_label) == ["clean", "input_contaminated", "input_and_label_contaminated", "flagged", "unflagged"]
+    il = by_label["input_and_label_contaminated"]
+    assert (il["before"]["value"], il["before"]["n"], il["after"]["value"]) == (1.0, 3, 2 / 3)
+    assert by_label["clean"]["before"]["n"] == 54 and by_label["clean"]["before"]["value"] == 0.5
+    low, high = by_label["clean"]["before"]["ci"]
+    assert low < 0.5 < high
+    assert by_label["flagged"]["before"]["n"] == 4 and by_label["unflagged"]["after"]["n"] == 56
+    page = render_html_report({"evaluation": {"by_label": by_label}}, [])
+    assert "Accuracy by contamination label" in page and "input and label contaminated" in page

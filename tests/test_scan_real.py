@@ -168,3 +168,122 @@ def test_number_pass_ignores_pure_arithmetic(shared_data, tmp_path):
     report = scan(samples, corpus, ScanConfig(detectors=("ngram",)))
     assert report.counts()["clean"] == len(samples)
     assert re.search(r"\d", arithmetic)
+
+
+def _mmlu(shared_data, subject):
+    return load_benchmark(shared_data / "mmlu" / "test" / f"{subject}_test.csv")
+
+
+def _corpus(tmp_path, texts, rng):
+    docs = [filler_text(rng, 200) for _ in range(40)]
+    for k, text in enumerate(texts):
+        docs.insert(2 + 3 * k, filler_text(rng, 30) + "\n" + text + "\n" + filler_text(rng, 30))
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+def test_distinctive_stem_alone_is_input_and_generic_stem_is_not(shared_data, tmp_path):
+    """An MCQ stem copied without its options is input_contaminated when it is long enough to be distinctive
+    (>= 13 tokens), whatever the share of the options in the item; a short generic stem is not."""
+    from itd.text import tokenize
+
+    rng = random.Random(5)
+    samples = _mmlu(shared_data, "high_school_biology")
+    tokens = lambda s: len(tokenize([s.question]).hashes)  # noqa: E731
+    long_stems = [s for s in samples if 13 <= tokens(s) <= 16 and sum(map(len, s.choices)) > 2 * len(s.question)][:3]
+    generic = [s for s in samples if s.question.strip().lower().startswith("which of the following") and tokens(s) <= 7][:2]
+    assert len(long_stems) == 3 and generic
+    corpus = _corpus(tmp_path, [s.question for s in long_stems + generic], rng)
+    report = scan(samples, corpus, ScanConfig(detectors=("ngram",)))
+    by_id = report.by_id()
+    for s in long_stems:
+        r = by_id[s.id]
+        assert r.label == "input_contaminated", (s.question, r.to_dict()["coverage"])
+        assert r.findings[0].details.get("stem_only") is True
+        assert r.evidence and s.question[:20] in r.evidence[0].text
+    for s in generic:
+        assert by_id[s.id].label == "clean"
+    assert len(report.contaminated) == len(long_stems)
+
+
+def test_a_shared_passage_alone_does_not_flag_its_siblings(shared_data, tmp_path):
+    """Items that quote the same source passage differ in their question and options: a copy of one item makes
+    that item contaminated, not its siblings, which share only the passage with it."""
+    rng = random.Random(6)
+    samples = _mmlu(shared_data, "high_school_european_history")
+    by_passage: dict[str, list] = {}
+    for s in samples:
+        by_passage.setdefault(s.question[:400], []).append(s)
+    group = next(g for g in by_passage.values() if len(g) >= 3)
+    leaked, siblings = group[0], group[1:]
+    corpus = _corpus(tmp_path, [leaked.prompt_text() + "\nAnswer: " + "ABCD"[leaked.answer]], rng)
+    report = scan(samples, corpus, ScanConfig(detectors=("ngram",)))
+    by_id = report.by_id()
+    assert by_id[leaked.id].label == "input_and_label_contaminated"
+    assert [by_id[s.id].label for s in siblings] == ["clean"] * len(siblings)
+    assert len(report.contaminated) == 1
+
+
+def test_a_solution_alone_with_other_numbers_is_not_a_leak(shared_data, tmp_path):
+    """Generic solution phrasing found through the number-normalised pass, without the question, is not
+    contamination; the same solution with its own numbers (and the question) still is."""
+    rng = random.Random(8)
+    samples = load_benchmark(shared_data / "gsm8k" / "test.jsonl")[:200]
+    solution_only, full = samples[11], samples[12]
+    other_numbers = re.sub(r"\d+", lambda m: str(int(m.group()) + 3), solution_only.solution)
+    corpus = _corpus(tmp_path, [other_numbers, full.question + "\n" + full.solution], rng)
+    report = scan(samples, corpus, ScanConfig(detectors=("ngram",)))
+    by_id = report.by_id()
+    assert by_id[solution_only.id].label == "clean", by_id[solution_only.id].to_dict()["coverage"]
+    assert by_id[full.id].label == "input_and_label_contaminated"
+    assert len(report.contaminated) == 1
+
+
+@pytest.mark.parametrize("markup", ["html", "markdown", "rewrapped", "latex"])
+def test_marked_up_copies_still_match(shared_data, tmp_path, markup):
+    """A verbatim copy re-wrapped to short lines, as HTML with character references, as Markdown, or with its
+    LaTeX re-spaced is found with its key."""
+    import html
+    import textwrap
+
+    rng = random.Random(9)
+    samples = _mmlu(shared_data, "high_school_mathematics")
+    items = [s for s in samples if "$" in s.question][:4]
+    texts = []
+    for s in items:
+        text = _harness(s, " " + "ABCD"[s.answer])
+        if markup == "html":
+            text = "<div><p>" + html.escape(text).replace("\n", "</p>\n<p>").replace(" ", " <em></em>", 1) + "</p></div>"
+        elif markup == "markdown":
+            text = "## Problem\n\n**" + text.replace("\n", "**\n- ", 1).replace("\nAnswer:", "\n\n**Answer:**")
+        elif markup == "rewrapped":
+            text = "\n".join(textwrap.fill(line, 28) for line in text.split("\n"))
+        else:
+            text = re.sub(r" ?([=+<>-]) ?", r"\1", text).replace(", ", ",\\; ").replace("(", "\\left(").replace("$", "$\\,")
+        texts.append(text)
+    report = scan(samples, _corpus(tmp_path, texts, rng), ScanConfig(detectors=("ngram",)))
+    by_id = report.by_id()
+    assert [by_id[s.id].label for s in items] == ["input_and_label_contaminated"] * len(items)
+    assert len(report.contaminated) == len(items)
+
+
+def test_mcq_keys_are_seen_through_the_index(shared_data, tmp_path):
+    """`itd check` against a persistent index labels an MCQ copy with its key (letter or choice text) as
+    input_and_label, one with a wrong key or none as input only, like a scan of the same corpus."""
+    from itd.index import build_index, check
+
+    rng = random.Random(10)
+    samples = _mmlu(shared_data, "high_school_biology")
+    s = [samples[i] for i in (3, 30, 60, 90)]
+    texts = [_harness(s[0], " " + "ABCD"[s[0].answer]),
+             s[1].prompt_text() + "\nAnswer: " + s[1].choices[s[1].answer],
+             _harness(s[2], " " + "ABCD"[(s[2].answer + 1) % 4]),
+             _harness(s[3])]
+    corpus = _corpus(tmp_path, texts, rng)
+    build_index([corpus], tmp_path / "idx")
+    expected = ["input_and_label_contaminated", "input_and_label_contaminated", "input_contaminated", "input_contaminated"]
+    for report in (check(samples, tmp_path / "idx"), scan(samples, corpus, ScanConfig(detectors=("ngram",)))):
+        by_id = report.by_id()
+        assert [by_id[x.id].label for x in s] == expected
+        assert len(report.contaminated) == 4

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Sequence
 from itd.corpus import Document
 from itd.data import Sample
 from itd.registry import Registry
-from itd.text import TokenizedBatch, fold_for_alignment
+from itd.text import TokenizedBatch, fold_for_alignment, strip_markup
 
 __all__ = [
     "DETECTORS",
@@ -158,9 +158,10 @@ class Finding:
     checked: bool = True
 
 
-_KEY_PREFIX = re.compile(r"\b(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?\s*[:=-]?\s*", re.IGNORECASE)
+_KEY_PREFIX = re.compile(r"\b(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?[*_]*\s*[:=-]?[*_]*\s*", re.IGNORECASE)
 _KEY_LETTER = re.compile(r"\(?([a-z])\)?(?![a-z0-9])", re.IGNORECASE)
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_SPACES = re.compile(r"\s+")
 
 
 def label_text(sample: Sample) -> str:
@@ -183,22 +184,25 @@ def answer_key_end(sample: Sample, text: str, pos: int, slack: int = 16, output_
     """
     if not sample.is_mcq or not isinstance(sample.answer, int):
         return None
-    m = _KEY_PREFIX.search(text, pos, pos + slack + 32)
-    if m is not None and m.start() <= pos + slack:
+    # markup and line breaks between the choices and the key (`</p>\n<p><b>Answer:</b> C`) do not count
+    # towards `slack`: only other characters do (`strip_markup` keeps the text's length, so offsets hold)
+    window = strip_markup(text[pos : pos + 512])
+    m = _KEY_PREFIX.search(window)
+    if m is not None and len(_SPACES.sub("", window[: m.start()])) <= slack:
         at = m.end()
     else:
-        start = next((s for s in output_starts if pos <= s <= pos + slack + 2), None)
+        start = next((s - pos for s in output_starts if pos <= s <= pos + slack + 2), None)
         if start is None:
             return None
-        m = _KEY_PREFIX.match(text, start)
+        m = _KEY_PREFIX.match(window, start)
         at = start if m is None else m.end()
-    letter = _KEY_LETTER.match(text, at)
+    letter = _KEY_LETTER.match(window, at)
     if letter is not None and letter.group(1).lower() == _LETTERS[sample.answer]:
-        return letter.end()
+        return pos + letter.end()
     choice, _ = fold_for_alignment(sample.choices[sample.answer])
-    window, index = fold_for_alignment(text[at : at + 2 * len(choice) + 16])
-    if choice and window.startswith(choice) and window[len(choice) : len(choice) + 1] in ("", " "):
-        return at + index[len(choice) - 1] + 1
+    folded, index = fold_for_alignment(window[at : at + 2 * len(choice) + 16])
+    if choice and folded.startswith(choice) and folded[len(choice) : len(choice) + 1] in ("", " "):
+        return pos + at + index[len(choice) - 1] + 1
     return None
 
 

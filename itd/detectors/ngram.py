@@ -34,6 +34,21 @@ PASSES = ("raw", "numnorm")
 _FILTER_BITS = 24
 _FILTER_SHIFT = np.uint64(64 - _FILTER_BITS)
 _MIN_SHARED_LIMIT = 25  # n-grams in more items than this (or 0.5% of the benchmark) are boilerplate
+_KEY_LETTERS = "abcdefghij"
+
+
+def _items_per_ngram(h: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """For each n-gram occurrence (`h[j]` found in benchmark item `item[j]`): how many distinct items hold it."""
+    if not h.size:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((item, h))
+    hs, its = h[order], item[order]
+    new_pair = np.ones(hs.size, dtype=bool)
+    new_pair[1:] = (hs[1:] != hs[:-1]) | (its[1:] != its[:-1])
+    pair_h = hs[new_pair]
+    starts = np.flatnonzero(np.concatenate([[True], pair_h[1:] != pair_h[:-1]]))
+    keys, counts = pair_h[starts], np.diff(np.append(starts, pair_h.size))
+    return counts[np.searchsorted(keys, h)]
 
 
 @dataclass(slots=True)
@@ -43,6 +58,7 @@ class _Table:
     keys: np.ndarray  # sorted unique uint64
     ptr: np.ndarray  # occurrences of keys[u] are occ[ptr[u]:ptr[u+1]]
     occ: np.ndarray  # global benchmark token index of each occurrence's first token
+    distinct: np.ndarray  # keys[u] occurs in one benchmark item only (it tells that item apart)
 
 
 @dataclass(slots=True)
@@ -51,6 +67,7 @@ class NGramPartial:
 
     found: dict[tuple[int, int], np.ndarray]
     evidence: EvidenceBook
+    key_found: np.ndarray  # per sample: an MCQ key n-gram ("... last choice answer: C") was seen
 
 
 @DETECTORS.register("ngram")
@@ -60,7 +77,11 @@ class NGramDetector(CorpusDetector):
     n: n-gram length; short items (fewer than `short_item_tokens` tokens, question and answer together) use
     `n_short`; items shorter than `n_short` are matched whole if they have at least `min_tokens` tokens and
     `match_short_items` is set, else reported unchecked. A question coverage >= `input_threshold` marks the input as contaminated, an answer
-    coverage >= `label_threshold` the label. The finding's `match` says which pass found it: "raw" (a copy with
+    coverage >= `label_threshold` the label. Coverage counts only n-grams that tell the item apart from the rest
+    of the benchmark (see `coverage`). The stem of a multiple-choice item (its question without the options) is
+    measured by itself too: a stem of at least `stem_min_tokens` tokens covered >= `stem_threshold` is an input
+    leak even when the options are not there. The label of a multiple-choice item is its key stated after the
+    choices; a worked solution found without its question counts only with the same numbers. The finding's `match` says which pass found it: "raw" (a copy with
     the same numbers) or "numnorm" (it matches clearly better once numbers are ignored: other numbers).
     """
 
@@ -76,18 +97,22 @@ class NGramDetector(CorpusDetector):
         label_threshold: float = 0.4,
         evidence_limit: int = 5,
         match_short_items: bool = True,
+        stem_min_tokens: int = 13,
+        stem_threshold: float = 0.6,
     ):
         super().__init__(evidence_limit)
         if not 1 <= n_short <= n:
             raise ValueError(f"need 1 <= n_short <= n, got n={n}, n_short={n_short}")
         if not 1 <= min_tokens <= n_short:
             raise ValueError(f"need 1 <= min_tokens <= n_short, got {min_tokens}")
-        for name, t in (("input_threshold", input_threshold), ("label_threshold", label_threshold)):
+        for name, t in (("input_threshold", input_threshold), ("label_threshold", label_threshold),
+                        ("stem_threshold", stem_threshold)):
             if not 0.0 < t <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {t}")
         self.n, self.n_short, self.short_item_tokens, self.min_tokens = n, n_short, short_item_tokens, min_tokens
         self.input_threshold, self.label_threshold = input_threshold, label_threshold
         self.match_short_items = match_short_items
+        self.stem_min_tokens, self.stem_threshold = stem_min_tokens, stem_threshold
 
     @classmethod
     def from_config(cls, config) -> "NGramDetector":
@@ -118,6 +143,14 @@ class NGramDetector(CorpusDetector):
         # a copy of the longest item (with as many tokens again inserted) lies whole in one window of a long document
         self.context_tokens = max(self.n, min(2 * int(lengths.max(initial=0)), 2 * MAX_MATCH_TOKENS))
         self._prompt_len = tb.doc_token_offsets[1::2][:n_samples] - self._sample_start[:n_samples]
+        # an MCQ stem (the question without its choices) is the first tokens of the prompt
+        mcq = [i for i, s in enumerate(self.samples) if s.is_mcq]
+        self._stem_len = np.zeros(n_samples, dtype=np.int64)
+        if mcq:
+            stems = tokenize([normalize(self.samples[i].question) for i in mcq], normalized=True)
+            self._stem_len[mcq] = np.diff(stems.doc_token_offsets)
+        local = np.arange(tb.n_tokens) - self._sample_start[sample_of]
+        self._is_stem = (~self._is_answer) & (local < self._stem_len[sample_of])
         n_eff = np.where(lengths >= self.short_item_tokens, self.n, self.n_short)
         n_eff = np.where(lengths < self.n_short, lengths if self.match_short_items else 0, n_eff)
         self._n_eff = np.where(lengths < self.min_tokens, 0, n_eff)
@@ -133,14 +166,19 @@ class NGramDetector(CorpusDetector):
         self._tables: dict[tuple[int, int], _Table] = {}
         self._shared_limit = max(_MIN_SHARED_LIMIT, int(np.ceil(0.005 * n_samples)))
         numbers_before = np.concatenate([[0], np.cumsum(tb.is_number)])
+        self._distinct_tok = np.zeros((len(PASSES), tb.n_tokens), dtype=bool)
         for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
+            delta = np.zeros(tb.n_tokens + 1, dtype=np.int64)
             for n, (h, pos) in ngram_hashes(hashes, sample_of, self.ns).items():
+                # in how many items each n-gram occurs, over every item long enough for it (whatever n the
+                # item itself is matched with): a phrase two items share does not tell either of them apart
+                items = _items_per_ngram(h, sample_of[pos])
                 keep = self._n_eff[sample_of[pos]] == n
                 if p == 1:  # an n-gram dense in number placeholders ("# hours # hours #") matches any arithmetic
                     keep &= (numbers_before[pos + n] - numbers_before[pos]) * 2 <= n
-                h, pos = h[keep], pos[keep]
+                h, pos, items = h[keep], pos[keep], items[keep]
                 order = np.argsort(h, kind="stable")
-                h, pos = h[order], pos[order]
+                h, pos, items = h[order], pos[order], items[order]
                 del order
                 starts = np.r_[True, h[1:] != h[:-1]]  # one sort: runs of equal keys, occurrences in order
                 count = np.diff(np.append(np.flatnonzero(starts), h.size))
@@ -148,19 +186,73 @@ class NGramDetector(CorpusDetector):
                 # finding it in a corpus says nothing about any one item, so it is not indexed
                 common = np.repeat(count > self._shared_limit, count)
                 if common.any():
-                    h, pos, starts = h[~common], pos[~common], starts[~common]
+                    h, pos, items, starts = h[~common], pos[~common], items[~common], starts[~common]
                 first = np.flatnonzero(starts)
-                self._tables[(p, n)] = _Table(h[first], np.append(first, h.size).astype(np.int64), pos)
+                distinct = items[first] == 1
+                self._tables[(p, n)] = _Table(h[first], np.append(first, h.size).astype(np.int64), pos, distinct)
+                unique_pos = pos[items == 1]
+                np.add.at(delta, unique_pos, 1)
+                np.add.at(delta, unique_pos + n, -1)
+            self._distinct_tok[p] = np.cumsum(delta[:-1]) > 0
+        self._fit_keys(tb)
         self._filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
         for table in self._tables.values():
             self._filter[table.keys >> _FILTER_SHIFT] = True
+        self._filter[self._key_hashes >> _FILTER_SHIFT] = True
         self._n_tokens = tb.n_tokens
         self._sample_of = sample_of
         return self
 
+    def _fit_keys(self, tb) -> None:
+        """Raw-pass `n_short`-grams that end an MCQ item with its key stated after the choices ("... <last choice>
+        answer: c", "... answer is c", "... answer <correct choice>"), so a key is seen through a persistent index
+        too, where no document text is at hand."""
+        k = self.n_short
+        words = tokenize(["answer is " + " ".join(_KEY_LETTERS)], normalized=True).hashes
+        answer, is_, letters = words[0], words[1], words[2:]
+        mcq = [i for i, s in enumerate(self.samples) if s.is_mcq and isinstance(s.answer, int) and self._n_eff[i] > 0]
+        correct = tokenize([normalize(self.samples[i].choices[self.samples[i].answer]) for i in mcq], normalized=True)
+        seqs: list[np.ndarray] = []
+        owner: list[int] = []
+        for j, i in enumerate(mcq):
+            letter = letters[self.samples[i].answer] if self.samples[i].answer < len(letters) else None
+            choice = correct.hashes[correct.doc_token_offsets[j] : correct.doc_token_offsets[j + 1]][:3]
+            forms = [np.array([answer, *choice], dtype=np.uint64)] if choice.size else []
+            if letter is not None:
+                forms += [np.array([answer, letter], dtype=np.uint64), np.array([answer, is_, letter], dtype=np.uint64)]
+            start = int(self._sample_start[i])
+            prompt = tb.hashes[start : start + int(self._prompt_len[i])]
+            for form in forms:
+                tail = k - form.size
+                if 1 <= tail <= prompt.size:
+                    seqs.append(np.concatenate([prompt[prompt.size - tail :], form]))
+                    owner.append(i)
+        if seqs:
+            (h, pos), = ngram_hashes(np.concatenate(seqs), np.repeat(np.arange(len(seqs)), k), [k]).values()
+            sample = np.asarray(owner, dtype=np.int64)[pos // k]
+            # items whose choices end alike ("... not wrong, not wrong answer: b") share a key n-gram, which then
+            # names none of them
+            own = _items_per_ngram(h, sample) == 1
+            h, sample = h[own], sample[own]
+            order = np.argsort(h, kind="stable")
+            self._key_hashes, self._key_sample = h[order], sample[order]
+        else:
+            self._key_hashes, self._key_sample = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+
+    def _keys_seen(self, hashes: np.ndarray) -> np.ndarray:
+        """Per sample: whether any of its key n-grams is among `hashes` (raw-pass `n_short`-grams)."""
+        out = np.zeros(len(self.samples), dtype=bool)
+        if self._key_hashes.size and hashes.size:
+            maybe = hashes[self._filter[hashes >> _FILTER_SHIFT]]
+            lo = np.searchsorted(self._key_hashes, maybe, side="left")
+            hi = np.searchsorted(self._key_hashes, maybe, side="right")
+            for a, b in zip(lo[hi > lo], hi[hi > lo]):  # few: a key n-gram found in the corpus
+                out[self._key_sample[a:b]] = True
+        return out
+
     def empty(self) -> NGramPartial:
         found = {k: np.zeros(t.keys.size, dtype=bool) for k, t in self._tables.items()}
-        return NGramPartial(found, self.new_book())
+        return NGramPartial(found, self.new_book(), np.zeros(len(self.samples), dtype=bool))
 
     # ---- corpus side ----------------------------------------------------------------------------------
     def scan_batch(self, batch: DocBatch) -> NGramPartial:
@@ -170,7 +262,11 @@ class NGramDetector(CorpusDetector):
             return part
         groups: list[tuple[np.ndarray, ...]] = []  # per hit: corpus first token, benchmark first token, n, pass
         for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
-            for n, (q, pos) in ngram_hashes(hashes, tb.doc, self.ns).items():
+            grams = ngram_hashes(hashes, tb.doc, self.ns + ([self.n_short] if p == 0 and self._key_hashes.size else []))
+            if p == 0 and self._key_hashes.size:
+                part.key_found |= self._keys_seen(grams[self.n_short][0])
+            for n in self.ns:
+                q, pos = grams[n]
                 table = self._tables[(p, n)]
                 if not table.keys.size or not q.size:
                     continue
@@ -245,24 +341,38 @@ class NGramDetector(CorpusDetector):
         part = self.empty()
         for (p, n), table in self._tables.items():
             part.found[(p, n)] = np.asarray(contains(PASSES[p], n, table.keys), dtype=bool)
+        if self._key_hashes.size:
+            seen = np.asarray(contains(PASSES[0], self.n_short, self._key_hashes), dtype=bool)
+            part.key_found[self._key_sample[seen]] = True
         return part
 
     def merge(self, a: NGramPartial, b: NGramPartial) -> NGramPartial:
         for k, v in b.found.items():
             a.found[k] |= v
+        a.key_found |= b.key_found
         a.evidence.merge(b.evidence)
         return a
 
     # ---- results --------------------------------------------------------------------------------------
     def coverage(self, partial: NGramPartial) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Covered-token fractions and counts, arrays [pass, sample, part] (part 0 = question, 1 = answer), and
-        the token count of each part, [sample, part]."""
-        out = np.zeros((len(PASSES), len(self.samples), 2))
+        """Covered fractions of each part's distinctive tokens, and their counts, arrays [pass, sample, part]
+        (part 0 = question, 1 = answer, 2 = MCQ stem, the question without its choices), and the distinctive
+        token count of each part, [pass, sample, part].
+
+        A token is distinctive when an n-gram of this item that no other benchmark item holds covers it, and
+        only such n-grams count as found: a phrase the item shares with its neighbours (a quoted source passage,
+        common option texts, generic solution phrasing) says nothing about this item. A part with no
+        distinctive token (its text is duplicated in the benchmark) is measured on all of its n-grams.
+        """
+        n_s = len(self.samples)
+        out = np.zeros((len(PASSES), n_s, 3))
         n_covered = np.zeros_like(out, dtype=np.int64)
-        sizes = np.zeros((len(self.samples), 2), dtype=np.int64)
+        sizes = np.zeros((len(PASSES), n_s, 3), dtype=np.int64)
         sample_of = self._sample_of
+        masks = (~self._is_answer, self._is_answer, self._is_stem)
         for p in range(len(PASSES)):
-            delta = np.zeros(self._n_tokens + 1, dtype=np.int64)
+            delta_all = np.zeros(self._n_tokens + 1, dtype=np.int64)
+            delta_distinct = np.zeros(self._n_tokens + 1, dtype=np.int64)
             for (pp, n), table in self._tables.items():
                 if pp != p:
                     continue
@@ -273,43 +383,65 @@ class NGramDetector(CorpusDetector):
                 rep = np.repeat(u, counts)
                 within = np.arange(rep.size) - np.repeat(np.cumsum(counts) - counts, counts)
                 first = table.occ[table.ptr[rep] + within]
-                np.add.at(delta, first, 1)
-                np.add.at(delta, first + n, -1)
-            covered = np.cumsum(delta[:-1]) > 0
-            for part in (0, 1):
-                mask = self._is_answer == bool(part)
-                hits = np.bincount(sample_of[mask & covered], minlength=len(self.samples))
-                total = np.bincount(sample_of[mask], minlength=len(self.samples))
-                out[p, :, part] = np.divide(hits, total, out=np.zeros(len(self.samples)), where=total > 0)
+                for delta, sel in ((delta_all, slice(None)), (delta_distinct, table.distinct[rep])):
+                    np.add.at(delta, first[sel], 1)
+                    np.add.at(delta, first[sel] + n, -1)
+            covered_all = np.cumsum(delta_all[:-1]) > 0
+            covered_distinct = np.cumsum(delta_distinct[:-1]) > 0
+            distinct = self._distinct_tok[p]
+            for part, mask in enumerate(masks):
+                total = np.bincount(sample_of[mask], minlength=n_s)
+                total_d = np.bincount(sample_of[mask & distinct], minlength=n_s)
+                hits_all = np.bincount(sample_of[mask & covered_all], minlength=n_s)
+                hits_d = np.bincount(sample_of[mask & covered_distinct], minlength=n_s)
+                use_d = total_d > 0
+                hits, size = np.where(use_d, hits_d, hits_all), np.where(use_d, total_d, total)
+                out[p, :, part] = np.divide(hits, size, out=np.zeros(n_s), where=size > 0)
                 n_covered[p, :, part] = hits
-                sizes[:, part] = total
+                sizes[p, :, part] = size
         return out, n_covered, sizes
 
     def finish(self, partial: NGramPartial) -> list[Finding]:
         cov, counts, sizes = self.coverage(partial)
         # one shared n-gram is a phrase, not a copy: a part needs more covered tokens than one n-gram covers
         # (or all of its tokens, when it is that short)
-        needed = np.minimum(sizes, self._n_eff[:, None] + 1)
-        enough = counts >= needed[None, :, :]
+        needed = np.minimum(sizes, self._n_eff[None, :, None] + 1)
+        enough = (counts >= needed) & (sizes > 0)
         findings = []
         for i in range(len(self.samples)):
             q_hit = (cov[:, i, 0] >= self.input_threshold) & enough[:, i, 0]
-            a_hit = (cov[:, i, 1] >= self.label_threshold) & enough[:, i, 1] & (sizes[i, 1] > 0)
+            a_hit = (cov[:, i, 1] >= self.label_threshold) & enough[:, i, 1]
+            stem = None
+            if self.samples[i].is_mcq:
+                # a copy of the stem alone (no options) is an input leak when the stem is long enough to be
+                # distinctive; its coverage is measured on the stem by itself
+                stem_needed = np.minimum(sizes[:, i, 2], self._n_eff[i] + 1)
+                if self._stem_len[i] >= self.stem_min_tokens:
+                    stem = (cov[:, i, 2] >= self.stem_threshold) & (counts[:, i, 2] >= stem_needed) & (sizes[:, i, 2] > 0)
+                    q_hit = q_hit | stem
+                # the label of an MCQ item is its key, stated right after the choices
+                key = partial.key_found[i] or any(e.part == "question+answer" for e in partial.evidence.get(i))
+                a_hit = q_hit & key
+            elif not q_hit.any():
+                # a worked solution found without its question counts only as a same-numbers copy: a
+                # number-normalised match of a solution alone is generic arithmetic phrasing
+                a_hit = a_hit & np.array([True, False])
             evidence = partial.evidence.get(i)
-            if self.samples[i].is_mcq:  # the label of an MCQ item is its key, stated right after the choices
-                a_hit = q_hit & any(e.part == "question+answer" for e in evidence)
             crossed = q_hit | a_hit
             # "numnorm": the copy matches clearly better once numbers are ignored (same problem, other numbers)
-            gain = cov[1, i].sum() - cov[0, i].sum()
+            gain = cov[1, i, :2].sum() - cov[0, i, :2].sum()
             match = "numnorm" if crossed[1] and (gain > 0.1 or not crossed[0]) else ("raw" if crossed[0] else None)
             details = {
                 "coverage": {
                     name: {"question": round(float(cov[p, i, 0]), 4), "answer": round(float(cov[p, i, 1]), 4)}
+                    | ({"stem": round(float(cov[p, i, 2]), 4)} if self.samples[i].is_mcq else {})
                     for p, name in enumerate(PASSES)
                 },
                 "match": match,
                 "n": int(self._n_eff[i]),
             }
+            if stem is not None and stem.any() and not (cov[:, i, 0] >= self.input_threshold).any():
+                details["stem_only"] = True
             findings.append(
                 Finding(
                     self.name,
