@@ -302,7 +302,7 @@ def cli() -> None:
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
 @click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
-def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, write_clean_corpus, clean_policy, as_json, quiet, **semantic):
+def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, write_clean_corpus, clean_policy, write_clean, write_clean_mode, as_json, quiet, **semantic):
     """Scan CORPUS for the items of each BENCHMARK (several: one read of the corpus, labels per benchmark); exit
     1 if any item is found, 0 if none is (and the corpus was read: 0 documents, or too many skipped lines, is an
     input error, exit 2)."""
@@ -313,13 +313,14 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
 
     _check_paths([("--out", out, False), ("--write-matches", write_matches, False),
                   ("--write-clean-corpus", write_clean_corpus, True),
+                  ("--write-clean", write_clean, Path(benchmarks[0]).is_dir()),
                   ("--judge-cache-dir", semantic.get("judge_cache_dir"), True)], list(benchmarks), list(corpus))
     if len(set(benchmarks)) < len(benchmarks):
         raise InputError("a benchmark is named twice: " + ", ".join(sorted({b for b in benchmarks if benchmarks.count(b) > 1})))
+    if write_clean and len(benchmarks) > 1:
+        raise InputError("--write-clean writes one cleaned benchmark: scan one benchmark with it")
     if out and write_matches and Path(out).resolve() == Path(write_matches).resolve():
         raise InputError("--out and --write-matches name the same file")
-@click.option("--write-clean", type=click.Path(), help="Write the benchmark here in its source layout (a directory for a directory), without its contaminated items or with them marked (--write-clean-mode), with a manifest; one benchmark only.")
-@click.option("--write-clean-mode", type=click.Choice(["drop", "mark"]), default="drop", help="--write-clean: drop contaminated items, or keep every item with its label in a 'contamination' field.")
 
     config = ScanConfig(
         detectors=_parse_detectors(detectors),
