@@ -1,5 +1,5 @@
 """The `itd` command line: parse options, call the library, print results. Exit codes: 0 clean, 1 contamination
-found / check failed, 2 usage or input error. Every option can also be set in the environment as
+found / check failed, 2 usage or input error (or undecided), 3 an internal error (a bug, never a verdict). Every option can also be set in the environment as
 `ITD_<COMMAND>_<FLAG>` (`ITD_SCAN_JSON`, `ITD_INDEX_BUILD_OUT`), shown in each command's --help."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from itd.errors import ITDError
 
 __all__ = ["main", "run", "cli"]
 
-EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class FiniteFloat(click.FloatRange):
@@ -307,7 +307,7 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
     1 if any item is found, 0 if none is (and the corpus was read: 0 documents, or too many skipped lines, is an
     input error, exit 2)."""
     from itd.errors import InputError
-    from itd.io import build_manifest, manifest_path, write_json
+    from itd.io import build_manifest, check_group, manifest_path, write_json
     from itd.report import ScanReport
     from itd.scan import ScanConfig, scan_many
 
@@ -319,6 +319,9 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
         raise InputError("a benchmark is named twice: " + ", ".join(sorted({b for b in benchmarks if benchmarks.count(b) > 1})))
     if write_clean and len(benchmarks) > 1:
         raise InputError("--write-clean writes one cleaned benchmark: scan one benchmark with it")
+    for target in (out, write_clean):  # outputs that commit with their manifests, refused now rather than later
+        if target:
+            check_group([target, manifest_path(target)])
     if out and write_matches and Path(out).resolve() == Path(write_matches).resolve():
         raise InputError("--out and --write-matches name the same file")
 
@@ -1082,6 +1085,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_CLEAN
+    except Exception as exc:  # a bug in itd: never exit 1 ("contamination found") or 0 because of it
+        import os
+        import traceback
+
+        from itd.io import redact_text
+
+        if os.environ.get("ITD_DEBUG") == "1":
+            click.echo(redact_text(traceback.format_exc()), err=True)
+        click.echo(f"internal error: {type(exc).__name__}: {redact_text(str(exc))}\nThis is a bug in itd, not a verdict "
+                   "(exit 3); ITD_DEBUG=1 prints the traceback for a report.", err=True)
+        return EXIT_INTERNAL
     return rc if isinstance(rc, int) else EXIT_CLEAN
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any, Sequence
 from itd.data import Sample, write_benchmark
 from itd.detectors.base import Evidence, Finding
 from itd.errors import InputError
-from itd.io import atomic_write, manifest_path, write_json
+from itd.io import atomic_group, atomic_write, manifest_path, write_json
 
 __all__ = ["LABELS", "CLEAN_POLICIES", "SampleResult", "ScanReport", "label_of"]
 
@@ -126,12 +124,20 @@ class ScanReport:
         return out
 
     def write_jsonl(self, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
-        """One JSON record per sample, written atomically; the manifest goes beside it."""
-        with atomic_write(path) as f:
-            for r in self.results:
-                f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-        if manifest is not None:
-            write_json(manifest_path(path), {**manifest, "summary": self.summary()})
+        """One JSON record per sample, written atomically; with a `manifest`, the report and the manifest beside
+        it commit as one unit (`itd.io.atomic_group`)."""
+        if manifest is None:
+            with atomic_write(path) as f:
+                self._write_records(f)
+            return
+        with atomic_group([path, manifest_path(path)]) as staged:
+            with open(staged.path(path), "w", encoding="utf-8") as f:
+                self._write_records(f)
+            write_json(staged.path(manifest_path(path)), {**manifest, "summary": self.summary()})
+
+    def _write_records(self, f) -> None:
+        for r in self.results:
+            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
 
     def write_clean(self, out: str | os.PathLike, *, policy: str = "drop", directory: bool = False,
                     format: str | None = None, manifest: dict[str, Any] | None = None) -> list[Path]:
@@ -153,27 +159,17 @@ class ScanReport:
         out = Path(out)
         if directory and out.exists() and any(out.iterdir()):
             raise InputError("the directory for the cleaned benchmark is not empty", str(out))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        try:
-            target = stage / out.name
+        dropped = [r.sample.id for r in self.results if r.label != LABELS[0]] if policy == "drop" else []
+        with atomic_group([out, manifest_path(out)]) as staged:
+            target = staged.path(out)
             if directory:
                 target.mkdir()
             written = write_benchmark(samples, target, format=format)
             if policy == "mark":
                 _check_marked(written)
-            dropped = [r.sample.id for r in self.results if r.label != LABELS[0]] if policy == "drop" else []
-            write_json(manifest_path(target), {**(manifest or {}), "policy": policy, "items_written": len(samples),
-                                               "dropped_ids": dropped, "summary": self.summary()})
-            if directory:
-                if out.exists():
-                    out.rmdir()
-                os.replace(target, out)
-            else:
-                os.replace(target, out)
-            os.replace(manifest_path(target), manifest_path(out))
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            write_json(staged.path(manifest_path(out)), {**(manifest or {}), "policy": policy,
+                                                         "items_written": len(samples), "dropped_ids": dropped,
+                                                         "summary": self.summary()})
         return [out / p.name if directory else out for p in written]
 
 

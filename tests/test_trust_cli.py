@@ -506,3 +506,21 @@ def test_every_itd_variable_in_the_readme_exists():
     assert documented, "the README documents environment variables"
     assert documented - options - read_by_code == set()
     assert {"ITD_SCAN_JSON", "ITD_CHECK_INDEX", "ITD_INDEX_BUILD_OUT"} <= documented
+
+
+def test_an_internal_error_is_exit_3_not_a_verdict(monkeypatch, capsys, tmp_path):
+    """A bug inside a command must not read as "contamination found" (1) or "clean" (0)."""
+    def broken(*args, **kwargs):
+        raise IndexError("index 0 is out of bounds")
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}) + "\n", "utf-8")
+    monkeypatch.setattr(itd_cli, "_load", broken)
+    monkeypatch.delenv("ITD_DEBUG", raising=False)
+    capsys.readouterr()
+    assert main(["rewrite", str(bench), "--method", "numeric", "--out", str(tmp_path / "out.jsonl"), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: IndexError" in err and "Traceback" not in err
+    monkeypatch.setenv("ITD_DEBUG", "1")
+    assert main(["rewrite", str(bench), "--method", "numeric", "--out", str(tmp_path / "out.jsonl"), "-q"]) == 3
+    assert "Traceback" in capsys.readouterr().err

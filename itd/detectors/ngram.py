@@ -180,7 +180,8 @@ class NGramDetector(CorpusDetector):
                 order = np.argsort(h, kind="stable")
                 h, pos, items = h[order], pos[order], items[order]
                 del order
-                starts = np.r_[True, h[1:] != h[:-1]]  # one sort: runs of equal keys, occurrences in order
+                starts = np.ones(h.size, dtype=bool)  # one sort: runs of equal keys, occurrences in order
+                starts[1:] = h[1:] != h[:-1]
                 count = np.diff(np.append(np.flatnonzero(starts), h.size))
                 # an n-gram that many items share is benchmark boilerplate (a subject's fixed preamble):
                 # finding it in a corpus says nothing about any one item, so it is not indexed
