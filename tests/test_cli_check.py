@@ -213,7 +213,9 @@ def test_scan_per_subject_and_write_clean(shared_data, leaked_setup, tmp_path):
     assert (out / "business_ethics_test.csv").read_bytes() == (bench / "business_ethics_test.csv").read_bytes()
     manifest = json.loads((tmp_path / "clean.manifest.json").read_text("utf-8"))
     assert manifest["policy"] == "drop" and sorted(manifest["dropped_ids"]) == sorted(s.id for s in anatomy[10:13])
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clean")]  # no staging left behind
+    # the set and its manifest commit as one unit (itd.io.atomic_group): its store holds one generation, no staging
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".clean")] == [".clean.itd"]
+    assert not [p for p in (tmp_path / ".clean.itd").iterdir() if p.name.startswith("s-")]
 
     table = run_cli("scan", str(bench), "--corpus", str(corpus), "--detector", "ngram")
     assert "Contamination per subject" in table.stdout and "anatomy" in table.stdout
