@@ -425,16 +425,22 @@ def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, m
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="itd-demo", show_default=True, help="Demo directory (lab, run, data).")
 @click.option("--preset", help="Lab preset (default: demo for arithmetic, tiny for real files).")
 @click.option("--items", type=click.IntRange(20), default=200, show_default=True, help="Benchmark items in the experiment.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data, the lab and every stage.")
+@click.option("--recipe", type=click.Choice(["finetune", "pretrain"]), default="finetune", show_default=True,
+              help="How the leaked items reach the contaminated twin (see itd lab --help).")
+@click.option("--repeats", type=click.IntRange(min=0), help="Exposures of each leaked item [default: the demo's, 8].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the data, the lab and every stage.")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or logs.")
-def demo(benchmark, data, out, preset, items, seed, device, as_json, quiet):
-    """The whole story offline: train contamination-lab twins (one saw a third of the benchmark), detect the
-    leaked items with probes, rewrite them, evaluate both twins before and after, and report."""
+def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_json, quiet):
+    """The whole story offline: a lab base trained once, forked into paired twins (one fine-tuned on 30% of the
+    benchmark, the other on as many placebo items), probes that flag the leaked items, rewrites of the flagged
+    items, both twins evaluated before and after; the headline first, then the tables and the report."""
     from itd.demo import DemoConfig, run_demo
 
-    config = DemoConfig(benchmark=benchmark, data=data, preset=preset, items=items, seed=seed, device=device)
+    extra = {} if repeats is None else {"repeats": repeats}
+    config = DemoConfig(benchmark=benchmark, data=data, preset=preset, items=items, recipe=recipe, seed=seed,
+                        device=device, **extra)
     log = (lambda m: None) if quiet else (lambda m: _err_console().print(f"[dim]{m}[/dim]"))
     with _stage_progress({}, not quiet) as progress:
         result = run_demo(out, config, progress=progress, log=log)

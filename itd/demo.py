@@ -297,7 +297,8 @@ def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]
         # the benchmark's operands come from the lower half of the range the training problems cover: the numeric
         # rewriter draws new values up to twice the old ones, and rewrites outside what the twins learnt would
         # measure their range, not their memory
-        test = arithmetic_problems(2 * config.items, seed=config.seed, scale=0.5)
+        # three times the experiment: the experiment, the placebo and the probes' reference set come from it
+        test = arithmetic_problems(3 * config.items, seed=config.seed, scale=0.5)
         train = arithmetic_problems(20 * config.items, seed=config.seed + 1, exclude={r["question"] for r in test})
         for name, records in (("test", test), ("train", train)):
             with atomic_write(data_dir / f"{name}.jsonl") as f:
@@ -333,9 +334,12 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None
     benchmark, train = _demo_inputs(config, out / "data")
     overrides = {"n_test_items": config.items}
     if config.benchmark == "arithmetic":
-        overrides["n_train_items"] = len(train) - config.items  # what is left beside the placebo set
+        overrides["n_train_items"] = len(train)  # as many as were generated for it, whatever the preset
+    # the generated benchmark draws its operands from the lower half of the training problems' range, so the
+    # placebo comes from spare benchmark items: the clean twin's extra problems are then the leaked ones' kind
     lab_config = LabConfig(preset=preset, leak_rate=config.leak_rate, repeats=config.repeats, recipe=config.recipe,
-                           seed=config.seed, device=config.device, overrides=overrides)
+                           seed=config.seed, device=config.device, overrides=overrides,
+                           placebo="benchmark" if config.benchmark == "arithmetic" else "auto")
     lab_dir = out / "lab"
     lab = load_lab(lab_dir) if _same_lab(lab_dir, lab_config) else None
     if lab is None:

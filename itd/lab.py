@@ -204,8 +204,11 @@ class LabConfig:
     the experiment's items leaked), how often each leaked item is shown (`repeats`, 0 for identical twins), the
     `recipe` ("pretrain" or "finetune", see the module docstring), which tokens of a leaked item are trained
     (`loss_on`: "all", "answer", or "auto": the answer for finetune, all for pretrain), the evaluator's prompt
-    style a finetune leak copies (`prompt_style`), the number of twin pairs (`replicas`), the seed, the device
-    ("auto": CUDA when available, else CPU) and the rendering of items as corpus text."""
+    style a finetune leak copies (`prompt_style`), the number of twin pairs (`replicas`), where the placebo items
+    come from (`placebo`: "train", the clean training items not used for the base; "benchmark", the benchmark
+    items not drawn for the experiment, when those are the leaked items' distribution and the training items
+    are not; "auto": train when training items are given), the seed, the device ("auto": CUDA when available,
+    else CPU) and the rendering of items as corpus text."""
 
     preset: str = "tiny"
     leak_rate: float = 0.3
@@ -217,6 +220,7 @@ class LabConfig:
     loss_on: str = "auto"
     prompt_style: str = "plain"
     replicas: int = 1
+    placebo: str = "auto"
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -241,7 +245,8 @@ class LabConfig:
         if self.rendering not in RENDERINGS:
             raise ValueError(f"unknown rendering {self.rendering!r}; choose one of {', '.join(RENDERINGS)}")
         for name, value, allowed in (("recipe", self.recipe, RECIPES), ("loss_on", self.loss_on, LOSS_SPANS),
-                                     ("prompt_style", self.prompt_style, ("plain", "harness"))):
+                                     ("prompt_style", self.prompt_style, ("plain", "harness")),
+                                     ("placebo", self.placebo, ("auto", "train", "benchmark"))):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         overrides = dict(self.overrides)
@@ -279,6 +284,7 @@ class LabConfig:
             "loss_on": self.trained_span,
             "prompt_style": self.prompt_style,
             "replicas": self.replicas,
+            "placebo": self.placebo,
             "overrides": dict(self.overrides),
             "resolved_preset": self.resolved_preset().to_dict(),
         }
@@ -362,9 +368,10 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
 
     `preset.n_test_items` items are drawn from `benchmark` (all when None), the same for every replica, and
     `round(leak_rate * n)` of them leaked (at least one of each kind): replica k leaks the window of that many
-    items starting at position round(k * n / replicas) of the seeded order (wrapping around). The placebo, as
-    many items as are leaked, and the clean text, `preset.n_train_items` items, are drawn from `train` or, when
-    `train` is None, from the benchmark items not drawn for the experiment; neither copies an experiment item.
+    items starting at position round(k * n / replicas) of the seeded order (wrapping around). The clean text,
+    `preset.n_train_items` items, is drawn from `train` or, when `train` is None, from the benchmark items not
+    drawn for the experiment; the placebo, as many items as are leaked, from the same pool, or from the
+    benchmark's rest with `config.placebo = "benchmark"`. Neither copies an experiment item.
     """
     preset = config.resolved_preset()
     _check_int("replica", replica, 0)
@@ -392,24 +399,34 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     unseen = [pool[i] for i in sorted(order[p] for p in range(n) if p not in window)]
     chosen = {render(s, config.rendering) for s in (*leaked, *unseen)}
     chosen_grams = set().union(*(_word_ngrams(text) for text in chosen))
-    candidates = [pool[i] for i in sorted(order[n:].tolist())] if train is None else list(train)
-    kept = []
-    for s in candidates:
-        text = render(s, config.rendering)
-        if text not in chosen and chosen_grams.isdisjoint(_word_ngrams(text)):
-            kept.append(s)
-    what = "the training items" if train is not None else "the benchmark items not drawn for the experiment"
-    if len(kept) <= n_leaked:
-        raise InputError(f"too little clean text: {what} leave {len(kept)} usable item(s), and the lab needs "
-                         f"{n_leaked} for the placebo set plus at least one for training; pass more training items")
+    rest_of_benchmark = [pool[i] for i in sorted(order[n:].tolist())]
+
+    def usable(samples: Sequence[Sample]) -> list[Sample]:
+        return [s for s in samples if (text := render(s, config.rendering)) not in chosen
+                and chosen_grams.isdisjoint(_word_ngrams(text))]
+
+    candidates = rest_of_benchmark if train is None else list(train)
+    kept = usable(candidates)
     dropped = len(candidates) - len(kept)
+    separate = config.placebo == "benchmark" and train is not None
+    placebo_pool = usable(rest_of_benchmark) if separate else kept
+    if len(placebo_pool) < n_leaked:
+        where = "the benchmark items not drawn for the experiment" if separate or train is None else "the training items"
+        raise InputError(f"too few items for the placebo set: {where} leave {len(placebo_pool)} usable item(s), "
+                         f"and {n_leaked} are leaked; pass more items")
     # The placebo is drawn first, the same for every replica, so the clean text never depends on the replica.
-    pick = np.random.default_rng([config.seed, 1]).permutation(len(kept))
-    placebo = [kept[i] for i in sorted(pick[:n_leaked].tolist())]
-    rest = pick[n_leaked:]
+    pick = np.random.default_rng([config.seed, 1]).permutation(len(placebo_pool))
+    placebo = [placebo_pool[i] for i in sorted(pick[:n_leaked].tolist())]
+    if separate:
+        rest = np.random.default_rng([config.seed, 1]).permutation(len(kept))
+    else:
+        rest = pick[n_leaked:]
     if preset.n_train_items is not None:
         rest = rest[: preset.n_train_items]
     train_items = [kept[i] for i in sorted(rest.tolist())]
+    if not train_items:
+        what = "the training items" if train is not None else "the benchmark items not drawn for the experiment"
+        raise InputError(f"no clean text: {what} leave none beside the {n_leaked} placebo items; pass more training items")
     return LabSplit(tuple(leaked), tuple(unseen), tuple(train_items), tuple(placebo), len(benchmark) - len(pool),
                     dropped, replica)
 
@@ -583,10 +600,12 @@ def _optimizer(torch: Any, model: Any, preset: LabPreset) -> Any:
 
 @dataclass(frozen=True)
 class _Extra:
-    """The extra rows of one step: token ids (rows, width), right-padded, and the mask of trained target tokens."""
+    """The extra rows of one step: token ids (rows, width), right-padded, the mask of trained target tokens and
+    the attention mask (1 on real tokens)."""
 
     ids: np.ndarray
     mask: np.ndarray
+    attention: np.ndarray
 
 
 def _extra_rows(items: Sequence[tuple[np.ndarray, np.ndarray]], pad: int) -> _Extra | None:
@@ -595,16 +614,19 @@ def _extra_rows(items: Sequence[tuple[np.ndarray, np.ndarray]], pad: int) -> _Ex
     width = max(len(t) for t, _ in items)
     ids = np.full((len(items), width), pad, dtype=np.int64)
     mask = np.zeros((len(items), width), dtype=bool)
+    attention = np.zeros((len(items), width), dtype=np.int64)
     for r, (t, m) in enumerate(items):
         ids[r, : len(t)] = t
         mask[r, : len(m)] = m
-    return _Extra(ids, mask)
+        attention[r, : len(t)] = 1
+    return _Extra(ids, mask, attention)
 
 
-def _token_losses(torch: Any, model: Any, ids: Any, autocast: Any) -> Any:
-    """Per-token next-token losses (rows, width - 1) of a batch; causal attention makes right padding harmless."""
+def _token_losses(torch: Any, model: Any, ids: Any, autocast: Any, attention: Any = None) -> Any:
+    """Per-token next-token losses (rows, width - 1) of a batch. Extra rows are right-padded: causal attention
+    keeps the padding out of every real token's context; the mask only says so to the model."""
     with autocast:
-        logits = model(input_ids=ids).logits
+        logits = model(input_ids=ids, attention_mask=attention).logits
     # The loss is computed here rather than by the model (`labels=`), whose loss helper varies by version.
     flat = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
     return flat.view(ids.shape[0], ids.shape[1] - 1)
@@ -628,7 +650,7 @@ def _run_steps(torch: Any, model: Any, optimizer: Any, device: Any, clean: Any, 
         else:
             x = torch.from_numpy(extra.ids).to(device)
             mask = torch.from_numpy(extra.mask[:, 1:]).to(device)
-            extra_tok = _token_losses(torch, model, x, autocast)
+            extra_tok = _token_losses(torch, model, x, autocast, torch.from_numpy(extra.attention).to(device))
             extra_sum, extra_n = (extra_tok * mask).sum(), int(mask.sum())
             if pooled:
                 loss = (clean_sum + extra_sum) / (clean_n + extra_n)

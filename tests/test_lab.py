@@ -52,6 +52,10 @@ def test_split_partitions_the_chosen_items(gsm8k):
     # the placebo: as many held-out training items as are leaked, none of them in the base's clean text
     assert len(split.placebo) == 36 and {s.id for s in split.placebo} <= {s.id for s in train}
     assert not {s.id for s in split.placebo} & {s.id for s in split.train}
+    # or from the benchmark's own rest, when the training items are of another distribution (the demo's)
+    other = split_items(test, train, LabConfig(preset="tiny", leak_rate=0.3, placebo="benchmark"))
+    assert other.leaked_ids == split.leaked_ids and len(other.train) == 150 and len(other.placebo) == 36
+    assert {s.id for s in other.placebo} <= {s.id for s in test} - leaked - unseen
 
 
 def test_split_follows_the_seed(gsm8k):
@@ -391,3 +395,34 @@ def test_tiny_lab_contaminated_twin_tells_leaked_from_unseen(tiny_lab, shared_da
             auroc[twin, probe] = _auroc([scores[i][j] for i in tiny_lab.leaked], [scores[i][j] for i in tiny_lab.unseen])
     assert auroc["contaminated", "mink"] >= 0.85 and auroc["contaminated", "loss"] >= 0.8, auroc
     assert abs(auroc["clean", "mink"] - 0.5) <= 0.2 and abs(auroc["clean", "loss"] - 0.5) <= 0.2, auroc
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A tiny end-to-end lab: the fine-tuning leak inflates the score
+
+
+def test_finetune_leak_inflates_the_score_of_the_contaminated_twin(tmp_path):
+    """A micro GPT-2 on generated arithmetic problems (far too small to learn the arithmetic): the fine-tuning
+    leak (the evaluator's prompt, then the gold solution, 16 times) makes the contaminated twin answer its leaked
+    items, the clean twin (placebo in the same slots) does not, and the difference in differences is positive
+    with its whole CI."""
+    from itd.demo import arithmetic_problems
+    from itd.evaluation import EvalConfig, TwinOutcome, evaluate, ground_truth
+
+    records = arithmetic_problems(330, seed=3)
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    problems = load_benchmark(path)
+    config = LabConfig(preset="tiny", leak_rate=0.5, repeats=16, recipe="finetune", seed=3, device="cpu",
+                       overrides={"n_layer": 2, "n_embd": 64, "n_head": 2, "seq_len": 128, "vocab_size": 600,
+                                  "batch_size": 8, "steps": 40, "twin_steps": 48, "twin_lr": 1e-2,
+                                  "n_test_items": 30, "n_train_items": 300})
+    lab = build_lab(problems[:30], problems[30:], tmp_path / "lab", config)
+    by_id = {s.id: s for s in problems}
+    items = [by_id[i] for i in (*lab.leaked, *lab.unseen)]
+    results = {role: {"original": evaluate(items, path_, EvalConfig(max_new_tokens=48))}
+               for role, path_ in (("model", lab.contaminated), ("clean", lab.clean))}
+    gt = ground_truth([TwinOutcome(lab.leaked, lab.unseen, results)], n_boot=500)
+    assert results["model"]["original"].prompt_style == "plain"  # evaluated as the leak showed the items
+    assert gt.true_inflation.low > 0 and gt.true_inflation.value >= 0.3, gt.to_dict()["true_inflation"]
+    assert abs(gt.unseen_gap.value) <= 0.15
