@@ -1,17 +1,25 @@
-"""Decontamination end to end on a contamination-lab pair: how much of the contaminated twin's score was memory,
-and how much of that `itd` removes.
+"""Decontamination end to end on a paired contamination-lab: how much of the contaminated twin's score was memory,
+and how much of that `itd` removes, against the lab's ground truth.
 
-Runs `itd.demo.run_demo` (lab twins, Min-K%++ detection calibrated on held-out items, the deterministic rewriter
-of the benchmark's kind, corpus assurance against the lab's training corpus, evaluation of both twins) and prints
-the accuracy table and the headline figures with their 95% bootstrap CIs, as RESULTS.md records them.
+Runs `itd.demo.run_demo` (a base trained once, two twins forked from it: the contaminated one sees the leaked
+items `--repeats` times by the `--recipe`, the clean one as many placebo items in the same slots; Min-K%++
+detection calibrated on held-out items; the deterministic rewriter of the benchmark's kind on the flagged items
+(ITD), on every item, and on every item again with another seed; corpus assurance against the lab's training
+corpus; both twins evaluated on each set) and prints the headline, the ground truth (true inflation as a
+difference in differences, the unseen gap, flags, residual inflation and share removed per way of
+decontaminating, fidelity against its test-retest ceiling, difficulty) with 95% bootstrap CIs, the wall and CPU
+time, and one markdown row for RESULTS.md.
 
-    python benchmarks/bench_pipeline.py --benchmark arithmetic --preset small
-    python benchmarks/bench_pipeline.py --benchmark mmlu --preset small --items 400
+    python benchmarks/bench_pipeline.py                                  # the itd demo (arithmetic, demo preset)
+    python benchmarks/bench_pipeline.py --benchmark gsm8k --preset small --recipe finetune --repeats 3
+    python benchmarks/bench_pipeline.py --benchmark mmlu --preset small --recipe pretrain --repeats 6 --items 400
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -25,7 +33,12 @@ def _fig(f: dict | None, pct: bool = True) -> str:
         return "n/a" + (f" ({f['reason']})" if f and f.get("reason") else "")
     show = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
     lo, hi = f["ci"]
-    return f"{show(f['value'])} [{show(lo)}, {show(hi)}]"
+    return f"{show(f['value'])} [{show(lo)}, {show(hi)}]" if lo is not None else show(f["value"])
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> int:
@@ -34,38 +47,62 @@ def main() -> int:
     ap.add_argument("--benchmark", default="arithmetic", choices=("arithmetic", "gsm8k", "mmlu"))
     ap.add_argument("--preset", default=None, help="Lab preset (default: demo for arithmetic, tiny otherwise).")
     ap.add_argument("--items", type=int, default=200, help="Benchmark items in the experiment.")
+    ap.add_argument("--recipe", default="finetune", choices=("pretrain", "finetune"))
+    ap.add_argument("--repeats", type=int, default=None, help="Exposures of each leaked item (default: the demo's).")
+    ap.add_argument("--leak-rate", type=float, default=0.3)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
     from itd.demo import DemoConfig, run_demo
 
     data = None if args.benchmark == "arithmetic" else str(Path(args.data) / args.benchmark)
+    extra = {"repeats": args.repeats} if args.repeats is not None else {}
     config = DemoConfig(benchmark=args.benchmark, data=data, preset=args.preset, items=args.items, seed=args.seed,
-                        device=args.device)
-    C.header(f"Decontamination on lab twins: {args.benchmark}, preset {args.preset or 'default'}, {args.items} items")
+                        device=args.device, recipe=args.recipe, leak_rate=args.leak_rate, **extra)
+    C.header(f"Decontamination on paired lab twins: {args.benchmark}, preset {args.preset or 'default'}, "
+             f"{args.items} items, {config.recipe} leak x{config.repeats}, seed {args.seed}")
     with C.workdir(args.workdir, "itd-bench-pipeline-") as wd:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         result = run_demo(wd, config, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        lab = json.loads((wd / "lab" / "manifest.json").read_text())
     s = result.summary
     ev = s["evaluation"]
+    gt = ev["ground_truth"]
     det = s.get("detection", {})
     truth = (det.get("truth") or {}).get("methods", {}).get("minkpp", {})
+    print(s["headline"])
+    print()
+    trained = {name: rec["seconds"] for name, rec in lab["training"].items()}
+    print(f"- wall {seconds:.0f} s, CPU {cpu:.0f} s (user + system, this process and its children); lab training "
+          f"seconds {trained} (base {'trained' if lab['base']['trained_in_this_build'] else 'from the cache'})")
     print(f"- {s['benchmark']['items']} items, {s['flagged']} flagged (FDR {det.get('fdr')}), Min-K%++ AUROC leaked vs "
-          f"unseen {truth.get('auroc', float('nan')):.3f}; rewrites {s['rewrite']['counts']}; wall {seconds:.0f} s")
-    subsets = ("original", "decontaminated", "flagged_before", "flagged_after", "unflagged")
-    rows = [[role] + [_fig(ev["accuracy"][role].get(k)) for k in subsets] for role in ev["accuracy"]]
-    print(C.table(["twin", *subsets], rows))
+          f"unseen {truth.get('auroc', float('nan')):.3f}; rewrites (flagged items) {s['rewrite']['counts']}")
+    flags = gt.get("flags") or {}
     print(C.table(["figure", "value [95% CI]"], [
-        [k, _fig(ev.get(k), pct=k not in ("fidelity", "resistance"))]
-        for k in ("inflation", "true_inflation", "residual_inflation", "inflation_removed", "fidelity", "resistance")
+        ["true inflation (DiD)", _fig(gt["true_inflation"])],
+        ["contaminated - clean, leaked items", _fig(gt["leaked_gain"])],
+        ["contaminated - clean, unseen items (lab noise)", _fig(gt["unseen_gap"])],
+        [f"leaked items flagged ({flags.get('leaked_flagged')} of {flags.get('leaked')})", _fig(flags.get("recall"))],
+        [f"unseen items flagged ({flags.get('unseen_flagged')} of {flags.get('unseen')})",
+         _fig(flags.get("false_flag_rate"))],
+        ["fidelity ceiling (two rewrites, clean twin)", _fig(gt["ceiling"], pct=False)],
+        ["chance agreement", _fig(gt["chance"], pct=False)],
     ]))
-    by_truth = ev.get("by_truth", {})
-    if by_truth:  # where the memory is: leaked vs unseen items, before and after rewriting
-        cols = [(w, g) for w in ("original", "decontaminated") for g in ("leaked", "unseen")]
-        print(C.table(["twin", *(f"{w} {g} (n={by_truth['model'][w][g]['n']})" for w, g in cols)], [
-            [role] + [f"{100 * sets[w][g]['accuracy']:.1f}%" if sets[w][g]["accuracy"] is not None else "n/a" for w, g in cols]
-            for role, sets in by_truth.items()]))
+    names = {"none": "no decontamination", "itd": "rewrite flagged (ITD)", "all": "rewrite every item"}
+    print(C.table(["set", "contaminated", "clean twin", "residual inflation", "share removed", "fidelity",
+                   "fidelity / ceiling", "clean: rewritten - original"], [
+        [names.get(arm, arm), _fig(f["accuracy_model"]), _fig(f["accuracy_clean"]), _fig(f["residual_inflation"]),
+         _fig(f["inflation_removed"]), _fig(f["fidelity"], pct=False), _fig(f.get("fidelity_ratio"), pct=False),
+         _fig(f["difficulty"])]
+        for arm, f in gt["arms"].items()
+    ]))
+    itd = gt["arms"][gt["main"]]
+    print("\nRESULTS row:")
+    print(f"| {args.benchmark} | {config.recipe} | {config.repeats} | {args.seed} | {_fig(gt['true_inflation'])} | "
+          f"{_fig(gt['unseen_gap'])} | {flags.get('leaked_flagged')}/{flags.get('leaked')} | "
+          f"{flags.get('unseen_flagged')}/{flags.get('unseen')} | {_fig(itd['inflation_removed'])} | "
+          f"{_fig(itd['difficulty'])} | {_fig(itd.get('fidelity_ratio'), pct=False)} | {seconds:.0f} s / {cpu:.0f} s |")
     return 0
 
 

@@ -540,6 +540,8 @@ def _print_run(result, title: str) -> None:
 
     out = _out_console()
     summary = result.summary
+    if summary.get("headline"):
+        out.print(summary["headline"], highlight=False)
     det = summary.get("detection")
     if det:
         table = Table(title=f"{title}: detection")
@@ -583,9 +585,46 @@ def _print_run(result, title: str) -> None:
         if key in ev:
             figures.add_row(label, _fmt_ci(ev[key], pct))
     out.print(figures)
+    if ev.get("ground_truth"):
+        _print_ground_truth(ev["ground_truth"], title)
     unparsed = {f"{role} ({which})": ids for role, sets in (ev.get("unparsed") or {}).items() for which, ids in sets.items()}
     for where, ids in unparsed.items():
         out.print(f"unparseable answers of {where}, counted wrong: {', '.join(ids)}")
+
+
+_ARM_NAMES = {"none": "no decontamination", "itd": "rewrite the flagged items (ITD)", "all": "rewrite every item"}
+
+
+def _print_ground_truth(gt: dict, title: str) -> None:
+    """The lab's ground truth: the leak's effect, and each way of decontaminating side by side."""
+    from rich.table import Table
+
+    out = _out_console()
+    table = Table(title=f"{title}: ground truth (lab twins; 95% CI over items and replicas)")
+    table.add_column("figure")
+    table.add_column("value [95% CI]")
+    table.add_row("true inflation (DiD: gain on leaked minus gain on unseen)", _fmt_ci(gt["true_inflation"]))
+    table.add_row("contaminated - clean twin on leaked items", _fmt_ci(gt["leaked_gain"]))
+    table.add_row("contaminated - clean twin on unseen items (lab noise)", _fmt_ci(gt["unseen_gap"]))
+    flags = gt.get("flags")
+    if flags:
+        table.add_row(f"leaked items flagged ({flags['leaked_flagged']} of {flags['leaked']})", _fmt_ci(flags["recall"]))
+        table.add_row(f"unseen items flagged ({flags['unseen_flagged']} of {flags['unseen']})",
+                      _fmt_ci(flags["false_flag_rate"]))
+    table.add_row("fidelity ceiling (clean twin, two independent rewrites)", _fmt_ci(gt["ceiling"], pct=False))
+    table.add_row("chance agreement at those accuracies", _fmt_ci(gt["chance"], pct=False))
+    out.print(table)
+    arms = Table(title=f"{title}: decontamination compared")
+    for col in ("set", "contaminated", "clean twin", "residual inflation", "inflation removed", "fidelity",
+                "fidelity / ceiling", "clean twin: rewritten - original"):
+        arms.add_column(col)
+    for arm, figs in gt["arms"].items():
+        arms.add_row(_ARM_NAMES.get(arm, arm), _fmt_ci(figs["accuracy_model"]), _fmt_ci(figs["accuracy_clean"]),
+                     _fmt_ci(figs["residual_inflation"]), _fmt_ci(figs["inflation_removed"]),
+                     _fmt_ci(figs["fidelity"], pct=False) if arm != "none" else "-",
+                     _fmt_ci(figs.get("fidelity_ratio"), pct=False) if arm != "none" else "-",
+                     _fmt_ci(figs["difficulty"]) if arm != "none" else "-")
+    out.print(arms)
 
 
 @cli.command("run")
@@ -639,18 +678,24 @@ def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, m
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="itd-demo", show_default=True, help="Demo directory (lab, run, data).")
 @click.option("--preset", help="Lab preset (default: demo for arithmetic, tiny for real files).")
 @click.option("--items", type=click.IntRange(20), default=200, show_default=True, help="Benchmark items in the experiment.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data, the lab and every stage.")
+@click.option("--recipe", type=click.Choice(["finetune", "pretrain"]), default="finetune", show_default=True,
+              help="How the leaked items reach the contaminated twin (see itd lab --help).")
+@click.option("--repeats", type=click.IntRange(min=0), help="Exposures of each leaked item [default: the demo's, 8].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the data, the lab and every stage.")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or logs.")
-def demo(benchmark, data, out, preset, items, seed, device, as_json, quiet):
-    """The whole story offline: train contamination-lab twins (one saw a third of the benchmark), detect the
-    leaked items with probes, rewrite them, evaluate both twins before and after, and report."""
+def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_json, quiet):
+    """The whole story offline: a lab base trained once, forked into paired twins (one fine-tuned on 30% of the
+    benchmark, the other on as many placebo items), probes that flag the leaked items, rewrites of the flagged
+    items, both twins evaluated before and after; the headline first, then the tables and the report."""
     from itd.demo import DemoConfig, run_demo
 
     _check_paths([("--out", out, True)], [data])
 
-    config = DemoConfig(benchmark=benchmark, data=data, preset=preset, items=items, seed=seed, device=device)
+    extra = {} if repeats is None else {"repeats": repeats}
+    config = DemoConfig(benchmark=benchmark, data=data, preset=preset, items=items, recipe=recipe, seed=seed,
+                        device=device, **extra)
     log = (lambda m: None) if quiet else (lambda m: _err_console().print(f"[dim]{m}[/dim]"))
     with _stage_progress({}, not quiet) as progress:
         result = run_demo(out, config, progress=progress, log=log)
@@ -804,15 +849,22 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
 @click.option("--format", "fmt", default="auto", help="Format of --benchmark and --train (auto, gsm8k, mmlu, jsonl, csv).")
 @click.option("--preset", default="tiny", help="Model size and budget: tiny (tests, ~2 min on CPU), small (CPU), medium, large (GPU).")
 @click.option("--leak-rate", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.3, help="Fraction of the experiment's items leaked into the training corpus.")
-@click.option("--repeats", type=click.IntRange(min=1), default=6, help="Copies of each leaked item in the corpus.")
+@click.option("--repeats", type=click.IntRange(min=0), default=6, help="Exposures of each leaked item (0: identical twins).")
+@click.option("--recipe", type=click.Choice(["pretrain", "finetune"]), default="pretrain", show_default=True,
+              help="pretrain: leaked items as corpus text; finetune: in the evaluator's prompt format, then the gold answer.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Twin pairs on one base, each leaking another seeded subset of the same items.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the split, the data order and the weights.")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps per twin (default: the preset's).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps of the base (default: the preset's).")
+@click.option("--twin-steps", type=click.IntRange(min=1), help="Steps of each twin's continuation (default: the preset's).")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu or cuda.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Lab directory (new, empty, or an earlier lab to rebuild).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, seed, steps, device, out, as_json, quiet):
-    """Train twin models with and without leaked BENCHMARK items: the ground truth to measure detectors on."""
+def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas, seed, steps, twin_steps, device, out,
+        as_json, quiet):
+    """Train paired twin models on one cached base, one with leaked BENCHMARK items and one with as many placebo
+    items in the same slots: the ground truth to measure detection and decontamination on."""
     from rich.table import Table
 
     from itd.errors import InputError
@@ -820,15 +872,16 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, seed, steps, dev
 
     _check_paths([("--out", out, True)], [benchmark, train_path])
 
+    overrides = {key: value for key, value in (("steps", steps), ("twin_steps", twin_steps)) if value}
     try:
-        config = LabConfig(preset=preset, leak_rate=leak_rate, repeats=repeats, seed=seed, device=device,
-                           overrides={"steps": steps} if steps else {})
+        config = LabConfig(preset=preset, leak_rate=leak_rate, repeats=repeats, recipe=recipe, replicas=replicas,
+                           seed=seed, device=device, overrides=overrides)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     samples = _load(benchmark, fmt)
     train = _load(train_path, fmt) if train_path else None
-    labels = {"tokenizer": "training the tokenizer", "contaminated": "training the contaminated twin (steps)",
-              "clean": "training the clean twin (steps)"}
+    labels = {"tokenizer": "training the tokenizer", "base": "training the base (steps)",
+              "contaminated": "training the contaminated twin (steps)", "clean": "training the clean twin (steps)"}
     with _stage_progress(labels, not quiet) as progress:
         result = build_lab(samples, train, out, config, progress=progress)
     manifest = load_lab_manifest(result.out)
@@ -839,16 +892,18 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, seed, steps, dev
         _echo_json(summary)
         return EXIT_CLEAN
     table = Table(title=f"itd lab: preset {result.preset}, {manifest['model']['parameters']:,} parameters, {manifest['device']}")
-    for col in ("twin", "docs", "tokens", "steps", "epochs", "loss", "seconds"):
-        table.add_column(col, justify="left" if col == "twin" else "right")
-    for name in ("contaminated", "clean"):
+    for col in ("model", "steps", "tokens", "extra exposures", "loss", "seconds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name in ("base", "contaminated", "clean"):
         rec = training[name]
-        table.add_row(name, str(corpus["documents"][name]), f"{corpus['tokens'][name]:,}", str(rec["steps"]),
-                      f"{rec['epochs']:.1f}", f"{rec['first_loss']:.2f} -> {rec['final_loss']:.2f}", f"{rec['seconds']:.0f}")
+        cached = " (cached)" if name == "base" and not manifest["base"]["trained_in_this_build"] else ""
+        table.add_row(name + cached, str(rec["steps"]), f"{rec['tokens']:,}", str(rec.get("extra_exposures", "-")),
+                      f"{rec['first_loss']:.2f} -> {rec['final_loss']:.2f}", f"{rec['seconds']:.0f}")
     console = _out_console()
     console.print(table)
-    console.print(f"{len(result.leaked)} items leaked x{repeats}, {len(result.unseen)} unseen, "
-                  f"{corpus['train_items']} clean training items")
+    console.print(f"{len(result.leaked)} items leaked x{repeats} ({recipe}), {len(result.unseen)} unseen, "
+                  f"{corpus['placebo_items']} placebo items x{repeats} for the clean twin, "
+                  f"{corpus['train_items']} clean training items; {len(result.replicas)} replica(s)")
     console.print(f"models: {result.contaminated}, {result.clean}\nground truth: {result.manifest}")
     return EXIT_CLEAN
 

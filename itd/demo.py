@@ -267,14 +267,16 @@ def arithmetic_problems(n: int, seed: int = 0, *, exclude: Collection[str] = (),
 class DemoConfig:
     """What `run_demo` runs: `benchmark` "arithmetic" (the embedded default, generated), "gsm8k" or "mmlu"
     (real files under `data`: `test.jsonl` + `train.jsonl`, or `test/` + `dev/`), the lab preset ("demo" for
-    arithmetic, else "tiny" when None), its leak rate, repeats and seed, and the number of benchmark items."""
+    arithmetic, else "tiny" when None), its leak rate, repeats, recipe and seed, and the number of benchmark
+    items."""
 
     benchmark: str = "arithmetic"
     data: str | None = None
     preset: str | None = None
     items: int = 200
     leak_rate: float = 0.3
-    repeats: int = 6
+    repeats: int = 8
+    recipe: str = "finetune"
     seed: int = 0
     device: str = "auto"
 
@@ -295,8 +297,11 @@ class DemoConfig:
         from itd.lab import LabConfig
 
         preset = self.preset or ("demo" if self.benchmark == "arithmetic" else "tiny")
-        return LabConfig(preset=preset, leak_rate=self.leak_rate, repeats=self.repeats, seed=self.seed,
-                         device=self.device, overrides={"n_test_items": self.items, **overrides})
+        # the generated benchmark draws its operands from the lower half of the training problems' range, so the
+        # placebo comes from spare benchmark items: the clean twin's extra problems are then the leaked ones' kind
+        return LabConfig(preset=preset, leak_rate=self.leak_rate, repeats=self.repeats, recipe=self.recipe,
+                         seed=self.seed, device=self.device, overrides={"n_test_items": self.items, **overrides},
+                         placebo="benchmark" if self.benchmark == "arithmetic" else "auto")
 
 
 def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]:
@@ -307,7 +312,8 @@ def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]
         # the benchmark's operands come from the lower half of the range the training problems cover: the numeric
         # rewriter draws new values up to twice the old ones, and rewrites outside what the twins learnt would
         # measure their range, not their memory
-        test = arithmetic_problems(2 * config.items, seed=config.seed, scale=0.5)
+        # three times the experiment: the experiment, the placebo and the probes' reference set come from it
+        test = arithmetic_problems(3 * config.items, seed=config.seed, scale=0.5)
         train = arithmetic_problems(20 * config.items, seed=config.seed + 1, exclude={r["question"] for r in test})
         for name, records in (("test", test), ("train", train)):
             with atomic_write(data_dir / f"{name}.jsonl") as f:
@@ -325,10 +331,14 @@ def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]
 
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None, log=None):
-    """The whole story in directory `out`: build the lab twins, then run the pipeline (probe detection with a
-    held-out reference set, deterministic rewriting, corpus assurance against the lab's training corpus,
-    evaluation of both twins, report). Returns the pipeline's `RunResult`; `out/lab` and `out/run` hold the rest.
-    Running it again in the same directory reuses a finished lab and resumes the run."""
+    """The whole story in directory `out`: build the paired lab twins (a shared base; the contaminated twin
+    fine-tuned on the leaked items, the clean twin on as many placebo items in the same slots), then run the
+    pipeline: probe detection with a held-out reference set, deterministic rewriting of the flagged items (as
+    ITD does) with corpus assurance against the lab's training corpus, evaluation of both twins on the original
+    set, the ITD-decontaminated set, every item rewritten, and every item rewritten again (the test-retest
+    ceiling of fidelity), the lab's ground truth and the report. Returns the pipeline's `RunResult` (its summary
+    starts with the headline sentence); `out/lab` and `out/run` hold the rest. Running it again in the same
+    directory reuses a finished lab and resumes the run."""
     from itd.lab import build_lab, load_lab, write_experiment
     from itd.pipeline import Pipeline, load_config
 
@@ -342,11 +352,12 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None
     lab_dir = out / "lab"
     lab = load_lab(lab_dir) if _same_lab(lab_dir, lab_config) else None
     if lab is None:
-        log(f"training the {preset} lab twins on {config.benchmark} (this is most of the demo's time)")
+        log(f"training the {preset} lab on {config.benchmark}: base, then the twins (most of the demo's time)")
         lab = build_lab(benchmark, train, lab_dir, lab_config,
                         progress=None if progress is None else lambda stage, d, t: progress(f"lab: {stage}", d, t))
     paths = write_experiment(lab, benchmark, out / "data", reference=config.items)
-    toml = f"""# itd demo: the evaluated model is the lab's contaminated twin; the clean twin measures fidelity.
+    generation = "max_new_tokens = 64  # the arithmetic solutions are two lines\n" if config.benchmark == "arithmetic" else ""
+    toml = f"""# itd demo: the evaluated model is the lab's contaminated twin; the clean twin gives the ground truth.
 [benchmark]
 path = {json.dumps(str(paths["benchmark"]))}
 reference = {json.dumps(str(paths["reference"]))}
@@ -357,16 +368,16 @@ name = {json.dumps(str(lab.contaminated))}
 clean = {json.dumps(str(lab.clean))}
 device = {json.dumps(config.device)}
 
+[detect]
+fdr = 0.05
+
 [rewrite]
-# numeric keeps the wording on purpose (new numbers, new answer), which a token-level probe of the
-# contaminated twin still recognises; the corpus check asks the question that matters for it: is the
-# rewrite, with its new numbers, in the training data?
+# ITD: only the items the probes flag are rewritten. numeric keeps the wording on purpose (new numbers, new
+# answer), which a token-level probe of the contaminated twin still recognises; the corpus check asks the
+# question that matters for it: is the rewrite, with its new numbers, in the training data?
+only_flagged = true
 assurance = ["corpus"]
 seed = {config.seed}
-# A lab model this small memorises weakly: the set-level test finds the contamination, but few leaked items
-# stand out from held-out ones by enough to pass FDR control. The demo rewrites every item, as one should when
-# the set is contaminated and the leaked items cannot be singled out.
-only_flagged = false
 
 [scan]
 # the lab's training corpus, for assurance only: detection is the probes' (inference-time) job here (and
@@ -376,6 +387,8 @@ detect = false
 
 [evaluate]
 seed = {config.seed}
+{generation}# compared in the same run: every item rewritten, and every item rewritten again (fidelity's ceiling)
+arms = ["all", "retest"]
 """
     with atomic_write(out / "demo.toml") as f:
         f.write(toml)

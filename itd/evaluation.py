@@ -96,12 +96,16 @@ __all__ = [
     "EvalResult",
     "Estimate",
     "Comparison",
+    "TwinOutcome",
+    "GroundTruth",
     "evaluate",
     "accuracy_by_group",
     "compare",
+    "ground_truth",
     "resolve_prompt_style",
     "fewshot_examples",
     "build_prompt",
+    "gold_continuation",
     "extract_strict",
     "extract_flexible",
     "normalize_answer",
@@ -128,7 +132,6 @@ _ARTICLE_A = re.compile(r"\s+(?!is\b)[a-z]")  # "A cat" is an article, "A is rig
 _CPU_MAX_TOKENS = 4096  # padded tokens per CPU batch under batch_size="auto" (as itd.models)
 _CPU_LOGITS_BYTES = 256 << 20
 _CUDA_MAX_TOKENS = 1 << 17  # first try on CUDA; halved on out-of-memory
-_BOOT_CELLS = 1 << 20  # resampled indices per bootstrap chunk (8 MiB, and 8 MiB per column gathered)
 _WEIGHT_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
 
 
@@ -354,6 +357,21 @@ def build_prompt(sample: Sample, style: str = "harness", shots: Sequence[Sample]
         return header + "".join(parts) + _mcq_body(sample, style)
     parts = [_math_shot(s, style) + "\n\n" for s in shots]
     return "".join(parts) + _math_body(sample, style)
+
+
+def gold_continuation(sample: Sample, style: str = "harness") -> str:
+    """The text that follows `build_prompt(sample, style)` when the item is shown answered, as a few-shot
+    example shows it: the worked solution (or "#### N") for math, " <letter>" for MCQ. What a model must
+    produce after the prompt to be scored right; the contamination lab's fine-tuning leak trains on it."""
+    if style not in ("harness", "plain"):
+        raise InputError(f"gold_continuation needs a concrete style, 'harness' or 'plain', got {style!r}")
+    if sample.is_mcq:
+        return f" {_gold_letter(sample)}"
+    _gold_number(sample)
+    body, shot = _math_body(sample, style), _math_shot(sample, style)
+    if not shot.startswith(body) or len(shot) == len(body):
+        raise InputError(f"item {sample.id!r} has no answer text to follow its prompt")
+    return shot[len(body):]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1108,30 +1126,28 @@ def _undefined(n: int, reason: str) -> Estimate:
 
 
 def _bootstrap(name: str, columns: list[np.ndarray], stat: Callable[[np.ndarray], np.ndarray], n_boot: int,
-               seed: int, what: str) -> Estimate:
-    """`stat` of the column means (last axis: the columns) with a paired percentile bootstrap: every replicate
-    resamples the same item indices for all columns. Replicates where `stat` is not finite are left out."""
-    n = int(columns[0].size)
+               seed: int, what: str, *, masks: list[np.ndarray] | None = None, items: np.ndarray | None = None,
+               replicas: np.ndarray | None = None) -> Estimate:
+    """`stat` of the column means (last axis: the columns) with `itd.stats.bootstrap_means`: paired (every
+    replicate weighs the same items in all columns), items (and replicas, when given) resampled, seeded by
+    `seed` and `name`. `masks` restricts each column's mean to some cells. Replicates where `stat` is not
+    finite are left out."""
+    from itd.stats import bootstrap_means
+
+    x = np.stack(columns).astype(np.float64) if columns else np.empty((0, 0))
+    m = np.stack(masks) if masks is not None else np.isfinite(x)
+    n = int((m & np.isfinite(x)).any(axis=0).sum()) if x.size else 0
     if n == 0:
         return _undefined(0, f"no items: {what}")
-    x = np.stack(columns).astype(np.float64)  # (k, n)
-    point = float(stat(x.mean(axis=1)[None, :])[0])
-    if not math.isfinite(point):
+    if items is not None:
+        n = len(np.unique(np.asarray(items)[(m & np.isfinite(x)).any(axis=0)]))
+    ci = bootstrap_means(x, stat, masks=m, items=items, replicas=replicas, n_boot=n_boot,
+                         seed=[seed, zlib.crc32(name.encode("utf-8"))])
+    if not math.isfinite(ci.value):
         return _undefined(n, f"undefined on these items: {what}")
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
-    reps = []
-    step = max(1, _BOOT_CELLS // n)
-    for s in range(0, n_boot, step):
-        b = min(step, n_boot - s)
-        idx = rng.integers(0, n, size=(b, n))
-        means = x[:, idx].mean(axis=2).T  # (b, k)
-        reps.append(stat(means))
-    values = np.concatenate(reps)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return Estimate(point, None, None, n, 0, "no bootstrap replicate defines an interval")
-    low, high = np.quantile(values, [0.025, 0.975])
-    return Estimate(point, float(low), float(high), n, int(values.size))
+    if ci.low is None:
+        return Estimate(ci.value, None, None, n, 0, "no bootstrap replicate defines an interval")
+    return Estimate(ci.value, ci.low, ci.high, n, ci.n_boot)
 
 
 @dataclass(slots=True)
@@ -1324,3 +1340,215 @@ def compare(
         "rewritten": int(is_rewritten.sum()),
     }
     return Comparison(accuracy, inflation, true_inflation, residual, removed, fidelity, resistance, counts, n_boot, seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ground truth on contamination-lab twins
+
+
+@dataclass(frozen=True)
+class TwinOutcome:
+    """One lab replica's evaluation. `leaked` / `unseen`: its ground truth. `results[role][set]`: the
+    contaminated twin's (role "model") and the clean twin's (role "clean") results on the "original" set and on
+    each decontaminated one (e.g. "itd": the flagged items rewritten, "all": every item rewritten, "retest":
+    every item rewritten again with another seed). `rewritten[set]`: the ids whose text that set changed.
+    `flagged`: the ids the detector flagged, when known."""
+
+    leaked: Sequence[str]
+    unseen: Sequence[str]
+    results: Mapping[str, Mapping[str, EvalResult]]
+    rewritten: Mapping[str, Iterable[str]] = field(default_factory=dict)
+    flagged: Iterable[str] | None = None
+
+
+@dataclass
+class GroundTruth:
+    """What `ground_truth` measures; every figure an `Estimate` (value, 95% CI over items and replicas, n items).
+
+    `true_inflation`: the contaminated twin's accuracy gain over the clean twin on the leaked items minus the
+    same gain on the unseen ones (difference in differences); `leaked_gain` and `unseen_gap` are its two
+    terms (the unseen gap is the lab's noise: the twins should agree there). `arms[set]` per decontaminated set
+    (and "none", the original set): `residual_inflation` (the same DiD on it), `inflation_removed` (1 -
+    residual / true), accuracy of both twins on it, and on the items it rewrote: `fidelity` (the clean twin right
+    or wrong alike before and after), `fidelity_ratio` (fidelity / ceiling) and `difficulty` (the clean twin's
+    accuracy after minus before, paired). `ceiling`: the clean twin's agreement between two independent rewrites
+    of the same items (test-retest), and `chance`: the agreement of two independent answer sheets with those
+    accuracies. `accuracy[role][group]` on the original set (group "leaked", "unseen", "all"). `flags`: share of
+    leaked and unseen items flagged. `per_item`: each item's gain when leaked and when unseen.
+    """
+
+    true_inflation: Estimate
+    leaked_gain: Estimate
+    unseen_gap: Estimate
+    accuracy: dict[str, dict[str, Estimate]]
+    arms: dict[str, dict[str, Estimate]]
+    ceiling: Estimate
+    chance: Estimate
+    flags: dict[str, Any] | None
+    per_item: list[dict[str, Any]]
+    counts: dict[str, int]
+    n_boot: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "true_inflation": self.true_inflation.to_dict(),
+            "leaked_gain": self.leaked_gain.to_dict(),
+            "unseen_gap": self.unseen_gap.to_dict(),
+            "accuracy": {role: {g: e.to_dict() for g, e in groups.items()} for role, groups in self.accuracy.items()},
+            "arms": {arm: {k: e.to_dict() for k, e in figs.items()} for arm, figs in self.arms.items()},
+            "ceiling": self.ceiling.to_dict(),
+            "chance": self.chance.to_dict(),
+            "flags": self.flags,
+            "per_item": self.per_item,
+            "counts": dict(self.counts),
+            "bootstrap": {"n_boot": self.n_boot, "seed": self.seed, "confidence": 0.95,
+                          "method": "percentile; items and replicas resampled (crossed); differences paired"},
+        }
+
+
+def _did(m: np.ndarray) -> np.ndarray:
+    return m[:, 0] - m[:, 1]
+
+
+def _ratio(m: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(m[:, 1] > 0, m[:, 0] / np.where(m[:, 1] > 0, m[:, 1], 1.0), np.nan)
+
+
+def _chance(m: np.ndarray) -> np.ndarray:
+    return m[:, 0] * m[:, 1] + (1 - m[:, 0]) * (1 - m[:, 1])
+
+
+def ground_truth(outcomes: Sequence[TwinOutcome], *, retest: str | None = "retest", reference: str | None = None,
+                 n_boot: int = 2000, seed: int = 0) -> GroundTruth:
+    """The ground truth of lab replicas (see `GroundTruth`): true inflation as a difference in differences, the
+    residual on every decontaminated set and the share removed, fidelity against its test-retest ceiling and
+    chance, difficulty preservation, all with bootstrap CIs over items and replicas (`itd.stats.bootstrap_means`).
+
+    The arms are the sets of the first outcome's contaminated twin; `retest` names the second independent rewrite
+    (used for the ceiling only) and `reference` the rewrite it is compared with (default "all" when there is
+    one, else the first decontaminated set). Cells are (replica, item) pairs with both twins' original results.
+    """
+    if not outcomes:
+        raise InputError("ground truth needs at least one lab replica's results")
+    if not _is_int(n_boot) or n_boot < 1:
+        raise InputError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    first = outcomes[0].results
+    if "original" not in first.get("model", {}):
+        raise InputError("ground truth needs the contaminated twin's results on the original set")
+    arms = [s for s in first["model"] if s not in ("original", retest)]
+    sets = list(dict.fromkeys([*first["model"], *first.get("clean", {})]))
+    reference = reference or ("all" if "all" in arms else (arms[0] if arms else None))
+    ids: list[str] = []
+    rep: list[int] = []
+    leaked_l: list[bool] = []
+    flagged_l: list[bool] = []
+    cols: dict[tuple[str, str], list[np.ndarray]] = {}
+    rewritten: dict[str, list[np.ndarray]] = {}
+    for r, out in enumerate(outcomes):
+        truth = {i: True for i in out.leaked} | {i: False for i in out.unseen}
+        for role in ("model", "clean"):
+            if "original" not in out.results.get(role, {}):
+                raise InputError(f"replica {r}: no {'contaminated' if role == 'model' else 'clean'} twin results "
+                                 "on the original set")
+        have = {it.id for it in out.results["model"]["original"].items} & {
+            it.id for it in out.results["clean"]["original"].items}
+        cell_ids = [i for i in truth if i in have]
+        ids += cell_ids
+        rep += [r] * len(cell_ids)
+        leaked_l += [truth[i] for i in cell_ids]
+        flagged = set(out.flagged or ())
+        flagged_l += [i in flagged for i in cell_ids]
+        for role in ("model", "clean"):
+            for s in (*sets,):
+                cols.setdefault((role, s), []).append(_column(cell_ids, out.results.get(role, {}).get(s)))
+        for s in sets:
+            changed = set(out.rewritten.get(s, ()))
+            rewritten.setdefault(s, []).append(np.array([i in changed for i in cell_ids], dtype=bool))
+    if not ids:
+        raise InputError("no leaked or unseen item has both twins' results")
+    index = {i: k for k, i in enumerate(dict.fromkeys(ids))}
+    items = np.array([index[i] for i in ids])
+    replicas = np.array(rep)
+    L = np.array(leaked_l, dtype=bool)
+    U = ~L
+    col = {key: np.concatenate(parts) for key, parts in cols.items()}
+    rw = {s: np.concatenate(parts) for s, parts in rewritten.items()}
+    have = np.isfinite
+
+    def est(name: str, columns: list[np.ndarray], masks: list[np.ndarray], stat: Callable, what: str) -> Estimate:
+        masks = [m & have(c) for c, m in zip(columns, masks)]
+        return _bootstrap(name, columns, stat, n_boot, seed, what, masks=masks, items=items, replicas=replicas)
+
+    def diff(role_set: str) -> np.ndarray:
+        return col[("model", role_set)] - col[("clean", role_set)]
+
+    d_o = diff("original")
+    true = est("gt/true_inflation", [d_o, d_o], [L, U], _did, "needs leaked and unseen items")
+    accuracy = {
+        role: {group: est(f"gt/accuracy/{role}/{group}", [col[(role, "original")]], [mask], _mean, f"no {group} items")
+               for group, mask in (("leaked", L), ("unseen", U), ("all", L | U))}
+        for role in ("model", "clean")
+    }
+    arm_figs: dict[str, dict[str, Estimate]] = {}
+    ceiling = chance = _undefined(0, "needs two independent rewrites of the same items (a retest set)")
+    agree_rt = None
+    if reference is not None and retest and ("clean", retest) in col and col[("clean", retest)].size:
+        both = rw[reference] & rw.get(retest, np.zeros_like(L))
+        agree_rt = (col[("clean", reference)] == col[("clean", retest)]).astype(float)
+        agree_rt[~(have(col[("clean", reference)]) & have(col[("clean", retest)]))] = np.nan
+        ceiling = est("gt/ceiling", [agree_rt], [both], _mean, "no item rewritten in both rewrites")
+        chance = est("gt/chance", [col[("clean", reference)], col[("clean", retest)]], [both, both], _chance,
+                     "no item rewritten in both rewrites")
+    rewritten_cells: dict[str, int] = {}
+    for arm in ["original", *arms]:
+        d_s = diff(arm)
+        both = have(d_o) & have(d_s)
+        figs: dict[str, Estimate] = {
+            "residual_inflation": est(f"gt/{arm}/residual", [d_s, d_s], [L, U], _did, "needs leaked and unseen items"),
+        }
+        if not (true.value is not None and true.value > 0):
+            figs["inflation_removed"] = _undefined(true.n, "the true inflation is not positive: nothing to remove")
+        else:
+            figs["inflation_removed"] = est(f"gt/{arm}/removed", [d_o, d_o, d_s, d_s], [L & both, U & both] * 2,
+                                            _removed, "needs leaked and unseen items")
+        for role in ("model", "clean"):
+            figs[f"accuracy_{role}"] = est(f"gt/{arm}/acc/{role}", [col[(role, arm)]], [L | U], _mean, "no results")
+        k_o, k_s = col[("clean", "original")], col[("clean", arm)]
+        agree = (k_o == k_s).astype(float)
+        agree[~(have(k_o) & have(k_s))] = np.nan
+        changed = rw[arm]
+        figs["fidelity"] = est(f"gt/{arm}/fidelity", [agree], [changed], _mean, "no rewritten item")
+        figs["difficulty"] = est(f"gt/{arm}/difficulty", [k_s, k_o], [changed, changed], _diff, "no rewritten item")
+        if agree_rt is not None and arm != "original":
+            figs["fidelity_ratio"] = est(f"gt/{arm}/fidelity_ratio", [agree, agree_rt],
+                                         [changed, rw[reference] & rw.get(retest, changed)], _ratio,
+                                         "no rewritten item, or no test-retest agreement")
+        rewritten_cells[arm] = int(changed.sum())
+        arm_figs["none" if arm == "original" else arm] = figs
+    flags = None
+    if any(out.flagged is not None for out in outcomes):
+        f = np.array(flagged_l, dtype=bool)
+        flags = {"leaked_flagged": int((f & L).sum()), "leaked": int(L.sum()),
+                 "unseen_flagged": int((f & U).sum()), "unseen": int(U.sum()),
+                 "recall": est("gt/flags/recall", [f.astype(float)], [L], _mean, "no leaked items").to_dict(),
+                 "false_flag_rate": est("gt/flags/fpr", [f.astype(float)], [U], _mean, "no unseen items").to_dict()}
+    per_item = []
+    for i, k in index.items():
+        rows = items == k
+        entry: dict[str, Any] = {"id": i, "leaked_in": int((rows & L).sum()), "unseen_in": int((rows & U).sum())}
+        for arm in ["original", *arms]:
+            d = diff(arm)
+            for group, mask in (("leaked", L), ("unseen", U)):
+                sel = rows & mask & have(d)
+                entry.setdefault("gain", {}).setdefault(arm, {})[group] = float(d[sel].mean()) if sel.any() else None
+        per_item.append(entry)
+    counts = {"replicas": len(outcomes), "items": len(index), "cells": int(items.size),
+              "leaked_cells": int(L.sum()), "unseen_cells": int(U.sum()),
+              **{f"rewritten_{'none' if a == 'original' else a}": n for a, n in rewritten_cells.items()}}
+    leaked_gain = est("gt/leaked_gain", [d_o], [L], _mean, "no leaked items")
+    unseen_gap = est("gt/unseen_gap", [d_o], [U], _mean, "no unseen items")
+    return GroundTruth(true, leaked_gain, unseen_gap, accuracy, arm_figs, ceiling, chance, flags, per_item, counts,
+                       n_boot, seed)

@@ -42,6 +42,7 @@ _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1240px;padding:16px 24px;color:#222;background:#fff}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #ddd;padding-bottom:3px}
 .meta{color:#555;font-size:13px}.absent{color:#777;font-style:italic}
+.headline{font-size:16px;font-weight:600;margin:6px 0 10px;padding:8px 12px;border-left:4px solid #1a73e8;background:#f3f7fe}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:150px;max-width:230px;background:#fafafa}
 .card .v{font-size:20px;font-weight:600}.card .l{font-size:12px;color:#555}.card .ci{font-size:12px;color:#333}
@@ -463,8 +464,10 @@ def render_html_report(summary: Mapping[str, Any], items: Sequence[Mapping[str, 
     made += [f"itd {_e(summary['version'])}"] if summary.get("version") else []
     if made:
         meta.append(" · ".join(made))
-    out = [f"<h1>{_e(title)}</h1>", f'<div class="meta">{"<br>".join(meta)}</div>',
-           "<h2>Headline figures</h2>", _headlines(summary, items)]
+    out = [f"<h1>{_e(title)}</h1>"]
+    if summary.get("headline"):
+        out.append(f'<p class="headline">{_e(summary["headline"])}</p>')
+    out += [f'<div class="meta">{"<br>".join(meta)}</div>', "<h2>Headline figures</h2>", _headlines(summary, items)]
 
     method = _decision(summary, items)
     out.append("<h2>Score distributions</h2>")

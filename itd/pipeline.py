@@ -9,6 +9,7 @@
     summary.json         the figures of the report (also what `--json` prints)
     report.html          the self-contained report with plots
     decontaminated/      the decontaminated benchmark in its source layout
+    rewrite-all.jsonl, rewrite-retest.jsonl   the extra rewrites of `[evaluate] arms` (every item; again, reseeded)
     lm_eval/             the decontaminated set as an lm-evaluation-harness task (`lm_eval --include_path`)
     detection.jsonl, scan.jsonl, rewrite.jsonl   each stage's own output
     state/               journals of finished model calls and the LLM reply cache
@@ -53,6 +54,8 @@ __all__ = [
 
 Progress = Callable[[str, int, int], None]
 """`progress(stage, done, total)`, called as each stage advances."""
+ARMS = ("all", "retest")
+"""Extra decontaminated sets a run can compare (`[evaluate] arms`)."""
 Log = Callable[[str], None]
 
 
@@ -158,7 +161,10 @@ def _eval_config_class():
 class PipelineConfig:
     """Every setting of a run, one TOML table per field (`[benchmark]`, `[model]`, `[detect]`, ...).
     `detect` is `itd.detection.DetectConfig` (`probes = false` skips model-side detection), `verify` is
-    `itd.rewriters.verify.VerifyConfig`, `evaluate` is `itd.evaluation.EvalConfig` (`enabled = false` skips it)."""
+    `itd.rewriters.verify.VerifyConfig`, `evaluate` is `itd.evaluation.EvalConfig` (`enabled = false` skips it).
+    `arms` (written `[evaluate] arms`) adds decontaminated sets to compare with the configured one: "all" (every
+    item rewritten) and "retest" (every item rewritten again with the next seed: the test-retest ceiling of
+    fidelity); with a clean model and a truth file they enter the ground truth (`itd.evaluation.ground_truth`)."""
 
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -169,11 +175,15 @@ class PipelineConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     evaluate: Any = None
     evaluation: bool = True
+    arms: tuple[str, ...] = ()
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         if self.evaluate is None:
             object.__setattr__(self, "evaluate", _eval_config_class()())
+        for arm in self.arms:
+            if arm not in ARMS:
+                raise InputError(f"unknown evaluate.arms entry {arm!r}; choose from {', '.join(ARMS)}")
         if not self.benchmark.path:
             raise InputError("the config needs benchmark.path (the benchmark file or directory)")
 
@@ -182,6 +192,7 @@ class PipelineConfig:
         data = _drop_none(dataclasses.asdict(self))
         data["detect"]["probes"] = data.pop("probes")
         data["evaluate"]["enabled"] = data.pop("evaluation")
+        data["evaluate"]["arms"] = list(data.pop("arms"))
         return data
 
     @classmethod
@@ -196,6 +207,8 @@ class PipelineConfig:
             top["probes"] = _typed(bool, detect.pop("probes"), f"{where}: detect.probes")
         if "enabled" in evaluate:
             top["evaluation"] = _typed(bool, evaluate.pop("enabled"), f"{where}: evaluate.enabled")
+        if "arms" in evaluate:
+            top["arms"] = _typed(tuple[str, ...], evaluate.pop("arms"), f"{where}: evaluate.arms")
         sections = {"benchmark": BenchmarkConfig, "model": ModelConfig, "detect": DetectConfig, "scan": ScanSection,
                     "rewrite": RewriteConfig, "verify": VerifyConfig, "evaluate": _eval_config_class(),
                     "report": ReportConfig}
@@ -409,14 +422,34 @@ class Pipeline:
         decontaminated = rewrite_report.samples(drop_rejected=cfg.rewrite.drop_rejected)
         files["decontaminated"] = self._write_set(decontaminated)
 
-        evaluation = comparison = None
+        evaluation = comparison = truth_figures = None
         if cfg.evaluation:
             rewritten = {it.original.id for it in rewrite_report.items if it.status == "rewritten"}
             evaluation, comparison = self._evaluate(samples, decontaminated, flagged, rewritten, models, state, progress, log)
+            sets = {"decontaminated": decontaminated}
+            changed = {"decontaminated": rewritten}
+            for arm in cfg.arms:
+                if arm == "all" and not cfg.rewrite.only_flagged:
+                    continue  # the configured set already rewrote every item
+                arm_report = self._rewrite(samples, kind, flagged, models.get("model"), reference, state, progress,
+                                           only_flagged=False, seed=cfg.rewrite.seed + (arm == "retest"))
+                arm_report.write_log(out / f"rewrite-{arm}.jsonl")
+                files[f"rewrite-{arm}"] = out / f"rewrite-{arm}.jsonl"
+                sets[arm] = arm_report.samples(drop_rejected=cfg.rewrite.drop_rejected)
+                changed[arm] = {it.original.id for it in arm_report.items if it.status == "rewritten"}
+                roles = ("clean",) if arm == "retest" else ("model", "clean")
+                self._evaluate_set(evaluation, arm, sets[arm], roles, models, state, progress, log)
+            if truth and evaluation and "clean" in evaluation:
+                truth_figures = self._ground_truth(evaluation, truth, changed, flagged)
 
         items = _item_records(samples, detection, scan_report, truth, rewrite_report, flagged, evaluation)
+        if truth_figures is not None:
+            gains = {g["id"]: g["gain"] for g in truth_figures.per_item}
+            for rec in items:
+                if rec["id"] in gains:
+                    rec["gain"] = gains[rec["id"]]
         summary = _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation,
-                           truth)
+                           truth, truth_figures)
         with atomic_write(out / "items.jsonl") as f:
             for rec in items:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -481,20 +514,25 @@ class Pipeline:
         return ScanConfig(detectors=s.detectors, text_field=s.text_field, layout=s.layout, workers=s.workers, engine=s.engine,
                           ray_address=s.ray_address)
 
-    def _rewrite(self, samples, kind, flagged, lm, reference, state, progress):
+    def _rewrite(self, samples, kind, flagged, lm, reference, state, progress, *, only_flagged: bool | None = None,
+                 seed: int | None = None):
+        """The rewrite stage: the configured rewriter, verifier and assurance, on the flagged items (or, with
+        `only_flagged` false, on every item); `seed` replaces the rewriter's seed."""
         from itd.rewriters import REWRITERS
         from itd.rewriters.verify import Verifier
         from itd.rewriting import rewrite
 
         cfg = self.config
+        only_flagged = cfg.rewrite.only_flagged if only_flagged is None else only_flagged
+        seed = cfg.rewrite.seed if seed is None else seed
         method = cfg.rewrite.method
         if method == "auto":
             method = "permute" if kind == "mmlu" else "numeric"
         factory = REWRITERS.get(method)
         if factory.name == "llm":
-            rewriter = factory(self._rewriter_llm(state))
+            rewriter = factory(self._rewriter_llm(state, seed))
         else:
-            rewriter = factory(seed=cfg.rewrite.seed)
+            rewriter = factory(seed=seed)
         assurance = []
         wanted = set(cfg.rewrite.assurance) - {"none"}
         if "auto" in wanted:
@@ -513,7 +551,7 @@ class Pipeline:
             if progress is not None:
                 progress(f"rewrite: {stage}", done, total)
 
-        return rewrite(samples, rewriter, Verifier(cfg.verify), flagged=flagged if cfg.rewrite.only_flagged else None,
+        return rewrite(samples, rewriter, Verifier(cfg.verify), flagged=flagged if only_flagged else None,
                        rounds=cfg.rewrite.rounds, assurance=assurance, progress=on_progress)
 
     def _write_set(self, samples: list[Sample]) -> Path:
@@ -529,21 +567,13 @@ class Pipeline:
         return target / source.name
 
     def _evaluate(self, samples, decontaminated, flagged, rewritten, models, state, progress, log):
-        from itd.evaluation import compare, evaluate
+        from itd.evaluation import compare
 
-        cfg = self.config
-        ecfg = cfg.evaluate
+        ecfg = self.config.evaluate
         results: dict[str, dict[str, Any]] = {}
-        for role, name in (("model", cfg.model.name), ("clean", cfg.model.clean)):
-            if not name:
-                continue
-            backend = models.get(role) if not cfg.model.base_url else self._endpoint(name, state)
-            store = Journal(state / f"eval-{role}.jsonl")
-            results[role] = {}
+        for role in ("model", "clean"):
             for which, items in (("original", samples), ("decontaminated", decontaminated)):
-                log(f"evaluating {name} on the {which} set")
-                results[role][which] = evaluate(items, backend, ecfg, store=store,
-                                                progress=_sub(progress, f"evaluate {role} ({which})"))
+                self._evaluate_set(results, which, items, (role,), models, state, progress, log)
         if "model" not in results:
             return None, None
         comparison = compare(
@@ -554,14 +584,43 @@ class Pipeline:
         )
         return results, comparison
 
-    def _rewriter_llm(self, state: Path):
-        """The LLM config of the `llm` rewriter."""
+    def _evaluate_set(self, results, which, items, roles, models, state, progress, log) -> None:
+        """Evaluate the models of `roles` ("model", "clean") that the config names on `items` into
+        `results[role][which]`."""
+        from itd.evaluation import evaluate
+
+        cfg = self.config
+        for role in roles:
+            name = cfg.model.name if role == "model" else cfg.model.clean
+            if not name:
+                continue
+            backend = models.get(role) if not cfg.model.base_url else self._endpoint(name, state)
+            log(f"evaluating {name} on the {which} set")
+            results.setdefault(role, {})[which] = evaluate(items, backend, cfg.evaluate,
+                                                           store=Journal(state / f"eval-{role}.jsonl"),
+                                                           progress=_sub(progress, f"evaluate {role} ({which})"))
+
+    def _ground_truth(self, evaluation, truth, changed, flagged):
+        """The lab's ground truth (`itd.evaluation.ground_truth`) over the evaluated sets: "itd" is the
+        configured decontaminated set when it rewrote the flagged items only, "all" the one with every item
+        rewritten, "retest" every item rewritten again."""
+        from itd.evaluation import TwinOutcome, ground_truth
+
+        main = "itd" if self.config.rewrite.only_flagged else "all"
+        rename = {"original": "original", "decontaminated": main}
+        results = {role: {rename.get(which, which): r for which, r in sets.items()} for role, sets in evaluation.items()}
+        rewritten = {rename.get(which, which): ids for which, ids in changed.items()}
+        outcome = TwinOutcome(truth["leaked"], truth["unseen"], results, rewritten, flagged)
+        return ground_truth([outcome], seed=self.config.evaluate.seed)
+
+    def _rewriter_llm(self, state: Path, seed: int | None = None):
+        """The LLM config of the `llm` rewriter (`seed`: the rewrite's seed, default the config's)."""
         from itd.llm import LLMConfig
 
         cfg = self.config.rewrite
         if not cfg.llm_model:
             raise InputError("the llm rewriter needs rewrite.llm_model (and rewrite.llm_base_url for a local endpoint)")
-        return LLMConfig(model=cfg.llm_model, base_url=cfg.llm_base_url, temperature=cfg.temperature, seed=cfg.seed,
+        return LLMConfig(model=cfg.llm_model, base_url=cfg.llm_base_url, temperature=cfg.temperature, seed=cfg.seed if seed is None else seed,
                          cache_dir=str(state / "llm-cache"))
 
     def _endpoint_llm(self, name: str, state: Path):
@@ -651,7 +710,7 @@ def _item_records(samples, detection, scan_report, truth, rewrite_report, flagge
 
 
 def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation,
-             truth) -> dict[str, Any]:
+             truth, truth_figures=None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": {"path": cfg.benchmark.path, "kind": kind, "items": len(samples)},
         "models": {"model": cfg.model.name or None, "clean": cfg.model.clean},
@@ -676,6 +735,12 @@ def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged
             out["evaluation"]["by_truth"] = _accuracy_by_truth(evaluation, truth)
         if scan_report is not None:
             out["evaluation"]["by_label"] = _accuracy_by_label(evaluation, scan_report, flagged, cfg.evaluate.seed)
+        if truth_figures is not None:
+            gt = truth_figures.to_dict()
+            gt.pop("per_item")  # per item in items.jsonl ("gain")
+            gt["main"] = "itd" if cfg.rewrite.only_flagged else "all"
+            out["evaluation"]["ground_truth"] = gt
+    out["headline"] = headline(out)
     return out
 
 
@@ -694,6 +759,60 @@ def _accuracy_by_label(evaluation, scan_report, flagged, seed: int) -> dict[str,
     groups["unflagged"] = [i for i in ids if i not in flagged]
     sets = evaluation["model"]
     return accuracy_by_group(sets["original"], sets.get("decontaminated"), groups, seed=seed)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def headline(summary: Mapping[str, Any]) -> str:
+    """The one sentence that says what a run found, for the terminal and the top of the report: accuracy before
+    and after decontamination (beside the clean model's), what was flagged, and the share of the inflation
+    removed with its CI. With a lab's ground truth the figures are the twins' and the leak's."""
+    det = summary.get("detection") or {}
+    ev = summary.get("evaluation") or {}
+    gt = ev.get("ground_truth")
+    fdr = f" (FDR {100 * det['fdr']:g}%)" if det.get("mode") == "fdr" and det.get("fdr") is not None else ""
+    n_items = (summary.get("benchmark") or {}).get("items")
+    flagged = summary.get("flagged", 0)
+    if not ev:
+        return f"{flagged} of {n_items} items were flagged{fdr}; the run evaluated no model."
+    acc = ev.get("accuracy") or {}
+    value = lambda fig: (fig or {}).get("value")  # noqa: E731
+    if gt:
+        before, after = gt["arms"]["none"], gt["arms"][gt["main"]]
+        flags = gt.get("flags")
+        if flags:
+            flag_part = f"{flags['leaked_flagged']} of its {flags['leaked']} leaked items were flagged{fdr}"
+            if flags.get("unseen_flagged"):
+                flag_part += f" (and {flags['unseen_flagged']} of its {flags['unseen']} unseen ones)"
+        else:
+            flag_part = f"{flagged} items were flagged{fdr}"
+        true = gt["true_inflation"]
+        true_part = ""
+        if value(true) is not None and (true.get("ci") or [None])[0] is not None:
+            lo, hi = true["ci"]
+            true_part = (f", {100 * value(true):.0f} points [{100 * lo:.0f}, {100 * hi:.0f}] better on its leaked "
+                         "items than on unseen ones, beyond the clean twin's difference")
+        removed = after["inflation_removed"]
+        lo, hi = removed.get("ci") or (None, None)
+        removed_part = (f"{_pct(value(removed))} of the inflation removed [{_pct(lo)}, {_pct(hi)}]"
+                        if value(removed) is not None else f"no share removed ({removed.get('reason')})")
+        return (f"The contaminated model scores {_pct(value(before['accuracy_model']))} (clean twin "
+                f"{_pct(value(before['accuracy_clean']))}){true_part}; {flag_part}; on the decontaminated set it "
+                f"scores {_pct(value(after['accuracy_model']))} (clean twin {_pct(value(after['accuracy_clean']))}): "
+                f"{removed_part}.")
+    model, clean = acc.get("model") or {}, acc.get("clean")
+    first = f"The model scores {_pct(value(model.get('original')))}"
+    after = f"on the decontaminated set it scores {_pct(value(model.get('decontaminated')))}"
+    if clean:
+        first += f" (clean model {_pct(value(clean.get('original')))})"
+        after += f" (clean model {_pct(value(clean.get('decontaminated')))})"
+        removed = ev.get("inflation_removed") or {}
+        lo, hi = removed.get("ci") or (None, None)
+        after += (f": {_pct(value(removed))} of the inflation removed [{_pct(lo)}, {_pct(hi)}]"
+                  if value(removed) is not None else f": no share removed ({removed.get('reason')})")
+    return f"{first}; {flagged} of {n_items} items were flagged{fdr}; {after}."
 
 
 def _accuracy_by_truth(evaluation, truth) -> dict[str, Any]:

@@ -5,13 +5,15 @@ Per-item evidence becomes a p-value against a clean reference (`conformal_pvalue
 option permutations (`permutation_rank_pvalues`); `benjamini_hochberg` turns many p-values into flagged items at a
 controlled false discovery rate; `set_level_test` and `permutation_set_test` ask whether a whole set is
 contaminated; `auroc`, `tpr_at_fpr` and `bootstrap_auroc_ci` measure how well a score separates known-leaked from
-known-clean items.
+known-clean items. `bootstrap_means` is the project's one percentile bootstrap for figures made of means
+(accuracies, their differences and ratios), resampling items, or items and replicas crossed.
 
 NumPy only, except `set_level_test` and `permutation_set_test`, which need scipy (the `probes` extra).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +23,12 @@ from numpy.typing import ArrayLike
 from itd.errors import require
 
 __all__ = [
+    "BootstrapCI",
     "PermutationSetTest",
     "SetTest",
     "auroc",
     "benjamini_hochberg",
+    "bootstrap_means",
     "bootstrap_auroc_ci",
     "conformal_pvalues",
     "permutation_rank_pvalues",
@@ -181,6 +185,85 @@ def bootstrap_auroc_ci(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(np.concatenate(parts), [tail, 1.0 - tail])
     return float(low), float(high)
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapCI:
+    """A statistic of column means with its percentile interval: `value` (NaN when undefined on the data),
+    [`low`, `high`] (None when no replicate defines it) and `n_boot`, the replicates that defined it."""
+
+    value: float
+    low: float | None
+    high: float | None
+    n_boot: int
+
+
+def _resample_counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """(rows, n) multiplicities of n draws with replacement from n units, one row per replicate."""
+    idx = rng.integers(0, n, size=(rows, n)) + (np.arange(rows) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+
+
+def bootstrap_means(
+    values: ArrayLike,
+    stat: Any,
+    *,
+    masks: ArrayLike | None = None,
+    items: ArrayLike | None = None,
+    replicas: ArrayLike | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: Any = 0,
+) -> BootstrapCI:
+    """`stat` of column means, with a percentile bootstrap interval.
+
+    `values` (k, m): k columns over m cells (e.g. correctness per item, or per item and replica). `masks`
+    (k, m), default "finite": the cells each column's mean is taken over. `stat` maps the means, shape
+    (rows, k), to one figure per row; a row where it is not finite is left out of the interval. Each replicate
+    draws the *items* (cells sharing a label in `items`, default every cell its own item) with replacement,
+    and, when `replicas` labels more than one replica, the replicas too, independently (the bootstrap of a
+    crossed design: a cell's weight is its item's multiplicity times its replica's). Columns over the same
+    cells are therefore paired. Deterministic for a given `seed` (an int or a sequence of ints).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"values must be 2-D (columns, cells), got shape {x.shape}")
+    k, m = x.shape
+    mask = np.isfinite(x) if masks is None else np.asarray(masks, dtype=bool) & np.isfinite(x)
+    if mask.shape != x.shape:
+        raise ValueError(f"masks must have the shape of values {x.shape}, got {mask.shape}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    confidence = _unit_interval(confidence, "confidence")
+    item_of = np.unique(np.arange(m) if items is None else np.asarray(items), return_inverse=True)[1].reshape(-1)
+    rep_of = np.unique(np.zeros(m) if replicas is None else np.asarray(replicas), return_inverse=True)[1].reshape(-1)
+    if item_of.size != m or rep_of.size != m:
+        raise ValueError(f"items and replicas must label each of the {m} cells")
+    n_items, n_reps = int(item_of.max(initial=-1)) + 1, int(rep_of.max(initial=-1)) + 1
+    xm = np.where(mask, x, 0.0)
+    fm = mask.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = float(np.asarray(stat((xm.sum(axis=1) / fm.sum(axis=1))[None, :]), dtype=np.float64)[0])
+    if m == 0 or not math.isfinite(point):
+        return BootstrapCI(point if m else math.nan, None, None, 0)
+    rng = np.random.default_rng(seed)
+    parts = []
+    chunk = max(1, _BOOT_CELLS // (4 * max(m, n_items)))
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        weight = _resample_counts(rng, rows, n_items)[:, item_of]
+        if n_reps > 1:
+            weight *= _resample_counts(rng, rows, n_reps)[:, rep_of]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = (weight @ xm.T) / (weight @ fm.T)
+            parts.append(np.asarray(stat(means), dtype=np.float64))
+    reps = np.concatenate(parts)
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return BootstrapCI(point, None, None, 0)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(reps, [tail, 1.0 - tail])
+    return BootstrapCI(point, float(low), float(high), int(reps.size))
 
 
 @dataclass(frozen=True, slots=True)

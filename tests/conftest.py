@@ -15,6 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lab_cache(tmp_path_factory):
+    """Lab bases (`itd.lab.base_cache_dir`) are cached in a directory of this test run, never the user's cache;
+    subprocesses inherit it through the environment."""
+    path = tmp_path_factory.mktemp("lab-cache")
+    previous = os.environ.get("ITD_LAB_CACHE")
+    os.environ["ITD_LAB_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("ITD_LAB_CACHE", None)
+    else:
+        os.environ["ITD_LAB_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path to the shared real data (gsm8k/, mmlu/)."""

@@ -22,11 +22,14 @@ from itd.evaluation import (
     ItemResult,
     OpenAIBackend,
     build_prompt,
+    TwinOutcome,
     compare,
     evaluate,
     extract_flexible,
     extract_strict,
     fewshot_examples,
+    gold_continuation,
+    ground_truth,
     normalize_answer,
     parse_letter,
     resolve_prompt_style,
@@ -617,3 +620,106 @@ def test_compare_explicit_rewritten_and_result_round_trip(tmp_path):
     path.write_text(json.dumps(orig.to_dict()))
     back = EvalResult.from_dict(json.loads(path.read_text()))
     assert back.to_dict() == orig.to_dict() and back.accuracy == 0.5
+
+
+# -- ground truth on lab twins ------------------------------------------------------------------------------------
+def _by_id(ids: list[str], correct) -> EvalResult:
+    items = [ItemResult(id=i, kind="math", gold="1", correct=bool(c), parsed=True) for i, c in zip(ids, correct)]
+    return EvalResult(items=items, model={}, config={}, prompt_style="plain", mcq_mode="generate", metric="flexible")
+
+
+def test_ground_truth_difference_in_differences_hand_computed():
+    """20 items, 5 leaked. The clean twin is right on items 0-9; the contaminated twin also on the 5 leaked
+    items (0, 2, 4, 6, 8 right already; so its memory wins nothing there...) - spelled out below."""
+    ids = [f"q{k}" for k in range(20)]
+    leaked, unseen = ids[10:15], ids[:10] + ids[15:]
+    clean = [1] * 10 + [0] * 10
+    model = [1] * 9 + [0] + [1] * 5 + [0] * 5  # unseen: one fewer right (q9); leaked q10-q14: all right
+    # ITD rewrote the 4 flagged leaked items (q10-q13): memory gone, both twins wrong on them; q14 was missed
+    model_itd = [1] * 9 + [0] + [0] * 4 + [1] + [0] * 5
+    clean_itd = clean
+    results = {"model": {"original": _by_id(ids, model), "itd": _by_id(ids, model_itd)},
+               "clean": {"original": _by_id(ids, clean), "itd": _by_id(ids, clean_itd)}}
+    gt = ground_truth([TwinOutcome(leaked, unseen, results, {"itd": ids[10:14]}, flagged=ids[10:14] + ["q0"])],
+                      n_boot=400)
+    # leaked: contaminated 5/5, clean 0/5 -> +1.0; unseen: 9/15 vs 10/15 -> -1/15; DiD = 1 + 1/15
+    assert gt.leaked_gain.value == pytest.approx(1.0) and gt.unseen_gap.value == pytest.approx(-1 / 15)
+    assert gt.true_inflation.value == pytest.approx(1 + 1 / 15)
+    itd = gt.arms["itd"]
+    # after ITD: leaked 1/5 vs 0/5 -> +0.2; unseen unchanged -> -1/15; residual 0.2 + 1/15
+    assert itd["residual_inflation"].value == pytest.approx(0.2 + 1 / 15)
+    assert itd["inflation_removed"].value == pytest.approx(1 - (0.2 + 1 / 15) / (1 + 1 / 15))
+    assert gt.arms["none"]["inflation_removed"].value == 0.0
+    assert itd["fidelity"].value == 1.0 and itd["fidelity"].n == 4  # clean twin wrong before and after on q10-q13
+    assert itd["difficulty"].value == 0.0
+    assert gt.flags["leaked_flagged"] == 4 and gt.flags["unseen_flagged"] == 1 and gt.flags["recall"]["value"] == 0.8
+    per_item = {row["id"]: row for row in gt.per_item}
+    assert per_item["q10"]["gain"]["original"]["leaked"] == 1.0 and per_item["q10"]["gain"]["itd"]["leaked"] == 0.0
+    assert per_item["q9"]["gain"]["original"] == {"leaked": None, "unseen": -1.0}
+    for est in (gt.true_inflation, itd["residual_inflation"], itd["inflation_removed"]):
+        assert est.low <= est.value <= est.high
+    assert json.loads(json.dumps(gt.to_dict(), allow_nan=False))["counts"]["rewritten_itd"] == 4
+
+
+def test_ground_truth_over_replicas_recovers_a_known_effect():
+    """Three replicas leak three different thirds of 300 items. The contaminated twin answers a leaked item
+    right with probability 0.9, any other item like the clean twin (right with probability p_i on item i).
+    The DiD is then 0.9 - mean(p) in expectation; the CI covers it, the unseen gap is 0, and rewriting every
+    item removes all of the inflation (on a rewrite the memory is gone, the item as hard as before)."""
+    rng = np.random.default_rng(11)
+    ids = [f"i{k}" for k in range(300)]
+    p_item = rng.uniform(0.2, 0.8, size=300)
+    outcomes = []
+    for r in range(3):
+        leaked = set(ids[100 * r: 100 * (r + 1)])
+        clean = rng.random(300) < p_item
+        model = np.where([i in leaked for i in ids], rng.random(300) < 0.9, clean)
+        clean_all, clean_rt = rng.random(300) < p_item, rng.random(300) < p_item
+        # on a rewritten leaked item the memory is gone: right as often as the clean twin, not on the same draws
+        model_all = np.where([i in leaked for i in ids], rng.random(300) < p_item, clean_all)
+        results = {"model": {"original": _by_id(ids, model), "all": _by_id(ids, model_all)},
+                   "clean": {"original": _by_id(ids, clean), "all": _by_id(ids, clean_all),
+                             "retest": _by_id(ids, clean_rt)}}
+        outcomes.append(TwinOutcome(sorted(leaked), [i for i in ids if i not in leaked], results,
+                                    {"all": ids, "retest": ids}))
+    gt = ground_truth(outcomes, n_boot=1000)
+    expected = 0.9 - p_item.mean()
+    assert gt.true_inflation.low < expected < gt.true_inflation.high
+    assert abs(gt.true_inflation.value - expected) < 0.06 and gt.true_inflation.n == 300
+    assert gt.unseen_gap.value == 0.0 and gt.counts == {**gt.counts, "replicas": 3, "items": 300, "cells": 900}
+    every = gt.arms["all"]
+    assert every["inflation_removed"].low < 1.0 < every["inflation_removed"].high
+    assert abs(every["residual_inflation"].value) < 0.06
+    # fidelity: the clean twin's agreement original vs rewritten, next to two rewrites (the same process); both
+    # above chance (two independent answer sheets) because items differ in difficulty: E[p^2 + (1 - p)^2]
+    agree = float(np.mean(p_item**2 + (1 - p_item) ** 2))
+    assert abs(every["fidelity"].value - gt.ceiling.value) < 0.05 and abs(gt.ceiling.value - agree) < 0.04
+    assert abs(gt.chance.value - 0.5) < 0.02 < gt.ceiling.value - gt.chance.value
+    assert every["fidelity_ratio"].low < 1.0 < every["fidelity_ratio"].high
+    assert every["difficulty"].low < 0 < every["difficulty"].high
+    # an item leaked in one replica and unseen in the others has its effect measured against itself
+    row = gt.per_item[0]
+    assert row["leaked_in"] == 1 and row["unseen_in"] == 2 and row["gain"]["original"]["unseen"] == 0.0
+
+
+def test_ground_truth_without_inflation_says_so():
+    ids = [f"i{k}" for k in range(10)]
+    same = _by_id(ids, [1, 0] * 5)
+    gt = ground_truth([TwinOutcome(ids[:3], ids[3:], {"model": {"original": same}, "clean": {"original": same}})],
+                      n_boot=100)
+    assert gt.true_inflation.value == 0.0 and gt.arms["none"]["inflation_removed"].value is None
+    assert "not positive" in gt.arms["none"]["inflation_removed"].reason and gt.flags is None
+    assert gt.ceiling.value is None
+    with pytest.raises(InputError):
+        ground_truth([])
+
+
+def test_gold_continuation_follows_the_prompt(shared_data):
+    item = load_benchmark(shared_data / "gsm8k" / "test.jsonl")[0]
+    mcq = load_benchmark(shared_data / "mmlu" / "test")[0]
+    for style in ("plain", "harness"):
+        shot = build_prompt(item, style, [item]).split("\n\n")[0]  # the item as its own few-shot example
+        assert shot == build_prompt(item, style) + gold_continuation(item, style)
+    assert gold_continuation(item, "plain") == strip_calculator_annotations(item.solution).strip()
+    assert gold_continuation(mcq, "plain") == " " + "ABCD"[mcq.answer]
+    assert render(mcq, "options+answer") == build_prompt(mcq, "plain") + gold_continuation(mcq, "plain")

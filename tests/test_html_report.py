@@ -136,6 +136,18 @@ def test_full_report_sections_plots_escaping():
     assert "minkpp: AUROC" not in page  # legend text lives inside the SVG (glyphs as paths), not the HTML
 
 
+def test_the_headline_sentence_opens_the_report():
+    summary, items = full_run()
+    summary["headline"] = "The contaminated model scores 71% (clean twin 54%); <b>52</b> of its 60 leaked items were flagged."
+    page = render_html_report(summary, items)
+    body = page[page.index("<body>"):]
+    first = re.search(r"<h1>.*?</h1>\s*<p class=\"headline\">(.*?)</p>", body, re.S)
+    assert first and first.group(1).startswith("The contaminated model scores 71% (clean twin 54%)")
+    assert "&lt;b&gt;52&lt;/b&gt;" in first.group(1) and body.index("headline") < body.index("Headline figures")
+    summary.pop("headline")
+    assert 'class="headline"' not in render_html_report(summary, items)
+
+
 def test_minimal_report_says_why_sections_are_absent():
     summary, items = minimal_run()
     page = render_html_report(summary, items)

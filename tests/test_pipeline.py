@@ -135,6 +135,15 @@ def test_run_writes_the_run_directory(lab_run, tiny_lab):
             fig = ev["accuracy"][role][subset]
             assert fig["ci"][0] <= fig["value"] <= fig["ci"][1]
     assert {"inflation", "fidelity", "resistance", "inflation_removed"} <= set(ev)
+    # the lab's ground truth (truth file + clean twin): the leak's effect as a difference in differences, and
+    # what the configured decontamination (the flagged items rewritten: ITD) left of it
+    gt = ev["ground_truth"]
+    assert gt["main"] == "itd" and set(gt["arms"]) == {"none", "itd"} and gt["counts"]["items"] == 120
+    assert gt["flags"]["leaked_flagged"] == sum(r["flagged"] and r["truth"] == "leaked" for r in items)
+    assert gt["arms"]["none"]["accuracy_model"]["value"] == pytest.approx(ev["accuracy"]["model"]["original"]["value"])
+    assert all("gain" in rec for rec in items)
+    assert summary["headline"].startswith("The contaminated model scores ")
+    assert summary["headline"] in (out / "report.html").read_text().replace("&#x27;", "'")
     truth_n = {g: sum(r["truth"] == g for r in items) for g in ("leaked", "unseen")}
     for role in ("model", "clean"):  # accuracy split by the lab's truth, consistent with the per-item records
         for which in ("original", "decontaminated"):
@@ -229,12 +238,20 @@ def test_demo_command_tells_the_whole_story(tmp_path):
     summary = json.loads(res.stdout)
     assert summary["benchmark"]["items"] == 40 and summary["detection"]["truth"]
     assert set(summary["evaluation"]["accuracy"]) == {"model", "clean"}
+    # no decontamination, the flagged items rewritten (ITD, what the demo does), every item rewritten; a second
+    # rewrite of every item gives fidelity its test-retest ceiling
+    gt = summary["evaluation"]["ground_truth"]
+    assert list(gt["arms"]) == ["none", "itd", "all"] and gt["counts"]["rewritten_all"] > 30
+    assert gt["ceiling"]["n"] > 30 and "fidelity_ratio" in gt["arms"]["all"]
+    lab = json.loads((out / "lab" / "manifest.json").read_text())
+    assert lab["recipe"] == "finetune" and len(lab["placebo"]) == len(lab["leaked"]) == 12
     for name in ("lab/manifest.json", "data/benchmark.jsonl", "data/reference.jsonl", "demo.toml", "run/report.html",
                  "run/decontaminated/benchmark.jsonl"):
         assert (out / name).is_file(), name
     again = run_cli("demo", "--out", str(out), "--preset", "tiny", "--items", "40")  # reuses the lab, resumes
     assert again.returncode == 0, again.stderr
     assert "training the" not in again.stderr and "inflation" in again.stdout
+    assert again.stdout.startswith(summary["headline"][:40])  # the headline comes first
 
 
 def test_accuracy_by_contamination_label(shared_data, tmp_path):

@@ -17,6 +17,7 @@ from itd.stats import (
     auroc,
     benjamini_hochberg,
     bootstrap_auroc_ci,
+    bootstrap_means,
     conformal_pvalues,
     permutation_rank_pvalues,
     permutation_set_test,
@@ -190,6 +191,45 @@ def test_bootstrap_ci_contains_estimate_narrows_and_is_deterministic():
 
 
 # set-level test
+
+
+def test_bootstrap_means_matches_index_resampling_and_is_paired():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 2, size=(2, 300)).astype(float)
+    diff = lambda m: m[:, 0] - m[:, 1]  # noqa: E731
+    ci = bootstrap_means(x, diff, n_boot=4000, seed=1)
+    assert ci.value == pytest.approx(x[0].mean() - x[1].mean()) and ci.n_boot == 4000
+    # the same interval as the textbook loop that resamples item indices (up to Monte Carlo error)
+    idx = np.random.default_rng(2).integers(0, 300, size=(4000, 300))
+    naive = np.quantile(x[0][idx].mean(axis=1) - x[1][idx].mean(axis=1), [0.025, 0.975])
+    assert ci.low == pytest.approx(naive[0], abs=0.015) and ci.high == pytest.approx(naive[1], abs=0.015)
+    # paired: identical columns differ by exactly 0 in every replicate
+    same = bootstrap_means(np.stack([x[0], x[0]]), diff, n_boot=500)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert bootstrap_means(x, diff, n_boot=500, seed=3) == bootstrap_means(x, diff, n_boot=500, seed=3)
+
+
+def test_bootstrap_means_masks_and_crossed_replicas():
+    rng = np.random.default_rng(0)
+    n_items, n_reps = 200, 4
+    item_effect = rng.normal(0, 1, n_items)
+    rep_effect = np.array([-1.5, -0.5, 0.5, 1.5])
+    values = (item_effect[None, :] + rep_effect[:, None] + rng.normal(0, 0.1, (n_reps, n_items))).ravel()
+    items, reps = np.tile(np.arange(n_items), n_reps), np.repeat(np.arange(n_reps), n_items)
+    mean = lambda m: m[:, 0]  # noqa: E731
+    crossed = bootstrap_means(values[None, :], mean, items=items, replicas=reps, n_boot=2000)
+    items_only = bootstrap_means(values[None, :], mean, items=items, n_boot=2000)
+    cells = bootstrap_means(values[None, :], mean, n_boot=2000)
+    assert crossed.value == items_only.value == pytest.approx(values.mean())
+    # replica-to-replica variation only widens the interval when replicas are resampled too
+    assert (crossed.high - crossed.low) > 1.5 * (items_only.high - items_only.low)
+    # the same cells as independent items understate the item-level correlation
+    assert (items_only.high - items_only.low) > 1.2 * (cells.high - cells.low)
+    # masks: each column's mean over its own cells; a figure undefined in a replicate is left out
+    x = np.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    masks = np.array([[True, True, False, False], [False, False, True, True]])
+    ci = bootstrap_means(x, lambda m: m[:, 0] - m[:, 1], masks=masks, n_boot=300)
+    assert ci.value == pytest.approx(0.5 - 0.5) and 0 < ci.n_boot < 300
 
 
 def test_set_level_test_detects_a_shift():
