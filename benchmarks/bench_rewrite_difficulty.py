@@ -17,13 +17,13 @@ the rewritten ones from the new solution's annotations. Reported, original vs re
   * how far each item's search had to relax (`info["difficulty"]`), coverage, and time per 1,000 items;
   * coverage of the default for the seeds in `--seeds` (stability).
 
-With `--calibrate A ...` it reports instead, on the first `--calibrate-items` items of GSM8K *train*, the mean
-log10(new/old) of the changed question numbers for each prior exponent A (`numeric._MAGNITUDE_PRIOR`), which is
-how the default exponent was chosen (the one nearest 0), without looking at test.
+With `--calibrate T ...` it reports instead, on the first `--calibrate-items` items of GSM8K *train*, the mean
+log10(new/old) of the changed question numbers for each downward tilt T of the draw window (`numeric._TILT`, in
+octaves), which is how the default tilt was chosen (the one nearest 0), without looking at test.
 
     python benchmarks/bench_rewrite_difficulty.py
     python benchmarks/bench_rewrite_difficulty.py --seed 1 --seeds
-    python benchmarks/bench_rewrite_difficulty.py --calibrate 1 1.5 2 2.5 3
+    python benchmarks/bench_rewrite_difficulty.py --calibrate 0 0.1 0.2 0.3 0.4
 """
 
 from __future__ import annotations
@@ -199,28 +199,28 @@ def report(name: str, rw, done: list) -> dict:
     return r
 
 
-def calibrate(data: Path, exponents: list[float], items: int, seed: int) -> None:
+def calibrate(data: Path, tilts: list[float], items: int, seed: int) -> None:
     from itd.data import load_benchmark
     from itd.rewriters import numeric
 
     samples = load_benchmark(data / "gsm8k" / "train.jsonl")[:items]
-    C.header(f"`numeric` rewriter: prior exponent on the first {len(samples)} GSM8K train items")
+    C.header(f"`numeric` rewriter: tilt of the draw window on the first {len(samples)} GSM8K train items")
     rows = []
-    default = numeric._MAGNITUDE_PRIOR
+    default = numeric._TILT
     try:
-        for a in exponents:
-            numeric._MAGNITUDE_PRIOR = a
-            numeric._balanced_kernel.cache_clear()
+        for a in tilts:
+            numeric._TILT = a
             done, secs = rewrite_all(numeric.NumericRewriter(seed=seed), samples)
             r = [math.log10(Fraction(new.replace(",", "")) / Fraction(old.replace(",", "")))
                  for _, cand in done for old, new in cand.info["values"].items()]
             mean = sum(r) / len(r)
             se = (sum((x - mean) ** 2 for x in r) / (len(r) - 1)) ** 0.5 / len(r) ** 0.5
-            rows.append((a, len(done), len(r), f"{mean:+.4f}", f"{se:.4f}", f"{sum(x > 0 for x in r) / len(r):.1%}"))
+            full = sum(not cand.info["difficulty"]["relaxed"] for _, cand in done)
+            rows.append((a, len(done), full, len(r), f"{mean:+.4f}", f"{se:.4f}",
+                         f"{sum(x > 0 for x in r) / len(r):.1%}"))
     finally:
-        numeric._MAGNITUDE_PRIOR = default
-        numeric._balanced_kernel.cache_clear()
-    print(C.table(["exponent", "items rewritten", "numbers changed", "mean log10(new/old)", "s.e.", "grew"], rows))
+        numeric._TILT = default
+    print(C.table(["tilt", "items rewritten", "all constraints held", "numbers changed", "numbers changed", "mean log10(new/old)", "s.e.", "grew"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="*", type=int, default=None,
                     help="Also report the default's coverage for these seeds (default with no value: 1 2 3).")
     ap.add_argument("--calibrate", nargs="+", type=float, default=None,
-                    help="Only report the drift on GSM8K train for these prior exponents.")
+                    help="Only report the drift on GSM8K train for these tilts of the draw window.")
     ap.add_argument("--calibrate-items", type=int, default=2000, help="Train items used by --calibrate.")
     args = ap.parse_args(argv)
     if args.calibrate:
