@@ -1061,26 +1061,32 @@ class _Rules:
 
 _WIDE = _Rules(frozenset(), False)
 _LEVELS: tuple[_Rules, ...] = (
-    _Rules(frozenset(CONSTRAINTS), True, 0.5),
-    *(_Rules(frozenset(CONSTRAINTS[:n]), True, 0.25) for n in range(len(CONSTRAINTS) - 1, 0, -1)),
+    _Rules(frozenset(CONSTRAINTS), True, 0.25),
+    *(_Rules(frozenset(CONSTRAINTS[:n]), True, 0.125) for n in range(len(CONSTRAINTS) - 1, 0, -1)),
     _Rules(frozenset(), True, 0.25, 0.5, best_of=8),
     _WIDE,
 )
-"""The searches tried in turn: every constraint, inputs drawn within a factor 2 of the old values (half of
-`max_tries`); then giving the constraints up one at a time from the last of `CONSTRAINTS` (carry count, decimal
-places, carry presence, exact divisions; a quarter of the draws each, half the inputs drawn from their whole
-digit range, and only where an earlier search was stopped by one of the constraints given up); then none held
-but the best of 8 values kept (the fewest steps breaking each constraint, in the order of `CONSTRAINTS`); last
-the wide draw of `keep_difficulty=False` (all of `max_tries`)."""
+"""The searches tried in turn: every constraint, inputs drawn near the old values (a quarter of `max_tries`);
+then giving the constraints up one at a time from the last of `CONSTRAINTS` (carry count, decimal places, carry
+presence, exact divisions; an eighth of the draws each, and only where an earlier search was stopped by one of
+the constraints given up); then none held, half the inputs drawn anywhere in their digit range, the best of 8
+values kept (the fewest steps breaking each constraint, in the order of `CONSTRAINTS`; a quarter of the draws);
+last the wide draw of `keep_difficulty=False` (all of `max_tries`)."""
+
+
+def _original_ops(plan: _Plan) -> list[tuple[list, Fraction]]:
+    """The operations and exact result of every original step (computed once per plan)."""
+    old = getattr(plan, "original_ops", None)
+    if old is None:
+        old = [(st.expr.operations(), st.value(list(st.expr.literals))) for st in plan.steps]
+        plan.original_ops = old  # type: ignore[attr-defined]
+    return old
 
 
 def _step_broken(plan: _Plan, k: int, values: dict[int, Fraction], results: list[Fraction | None],
                  x: Fraction) -> set[str]:
     """The difficulty constraints that step k breaks with the new values, given its new result `x`."""
-    old = getattr(plan, "original_ops", None)
-    if old is None:  # the original operations and exact results, once per plan
-        old = [(st.expr.operations(), st.value(list(st.expr.literals))) for st in plan.steps]
-        plan.original_ops = old  # type: ignore[attr-defined]
+    old = _original_ops(plan)
     st = plan.steps[k]
     lits = [_new_value(r, values, results) for r in st.roles]  # type: ignore[arg-type]
     try:
@@ -1360,6 +1366,8 @@ class _Search:
         x = _evaluate_step(st, self.values.__getitem__, self.results.__getitem__)
         _check_result(k, x, st.stated)
         if self.rules.held:
+            if "digits" in self.rules.held and int_digits(x) != int_digits(_original_ops(plan)[k][1]):
+                raise _Failure(f"digits: step {k + 1}")  # the quick check first: most draws fail it
             bad = _step_broken(plan, k, self.values, self.results, x) & self.rules.held
             if bad:
                 raise _Failure(f"{next(c for c in CONSTRAINTS if c in bad)}: step {k + 1}")
