@@ -220,7 +220,8 @@ def calibrate(data: Path, tilts: list[float], items: int, seed: int) -> None:
                          f"{sum(x > 0 for x in r) / len(r):.1%}"))
     finally:
         numeric._TILT = default
-    print(C.table(["tilt", "items rewritten", "all constraints held", "numbers changed", "numbers changed", "mean log10(new/old)", "s.e.", "grew"], rows))
+    print(C.table(["tilt", "items rewritten", "all constraints held", "numbers changed", "mean log10(new/old)",
+                   "s.e.", "grew"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:

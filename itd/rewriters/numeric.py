@@ -13,8 +13,8 @@ No model is involved. For one GSM8K item the rewriter
    for), and with `partial` an input whose reading stays ambiguous (an input equal to a constant of the
    question, an input a result may have been worked out from in the head) keeps its value;
 4. draws new values for the other inputs (same kind: integers stay integers, cents stay cents, percentages stay
-   below 100, words stay words; by default the same digit count and decimal places, near the old value, moves
-   up and down balanced so that a set's magnitudes do not drift), deterministic in seed, item id and attempt,
+   below 100, words stay words; by default the same digit count and decimal places, near the old value and
+   leaning down just enough that a set's magnitudes do not drift up), deterministic in seed, item id and attempt,
    and recomputes every step with exact fractions, searching until each result keeps its kind (integer, sign, a
    short decimal, order of magnitude, and the order of results when the solution compares them), the final
    answer changes, and every operation keeps what makes it hard (`itd.rewriters.difficulty`: digit counts of
@@ -1045,7 +1045,7 @@ def _draw_near(var: _Var, rng: random.Random, mode: int, spread: bool = False) -
 class _Rules:
     """What one search for values holds: the difficulty constraints `held` (names of
     `itd.rewriters.difficulty.CONSTRAINTS`), and with `near` new inputs drawn by `_draw_near` (digit count
-    kept, magnitudes centred on the old ones) rather than by `_draw` (same order of magnitude, up to twice)."""
+    kept, near the old value, no drift up) rather than by `_draw` (same order of magnitude, up to twice)."""
 
     held: frozenset[str]
     near: bool
@@ -1522,7 +1522,7 @@ class NumericRewriter(Rewriter):
 
     With `keep_difficulty` (the default) the new values keep what makes the item hard (see
     `itd.rewriters.difficulty`): the digit count of every operand and result, exact divisions, carries and
-    borrows, decimal places, and magnitudes centred on the old ones. Where no values in `max_tries` draws hold
+    borrows, decimal places, and new values near the old ones that do not drift up. Where no values hold
     them all, the constraints are given up one at a time in a stated order (`_LEVELS`), the last resort being
     the wide draw that `keep_difficulty=False` uses alone.
 
@@ -1586,7 +1586,6 @@ class NumericRewriter(Rewriter):
         rng = self._rng(sample)
         seen: set[tuple[Fraction, ...]] = set()
         used: dict[int, set[Fraction]] = {}
-        tries = 0
         for a in range(attempt + 1):
             values, results, tries, rules = self._search(plan, rng, seen, used)
             seen.add(tuple(values[i] for i in sorted(values)))
