@@ -289,8 +289,9 @@ def test_registry_and_config():
     assert REWRITERS.get("numeric") is NumericRewriter
     assert NumericRewriter.kind == "values"
     rw = NumericRewriter(seed=7, max_tries=50, partial=False)
-    assert rw.config() == {"method": "numeric", "seed": 7, "max_tries": 50, "partial": False}
-    for bad in ({"seed": "1"}, {"seed": True}, {"max_tries": 0}, {"max_tries": 1.5}, {"partial": "yes"}):
+    assert rw.config() == {"method": "numeric", "seed": 7, "max_tries": 50, "partial": False, "keep_difficulty": True}
+    for bad in ({"seed": "1"}, {"seed": True}, {"max_tries": 0}, {"max_tries": 1.5}, {"partial": "yes"},
+                {"keep_difficulty": 1}):
         with pytest.raises(ValueError):
             NumericRewriter(**bad)
 
@@ -630,9 +631,7 @@ def test_keep_difficulty_option():
     s = Sample(id="k", benchmark="gsm8k", question="Ann has 16 apples and buys 27 more. How many does she have?",
                solution="16 + 27 = <<16+27=43>>43\n#### 43", answer="43")
     new, old = NumericRewriter(), NumericRewriter(keep_difficulty=False)
-    assert new.config()["keep_difficulty"] is True and old.config()["keep_difficulty"] is False
-    with pytest.raises(ValueError, match="keep_difficulty"):
-        NumericRewriter(keep_difficulty="yes")  # type: ignore[arg-type]
+    assert old.config()["keep_difficulty"] is False
     cand = new.propose(s)
     assert cand.info["difficulty"] == {"held": ["digits", "exact division", "carry presence", "decimals", "carries"],
                                        "relaxed": [], "draw": "near"}

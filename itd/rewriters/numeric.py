@@ -1598,7 +1598,8 @@ class NumericRewriter(Rewriter):
         """Values for one attempt and the rules they were searched under: the strictest rules of `_LEVELS`
         (only the wide draw without `keep_difficulty`) under which values are found. Under each, a retry first
         looks for values that all differ from the earlier attempts' (a rewrite rejected as too close to
-        something is not proposed again with small changes), then for any values not proposed before."""
+        something is not proposed again with small changes; half the inputs drawn anywhere in their digit
+        range), then for any values not proposed before."""
         found, search, draws = None, None, 0
         blocked: set[str] = set()  # constraints that stopped a search: giving up others cannot help
         for rules in _LEVELS if self.keep_difficulty else (_WIDE,):
@@ -1606,7 +1607,9 @@ class NumericRewriter(Rewriter):
                 continue
             for avoid in ((used, {}) if used else ({},)):
                 budget = max(1, int(self.max_tries * rules.share) // (2 if avoid else 1))
-                search = _Search(plan, rng, budget, seen, avoid, rules)
+                # values that all differ from earlier attempts' may lie outside a small number's near window
+                wider = dataclasses.replace(rules, spread=max(rules.spread, 0.5)) if avoid and rules.near else rules
+                search = _Search(plan, rng, budget, seen, avoid, wider)
                 found = search.run()
                 draws += search.draws
                 blocked.update(r for r in search.reasons if r in CONSTRAINTS)
