@@ -8,6 +8,7 @@ evaluator for the annotations, an own number reader for the question).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -28,8 +29,9 @@ COVERAGE_GOAL = 0.90
 # independent helpers (no itd code)
 
 
-def own_eval(expr: str) -> Fraction:
-    """Recursive-descent evaluation of + - * / and parentheses over exact fractions."""
+def own_eval(expr: str, ops: list | None = None) -> Fraction:
+    """Recursive-descent evaluation of + - * / and parentheses over exact fractions; each binary operation is
+    appended to `ops` as (operator, left, right, value) when a list is given."""
     toks = re.findall(r"\d+\.?\d*|\.\d+|[-+*/()]", expr.replace(" ", ""))
     assert "".join(toks) == expr.replace(" ", ""), f"unexpected characters in {expr!r}"
     pos = 0
@@ -54,16 +56,25 @@ def own_eval(expr: str) -> Fraction:
             return atom()
         return Fraction(t)
 
+    def record(op: str, a: Fraction, b: Fraction, v: Fraction) -> Fraction:
+        if ops is not None:
+            ops.append((op, a, b, v))
+        return v
+
     def product() -> Fraction:
         v = atom()
         while peek() in ("*", "/"):
-            v = v * atom() if take() == "*" else v / atom()
+            op = take()
+            b = atom()
+            v = record(op, v, b, v * b if op == "*" else v / b)
         return v
 
     def total() -> Fraction:
         v = product()
         while peek() in ("+", "-"):
-            v = v + product() if take() == "+" else v - product()
+            op = take()
+            b = product()
+            v = record(op, v, b, v + b if op == "+" else v - b)
         return v
 
     value = total()
@@ -278,8 +289,9 @@ def test_registry_and_config():
     assert REWRITERS.get("numeric") is NumericRewriter
     assert NumericRewriter.kind == "values"
     rw = NumericRewriter(seed=7, max_tries=50, partial=False)
-    assert rw.config() == {"method": "numeric", "seed": 7, "max_tries": 50, "partial": False}
-    for bad in ({"seed": "1"}, {"seed": True}, {"max_tries": 0}, {"max_tries": 1.5}, {"partial": "yes"}):
+    assert rw.config() == {"method": "numeric", "seed": 7, "max_tries": 50, "partial": False, "keep_difficulty": True}
+    for bad in ({"seed": "1"}, {"seed": True}, {"max_tries": 0}, {"max_tries": 1.5}, {"partial": "yes"},
+                {"keep_difficulty": 1}):
         with pytest.raises(ValueError):
             NumericRewriter(**bad)
 
@@ -373,7 +385,7 @@ def test_rewrites_keep_the_layout(rewritten):
         assert dataclasses.replace(cand.sample, question=original.question, solution=original.solution,
                                    answer=original.answer) == original
         assert isinstance(cand.expected_answer, str) and "," not in cand.expected_answer
-        assert set(cand.info) <= {"values", "tries", "kept", "annotated"} and cand.info["values"]
+        assert set(cand.info) <= {"values", "tries", "kept", "annotated", "difficulty"} and cand.info["values"]
 
 
 def test_janet_ducks(gsm8k):
@@ -439,3 +451,195 @@ def test_strict_mode_changes_every_used_input(gsm8k):
         emitted += 1
         assert "kept" not in cand.info or all(why == "one, zero or 100%" for why in cand.info["kept"].values())
     assert emitted >= 80
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# difficulty kept (independent column arithmetic, no itd code)
+
+
+def own_digits(x: Fraction) -> int:
+    whole = str(abs(x.numerator) // x.denominator)
+    return 0 if whole == "0" else len(whole)
+
+
+def own_decimal_text(x: Fraction) -> str | None:
+    """|x| written out exactly ("12.75"), None when it does not terminate within 6 places."""
+    for places in range(7):
+        scaled = abs(x) * 10**places
+        if scaled.denominator == 1:
+            text = str(scaled.numerator).rjust(places + 1, "0")
+            return text[: len(text) - places] + ("." + text[len(text) - places:] if places else "")
+    return None
+
+
+def own_places(x: Fraction) -> int | None:
+    text = own_decimal_text(x)
+    return None if text is None else len(text.partition(".")[2])
+
+
+def own_carries(op: str, a: Fraction, b: Fraction) -> int | None:
+    """Carries of a + b or borrows of a - b, counted on the written digits, column by column."""
+    if op == "-":
+        b = -b
+    ta, tb = own_decimal_text(a), own_decimal_text(b)
+    if ta is None or tb is None:
+        return None
+    places = max(len(ta.partition(".")[2]), len(tb.partition(".")[2]))
+    ca, cb = (t.partition(".")[0] + t.partition(".")[2].ljust(places, "0") for t in (ta, tb))
+    width = max(len(ca), len(cb))
+    ca, cb = ca.rjust(width, "0"), cb.rjust(width, "0")
+    same_sign = (a >= 0) == (b >= 0) or a == 0 or b == 0
+    if not same_sign and abs(b) > abs(a):
+        ca, cb = cb, ca  # the smaller magnitude is taken from the larger
+    count = carry = 0
+    for da, db in zip(reversed(ca), reversed(cb)):
+        if same_sign:
+            carry = int(int(da) + int(db) + carry >= 10)
+        else:
+            carry = int(int(da) - int(db) - carry < 0)
+        count += carry
+    return count
+
+
+def own_broken(old_ops: list, new_ops: list) -> set[str]:
+    """The difficulty constraints a rewritten annotation breaks, by the definitions of itd.rewriters.difficulty."""
+    out = set()
+    assert [o[0] for o in old_ops] == [o[0] for o in new_ops]
+    for (op, a, b, v), (_, a2, b2, v2) in zip(old_ops, new_ops):
+        for x, y in ((a, a2), (b, b2), (v, v2)):
+            if own_digits(x) != own_digits(y):
+                out.add("digits")
+            if own_places(x) is not None and own_places(x) != own_places(y):
+                out.add("decimals")
+        if op in "+-":
+            c, c2 = own_carries(op, a, b), own_carries(op, a2, b2)
+            if c != c2:
+                out.add("carries")
+            if c is None or c2 is None or (c > 0) != (c2 > 0):
+                out.add("carry presence")
+        if op == "/" and v.denominator == 1 and v2.denominator != 1:
+            out.add("exact division")
+    return out
+
+
+def annotation_ops(solution: str) -> list[list]:
+    out = []
+    for expr, _ in re.findall(r"<<([^<>=]*)=([^<>]*)>>", solution):
+        ops: list = []
+        own_eval(expr, ops)
+        out.append(ops)
+    return out
+
+
+@given(st.integers(-10**6, 10**6), st.integers(-10**6, 10**6), st.sampled_from([1, 10, 100]),
+       st.sampled_from([1, 10, 100]), st.sampled_from("+-"))
+@settings(max_examples=300, deadline=None)
+def test_carries_match_column_arithmetic(a, b, da, db, op):
+    from itd.rewriters.difficulty import carries
+
+    x, y = Fraction(a, da), Fraction(b, db)
+    assert carries(op, x, y) == own_carries(op, x, y)
+
+
+@pytest.mark.parametrize("op, a, b, count", [
+    ("+", 16, 3, 0), ("-", 13, 4, 1), ("+", 999, 1, 3), ("-", 1000, 1, 3), ("+", "2.75", "0.5", 1), ("-", 3, 16, 0),
+    ("-", 8, 13, 1), ("+", -13, 4, 1),
+])
+def test_carries_examples(op, a, b, count):
+    from itd.rewriters.difficulty import carries
+
+    assert carries(op, Fraction(a), Fraction(b)) == count == own_carries(op, Fraction(a), Fraction(b))
+
+
+def test_rewrites_keep_digits_carries_and_exact_divisions(rewritten):
+    """On every rewritten item whose chain is all annotations, each constraint the rewrite says it holds holds
+    on every operation; and most items hold them all."""
+    from itd.rewriters.difficulty import CONSTRAINTS
+
+    done, _ = rewritten
+    checked = full = 0
+    kept = dict.fromkeys(CONSTRAINTS, 0)
+    lies = []
+    for original, cand in done:
+        held = cand.info["difficulty"]["held"]
+        assert set(held) <= set(CONSTRAINTS)
+        if cand.info.get("annotated"):
+            continue  # prose equations the rewrite annotated have no original annotation to compare with
+        old, new = annotation_ops(original.solution), annotation_ops(cand.sample.solution)
+        assert len(old) == len(new), original.id
+        bad = set().union(*(own_broken(o, n) for o, n in zip(old, new)))
+        # every step's result, also of annotations without an operation ("<<6=6>>")
+        for ex0, ex1 in zip(re.findall(r"<<([^<>=]*)=", original.solution),
+                            re.findall(r"<<([^<>=]*)=", cand.sample.solution)):
+            if own_digits(own_eval(ex0)) != own_digits(own_eval(ex1)):
+                bad.add("digits")
+        if set(held) & bad:
+            lies.append((original.id, sorted(set(held) & bad)))
+        checked += 1
+        full += not bad
+        for c in CONSTRAINTS:
+            kept[c] += c not in bad
+    assert not lies, f"rewrites claiming constraints they break: {lies[:5]}"
+    assert checked >= 800
+    assert full / checked >= 0.80, (full, checked, kept)
+    assert kept["digits"] / checked >= 0.88 and kept["exact division"] / checked >= 0.99, kept
+
+
+def test_rewrites_keep_the_magnitudes(rewritten):
+    """The new question numbers are not larger than the old ones on the whole (GSM-Symbolic's were): the mean
+    log10 ratio stays near 0, about as many grow as shrink, and the digit counts are kept."""
+    done, _ = rewritten
+    ratios, same_digits = [], 0
+    for _, cand in done:
+        for old, new in cand.info["values"].items():
+            a, b = Fraction(old.replace(",", "")), Fraction(new.replace(",", ""))
+            ratios.append(math.log10(b / a))
+            same_digits += own_digits(a) == own_digits(b)
+    mean = sum(ratios) / len(ratios)
+    up = sum(r > 0 for r in ratios) / len(ratios)
+    assert abs(mean) < 0.03 and 0.4 <= up <= 0.6, (mean, up)
+    assert same_digits / len(ratios) >= 0.97
+
+
+@given(a=st.integers(2, 5000), b=st.integers(2, 5000), op=st.sampled_from(["+", "-", "/"]))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_small_items_keep_their_difficulty(a, b, op):
+    """A one-step item of any size: when the rewrite says it holds every constraint, its operands and result keep
+    their digit counts, its carries or borrows and its exact division; and it says so truthfully otherwise."""
+    if op == "+":
+        q = f"Ann has {a} apples and buys {b} more apples. How many apples does she have?"
+        expr, total = f"{a}+{b}", a + b
+    elif op == "-":
+        a, b = max(a, b), min(a, b)
+        q = f"Ann has {a} apples and gives away {b} apples. How many apples are left?"
+        expr, total = f"{a}-{b}", a - b
+    else:
+        a = a * b
+        q = f"Ann shares {a} apples equally among {b} bags. How many apples go in a bag?"
+        expr, total = f"{a}/{b}", a // b
+    sol = f"Each step: {expr} = <<{expr}={total}>>{total} apples.\n#### {total}"
+    s = Sample(id="h", benchmark="gsm8k", question=q, solution=sol, answer=str(total))
+    try:
+        cand = NumericRewriter().propose(s)
+    except NotRewritable:
+        return  # e.g. equal numbers, a result equal to an input
+    assert check_chain(cand.sample.solution, cand.expected_answer).ok
+    old, new = annotation_ops(sol), annotation_ops(cand.sample.solution)
+    bad = own_broken(old[0], new[0]) | ({"digits"} if own_digits(Fraction(total)) != own_digits(
+        Fraction(cand.expected_answer)) else set())
+    assert not set(cand.info["difficulty"]["held"]) & bad, (cand.sample.solution, cand.info)
+    if not cand.info["difficulty"]["relaxed"]:
+        assert not bad
+
+
+def test_keep_difficulty_option():
+    s = Sample(id="k", benchmark="gsm8k", question="Ann has 16 apples and buys 27 more. How many does she have?",
+               solution="16 + 27 = <<16+27=43>>43\n#### 43", answer="43")
+    new, old = NumericRewriter(), NumericRewriter(keep_difficulty=False)
+    assert old.config()["keep_difficulty"] is False
+    cand = new.propose(s)
+    assert cand.info["difficulty"] == {"held": ["digits", "exact division", "carry presence", "decimals", "carries"],
+                                       "relaxed": [], "draw": "near"}
+    a, b = (int(x) for x in re.findall(r"<<(\d+)\+(\d+)=", cand.sample.solution)[0])
+    assert 10 <= a <= 99 and 10 <= b <= 99 and 10 <= a + b <= 99 and own_carries("+", Fraction(a), Fraction(b)) == 1
+    assert old.propose(s).info["difficulty"]["draw"] == "wide"

@@ -178,6 +178,34 @@ class Expression:
             raise ValueError(f"expected {len(self.literals)} literals, got {len(vals)}")
         return _eval(self._tree, [_bounded(Fraction(v)) for v in vals])
 
+    def operations(self, literals: Sequence[Fraction] | None = None) -> list[tuple[str, Fraction, Fraction, Fraction]]:
+        """Every binary operation, operands before the operation that uses them, as (operator, left, right,
+        value) with the operator written as in Python (`+ - * / // % **`); ValueError as for `value`."""
+        vals = self.literals if literals is None else literals
+        if len(vals) != len(self.literals):
+            raise ValueError(f"expected {len(self.literals)} literals, got {len(vals)}")
+        out: list[tuple[str, Fraction, Fraction, Fraction]] = []
+
+        def walk(node: ast.AST) -> Fraction:
+            if isinstance(node, ast.BinOp):
+                left, right = walk(node.left), walk(node.right)
+                value = _eval(node, vals)
+                out.append((_SYMBOLS[type(node.op)], left, right, value))
+                return value
+            if isinstance(node, ast.UnaryOp):
+                walk(node.operand)
+            return _eval(node, vals)
+
+        try:
+            walk(self._tree)
+        except RecursionError as exc:
+            raise ValueError("expression nested too deeply") from exc
+        return out
+
+
+_SYMBOLS: dict[type, str] = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
+                             ast.Mod: "%", ast.Pow: "**"}
+
 
 def _eval(node: ast.AST, vals: Sequence[Fraction]) -> Fraction:
     # recursion is bounded by MAX_DEPTH (checked by compile_expression)

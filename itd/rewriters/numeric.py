@@ -12,11 +12,14 @@ No model is involved. For one GSM8K item the rewriter
 3. resolves numbers with two readings: an input equal to an earlier result is tied to it (drawn equal, or solved
    for), and with `partial` an input whose reading stays ambiguous (an input equal to a constant of the
    question, an input a result may have been worked out from in the head) keeps its value;
-4. draws new values for the other inputs (same kind and order of magnitude: integers stay integers, cents stay
-   cents, percentages stay below 100, words stay words), deterministic in seed, item id and attempt, and
-   recomputes every step with exact fractions, searching until each result keeps its kind (integer, sign, a
-   short decimal, order of magnitude, and the order of results when the solution compares them) and the final
-   answer changes;
+4. draws new values for the other inputs (same kind: integers stay integers, cents stay cents, percentages stay
+   below 100, words stay words; by default the same digit count and decimal places, near the old value and
+   leaning down just enough that a set's magnitudes do not drift up), deterministic in seed, item id and attempt,
+   and recomputes every step with exact fractions, searching until each result keeps its kind (integer, sign, a
+   short decimal, order of magnitude, and the order of results when the solution compares them), the final
+   answer changes, and every operation keeps what makes it hard (`itd.rewriters.difficulty`: digit counts of
+   operands and results, exact divisions, carries and borrows, decimal places), giving these up one at a time
+   in a stated order only where no values hold them (`_LEVELS`; `info["difficulty"]` says what held);
 5. writes the new values into the question, the annotations, the prose that restates them and the `#### N`
    line, formatted like the original (thousands commas, `$`, cents, number words, "a"/"an"), and annotates the
    prose equations it recomputed;
@@ -30,6 +33,7 @@ Items it cannot handle raise `NotRewritable` with a reason of the form "category
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import random
@@ -50,6 +54,8 @@ from itd.rewriters.chain import (
     parse_chain,
     parse_number,
 )
+from itd.rewriters.difficulty import CONSTRAINTS, broken, int_digits
+from itd.rewriters.difficulty import decimal_places as _decimal_places
 
 __all__ = ["NumericRewriter", "GENERIC_CONSTANTS", "number_words"]
 
@@ -238,15 +244,6 @@ def _tokens(text: str, words: bool = True) -> list[_Tok]:
         tok.unit = m.group(1).lower() if m else ""
         tok.half_more = bool(re.match(r"\s+(?:[a-z]+\s+)?and a half\b", after))
     return out
-
-
-def _decimal_places(x: Fraction) -> int | None:
-    if x.denominator == 1:
-        return 0
-    for d in range(1, 7):
-        if (x * 10**d).denominator == 1:
-            return d
-    return None
 
 
 def _format(value: Fraction, style: _Style | None = None) -> str | None:
@@ -978,8 +975,8 @@ def _draw(var: _Var, rng: random.Random, mode: int) -> Fraction:
         step = math.gcd(int(v), rng.choice((60, 12, 10))) if mode == 2 and v.denominator == 1 else 1
         ks = range(-(-lo // step) * step, hi + 1, step)
         return Fraction(rng.choice(ks if len(ks) > 1 else range(lo, hi + 1)))
-    if v.denominator == 1 and 1900 <= v <= 2100 and not var.money and not var.toks[0].style.commas:
-        return v + rng.choice([d for d in range(-30, 31) if d])  # a year
+    if _is_year(var):
+        return v + rng.choice([d for d in range(-30, 31) if d])
     d = var.decimals
     m = int(v * 10**d)
     t = 0
@@ -1006,6 +1003,167 @@ def _draw(var: _Var, rng: random.Random, mode: int) -> Fraction:
         if not (d and (x * 10**t) % 10**d == 0):
             break  # a decimal number stays a decimal number
     return Fraction(x * 10**t, 10**d)
+
+
+def _is_year(var: _Var) -> bool:
+    v = var.value
+    return v.denominator == 1 and 1900 <= v <= 2100 and not var.money and not var.toks[0].style.commas
+
+
+_TILT = 0.3
+"""How far `_draw_near`'s window leans down, in octaves: new values are drawn log-uniformly between
+old * 2**(-1 - _TILT) and old * 2**(1 - _TILT). Numbers at the bottom of their digit range (2, 10, 100) can only
+grow, and the chain's checks reject more moves down than up (a new value may not repeat another input's, and
+small numbers crowd), so a window centred on the old value makes a set's numbers drift up. The tilt is the one
+under which rewrites of GSM8K *train* do not drift (chosen without looking at test; see
+`benchmarks/bench_rewrite_difficulty.py --calibrate`)."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _near_range(v: Fraction, d: int, percent: bool, drop_zero: bool) -> tuple[int, int, int, int, int]:
+    """(t, k, lo, hi, places) for `_draw_near`: the new value is x * 10**t / 10**d for an integer x in lo..hi,
+    other than k (the old value's digits), with `places` decimal places."""
+    m = int(v * 10**d)
+    t = 0
+    while m and m % 10**(t + 1) == 0:
+        t += 1
+    if drop_zero and t:
+        t -= 1
+    k = m // 10**t
+    n = len(str(k))
+    lo, hi = 10 ** (n - 1), 10**n - 1
+    if v >= 2:
+        lo = max(lo, -(-2 * 10**d // 10**t))  # never 1 or less: "1 eggs", a factor that changes nothing
+    if percent and v < 100:
+        hi = min(hi, (100 * 10**d - 1) // 10**t)
+    return t, k, lo, hi, _places(k, t, d)
+
+
+def _places(x: int, t: int, d: int) -> int:
+    """Decimal places of x * 10**t / 10**d."""
+    y, p = x * 10**t, d
+    while p and y % 10 == 0:
+        y, p = y // 10, p - 1
+    return p
+
+
+def _draw_near(var: _Var, rng: random.Random, mode: int, spread: bool = False) -> Fraction:
+    """A new value for an input with the digit count and decimal places of the old one, log-uniform within
+    about a factor 2 of it (leaning down by `_TILT` so that a set's magnitudes do not drift up), anywhere in the
+    digit range (log-uniform) with `spread` or when that window holds no other value. `mode` 1 drops one trailing
+    zero of the old value; 0 and 2 keep them (keeping small divisors too, as `_draw` does in mode 2, would let a
+    value only grow)."""
+    v = var.value
+    if _is_year(var):
+        return v + rng.choice([d for d in range(-30, 31) if d])
+    d = var.decimals
+    t, k, lo, hi, places = _near_range(v, d, var.percent, mode == 1)
+
+    def value(x: int) -> Fraction | None:
+        ok = x != k and lo <= x <= hi and _places(x, t, d) == places
+        return Fraction(x * 10**t, 10**d) if ok else None
+
+    for _ in range(0 if spread else 32):
+        new = value(round(k * 2 ** rng.uniform(-1 - _TILT, 1 - _TILT)))
+        if new is not None:
+            return new
+    for _ in range(32):
+        new = value(round(math.exp(rng.uniform(math.log(lo - 0.5), math.log(hi + 0.5)))))
+        if new is not None:
+            return new
+    return v  # no other value of this shape: the search rejects it as unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What one search for values holds: the difficulty constraints `held` (names of
+    `itd.rewriters.difficulty.CONSTRAINTS`), and with `near` new inputs drawn by `_draw_near` (digit count
+    kept, near the old value, no drift up) rather than by `_draw` (same order of magnitude, up to twice)."""
+
+    held: frozenset[str]
+    near: bool
+    share: float = 1.0  # of `max_tries`, the draws this search may make
+    spread: float = 0.0  # the chance that `_draw_near` draws from the whole digit range
+    best_of: int = 0  # keep searching until this many values are found and take the one breaking the fewest
+
+    def draw(self, var: _Var, rng: random.Random, mode: int) -> Fraction:
+        if not self.near:
+            return _draw(var, rng, mode)
+        return _draw_near(var, rng, mode, bool(self.spread) and rng.random() < self.spread)
+
+
+_WIDE = _Rules(frozenset(), False)
+_LEVELS: tuple[_Rules, ...] = (
+    _Rules(frozenset(CONSTRAINTS), True, 0.25),
+    *(_Rules(frozenset(CONSTRAINTS[:n]), True, 0.125) for n in range(len(CONSTRAINTS) - 1, 0, -1)),
+    _Rules(frozenset(), True, 0.25, 0.5, best_of=8),
+    _WIDE,
+)
+"""The searches tried in turn: every constraint, inputs drawn near the old values (a quarter of `max_tries`);
+then giving the constraints up one at a time from the last of `CONSTRAINTS` (carry count, decimal places, carry
+presence, exact divisions; an eighth of the draws each, and only where an earlier search was stopped by one of
+the constraints given up); then none held, half the inputs drawn anywhere in their digit range, the best of 8
+values kept (the fewest steps breaking each constraint, in the order of `CONSTRAINTS`; a quarter of the draws);
+last the wide draw of `keep_difficulty=False` (all of `max_tries`)."""
+
+
+def _original_ops(plan: _Plan) -> list[tuple[list, Fraction]]:
+    """The operations and exact result of every original step (computed once per plan)."""
+    old = getattr(plan, "original_ops", None)
+    if old is None:
+        old = [(st.expr.operations(), st.value(list(st.expr.literals))) for st in plan.steps]
+        plan.original_ops = old  # type: ignore[attr-defined]
+    return old
+
+
+def _step_broken(plan: _Plan, k: int, values: dict[int, Fraction], results: list[Fraction | None],
+                 x: Fraction) -> set[str]:
+    """The difficulty constraints that step k breaks with the new values, given its new result `x`."""
+    old = _original_ops(plan)
+    st = plan.steps[k]
+    lits = [_new_value(r, values, results) for r in st.roles]  # type: ignore[arg-type]
+    try:
+        ops = st.expr.operations(lits)
+    except ValueError:
+        return set(CONSTRAINTS)
+    return broken(old[k][0], ops, old[k][1], x)
+
+
+def _input_broken(var: _Var, x: Fraction) -> set[str]:
+    """The shape constraints an input computed from a tied result breaks."""
+    out = set()
+    if int_digits(x) != int_digits(var.value):
+        out.add("digits")
+    if _decimal_places(x) != _decimal_places(var.value):
+        out.add("decimals")
+    return out
+
+
+def _drift(plan: _Plan, values: dict[int, Fraction]) -> float:
+    """How far the new question numbers moved on the whole: the sum of log10(new / old)."""
+    return sum(math.log10(abs(x / plan.vars[i].value)) for i, x in values.items() if x and plan.vars[i].value)
+
+
+def _broken_count(plan: _Plan, values: dict[int, Fraction], results: list[Fraction]) -> tuple[int, ...]:
+    """For each constraint of `CONSTRAINTS`, the number of steps (and tied inputs) that break it."""
+    counts = dict.fromkeys(CONSTRAINTS, 0)
+    for k, x in enumerate(results):
+        for c in _step_broken(plan, k, values, results, x):
+            counts[c] += 1
+    for i in plan.defined:
+        for c in _input_broken(plan.vars[i], values[i]):
+            counts[c] += 1
+    return tuple(counts.values())
+
+
+def _difficulty_broken(plan: _Plan, values: dict[int, Fraction], results: list[Fraction]) -> set[str]:
+    """The difficulty constraints the new values break anywhere in the chain."""
+    out: set[str] = set()
+    for k, x in enumerate(results):
+        out |= _step_broken(plan, k, values, results, x)  # type: ignore[arg-type]
+    for i in plan.defined:
+        out |= _input_broken(plan.vars[i], values[i])
+    return out
 
 
 class _Failure(Exception):
@@ -1162,14 +1320,15 @@ class _Search:
     PER_STEP = 6
 
     def __init__(self, plan: _Plan, rng: random.Random, budget: int, seen: set,
-                 avoid: dict[int, set[Fraction]] | None = None):
-        self.plan, self.rng, self.budget, self.seen = plan, rng, budget, seen
+                 avoid: dict[int, set[Fraction]] | None = None, rules: _Rules = _WIDE):
+        self.plan, self.rng, self.budget, self.seen, self.rules = plan, rng, budget, seen, rules
         self.avoid = avoid or {}  # values each input took in earlier attempts
         self.values: dict[int, Fraction] = {}
         self.results: list[Fraction | None] = [None] * len(plan.steps)
         self.draws = 0
         self.reasons: dict[str, int] = {}
         self.old_final = plan.steps[plan.final_step].stated
+        self.found: dict[tuple, tuple[tuple[int, ...], dict[int, Fraction], list[Fraction]]] = {}  # best_of
 
     def fail(self, why: str) -> None:
         cat = why.split(":")[0]
@@ -1182,9 +1341,13 @@ class _Search:
                 if self._dfs(0):
                     return dict(self.values), list(self.results)  # type: ignore[arg-type]
                 if self.draws == before:
-                    return None  # nothing is drawn: no other values to try
+                    break  # nothing is drawn: no other values to try
         except _Budget:
-            return None
+            pass
+        if self.found:
+            _, values, results = min(self.found.values(), key=lambda f: f[0])
+            return values, results
+        return None
 
     def _fresh(self, i: int, x: Fraction) -> bool:
         """A new value differs from the input's own old value (and earlier attempts' values when asked) and from
@@ -1205,7 +1368,7 @@ class _Search:
                     raise _Budget
                 ok = True
                 for i in new:
-                    x = _draw(plan.vars[i], self.rng, self.rng.randrange(3))
+                    x = self.rules.draw(plan.vars[i], self.rng, self.rng.randrange(3))
                     if not self._fresh(i, x):
                         ok = False
                         break
@@ -1235,6 +1398,12 @@ class _Search:
         st = plan.steps[k]
         x = _evaluate_step(st, self.values.__getitem__, self.results.__getitem__)
         _check_result(k, x, st.stated)
+        if self.rules.held:
+            if "digits" in self.rules.held and int_digits(x) != int_digits(_original_ops(plan)[k][1]):
+                raise _Failure(f"digits: step {k + 1}")  # the quick check first: most draws fail it
+            bad = _step_broken(plan, k, self.values, self.results, x) & self.rules.held
+            if bad:
+                raise _Failure(f"{next(c for c in CONSTRAINTS if c in bad)}: step {k + 1}")
         if k == plan.final_step and x == self.old_final:
             raise _Failure("same answer")
         if plan.compares:
@@ -1247,7 +1416,8 @@ class _Search:
         for i in plan.defined_by.get(k, ()):
             kind = plan.defined[i][0]
             v = _inverse(x, kind)
-            if not _valid_input(plan.vars[i], v) or not self._fresh(i, v):
+            if not _valid_input(plan.vars[i], v) or not self._fresh(i, v) or (
+                    _input_broken(plan.vars[i], v) & self.rules.held):
                 for j in added:
                     del self.values[j]
                 added.clear()
@@ -1259,7 +1429,7 @@ class _Search:
     def _finish(self) -> bool:
         plan = self.plan
         for i in plan.unreached:
-            self.values[i] = _draw(plan.vars[i], self.rng, 0)
+            self.values[i] = self.rules.draw(plan.vars[i], self.rng, 0)
         values, results = self.values, self.results
         ok = True
         if any(_derive(values[i], kind) != results[j] for i, kind, j in plan.tie_checks):
@@ -1277,6 +1447,12 @@ class _Search:
         if ok and not _prose_agrees(plan, values, results):  # type: ignore[arg-type]
             self.fail("ambiguous prose number")
             ok = False
+        if ok and self.rules.best_of:
+            score = (*_broken_count(plan, values, results), abs(_drift(plan, values)))
+            self.found.setdefault(key, (score, dict(values), list(results)))
+            ok = len(self.found) >= self.rules.best_of
+            if ok:
+                _, values, results = min(self.found.values(), key=lambda f: f[0])
         if not ok:
             for i in plan.unreached:
                 del self.values[i]
@@ -1315,6 +1491,8 @@ class _Search:
             if k == plan.final_step and x == self.old_final:
                 return None
         if not _order_ok(plan, results):
+            return None
+        if self.rules.held and _difficulty_broken(plan, values, results) & self.rules.held:
             return None
         return values, results
 
@@ -1375,27 +1553,38 @@ class NumericRewriter(Rewriter):
     ambiguous keeps its value and the others change; `info["kept"]` lists the kept ones with the reason. With
     `partial=False` such an item is not rewritable: every number the chain uses changes.
 
+    With `keep_difficulty` (the default) the new values keep what makes the item hard (see
+    `itd.rewriters.difficulty`): the digit count of every operand and result, exact divisions, carries and
+    borrows, decimal places, and new values near the old ones that do not drift up. Where no values hold
+    them all, the constraints are given up one at a time in a stated order (`_LEVELS`), the last resort being
+    the wide draw that `keep_difficulty=False` uses alone.
+
     `Candidate.info`: `values` (old -> new, as written), `tries` (draws of the search), `kept`, `annotated`
-    (prose equations that got an annotation).
+    (prose equations that got an annotation), `difficulty`: `held` (the constraints the rewrite keeps),
+    `relaxed` (those its search was allowed to give up) and `draw` ("near" or "wide").
     """
 
     name = "numeric"
     kind = "values"
     changes_difficulty = False
 
-    def __init__(self, seed: int = 0, max_tries: int = 2000, partial: bool = True):
+    def __init__(self, seed: int = 0, max_tries: int = 2000, partial: bool = True, keep_difficulty: bool = True):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         if isinstance(max_tries, bool) or not isinstance(max_tries, int) or not 1 <= max_tries <= 100_000:
             raise ValueError(f"max_tries must be an integer in 1..100000, got {max_tries!r}")
         if not isinstance(partial, bool):
             raise ValueError(f"partial must be true or false, got {partial!r}")
+        if not isinstance(keep_difficulty, bool):
+            raise ValueError(f"keep_difficulty must be true or false, got {keep_difficulty!r}")
+        self.keep_difficulty = keep_difficulty
         self.seed = seed
         self.max_tries = max_tries
         self.partial = partial
 
     def config(self) -> dict[str, Any]:
-        return {"method": self.name, "seed": self.seed, "max_tries": self.max_tries, "partial": self.partial}
+        return {"method": self.name, "seed": self.seed, "max_tries": self.max_tries, "partial": self.partial,
+                "keep_difficulty": self.keep_difficulty}
 
     def plan(self, sample: Sample) -> _Plan:
         """The analysis of `sample` (inputs, steps, roles); NotRewritable when it cannot be rewritten. With
@@ -1434,24 +1623,35 @@ class NumericRewriter(Rewriter):
         rng = self._rng(sample)
         seen: set[tuple[Fraction, ...]] = set()
         used: dict[int, set[Fraction]] = {}
-        tries = 0
         for a in range(attempt + 1):
-            values, results, n = self._search(plan, rng, seen, used)
-            tries = n
+            values, results, tries, rules = self._search(plan, rng, seen, used)
             seen.add(tuple(values[i] for i in sorted(values)))
             for i, v in values.items():
                 used.setdefault(i, set()).add(v)
-        return self._render(plan, values, results, tries)
+        return self._render(plan, values, results, tries, rules)
 
-    def _search(self, plan: _Plan, rng: random.Random, seen: set,
-                used: dict[int, set[Fraction]]) -> tuple[dict[int, Fraction], list[Fraction], int]:
-        """Values for one attempt: a retry first looks for values that all differ from the earlier attempts'
-        (a rewrite rejected as too close to something is not proposed again with small changes), then for any
-        values not proposed before."""
-        found, search = None, None
-        for avoid in ((used, {}) if used else ({},)):
-            search = _Search(plan, rng, self.max_tries // 2 if avoid else self.max_tries, seen, avoid)
-            found = search.run()
+    def _search(self, plan: _Plan, rng: random.Random, seen: set, used: dict[int, set[Fraction]]
+                ) -> tuple[dict[int, Fraction], list[Fraction], int, _Rules]:
+        """Values for one attempt and the rules they were searched under: the strictest rules of `_LEVELS`
+        (only the wide draw without `keep_difficulty`) under which values are found. Under each, a retry first
+        looks for values that all differ from the earlier attempts' (a rewrite rejected as too close to
+        something is not proposed again with small changes; half the inputs drawn anywhere in their digit
+        range), then for any values not proposed before."""
+        found, search, draws = None, None, 0
+        blocked: set[str] = set()  # constraints that stopped a search: giving up others cannot help
+        for rules in _LEVELS if self.keep_difficulty else (_WIDE,):
+            if rules.near and len(rules.held) < len(CONSTRAINTS) and not blocked - rules.held:
+                continue
+            for avoid in ((used, {}) if used else ({},)):
+                budget = max(1, int(self.max_tries * rules.share) // (2 if avoid else 1))
+                # values that all differ from earlier attempts' may lie outside a small number's near window
+                wider = dataclasses.replace(rules, spread=max(rules.spread, 0.5)) if avoid and rules.near else rules
+                search = _Search(plan, rng, budget, seen, avoid, wider)
+                found = search.run()
+                draws += search.draws
+                blocked.update(r for r in search.reasons if r in CONSTRAINTS)
+                if found is not None:
+                    break
             if found is not None:
                 break
         assert search is not None
@@ -1461,9 +1661,10 @@ class NumericRewriter(Rewriter):
             detail = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
             raise NotRewritable(f"{worst}: no values in {self.max_tries} draws ({detail})")
         values, results = found
-        return values, results, search.draws
+        return values, results, draws, rules
 
-    def _render(self, plan: _Plan, values: dict[int, Fraction], results: list[Fraction], tries: int) -> Candidate:
+    def _render(self, plan: _Plan, values: dict[int, Fraction], results: list[Fraction], tries: int,
+                rules: _Rules) -> Candidate:
         q, sol = plan.question, plan.solution
 
         def new_of(role: Role) -> Fraction:
@@ -1532,6 +1733,11 @@ class NumericRewriter(Rewriter):
         info = {
             "values": {_show(plan.vars[i].value): _show(v) for i, v in values.items()},
             "tries": tries,
+            "difficulty": {
+                "held": [c for c in CONSTRAINTS if c not in _difficulty_broken(plan, values, results)],
+                "relaxed": [c for c in CONSTRAINTS if c not in rules.held],
+                "draw": "near" if rules.near else "wide",
+            },
         }
         frozen = {_show(v.value): v.frozen for v in plan.vars
                   if v.frozen and v.frozen != "not used by the chain" and (v.used or v.value in plan.keep)}
