@@ -1140,6 +1140,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_CLEAN
+    except OSError as exc:  # the file system refused (disk full, permissions changed mid-run): not a verdict
+        from itd.io import redact_text
+
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
+        return EXIT_USAGE
     except Exception as exc:  # a bug in itd: never exit 1 ("contamination found") or 0 because of it
         import os
         import traceback
