@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
 import tempfile
@@ -152,10 +153,8 @@ def _check_symlinks(folder: Path) -> None:
     developer mode)."""
     from itd.errors import InputError
 
-    probe = folder / f".itd-probe.{os.getpid()}.link"
+    probe = folder / f".itd-probe.{os.getpid()}.{secrets.token_hex(4)}.link"  # unique: threads share a pid
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(probe)
         os.symlink("current", probe)
         os.unlink(probe)
     except OSError as exc:

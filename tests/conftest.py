@@ -42,9 +42,10 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lab(shared_data, tmp_path_factory):
-    """The tiny contamination lab, built once per test run: twin GPT-2s trained on GSM8K train items, the
-    contaminated one also on 30% of 120 GSM8K test items repeated 6 times (`itd.lab.LabResult`; ground truth in
-    `.leaked` / `.unseen`, models in `.contaminated` / `.clean`)."""
+    """The tiny contamination lab, built once per test run: paired twin GPT-2s continued from one base trained on
+    GSM8K train items, the contaminated one also seeing 30% of 120 GSM8K test items 20 times each, the clean one as
+    many placebo items in the same slots (`itd.lab.LabResult`; ground truth in `.leaked` / `.unseen`, models in
+    `.contaminated` / `.clean`). 20 exposures: the old unpaired lab's 6 copies were read over ~3 epochs."""
     from itd.data import load_benchmark
     from itd.lab import LabConfig, build_lab
 
@@ -53,7 +54,7 @@ def tiny_lab(shared_data, tmp_path_factory):
         load_benchmark(gsm8k / "test.jsonl"),
         load_benchmark(gsm8k / "train.jsonl"),
         tmp_path_factory.mktemp("tiny_lab"),
-        LabConfig(preset="tiny", leak_rate=0.3, repeats=6, seed=0),
+        LabConfig(preset="tiny", leak_rate=0.3, repeats=20, seed=0),
     )
 
 

@@ -107,7 +107,7 @@ def test_finite_float_keeps_its_bounds():
 
 @pytest.mark.parametrize("args,message", [(["--preset", "huge"], "unknown lab preset 'huge'"),
                                           (["--device", "gpu"], "device must be"),
-                                          (["--seed", "-1"], "seed must be an integer >= 0")])
+                                          (["--seed", "-1"], "-1 is not in the range x>=0")])
 def test_bad_demo_options_are_input_errors_before_anything_is_written(tmp_path, capsys, args, message):
     assert main(["demo", "--out", str(tmp_path / "demo"), "-q", *args]) == 2
     err = capsys.readouterr().err
