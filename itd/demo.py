@@ -310,8 +310,8 @@ def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]
 
     if config.benchmark == "arithmetic":
         # the benchmark's operands come from the lower half of the range the training problems cover: the numeric
-        # rewriter draws new values up to twice the old ones, and rewrites outside what the twins learnt would
-        # measure their range, not their memory
+        # rewriter draws new values of the same digit count and magnitude, and rewrites outside what the twins
+        # learnt would measure their range, not their memory
         # three times the experiment: the experiment, the placebo and the probes' reference set come from it
         test = arithmetic_problems(3 * config.items, seed=config.seed, scale=0.5)
         train = arithmetic_problems(20 * config.items, seed=config.seed + 1, exclude={r["question"] for r in test})
