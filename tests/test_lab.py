@@ -348,7 +348,7 @@ def test_tiny_lab_is_a_loadable_ground_truth(tiny_lab, shared_data):
     ids = {s.id for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")}
     leaked, unseen = set(manifest["leaked"]), set(manifest["unseen"])
     assert len(leaked) >= 30 and len(unseen) >= 30 and not leaked & unseen and leaked | unseen <= ids
-    assert (manifest["preset"], manifest["seed"], manifest["repeats"], manifest["recipe"]) == ("tiny", 0, 6, "pretrain")
+    assert (manifest["preset"], manifest["seed"], manifest["repeats"], manifest["recipe"]) == ("tiny", 0, 20, "pretrain")
     assert manifest["rendering"]["resolved"] == ["question+answer"]
     assert manifest["config"]["resolved_preset"]["steps"] == manifest["training"]["base"]["steps"]
     assert manifest["config"]["resolved_preset"]["twin_steps"] == manifest["training"]["clean"]["steps"]
@@ -367,10 +367,11 @@ def test_tiny_lab_is_a_loadable_ground_truth(tiny_lab, shared_data):
         for twin in ("contaminated", "clean")
     }
     by_id = {s.id: s for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")}
-    assert all(corpus["contaminated"][render(by_id[i])] == 6 and corpus["clean"][render(by_id[i])] == 0 for i in leaked)
+    r = manifest["repeats"]
+    assert all(corpus["contaminated"][render(by_id[i])] == r and corpus["clean"][render(by_id[i])] == 0 for i in leaked)
     assert all(corpus["contaminated"][render(by_id[i])] == 0 for i in unseen)
     assert len(manifest["placebo"]) == len(leaked) and not set(manifest["placebo"]) & ids  # training items
-    assert manifest["training"]["contaminated"]["extra_exposures"] == 6 * len(leaked)
+    assert manifest["training"]["contaminated"]["extra_exposures"] == r * len(leaked)
 
 
 @pytest.mark.slow
