@@ -680,7 +680,7 @@ def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, m
 @click.option("--items", type=click.IntRange(20), default=200, show_default=True, help="Benchmark items in the experiment.")
 @click.option("--recipe", type=click.Choice(["finetune", "pretrain"]), default="finetune", show_default=True,
               help="How the leaked items reach the contaminated twin (see itd lab --help).")
-@click.option("--repeats", type=click.IntRange(min=0), help="Exposures of each leaked item [default: the demo's, 8].")
+@click.option("--repeats", type=click.IntRange(min=0), help="Exposures of each leaked item [default: the demo's, 16].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the data, the lab and every stage.")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout.")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,7 @@ _WORDS = (
 
 
 _TEMPLATES = 5
+_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 
 
 def _problem(rng: random.Random, kind: int, name: str, item: str, place: str) -> tuple[str, str]:
@@ -214,6 +215,7 @@ def build_demo(out: str | Path, *, items: int = 100, leaked_per_kind: int = 3, f
 # The learnable arithmetic benchmark and the whole story
 
 _ARITH_TEMPLATES = 5
+_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 
 
 def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str, scale: float = 1.0) -> tuple[str, str]:
@@ -229,8 +231,8 @@ def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str,
         s = f"{name} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.\nThen {a + b} - {c} = <<{a + b}-{c}={a + b - c}>>{a + b - c} are left.\n#### {a + b - c}"
     elif kind == 1:
         a, b = r(2, 9), r(2, 9)
-        q = f"{name} sells {a} {item} at the {place} for ${b} each. How much money does {name} make?"
-        s = f"{name} makes {a} * {b} = $<<{a}*{b}={a * b}>>{a * b}.\n#### {a * b}"
+        q = f"{name} sells {a} {item} at the {place} for ${b} each. How much money does {name} make from the {item}?"
+        s = f"{name} makes {a} * {b} = $<<{a}*{b}={a * b}>>{a * b} from the {item}.\n#### {a * b}"
     elif kind == 2:
         a, b = r(), r()
         q = f"{name} found {a} {item} in the morning and {b} {item} at the {place} in the afternoon. How many {item} did {name} find in all?"
@@ -242,24 +244,44 @@ def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str,
         s = f"There are {a} - {b} = <<{a}-{b}={a - b}>>{a - b} {item} left.\n#### {a - b}"
     else:
         a, k = r(2, 9), r(2, 9)
-        q = f"{name} read {a} pages on Monday and {k} times as many on Tuesday. How many pages did {name} read on both days?"
-        s = f"On Tuesday {name} read {a} * {k} = <<{a}*{k}={a * k}>>{a * k} pages.\nTogether that is {a} + {a * k} = <<{a}+{a * k}={a + a * k}>>{a + a * k} pages.\n#### {a + a * k}"
+        first, then = rng.sample(_DAYS, 2)
+        q = f"{name} packed {a} {item} at the {place} on {first} and {k} times as many on {then}. How many {item} did {name} pack on both days?"
+        s = f"On {then} {name} packed {a} * {k} = <<{a}*{k}={a * k}>>{a * k} {item}.\nTogether that is {a} + {a * k} = <<{a}+{a * k}={a + a * k}>>{a + a * k} {item}.\n#### {a + a * k}"
     return q, s
 
 
-def arithmetic_problems(n: int, seed: int = 0, *, exclude: Collection[str] = (), scale: float = 1.0) -> list[dict[str, str]]:
-    """`n` distinct learnable GSM8K-layout records `{"question", "answer"}` (none of whose questions is in
-    `exclude`), the templates taken in turn and names, items, places and numbers drawn with `seed`; `scale`
-    multiplies the operands' upper bounds."""
+def arithmetic_problems(n: int, seed: int = 0, *, exclude: Collection[str] = (), unlike: Iterable[Mapping[str, str]] = (),
+                        scale: float = 1.0) -> list[dict[str, str]]:
+    """`n` learnable GSM8K-layout records `{"question", "answer"}`, the templates taken in turn and names, items,
+    places and numbers drawn with `seed`; `scale` multiplies the operands' upper bounds. No two of them, and none
+    of them and a record of `unlike`, are near copies (share a run of 13 words, question and solution, as the
+    lab judges it: `itd.lab.near_copy_runs`), and no question is in `exclude`: a held-out problem is then
+    really unseen, and a placebo problem no closer to the benchmark than a leaked one."""
+    from itd.data import strip_calculator_annotations
+    from itd.lab import near_copy_runs
+
+    def runs(q: str, s: str) -> set[tuple[str, ...]]:
+        return near_copy_runs(q + "\n" + strip_calculator_annotations(s))
+
     rng = random.Random(seed)
     seen = set(exclude)
+    taken: set[tuple[str, ...]] = set()
+    for record in unlike:
+        taken |= runs(record["question"], record["answer"])
     out: list[dict[str, str]] = []
-    while len(out) < n:
+    for _ in range(200 * n + 1000):
+        if len(out) == n:
+            break
         kind = len(out) % _ARITH_TEMPLATES
         q, s = _arithmetic(rng, kind, rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_PLACES), scale)
-        if q not in seen:
+        grams = runs(q, s)
+        if q not in seen and taken.isdisjoint(grams):
             seen.add(q)
+            taken |= grams
             out.append({"question": q, "answer": s})
+    if len(out) < n:
+        raise InputError(f"cannot generate {n} arithmetic problems that are not near copies of each other "
+                         f"(got {len(out)}); ask for fewer, or a larger scale")
     return out
 
 
@@ -275,7 +297,7 @@ class DemoConfig:
     preset: str | None = None
     items: int = 200
     leak_rate: float = 0.3
-    repeats: int = 8
+    repeats: int = 16
     recipe: str = "finetune"
     seed: int = 0
     device: str = "auto"
@@ -301,7 +323,7 @@ class DemoConfig:
         # placebo comes from spare benchmark items: the clean twin's extra problems are then the leaked ones' kind
         return LabConfig(preset=preset, leak_rate=self.leak_rate, repeats=self.repeats, recipe=self.recipe,
                          seed=self.seed, device=self.device, overrides={"n_test_items": self.items, **overrides},
-                         placebo="benchmark" if self.benchmark == "arithmetic" else "auto")
+                         placebo="benchmark" if self.benchmark == "arithmetic" else "auto", loss_on="all")
 
 
 def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]:
@@ -314,7 +336,8 @@ def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]
         # learnt would measure their range, not their memory
         # three times the experiment: the experiment, the placebo and the probes' reference set come from it
         test = arithmetic_problems(3 * config.items, seed=config.seed, scale=0.5)
-        train = arithmetic_problems(20 * config.items, seed=config.seed + 1, exclude={r["question"] for r in test})
+        train = arithmetic_problems(20 * config.items, seed=config.seed + 1, exclude={r["question"] for r in test},
+                                    unlike=test)
         for name, records in (("test", test), ("train", train)):
             with atomic_write(data_dir / f"{name}.jsonl") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)

@@ -73,6 +73,7 @@ __all__ = [
     "LabResult",
     "split_items",
     "exposure_schedule",
+    "near_copy_runs",
     "build_corpus",
     "build_lab",
     "base_cache_dir",
@@ -207,8 +208,10 @@ class LabConfig:
     style a finetune leak copies (`prompt_style`), the number of twin pairs (`replicas`), where the placebo items
     come from (`placebo`: "train", the clean training items not used for the base; "benchmark", the benchmark
     items not drawn for the experiment, when those are the leaked items' distribution and the training items
-    are not; "auto": train when training items are given), the seed, the device ("auto": CUDA when available,
-    else CPU) and the rendering of items as corpus text."""
+    are not; "auto": train when training items are given), the weight of the extra rows in the loss
+    (`extra_weight`: the loss is the clean tokens' mean plus this weight times the extra rows' mean; None: the
+    recipe's, one token mean over both for pretrain, 1.0 for finetune), the seed, the device ("auto": CUDA
+    when available, else CPU) and the rendering of items as corpus text."""
 
     preset: str = "tiny"
     leak_rate: float = 0.3
@@ -221,6 +224,7 @@ class LabConfig:
     prompt_style: str = "plain"
     replicas: int = 1
     placebo: str = "auto"
+    extra_weight: float | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -233,6 +237,8 @@ class LabConfig:
             raise ValueError(f"leak_rate must be strictly between 0 and 1, got {self.leak_rate!r}")
         _check_int("repeats", self.repeats, 0)
         _check_int("replicas", self.replicas, 1)
+        if self.extra_weight is not None and not (_is_real(self.extra_weight) and self.extra_weight > 0):
+            raise ValueError(f"extra_weight must be a positive number or None, got {self.extra_weight!r}")
         _check_int("seed", self.seed, 0)
         if self.seed >= 2**63:
             raise ValueError(f"seed must be below 2**63, got {self.seed}")
@@ -266,6 +272,13 @@ class LabConfig:
         return dataclasses.replace(PRESETS.get(self.preset), **self.overrides)
 
     @property
+    def loss_weight(self) -> float | None:
+        """`extra_weight` resolved: None (one token mean) for pretrain, 1.0 for finetune, unless set."""
+        if self.extra_weight is not None:
+            return float(self.extra_weight)
+        return None if self.recipe == "pretrain" else 1.0
+
+    @property
     def trained_span(self) -> str:
         """The tokens of a leaked item that are trained: "all" or "answer" (`loss_on` resolved)."""
         if self.loss_on != "auto":
@@ -285,6 +298,7 @@ class LabConfig:
             "prompt_style": self.prompt_style,
             "replicas": self.replicas,
             "placebo": self.placebo,
+            "extra_weight": self.extra_weight,
             "overrides": dict(self.overrides),
             "resolved_preset": self.resolved_preset().to_dict(),
         }
@@ -398,12 +412,12 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     leaked = [pool[i] for i in sorted(order[p] for p in window)]
     unseen = [pool[i] for i in sorted(order[p] for p in range(n) if p not in window)]
     chosen = {render(s, config.rendering) for s in (*leaked, *unseen)}
-    chosen_grams = set().union(*(_word_ngrams(text) for text in chosen))
+    chosen_grams = set().union(*(near_copy_runs(text) for text in chosen))
     rest_of_benchmark = [pool[i] for i in sorted(order[n:].tolist())]
 
     def usable(samples: Sequence[Sample]) -> list[Sample]:
         return [s for s in samples if (text := render(s, config.rendering)) not in chosen
-                and chosen_grams.isdisjoint(_word_ngrams(text))]
+                and chosen_grams.isdisjoint(near_copy_runs(text))]
 
     candidates = rest_of_benchmark if train is None else list(train)
     kept = usable(candidates)
@@ -431,7 +445,8 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
                     dropped, replica)
 
 
-def _word_ngrams(text: str) -> set[tuple[str, ...]]:
+def near_copy_runs(text: str) -> set[tuple[str, ...]]:
+    """The runs of 13 words (lowercased) of `text`: two texts sharing one are near copies for the lab."""
     words = _WORD.findall(text.lower())
     return {tuple(words[i : i + _NEAR_N]) for i in range(len(words) - _NEAR_N + 1)}
 
@@ -633,9 +648,10 @@ def _token_losses(torch: Any, model: Any, ids: Any, autocast: Any, attention: An
 
 
 def _run_steps(torch: Any, model: Any, optimizer: Any, device: Any, clean: Any, extras: Sequence[_Extra | None],
-               lr_at: Callable[[int], float], pooled: bool, progress: Progress | None, stage: str) -> list[float]:
+               lr_at: Callable[[int], float], weight: float | None, progress: Progress | None, stage: str) -> list[float]:
     """Train `len(extras)` steps: each on the next clean block plus that step's extra rows (if any). The loss is
-    one token mean over clean and extra tokens (`pooled`), or the clean mean plus the extra rows' mean."""
+    one token mean over clean and extra tokens (`weight` None), or the clean mean plus `weight` times the extra
+    rows' mean."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     losses: list[float] = []
     model.train()
@@ -652,10 +668,10 @@ def _run_steps(torch: Any, model: Any, optimizer: Any, device: Any, clean: Any, 
             mask = torch.from_numpy(extra.mask[:, 1:]).to(device)
             extra_tok = _token_losses(torch, model, x, autocast, torch.from_numpy(extra.attention).to(device))
             extra_sum, extra_n = (extra_tok * mask).sum(), int(mask.sum())
-            if pooled:
+            if weight is None:
                 loss = (clean_sum + extra_sum) / (clean_n + extra_n)
             else:
-                loss = clean_sum / clean_n + extra_sum / max(1, extra_n)
+                loss = clean_sum / clean_n + weight * extra_sum / max(1, extra_n)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -725,7 +741,7 @@ def _train_base(docs: Sequence[str], preset: LabPreset, seed: int, device: Any, 
         optimizer = _optimizer(torch, model, preset)
         clean = _batches(encoded, tokenizer.eos_token_id, preset.seq_len, preset.batch_size, [seed, 3])
         losses = _run_steps(torch, model, optimizer, device, clean, [None] * preset.steps,
-                            lambda s: _cosine(s, preset.steps, preset.lr, warm), True, progress, "base")
+                            lambda s: _cosine(s, preset.steps, preset.lr, warm), None, progress, "base")
     with _quiet_transformers(transformers):
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)
@@ -809,8 +825,8 @@ def _train_twin(base: Path, preset: LabPreset, config: LabConfig, device: Any, d
     rows = [_extra_rows([extra[i] for i in items], tokenizer.pad_token_id) for items in schedule]
     with _deterministic(torch, device, config.seed):
         losses = _run_steps(torch, model, optimizer, device, clean, rows,
-                            lambda s: _cosine(s, preset.twin_steps, preset.twin_lr), config.recipe == "pretrain",
-                            progress, stage)
+                            lambda s: _cosine(s, preset.twin_steps, preset.twin_lr), config.loss_weight, progress,
+                            stage)
     extra_tokens = sum(int(m.sum()) for items in schedule for m in (extra[i][1] for i in items))
     tokens = preset.twin_steps * preset.batch_size * preset.seq_len
     record = _record(losses, preset.twin_steps, tokens, sum(len(d) + 1 for d in encoded), start)
