@@ -47,10 +47,20 @@ def _err_console():
     return Console(stderr=True)
 
 
+_PIPE_WIDTH = 10_000  # "as wide as the content": tables written to a file or pipe are never wrapped or cut
+
+
 def _out_console():
+    """The results console on stdout: the terminal's width on a terminal; redirected, as wide as the content
+    (unless COLUMNS says otherwise), so `itd run ... > run.out` keeps every cell whole."""
+    import os
+
     from rich.console import Console
 
-    return Console(file=sys.stdout)
+    console = Console(file=sys.stdout)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = _PIPE_WIDTH
+    return console
 
 
 def _progress_bars(*columns: Any):
@@ -99,6 +109,7 @@ def _rewrite_log_path(out: str, log_path: str | None) -> str:
 
 
 def _print_report(report, *, title: str, top: int = 10) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = _out_console()
@@ -112,23 +123,26 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
     if not flagged:
         return
     _print_breakdown(report, top)
-    table = Table(title=f"Top matches ({min(top, len(flagged))} of {len(flagged)})")
-    for col in ("id", "label", "raw q/a", "numnorm q/a", "fuzzy", "best evidence"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"Top matches ({min(top, len(flagged))} of {len(flagged)})",
+                  caption="n-gram coverage: share of the question/answer tokens found in the corpus (verbatim, and "
+                          "with numbers masked); similarity: rapidfuzz, 0-100; -: that detector found nothing")
+    for col in ("id", "label", "n-gram coverage q/a", "same, numbers masked", "minhash similarity",
+                "best evidence: document [characters] similarity (detector)"):
+        table.add_column(escape(col), overflow="fold")
     ranked = sorted(flagged, key=lambda r: -max((e.score for e in r.evidence), default=0.0))
     for r in ranked[:top]:
         rec = r.to_dict()
         cov = rec.get("coverage", {})
         fmt = lambda c: f"{c['question']:.2f}/{c['answer']:.2f}" if c else "-"  # noqa: E731
-        fuzzy = rec.get("fuzzy")
+        fuzzy = max((rec.get("fuzzy") or {}).values(), default=0.0)  # the minhash detector's best candidate
         ev = r.evidence[0] if r.evidence else None
         table.add_row(
-            r.sample.id,
+            escape(r.sample.id),
             r.label,
             fmt(cov.get("raw")),
             fmt(cov.get("numnorm")),
-            f"{max(fuzzy.values()):.0f}" if fuzzy else "-",
-            f"{Path(ev.doc).name} [{ev.start}:{ev.end}] {ev.score:.0f}" if ev else "-",
+            f"{fuzzy:.0f}" if fuzzy > 0 else "-",
+            escape(f"{Path(ev.doc).name} [{ev.start}:{ev.end}] {ev.score:.0f} ({ev.detector})") if ev else "-",
         )
     out.print(table)
 
@@ -258,13 +272,26 @@ def _parse_detectors(value: str) -> tuple[str, ...]:
     return tuple(v for v in (p.strip() for p in value.split(",")) if v)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Command(click.Command):
+    """A command whose one-line description in `itd --help` is never cut short with "..."."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return super().get_short_help_str(limit=1 << 16)
+
+
+class _Group(click.Group, _Command):
+    command_class = _Command
+    group_class = type  # subgroups (`itd index`) are _Groups too
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
+                                          "max_content_width": 120})
 @click.version_option(__version__, prog_name="itd")
 def cli() -> None:
     """itd: find benchmark items that leaked into training data, with evidence."""
 
 
-@cli.command()
+@cli.command(short_help="Find benchmark items in a training corpus, with evidence.")
 @click.argument("benchmarks", nargs=-1, required=True, type=click.Path())
 @click.option("--corpus", "-c", multiple=True, required=True, help="Corpus file, directory or glob (repeatable).")
 @click.option("--detector", "detectors", default="ngram,minhash", help="Comma-separated detectors.")
@@ -404,7 +431,7 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 
-@cli.group()
+@cli.group(short_help="Build (or verify) a corpus n-gram index for itd check.")
 def index() -> None:
     """Build a persistent corpus n-gram index (for `itd check`)."""
 
@@ -462,7 +489,7 @@ def index_verify(path):
     return EXIT_CLEAN
 
 
-@cli.command()
+@cli.command(short_help="Check eval-set files against a corpus index (the pre-commit hook).")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--index", "index_path", required=True, type=click.Path(), help="Index directory from `itd index build`.")
 @click.option("--format", "fmt", default="auto", help="Eval-set format (auto, gsm8k, mmlu, jsonl, csv).")
@@ -627,7 +654,7 @@ def _print_ground_truth(gt: dict, title: str) -> None:
     out.print(arms)
 
 
-@cli.command("run")
+@cli.command("run", short_help="The whole pipeline from a TOML config, resumable.")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: <config>-run, or itd-run).")
 @click.option("--benchmark", help="benchmark.path: the benchmark file or directory.")
@@ -671,7 +698,7 @@ def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, m
     return EXIT_FOUND if result.contaminated else EXIT_CLEAN
 
 
-@cli.command()
+@cli.command(short_help="The whole story offline, on a generated benchmark and lab twins.")
 @click.option("--benchmark", type=click.Choice(["arithmetic", "gsm8k", "mmlu"]), default="arithmetic", show_default=True,
               help="The embedded arithmetic benchmark, or real GSM8K / MMLU files under --data.")
 @click.option("--data", type=click.Path(file_okay=False), help="Directory of the real files (gsm8k: test.jsonl, train.jsonl; mmlu: test/).")
@@ -770,7 +797,7 @@ def _print_detection(report) -> None:
     out.print(f"verdict: {verdict}")
 
 
-@cli.command()
+@cli.command(short_help="Score a benchmark's items under a model and flag the leaked ones.")
 @click.argument("benchmark", type=click.Path())
 @click.option("--model", "-m", required=True, help="Hugging Face model name or local model directory.")
 @click.option("--reference-set", type=click.Path(), help="Clean items the model cannot have seen, in the same format.")
@@ -843,7 +870,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 
-@cli.command()
+@cli.command(short_help="Train twin models with a known leak (ground truth).")
 @click.option("--benchmark", "-b", required=True, type=click.Path(), help="Benchmark file or directory whose items are leaked or held out.")
 @click.option("--train", "train_path", type=click.Path(), help="Clean in-domain text: a benchmark file or directory (e.g. the GSM8K train split). Default: the benchmark items not drawn for the experiment.")
 @click.option("--format", "fmt", default="auto", help="Format of --benchmark and --train (auto, gsm8k, mmlu, jsonl, csv).")
@@ -959,7 +986,7 @@ def _print_rewrite(report, out: str, log: str) -> None:
     console.print(f"rewritten set: {out}\nper-item log: {log}")
 
 
-@cli.command()
+@cli.command(short_help="Rewrite flagged items into verified variants.")
 @click.argument("benchmark", type=click.Path())
 @click.option("--method", required=True, help="Rewriter: numeric (GSM8K numbers), permute (MCQ option order), llm (paraphrase).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="The rewritten set, in the source layout (a directory for a directory input).")
