@@ -87,6 +87,53 @@ def _byte_progress(label: str, enabled: bool = True) -> Iterator[Any]:
         yield update
 
 
+_FIT_LABELS = {"semantic": "embedding the benchmark (semantic)"}
+
+
+@contextlib.contextmanager
+def _scan_progress(enabled: bool = True) -> Iterator[tuple[Any, Any]]:
+    """The progress of a corpus scan on stderr: a bar over the bytes read, and one over the work of a detector
+    whose fitting takes long (the semantic detector embedding the benchmark: texts), each with its total; yields
+    the `(done, total)` byte callback and the `(detector, done, total)` fit callback."""
+    if not enabled:
+        yield None, None
+        return
+    from rich.progress import DownloadColumn, ProgressColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.text import Text
+
+    class Counted(ProgressColumn):
+        """`bytes_column` for the corpus bar; for a bar with a `unit`, `done/total unit` (or `n unit/s`)."""
+
+        def __init__(self, bytes_column: ProgressColumn, speed: bool = False):
+            super().__init__()
+            self.bytes_column, self.speed = bytes_column, speed
+
+        def render(self, task: Any) -> Text:
+            unit = task.fields.get("unit")
+            if unit is None:
+                return self.bytes_column.render(task)
+            if self.speed:
+                return Text("" if task.speed is None else f"{task.speed:,.0f} {unit}/s", style="progress.data.speed")
+            total = "?" if task.total is None else f"{int(task.total):,}"
+            return Text(f"{int(task.completed):,}/{total} {unit}", style="progress.download")
+
+    with _progress_bars(Counted(DownloadColumn()), Counted(TransferSpeedColumn(), speed=True), TimeRemainingColumn()) as bar:
+        fits: dict[str, Any] = {}
+        corpus: list[Any] = []
+
+        def on_fit(detector: str, done: int, total: int) -> None:
+            if detector not in fits:
+                fits[detector] = bar.add_task(_FIT_LABELS.get(detector, f"fitting {detector}"), total=total, unit="texts")
+            bar.update(fits[detector], completed=done, total=total)
+
+        def on_bytes(done: int, total: int) -> None:
+            if not corpus:
+                corpus.append(bar.add_task("scanning corpus", total=total))
+            bar.update(corpus[0], completed=done, total=total)
+
+        yield on_bytes, on_fit
+
+
 def _load(path: str, fmt: str):
     from itd.data import load_benchmark
 
@@ -126,7 +173,8 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
     table = Table(title=f"Top matches ({min(top, len(flagged))} of {len(flagged)})",
                   caption="n-gram coverage: share of the question/answer tokens found in the corpus (verbatim, and "
                           "with numbers masked); similarity: rapidfuzz, 0-100; -: that detector found nothing")
-    for col in ("id", "label", "n-gram coverage q/a", "same, numbers masked", "minhash similarity",
+    minhash = "minhash" in (report.config.get("detectors") or ())
+    for col in ("id", "label", "n-gram coverage q/a", "same, numbers masked", *(["minhash similarity"] * minhash),
                 "best evidence: document [characters] similarity (detector)"):
         table.add_column(escape(col), overflow="fold")
     ranked = sorted(flagged, key=lambda r: -max((e.score for e in r.evidence), default=0.0))
@@ -141,7 +189,7 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
             r.label,
             fmt(cov.get("raw")),
             fmt(cov.get("numnorm")),
-            f"{fuzzy:.0f}" if fuzzy > 0 else "-",
+            *([f"{fuzzy:.0f}" if fuzzy > 0 else "-"] * minhash),
             escape(f"{Path(ev.doc).name} [{ev.start}:{ev.end}] {ev.score:.0f} ({ev.detector})") if ev else "-",
         )
     out.print(table)
@@ -383,8 +431,9 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
         clean_dir.parent.mkdir(parents=True, exist_ok=True)
         matches_file = str(Path(spool.enter_context(tempfile.TemporaryDirectory(dir=clean_dir.parent, prefix=".itd-matches-"))) / "matches.jsonl")
     with spool:
-        with _byte_progress("scanning corpus", not quiet) as progress:
-            reports = scan_many(loaded, list(corpus), config, progress=progress, matches_out=matches_file)
+        with _scan_progress(not quiet) as (progress, fit_progress):
+            reports = scan_many(loaded, list(corpus), config, progress=progress, matches_out=matches_file,
+                                fit_progress=fit_progress)
         # every benchmark's results together, for the outputs that cover the whole pass
         report = reports[0] if len(reports) == 1 else ScanReport([r for rep in reports for r in rep.results], reports[0].config, reports[0].stats)
         if write_clean_corpus:
