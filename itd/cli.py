@@ -542,19 +542,30 @@ def index_verify(path):
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--index", "index_path", required=True, type=click.Path(), help="Index directory from `itd index build`.")
 @click.option("--format", "fmt", default="auto", help="Eval-set format (auto, gsm8k, mmlu, jsonl, csv).")
+@click.option("--skip-non-benchmark/--no-skip-non-benchmark", default=False,
+              help="Skip files that are not shaped like a benchmark (predictions, results: no benchmark layout, no "
+                   "'question' field or column), one stderr line each, instead of failing on them (exit 2). "
+                   "The pre-commit hook skips them.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def check(files, index_path, fmt, as_json):
+def check(files, index_path, fmt, skip_non_benchmark, as_json):
     """Check eval-set FILES against an index; exit 1 if any item appears in the indexed corpus (an index of 0
     documents is refused: exit 2)."""
     from rich.filesize import decimal
 
+    from itd.data import not_a_benchmark
     from itd.index import NGramIndex
     from itd.index import check as run_check
 
     idx = NGramIndex(index_path)
     found: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     items = unchecked = 0
     for f in files:
+        why = not_a_benchmark(f, fmt) if skip_non_benchmark else None
+        if why:
+            skipped.append({"file": f, "reason": why})
+            click.echo(f"{f}: skipped, not a benchmark: {why}", err=True)
+            continue
         report = run_check(_load(f, fmt), idx)
         items += report.stats["items"]
         unchecked += report.stats["unchecked"]
@@ -562,9 +573,10 @@ def check(files, index_path, fmt, as_json):
             rec = r.to_dict()
             found.append({"file": f, "id": rec["id"], "line": rec["source"]["line"] if rec["source"] else None, "label": rec["label"], "coverage": rec["coverage"]})
     corpus = idx.corpus()
+    checked = len(files) - len(skipped)
     if as_json:
-        _echo_json({"files": list(files), "items": items, "unchecked": unchecked, "index": corpus,
-                    "contaminated": found})
+        _echo_json({"files": [f for f in files if f not in {s["file"] for s in skipped}], "items": items,
+                    "unchecked": unchecked, "skipped": skipped, "index": corpus, "contaminated": found})
         return EXIT_FOUND if found else EXIT_CLEAN
     for rec in found:
         c = rec["coverage"]
@@ -574,10 +586,11 @@ def check(files, index_path, fmt, as_json):
         )
     verdict = f": {_plural(len(found), 'item')} found" if found else " clean"
     click.echo(
-        f"{_plural(len(files), 'file')}{verdict}; checked {_plural(items, 'item')}"
+        f"{_plural(checked, 'file')}{verdict}; checked {_plural(items, 'item')}"
         + (f" ({unchecked:,} too short to check)" if unchecked else "")
         + f" against an index of {_plural(corpus['documents'], 'document')} ({decimal(corpus['bytes'] or 0)}) from "
         f"{_plural(corpus['files'], 'file')}; {_plural(corpus['skipped_lines'], 'line')} skipped when it was built"
+        + (f"; {_plural(len(skipped), 'other file')} skipped, not benchmarks" if skipped else "")
     )
     return EXIT_FOUND if found else EXIT_CLEAN
 
