@@ -60,9 +60,10 @@ def main() -> None:
         docs += [gsm8k_test[i]["question"] for i in (3, 50, 99, 400, 700)]
         corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
         env = {**os.environ, "PRE_COMMIT_HOME": str(tmp / "cache"), "NO_COLOR": "1"}
+        here = {**env, "PYTHONPATH": str(C.ROOT)}  # this checkout's itd, for the index and the baseline
         itd = [sys.executable, "-m", "itd"]
         subprocess.run([*itd, "index", "build", "--corpus", str(corpus), "--out", str(repo / "corpus.idx"), "-q"],
-                       check=True, env=env, capture_output=True)
+                       check=True, env=here, capture_output=True)
         (repo / "gsm8k_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gsm8k_test[:1000]), encoding="utf-8")
         (repo / "predictions.jsonl").write_text("".join(json.dumps({"id": f"gsm8k_test:{i}", "prediction": "42"}) + "\n"
                                                         for i in range(1, 1001)), encoding="utf-8")
@@ -95,8 +96,7 @@ def main() -> None:
         for _ in range(args.reps):
             t, hook_proc = timed(["pre-commit", "run", "--all-files"], repo, env)
             hook_runs.append(t)
-            t, direct_proc = timed([*itd, "check", "--skip-non-benchmark", "--index", "corpus.idx", *files], repo,
-                                   {**env, "PYTHONPATH": str(C.ROOT)})
+            t, direct_proc = timed([*itd, "check", "--skip-non-benchmark", "--index", "corpus.idx", *files], repo, here)
             direct_runs.append(t)
 
         extra = subprocess.run([str(py), "-m", "pip", "install", "-q", "datasketch>=2.0"], capture_output=True, text=True)
