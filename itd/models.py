@@ -37,7 +37,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence, TypeAlias, Union, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, TypeAlias, Union
 
 import numpy as np
 
@@ -149,7 +149,6 @@ class LoadedModel:
         return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
 
 
-@runtime_checkable
 class ScoringModel(Protocol):
     """What the probes need of a model: a Hugging Face-style causal LM (`model`) with its `tokenizer`, the device
     its inputs go to, its dtype and context length, and an optional results `store`. `LoadedModel` (from
@@ -178,9 +177,15 @@ ModelRef: TypeAlias = Union[ScoringModel, str, "os.PathLike[str]"]
 
 def resolve_model(model: ModelRef, **load: Any) -> ScoringModel:
     """`model` itself when it is loaded, else `load_model(model, **load)`; anything else is an `InputError`."""
+    import inspect
+
     if isinstance(model, (str, os.PathLike)):
         return load_model(model, **load)
-    if not isinstance(model, ScoringModel):
+    missing = object()
+    members = ("model", "tokenizer", "name", "device", "dtype", "context_length", "store", "spec", "replicas",
+               "fingerprint", "prefix_token_id")
+    # looked up statically: reading `fingerprint` may stat every weight file
+    if any(inspect.getattr_static(model, m, missing) is missing for m in members):
         raise InputError(f"cannot score with a {type(model).__name__}: give a model name or directory, a "
                          "LoadedModel (itd.models.load_model or wrap_model) or an object with its members")
     return model
