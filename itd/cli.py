@@ -375,7 +375,7 @@ def cli() -> None:
 @click.option("--judge-base-url", help="semantic: the judge's endpoint, e.g. http://localhost:8000/v1 [default: OpenAI].")
 @click.option("--judge-api-key-env", default="ITD_API_KEY,OPENAI_API_KEY", help="semantic: environment variables tried for the judge's API key.")
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
-@click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
+@click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $ITD_CACHE_DIR, else $XDG_CACHE_HOME/itd/llm, else ~/.cache/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
 def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, write_clean_corpus, clean_policy, write_clean, write_clean_mode, as_json, quiet, **semantic):
     """Scan CORPUS for the items of each BENCHMARK (several: one read of the corpus, labels per benchmark); exit
@@ -1066,7 +1066,7 @@ def _print_rewrite(report, out: str, log: str) -> None:
 @click.option("--timeout", type=FiniteFloat(0, min_open=True), default=60.0, help="llm: seconds per request.")
 @click.option("--max-retries", type=click.IntRange(0, 20), default=5, help="llm: retries on 408/409/429/5xx and connection errors.")
 @click.option("--response-format", default="json_object", help="llm: json_schema, json_object or none.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="llm: reply cache [default: $XDG_CACHE_HOME/itd/llm].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="llm: reply cache [default: $ITD_CACHE_DIR, else $XDG_CACHE_HOME/itd/llm, else ~/.cache/itd/llm].")
 @click.option("--no-cache", is_flag=True, help="llm: do not read or write the reply cache.")
 @click.option("--math-prompt", type=click.Path(dir_okay=False), help="llm: prompt file replacing the packaged math prompt.")
 @click.option("--mcq-prompt", type=click.Path(dir_okay=False), help="llm: prompt file replacing the packaged multiple-choice prompt.")
