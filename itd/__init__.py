@@ -7,6 +7,8 @@ Library entry points: `load_benchmark`, `write_benchmark`, `scan`, `build_index`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -65,6 +67,20 @@ _LAZY = {
 }
 
 
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
+    from itd.data import Sample, Source, load_benchmark, write_benchmark
+    from itd.detection import DetectConfig, DetectionReport, detect
+    from itd.errors import InputError
+    from itd.evaluation import EvalConfig, EvalResult, compare, evaluate
+    from itd.index import build_index, check
+    from itd.lab import LabConfig, build_lab
+    from itd.models import load_model
+    from itd.pipeline import Pipeline, PipelineConfig
+    from itd.report import ScanReport
+    from itd.rewriting import RewriteReport, rewrite
+    from itd.scan import ScanConfig, scan
+
+
 def __getattr__(name: str):
     # Lazy so that `import itd` (and the pre-commit check) stays light.
     if name in _LAZY:
@@ -72,3 +88,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'itd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's own names and the lazily imported public API, so `dir(itd)`, `help(itd)` and completion list it."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

@@ -9,12 +9,16 @@ the evaluation step, on the rewritten set.
 from __future__ import annotations
 
 import os
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
 from itd.data import Sample
 from itd.errors import InputError
+
+if TYPE_CHECKING:
+    from itd.detection import DetectConfig
+    from itd.models import ModelRef
 
 __all__ = ["Assurance", "ModelAssurance", "CorpusAssurance"]
 
@@ -40,14 +44,16 @@ class ModelAssurance:
 
     name = "model"
 
-    def __init__(self, model, reference: Sequence[Sample] | None = None, config=None):
+    def __init__(self, model: ModelRef, reference: Sequence[Sample] | None = None, config: DetectConfig | None = None):
+        """`model`: the evaluated model, loaded (`itd.models.ScoringModel`) or a name/path to load; `reference`:
+        clean items for p-values, or `config.threshold` without them."""
         from itd.detection import DetectConfig
-        from itd.models import LoadedModel, load_model
+        from itd.models import resolve_model
 
         self.config = config or DetectConfig()
         if not reference and self.config.threshold is None:
             raise InputError("model assurance needs a clean reference set (--reference-set) or a --threshold")
-        self.lm = model if isinstance(model, LoadedModel) else load_model(model)
+        self.lm = resolve_model(model)
         self.reference = list(reference or ())
         self._ref: np.ndarray | None = None
 

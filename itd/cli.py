@@ -47,10 +47,20 @@ def _err_console():
     return Console(stderr=True)
 
 
+_PIPE_WIDTH = 10_000  # "as wide as the content": tables written to a file or pipe are never wrapped or cut
+
+
 def _out_console():
+    """The results console on stdout: the terminal's width on a terminal; redirected, as wide as the content
+    (unless COLUMNS says otherwise), so `itd run ... > run.out` keeps every cell whole."""
+    import os
+
     from rich.console import Console
 
-    return Console(file=sys.stdout)
+    console = Console(file=sys.stdout)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = _PIPE_WIDTH
+    return console
 
 
 def _progress_bars(*columns: Any):
@@ -77,6 +87,53 @@ def _byte_progress(label: str, enabled: bool = True) -> Iterator[Any]:
         yield update
 
 
+_FIT_LABELS = {"semantic": "embedding the benchmark (semantic)"}
+
+
+@contextlib.contextmanager
+def _scan_progress(enabled: bool = True) -> Iterator[tuple[Any, Any]]:
+    """The progress of a corpus scan on stderr: a bar over the bytes read, and one over the work of a detector
+    whose fitting takes long (the semantic detector embedding the benchmark: texts), each with its total; yields
+    the `(done, total)` byte callback and the `(detector, done, total)` fit callback."""
+    if not enabled:
+        yield None, None
+        return
+    from rich.progress import DownloadColumn, ProgressColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.text import Text
+
+    class Counted(ProgressColumn):
+        """`bytes_column` for the corpus bar; for a bar with a `unit`, `done/total unit` (or `n unit/s`)."""
+
+        def __init__(self, bytes_column: ProgressColumn, speed: bool = False):
+            super().__init__()
+            self.bytes_column, self.speed = bytes_column, speed
+
+        def render(self, task: Any) -> Text:
+            unit = task.fields.get("unit")
+            if unit is None:
+                return self.bytes_column.render(task)
+            if self.speed:
+                return Text("" if task.speed is None else f"{task.speed:,.0f} {unit}/s", style="progress.data.speed")
+            total = "?" if task.total is None else f"{int(task.total):,}"
+            return Text(f"{int(task.completed):,}/{total} {unit}", style="progress.download")
+
+    with _progress_bars(Counted(DownloadColumn()), Counted(TransferSpeedColumn(), speed=True), TimeRemainingColumn()) as bar:
+        fits: dict[str, Any] = {}
+        corpus: list[Any] = []
+
+        def on_fit(detector: str, done: int, total: int) -> None:
+            if detector not in fits:
+                fits[detector] = bar.add_task(_FIT_LABELS.get(detector, f"fitting {detector}"), total=total, unit="texts")
+            bar.update(fits[detector], completed=done, total=total)
+
+        def on_bytes(done: int, total: int) -> None:
+            if not corpus:
+                corpus.append(bar.add_task("scanning corpus", total=total))
+            bar.update(corpus[0], completed=done, total=total)
+
+        yield on_bytes, on_fit
+
+
 def _load(path: str, fmt: str):
     from itd.data import load_benchmark
 
@@ -99,6 +156,7 @@ def _rewrite_log_path(out: str, log_path: str | None) -> str:
 
 
 def _print_report(report, *, title: str, top: int = 10) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = _out_console()
@@ -112,23 +170,27 @@ def _print_report(report, *, title: str, top: int = 10) -> None:
     if not flagged:
         return
     _print_breakdown(report, top)
-    table = Table(title=f"Top matches ({min(top, len(flagged))} of {len(flagged)})")
-    for col in ("id", "label", "raw q/a", "numnorm q/a", "fuzzy", "best evidence"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"Top matches ({min(top, len(flagged))} of {len(flagged)})",
+                  caption="n-gram coverage: share of the question/answer tokens found in the corpus (verbatim, and "
+                          "with numbers masked); similarity: rapidfuzz, 0-100; -: that detector found nothing")
+    minhash = "minhash" in (report.config.get("detectors") or ())
+    for col in ("id", "label", "n-gram coverage q/a", "same, numbers masked", *(["minhash similarity"] * minhash),
+                "best evidence: document [characters] similarity (detector)"):
+        table.add_column(escape(col), overflow="fold")
     ranked = sorted(flagged, key=lambda r: -max((e.score for e in r.evidence), default=0.0))
     for r in ranked[:top]:
         rec = r.to_dict()
         cov = rec.get("coverage", {})
         fmt = lambda c: f"{c['question']:.2f}/{c['answer']:.2f}" if c else "-"  # noqa: E731
-        fuzzy = rec.get("fuzzy")
+        fuzzy = max((rec.get("fuzzy") or {}).values(), default=0.0)  # the minhash detector's best candidate
         ev = r.evidence[0] if r.evidence else None
         table.add_row(
-            r.sample.id,
+            escape(r.sample.id),
             r.label,
             fmt(cov.get("raw")),
             fmt(cov.get("numnorm")),
-            f"{max(fuzzy.values()):.0f}" if fuzzy else "-",
-            f"{Path(ev.doc).name} [{ev.start}:{ev.end}] {ev.score:.0f}" if ev else "-",
+            *([f"{fuzzy:.0f}" if fuzzy > 0 else "-"] * minhash),
+            escape(f"{Path(ev.doc).name} [{ev.start}:{ev.end}] {ev.score:.0f} ({ev.detector})") if ev else "-",
         )
     out.print(table)
 
@@ -258,13 +320,26 @@ def _parse_detectors(value: str) -> tuple[str, ...]:
     return tuple(v for v in (p.strip() for p in value.split(",")) if v)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Command(click.Command):
+    """A command whose one-line description in `itd --help` is never cut short with "..."."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return super().get_short_help_str(limit=1 << 16)
+
+
+class _Group(click.Group, _Command):
+    command_class = _Command
+    group_class = type  # subgroups (`itd index`) are _Groups too
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
+                                          "max_content_width": 120})
 @click.version_option(__version__, prog_name="itd")
 def cli() -> None:
     """itd: find benchmark items that leaked into training data, with evidence."""
 
 
-@cli.command()
+@cli.command(short_help="Find benchmark items in a training corpus, with evidence.")
 @click.argument("benchmarks", nargs=-1, required=True, type=click.Path())
 @click.option("--corpus", "-c", multiple=True, required=True, help="Corpus file, directory or glob (repeatable).")
 @click.option("--detector", "detectors", default="ngram,minhash", help="Comma-separated detectors.")
@@ -300,7 +375,7 @@ def cli() -> None:
 @click.option("--judge-base-url", help="semantic: the judge's endpoint, e.g. http://localhost:8000/v1 [default: OpenAI].")
 @click.option("--judge-api-key-env", default="ITD_API_KEY,OPENAI_API_KEY", help="semantic: environment variables tried for the judge's API key.")
 @click.option("--judge-min-similarity", type=FiniteFloat(-1, 1), default=0.75, help="semantic: cosine a candidate needs to be sent to the judge.")
-@click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $XDG_CACHE_HOME/itd/llm].")
+@click.option("--judge-cache-dir", type=click.Path(file_okay=False), help="semantic: judge reply cache [default: $ITD_CACHE_DIR, else $XDG_CACHE_HOME/itd/llm, else ~/.cache/itd/llm].")
 @click.option("--judge-concurrency", type=click.IntRange(1, 1024), default=8, help="semantic: judge requests in flight.")
 def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_threshold, fuzzy_min_score, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, out, write_matches, write_clean_corpus, clean_policy, write_clean, write_clean_mode, as_json, quiet, **semantic):
     """Scan CORPUS for the items of each BENCHMARK (several: one read of the corpus, labels per benchmark); exit
@@ -356,8 +431,9 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
         clean_dir.parent.mkdir(parents=True, exist_ok=True)
         matches_file = str(Path(spool.enter_context(tempfile.TemporaryDirectory(dir=clean_dir.parent, prefix=".itd-matches-"))) / "matches.jsonl")
     with spool:
-        with _byte_progress("scanning corpus", not quiet) as progress:
-            reports = scan_many(loaded, list(corpus), config, progress=progress, matches_out=matches_file)
+        with _scan_progress(not quiet) as (progress, fit_progress):
+            reports = scan_many(loaded, list(corpus), config, progress=progress, matches_out=matches_file,
+                                fit_progress=fit_progress)
         # every benchmark's results together, for the outputs that cover the whole pass
         report = reports[0] if len(reports) == 1 else ScanReport([r for rep in reports for r in rep.results], reports[0].config, reports[0].stats)
         if write_clean_corpus:
@@ -404,7 +480,7 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 
-@cli.group()
+@cli.group(short_help="Build (or verify) a corpus n-gram index for itd check.")
 def index() -> None:
     """Build a persistent corpus n-gram index (for `itd check`)."""
 
@@ -462,23 +538,34 @@ def index_verify(path):
     return EXIT_CLEAN
 
 
-@cli.command()
+@cli.command(short_help="Check eval-set files against a corpus index (the pre-commit hook).")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--index", "index_path", required=True, type=click.Path(), help="Index directory from `itd index build`.")
 @click.option("--format", "fmt", default="auto", help="Eval-set format (auto, gsm8k, mmlu, jsonl, csv).")
+@click.option("--skip-non-benchmark/--no-skip-non-benchmark", default=False,
+              help="Skip files that are not shaped like a benchmark (predictions, results: no benchmark layout, no "
+                   "'question' field or column), one stderr line each, instead of failing on them (exit 2). "
+                   "The pre-commit hook skips them.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def check(files, index_path, fmt, as_json):
+def check(files, index_path, fmt, skip_non_benchmark, as_json):
     """Check eval-set FILES against an index; exit 1 if any item appears in the indexed corpus (an index of 0
     documents is refused: exit 2)."""
     from rich.filesize import decimal
 
+    from itd.data import not_a_benchmark
     from itd.index import NGramIndex
     from itd.index import check as run_check
 
     idx = NGramIndex(index_path)
     found: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     items = unchecked = 0
     for f in files:
+        why = not_a_benchmark(f, fmt) if skip_non_benchmark else None
+        if why:
+            skipped.append({"file": f, "reason": why})
+            click.echo(f"{f}: skipped, not a benchmark: {why}", err=True)
+            continue
         report = run_check(_load(f, fmt), idx)
         items += report.stats["items"]
         unchecked += report.stats["unchecked"]
@@ -486,9 +573,10 @@ def check(files, index_path, fmt, as_json):
             rec = r.to_dict()
             found.append({"file": f, "id": rec["id"], "line": rec["source"]["line"] if rec["source"] else None, "label": rec["label"], "coverage": rec["coverage"]})
     corpus = idx.corpus()
+    checked = len(files) - len(skipped)
     if as_json:
-        _echo_json({"files": list(files), "items": items, "unchecked": unchecked, "index": corpus,
-                    "contaminated": found})
+        _echo_json({"files": [f for f in files if f not in {s["file"] for s in skipped}], "items": items,
+                    "unchecked": unchecked, "skipped": skipped, "index": corpus, "contaminated": found})
         return EXIT_FOUND if found else EXIT_CLEAN
     for rec in found:
         c = rec["coverage"]
@@ -498,10 +586,11 @@ def check(files, index_path, fmt, as_json):
         )
     verdict = f": {_plural(len(found), 'item')} found" if found else " clean"
     click.echo(
-        f"{_plural(len(files), 'file')}{verdict}; checked {_plural(items, 'item')}"
+        f"{_plural(checked, 'file')}{verdict}; checked {_plural(items, 'item')}"
         + (f" ({unchecked:,} too short to check)" if unchecked else "")
         + f" against an index of {_plural(corpus['documents'], 'document')} ({decimal(corpus['bytes'] or 0)}) from "
         f"{_plural(corpus['files'], 'file')}; {_plural(corpus['skipped_lines'], 'line')} skipped when it was built"
+        + (f"; {_plural(len(skipped), 'other file')} skipped, not benchmarks" if skipped else "")
     )
     return EXIT_FOUND if found else EXIT_CLEAN
 
@@ -627,7 +716,7 @@ def _print_ground_truth(gt: dict, title: str) -> None:
     out.print(arms)
 
 
-@cli.command("run")
+@cli.command("run", short_help="The whole pipeline from a TOML config, resumable.")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: <config>-run, or itd-run).")
 @click.option("--benchmark", help="benchmark.path: the benchmark file or directory.")
@@ -671,7 +760,7 @@ def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, m
     return EXIT_FOUND if result.contaminated else EXIT_CLEAN
 
 
-@cli.command()
+@cli.command(short_help="The whole story offline, on a generated benchmark and lab twins.")
 @click.option("--benchmark", type=click.Choice(["arithmetic", "gsm8k", "mmlu"]), default="arithmetic", show_default=True,
               help="The embedded arithmetic benchmark, or real GSM8K / MMLU files under --data.")
 @click.option("--data", type=click.Path(file_okay=False), help="Directory of the real files (gsm8k: test.jsonl, train.jsonl; mmlu: test/).")
@@ -770,7 +859,7 @@ def _print_detection(report) -> None:
     out.print(f"verdict: {verdict}")
 
 
-@cli.command()
+@cli.command(short_help="Score a benchmark's items under a model and flag the leaked ones.")
 @click.argument("benchmark", type=click.Path())
 @click.option("--model", "-m", required=True, help="Hugging Face model name or local model directory.")
 @click.option("--reference-set", type=click.Path(), help="Clean items the model cannot have seen, in the same format.")
@@ -843,7 +932,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 
-@cli.command()
+@cli.command(short_help="Train twin models with a known leak (ground truth).")
 @click.option("--benchmark", "-b", required=True, type=click.Path(), help="Benchmark file or directory whose items are leaked or held out.")
 @click.option("--train", "train_path", type=click.Path(), help="Clean in-domain text: a benchmark file or directory (e.g. the GSM8K train split). Default: the benchmark items not drawn for the experiment.")
 @click.option("--format", "fmt", default="auto", help="Format of --benchmark and --train (auto, gsm8k, mmlu, jsonl, csv).")
@@ -959,7 +1048,7 @@ def _print_rewrite(report, out: str, log: str) -> None:
     console.print(f"rewritten set: {out}\nper-item log: {log}")
 
 
-@cli.command()
+@cli.command(short_help="Rewrite flagged items into verified variants.")
 @click.argument("benchmark", type=click.Path())
 @click.option("--method", required=True, help="Rewriter: numeric (GSM8K numbers), permute (MCQ option order), llm (paraphrase).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="The rewritten set, in the source layout (a directory for a directory input).")
@@ -977,7 +1066,7 @@ def _print_rewrite(report, out: str, log: str) -> None:
 @click.option("--timeout", type=FiniteFloat(0, min_open=True), default=60.0, help="llm: seconds per request.")
 @click.option("--max-retries", type=click.IntRange(0, 20), default=5, help="llm: retries on 408/409/429/5xx and connection errors.")
 @click.option("--response-format", default="json_object", help="llm: json_schema, json_object or none.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="llm: reply cache [default: $XDG_CACHE_HOME/itd/llm].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="llm: reply cache [default: $ITD_CACHE_DIR, else $XDG_CACHE_HOME/itd/llm, else ~/.cache/itd/llm].")
 @click.option("--no-cache", is_flag=True, help="llm: do not read or write the reply cache.")
 @click.option("--math-prompt", type=click.Path(dir_okay=False), help="llm: prompt file replacing the packaged math prompt.")
 @click.option("--mcq-prompt", type=click.Path(dir_okay=False), help="llm: prompt file replacing the packaged multiple-choice prompt.")

@@ -498,8 +498,10 @@ class ShardReader:
             yield line_no, line
             line_no += 1
             self._line = line_no
-            if not line_no & 255:
-                self.consumed = pos if s.compression is None else raw.tell()
+            if s.compression is None:  # exact to the line: a slow detector's batch moves the progress bar
+                self.consumed = pos
+            elif not line_no & 255:
+                self.consumed = raw.tell()
 
     def _json_docs(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[Document]:
         for line_no, line in lines:

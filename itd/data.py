@@ -45,6 +45,7 @@ __all__ = [
     "BenchmarkFormat",
     "FORMATS",
     "detect_format",
+    "not_a_benchmark",
     "load_benchmark",
     "load_hf_dataset",
     "parse_hf_spec",
@@ -852,6 +853,49 @@ def detect_format(path: str | Path) -> str:
         detail = ", ".join(f"{name}: {fmt}" for name, fmt in found.items())
         raise InputError(f"the files have different formats ({_short(detail, 200)}); pass a single file", path)
     return formats[0]
+
+
+def not_a_benchmark(path: str | Path, format: str = "auto") -> str | None:
+    """Why the file at `path` is not shaped like a benchmark (another kind of JSONL or CSV, such as predictions
+    or results), or None when it is one: its first record (first rows) fits a benchmark layout, or has a
+    `question` field (column) for the generic one. Only the start of the file is read; a file that cannot be
+    read or parsed there raises `InputError`, as loading it would. A directory is None (it is loaded whole)."""
+    file = Path(path)
+    if stat.S_ISDIR(check_input(file).st_mode):
+        return None
+    fmt, _ = _options(format, None)
+    if fmt is None and file.suffix.lower() not in (*_JSON_SUFFIXES, ".csv"):
+        return f"not a JSONL or CSV file ({file.suffix or 'no extension'})"
+    container = _container(file, fmt)
+    if container == "jsonl":
+        records = _jsonl_records(file)
+        try:
+            first = next(records, None)
+        finally:
+            records.close()
+        if first is None:
+            return "it holds no records"
+        record = first[1]
+        layout = _pick_layout(fmt, None, container, lambda: record)
+        if layout.benchmark != "generic" or isinstance(record.get("question"), str):
+            return None
+        return f"its first record has no 'question' text (fields: {_short(', '.join(map(str, record)), 120)})"
+    rows: list[list[str]] = []
+    try:
+        with contextlib.closing(_csv_rows(file)) as reader:
+            for row in reader:
+                if row:
+                    rows.append(row)
+                    if len(rows) == 2:
+                        break
+    except _Bad as exc:
+        raise InputError(str(exc), file, len(rows) + 1) from None
+    if not rows:
+        return "it holds no rows"
+    layout = _pick_layout(fmt, None, container, lambda: rows)
+    if layout.benchmark != "generic" or "question" in (cell.strip() for cell in rows[0]):
+        return None
+    return f"no MMLU rows and no 'question' column (first row: {_short(', '.join(rows[0]), 120)})"
 
 
 def load_benchmark(

@@ -20,7 +20,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from itd.data import Sample
 from itd.errors import InputError
 from itd.io import atomic_write, manifest_path, write_json
 from itd.render import RENDERINGS, render, resolve_rendering
+
+if TYPE_CHECKING:  # itd.models stays unimported until a model is scored
+    from itd.models import ItemScores, ModelRef, ScoringModel
 
 __all__ = [
     "DetectConfig",
@@ -225,7 +228,9 @@ def _stage(progress: Progress | None, stage: str):
     return None if progress is None else (lambda done, total: progress(stage, done, total))
 
 
-def score_samples(lm, samples: Sequence[Sample], config: DetectConfig, reference_model=None, progress: Progress | None = None, stage: str = "benchmark"):
+def score_samples(lm: ScoringModel, samples: Sequence[Sample], config: DetectConfig,
+                  reference_model: ScoringModel | None = None, progress: Progress | None = None,
+                  stage: str = "benchmark") -> list[ItemScores]:
     """`itd.models.ItemScores` of `samples` rendered as `config.rendering`, one per sample, in order."""
     from itd.models import score_texts
 
@@ -291,39 +296,39 @@ def _permutation_test(lm, samples: Sequence[Sample], config: DetectConfig, progr
 
 def detect(
     samples: Sequence[Sample],
-    model,
+    model: ModelRef,
     reference: Sequence[Sample] | None = None,
     config: DetectConfig | None = None,
     *,
-    reference_model=None,
+    reference_model: ModelRef | None = None,
     truth: Mapping[str, Sequence[str]] | None = None,
     progress: Progress | None = None,
 ) -> DetectionReport:
-    """Score `samples` under `model` (a `LoadedModel` or a name/path to load) and decide which leaked.
+    """Score `samples` under `model` (a loaded `itd.models.ScoringModel`, or a name/path to load) and decide
+    which leaked.
 
     `reference`: a clean reference set in the same format; enables conformal p-values, FDR flags and the
     set-level test. `reference_model`: a second model for the `reference` probe. `truth`: `{"leaked": ids,
     "unseen": ids}` (a contamination-lab manifest) to measure every probe's AUROC and TPR at low FPR.
     `progress(stage, done, total)` counts scored tokens.
     """
-    from itd.models import LoadedModel, load_model
+    from itd.models import resolve_model
 
     config = config or DetectConfig()
     if not samples:
         raise InputError("the benchmark has no samples")
     if ("reference" in config.methods) != (reference_model is not None):
         raise InputError("the 'reference' probe needs a reference model (--reference-model), and only it uses one")
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
-    if isinstance(reference_model, (str, os.PathLike)):
-        reference_model = load_model(reference_model)
-    scored = score_samples(lm, samples, config, reference_model, progress, "benchmark")
+    lm = resolve_model(model)
+    ref_lm = None if reference_model is None else resolve_model(reference_model)
+    scored = score_samples(lm, samples, config, ref_lm, progress, "benchmark")
     items = [
         ItemDetection(s, resolve_rendering(s, config.rendering), dict(sc.scores), sc.n_tokens, sc.nll)
         for s, sc in zip(samples, scored)
     ]
     report = DetectionReport(items, config, lm.name, mode="scores")
     if reference:
-        ref_scored = score_samples(lm, reference, config, reference_model, progress, "reference set")
+        ref_scored = score_samples(lm, reference, config, ref_lm, progress, "reference set")
         report.mode, report.reference_size = "fdr", len(reference)
         for m in config.methods:
             bench = np.array([it.scores[m] for it in items])

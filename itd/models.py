@@ -37,7 +37,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence, TypeAlias, Union
 
 import numpy as np
 
@@ -52,6 +52,9 @@ __all__ = [
     "DTYPES",
     "ModelSpec",
     "LoadedModel",
+    "ScoringModel",
+    "ModelRef",
+    "resolve_model",
     "load_model",
     "wrap_model",
     "ScoreConfig",
@@ -144,6 +147,48 @@ class LoadedModel:
         """Token put before every text so its first token is scored: BOS, else EOS, else none."""
         tok = self.tokenizer
         return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+
+class ScoringModel(Protocol):
+    """What the probes need of a model: a Hugging Face-style causal LM (`model`) with its `tokenizer`, the device
+    its inputs go to, its dtype and context length, and an optional results `store`. `LoadedModel` (from
+    `load_model` or `wrap_model`) is one; any object with these members serves."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    device: str
+    dtype: str
+    context_length: int
+    store: Journal | None
+    spec: ModelSpec | None
+    replicas: Any
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def prefix_token_id(self) -> int | None: ...
+
+
+ModelRef: TypeAlias = Union[ScoringModel, str, "os.PathLike[str]"]
+"""A model as the public functions take it: a loaded one, or a hub name / local directory that `load_model` loads."""
+
+
+def resolve_model(model: ModelRef, **load: Any) -> ScoringModel:
+    """`model` itself when it is loaded, else `load_model(model, **load)`; anything else is an `InputError`."""
+    import inspect
+
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, **load)
+    missing = object()
+    members = ("model", "tokenizer", "name", "device", "dtype", "context_length", "store", "spec", "replicas",
+               "fingerprint", "prefix_token_id")
+    # looked up statically: reading `fingerprint` may stat every weight file
+    if any(inspect.getattr_static(model, m, missing) is missing for m in members):
+        raise InputError(f"cannot score with a {type(model).__name__}: give a model name or directory, a "
+                         "LoadedModel (itd.models.load_model or wrap_model) or an object with its members")
+    return model
 
 
 def load_model(
@@ -401,11 +446,11 @@ class ItemScores:
 
 
 def score_texts(
-    model: LoadedModel,
+    model: ScoringModel,
     texts: Sequence[str],
     config: ScoreConfig | None = None,
     *,
-    reference: LoadedModel | None = None,
+    reference: ScoringModel | None = None,
     progress: Progress | None = None,
 ) -> list[ItemScores]:
     """Score `texts` with `config.methods`; one `ItemScores` per text, in input order.
@@ -424,7 +469,7 @@ def score_texts(
         return _score_stored(model, texts, config, reference, progress)
     if model.replicas is not None and len(texts) > 1 and (reference is None or reference.spec is not None):
         return model.replicas.score(model, texts, config, reference, progress)
-    passes: list[tuple[LoadedModel, list[list[int]], bool]] = [
+    passes: list[tuple[ScoringModel, list[list[int]], bool]] = [
         (model, _encode(model, texts), "minkpp" in config.methods)  # the one pass for loss/zlib/mink/minkpp
     ]
     if "lowercase" in config.methods:
@@ -460,14 +505,16 @@ def score_texts(
     return out
 
 
-def _score_stored(model: LoadedModel, texts: list[str], config: ScoreConfig, reference: LoadedModel | None,
+def _score_stored(model: ScoringModel, texts: list[str], config: ScoreConfig, reference: ScoringModel | None,
                   progress: Progress | None) -> list[ItemScores]:
     """`score_texts` through `model.store`: fixed chunks of texts in input order, so a resumed run scores the
     missing chunks in exactly the batches the first run would have, and gets bit-identical scores."""
-    from dataclasses import asdict, replace
+    import copy
+    from dataclasses import asdict
 
     store = model.store
-    bare = replace(model, store=None)
+    bare = copy.copy(model)
+    bare.store = None
     ident = [model.fingerprint, reference.fingerprint if reference is not None else None, asdict(config)]
     chunks = [texts[i : i + _STORE_CHUNK] for i in range(0, len(texts), _STORE_CHUNK)]
     keys = [content_key("score", *ident, chunk) for chunk in chunks]
@@ -570,7 +617,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _encode(model: LoadedModel, texts: list[str]) -> list[list[int]]:
+def _encode(model: ScoringModel, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, with the BOS (or EOS) token in front so the first text token is scored."""
     if not texts:
         return []
@@ -599,7 +646,7 @@ def _segments(n_ids: list[int], max_length: int, stride: int) -> list[tuple[int,
 
 
 def _token_pass(
-    lm: LoadedModel, id_lists: list[list[int]], want_pp: bool, config: ScoreConfig, tick: Callable[[int], None]
+    lm: ScoringModel, id_lists: list[list[int]], want_pp: bool, config: ScoreConfig, tick: Callable[[int], None]
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """Per-item token log-probs (and Min-K%++ token scores) of one model over pre-tokenised items."""
     torch = require("torch", "probes", "Model probes")
@@ -660,7 +707,7 @@ def _token_pass(
     return logprobs, minkpp
 
 
-def _vocab_size(lm: LoadedModel) -> int:
+def _vocab_size(lm: ScoringModel) -> int:
     out = lm.model.get_output_embeddings()
     if out is not None and hasattr(out, "weight"):
         return int(out.weight.shape[0])
@@ -669,7 +716,7 @@ def _vocab_size(lm: LoadedModel) -> int:
 
 def _score_batch(
     torch: Any,
-    lm: LoadedModel,
+    lm: ScoringModel,
     id_lists: list[list[int]],
     batch: list[tuple[int, int, int, int]],
     width: int,

@@ -26,11 +26,12 @@ from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize, window_spans
 
 __all__ = [
-    "ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress", "ShardTally",
+    "ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress", "FitProgress", "ShardTally",
     "FileTally", "scan_many", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
 ]
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+FitProgress = Callable[[str, int, int], None]  # (detector, done, total) while a detector is fitted
 
 DEFAULT_MAX_BAD_LINES = 0.01  # with skip_bad_lines: 1% of the lines read may be skipped
 
@@ -289,6 +290,16 @@ class ShardTally:
             )
 
 
+def _fit(detector: CorpusDetector, samples: Sequence[Sample], fit_progress: FitProgress | None) -> CorpusDetector:
+    """`detector.fit(samples)`, telling `fit_progress` how it goes; the callback is gone before any pickling."""
+    if fit_progress is not None:
+        detector.fit_progress = lambda done, total: fit_progress(detector.name, done, total)
+    try:
+        return detector.fit(samples)
+    finally:
+        detector.fit_progress = None
+
+
 def scan_shard(
     detectors: Sequence[CorpusDetector],
     shard: Shard,
@@ -303,7 +314,8 @@ def scan_shard(
     reported = 0
     matches: list[tuple[int, int, Evidence]] = []
     overlap = max((d.context_tokens for d in detectors), default=0)
-    for docs in batches(reader, config.batch_chars, overlap):
+    batch_chars = min([config.batch_chars, *(d.batch_chars for d in detectors if d.batch_chars)])
+    for docs in batches(reader, batch_chars, overlap):
         batch = make_batch(docs)
         for i, det in enumerate(detectors):
             part = det.scan_batch(batch)
@@ -341,12 +353,14 @@ def scan(
     config: ScanConfig | None = None,
     progress: Progress | None = None,
     matches_out: str | os.PathLike | None = None,
+    *,
+    fit_progress: FitProgress | None = None,
 ) -> ScanReport:
     """Find `samples` in `corpus` (files, directories or globs) and return a labelled `ScanReport`.
 
-    One benchmark of `scan_many`; see there for `matches_out` and the errors raised.
+    One benchmark of `scan_many`; see there for `progress`, `fit_progress`, `matches_out` and the errors raised.
     """
-    return scan_many([samples], corpus, config, progress, matches_out)[0]
+    return scan_many([samples], corpus, config, progress, matches_out, fit_progress=fit_progress)[0]
 
 
 def scan_many(
@@ -355,9 +369,15 @@ def scan_many(
     config: ScanConfig | None = None,
     progress: Progress | None = None,
     matches_out: str | os.PathLike | None = None,
+    *,
+    fit_progress: FitProgress | None = None,
 ) -> list[ScanReport]:
     """Find the samples of several benchmarks in `corpus` in one read of it; one `ScanReport` per benchmark, as
     if each had been scanned alone (each has detectors of its own, fitted on it alone).
+
+    `progress(bytes read, bytes total)` is told the total before the first byte is read, then as batches are
+    done; `fit_progress(detector, done, total)` follows a detector whose fitting takes long (`semantic`: texts
+    of the benchmark embedded).
 
     With `matches_out`, every match of a contaminated item in the corpus (`itd.matches`: item, detector, document,
     character offsets, score), uncapped, is written there as JSONL, atomically, once the scan is done; the matches
@@ -376,7 +396,7 @@ def scan_many(
         raise InputError("the benchmark has no samples")
     t0 = time.perf_counter()
     engine = make_engine(config.engine, workers=config.workers, address=config.ray_address)  # fails early
-    groups = [[d.fit(samples) for d in build_detectors(config)] for samples in benchmarks]
+    groups = [[_fit(d, samples, fit_progress) for d in build_detectors(config)] for samples in benchmarks]
     detectors = [d for group in groups for d in group]
     owner = [g for g, group in enumerate(groups) for _ in group]  # the benchmark of each detector
     for d in detectors:
@@ -386,6 +406,8 @@ def scan_many(
     total = sum(s.size for s in shards)
     partials = [d.empty() for d in detectors]
     tally = ShardTally()
+    if progress is not None:
+        progress(0, total)  # the total from the start, not "?" until the first batch is done
     with MatchSpool(matches_out) as spool:
         for index, (parts, part_tally) in engine.map_shards(_scan_task, (detectors, config), shards, progress):
             spool.put(index, part_tally.matches)

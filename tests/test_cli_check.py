@@ -143,7 +143,8 @@ def test_precommit_hook_manifest_is_valid():
     clientlib = pytest.importorskip("pre_commit.clientlib", reason="pre-commit is in the dev extra")
     hooks = clientlib.load_manifest(str(ROOT / ".pre-commit-hooks.yaml"))
     (hook,) = hooks
-    assert hook["id"] == "itd-check" and hook["entry"] == "itd check" and hook["require_serial"] is True
+    assert hook["id"] == "itd-check" and hook["entry"] == "itd check --skip-non-benchmark"
+    assert hook["require_serial"] is True
     import re
 
     pattern = re.compile(hook["files"])
@@ -261,3 +262,108 @@ def test_scan_hf_dataset_benchmark(shared_data, tmp_path, monkeypatch):
     assert {"path": f"hf://{ds}:test", "dataset": True} in manifest["inputs"]
     bad = run_cli("scan", "hf://a:b:c:d", "--corpus", str(corpus), env=env)
     assert bad.returncode == 2 and "hf://NAME" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _other_files(root: Path) -> list[Path]:
+    """Files an eval-set repository keeps beside its benchmarks: predictions, results, an empty log."""
+    preds, results, empty = root / "predictions.jsonl", root / "results.csv", root / "log.jsonl"
+    preds.write_text('{"id": "gsm8k_test:1", "prediction": "18"}\n{"id": "gsm8k_test:2", "prediction": "3"}\n', encoding="utf-8")
+    results.write_text("model,task,accuracy\nlab,gsm8k,0.41\n", encoding="utf-8")
+    empty.write_text("", encoding="utf-8")
+    return [preds, results, empty]
+
+
+def test_not_a_benchmark_tells_benchmarks_from_other_files(shared_data, tmp_path):
+    from itd.data import not_a_benchmark
+    from itd.errors import InputError
+
+    assert not_a_benchmark(shared_data / "gsm8k" / "test.jsonl") is None
+    mmlu = sorted((shared_data / "mmlu" / "test").glob("*.csv"))[0]
+    assert not_a_benchmark(mmlu) is None and not_a_benchmark(mmlu.parent) is None
+    generic = tmp_path / "generic.csv"
+    generic.write_text("question,answer\nWhat is 2+2?,4\n", encoding="utf-8")
+    assert not_a_benchmark(generic) is None
+    preds, results, empty = _other_files(tmp_path)
+    assert "no 'question' text" in not_a_benchmark(preds) and "prediction" in not_a_benchmark(preds)
+    assert "no 'question' column" in not_a_benchmark(results) and "holds no records" in not_a_benchmark(empty)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": \n', encoding="utf-8")
+    with pytest.raises(InputError, match="broken.jsonl:1"):  # a broken file is no answer: it fails as a load would
+        not_a_benchmark(broken)
+
+
+def test_check_skips_files_that_are_not_benchmarks(leaked_setup, tmp_path):
+    _, index, leaked, clean = leaked_setup
+    others = [str(p) for p in _other_files(tmp_path)]
+    found = run_cli("check", str(leaked), *others, "--index", str(index), "--skip-non-benchmark")
+    assert found.returncode == 1, found.stderr
+    assert [line.split(": skipped")[0] for line in found.stderr.splitlines() if ": skipped, not a benchmark" in line] == others
+    summary = found.stdout.strip().splitlines()[-1]
+    assert summary.startswith("1 file: 3 items found; checked 120 items") and summary.endswith("3 other files skipped, not benchmarks")
+    only_others = run_cli("check", *others, str(clean), "--index", str(index), "--skip-non-benchmark", "--json")
+    assert only_others.returncode == 0, only_others.stderr
+    data = json.loads(only_others.stdout)
+    assert data["files"] == [str(clean)] and data["items"] == 100 and [s["file"] for s in data["skipped"]] == others
+    strict = run_cli("check", others[0], "--index", str(index))  # without the flag a non-benchmark is an input error
+    assert strict.returncode == 2 and "predictions.jsonl:1" in strict.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "q", "answer": "a #### 1"}\n{"question": \n', encoding="utf-8")
+    bad = run_cli("check", str(broken), "--index", str(index), "--skip-non-benchmark")
+    assert bad.returncode == 2 and f"{broken}:2" in bad.stderr  # broken benchmarks still fail
+
+
+def test_precommit_hook_in_an_eval_set_repository(leaked_setup, tmp_path):
+    """The real `pre-commit` client runs the hook as the manifest defines it (entry, files) on a repository
+    holding a benchmark, predictions and results: it fails on the leaked items only and skips the rest."""
+    import shutil
+
+    import yaml
+
+    if shutil.which("git") is None or shutil.which("pre-commit") is None:
+        pytest.skip("needs git and pre-commit (the dev extra)")
+    _, index, leaked, clean = leaked_setup
+    (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+    repo = tmp_path / "evals"
+    repo.mkdir()
+    shutil.copy(clean, repo / "gsm8k_clean.jsonl")
+    _other_files(repo)
+    # the manifest's hook, run by this interpreter (a `language: python` hook would pip-install itd first:
+    # that install is measured in benchmarks/bench_precommit.py)
+    local = {**hook, "language": "system", "entry": hook["entry"].replace("itd", f"{sys.executable} -m itd", 1),
+             "args": ["--index", str(index)]}
+    (repo / ".pre-commit-config.yaml").write_text(yaml.safe_dump({"repos": [{"repo": "local", "hooks": [local]}]}),
+                                                  encoding="utf-8")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"), "PYTHONPATH": str(ROOT),
+           "GIT_CONFIG_GLOBAL": os.devnull, "NO_COLOR": "1"}
+
+    def pre_commit() -> subprocess.CompletedProcess:
+        subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
+        return subprocess.run(["pre-commit", "run", "--all-files"], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=env)
+    passed = pre_commit()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    (repo / "README.md").write_text("not checked\n", encoding="utf-8")
+    shutil.copy(leaked, repo / "gsm8k_leaked.jsonl")
+    failed = pre_commit()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert {line.split(":")[1] for line in failed.stdout.splitlines() if line.startswith("gsm8k_leaked.jsonl:")} == {"4", "51", "100"}
+    assert "predictions.jsonl: skipped, not a benchmark" in failed.stdout and "README.md" not in failed.stdout
+
+
+def test_the_light_path_imports_no_model_library(leaked_setup):
+    """`itd check` (the pre-commit hook) and an n-gram scan never import torch, transformers, openai, ray, or
+    datasketch and scipy (not in the hook's install: `pip install itd` leaves them out)."""
+    corpus, index, leaked, _ = leaked_setup
+    code = (
+        "import sys\n"
+        "from itd.cli import main\n"
+        f"assert main(['check', {str(leaked)!r}, '--index', {str(index)!r}, '--skip-non-benchmark']) == 1\n"
+        f"assert main(['scan', {str(leaked)!r}, '--corpus', {str(corpus)!r}, '--detector', 'ngram', '-q', '--json']) == 1\n"
+        "heavy = {'torch', 'transformers', 'openai', 'ray', 'datasketch', 'scipy'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -499,3 +499,25 @@ def test_llm_judge_decides_over_http_cached_and_keyless(shared_data, tmp_path, l
     assert main(args) == 1
     assert llm_server.calls == 0
     assert {r["id"]: r["label"] for r in map(json.loads, out.read_text().splitlines())} == dict(zip(ids, labels))
+
+
+def test_progress_has_a_total_while_embedding_the_benchmark_and_the_corpus(small_case, shared_data, tmp_path):
+    """`itd scan --detector semantic` showed "0/? bytes" for its whole run and nothing while it embedded the
+    benchmark: the benchmark's embedding now counts texts against their total, and the corpus bar has its total
+    from the start and moves every semantic batch (64 Ki characters), not once per 1 Mi."""
+    samples, docs = small_case
+    train = [json.loads(line) for line in open(shared_data / "gsm8k" / "train.jsonl", encoding="utf-8")][6:256]
+    texts = [d.text for d in docs] + [unrelated_sample(r["question"], r["answer"]) for r in train]
+    corpus = tmp_path / "sft.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    size = corpus.stat().st_size
+    assert size > 2 * SemanticDetector.batch_chars
+    fitted: list[tuple[str, int, int]] = []
+    read: list[tuple[int, int]] = []
+    report = scan(samples, [corpus], ScanConfig(detectors=("semantic",)), progress=lambda d, t: read.append((d, t)),
+                  fit_progress=lambda name, d, t: fitted.append((name, d, t)))
+    assert fitted and {(name, total) for name, _, total in fitted} == {("semantic", 2 * len(samples))}
+    assert fitted[-1][1] == 2 * len(samples)  # every question, and every question with its answer
+    assert read[0] == (0, size) and read[-1] == (size, size) and all(total == size for _, total in read)
+    assert len([done for done, _ in read if 0 < done < size]) >= 2
+    assert [r.label != "clean" for r in report.results] == [True] * 4 + [False] * 4

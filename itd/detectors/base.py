@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from itd.corpus import Document
 from itd.data import Sample
@@ -241,6 +241,12 @@ class CorpusDetector(abc.ABC):
     """Consecutive corpus tokens one match can span (set by `fit`): a long document is read in windows that
     overlap by at least this many tokens (`itd.scan.batches`), so no match is cut in two."""
     record_matches: bool = False  # set by a scan that writes every match: books keep all evidence added
+    batch_chars: ClassVar[int | None] = None
+    """The largest batch of corpus text this detector wants at a time, where a batch takes long (the semantic
+    detector embeds it), so the scan's byte progress moves often enough; None: the scan's own batch size."""
+    fit_progress: Callable[[int, int], None] | None = None
+    """Set by the scan while `fit` runs: told `(done, total)` by a detector whose fit takes long (the semantic
+    detector embedding the benchmark); never sent to worker processes."""
 
     def new_book(self) -> EvidenceBook:
         """An empty evidence book for a partial result."""

@@ -182,11 +182,11 @@ class MinHashDetector(CorpusDetector):
         )
 
     def _minhash(self, hashvalues: np.ndarray):
-        datasketch = require("datasketch", "core", "The minhash detector")
+        datasketch = require("datasketch", "minhash", "The minhash detector")
         return datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, hashvalues=hashvalues, scheme="affine32")
 
     def fit(self, samples: Sequence[Sample]) -> "MinHashDetector":
-        datasketch = require("datasketch", "core", "The minhash detector")
+        datasketch = require("datasketch", "minhash", "The minhash detector")
         self.samples = list(samples)
         a, b = datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, scheme="affine32").permutations
         self._a, self._b = np.asarray(a, dtype=_U32), np.asarray(b, dtype=_U32)

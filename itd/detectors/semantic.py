@@ -404,12 +404,14 @@ class SemanticDetector(CorpusDetector):
     "cpu", "cuda" or "mps". window: window size in words for documents longer than an item (0: from the
     benchmark, `auto_window`). judge: an `itd.llm.LLMConfig`; with it every candidate at or above
     `judge_min_similarity` is sent to the judge and the judge's verdict decides. workers: the scan's worker
-    processes (forked workers embed on the CPU with one thread each). Set `embed_progress` to a
-    `(done, total)` callback to follow the benchmark's embedding in `fit` (the corpus is followed by the scan's
-    byte progress); `judge_stats` holds the judge's call counters after `finish`.
+    processes (forked workers embed on the CPU with one thread each). Set `fit_progress` to a
+    `(done, total)` callback to follow the benchmark's embedding in `fit` (texts embedded; the corpus is followed
+    by the scan's byte progress, in batches of `batch_chars`); `judge_stats` holds the judge's call counters
+    after `finish`.
     """
 
     name: ClassVar[str] = "semantic"
+    batch_chars: ClassVar[int | None] = 1 << 16  # embedding 1 Mi characters on a CPU takes minutes
 
     def __init__(
         self,
@@ -455,7 +457,7 @@ class SemanticDetector(CorpusDetector):
         self.min_margin = float(min_margin)
         self.judge = judge
         self.judge_stats: dict[str, int] = {}
-        self.embed_progress: Callable[[int, int], None] | None = None  # told (done, total) while fit() embeds
+        self.fit_progress: Callable[[int, int], None] | None = None  # told (done, total) while fit() embeds
         self._client: Any = None
         if index == "faiss":
             require("faiss", "ann", "The semantic detector's faiss index")  # says `pip install 'itd[ann]'`
@@ -509,14 +511,14 @@ class SemanticDetector(CorpusDetector):
         # the LLM client holds the API key: it never travels to workers (the judge runs in finish, in the
         # process that merges); process-local handles (faiss index, torch tensors) are rebuilt where needed
         state = dict(self.__dict__)
-        for key in ("_client", "_faiss", "_torch_bench", "embed_progress"):
+        for key in ("_client", "_faiss", "_torch_bench", "fit_progress"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._client = None
-        self.embed_progress = None
+        self.fit_progress = None
 
     @property
     def floor(self) -> float:
@@ -576,7 +578,7 @@ class SemanticDetector(CorpusDetector):
         questions = [s.prompt_text() for s in self.samples]
         qa_idx = np.flatnonzero(self._has_qa)
         texts = questions + [questions[i] + "\n" + answers[i] for i in qa_idx]
-        emb = self._encode(texts, self.embed_progress)
+        emb = self._encode(texts, self.fit_progress)
         self._bq = emb[:n] if n else np.zeros((0, 0), dtype=np.float32)
         self._bqa = np.zeros_like(self._bq)
         self._bqa[qa_idx] = emb[n:]
