@@ -758,7 +758,7 @@ def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged
         out["evaluation"]["unparsed"] = {role: {which: r.unparsed for which, r in sets.items() if r.unparsed}
                                          for role, sets in evaluation.items()}
         if truth:
-            out["evaluation"]["by_truth"] = _accuracy_by_truth(evaluation, truth)
+            out["evaluation"]["by_truth"] = _accuracy_by_truth(evaluation, truth, cfg.evaluate.seed)
         if scan_report is not None:
             out["evaluation"]["by_label"] = _accuracy_by_label(evaluation, scan_report, flagged, cfg.evaluate.seed)
         if truth_figures is not None:
@@ -848,15 +848,17 @@ def headline(summary: Mapping[str, Any]) -> str:
     return f"{first}; {flagged} of {n_items} items were flagged{fdr}; {after}."
 
 
-def _accuracy_by_truth(evaluation, truth) -> dict[str, Any]:
-    """Accuracy of every model on every set, on the items the truth says leaked and on the unseen ones: where
-    the memory is, and whether rewriting took it away."""
+def _accuracy_by_truth(evaluation, truth, seed: int) -> dict[str, Any]:
+    """Accuracy of every model on every set, on the items the truth says leaked and on the unseen ones, each with
+    its percentile-bootstrap 95% CI (`itd.evaluation.Estimate` dicts; `accuracy` repeats `value`): where the
+    memory is, and whether rewriting took it away."""
+    from itd.evaluation import accuracy_by_group
+
+    groups = {group: list(truth[group]) for group in ("leaked", "unseen")}
     out: dict[str, Any] = {}
     for role, sets in evaluation.items():
         for which, result in sets.items():
-            for group in ("leaked", "unseen"):
-                ids = set(truth[group])
-                hits = [it.correct for it in result.items if it.id in ids]
-                out.setdefault(role, {}).setdefault(which, {})[group] = {
-                    "accuracy": sum(hits) / len(hits) if hits else None, "n": len(hits)}
+            figures = accuracy_by_group(result, None, groups, seed=seed)  # ids a set lacks are not counted
+            out.setdefault(role, {})[which] = {g: {**fig["before"], "accuracy": fig["before"]["value"]}
+                                               for g, fig in figures.items()}
     return out
