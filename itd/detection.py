@@ -147,6 +147,8 @@ class DetectionReport:
     set_tests: dict[str, stats.SetTest] = field(default_factory=dict)
     permutation: stats.PermutationSetTest | None = None
     truth: dict[str, Any] | None = None
+    reference_scores: dict[str, list[float]] = field(default_factory=dict)
+    """Per probe, the finite scores of the reference set (what the p-values are calibrated against)."""
 
     @property
     def flagged(self) -> list[ItemDetection]:
@@ -193,6 +195,7 @@ class DetectionReport:
             "verdict": self.verdict,
             "contaminated": self.contaminated,
             "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
+            "reference_scores": {m: [round(x, 6) for x in v] for m, v in self.reference_scores.items()},
         }
         if self.permutation is not None:
             out["permutation_test"] = asdict(self.permutation)
@@ -334,6 +337,7 @@ def detect(
             bench = np.array([it.scores[m] for it in items])
             ref = np.array([s.scores[m] for s in ref_scored])
             ok_b, ok_r = np.isfinite(bench), np.isfinite(ref)
+            report.reference_scores[m] = ref[ok_r].tolist()
             if not ok_r.any() or not ok_b.any():
                 continue
             p = np.ones(bench.size)

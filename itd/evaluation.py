@@ -27,8 +27,15 @@ answers are generated and the letter parsed.
   then the solution with annotations stripped (the prompt ends after that "\\n"); MCQ the ``options`` rendering
   then ``\\nAnswer:`` and continuations " A" ... Shots are full renderings joined by ``\\n\\n``; generation stops at
   the EOS token and ``\\n\\n``.
-- ``auto``: ``plain`` when the model directory's parent is an `itd lab` (its ``manifest.json`` has
-  ``"kind": "itd-lab"``), else ``harness``.
+- ``auto``: the style the model declares in its own config (``"itd_prompt_style"`` in ``config.json``, which the
+  contamination lab writes into both twins: ``plain`` for a pretraining leak, the leak's style for a fine-tuning
+  one), else ``harness``. It travels with the model directory, so a copied or moved model is evaluated alike.
+  `EvalResult.prompt_style` records the resolved style.
+
+**Generation length.** A generation budget is one number per model, lm-eval's rule: `EvalConfig.max_new_tokens`,
+capped at half the context window of a short-context model (`generation_budget`), with prompts left-truncated to
+the context minus that budget. `EvalResult.max_gen_toks` records it; `itd.export.export_lm_eval` writes it as the
+task's ``max_gen_toks``, so ``lm_eval`` generates exactly what itd did.
 
 Few-shot items come from `EvalConfig.fewshot` (a path read with `load_benchmark`, or samples): the first
 `num_fewshot` of them, same-subject items first for MCQ (MMLU's dev items per subject, as lm-eval does), never
@@ -103,6 +110,9 @@ __all__ = [
     "compare",
     "ground_truth",
     "resolve_prompt_style",
+    "stop_sequences",
+    "generation_budget",
+    "MODEL_STYLE_KEY",
     "fewshot_examples",
     "build_prompt",
     "gold_continuation",
@@ -119,10 +129,12 @@ HARNESS_GSM8K_STOP = ("Question:", "</s>", "<|im_end|>", "\n\n")
 """lm-eval gsm8k's `until` plus the few-shot delimiter (see the module docstring)."""
 PLAIN_STOP = ("\n\n",)
 """Stop sequences of the plain style (the EOS token ends generation as well)."""
+MODEL_STYLE_KEY = "itd_prompt_style"
+"""The key of a model's ``config.json`` that names the prompt style "auto" resolves to for it."""
 
 Progress = Callable[[int, int], None]  # (items done, items in all)
 
-_KEY_VERSION = 1
+_KEY_VERSION = 2  # 2: one generation budget per model, prompts truncated to fit it (lm-eval's rule)
 _STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")  # lm-eval gsm8k "strict-match"
 _FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # lm-eval gsm8k "flexible-extract"
 _IGNORE = tuple(re.compile(p) for p in (",", r"\$", r"(?s).*#### ", r"\.$"))  # lm-eval's regexes_to_ignore
@@ -283,24 +295,50 @@ def _sample_key(sample: Sample) -> str:
 # Prompts
 
 
-def resolve_prompt_style(style: str, model_path: str | os.PathLike[str] | None) -> str:
-    """The concrete style: "auto" is "plain" when `model_path` is a directory whose parent holds an itd lab
-    manifest (`"kind": "itd-lab"`), else "harness"."""
+def resolve_prompt_style(style: str, model: Any = None) -> str:
+    """The concrete style: "auto" is the style `model` declares (`MODEL_STYLE_KEY` in its config: a `Backend`'s
+    `prompt_style`, a loaded model's config, or a local model directory's ``config.json``), else "harness".
+    Where the model directory lives plays no part."""
     _choose("prompt_style", style, PROMPT_STYLES)
     if style != "auto":
         return style
-    if model_path is None:
-        return "harness"
-    from itd.lab import load_lab_manifest
+    declared = _declared_style(model)
+    return declared if declared in ("harness", "plain") else "harness"
 
-    path = Path(model_path)
-    if not path.is_dir():
-        return "harness"
-    try:
-        load_lab_manifest(path.resolve().parent)
-    except InputError:
-        return "harness"
-    return "plain"
+
+def _declared_style(model: Any) -> str | None:
+    if model is None:
+        return None
+    if isinstance(model, (str, os.PathLike)):
+        config = Path(model).expanduser() / "config.json"
+        if not config.is_file():
+            return None
+        try:
+            import json
+
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the model config: {exc}", config) from None
+        return data.get(MODEL_STYLE_KEY) if isinstance(data, dict) else None
+    if isinstance(model, Backend) or hasattr(model, "prompt_style"):
+        return getattr(model, "prompt_style", None)
+    config = getattr(getattr(model, "model", None), "config", None)  # an itd.models.LoadedModel
+    return getattr(config, MODEL_STYLE_KEY, None)
+
+
+def stop_sequences(style: str) -> tuple[str, ...]:
+    """The stop sequences of generation in a concrete prompt style."""
+    if style not in ("harness", "plain"):
+        raise InputError(f"stop_sequences needs a concrete style, 'harness' or 'plain', got {style!r}")
+    return PLAIN_STOP if style == "plain" else HARNESS_GSM8K_STOP
+
+
+def generation_budget(max_new_tokens: int, context_length: int | None) -> int:
+    """The tokens generated at most per item: `max_new_tokens`, capped at half of a short context window (so
+    that a prompt keeps the other half); None: no window known (an endpoint)."""
+    if context_length is None:
+        return max_new_tokens
+    return max(1, min(max_new_tokens, context_length // 2))
 
 
 def _same_item(a: Sample, b: Sample) -> bool:
@@ -443,13 +481,18 @@ class Backend(abc.ABC):
         """Per request, the summed log-probability of each continuation after the context."""
         raise InputError(f"the backend {self.name!r} cannot score log-likelihoods; use mcq_mode='generate'")
 
+    prompt_style: str | None = None
+    """The prompt style the model declares for "auto" (`resolve_prompt_style`); None: the default."""
+    context_length: int | None = None
+    """The model's context window in tokens, when known (it caps the generation budget)."""
+
 
 class HFBackend(Backend):
     """A Hugging Face causal LM (`itd.models.LoadedModel`, or a hub name / local directory to load).
 
     Texts are tokenised with the tokenizer's own special tokens (its BOS, or the lab tokenizer's leading EOS),
-    as lm-eval does. Generation: left padding, greedy, prompts left-truncated to leave room for
-    `max_new_tokens` in the context window, stop sequences checked during generation (a stopping criterion) and
+    as lm-eval does. Generation: left padding, greedy, at most `generation_budget` tokens, prompts left-truncated
+    to the rest of the context window (lm-eval's rule), stop sequences checked during generation (a stopping criterion) and
     applied to the decoded text, which ends at the first EOS token; the model's own generation settings other
     than the sampling ones (e.g. a repetition penalty) apply, as under lm-eval. Log-likelihood: lm-eval's
     context/continuation split (trailing spaces of the context move to the continuation; the pair is encoded
@@ -472,6 +515,8 @@ class HFBackend(Backend):
         self.batch_size = batch_size
         self.name = model.name
         self.model_path = _loaded_from(model)
+        self.prompt_style = _declared_style(model)
+        self.context_length = model.context_length
         self._fingerprint: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
@@ -531,14 +576,9 @@ class HFBackend(Backend):
         ctx = self.lm.context_length
         items = []
         for i, r in enumerate(requests):
-            ids = self._encode(r.prompt)
-            # The prompt keeps its tokens while the generation budget fits beside it; a prompt that would leave
-            # less than a quarter of the context (or the budget) loses its oldest tokens instead.
-            new = max(1, min(r.max_new_tokens, ctx - len(ids), ctx - 1))
-            floor = max(1, min(r.max_new_tokens, ctx // 4))
-            if new < floor:
-                new = floor
-            ids = ids[-(ctx - new):]
+            # lm-eval's rule: the whole budget is generated for, the prompt keeps its last context - budget tokens
+            new = generation_budget(r.max_new_tokens, ctx)
+            ids = self._encode(r.prompt)[-(ctx - new):]
             items.append((i, ids, new, r.stop))
         items.sort(key=lambda t: (-t[2], -len(t[1]), t[0]))
         out: list[GenOutput | None] = [None] * len(requests)
@@ -867,7 +907,9 @@ class ItemResult:
 
 @dataclass(slots=True)
 class EvalResult:
-    """The outcome of `evaluate`: one `ItemResult` per sample, in input order, and how it was produced."""
+    """The outcome of `evaluate`: one `ItemResult` per sample, in input order, and how it was produced:
+    `prompt_style` (resolved), `max_gen_toks` (the generation budget) and `stop` (generation's stop sequences)
+    are what an lm-eval task needs to reproduce it (`itd.export.export_lm_eval`)."""
 
     items: list[ItemResult]
     model: dict[str, Any]
@@ -876,6 +918,8 @@ class EvalResult:
     mcq_mode: str
     metric: str
     stats: dict[str, int] = field(default_factory=dict)
+    max_gen_toks: int | None = None
+    stop: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -915,6 +959,8 @@ class EvalResult:
             "prompt_style": self.prompt_style,
             "mcq_mode": self.mcq_mode,
             "metric": self.metric,
+            "max_gen_toks": self.max_gen_toks,
+            "stop": list(self.stop),
             "n": self.n,
             "accuracy": self.accuracy if self.items else None,
             "accuracy_by_metric": self.accuracy_by_metric,
@@ -934,6 +980,8 @@ class EvalResult:
             mcq_mode=d.get("mcq_mode", ""),
             metric=d.get("metric", ""),
             stats=dict(d.get("stats", {})),
+            max_gen_toks=d.get("max_gen_toks"),
+            stop=list(d.get("stop") or ()),
         )
 
 
@@ -984,13 +1032,13 @@ def _fewshot_pool(config: EvalConfig) -> list[Sample]:
     return load_benchmark(config.fewshot)
 
 
-def _plan(sample: Sample, pool: list[Sample], style: str, config: EvalConfig, mcq_mode: str) -> GenRequest | LLRequest:
+def _plan(sample: Sample, pool: list[Sample], style: str, config: EvalConfig, mcq_mode: str,
+          budget: int) -> GenRequest | LLRequest:
     shots = fewshot_examples(sample, pool, config.num_fewshot)
     prompt = build_prompt(sample, style, shots)
     if sample.is_mcq and mcq_mode == "loglikelihood":
         return LLRequest(prompt, tuple(" " + LETTERS[i] for i in range(len(sample.choices or ()))))
-    stop = PLAIN_STOP if style == "plain" else HARNESS_GSM8K_STOP
-    return GenRequest(prompt, stop, config.max_new_tokens, config.seed)
+    return GenRequest(prompt, stop_sequences(style), budget, config.seed)
 
 
 def evaluate(
@@ -1018,7 +1066,8 @@ def evaluate(
             raise InputError(f"duplicate item id {s.id!r}; results are keyed by id")
         seen.add(s.id)
     backend = _as_backend(model, config)
-    style = resolve_prompt_style(config.prompt_style, getattr(backend, "model_path", None))
+    style = resolve_prompt_style(config.prompt_style, backend)
+    budget = generation_budget(config.max_new_tokens, getattr(backend, "context_length", None))
     mcq_mode = config.mcq_mode
     can_ll = bool(getattr(backend, "supports_loglikelihood", False))
     if mcq_mode == "auto":
@@ -1028,7 +1077,7 @@ def evaluate(
         raise InputError(f"the backend {name!r} cannot score log-likelihoods; use mcq_mode='generate'")
     golds = [_gold_letter(s) if s.is_mcq else _gold_number(s) for s in samples]
     pool = _fewshot_pool(config)
-    plans = [_plan(s, pool, style, config, mcq_mode) for s in samples]
+    plans = [_plan(s, pool, style, config, mcq_mode, budget) for s in samples]
     fingerprint = backend.fingerprint()
     outputs: list[Any] = [None] * len(samples)
     stats = {"chunks": 0, "chunks_from_store": 0, "chunks_computed": 0, "chunks_not_stored": 0}
@@ -1075,6 +1124,8 @@ def evaluate(
         mcq_mode=mcq_mode,
         metric=config.metric,
         stats=stats,
+        max_gen_toks=budget,
+        stop=list(stop_sequences(style)),
     )
 
 

@@ -1,9 +1,14 @@
 """Export a (decontaminated) benchmark as an lm-evaluation-harness task: data in the Hugging Face schema of the
-stock tasks plus task YAML, so that ``lm_eval --include_path DIR --tasks NAME`` runs it unchanged.
+stock tasks plus task YAML, so that ``lm_eval --include_path DIR --tasks NAME`` runs it unchanged and scores a
+model as `itd.evaluation.evaluate` does, item for item.
 
-The prompt and scoring fields are copies of lm-eval's stock ``gsm8k`` task (``lm_eval/tasks/gsm8k/gsm8k.yaml``)
-and stock MMLU subject tasks (``lm_eval/tasks/mmlu/default/_default_template_yaml`` and ``mmlu_<subject>.yaml``)
-as of lm-eval 0.4; the tests compare them with the installed package's files.
+Each record carries the exact prompt itd builds for it (`itd.evaluation.build_prompt` in the resolved prompt
+style, its few-shot examples included) as the field ``itd_prompt``, which the task reads as its ``doc_to_text``;
+generation stops at itd's stop sequences after at most itd's generation budget (``max_gen_toks``). The scoring
+fields (output type, targets, choices, filters, metrics) are copies of lm-eval's stock ``gsm8k`` task
+(``lm_eval/tasks/gsm8k/gsm8k.yaml``) and stock MMLU subject tasks
+(``lm_eval/tasks/mmlu/default/_default_template_yaml`` and ``mmlu_<subject>.yaml``) as of lm-eval 0.4; the tests
+compare them with the installed package's files, and run the stock ``lm_eval`` on an export.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from itd.data import Sample, gsm8k_final_answer
 from itd.errors import InputError
+from itd.evaluation import build_prompt, fewshot_examples, stop_sequences
 from itd.io import atomic_write
 
 __all__ = ["LmEvalExport", "export_lm_eval", "KINDS"]
@@ -27,12 +33,15 @@ _SUFFIX = "_itd"
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _LETTERS = ("A", "B", "C", "D")
 _DEFAULT_FEWSHOT = 5
+_DEFAULT_GEN_TOKS = 256  # lm-eval's and itd's default generation budget
+PROMPT_FIELD = "itd_prompt"
 
-# Copied from lm_eval/tasks/gsm8k/gsm8k.yaml (metadata version 3.0). Its `tag` is left out on purpose: a tag in an
-# included directory would add the exported task to the stock `math_word_problems` tag.
+# Copied from lm_eval/tasks/gsm8k/gsm8k.yaml (metadata version 3.0), but for the prompt (`doc_to_text`, the
+# record's own itd prompt) and the generation's stop sequences and budget (itd's). Its `tag` is left out on
+# purpose: a tag in an included directory would add the exported task to the stock `math_word_problems` tag.
 _GSM8K_FIELDS: dict[str, Any] = {
     "output_type": "generate_until",
-    "doc_to_text": "Question: {{question}}\nAnswer:",
+    "doc_to_text": PROMPT_FIELD,
     "doc_to_target": "{{answer}}",
     "target_delimiter": " ",
     "fewshot_delimiter": "\n\n",
@@ -46,7 +55,7 @@ _GSM8K_FIELDS: dict[str, Any] = {
             "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"],
         }
     ],
-    "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>"], "do_sample": False, "temperature": 0.0},
+    "generation_kwargs": {"do_sample": False, "temperature": 0.0},
     "repeats": 1,
     "filter_list": [
         {
@@ -64,11 +73,12 @@ _GSM8K_FIELDS: dict[str, Any] = {
 }
 _GSM8K_VERSION = 3.0
 
-# Copied from lm_eval/tasks/mmlu/default/_default_template_yaml (metadata version 1.0); the per-subject
-# `description` and `task_alias` follow mmlu_<subject>.yaml, whose `tag` is left out for the reason above.
+# Copied from lm_eval/tasks/mmlu/default/_default_template_yaml (metadata version 1.0) but for the prompt (the
+# record's itd prompt, which begins with the subject's description in the harness style); `task_alias` follows
+# mmlu_<subject>.yaml, whose `tag` is left out for the reason above.
 _MMLU_FIELDS: dict[str, Any] = {
     "output_type": "multiple_choice",
-    "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:",
+    "doc_to_text": PROMPT_FIELD,
     "doc_to_choice": list(_LETTERS),
     "doc_to_target": "answer",
     "target_delimiter": " ",
@@ -94,6 +104,15 @@ class LmEvalExport:
     num_fewshot: int
     yaml_files: tuple[Path, ...]
     data_files: tuple[Path, ...]
+    prompt_style: str = "harness"
+    max_gen_toks: int = _DEFAULT_GEN_TOKS
+    stop: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a manifest or summary records of the export (paths relative to `out_dir`)."""
+        return {"task": self.task, "kind": self.kind, "tasks": dict(self.tasks), "prompt_style": self.prompt_style,
+                "num_fewshot": self.num_fewshot, "max_gen_toks": self.max_gen_toks, "stop": list(self.stop),
+                "files": [str(p.relative_to(self.out_dir)) for p in self.files]}
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -109,26 +128,31 @@ def export_lm_eval(
     kind: str = "auto",
     fewshot: Sequence[Sample] | None = None,
     num_fewshot: int | None = None,
+    prompt_style: str = "harness",
+    max_gen_toks: int = _DEFAULT_GEN_TOKS,
 ) -> LmEvalExport:
     """Write `samples` as an lm-evaluation-harness task into `out_dir`; run it with
     ``lm_eval --include_path OUT_DIR --tasks <result.task>`` from any directory.
 
+    - **Same as itd**: every record's prompt (field ``itd_prompt``, the task's ``doc_to_text``) is the one
+      `itd.evaluation.evaluate` builds with `prompt_style` ("harness" or "plain": the style an evaluation
+      resolved, `EvalResult.prompt_style`), `num_fewshot` shots from `fewshot` included (chosen as itd chooses
+      them, `itd.evaluation.fewshot_examples`); GSM8K generation stops at itd's stop sequences of that style and
+      after `max_gen_toks` tokens (`EvalResult.max_gen_toks`: for a short-context model less than the 256 that
+      lm-eval would otherwise ask for, and more than its window allows). The task's own ``num_fewshot`` is 0: the
+      shots are in the prompt, so do not pass ``--num_fewshot``.
     - **Names**: the task is called `task` + ``_itd`` (kept as is when `task` already ends so), so that it never
       collides with a stock task: lm-eval lets an included task of the same name silently replace the stock one.
     - **GSM8K** (`kind` ``gsm8k``): ``<name>.test.jsonl`` with ``{"question", "answer"}`` records (the answer the
-      worked solution ending ``#### N``, as in ``openai/gsm8k``) and ``<name>.yaml`` with the stock gsm8k prompt,
-      generation, filters (strict-match, flexible-extract) and metric.
+      worked solution ending ``#### N``, as in ``openai/gsm8k``) and ``<name>.yaml`` with the stock gsm8k
+      filters (strict-match, flexible-extract) and metric.
     - **MMLU** (`kind` ``mmlu``): like the stock ``mmlu`` group, one task per subject, ``<name>_<subject>`` (the
-      subject folded to ``[a-z0-9_]``), with the stock template and the stock per-subject description, reading
+      subject folded to ``[a-z0-9_]``), scored as the stock template (log-likelihood of " A" ... " D"), reading
       ``<name>_<subject>.test.jsonl`` (``cais/mmlu`` records: ``question, subject, choices, answer``), and a group
       ``<name>`` (``<name>.yaml``) over them whose ``acc`` is weighted by subject size, as the stock group's is. One
       subject still gets a group, so the name to run is always `<name>`. Every sample needs a subject.
-    - Records hold only those Hugging Face fields, in the order of `samples` (lm-eval's ``doc_id`` is the position);
-      ids and extra fields are not written.
-    - **Few-shot**: with `fewshot`, the items are written as a second split (``train`` for GSM8K, ``dev`` for MMLU,
-      per subject; subjects absent from the test items are ignored) and the task takes its examples from there with
-      ``sampler: first_n``, in the given order (the stock gsm8k task samples at random from its train split;
-      first_n makes the examples exactly the ones given). `num_fewshot` defaults to 5 with `fewshot`, else 0.
+    - Records hold those Hugging Face fields and ``itd_prompt``, in the order of `samples` (lm-eval's ``doc_id``
+      is the position); ids and other fields are not written. `num_fewshot` defaults to 5 with `fewshot`, else 0.
     - **Paths**: ``data_files`` are written as absolute paths, resolved at export time. lm-eval hands them to
       ``datasets.load_dataset("json", ...)``, which resolves relative paths against the current directory, not the
       YAML's; so moving the directory needs a new export.
@@ -145,6 +169,11 @@ def export_lm_eval(
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise InputError("the lm-eval export target must be a directory", out)
+    if prompt_style not in ("harness", "plain"):
+        raise InputError(f"prompt_style must be 'harness' or 'plain' (resolve 'auto' with "
+                         f"itd.evaluation.resolve_prompt_style), got {prompt_style!r}")
+    if not isinstance(max_gen_toks, int) or isinstance(max_gen_toks, bool) or max_gen_toks < 1:
+        raise InputError(f"max_gen_toks must be an integer >= 1, got {max_gen_toks!r}")
     check = _check_gsm8k if kind == "gsm8k" else _check_mmlu
     for sample in samples:
         check(sample, "sample")
@@ -158,24 +187,19 @@ def export_lm_eval(
         raise InputError("fewshot is empty; pass None for a zero-shot task")
     if num_fewshot and fewshot is None:
         raise InputError(f"num_fewshot={num_fewshot} needs few-shot samples (fewshot=...)")
-    if kind == "gsm8k":
-        units = [(name, None, samples, fewshot)]
-    else:
-        units = _mmlu_units(name, samples, fewshot)
-    for unit, _, _, shots in units:
-        if shots is not None and len(shots) < num_fewshot:
-            raise InputError(f"task {unit}: num_fewshot={num_fewshot} but only {len(shots)} few-shot samples")
+    prompts = [build_prompt(s, prompt_style, fewshot_examples(s, fewshot or [], num_fewshot)) for s in samples]
+    units = [(name, None, samples, prompts)] if kind == "gsm8k" else _mmlu_units(name, samples, prompts)
+    stop = stop_sequences(prompt_style) if kind == "gsm8k" else ()
 
     data_files: list[Path] = []
     yaml_files: list[Path] = []
-    shot_split = "train" if kind == "gsm8k" else "dev"
-    for unit, subject, items, shots in units:
-        files = {"test": _write_jsonl(out / f"{unit}.test.jsonl", items, kind)}
-        if shots is not None:
-            files[shot_split] = _write_jsonl(out / f"{unit}.{shot_split}.jsonl", shots, kind)
-        data_files.extend(files.values())
-        config = _task_config(unit, kind, subject, files, shot_split, num_fewshot)
-        yaml_files.append(_write_yaml(out / f"{unit}.yaml", config))
+    for unit, subject, items, texts in units:
+        path = _write_jsonl(out / f"{unit}.test.jsonl", items, texts, kind)
+        data_files.append(path)
+        config = _task_config(unit, kind, subject, path, stop, max_gen_toks)
+        header = (f"prompt style {prompt_style}, {num_fewshot}-shot (the shots are in each record's {PROMPT_FIELD})"
+                  + (f", at most {max_gen_toks} generated tokens" if kind == "gsm8k" else ""))
+        yaml_files.append(_write_yaml(out / f"{unit}.yaml", config, header))
     if kind == "mmlu":
         group = {
             "group": name,
@@ -183,7 +207,7 @@ def export_lm_eval(
             "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}],
             "metadata": {"version": _MMLU_GROUP_VERSION},
         }
-        yaml_files.append(_write_yaml(out / f"{name}.yaml", group))
+        yaml_files.append(_write_yaml(out / f"{name}.yaml", group, f"prompt style {prompt_style}, {num_fewshot}-shot"))
     return LmEvalExport(
         task=name,
         kind=kind,
@@ -192,6 +216,9 @@ def export_lm_eval(
         num_fewshot=num_fewshot,
         yaml_files=tuple(yaml_files),
         data_files=tuple(data_files),
+        prompt_style=prompt_style,
+        max_gen_toks=max_gen_toks,
+        stop=stop,
     )
 
 
@@ -239,67 +266,63 @@ def _check_mmlu(sample: Sample, what: str) -> None:
         raise InputError(f"{what} {sample.id!r} has no subject; an mmlu export makes one task per subject")
 
 
-def _mmlu_units(name: str, samples: list[Sample], fewshot: list[Sample] | None):
-    """(task name, subject, test items, few-shot items or None) per subject, subjects sorted."""
-    by_subject: dict[str, list[Sample]] = {}
-    for sample in samples:
-        by_subject.setdefault(sample.subject, []).append(sample)
-    shots: dict[str, list[Sample]] = {}
-    for sample in fewshot or ():
-        shots.setdefault(sample.subject, []).append(sample)
+def _mmlu_units(name: str, samples: list[Sample], prompts: list[str]):
+    """(task name, subject, test items, their prompts) per subject, subjects sorted."""
+    by_subject: dict[str, tuple[list[Sample], list[str]]] = {}
+    for sample, prompt in zip(samples, prompts):
+        items, texts = by_subject.setdefault(sample.subject, ([], []))
+        items.append(sample)
+        texts.append(prompt)
     units, seen = [], {}
     for subject in sorted(by_subject):
         slug = re.sub(r"[^a-z0-9]+", "_", subject.lower()).strip("_") or "subject"
         if slug in seen:
             raise InputError(f"subjects {seen[slug]!r} and {subject!r} would both be the task {name}_{slug}")
         seen[slug] = subject
-        if fewshot is not None and subject not in shots:
-            raise InputError(f"no few-shot samples for subject {subject!r}")
-        units.append((f"{name}_{slug}", subject, by_subject[subject], shots.get(subject) if fewshot else None))
+        units.append((f"{name}_{slug}", subject, *by_subject[subject]))
     return units
 
 
-def _record(sample: Sample, kind: str) -> dict[str, Any]:
+def _record(sample: Sample, prompt: str, kind: str) -> dict[str, Any]:
     if kind == "gsm8k":
-        return {"question": sample.question, "answer": sample.solution or f"#### {sample.answer}"}
-    return {"question": sample.question, "subject": sample.subject, "choices": list(sample.choices),
-            "answer": sample.answer}
+        record = {"question": sample.question, "answer": sample.solution or f"#### {sample.answer}"}
+    else:
+        record = {"question": sample.question, "subject": sample.subject, "choices": list(sample.choices),
+                  "answer": sample.answer}
+    record[PROMPT_FIELD] = prompt
+    return record
 
 
-def _write_jsonl(path: Path, samples: list[Sample], kind: str) -> Path:
+def _write_jsonl(path: Path, samples: list[Sample], prompts: list[str], kind: str) -> Path:
     with atomic_write(path) as f:
-        f.writelines(json.dumps(_record(s, kind), ensure_ascii=False) + "\n" for s in samples)
+        f.writelines(json.dumps(_record(s, p, kind), ensure_ascii=False) + "\n" for s, p in zip(samples, prompts))
     return path
 
 
-def _task_config(name: str, kind: str, subject: str | None, files: dict[str, Path], shot_split: str,
-                 num_fewshot: int) -> dict[str, Any]:
+def _task_config(name: str, kind: str, subject: str | None, data: Path, stop: tuple[str, ...],
+                 max_gen_toks: int) -> dict[str, Any]:
     config: dict[str, Any] = {"task": name}
     if subject is not None:
         config["task_alias"] = subject.replace("_", " ")
     config["dataset_path"] = "json"
-    config["dataset_kwargs"] = {"data_files": {split: str(path) for split, path in files.items()}}
+    config["dataset_kwargs"] = {"data_files": {"test": str(data)}}
     config["test_split"] = "test"
-    if shot_split in files:
-        if kind == "gsm8k":
-            config["training_split"] = shot_split
-        config["fewshot_split"] = shot_split
-        config["fewshot_config"] = {"sampler": "first_n"}
-    config["num_fewshot"] = num_fewshot
+    config["num_fewshot"] = 0  # the shots are in the prompt
     if kind == "gsm8k":
         config.update(_GSM8K_FIELDS)
+        config["generation_kwargs"] = {"until": list(stop), **_GSM8K_FIELDS["generation_kwargs"],
+                                       "max_gen_toks": max_gen_toks}
         config["metadata"] = {"version": _GSM8K_VERSION}
     else:
-        words = " ".join(subject.split("_"))
-        config["description"] = f"The following are multiple choice questions (with answers) about {words}.\n\n"
         config.update(_MMLU_FIELDS)
         config["metadata"] = {"version": _MMLU_VERSION}
     return config
 
 
-def _write_yaml(path: Path, config: Mapping[str, Any]) -> Path:
+def _write_yaml(path: Path, config: Mapping[str, Any], about: str) -> Path:
     with atomic_write(path) as f:
         f.write("# Written by itd (export_lm_eval). Run: lm_eval --include_path <this directory> --tasks NAME\n")
+        f.write(f"# Scores as itd's evaluation did: {about}.\n")
         f.write("\n".join(_yaml_lines(config, 0)) + "\n")
     return path
 

@@ -48,6 +48,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:26px 0 8px;border-bott
 .card .v{font-size:20px;font-weight:600}.card .l{font-size:12px;color:#555}.card .ci{font-size:12px;color:#333}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}
 th{background:#f2f2f2}table.items{table-layout:fixed;width:100%}table.items td{overflow-wrap:anywhere}
+table.items td.id{overflow-wrap:normal;word-break:keep-all;hyphens:none}table.items td.id .small{overflow-wrap:anywhere}
 .plots{display:flex;flex-wrap:wrap;gap:12px}.plots img{max-width:100%;border:1px solid #eee}
 mark{background:#ffe08a;padding:0 1px}mark.del{background:#ffc9c9}
 .ev{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;white-space:pre-wrap;background:#f7f7f7;padding:3px}
@@ -210,10 +211,12 @@ def _ci(figure: Mapping) -> tuple[float | None, float | None]:
     return _num(ci[0]), _num(ci[1])
 
 
-def _accuracy_plot(accuracy: Mapping) -> str | None:
+def _accuracy_plot(accuracy: Mapping, title: str = "Accuracy per model and subset",
+                   order: Sequence[str] = _SUBSETS) -> str | None:
+    """Bars with 95% CIs: one colour per key of `accuracy` (a model, or before/after), one group per subset."""
     roles = [r for r in accuracy if isinstance(accuracy.get(r), Mapping)]
-    subsets = [s for s in _SUBSETS if any(_num((accuracy[r].get(s) or {}).get("value")) is not None for r in roles)]
-    subsets += sorted({s for r in roles for s in accuracy[r] if s not in _SUBSETS
+    subsets = [s for s in order if any(_num((accuracy[r].get(s) or {}).get("value")) is not None for r in roles)]
+    subsets += sorted({s for r in roles for s in accuracy[r] if s not in order
                        and _num((accuracy[r].get(s) or {}).get("value")) is not None})
     if not roles or not subsets:
         return None
@@ -235,12 +238,12 @@ def _accuracy_plot(accuracy: Mapping) -> str | None:
         ax.bar(xs, ys, width * 0.92, yerr=err, capsize=3, label=role, error_kw={"lw": 1})
         for x, y in zip(xs, ys):
             ax.text(x, 0.015, f"{y:.2f}", ha="center", va="bottom", fontsize=7, color="white", fontweight="bold")
-    ax.set_xticks(range(len(subsets)), [s.replace("_", "\n") for s in subsets], fontsize=8)
+    ax.set_xticks(range(len(subsets)), [s.replace("_", "\n").replace(": ", "\n") for s in subsets], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (95% CI)")
-    ax.set_title("Accuracy per model and subset")
+    ax.set_title(title)
     ax.legend(fontsize=8)
-    return _img(fig, "accuracy bars with confidence intervals")
+    return _img(fig, title.lower() + " (bars with confidence intervals)")
 
 
 # ---------------------------------------------------------------------------------------------- items table
@@ -297,7 +300,60 @@ def _pre(body: str) -> str:
     return f'<div style="white-space:pre-wrap">{body}</div>'
 
 
-def _item_row(rank: int, it: Mapping, method: str | None) -> str:
+def _id_html(value: Any) -> str:
+    """An item id, escaped, that may break only after its separators (``:``, ``/``, ``_``, ``-``, ``.``)."""
+    return re.sub(r"([:/_.\-])", r"\1<wbr>", _e(value))
+
+
+def _final_notes(rw: Mapping) -> list[str]:
+    """Why the final attempt was not used: nothing for an accepted rewrite (earlier rounds' rejections are history)."""
+    attempts = rw.get("attempts")
+    if attempts:
+        last = attempts[-1] or {}
+        return [last["reason"]] if last.get("reason") and not last.get("accepted") else []
+    return list(rw.get("reasons") or [])[-1:] if rw.get("status") == "rejected" else []
+
+
+def _answer(r: Mapping, metric: str) -> str:
+    """The answer parsed from a prediction: GSM8K's number under the run's metric, MCQ's letter."""
+    if not r.get("parsed", True):
+        return "unparsed"
+    got = r.get("extracted")
+    if isinstance(got, Mapping):
+        got = got.get("letter") if "letter" in got else got.get(metric)
+    return "unparsed" if got is None else str(got)
+
+
+def _predictions(it: Mapping, metric: str) -> str:
+    """Per model: the parsed answer on the original item and on its rewrite, each ✓/✗, under the gold answers."""
+    evaluation = it.get("evaluation") or {}
+    golds = []
+    for stage in ("original", "decontaminated"):
+        gold = next((r.get("gold") for r in ((e or {}).get(stage) for e in evaluation.values()) if r and r.get("gold")
+                     is not None), None)
+        golds.append(gold)
+    lines = []
+    for role, by_stage in evaluation.items():
+        cells = []
+        for stage in ("original", "decontaminated"):
+            r = (by_stage or {}).get(stage)
+            if not r:
+                cells.append("–")
+                continue
+            mark = '<b class="ok">✓</b>' if r.get("correct") else '<b class="bad">✗</b>'
+            cells.append(f'<span title="{_e(_clip(r.get("prediction"), 600))}">{_e(_clip(_answer(r, metric), 16))}</span> '
+                         f"{mark}")
+        lines.append(f'<div><span class="small">{_e(role)}:</span> {cells[0]} → {cells[1]}</div>')
+    if not lines:
+        return "–"
+    if golds[1] is not None and golds[1] != golds[0]:
+        gold = f"gold {_e(golds[0] if golds[0] is not None else '–')} → {_e(golds[1])}"
+    else:
+        gold = f"gold {_e(golds[0] if golds[0] is not None else '–')}"
+    return f'<div class="small">original → rewrite; {gold}</div>' + "".join(lines)
+
+
+def _item_row(rank: int, it: Mapping, method: str | None, metric: str = "flexible", show_scan: bool = True) -> str:
     det, scan, rw = it.get("detection") or {}, it.get("scan") or {}, it.get("rewrite") or {}
     src = it.get("source") or {}
     where = f'<div class="small">{_e(src.get("file"))}:{_e(src.get("line"))}</div>' if src.get("file") else ""
@@ -306,8 +362,11 @@ def _item_row(rank: int, it: Mapping, method: str | None) -> str:
     stat = (f"score {_fmt(score)}<br>p {_fmt_p(det.get('p_value'))}<br>q {_fmt_p(det.get('q_value'))}"
             f"<br>{'<b class=bad>flagged</b>' if flag else 'not flagged'}") if det else "–"
     label = f'<span title="{_e(scan.get("label"))}">{_e(_LABELS.get(scan.get("label"), scan.get("label") or "–"))}</span>'
-    if it.get("truth"):
-        label += f'<div class="small">truth: {_e(it["truth"])}</div>'
+    truth = f'<div class="small">truth: {_e(it["truth"])}</div>' if it.get("truth") else ""
+    if show_scan:
+        label += truth
+    else:
+        where += truth  # no scan column: the ground truth goes under the id
     evid = scan.get("evidence") or []
     if evid:
         best = max(evid, key=lambda e: _num(e.get("score")) or 0.0)
@@ -327,29 +386,17 @@ def _item_row(rank: int, it: Mapping, method: str | None) -> str:
     else:
         left = _e(_text_of(orig))
         right = f'<span class="absent">{_e(status)}</span>'
-    if rw.get("reasons"):
-        right += '<div class="small">' + "; ".join(_e(r) for r in rw["reasons"]) + "</div>"
+    notes = _final_notes(rw)
+    if notes:
+        right += '<div class="small">' + "; ".join(_e(r) for r in notes) + "</div>"
     head = f'<div class="small">{_e(status)} · {_e(rw.get("method"))}</div>' if final else ""
     for name, rec in (("original", orig), ("rewrite", final)):
         if rec and rec.get("solution"):
             body = f'<details><summary>{name} solution</summary><div class="ev">{_e(rec["solution"])}</div></details>'
             left, right = (left + body, right) if name == "original" else (left, right + body)
-    preds = []
-    for role, ev_role in (it.get("evaluation") or {}).items():
-        cells = []
-        for stage in ("original", "decontaminated"):
-            r = (ev_role or {}).get(stage)
-            if not r:
-                cells.append("–")
-                continue
-            mark = '<b class="ok">✓</b>' if r.get("correct") else '<b class="bad">✗</b>'
-            shown = r.get("extracted") if r.get("parsed", True) and r.get("extracted") is not None else "unparsed"
-            cells.append(f'<span title="{_e(r.get("prediction"))}">{_e(_clip(shown, 24))}</span> {mark}')
-        preds.append(f'<div><span class="small">{_e(role)}:</span> {cells[0]} → {cells[1]}</div>')
-    if preds:
-        preds.insert(0, '<div class="small">original → rewrite</div>')
-    return (f"<tr><td>{rank}</td><td>{_e(it.get('id'))}{where}</td><td>{stat}</td><td>{label}</td><td>{ev}</td>"
-            f"<td>{_pre(left)}</td><td>{head}{right}</td><td>{''.join(preds) or '–'}</td></tr>")
+    scan_cells = f"<td>{label}</td><td>{ev}</td>" if show_scan else ""
+    return (f'<tr><td>{rank}</td><td class="id">{_id_html(it.get("id"))}{where}</td><td>{stat}</td>{scan_cells}'
+            f"<td>{_pre(left)}</td><td>{head}{right}</td><td>{_predictions(it, metric)}</td></tr>")
 
 
 # ---------------------------------------------------------------------------------------------- page
@@ -446,6 +493,49 @@ def _by_label_table(by_label: Mapping) -> str:
             "<th>95% CI</th><th>n</th></tr>" + "".join(rows) + "</table>") if rows else ""
 
 
+def _by_truth_table(by_truth: Mapping) -> str:
+    """Accuracy of each model on the leaked and on the unseen items, on the original and decontaminated sets."""
+    rows = []
+    for role, sets in by_truth.items():
+        for which, groups in (sets or {}).items():
+            cells = []
+            for group in ("leaked", "unseen"):
+                c = (groups or {}).get(group) or {}
+                value = _num(c.get("value", c.get("accuracy")))
+                cells.append(f"<td>{_fmt(value)}</td><td>[{_fmt(_ci(c)[0])}, {_fmt(_ci(c)[1])}]</td><td>{_e(c.get('n'))}</td>"
+                             if value is not None else f"<td>–</td><td>–</td><td>{_e(c.get('n', 0))}</td>")
+            rows.append(f"<tr><td>{_e(role)}</td><td>{_e(which)}</td>{''.join(cells)}</tr>")
+    return ("<table><tr><th>model</th><th>set</th><th>leaked</th><th>95% CI</th><th>n</th><th>unseen</th>"
+            "<th>95% CI</th><th>n</th></tr>" + "".join(rows) + "</table>") if rows else ""
+
+
+def _by_truth_bars(by_truth: Mapping) -> Mapping:
+    """`by_truth` in the shape of `_accuracy_plot`: per model, one bar per (set, truth group)."""
+    out: dict[str, dict[str, Any]] = {}
+    for role, sets in by_truth.items():
+        for which, groups in (sets or {}).items():
+            for group in ("leaked", "unseen"):
+                c = (groups or {}).get(group) or {}
+                out.setdefault(role, {})[f"{which}: {group}"] = {**c, "value": c.get("value", c.get("accuracy"))}
+    return out
+
+
+def _run_settings(summary: Mapping) -> str | None:
+    """How the models were evaluated and what the lm-eval export reproduces, in one line."""
+    ev, lm = summary.get("evaluation") or {}, summary.get("lm_eval") or {}
+    styles = ev.get("prompt_style") if isinstance(ev.get("prompt_style"), Mapping) else {}
+    parts = []
+    if styles:
+        budgets = ev.get("max_gen_toks") if isinstance(ev.get("max_gen_toks"), Mapping) else {}
+        parts.append("evaluated with the " + ", ".join(
+            f"{_e(style)} prompt style ({_e(role)}" + (f", at most {_e(budgets[role])} new tokens" if budgets.get(role)
+                                                       else "") + ")" for role, style in styles.items()))
+    if lm.get("task"):
+        parts.append(f"lm-eval task {_e(lm['task'])}: {_e(lm.get('prompt_style'))} prompts, "
+                     f"{_e(lm.get('num_fewshot'))}-shot, max_gen_toks {_e(lm.get('max_gen_toks'))}")
+    return "; ".join(parts) or None
+
+
 def render_html_report(summary: Mapping[str, Any], items: Sequence[Mapping[str, Any]], top: int = 20) -> str:
     """The whole report as one HTML string (see the module docstring)."""
     require("matplotlib", "report", "The HTML report")
@@ -460,6 +550,9 @@ def render_html_report(summary: Mapping[str, Any], items: Sequence[Mapping[str, 
         meta.append(f"model {_e(models['model'])}" + (f", clean twin {_e(models['clean'])}" if models.get("clean") else ""))
     if det.get("decision"):
         meta.append(f"decision probe {_e(det['decision'])}, mode {_e(det.get('mode') or '–')}")
+    settings = _run_settings(summary)
+    if settings:
+        meta.append(settings)
     made = [f"created {_e(summary['created'])}"] if summary.get("created") else []
     made += [f"itd {_e(summary['version'])}"] if summary.get("version") else []
     if made:
@@ -494,9 +587,16 @@ def render_html_report(summary: Mapping[str, Any], items: Sequence[Mapping[str, 
                                                     else "the evaluation holds no accuracy figures.")))
     else:
         out.append(f'<div class="plots">{acc_img}<div>{_accuracy_table(acc)}</div></div>')
+    if isinstance(ev.get("by_truth"), Mapping) and ev["by_truth"]:
+        title = "Accuracy on the leaked and the unseen items (ground truth)"
+        bars = _accuracy_plot(_by_truth_bars(ev["by_truth"]), title,
+                              [f"{w}: {g}" for w in ("original", "decontaminated") for g in ("leaked", "unseen")])
+        out.append(f"<h3>{title}</h3>" + f'<div class="plots">{bars or ""}<div>{_by_truth_table(ev["by_truth"])}</div></div>')
     if isinstance(ev.get("by_label"), Mapping) and ev["by_label"]:
-        out.append("<h3>Accuracy by contamination label (corpus scan) and by model-side flag</h3>"
-                   + _by_label_table(ev["by_label"]))
+        title = "Accuracy by contamination label (corpus scan) and by model-side flag"
+        by_label = {which: {g: fig.get(which) or {} for g, fig in ev["by_label"].items()} for which in ("before", "after")}
+        bars = _accuracy_plot(by_label, "Accuracy by scan label and flag, before and after", list(ev["by_label"]))
+        out.append(f"<h3>{title}</h3>" + f'<div class="plots">{bars or ""}<div>{_by_label_table(ev["by_label"])}</div></div>')
 
     chosen = top_items(items, method, top)
     out.append(f"<h2>Most suspicious items (top {len(chosen)} of {len(items)})</h2>")
@@ -507,10 +607,15 @@ def render_html_report(summary: Mapping[str, Any], items: Sequence[Mapping[str, 
                  else "by corpus-scan label, then evidence score")
         out.append(f'<p class="small">Sorted {order}. Words that differ are <mark class="del">marked in the '
                    'original</mark> and <mark>in the rewrite</mark>.</p>')
-        head = "".join(f'<th style="width:{w}">{h}</th>' for h, w in (
-            ("#", "3%"), ("id", "8%"), (f"{_e(method)} / p" if method else "score / p", "8%"), ("scan", "8%"),
-            ("best evidence", "17%"), ("original", "22%"), ("rewrite", "22%"), ("predictions", "12%")))
-        rows = "".join(_item_row(i + 1, it, method) for i, it in enumerate(chosen))
+        show_scan = any(it.get("scan") for it in items)
+        columns = [("#", 3), ("id", 9), (f"{_e(method)} / p" if method else "score / p", 8), ("scan", 8),
+                   ("best evidence", 17), ("original", 22), ("rewrite", 22), ("predictions", 14)]
+        if not show_scan:  # no corpus scan ran: its columns would be empty
+            columns = [(h, w) for h, w in columns if h not in ("scan", "best evidence")]
+        total = sum(w for _, w in columns)
+        head = "".join(f'<th style="width:{100 * w / total:.1f}%">{h}</th>' for h, w in columns)
+        metric = str(ev.get("metric") or "flexible")
+        rows = "".join(_item_row(i + 1, it, method, metric, show_scan) for i, it in enumerate(chosen))
         out.append(f'<table class="items"><tr>{head}</tr>{rows}</table>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"

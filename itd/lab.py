@@ -30,7 +30,8 @@ items and replicas together (`itd.evaluation.ground_truth`).
 Layout of a lab directory (one replica; replica k >= 1 of several is a lab of the same layout in
 ``DIR/replica-k/``)::
 
-    DIR/contaminated/   Hugging Face model + tokenizer (safetensors), trained with the leaked items
+    DIR/contaminated/   Hugging Face model + tokenizer (safetensors), trained with the leaked items; its
+                        config.json names the prompt style to evaluate it with (``itd_prompt_style``)
     DIR/clean/          the clean twin, trained with the placebo items in the same slots
     DIR/corpus/         each twin's training documents as JSONL ``{"text": ...}`` (clean text once, extras r times)
     DIR/manifest.json   ground truth (``leaked`` / ``unseen`` / ``placebo`` ids), recipe, repeats, seeds, the
@@ -277,6 +278,13 @@ class LabConfig:
         if self.extra_weight is not None:
             return float(self.extra_weight)
         return None if self.recipe == "pretrain" else 1.0
+
+    @property
+    def eval_prompt_style(self) -> str:
+        """The prompt style that shows the twins the items as their leak did: "plain" (the corpus rendering) for
+        pretrain, `prompt_style` for finetune. Written into each twin's config (`itd_prompt_style`), where the
+        evaluator's "auto" style finds it."""
+        return self.prompt_style if self.recipe == "finetune" else "plain"
 
     @property
     def trained_span(self) -> str:
@@ -997,6 +1005,11 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
         n_params = sum(p.numel() for p in model.parameters())
 
         def save(tmp: Path, model: Any = model, tokenizer: Any = tokenizer) -> None:
+            # the style the evaluator's "auto" uses for this model, kept in its own config.json so that it
+            # travels with the model directory
+            from itd.evaluation import MODEL_STYLE_KEY
+
+            setattr(model.config, MODEL_STYLE_KEY, config.eval_prompt_style)
             with _quiet_transformers(transformers):
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
@@ -1022,7 +1035,7 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
             "repeats": config.repeats,
             "recipe": config.recipe,
             "loss_on": config.trained_span,
-            "prompt_style": config.prompt_style if config.recipe == "finetune" else None,
+            "prompt_style": config.eval_prompt_style,
             "replica": k,
             "replicas": config.replicas,
             "replica_dirs": replica_dirs if k == 0 else None,

@@ -374,7 +374,8 @@ class Pipeline:
             raise InputError("the benchmark has no samples", path=cfg.benchmark.path)
         kind = "mmlu" if samples[0].is_mcq else samples[0].benchmark
         reference = load_benchmark(cfg.benchmark.reference, cfg.benchmark.format) if cfg.benchmark.reference else None
-        fewshot = load_benchmark(cfg.benchmark.fewshot) if cfg.benchmark.fewshot else None
+        if cfg.benchmark.fewshot:
+            load_benchmark(cfg.benchmark.fewshot)  # a bad few-shot file fails before any model work
         truth = None
         if cfg.benchmark.truth:
             from itd.detection import load_truth
@@ -448,19 +449,19 @@ class Pipeline:
             for rec in items:
                 if rec["id"] in gains:
                     rec["gain"] = gains[rec["id"]]
+        exported = None
+        if cfg.report.lm_eval and kind in ("gsm8k", "mmlu") and decontaminated:
+            exported = self._export(decontaminated, kind, evaluation, models)
+            files["lm_eval"] = out / "lm_eval"
         summary = _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged, comparison, evaluation,
                            truth, truth_figures)
+        if exported is not None:
+            summary["lm_eval"] = exported.to_dict()
         with atomic_write(out / "items.jsonl") as f:
             for rec in items:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         write_json(out / "summary.json", summary)
         files.update(items=out / "items.jsonl", summary=out / "summary.json")
-        if cfg.report.lm_eval and kind in ("gsm8k", "mmlu") and decontaminated:
-            from itd.export import export_lm_eval
-
-            task = cfg.report.task or f"{Path(cfg.benchmark.path).stem}_itd"
-            export_lm_eval(decontaminated, out / "lm_eval", task=task, kind=kind, fewshot=fewshot)
-            files["lm_eval"] = out / "lm_eval"
         if cfg.report.html:
             from itd.html_report import write_html_report
 
@@ -471,12 +472,36 @@ class Pipeline:
                                   models=[m for m in (cfg.model.name, cfg.model.clean, cfg.rewrite.llm_model) if m])
         manifest["rewrite_stats"] = rewrite_report.stats
         manifest["seeds"] = {"detect": cfg.detect.seed, "rewrite": cfg.rewrite.seed, "evaluate": cfg.evaluate.seed}
+        if evaluation:
+            manifest["evaluation"] = _generation_settings(evaluation)
+        if exported is not None:
+            manifest["lm_eval"] = exported.to_dict()
         manifest["outputs"] = {k: str(v.relative_to(out)) for k, v in files.items()}
         write_json(out / "manifest.json", manifest)
         files["manifest"] = out / "manifest.json"
         return RunResult(out, summary, items, files)
 
     # ---- stages -----------------------------------------------------------------------------------------------
+    def _export(self, decontaminated, kind, evaluation, models):
+        """The decontaminated set as an lm-eval task that scores the evaluated model as this run did: the prompt
+        style and generation budget of its evaluation (or, with none, those it would have had), its shots."""
+        from itd.evaluation import _fewshot_pool, generation_budget, resolve_prompt_style
+        from itd.export import export_lm_eval
+
+        cfg = self.config
+        result = (evaluation or {}).get("model", {}).get("decontaminated")
+        if result is not None:
+            style, budget = result.prompt_style, result.max_gen_toks
+        else:
+            lm = models.get("model")
+            model = lm if lm is not None else None if cfg.model.base_url else (cfg.model.name or None)
+            style = resolve_prompt_style(cfg.evaluate.prompt_style, model)
+            budget = generation_budget(cfg.evaluate.max_new_tokens, getattr(lm, "context_length", None))
+        task = cfg.report.task or f"{Path(cfg.benchmark.path).stem}_itd"
+        return export_lm_eval(decontaminated, self.out / "lm_eval", task=task, kind=kind,
+                              fewshot=_fewshot_pool(cfg.evaluate) or None, num_fewshot=cfg.evaluate.num_fewshot,
+                              prompt_style=style, max_gen_toks=budget)
+
     def _claim(self, out: Path, effective: str) -> None:
         """Make `out` this run's directory: new, empty, or holding a run of the same config (a resume)."""
         saved = out / "config.toml"
@@ -729,10 +754,11 @@ def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged
     if comparison is not None:
         out["evaluation"] = comparison.to_dict()
         out["evaluation"]["metric"] = evaluation["model"]["original"].metric
+        out["evaluation"].update(_generation_settings(evaluation))
         out["evaluation"]["unparsed"] = {role: {which: r.unparsed for which, r in sets.items() if r.unparsed}
                                          for role, sets in evaluation.items()}
         if truth:
-            out["evaluation"]["by_truth"] = _accuracy_by_truth(evaluation, truth)
+            out["evaluation"]["by_truth"] = _accuracy_by_truth(evaluation, truth, cfg.evaluate.seed)
         if scan_report is not None:
             out["evaluation"]["by_label"] = _accuracy_by_label(evaluation, scan_report, flagged, cfg.evaluate.seed)
         if truth_figures is not None:
@@ -742,6 +768,13 @@ def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged
             out["evaluation"]["ground_truth"] = gt
     out["headline"] = headline(out)
     return out
+
+
+def _generation_settings(evaluation) -> dict[str, Any]:
+    """Per evaluated model, the resolved prompt style and the generation budget it was evaluated with."""
+    firsts = {role: next(iter(sets.values())) for role, sets in evaluation.items() if sets}
+    return {"prompt_style": {role: r.prompt_style for role, r in firsts.items()},
+            "max_gen_toks": {role: r.max_gen_toks for role, r in firsts.items()}}
 
 
 def _accuracy_by_label(evaluation, scan_report, flagged, seed: int) -> dict[str, Any]:
@@ -815,15 +848,17 @@ def headline(summary: Mapping[str, Any]) -> str:
     return f"{first}; {flagged} of {n_items} items were flagged{fdr}; {after}."
 
 
-def _accuracy_by_truth(evaluation, truth) -> dict[str, Any]:
-    """Accuracy of every model on every set, on the items the truth says leaked and on the unseen ones: where
-    the memory is, and whether rewriting took it away."""
+def _accuracy_by_truth(evaluation, truth, seed: int) -> dict[str, Any]:
+    """Accuracy of every model on every set, on the items the truth says leaked and on the unseen ones, each with
+    its percentile-bootstrap 95% CI (`itd.evaluation.Estimate` dicts; `accuracy` repeats `value`): where the
+    memory is, and whether rewriting took it away."""
+    from itd.evaluation import accuracy_by_group
+
+    groups = {group: list(truth[group]) for group in ("leaked", "unseen")}
     out: dict[str, Any] = {}
     for role, sets in evaluation.items():
         for which, result in sets.items():
-            for group in ("leaked", "unseen"):
-                ids = set(truth[group])
-                hits = [it.correct for it in result.items if it.id in ids]
-                out.setdefault(role, {}).setdefault(which, {})[group] = {
-                    "accuracy": sum(hits) / len(hits) if hits else None, "n": len(hits)}
+            figures = accuracy_by_group(result, None, groups, seed=seed)  # ids a set lacks are not counted
+            out.setdefault(role, {})[which] = {g: {**fig["before"], "accuracy": fig["before"]["value"]}
+                                               for g, fig in figures.items()}
     return out

@@ -67,6 +67,11 @@ def test_fdr_flags_are_rare_on_the_clean_twin_and_find_leaks_in_the_contaminated
 
 
 def test_set_level_test_separates_the_twins(reports):
+    report = reports["contaminated"]
+    # the reference distribution the p-values are calibrated against is kept (the report draws it)
+    summary = report.summary()["reference_scores"]
+    assert len(summary["minkpp"]) == report.reference_size and summary["minkpp"] == pytest.approx(
+        report.reference_scores["minkpp"], abs=1e-6)
     assert reports["contaminated"].set_tests["minkpp"].p_value < 0.01
     assert reports["contaminated"].contaminated
     assert reports["clean"].set_tests["minkpp"].p_value > 0.01

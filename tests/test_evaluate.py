@@ -723,3 +723,21 @@ def test_gold_continuation_follows_the_prompt(shared_data):
     assert gold_continuation(item, "plain") == strip_calculator_annotations(item.solution).strip()
     assert gold_continuation(mcq, "plain") == " " + "ABCD"[mcq.answer]
     assert render(mcq, "options+answer") == build_prompt(mcq, "plain") + gold_continuation(mcq, "plain")
+
+
+def test_the_declared_prompt_style_and_the_generation_budget(tmp_path):
+    """"auto" follows the style a model's own config.json declares, wherever the directory lives; the budget is
+    capped at half of a short context window (lm-eval's rule needs budget < window)."""
+    from itd.evaluation import MODEL_STYLE_KEY, generation_budget
+
+    model = tmp_path / "anywhere" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", MODEL_STYLE_KEY: "plain"}))
+    assert resolve_prompt_style("auto", model) == "plain" and resolve_prompt_style("harness", model) == "harness"
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert resolve_prompt_style("auto", model) == "harness" and resolve_prompt_style("auto", None) == "harness"
+    (model / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="config.json"):
+        resolve_prompt_style("auto", model)
+    assert generation_budget(256, 256) == 128 and generation_budget(256, 4096) == 256
+    assert generation_budget(256, None) == 256 and generation_budget(8, 1) == 1

@@ -1,4 +1,5 @@
-"""lm-evaluation-harness export: real GSM8K and MMLU items, loaded and run by lm-eval itself (no model download)."""
+"""lm-evaluation-harness export: real GSM8K and MMLU items, loaded and run by lm-eval itself (no model download),
+and the stock lm-eval Hugging Face model on a tiny lab twin scoring the export item for item as itd does."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from itd.data import Sample, load_benchmark
 from itd.errors import InputError
+from itd.evaluation import HARNESS_GSM8K_STOP, PLAIN_STOP, EvalConfig, build_prompt, evaluate
 from itd.export import export_lm_eval
 
 yaml = pytest.importorskip("yaml")
@@ -17,11 +20,11 @@ lm_eval = pytest.importorskip("lm_eval")
 
 from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
+from lm_eval.utils import apply_template  # noqa: E402
 
 STOCK = Path(lm_eval.__file__).parent / "tasks"
 SUBJECTS = ("abstract_algebra", "anatomy")
-COPIED = ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "generation_kwargs",
-          "filter_list", "repeats", "fewshot_config")
+COPIED = ("output_type", "doc_to_target", "doc_to_choice", "target_delimiter", "metric_list", "filter_list", "repeats")
 
 
 class Oracle(LM):
@@ -86,42 +89,47 @@ def _stock_yaml(relative: str) -> dict:
 
 def test_gsm8k_export_loads_and_runs_in_lm_eval(gsm8k, tmp_path):
     test, train = gsm8k
-    result = export_lm_eval(test, tmp_path / "out", task="gsm8k", fewshot=train, num_fewshot=3)
+    result = export_lm_eval(test, tmp_path / "out", task="gsm8k", fewshot=train, num_fewshot=3, max_gen_toks=200)
     assert result.task == "gsm8k_itd" and result.tasks == {"gsm8k_itd": 8} and result.num_fewshot == 3
+    assert result.prompt_style == "harness" and result.max_gen_toks == 200
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["gsm8k_itd.test.jsonl", "gsm8k_itd.train.jsonl", "gsm8k_itd.yaml"]
-    # The data is openai/gsm8k's schema: here the very records of the source file.
+    assert sorted(p.name for p in out.iterdir()) == ["gsm8k_itd.test.jsonl", "gsm8k_itd.yaml"]
+    # The data is openai/gsm8k's schema (here the very records of the source file) plus itd's prompt.
     raw = Path(test[0].source.file).read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line) for line in (out / "gsm8k_itd.test.jsonl").read_text().splitlines()] == [
+    records = [json.loads(line) for line in (out / "gsm8k_itd.test.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "itd_prompt"} for r in records] == [
         json.loads(raw[s.source.line - 1]) for s in test
     ]
 
-    # The prompt and scoring fields are the stock task's; data paths are absolute.
+    # The scoring fields are the stock task's; the stop sequences and budget itd's; data paths are absolute.
     ours = yaml.safe_load((out / "gsm8k_itd.yaml").read_text(encoding="utf-8"))
     stock = _stock_yaml("gsm8k/gsm8k.yaml")
     for key in COPIED:
         if key in stock:
             assert ours[key] == stock[key], key
     assert ours["metadata"] == stock["metadata"] and "tag" not in ours
-    assert ours["dataset_path"] == "json" and ours["test_split"] == "test" and ours["fewshot_split"] == "train"
-    assert ours["dataset_kwargs"]["data_files"] == {
-        "test": str(out / "gsm8k_itd.test.jsonl"), "train": str(out / "gsm8k_itd.train.jsonl")}
+    assert ours["generation_kwargs"] == {**stock["generation_kwargs"], "until": list(HARNESS_GSM8K_STOP),
+                                         "max_gen_toks": 200}
+    assert set(stock["generation_kwargs"]["until"]) < set(HARNESS_GSM8K_STOP)
+    assert ours["dataset_path"] == "json" and ours["test_split"] == "test" and ours["num_fewshot"] == 0
+    assert ours["dataset_kwargs"]["data_files"] == {"test": str(out / "gsm8k_itd.test.jsonl")}
 
     tm = _manager(out)
     task = tm.load(["gsm8k_itd"])["tasks"]["gsm8k_itd"]
     docs = list(task.test_docs())
     assert len(docs) == 8
-    assert task.doc_to_text(docs[0]) == f"Question: {test[0].question}\nAnswer:"
+    # The harness prompt is the stock template's text, with itd's shots (the first three given) in front.
+    shots = "".join(f"Question: {s.question}\nAnswer: {s.solution}\n\n" for s in train[:3])
+    assert apply_template(stock["doc_to_text"], docs[0]) == f"Question: {test[0].question}\nAnswer:"
+    assert task.doc_to_text(docs[0]) == shots + apply_template(stock["doc_to_text"], docs[0])
     assert task.doc_to_target(docs[0]) == test[0].solution and test[0].solution.endswith(f"#### {test[0].answer}")
     assert [f["name"] for f in task.config.filter_list] == ["strict-match", "flexible-extract"]
 
     results = lm_eval.simple_evaluate(model=Oracle(), tasks=["gsm8k_itd"], task_manager=tm, bootstrap_iters=0)
     scores = results["results"]["gsm8k_itd"]
     assert scores["exact_match,strict-match"] == 1.0 and scores["exact_match,flexible-extract"] == 1.0
-    # first_n few-shot: exactly the first three given train items, in order, with the stock delimiters.
     context = results["samples"]["gsm8k_itd"][0]["arguments"][0][0]
-    shots = "".join(f"Question: {s.question}\nAnswer: {s.solution}\n\n" for s in train[:3])
-    assert context == shots + f"Question: {test[0].question}\nAnswer:"
+    assert context == build_prompt(test[0], "harness", train[:3]) == shots + f"Question: {test[0].question}\nAnswer:"
 
 
 def test_mmlu_export_is_a_size_weighted_group_of_subject_tasks(mmlu, tmp_path):
@@ -131,11 +139,12 @@ def test_mmlu_export_is_a_size_weighted_group_of_subject_tasks(mmlu, tmp_path):
     names = {f"mmlu_itd_{s}": n for s, n in zip(SUBJECTS, (12, 7))}
     assert result.task == "mmlu_itd" and result.tasks == names and result.num_fewshot == 5
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["mmlu_itd.yaml"] + [f"{n}{ext}" for n in names for ext in (".yaml", ".test.jsonl", ".dev.jsonl")])
+        ["mmlu_itd.yaml"] + [f"{n}{ext}" for n in names for ext in (".yaml", ".test.jsonl")])
     records = [json.loads(line) for line in (out / "mmlu_itd_anatomy.test.jsonl").read_text().splitlines()]
     anatomy = [s for s in test if s.subject == "anatomy"]
+    shots = [s for s in dev if s.subject == "anatomy"]
     assert records[0] == {"question": anatomy[0].question, "subject": "anatomy", "choices": list(anatomy[0].choices),
-                          "answer": anatomy[0].answer}
+                          "answer": anatomy[0].answer, "itd_prompt": build_prompt(anatomy[0], "harness", shots[:5])}
     # itd reads its own export back as cais/mmlu records.
     back = load_benchmark(out / "mmlu_itd_anatomy.test.jsonl")
     assert back[0].layout == "mmlu-hf" and [(s.question, s.choices, s.answer) for s in back] == [
@@ -148,7 +157,7 @@ def test_mmlu_export_is_a_size_weighted_group_of_subject_tasks(mmlu, tmp_path):
         if key in template:
             assert ours[key] == template[key], key
     assert ours["metadata"] == template["metadata"] and "tag" not in ours
-    assert ours["description"] == stock_subject["description"] and ours["task_alias"] == stock_subject["task_alias"]
+    assert ours["task_alias"] == stock_subject["task_alias"] and "description" not in ours  # it is in the prompt
     group = yaml.safe_load((out / "mmlu_itd.yaml").read_text(encoding="utf-8"))
     assert group["aggregate_metric_list"] == _stock_yaml("mmlu/default/_mmlu.yaml")["aggregate_metric_list"]
     assert group["task"] == list(names)
@@ -160,19 +169,21 @@ def test_mmlu_export_is_a_size_weighted_group_of_subject_tasks(mmlu, tmp_path):
     docs = list(task.test_docs())
     assert len(docs) == 7
     q = anatomy[0]
-    assert task.doc_to_text(docs[0]) == (
-        f"{q.question.strip()}\nA. {q.choices[0]}\nB. {q.choices[1]}\nC. {q.choices[2]}\nD. {q.choices[3]}\nAnswer:")
+    assert task.doc_to_text(docs[0]).endswith(apply_template(template["doc_to_text"], docs[0])) and (
+        apply_template(template["doc_to_text"], docs[0])
+        == f"{q.question.strip()}\nA. {q.choices[0]}\nB. {q.choices[1]}\nC. {q.choices[2]}\nD. {q.choices[3]}\nAnswer:")
     assert task.doc_to_target(docs[0]) == q.answer and task.doc_to_choice(docs[0]) == ["A", "B", "C", "D"]
 
     results = lm_eval.simple_evaluate(model=Oracle(), tasks=["mmlu_itd"], task_manager=tm, bootstrap_iters=0)
     assert {name: results["results"][name]["acc,none"] for name in [*names, "mmlu_itd"]} == {
         name: 1.0 for name in [*names, "mmlu_itd"]}
     # The stock five-shot prompt: the subject description, then the first five dev items.
-    shots = [s for s in dev if s.subject == "anatomy"]
     expected = stock_subject["description"] + "".join(
         f"{s.question.strip()}\nA. {s.choices[0]}\nB. {s.choices[1]}\nC. {s.choices[2]}\nD. {s.choices[3]}\n"
-        f"Answer: {'ABCD'[s.answer]}\n\n" for s in shots[:5]) + task.doc_to_text(docs[0])
-    assert results["samples"]["mmlu_itd_anatomy"][0]["arguments"][0][0] == expected
+        f"Answer: {'ABCD'[s.answer]}\n\n" for s in shots[:5]) + apply_template(template["doc_to_text"], docs[0])
+    sample = results["samples"]["mmlu_itd_anatomy"][0]
+    assert [a[0] for a in sample["arguments"]] == [expected] * 4
+    assert [a[1] for a in sample["arguments"]] == [" A", " B", " C", " D"]
 
     # The group's accuracy is weighted by subject size, like the stock group's.
     results = lm_eval.simple_evaluate(model=Oracle("A"), tasks=["mmlu_itd"], task_manager=tm, bootstrap_iters=0)
@@ -194,11 +205,13 @@ def test_zero_shot_export_and_awkward_text(tmp_path):
     name = "my-set_itd_caf_law_1_x"
     assert result.task == "my-set_itd" and result.tasks == {name: 3} and result.num_fewshot == 0
     ours = yaml.safe_load((out / f"{name}.yaml").read_text(encoding="utf-8"))
-    assert ours["description"] == f"The following are multiple choice questions (with answers) about {subject}.\n\n"
     assert ours["num_fewshot"] == 0 and "fewshot_split" not in ours
     assert ours["dataset_kwargs"]["data_files"] == {"test": str(out / f"{name}.test.jsonl")}
     task = _manager(out).load([result.task])["tasks"][name]
-    assert len(list(task.test_docs())) == 3 and task.config.description == ours["description"]
+    docs = list(task.test_docs())
+    assert len(docs) == 3 and task.doc_to_text(docs[0]) == build_prompt(items[0], "harness") and (
+        task.doc_to_text(docs[0]).startswith(
+            f"The following are multiple choice questions (with answers) about {subject}.\n\n"))
 
 
 def test_names_cannot_collide_with_stock_tasks(tmp_path, gsm8k):
@@ -231,8 +244,10 @@ def _mcq(n_choices: int = 4, **kw) -> Sample:
         ([_mcq()], {"task": "bad name"}, "task name"),
         ([_mcq()], {"task": "mmlu*"}, "task name"),
         ([_mcq()], {"num_fewshot": 2}, "needs few-shot samples"),
-        ([_mcq()], {"fewshot": [_mcq(id="d1")], "num_fewshot": 2}, "only 1 few-shot"),
-        ([_mcq()], {"fewshot": [_mcq(id="d1", subject="law")]}, "no few-shot samples for subject 'anatomy'"),
+        ([_mcq()], {"fewshot": [_mcq(id="d1", question="Q2?")], "num_fewshot": 2}, "only 1 suitable"),
+        ([_mcq()], {"fewshot": [_mcq(id="d1", question="Q2?")], "num_fewshot": 1, "prompt_style": "auto"},
+         "prompt_style must be"),
+        ([_mcq()], {"max_gen_toks": 0}, "max_gen_toks"),
         ([_mcq()], {"fewshot": [_mcq(3, id="d1")]}, "few-shot sample 'd1'"),
         ([_mcq()], {"fewshot": []}, "fewshot is empty"),
         ([_mcq(), _mcq(id="m2", subject="Anatomy")], {}, "would both be the task"),
@@ -248,3 +263,57 @@ def test_out_dir_must_be_a_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="must be a directory"):
         export_lm_eval([_mcq()], tmp_path / "file", task="t")
+
+
+def _per_doc(samples: list[dict]) -> dict[int, dict[str, dict]]:
+    """lm-eval's logged samples by doc id and filter."""
+    out: dict[int, dict[str, dict]] = {}
+    for sample in samples:
+        out.setdefault(sample["doc_id"], {})[sample["filter"]] = sample
+    return out
+
+
+def test_stock_lm_eval_scores_a_lab_twin_item_for_item_as_itd_does(tiny_lab, shared_data, tmp_path):
+    """The stock lm-eval Hugging Face model (`--model hf`) on the export of a tiny lab twin: GSM8K generations
+    (one shot, the plain style the twin declares) and MMLU log-likelihoods are itd's, item for item. The twin is
+    copied out of its lab first: the prompt style travels with the model directory."""
+    import shutil
+
+    from itd.evaluation import resolve_prompt_style
+
+    model = tmp_path / "elsewhere" / "copied-twin"
+    shutil.copytree(tiny_lab.contaminated, model)
+    assert resolve_prompt_style("auto", model) == resolve_prompt_style("auto", tiny_lab.contaminated) == "plain"
+    by_id = {s.id: s for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")}
+    items = [by_id[i] for i in tiny_lab.leaked[:3] + tiny_lab.unseen[:2]]
+    shots = load_benchmark(shared_data / "gsm8k" / "train.jsonl")[:2]
+    ours = evaluate(items, str(model), EvalConfig(num_fewshot=1, fewshot=tuple(shots), max_new_tokens=24))
+    assert ours.prompt_style == "plain" and ours.max_gen_toks == 24 and ours.stop == list(PLAIN_STOP)
+    export = export_lm_eval(items, tmp_path / "gsm8k", task="lab", fewshot=shots, num_fewshot=1,
+                            prompt_style=ours.prompt_style, max_gen_toks=ours.max_gen_toks)
+    config = yaml.safe_load((tmp_path / "gsm8k" / "lab_itd.yaml").read_text(encoding="utf-8"))
+    assert config["generation_kwargs"]["until"] == list(PLAIN_STOP) and config["generation_kwargs"]["max_gen_toks"] == 24
+
+    run = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model}", tasks=[export.task],
+                                  task_manager=_manager(export.out_dir), bootstrap_iters=0, device="cpu")
+    docs = _per_doc(run["samples"][export.task])
+    assert sorted(docs) == list(range(len(items)))
+    for i, it in enumerate(ours.items):
+        strict, flexible = docs[i]["strict-match"], docs[i]["flexible-extract"]
+        assert strict["arguments"][0][0] == build_prompt(items[i], "plain", shots[:1])
+        assert strict["resps"][0][0] == it.prediction, it.id
+        assert (strict["exact_match"], flexible["exact_match"]) == (it.scores["strict"], it.scores["flexible"]), it.id
+    assert run["results"][export.task]["exact_match,flexible-extract"] == pytest.approx(ours.accuracy)
+
+    mmlu = load_benchmark(shared_data / "mmlu" / "test" / "anatomy_test.csv")[:3]
+    ours = evaluate(mmlu, str(model), EvalConfig())
+    assert ours.prompt_style == "plain" and ours.mcq_mode == "loglikelihood"
+    export = export_lm_eval(mmlu, tmp_path / "mmlu", task="lab", prompt_style=ours.prompt_style)
+    run = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model}", tasks=[export.task],
+                                  task_manager=_manager(export.out_dir), bootstrap_iters=0, device="cpu")
+    docs = _per_doc(run["samples"]["lab_itd_anatomy"])
+    for i, it in enumerate(ours.items):
+        sample = docs[i]["none"]
+        assert sample["arguments"][0][0] == build_prompt(mmlu[i], "plain")
+        np.testing.assert_allclose([r[0][0] for r in sample["resps"]], it.loglikelihoods, rtol=0, atol=1e-4)
+        assert sample["acc"] == float(it.correct), it.id

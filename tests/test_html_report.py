@@ -156,8 +156,9 @@ def test_minimal_report_says_why_sections_are_absent():
     assert "No score distribution" in page and "No ROC curves" in page and "No accuracy bars" in page
     assert "&lt;script&gt;" in page and "<script>" not in page
     # with no detection the table is ordered by scan label: the contaminated item first
-    first = re.search(r"<tr><td>1</td><td>([^<]*)<", page).group(1)
-    assert first == "m:1"
+    first = re.search(r'<tr><td>1</td><td class="id">(.*?)</td>', page).group(1)
+    assert first == "m:<wbr>1"
+    assert ">scan</th>" in page and ">best evidence</th>" in page  # a scan ran: its columns are shown
     assert render_html_report({}, [])  # nothing at all still renders
 
 
@@ -243,7 +244,8 @@ def test_deterministic_and_never_touches_pyplot():
 
 def test_renders_in_headless_chromium(tmp_path):
     exe = _chromium()
-    summary, items = full_run()
+    summary, items = _with_splits(*full_run())
+    summary["headline"] = "The contaminated model scores 70% (clean twin 42%); 8 items were flagged."
     report = tmp_path / "report.html"
     write_html_report(report, summary, items)
     shot = tmp_path / "shot.png"
@@ -271,3 +273,71 @@ def test_renders_in_headless_chromium(tmp_path):
             return sum(n for n, c in colours if all(abs(x - y) <= 12 for x, y in zip(c, rgb)))
 
         assert area((31, 119, 180)) > 5000 and area((255, 127, 14)) > 2000
+
+
+def _with_splits(summary, items):
+    """The run's accuracy split by ground truth and by scan label (as the pipeline writes them), its generation
+    settings, and item records as `itd.evaluation.ItemResult.to_dict` writes them."""
+    ev = summary["evaluation"]
+    ev["by_truth"] = {role: {which: {"leaked": {**_acc(0.9 if role == "model" and which == "original" else 0.3, 20),
+                                                "accuracy": 0.9},
+                                     "unseen": {**_acc(0.35, 40), "accuracy": 0.35}}
+                             for which in ("original", "decontaminated")} for role in ("model", "clean")}
+    ev["by_label"] = {"clean": {"before": _acc(0.4, 40), "after": _acc(0.38, 40)},
+                      "input_and_label_contaminated": {"before": _acc(0.95, 20), "after": _acc(0.3, 20)},
+                      "flagged": {"before": _acc(0.97, 8), "after": _acc(0.25, 8)}}
+    ev["prompt_style"], ev["max_gen_toks"] = {"model": "plain", "clean": "plain"}, {"model": 128, "clean": 128}
+    summary["lm_eval"] = {"task": "test_itd", "prompt_style": "plain", "num_fewshot": 0, "max_gen_toks": 128}
+    for it in items:
+        for role, stages in it["evaluation"].items():
+            for stage, r in stages.items():
+                answer = r["extracted"]
+                r["extracted"] = {"strict": None, "flexible": answer}
+                r["gold"] = str(it["original"]["answer"] if stage == "original" or not it["rewrite"]["final"]
+                                else it["rewrite"]["final"]["answer"])
+        if it["rewrite"]["status"] == "rewritten":  # accepted in round 2 after a rejection in round 1
+            it["rewrite"]["reasons"] = ["still flagged by the corpus scan"]
+            it["rewrite"]["attempts"] = [{"round": 1, "accepted": False, "reason": "still flagged by the corpus scan"},
+                                         {"round": 2, "accepted": True, "reason": None}]
+    return summary, items
+
+
+def test_splits_settings_and_readable_predictions():
+    summary, items = _with_splits(*full_run())
+    items[1]["rewrite"] = {"status": "rejected", "method": "numeric", "final": None,
+                           "reasons": ["answer changed", "still flagged"],
+                           "attempts": [{"round": 1, "accepted": False, "reason": "answer changed"},
+                                        {"round": 2, "accepted": False, "reason": "still flagged"}]}
+    items[1]["detection"]["p_value"] = 1e-9  # first row
+    page = render_html_report(summary, items, top=60)
+    assert len(_images(page)) == 5  # distribution, ROC, accuracy, by truth, by label
+    assert "Accuracy on the leaked and the unseen items (ground truth)" in page
+    assert "<td>model</td><td>original</td><td>0.900</td><td>[0.769, 1.000]</td><td>20</td><td>0.350</td>" in page
+    assert "<td>input and label contaminated</td><td>0.950</td>" in page
+    assert "evaluated with the plain prompt style (model, at most 128 new tokens)" in page
+    assert "lm-eval task test_itd: plain prompts, 0-shot, max_gen_toks 128" in page
+    # predictions: the parsed answer under the run's metric, the gold answer(s) and a mark; never a dict repr
+    assert "{&#x27;" not in page and "{'" not in page
+    flagged = next(it for it in items if it["rewrite"]["status"] == "rewritten")
+    gold_before, gold_after = flagged["original"]["answer"], flagged["rewrite"]["final"]["answer"]
+    row = re.search(rf'<td class="id">{re.escape(flagged["id"]).replace(":", ":<wbr>")}<div.*?</tr>', page, re.S).group(0)
+    assert f"gold {gold_before} → {gold_after}" in row
+    assert re.search(rf'model:</span> <span title="[^"]*">{gold_before}</span> <b class="ok">✓</b> → '
+                     r'<span title="[^"]*">7</span> <b class="bad">✗</b>', row)
+    # rejection notes: the final attempt's only; none under an accepted rewrite
+    assert "still flagged by the corpus scan" not in row
+    rejected = re.search(r'<tr><td>1</td>.*?</tr>', page, re.S).group(0)
+    assert "still flagged" in rejected and "answer changed" not in rejected
+
+
+def test_no_scan_hides_its_columns_and_ids_break_only_between_tokens():
+    summary, items = full_run()
+    for it in items:
+        it.pop("scan")
+        it["id"] = f"gsm8k-test/item_{it['id'][5:]}.v2"
+    summary["detection"].pop("scan")
+    page = render_html_report(summary, items)
+    assert ">scan</th>" not in page and ">best evidence</th>" not in page
+    assert page.count("<th ") == 6 and "truth: leaked" in page
+    assert '<td class="id">gsm8k-<wbr>test/<wbr>item_<wbr>0.<wbr>v2' in page
+    assert "td.id{overflow-wrap:normal;word-break:keep-all" in page

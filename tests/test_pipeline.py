@@ -150,11 +150,20 @@ def test_run_writes_the_run_directory(lab_run, tiny_lab):
             for group, n in truth_n.items():
                 fig = ev["by_truth"][role][which][group]
                 hits = [r["evaluation"][role][which]["correct"] for r in items if r["truth"] == group]
-                assert fig["n"] == n and fig["accuracy"] == pytest.approx(sum(hits) / n)
+                assert fig["n"] == n and fig["accuracy"] == fig["value"] == pytest.approx(sum(hits) / n)
+                assert fig["ci"][0] <= fig["value"] <= fig["ci"][1]
+    # the lab twins declare the plain style in their own config; every record says what was used
+    assert ev["prompt_style"] == {"model": "plain", "clean": "plain"} and ev["max_gen_toks"]["model"] == 48
+    assert summary["lm_eval"]["prompt_style"] == "plain" and summary["lm_eval"]["max_gen_toks"] == 48
+    # the reference set's score distribution is in the summary, and drawn
+    assert len(summary["detection"]["reference_scores"]["minkpp"]) == 300
+    report = (out / "report.html").read_text()
+    assert "No reference-set scores" not in report and "Accuracy on the leaked and the unseen items" in report
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tool"] == "itd" and manifest["models"][:2] == [str(tiny_lab.contaminated), str(tiny_lab.clean)]
     assert {Path(f["path"]).name for f in manifest["inputs"]} >= {"benchmark.jsonl", "reference.jsonl"}
     assert manifest["seeds"] and manifest["outputs"]["report"] == "report.html"
+    assert manifest["evaluation"]["prompt_style"]["model"] == manifest["lm_eval"]["prompt_style"] == "plain"
 
 
 def test_run_decontaminated_set_replaces_exactly_the_rewritten_items(lab_run):
@@ -173,9 +182,17 @@ def test_run_decontaminated_set_replaces_exactly_the_rewritten_items(lab_run):
 
 
 def test_run_exports_an_lm_eval_task(lab_run):
+    """The export carries the run's own prompts (the lab twin's plain style) and generation budget."""
+    from itd.data import load_benchmark
+    from itd.evaluation import PLAIN_STOP, build_prompt
+
     out, _ = lab_run
     yaml = (out / "lm_eval" / "benchmark_itd.yaml").read_text()
     assert "dataset_path" in yaml and "benchmark_itd.test.jsonl" in yaml
+    assert "max_gen_toks: 48" in yaml and "prompt style plain" in yaml and repr(PLAIN_STOP[0])[1:-1] in yaml
+    records = [json.loads(line) for line in (out / "lm_eval" / "benchmark_itd.test.jsonl").read_text().splitlines()]
+    decontaminated = load_benchmark(out / "decontaminated" / "benchmark.jsonl")
+    assert [r["itd_prompt"] for r in records] == [build_prompt(s, "plain") for s in decontaminated]
 
 
 def test_run_refuses_a_run_directory_of_another_config(lab_run, lab_run_config):
