@@ -320,6 +320,18 @@ def _parse_detectors(value: str) -> tuple[str, ...]:
     return tuple(v for v in (p.strip() for p in value.split(",")) if v)
 
 
+def _default_detectors() -> str:
+    """The scan's default detectors: ngram and minhash, or ngram alone (said on stderr) when the `minhash` extra
+    (datasketch) is not installed, as in the light pre-commit environment."""
+    import importlib.util
+
+    if importlib.util.find_spec("datasketch") is not None:
+        return "ngram,minhash"
+    _err_console().print("minhash skipped: its extra is not installed (pip install 'itd[minhash]'); scanning with "
+                         "ngram only", highlight=False, markup=False)
+    return "ngram"
+
+
 class _Command(click.Command):
     """A command whose one-line description in `itd --help` is never cut short with "..."."""
 
@@ -342,7 +354,9 @@ def cli() -> None:
 @cli.command(short_help="Find benchmark items in a training corpus, with evidence.")
 @click.argument("benchmarks", nargs=-1, required=True, type=click.Path())
 @click.option("--corpus", "-c", multiple=True, required=True, help="Corpus file, directory or glob (repeatable).")
-@click.option("--detector", "detectors", default="ngram,minhash", help="Comma-separated detectors.")
+@click.option("--detector", "detectors", default=None,
+              help="Comma-separated detectors [default: ngram,minhash; ngram alone, with a note, when the minhash "
+                   "extra is not installed].")
 @click.option("--format", "fmt", default="auto", help="Benchmark format (auto, gsm8k, mmlu, jsonl, csv).")
 @click.option("--n", type=click.IntRange(2, 64), default=13, help="n-gram length.")
 @click.option("--n-short", type=click.IntRange(1, 64), default=8, help="n-gram length for short items.")
@@ -401,7 +415,7 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
         raise InputError("--out and --write-matches name the same file")
 
     config = ScanConfig(
-        detectors=_parse_detectors(detectors),
+        detectors=_parse_detectors(detectors or _default_detectors()),
         n=n,
         n_short=n_short,
         input_threshold=input_threshold,

@@ -367,3 +367,19 @@ def test_the_light_path_imports_no_model_library(leaked_setup):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_scan_default_detectors_without_the_minhash_extra(leaked_setup, monkeypatch, capsys):
+    """The light install (no datasketch) still scans by default, with ngram, and says that minhash was skipped."""
+    import importlib.util
+
+    corpus, _, leaked, _ = leaked_setup
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasketch" else real(name, *a))
+    assert main(["scan", str(leaked), "--corpus", str(corpus), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["labels"]["input_contaminated"] == 3
+    assert "minhash skipped" in err and "itd[minhash]" in err
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert main(["scan", str(leaked), "--corpus", str(corpus), "--json", "-q"]) == 1
+    assert "minhash skipped" not in capsys.readouterr().err
