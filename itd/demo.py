@@ -219,16 +219,17 @@ _DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 
 
 def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str, scale: float = 1.0) -> tuple[str, str]:
-    """One problem of template `kind`: small operands (2-15, the upper bounds times `scale`), one or two steps
-    of +, - and a times table."""
+    """One problem of template `kind`. Kinds 1, 2 and 4 are small one- or two-step problems (operands 2-15, a
+    times table) that the demo's twins learn to solve; kinds 0 and 3 multiply two two-digit numbers (11-60), which
+    they cannot compute, so a correct answer there is memory. The operands' upper bounds are multiplied by
+    `scale` (never below their lower bound, and two-digit numbers stay two-digit)."""
     def r(lo: int = 2, hi: int = 15) -> int:
         return rng.randint(lo, max(lo + 1, round(hi * scale)))
 
     if kind == 0:
-        a, b = r(), r()
-        c = rng.randint(1, a + b - 1)
-        q = f"{name} has {a} {item}. At the {place} {name} gets {b} more and then gives {c} away. How many {item} does {name} have now?"
-        s = f"{name} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.\nThen {a + b} - {c} = <<{a + b}-{c}={a + b - c}>>{a + b - c} are left.\n#### {a + b - c}"
+        a, b = r(11, 60), r(11, 60)
+        q = f"{name} buys {a} boxes of {item} at the {place}. Each box holds {b} {item}. How many {item} does {name} buy?"
+        s = f"{name} buys {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item}.\n#### {a * b}"
     elif kind == 1:
         a, b = r(2, 9), r(2, 9)
         q = f"{name} sells {a} {item} at the {place} for ${b} each. How much money does {name} make from the {item}?"
@@ -238,10 +239,9 @@ def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str,
         q = f"{name} found {a} {item} in the morning and {b} {item} at the {place} in the afternoon. How many {item} did {name} find in all?"
         s = f"In all {name} found {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.\n#### {a + b}"
     elif kind == 3:
-        a = r(5, 20)
-        b = rng.randint(1, a - 1)
-        q = f"There are {a} {item} at the {place}. {name} takes {b} of them. How many {item} are still at the {place}?"
-        s = f"There are {a} - {b} = <<{a}-{b}={a - b}>>{a - b} {item} left.\n#### {a - b}"
+        a, b = r(11, 60), r(11, 60)
+        q = f"The {place} has {a} shelves of {item} and every shelf has {b} {item} on it. How many {item} are at the {place}?"
+        s = f"There are {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item} at the {place}.\n#### {a * b}"
     else:
         a, k = r(2, 9), r(2, 9)
         first, then = rng.sample(_DAYS, 2)
