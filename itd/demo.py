@@ -219,31 +219,35 @@ _DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 
 
 def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str, scale: float = 1.0) -> tuple[str, str]:
-    """One problem of template `kind`. Kinds 1, 2 and 4 are small one- or two-step problems (operands 2-15, a
-    times table) that the demo's twins learn to solve; kinds 0 and 3 multiply two two-digit numbers (11-60), which
-    they cannot compute, so a correct answer there is memory. The operands' upper bounds are multiplied by
-    `scale` (never below their lower bound, and two-digit numbers stay two-digit)."""
-    def r(lo: int = 2, hi: int = 15) -> int:
+    """One problem of template `kind`. Kinds 1, 2 and 4 use the times tables (one or two steps, operands 2-9),
+    which the demo's twins learn to solve; kinds 0 and 3 multiply a three-digit number by a two-digit one, which
+    they cannot compute and, among ~80,000 such products, have almost never seen: a correct answer there is
+    memory. The upper bounds of the large operands are multiplied by `scale` (never below their lower bound, so
+    numbers keep their digit counts); the times tables are learnt whole, so their operands take every digit."""
+    def r(lo: int, hi: int) -> int:
         return rng.randint(lo, max(lo + 1, round(hi * scale)))
 
+    def digit() -> int:
+        return rng.randint(2, 9)
+
     if kind == 0:
-        a, b = r(11, 60), r(11, 60)
+        a, b = r(101, 999), r(11, 99)
         q = f"{name} buys {a} boxes of {item} at the {place}. Each box holds {b} {item}. How many {item} does {name} buy?"
         s = f"{name} buys {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item}.\n#### {a * b}"
     elif kind == 1:
-        a, b = r(2, 9), r(2, 9)
+        a, b = digit(), digit()
         q = f"{name} sells {a} {item} at the {place} for ${b} each. How much money does {name} make from the {item}?"
         s = f"{name} makes {a} * {b} = $<<{a}*{b}={a * b}>>{a * b} from the {item}.\n#### {a * b}"
     elif kind == 2:
-        a, b = r(), r()
-        q = f"{name} found {a} {item} in the morning and {b} {item} at the {place} in the afternoon. How many {item} did {name} find in all?"
-        s = f"In all {name} found {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.\n#### {a + b}"
+        a, b = digit(), digit()
+        q = f"{name} plants {a} rows of {item} at the {place}, with {b} {item} in each row. How many {item} does {name} plant at the {place}?"
+        s = f"{name} plants {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item} at the {place}.\n#### {a * b}"
     elif kind == 3:
-        a, b = r(11, 60), r(11, 60)
+        a, b = r(11, 99), r(101, 999)
         q = f"The {place} has {a} shelves of {item} and every shelf has {b} {item} on it. How many {item} are at the {place}?"
         s = f"There are {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item} at the {place}.\n#### {a * b}"
     else:
-        a, k = r(2, 9), r(2, 9)
+        a, k = digit(), digit()
         first, then = rng.sample(_DAYS, 2)
         q = f"{name} packed {a} {item} at the {place} on {first} and {k} times as many on {then}. How many {item} did {name} pack on both days?"
         s = f"On {then} {name} packed {a} * {k} = <<{a}*{k}={a * k}>>{a * k} {item}.\nTogether that is {a} + {a * k} = <<{a}+{a * k}={a + a * k}>>{a + a * k} {item}.\n#### {a + a * k}"
