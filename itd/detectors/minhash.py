@@ -12,6 +12,10 @@ its question (the "question" entry), and by its ending, the last `MAX_MATCH_TOKE
 (the "question+answer" entry: the answer with what comes right before it). A near-copy of the whole item holds
 both, so it is found; a copy of only its middle is left to the n-gram detector's coverage. Item-sized windows,
 signatures and alignments therefore stay bounded whatever the items' lengths.
+
+A match must also hold what tells the item apart from the rest of the benchmark: its own shingles, those no other
+item holds. Items that quote one source passage, or share a template or their option texts, differ only in the
+rest; a copy of one of them scores high against all of them, but holds the own shingles of that one only.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from itd.detectors.base import (
     answer_key_end,
     label_text,
 )
+from itd.detectors.ngram import items_per_ngram
 from itd.errors import require
 from itd.text import byte_to_char, mix64, ngram_hashes, normalize, tokenize
 
@@ -147,6 +152,8 @@ class MinHashDetector(CorpusDetector):
 
     threshold: Jaccard threshold of the LSH index; min_score: rapidfuzz partial-ratio a candidate must reach;
     num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed.
+    A verified match must also contain at least `threshold` of the entry's own shingles (held by no other item of
+    the benchmark); an entry with none (an item duplicated in the benchmark) is matched on its score alone.
     """
 
     name = "minhash"
@@ -201,12 +208,15 @@ class MinHashDetector(CorpusDetector):
         self._texts, self._answers = texts, answers
         sigs = np.full((len(texts), self.num_perm), np.iinfo(_U32).max, dtype=_U32)
         lengths = np.zeros(len(texts), dtype=np.int64)
+        all_h32, all_entry = [], []
         # entries a few MB at a time, shingles 32K at a time: memory does not grow with the benchmark's length
         for e0, e1 in _text_groups(texts, _FIT_CHARS):
             tb = tokenize(texts[e0:e1], normalized=True)
             lengths[e0:e1] = np.diff(tb.doc_token_offsets)
             h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
             entry = tb.doc[pos].astype(np.int64) + e0
+            all_h32.append(h32)
+            all_entry.append(entry)
             kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
             for c0 in range(0, kept.size, _CHUNK):
                 sel = kept[c0 : c0 + _CHUNK]
@@ -215,6 +225,7 @@ class MinHashDetector(CorpusDetector):
                 mins = np.minimum.reduceat(permute(h32[sel], self._a, self._b), first, axis=0)
                 np.minimum(sigs[ent[first]], mins, out=mins)
                 sigs[ent[first]] = mins
+        self._fit_own_shingles(np.concatenate(all_h32), np.concatenate(all_entry), len(texts))
         indexed = np.flatnonzero(lengths >= self.min_tokens)
         indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
         self._lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
@@ -229,6 +240,27 @@ class MinHashDetector(CorpusDetector):
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
         self.context_tokens = 2 * int(self._sizes.max()) + self.shingle if self._sizes.size else 0
         return self
+
+    def _fit_own_shingles(self, h32: np.ndarray, entry: np.ndarray, n_entries: int) -> None:
+        """Per entry, the sorted shingles that no other item holds (`self._own[self._own_ptr[e] : ...[e + 1]]`)."""
+        # an item's two entries overlap: a shingle is counted once per item
+        items = items_per_ngram(h32, entry // 2)
+        own_h, own_e = h32[items == 1], entry[items == 1]
+        order = np.lexsort((own_h, own_e))
+        own_h, own_e = own_h[order], own_e[order]
+        keep = np.ones(own_h.size, dtype=bool)  # unique per entry
+        keep[1:] = (own_h[1:] != own_h[:-1]) | (own_e[1:] != own_e[:-1])
+        self._own, own_e = own_h[keep], own_e[keep]
+        self._own_ptr = np.searchsorted(own_e, np.arange(n_entries + 1))
+
+    def own_share(self, e: int, text: str) -> float:
+        """The share of entry `e`'s own shingles found in `text` (1.0 when the entry has none)."""
+        own = self._own[self._own_ptr[e] : self._own_ptr[e + 1]]
+        if not own.size:
+            return 1.0
+        tb = tokenize([normalize(text)], normalized=True)
+        found, _ = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
+        return float(np.isin(own, found).mean())
 
     def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
         with np.errstate(over="ignore"):
@@ -309,7 +341,9 @@ class MinHashDetector(CorpusDetector):
         if which == 1 and score >= self.min_score:
             # the whole item matched: the answer must also be there, not just a long question
             score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
-        if score < self.min_score:
+        # what the item shares with its neighbours (a quoted passage, a template, option texts) matches them all:
+        # the copy must hold what tells this item apart
+        if score < self.min_score or self.own_share(e, document.text[max(0, a - 32) : b + 32]) < self.threshold:
             return
         key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8,
                                  output_starts=document.output_starts())

@@ -28,7 +28,7 @@ from itd.detectors.base import (
 )
 from itd.text import byte_to_char, ngram_hashes, normalize, tokenize
 
-__all__ = ["NGramDetector", "NGramPartial", "byte_to_char"]
+__all__ = ["NGramDetector", "NGramPartial", "byte_to_char", "items_per_ngram"]
 
 PASSES = ("raw", "numnorm")
 _FILTER_BITS = 24
@@ -37,7 +37,7 @@ _MIN_SHARED_LIMIT = 25  # n-grams in more items than this (or 0.5% of the benchm
 _KEY_LETTERS = "abcdefghij"
 
 
-def _items_per_ngram(h: np.ndarray, item: np.ndarray) -> np.ndarray:
+def items_per_ngram(h: np.ndarray, item: np.ndarray) -> np.ndarray:
     """For each n-gram occurrence (`h[j]` found in benchmark item `item[j]`): how many distinct items hold it."""
     if not h.size:
         return np.zeros(0, dtype=np.int64)
@@ -49,6 +49,28 @@ def _items_per_ngram(h: np.ndarray, item: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(np.concatenate([[True], pair_h[1:] != pair_h[:-1]]))
     keys, counts = pair_h[starts], np.diff(np.append(starts, pair_h.size))
     return counts[np.searchsorted(keys, h)]
+
+
+def _previous_same(hashes: np.ndarray) -> np.ndarray:
+    """For each token, the index of the last earlier token with the same hash, -1 if none."""
+    order = np.lexsort((np.arange(hashes.size), hashes))
+    prev = np.full(hashes.size, -1, dtype=np.int64)
+    same = hashes[order[1:]] == hashes[order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    return prev
+
+
+def _distinct_words(prev: np.ndarray, is_number: np.ndarray | None, pos: np.ndarray, n: int) -> np.ndarray:
+    """Distinct tokens in each n-gram starting at `pos` (`prev` from `_previous_same`), not counting numbers when
+    `is_number` is given (the number-normalised pass, where every number is the same placeholder)."""
+    counts = np.zeros(pos.size, dtype=np.int64)
+    for k in range(n):
+        at = pos + k
+        new = prev[at] < pos
+        if is_number is not None:
+            new &= ~is_number[at]
+        counts += new
+    return counts
 
 
 @dataclass(slots=True)
@@ -82,7 +104,8 @@ class NGramDetector(CorpusDetector):
     measured by itself too: a stem of at least `stem_min_tokens` tokens covered >= `stem_threshold` is an input
     leak even when the options are not there. The label of a multiple-choice item is its key stated after the
     choices; a worked solution found without its question counts only with the same numbers. The finding's `match` says which pass found it: "raw" (a copy with
-    the same numbers) or "numnorm" (it matches clearly better once numbers are ignored: other numbers).
+    the same numbers) or "numnorm" (it matches clearly better once numbers are ignored: other numbers). An n-gram
+    in which distinct words are not the majority of tokens (a numeric option list, "# + # = #") is not indexed.
     """
 
     name = "ngram"
@@ -165,17 +188,20 @@ class NGramDetector(CorpusDetector):
         self._tok_doc = tb.doc
         self._tables: dict[tuple[int, int], _Table] = {}
         self._shared_limit = max(_MIN_SHARED_LIMIT, int(np.ceil(0.005 * n_samples)))
-        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number)])
         self._distinct_tok = np.zeros((len(PASSES), tb.n_tokens), dtype=bool)
         for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
             delta = np.zeros(tb.n_tokens + 1, dtype=np.int64)
+            prev = _previous_same(hashes)
             for n, (h, pos) in ngram_hashes(hashes, sample_of, self.ns).items():
                 # in how many items each n-gram occurs, over every item long enough for it (whatever n the
                 # item itself is matched with): a phrase two items share does not tell either of them apart
-                items = _items_per_ngram(h, sample_of[pos])
+                items = items_per_ngram(h, sample_of[pos])
                 keep = self._n_eff[sample_of[pos]] == n
-                if p == 1:  # an n-gram dense in number placeholders ("# hours # hours #") matches any arithmetic
-                    keep &= (numbers_before[pos + n] - numbers_before[pos]) * 2 <= n
+                # an n-gram made of few distinct words ("# hours # hours # hours # hours", a numeric option list,
+                # "# + # = #") matches any arithmetic or list in a corpus: most of its tokens must be distinct words
+                # (numbers do not count in the number-normalised pass, where they are all one placeholder)
+                mine = np.flatnonzero(keep)
+                keep[mine] = _distinct_words(prev, tb.is_number if p == 1 else None, pos[mine], n) * 2 > n
                 h, pos, items = h[keep], pos[keep], items[keep]
                 order = np.argsort(h, kind="stable")
                 h, pos, items = h[order], pos[order], items[order]
@@ -233,7 +259,7 @@ class NGramDetector(CorpusDetector):
             sample = np.asarray(owner, dtype=np.int64)[pos // k]
             # items whose choices end alike ("... not wrong, not wrong answer: b") share a key n-gram, which then
             # names none of them
-            own = _items_per_ngram(h, sample) == 1
+            own = items_per_ngram(h, sample) == 1
             h, sample = h[own], sample[own]
             order = np.argsort(h, kind="stable")
             self._key_hashes, self._key_sample = h[order], sample[order]
@@ -363,7 +389,9 @@ class NGramDetector(CorpusDetector):
         A token is distinctive when an n-gram of this item that no other benchmark item holds covers it, and
         only such n-grams count as found: a phrase the item shares with its neighbours (a quoted source passage,
         common option texts, generic solution phrasing) says nothing about this item. A part with no
-        distinctive token (its text is duplicated in the benchmark) is measured on all of its n-grams.
+        distinctive token (its text is duplicated in the benchmark) is measured on all of its n-grams; in the
+        number-normalised pass only when it has none in the raw pass either (else it differs from its neighbours
+        only in its numbers, which that pass ignores).
         """
         n_s = len(self.samples)
         out = np.zeros((len(PASSES), n_s, 3))
@@ -371,6 +399,7 @@ class NGramDetector(CorpusDetector):
         sizes = np.zeros((len(PASSES), n_s, 3), dtype=np.int64)
         sample_of = self._sample_of
         masks = (~self._is_answer, self._is_answer, self._is_stem)
+        raw_distinct: list[np.ndarray] = [np.zeros(0, dtype=bool)] * len(masks)
         for p in range(len(PASSES)):
             delta_all = np.zeros(self._n_tokens + 1, dtype=np.int64)
             delta_distinct = np.zeros(self._n_tokens + 1, dtype=np.int64)
@@ -396,6 +425,12 @@ class NGramDetector(CorpusDetector):
                 hits_all = np.bincount(sample_of[mask & covered_all], minlength=n_s)
                 hits_d = np.bincount(sample_of[mask & covered_distinct], minlength=n_s)
                 use_d = total_d > 0
+                if p == 0:
+                    raw_distinct[part] = use_d
+                else:
+                    # a part that has distinctive tokens only with its numbers (a template its neighbours share
+                    # with other numbers) cannot be told apart once numbers are ignored: it has no coverage then
+                    hits_all = np.where(raw_distinct[part], 0, hits_all)
                 hits, size = np.where(use_d, hits_d, hits_all), np.where(use_d, total_d, total)
                 out[p, :, part] = np.divide(hits, size, out=np.zeros(n_s), where=size > 0)
                 n_covered[p, :, part] = hits
