@@ -48,6 +48,7 @@ PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
 _FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
 _U32 = np.uint32
+_OWN_SHARE = 0.5  # a match holds an item's own shingles at least half as well as all of its shingles
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
@@ -152,8 +153,9 @@ class MinHashDetector(CorpusDetector):
 
     threshold: Jaccard threshold of the LSH index; min_score: rapidfuzz partial-ratio a candidate must reach;
     num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed.
-    A verified match must also contain at least `threshold` of the entry's own shingles (held by no other item of
-    the benchmark); an entry with none (an item duplicated in the benchmark) is matched on its score alone.
+    A verified match must also hold the entry's own shingles (held by no other item of the benchmark) at least half
+    as well as all of its shingles; an entry with none (an item duplicated in the benchmark) is matched on its
+    score alone.
     """
 
     name = "minhash"
@@ -253,14 +255,17 @@ class MinHashDetector(CorpusDetector):
         self._own, own_e = own_h[keep], own_e[keep]
         self._own_ptr = np.searchsorted(own_e, np.arange(n_entries + 1))
 
-    def own_share(self, e: int, text: str) -> float:
-        """The share of entry `e`'s own shingles found in `text` (1.0 when the entry has none)."""
+    def holds_own(self, e: int, text: str) -> bool:
+        """Whether `text` (a verified match of entry `e`) holds the entry's own shingles (those no other item
+        holds) at least `_OWN_SHARE` as well as it holds all of the entry's shingles. An edited copy loses own and
+        shared shingles alike; a copy of a neighbour holds the shared ones only. True for an entry with none."""
         own = self._own[self._own_ptr[e] : self._own_ptr[e + 1]]
         if not own.size:
-            return 1.0
-        tb = tokenize([normalize(text)], normalized=True)
-        found, _ = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
-        return float(np.isin(own, found).mean())
+            return True
+        tb = tokenize([normalize(text), self._texts[e]], normalized=True)
+        h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
+        in_text, entry = h32[tb.doc[pos] == 0], np.unique(h32[tb.doc[pos] == 1])
+        return float(np.isin(own, in_text).mean()) >= _OWN_SHARE * float(np.isin(entry, in_text).mean())
 
     def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
         with np.errstate(over="ignore"):
@@ -343,7 +348,7 @@ class MinHashDetector(CorpusDetector):
             score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
         # what the item shares with its neighbours (a quoted passage, a template, option texts) matches them all:
         # the copy must hold what tells this item apart
-        if score < self.min_score or self.own_share(e, document.text[max(0, a - 32) : b + 32]) < self.threshold:
+        if score < self.min_score or not self.holds_own(e, document.text[max(0, a - 32) : b + 32]):
             return
         key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8,
                                  output_starts=document.output_starts())
