@@ -229,16 +229,24 @@ def test_a_shared_passage_alone_does_not_flag_its_siblings(shared_data, tmp_path
 def test_neighbours_sharing_a_template_or_options_are_not_flagged(shared_data, tmp_path):
     """A copy of one item does not flag the items that share its template, options or all but a few characters
     with it: the near-twin physics item written with `*` for `x`, the moral scenarios with the same four
-    "Wrong, Not wrong" options, the expressions to evaluate that differ only in their numbers."""
+    "Wrong, Not wrong" options, the expressions to evaluate that differ only in their numbers, and the items made
+    of one neighbour's stem and another's options (nothing of their own but the combination)."""
     rng = random.Random(11)
-    subjects = ("college_physics", "moral_scenarios", "elementary_mathematics")
+    subjects = ("college_physics", "moral_scenarios", "elementary_mathematics", "high_school_chemistry", "conceptual_physics")
     samples = [s for subject in subjects for s in _mmlu(shared_data, subject)]
-    twin = next(s for s in samples if s.id == "college_physics_test:39")
+    by_id = {s.id: s for s in samples}
+    twin = by_id["college_physics_test:39"]
     assert any(s.question == twin.question and s.id != twin.id for s in samples)
     scenario = next(s for s in samples if s.id.startswith("moral_scenarios"))
     expressions = [s for s in samples if "the value of the expression" in s.question]
     assert len(expressions) >= 4
-    leaked = [twin, scenario, expressions[0]]
+    # :100 is the stem of :126 with the options of :8; :158 the stem of :37 with the options of :91
+    for combined, stem_of, options_of in (("high_school_chemistry_test:100", "high_school_chemistry_test:126", "high_school_chemistry_test:8"),
+                                          ("conceptual_physics_test:158", "conceptual_physics_test:37", "conceptual_physics_test:91")):
+        words = lambda text: re.sub(r"\W+", " ", text).strip()  # noqa: E731
+        assert words(by_id[combined].question) == words(by_id[stem_of].question)
+        assert by_id[combined].choices[1:3] == by_id[options_of].choices[1:3]
+    leaked = [twin, scenario, expressions[0], by_id["high_school_chemistry_test:8"], by_id["conceptual_physics_test:37"]]
     corpus = _corpus(tmp_path, [_harness(s, " " + "ABCD"[s.answer]) for s in leaked], rng)
     report = scan(samples, corpus, ScanConfig(detectors=("ngram", "minhash")))
     by_id = report.by_id()

@@ -38,7 +38,7 @@ from itd.detectors.base import (
     answer_key_end,
     label_text,
 )
-from itd.detectors.ngram import items_per_ngram
+from itd.detectors.ngram import items_per_ngram, neighbour_explains
 from itd.errors import require
 from itd.text import byte_to_char, mix64, ngram_hashes, normalize, tokenize
 
@@ -254,18 +254,35 @@ class MinHashDetector(CorpusDetector):
         keep[1:] = (own_h[1:] != own_h[:-1]) | (own_e[1:] != own_e[:-1])
         self._own, own_e = own_h[keep], own_e[keep]
         self._own_ptr = np.searchsorted(own_e, np.arange(n_entries + 1))
+        # entries with no own shingle keep all of theirs, and who else holds them (`neighbour_explains`)
+        none_own = np.flatnonzero(np.diff(self._own_ptr) == 0)
+        sel = np.isin(entry, none_own)
+        pairs = np.unique(np.stack([entry[sel], h32[sel].astype(np.int64)]), axis=1)
+        self._plain, self._plain_ptr = pairs[1].astype(h32.dtype), np.searchsorted(pairs[0], np.arange(n_entries + 1))
+        sel = np.isin(h32, self._plain)
+        pairs = np.unique(np.stack([h32[sel].astype(np.int64), entry[sel] // 2]), axis=1)
+        self._holder_h, self._holder_item = pairs[0].astype(h32.dtype), pairs[1]
 
     def holds_own(self, e: int, text: str) -> bool:
         """Whether `text` (a verified match of entry `e`) holds the entry's own shingles (those no other item
         holds) at least `_OWN_SHARE` as well as it holds all of the entry's shingles. An edited copy loses own and
-        shared shingles alike; a copy of a neighbour holds the shared ones only. True for an entry with none."""
+        shared shingles alike; a copy of a neighbour holds the shared ones only. An entry with no own shingle
+        needs a match that no single neighbour explains (`neighbour_explains`)."""
         own = self._own[self._own_ptr[e] : self._own_ptr[e + 1]]
-        if not own.size:
+        plain = self._plain[self._plain_ptr[e] : self._plain_ptr[e + 1]]
+        if not own.size and not plain.size:
             return True
         tb = tokenize([normalize(text), self._texts[e]], normalized=True)
         h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
         in_text, entry = h32[tb.doc[pos] == 0], np.unique(h32[tb.doc[pos] == 1])
+        if not own.size:  # made of its neighbours' shingles: one neighbour must not explain the match
+            found = plain[np.isin(plain, in_text)].tolist()
+            return not neighbour_explains(e // 2, plain.tolist(), found, self._holders)
         return float(np.isin(own, in_text).mean()) >= _OWN_SHARE * float(np.isin(entry, in_text).mean())
+
+    def _holders(self, shingle: int) -> set[int]:
+        lo, hi = np.searchsorted(self._holder_h, shingle, side="left"), np.searchsorted(self._holder_h, shingle, side="right")
+        return set(self._holder_item[lo:hi].tolist())
 
     def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
         with np.errstate(over="ignore"):
