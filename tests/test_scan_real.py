@@ -232,7 +232,8 @@ def test_neighbours_sharing_a_template_or_options_are_not_flagged(shared_data, t
     "Wrong, Not wrong" options, the expressions to evaluate that differ only in their numbers, and the items made
     of one neighbour's stem and another's options (nothing of their own but the combination)."""
     rng = random.Random(11)
-    subjects = ("college_physics", "moral_scenarios", "elementary_mathematics", "high_school_chemistry", "conceptual_physics")
+    subjects = ("college_physics", "moral_scenarios", "elementary_mathematics", "high_school_chemistry",
+                "conceptual_physics")
     samples = [s for subject in subjects for s in _mmlu(shared_data, subject)]
     by_id = {s.id: s for s in samples}
     twin = by_id["college_physics_test:39"]
@@ -241,12 +242,15 @@ def test_neighbours_sharing_a_template_or_options_are_not_flagged(shared_data, t
     expressions = [s for s in samples if "the value of the expression" in s.question]
     assert len(expressions) >= 4
     # :100 is the stem of :126 with the options of :8; :158 the stem of :37 with the options of :91
-    for combined, stem_of, options_of in (("high_school_chemistry_test:100", "high_school_chemistry_test:126", "high_school_chemistry_test:8"),
-                                          ("conceptual_physics_test:158", "conceptual_physics_test:37", "conceptual_physics_test:91")):
+    for combined, stem_of, options_of in (("high_school_chemistry_test:100", "high_school_chemistry_test:126",
+                                           "high_school_chemistry_test:8"),
+                                          ("conceptual_physics_test:158", "conceptual_physics_test:37",
+                                           "conceptual_physics_test:91")):
         words = lambda text: re.sub(r"\W+", " ", text).strip()  # noqa: E731
         assert words(by_id[combined].question) == words(by_id[stem_of].question)
         assert by_id[combined].choices[1:3] == by_id[options_of].choices[1:3]
-    leaked = [twin, scenario, expressions[0], by_id["high_school_chemistry_test:8"], by_id["conceptual_physics_test:37"]]
+    leaked = [twin, scenario, expressions[0], by_id["high_school_chemistry_test:8"],
+              by_id["conceptual_physics_test:37"]]
     corpus = _corpus(tmp_path, [_harness(s, " " + "ABCD"[s.answer]) for s in leaked], rng)
     report = scan(samples, corpus, ScanConfig(detectors=("ngram", "minhash")))
     by_id = report.by_id()
@@ -262,8 +266,8 @@ def test_numeric_option_lists_do_not_match_arithmetic(shared_data, tmp_path):
     numeric = [s for s in samples if s.id in ("miscellaneous_test:290", "miscellaneous_test:349")]
     assert [len({c.split(" ", 1)[-1] for c in s.choices}) <= 2 for s in numeric] == [True, True]
     train = [json.loads(line) for line in open(shared_data / "gsm8k" / "train.jsonl", encoding="utf-8")]
-    solutions = [r["question"] + "\n" + r["answer"] for r in train
-                 if re.search(r"\d+ square inches.*\d+ square inches|\d+ miles per hour.*\d+ miles per hour", r["answer"])]
+    unit_lists = re.compile(r"\d+ square inches.*\d+ square inches|\d+ miles per hour.*\d+ miles per hour")
+    solutions = [r["question"] + "\n" + r["answer"] for r in train if unit_lists.search(r["answer"])]
     assert len(solutions) >= 5
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in solutions), encoding="utf-8")

@@ -154,8 +154,8 @@ class MinHashDetector(CorpusDetector):
     threshold: Jaccard threshold of the LSH index; min_score: rapidfuzz partial-ratio a candidate must reach;
     num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed.
     A verified match must also hold the entry's own shingles (held by no other item of the benchmark) at least half
-    as well as all of its shingles; an entry with none (an item duplicated in the benchmark) is matched on its
-    score alone.
+    as well as all of its shingles; an entry with none (an item duplicated in the benchmark, or made of pieces of
+    several neighbours) is matched on its score unless one neighbour holds every shingle of it that was found.
     """
 
     name = "minhash"
@@ -281,7 +281,9 @@ class MinHashDetector(CorpusDetector):
         return float(np.isin(own, in_text).mean()) >= _OWN_SHARE * float(np.isin(entry, in_text).mean())
 
     def _holders(self, shingle: int) -> set[int]:
-        lo, hi = np.searchsorted(self._holder_h, shingle, side="left"), np.searchsorted(self._holder_h, shingle, side="right")
+        """The items that hold `shingle` (a shingle of an entry with no own shingle)."""
+        lo = np.searchsorted(self._holder_h, shingle, side="left")
+        hi = np.searchsorted(self._holder_h, shingle, side="right")
         return set(self._holder_item[lo:hi].tolist())
 
     def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:

@@ -497,11 +497,13 @@ class NGramDetector(CorpusDetector):
                 k = (n, u)
                 units[i].append(k)
                 if k not in holders:
-                    lo, hi = np.searchsorted(hs, table.keys[u], side="left"), np.searchsorted(hs, table.keys[u], side="right")
+                    key = table.keys[u]
+                    lo, hi = np.searchsorted(hs, key, side="left"), np.searchsorted(hs, key, side="right")
                     holders[k] = set(its[lo:hi].tolist()) | set(owner[table.ptr[u] : table.ptr[u + 1]].tolist())
                 if partial.found[(pp, n)][u]:
                     found[i].append(k)
-        return np.array([i for i in units if neighbour_explains(i, units[i], found[i], holders.__getitem__)], dtype=np.int64)
+        explained = [i for i in units if neighbour_explains(i, units[i], found[i], holders.__getitem__)]
+        return np.array(explained, dtype=np.int64)
 
     def finish(self, partial: NGramPartial) -> list[Finding]:
         cov, counts, sizes = self.coverage(partial)
