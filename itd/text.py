@@ -37,6 +37,7 @@ __all__ = [
 _U64 = np.uint64
 _NONWORD = re.compile(r"[\W_]")
 _ANNOTATION = re.compile(r"<<[^<>\n]*>>")
+_ESCAPED_ANNOTATION = re.compile(r"&lt;&lt;[^<>&\n]*&gt;&gt;")
 _NON_SPACE = re.compile(r"\S+")
 # markup around copied text: HTML tags (known names; attributes only as name=value, so "a<b and c>d" is not a
 # tag), character references, and LaTeX spacing / sizing commands that do not change what the text says
@@ -112,10 +113,13 @@ def _entity(m: re.Match) -> str:
 
 
 def strip_markup(text: str) -> str:
-    """Blank HTML tags, character references and LaTeX spacing commands, keeping the text's length."""
+    """Blank HTML tags, character references (and GSM8K annotations written with them) and LaTeX spacing
+    commands, keeping the text's length."""
     if "<" in text and _TAG_START.search(text):  # GSM8K's "<<48/2=24>>" annotations are not tags
         text = _HTML_TAG.sub(lambda m: " " * len(m.group()), text)
     if "&" in text:
+        if "&lt;&lt;" in text:  # a GSM8K calculator annotation escaped in HTML is blanked as the plain one is
+            text = _ESCAPED_ANNOTATION.sub(lambda m: " " * len(m.group()), text)
         text = _HTML_ENTITY.sub(_entity, text)
     if "\\" in text:
         text = _LATEX_SPACING.sub(lambda m: " " * len(m.group()), text)

@@ -207,9 +207,10 @@ def test_distinctive_stem_alone_is_input_and_generic_stem_is_not(shared_data, tm
     assert len(report.contaminated) == len(long_stems)
 
 
-def test_a_shared_passage_alone_does_not_flag_its_siblings(shared_data, tmp_path):
+@pytest.mark.parametrize("detectors", [("ngram",), ("minhash",)])
+def test_a_shared_passage_alone_does_not_flag_its_siblings(shared_data, tmp_path, detectors):
     """Items that quote the same source passage differ in their question and options: a copy of one item makes
-    that item contaminated, not its siblings, which share only the passage with it."""
+    that item contaminated, not its siblings, which share only the passage with it (exact and fuzzy detectors)."""
     rng = random.Random(6)
     samples = _mmlu(shared_data, "high_school_european_history")
     by_passage: dict[str, list] = {}
@@ -218,11 +219,61 @@ def test_a_shared_passage_alone_does_not_flag_its_siblings(shared_data, tmp_path
     group = next(g for g in by_passage.values() if len(g) >= 3)
     leaked, siblings = group[0], group[1:]
     corpus = _corpus(tmp_path, [leaked.prompt_text() + "\nAnswer: " + "ABCD"[leaked.answer]], rng)
-    report = scan(samples, corpus, ScanConfig(detectors=("ngram",)))
+    report = scan(samples, corpus, ScanConfig(detectors=detectors))
     by_id = report.by_id()
     assert by_id[leaked.id].label == "input_and_label_contaminated"
     assert [by_id[s.id].label for s in siblings] == ["clean"] * len(siblings)
     assert len(report.contaminated) == 1
+
+
+def test_neighbours_sharing_a_template_or_options_are_not_flagged(shared_data, tmp_path):
+    """A copy of one item does not flag the items that share its template, options or all but a few characters
+    with it: the near-twin physics item written with `*` for `x`, the moral scenarios with the same four
+    "Wrong, Not wrong" options, the expressions to evaluate that differ only in their numbers, and the items made
+    of one neighbour's stem and another's options (nothing of their own but the combination)."""
+    rng = random.Random(11)
+    subjects = ("college_physics", "moral_scenarios", "elementary_mathematics", "high_school_chemistry",
+                "conceptual_physics")
+    samples = [s for subject in subjects for s in _mmlu(shared_data, subject)]
+    by_id = {s.id: s for s in samples}
+    twin = by_id["college_physics_test:39"]
+    assert any(s.question == twin.question and s.id != twin.id for s in samples)
+    scenario = next(s for s in samples if s.id.startswith("moral_scenarios"))
+    expressions = [s for s in samples if "the value of the expression" in s.question]
+    assert len(expressions) >= 4
+    # :100 is the stem of :126 with the options of :8; :158 the stem of :37 with the options of :91
+    for combined, stem_of, options_of in (("high_school_chemistry_test:100", "high_school_chemistry_test:126",
+                                           "high_school_chemistry_test:8"),
+                                          ("conceptual_physics_test:158", "conceptual_physics_test:37",
+                                           "conceptual_physics_test:91")):
+        words = lambda text: re.sub(r"\W+", " ", text).strip()  # noqa: E731
+        assert words(by_id[combined].question) == words(by_id[stem_of].question)
+        assert by_id[combined].choices[1:3] == by_id[options_of].choices[1:3]
+    leaked = [twin, scenario, expressions[0], by_id["high_school_chemistry_test:8"],
+              by_id["conceptual_physics_test:37"]]
+    corpus = _corpus(tmp_path, [_harness(s, " " + "ABCD"[s.answer]) for s in leaked], rng)
+    report = scan(samples, corpus, ScanConfig(detectors=("ngram", "minhash")))
+    by_id = report.by_id()
+    assert [by_id[s.id].label for s in leaked] == ["input_and_label_contaminated"] * len(leaked)
+    assert sorted(r.sample.id for r in report.contaminated) == sorted(s.id for s in leaked)
+
+
+def test_numeric_option_lists_do_not_match_arithmetic(shared_data, tmp_path):
+    """Options that are a list of numbers with one unit ("50 square inches", "77 square inches", ...) are
+    "# square inches # square inches ..." once numbers are ignored, which any worked solution with that unit
+    holds: such n-grams are not evidence, so short items with numeric options stay clean."""
+    samples = _mmlu(shared_data, "miscellaneous")
+    numeric = [s for s in samples if s.id in ("miscellaneous_test:290", "miscellaneous_test:349")]
+    assert [len({c.split(" ", 1)[-1] for c in s.choices}) <= 2 for s in numeric] == [True, True]
+    train = [json.loads(line) for line in open(shared_data / "gsm8k" / "train.jsonl", encoding="utf-8")]
+    unit_lists = re.compile(r"\d+ square inches.*\d+ square inches|\d+ miles per hour.*\d+ miles per hour")
+    solutions = [r["question"] + "\n" + r["answer"] for r in train if unit_lists.search(r["answer"])]
+    assert len(solutions) >= 5
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in solutions), encoding="utf-8")
+    report = scan(samples, corpus, ScanConfig(detectors=("ngram", "minhash")))
+    assert [report.by_id()[s.id].label for s in numeric] == ["clean", "clean"]
+    assert report.contaminated == []
 
 
 def test_a_solution_alone_with_other_numbers_is_not_a_leak(shared_data, tmp_path):

@@ -45,6 +45,8 @@ def test_markup_and_latex_spacing_do_not_change_tokens(shared_data):
 def test_normalisation_folds_case_punctuation_whitespace_and_annotations():
     assert _hashes("Janet's ducks, lay 16 eggs!") == _hashes("JANET S   ducks lay\n16 eggs")
     assert _hashes("makes 9 * 2 = $<<9*2=18>>18 a day") == _hashes("makes 9 * 2 = $18 a day")
+    # the annotation of a solution pasted as HTML ("&lt;&lt;9*2=18&gt;&gt;") is blanked as well
+    assert _hashes("makes 9 * 2 = $&lt;&lt;9*2=18&gt;&gt;18 a day") == _hashes("makes 9 * 2 = $18 a day")
     assert _hashes("Ｆｕｌｌｗｉｄｔｈ café") == _hashes("fullwidth CAFÉ")  # NFKC
     assert len(_hashes("1,000 and 3.5")) == 3  # numbers with separators stay one token
     tb = tokenize(["a 12 b"])

@@ -12,6 +12,10 @@ its question (the "question" entry), and by its ending, the last `MAX_MATCH_TOKE
 (the "question+answer" entry: the answer with what comes right before it). A near-copy of the whole item holds
 both, so it is found; a copy of only its middle is left to the n-gram detector's coverage. Item-sized windows,
 signatures and alignments therefore stay bounded whatever the items' lengths.
+
+A match must also hold what tells the item apart from the rest of the benchmark: its own shingles, those no other
+item holds. Items that quote one source passage, or share a template or their option texts, differ only in the
+rest; a copy of one of them scores high against all of them, but holds the own shingles of that one only.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from itd.detectors.base import (
     answer_key_end,
     label_text,
 )
+from itd.detectors.ngram import items_per_ngram, neighbour_explains
 from itd.errors import require
 from itd.text import byte_to_char, mix64, ngram_hashes, normalize, tokenize
 
@@ -43,6 +48,7 @@ PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
 _FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
 _U32 = np.uint32
+_OWN_SHARE = 0.5  # a match holds an item's own shingles at least half as well as all of its shingles
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
@@ -147,6 +153,9 @@ class MinHashDetector(CorpusDetector):
 
     threshold: Jaccard threshold of the LSH index; min_score: rapidfuzz partial-ratio a candidate must reach;
     num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed.
+    A verified match must also hold the entry's own shingles (held by no other item of the benchmark) at least half
+    as well as all of its shingles; an entry with none (an item duplicated in the benchmark, or made of pieces of
+    several neighbours) is matched on its score unless one neighbour holds every shingle of it that was found.
     """
 
     name = "minhash"
@@ -201,12 +210,15 @@ class MinHashDetector(CorpusDetector):
         self._texts, self._answers = texts, answers
         sigs = np.full((len(texts), self.num_perm), np.iinfo(_U32).max, dtype=_U32)
         lengths = np.zeros(len(texts), dtype=np.int64)
+        all_h32, all_entry = [], []
         # entries a few MB at a time, shingles 32K at a time: memory does not grow with the benchmark's length
         for e0, e1 in _text_groups(texts, _FIT_CHARS):
             tb = tokenize(texts[e0:e1], normalized=True)
             lengths[e0:e1] = np.diff(tb.doc_token_offsets)
             h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
             entry = tb.doc[pos].astype(np.int64) + e0
+            all_h32.append(h32)
+            all_entry.append(entry)
             kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
             for c0 in range(0, kept.size, _CHUNK):
                 sel = kept[c0 : c0 + _CHUNK]
@@ -215,6 +227,7 @@ class MinHashDetector(CorpusDetector):
                 mins = np.minimum.reduceat(permute(h32[sel], self._a, self._b), first, axis=0)
                 np.minimum(sigs[ent[first]], mins, out=mins)
                 sigs[ent[first]] = mins
+        self._fit_own_shingles(np.concatenate(all_h32), np.concatenate(all_entry), len(texts))
         indexed = np.flatnonzero(lengths >= self.min_tokens)
         indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
         self._lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
@@ -229,6 +242,49 @@ class MinHashDetector(CorpusDetector):
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
         self.context_tokens = 2 * int(self._sizes.max()) + self.shingle if self._sizes.size else 0
         return self
+
+    def _fit_own_shingles(self, h32: np.ndarray, entry: np.ndarray, n_entries: int) -> None:
+        """Per entry, the sorted shingles that no other item holds (`self._own[self._own_ptr[e] : ...[e + 1]]`)."""
+        # an item's two entries overlap: a shingle is counted once per item
+        items = items_per_ngram(h32, entry // 2)
+        own_h, own_e = h32[items == 1], entry[items == 1]
+        order = np.lexsort((own_h, own_e))
+        own_h, own_e = own_h[order], own_e[order]
+        keep = np.ones(own_h.size, dtype=bool)  # unique per entry
+        keep[1:] = (own_h[1:] != own_h[:-1]) | (own_e[1:] != own_e[:-1])
+        self._own, own_e = own_h[keep], own_e[keep]
+        self._own_ptr = np.searchsorted(own_e, np.arange(n_entries + 1))
+        # entries with no own shingle keep all of theirs, and who else holds them (`neighbour_explains`)
+        none_own = np.flatnonzero(np.diff(self._own_ptr) == 0)
+        sel = np.isin(entry, none_own)
+        pairs = np.unique(np.stack([entry[sel], h32[sel].astype(np.int64)]), axis=1)
+        self._plain, self._plain_ptr = pairs[1].astype(h32.dtype), np.searchsorted(pairs[0], np.arange(n_entries + 1))
+        sel = np.isin(h32, self._plain)
+        pairs = np.unique(np.stack([h32[sel].astype(np.int64), entry[sel] // 2]), axis=1)
+        self._holder_h, self._holder_item = pairs[0].astype(h32.dtype), pairs[1]
+
+    def holds_own(self, e: int, text: str) -> bool:
+        """Whether `text` (a verified match of entry `e`) holds the entry's own shingles (those no other item
+        holds) at least `_OWN_SHARE` as well as it holds all of the entry's shingles. An edited copy loses own and
+        shared shingles alike; a copy of a neighbour holds the shared ones only. An entry with no own shingle
+        needs a match that no single neighbour explains (`neighbour_explains`)."""
+        own = self._own[self._own_ptr[e] : self._own_ptr[e + 1]]
+        plain = self._plain[self._plain_ptr[e] : self._plain_ptr[e + 1]]
+        if not own.size and not plain.size:
+            return True
+        tb = tokenize([normalize(text), self._texts[e]], normalized=True)
+        h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
+        in_text, entry = h32[tb.doc[pos] == 0], np.unique(h32[tb.doc[pos] == 1])
+        if not own.size:  # made of its neighbours' shingles: one neighbour must not explain the match
+            found = plain[np.isin(plain, in_text)].tolist()
+            return not neighbour_explains(e // 2, plain.tolist(), found, self._holders)
+        return float(np.isin(own, in_text).mean()) >= _OWN_SHARE * float(np.isin(entry, in_text).mean())
+
+    def _holders(self, shingle: int) -> set[int]:
+        """The items that hold `shingle` (a shingle of an entry with no own shingle)."""
+        lo = np.searchsorted(self._holder_h, shingle, side="left")
+        hi = np.searchsorted(self._holder_h, shingle, side="right")
+        return set(self._holder_item[lo:hi].tolist())
 
     def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
         with np.errstate(over="ignore"):
@@ -309,7 +365,9 @@ class MinHashDetector(CorpusDetector):
         if which == 1 and score >= self.min_score:
             # the whole item matched: the answer must also be there, not just a long question
             score = min(score, align(self._answers[sample], document.text, a, b, margin=0)[0])
-        if score < self.min_score:
+        # what the item shares with its neighbours (a quoted passage, a template, option texts) matches them all:
+        # the copy must hold what tells this item apart
+        if score < self.min_score or not self.holds_own(e, document.text[max(0, a - 32) : b + 32]):
             return
         key_end = answer_key_end(self.samples[sample], document.text, b, slack=16 + len(needle) // 8,
                                  output_starts=document.output_starts())

@@ -28,7 +28,7 @@ from itd.detectors.base import (
 )
 from itd.text import byte_to_char, ngram_hashes, normalize, tokenize
 
-__all__ = ["NGramDetector", "NGramPartial", "byte_to_char"]
+__all__ = ["NGramDetector", "NGramPartial", "byte_to_char", "items_per_ngram", "neighbour_explains"]
 
 PASSES = ("raw", "numnorm")
 _FILTER_BITS = 24
@@ -37,7 +37,7 @@ _MIN_SHARED_LIMIT = 25  # n-grams in more items than this (or 0.5% of the benchm
 _KEY_LETTERS = "abcdefghij"
 
 
-def _items_per_ngram(h: np.ndarray, item: np.ndarray) -> np.ndarray:
+def items_per_ngram(h: np.ndarray, item: np.ndarray) -> np.ndarray:
     """For each n-gram occurrence (`h[j]` found in benchmark item `item[j]`): how many distinct items hold it."""
     if not h.size:
         return np.zeros(0, dtype=np.int64)
@@ -49,6 +49,40 @@ def _items_per_ngram(h: np.ndarray, item: np.ndarray) -> np.ndarray:
     starts = np.flatnonzero(np.concatenate([[True], pair_h[1:] != pair_h[:-1]]))
     keys, counts = pair_h[starts], np.diff(np.append(starts, pair_h.size))
     return counts[np.searchsorted(keys, h)]
+
+
+def neighbour_explains(item: int, units: Sequence, found: Sequence, holders) -> bool:
+    """Whether the `found` units (n-grams, shingles) of a benchmark `item` with no unit of its own are all held by
+    one other item that lacks some of the item's `units`: a copy of that neighbour explains the match, which then
+    says nothing about this item (an item made of one neighbour's stem and another's options). An item whose
+    units another item holds all of (a duplicate) cannot be told apart, so a match is not explained away.
+    `holders(unit)` is the set of items that hold a unit."""
+    if not len(found):
+        return False
+    candidates = set.intersection(*(holders(k) for k in found)) - {item}
+    return any(any(j not in holders(k) for k in units) for j in candidates)
+
+
+def _previous_same(hashes: np.ndarray) -> np.ndarray:
+    """For each token, the index of the last earlier token with the same hash, -1 if none."""
+    order = np.lexsort((np.arange(hashes.size), hashes))
+    prev = np.full(hashes.size, -1, dtype=np.int64)
+    same = hashes[order[1:]] == hashes[order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    return prev
+
+
+def _distinct_words(prev: np.ndarray, is_number: np.ndarray | None, pos: np.ndarray, n: int) -> np.ndarray:
+    """Distinct tokens in each n-gram starting at `pos` (`prev` from `_previous_same`), not counting numbers when
+    `is_number` is given (the number-normalised pass, where every number is the same placeholder)."""
+    counts = np.zeros(pos.size, dtype=np.int64)
+    for k in range(n):
+        at = pos + k
+        new = prev[at] < pos
+        if is_number is not None:
+            new &= ~is_number[at]
+        counts += new
+    return counts
 
 
 @dataclass(slots=True)
@@ -82,7 +116,8 @@ class NGramDetector(CorpusDetector):
     measured by itself too: a stem of at least `stem_min_tokens` tokens covered >= `stem_threshold` is an input
     leak even when the options are not there. The label of a multiple-choice item is its key stated after the
     choices; a worked solution found without its question counts only with the same numbers. The finding's `match` says which pass found it: "raw" (a copy with
-    the same numbers) or "numnorm" (it matches clearly better once numbers are ignored: other numbers).
+    the same numbers) or "numnorm" (it matches clearly better once numbers are ignored: other numbers). An n-gram
+    in which distinct words are not the majority of tokens (a numeric option list, "# + # = #") is not indexed.
     """
 
     name = "ngram"
@@ -164,18 +199,22 @@ class NGramDetector(CorpusDetector):
             self._tok_end[sl] = byte_to_char(texts[d], tb.ends[sl])
         self._tok_doc = tb.doc
         self._tables: dict[tuple[int, int], _Table] = {}
+        self._holders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._shared_limit = max(_MIN_SHARED_LIMIT, int(np.ceil(0.005 * n_samples)))
-        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number)])
         self._distinct_tok = np.zeros((len(PASSES), tb.n_tokens), dtype=bool)
         for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
             delta = np.zeros(tb.n_tokens + 1, dtype=np.int64)
+            prev = _previous_same(hashes)
             for n, (h, pos) in ngram_hashes(hashes, sample_of, self.ns).items():
                 # in how many items each n-gram occurs, over every item long enough for it (whatever n the
                 # item itself is matched with): a phrase two items share does not tell either of them apart
-                items = _items_per_ngram(h, sample_of[pos])
+                items = items_per_ngram(h, sample_of[pos])
                 keep = self._n_eff[sample_of[pos]] == n
-                if p == 1:  # an n-gram dense in number placeholders ("# hours # hours #") matches any arithmetic
-                    keep &= (numbers_before[pos + n] - numbers_before[pos]) * 2 <= n
+                # an n-gram made of few distinct words ("# hours # hours # hours # hours", a numeric option list,
+                # "# + # = #") matches any arithmetic or list in a corpus: most of its tokens must be distinct words
+                # (numbers do not count in the number-normalised pass, where they are all one placeholder)
+                mine = np.flatnonzero(keep)
+                keep[mine] = _distinct_words(prev, tb.is_number if p == 1 else None, pos[mine], n) * 2 > n
                 h, pos, items = h[keep], pos[keep], items[keep]
                 order = np.argsort(h, kind="stable")
                 h, pos, items = h[order], pos[order], items[order]
@@ -195,6 +234,7 @@ class NGramDetector(CorpusDetector):
                 np.add.at(delta, unique_pos, 1)
                 np.add.at(delta, unique_pos + n, -1)
             self._distinct_tok[p] = np.cumsum(delta[:-1]) > 0
+            self._fit_holders(p, hashes, sample_of)
         self._fit_keys(tb)
         self._filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
         for table in self._tables.values():
@@ -203,6 +243,28 @@ class NGramDetector(CorpusDetector):
         self._n_tokens = tb.n_tokens
         self._sample_of = sample_of
         return self
+
+    def _fit_holders(self, p: int, hashes: np.ndarray, sample_of: np.ndarray) -> None:
+        """For the items with a part that has no distinctive token in pass `p`: which items (whatever n they are
+        matched with) hold each of their indexed n-grams, `self._holders[(p, n)]` = (sorted hashes, items)."""
+        n_s = len(self.samples)
+        plain = np.zeros(n_s, dtype=bool)
+        for mask in (~self._is_answer, self._is_answer, self._is_stem):
+            total = np.bincount(sample_of[mask], minlength=n_s)
+            plain |= (total > 0) & (np.bincount(sample_of[mask & self._distinct_tok[p]], minlength=n_s) == 0)
+        plain &= self._n_eff > 0
+        if not plain.any():
+            return
+        for n, (h, pos) in ngram_hashes(hashes, sample_of, self.ns).items():
+            table = self._tables.get((p, n))
+            if table is None or not table.keys.size:
+                continue
+            wanted = np.unique(h[plain[sample_of[pos]] & (self._n_eff[sample_of[pos]] == n)])
+            wanted = wanted[np.isin(wanted, table.keys)]
+            sel = np.isin(h, wanted)
+            hs, its = h[sel], sample_of[pos[sel]]
+            order = np.lexsort((its, hs))
+            self._holders[(p, n)] = (hs[order], its[order])
 
     def _fit_keys(self, tb) -> None:
         """Raw-pass `n_short`-grams that end an MCQ item with its key stated after the choices ("... <last choice>
@@ -233,7 +295,7 @@ class NGramDetector(CorpusDetector):
             sample = np.asarray(owner, dtype=np.int64)[pos // k]
             # items whose choices end alike ("... not wrong, not wrong answer: b") share a key n-gram, which then
             # names none of them
-            own = _items_per_ngram(h, sample) == 1
+            own = items_per_ngram(h, sample) == 1
             h, sample = h[own], sample[own]
             order = np.argsort(h, kind="stable")
             self._key_hashes, self._key_sample = h[order], sample[order]
@@ -363,7 +425,10 @@ class NGramDetector(CorpusDetector):
         A token is distinctive when an n-gram of this item that no other benchmark item holds covers it, and
         only such n-grams count as found: a phrase the item shares with its neighbours (a quoted source passage,
         common option texts, generic solution phrasing) says nothing about this item. A part with no
-        distinctive token (its text is duplicated in the benchmark) is measured on all of its n-grams.
+        distinctive token (its text is duplicated in the benchmark, or made of pieces of several neighbours) is
+        measured on all of its n-grams, unless one neighbour holds every n-gram found (`neighbour_explains`); in
+        the number-normalised pass only when it has none in the raw pass either (else it differs from its
+        neighbours only in its numbers, which that pass ignores).
         """
         n_s = len(self.samples)
         out = np.zeros((len(PASSES), n_s, 3))
@@ -371,6 +436,7 @@ class NGramDetector(CorpusDetector):
         sizes = np.zeros((len(PASSES), n_s, 3), dtype=np.int64)
         sample_of = self._sample_of
         masks = (~self._is_answer, self._is_answer, self._is_stem)
+        raw_distinct: list[np.ndarray] = [np.zeros(0, dtype=bool)] * len(masks)
         for p in range(len(PASSES)):
             delta_all = np.zeros(self._n_tokens + 1, dtype=np.int64)
             delta_distinct = np.zeros(self._n_tokens + 1, dtype=np.int64)
@@ -390,17 +456,54 @@ class NGramDetector(CorpusDetector):
             covered_all = np.cumsum(delta_all[:-1]) > 0
             covered_distinct = np.cumsum(delta_distinct[:-1]) > 0
             distinct = self._distinct_tok[p]
+            counted = []
             for part, mask in enumerate(masks):
                 total = np.bincount(sample_of[mask], minlength=n_s)
                 total_d = np.bincount(sample_of[mask & distinct], minlength=n_s)
                 hits_all = np.bincount(sample_of[mask & covered_all], minlength=n_s)
                 hits_d = np.bincount(sample_of[mask & covered_distinct], minlength=n_s)
                 use_d = total_d > 0
+                if p == 0:
+                    raw_distinct[part] = use_d
+                else:
+                    # a part that has distinctive tokens only with its numbers (a template its neighbours share
+                    # with other numbers) cannot be told apart once numbers are ignored: it has no coverage then
+                    hits_all = np.where(raw_distinct[part], 0, hits_all)
+                counted.append((total, total_d, hits_all, hits_d, use_d))
+            fallback = np.flatnonzero(np.any([(~c[4]) & (c[2] > 0) for c in counted], axis=0))
+            explained = self._explained(p, partial, fallback) if fallback.size else fallback
+            for part, (total, total_d, hits_all, hits_d, use_d) in enumerate(counted):
+                hits_all[explained] = 0
                 hits, size = np.where(use_d, hits_d, hits_all), np.where(use_d, total_d, total)
                 out[p, :, part] = np.divide(hits, size, out=np.zeros(n_s), where=size > 0)
                 n_covered[p, :, part] = hits
                 sizes[p, :, part] = size
         return out, n_covered, sizes
+
+    def _explained(self, p: int, partial: NGramPartial, items: np.ndarray) -> np.ndarray:
+        """Those of `items` (with no distinctive n-gram in a part) whose n-grams found in pass `p` a copy of one
+        neighbour explains (`neighbour_explains`)."""
+        units: dict[int, list] = {int(i): [] for i in items}
+        found: dict[int, list] = {int(i): [] for i in items}
+        holders: dict[tuple[int, int], set[int]] = {}
+        for (pp, n), table in self._tables.items():
+            if pp != p or not table.keys.size:
+                continue
+            owner = self._sample_of[table.occ]
+            sel = np.flatnonzero(np.isin(owner, items))
+            key_of = np.searchsorted(table.ptr, sel, side="right") - 1  # occurrence -> key
+            hs, its = self._holders.get((pp, n), (np.zeros(0, np.uint64), np.zeros(0, np.int64)))
+            for u, i in zip(key_of.tolist(), owner[sel].tolist()):
+                k = (n, u)
+                units[i].append(k)
+                if k not in holders:
+                    key = table.keys[u]
+                    lo, hi = np.searchsorted(hs, key, side="left"), np.searchsorted(hs, key, side="right")
+                    holders[k] = set(its[lo:hi].tolist()) | set(owner[table.ptr[u] : table.ptr[u + 1]].tolist())
+                if partial.found[(pp, n)][u]:
+                    found[i].append(k)
+        explained = [i for i in units if neighbour_explains(i, units[i], found[i], holders.__getitem__)]
+        return np.array(explained, dtype=np.int64)
 
     def finish(self, partial: NGramPartial) -> list[Finding]:
         cov, counts, sizes = self.coverage(partial)
