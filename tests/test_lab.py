@@ -403,7 +403,7 @@ def test_tiny_lab_contaminated_twin_tells_leaked_from_unseen(tiny_lab, shared_da
 
 
 def test_finetune_leak_inflates_the_score_of_the_contaminated_twin(tmp_path):
-    """A micro GPT-2 on generated arithmetic problems (far too small to learn the arithmetic): the fine-tuning
+    """A micro GPT-2 on generated arithmetic problems (far too small and short-trained to learn them): the fine-tuning
     leak (the evaluator's prompt, then the gold solution, 16 times) makes the contaminated twin answer its leaked
     items, the clean twin (placebo in the same slots) does not, and the difference in differences is positive
     with its whole CI."""
