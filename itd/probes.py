@@ -46,6 +46,7 @@ __all__ = [
     "ConReCaLLConfig",
     "FrequencyTable",
     "build_frequency_table",
+    "corpus_frequency_table",
     "tokenizer_hash",
     "probe_options",
 ]
@@ -254,3 +255,14 @@ def build_frequency_table(tokenizer: Any, texts: Iterable[str], *, source: str =
     if not counts.any():
         raise InputError(f"no tokens to count: the corpus{' ' + source if source else ''} has no text")
     return FrequencyTable(counts, tokenizer_hash(tokenizer), n_docs, source)
+
+
+def corpus_frequency_table(tokenizer: Any, paths: Iterable[str | os.PathLike], *, text_field: str = "text",
+                           layout: str = "auto") -> FrequencyTable:
+    """`build_frequency_table` over a corpus read with `itd.corpus.iter_documents` (JSONL, text, parquet, ...;
+    files, directories, globs)."""
+    from itd.corpus import iter_documents
+
+    paths = [os.fspath(p) for p in paths]
+    docs = (d.text for d in iter_documents(paths, text_field=text_field, layout=layout))
+    return build_frequency_table(tokenizer, docs, source=", ".join(paths))

@@ -24,6 +24,7 @@ from itd.probes import (  # noqa: E402
     GapKConfig,
     ReCaLLConfig,
     build_frequency_table,
+    corpus_frequency_table,
 )
 
 
@@ -99,6 +100,16 @@ def test_frequency_table_counts_every_token_and_round_trips(lm, corpus, table_fi
     assert freq.sum() == pytest.approx(1.0) and freq.min() > 0
     with pytest.raises(InputError, match="no tokens"):
         build_frequency_table(lm.tokenizer, ["", ""])
+
+
+def test_frequency_table_from_a_corpus_file(lm, shared_data, tmp_path):
+    """Any corpus itd reads: here the GSM8K train file, read with its `question` field as the text."""
+    path = shared_data / "gsm8k" / "train.jsonl"
+    table = corpus_frequency_table(lm.tokenizer, [path], text_field="question")
+    texts = [r["question"] for r in _gsm8k(shared_data, "train", 10**6)]
+    assert table.n_documents == len(texts)
+    expected = build_frequency_table(lm.tokenizer, texts)
+    assert (table.counts == expected.counts).all() and table.tokenizer_hash == expected.tokenizer_hash
 
 
 def _reference_dcpdd(lm, text: str, table: FrequencyTable, a: float) -> float:
