@@ -204,3 +204,23 @@ def test_probe_registry_and_options():
     cfg = ScoreConfig(methods=("gapk", "loss"), options={"gapk": {"k": 0.3}})
     assert cfg.options == {"gapk": GapKConfig(k=0.3, window=3)}
     assert ScoreConfig(methods=("loss",)).options == {}
+
+
+def test_stored_run_keeps_the_newer_probes_and_the_answer_boundary(lm, texts, tmp_path):
+    """Through a results store: the same scores, and a changed answer boundary is a new piece of work."""
+    import copy
+
+    from itd.io import Journal
+
+    cfg = ScoreConfig(methods=("gapk", "answer_acc"), batch_size=4)
+    items = [AnsweredText(t, len(t) // 2) for t in texts]
+    direct = score_texts(lm, items, cfg)
+    stored_lm = copy.copy(lm)
+    stored_lm.store = Journal(tmp_path / "scores.journal")
+    first = score_texts(stored_lm, items, cfg)
+    again = score_texts(stored_lm, items, cfg)
+    for d, f, a in zip(direct, first, again):
+        assert d.scores == pytest.approx(f.scores, nan_ok=True) and f.scores == pytest.approx(a.scores, nan_ok=True)
+        assert f.answer_start == d.answer_start and np.array_equal(f.token_gap, d.token_gap)
+    moved = [AnsweredText(t, 0) for t in texts]
+    assert [s.answer_start for s in score_texts(stored_lm, moved, cfg)] == [0] * len(texts)
