@@ -852,6 +852,13 @@ def _print_detection(report) -> None:
             f"{t['auroc']:.3f}" if t else "-",
             f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
         )
+    if report.combined_set is not None:
+        t = truth.get("combined", {})
+        table.add_row(
+            "combined, Cauchy" + (" (decision)" if report.config.decision == "combined" else ""), "-",
+            f"{report.combined_set['p_value']:.2e}", "drivers: " + (", ".join(report.combined_set["drivers"]) or "none"),
+            f"{t['auroc']:.3f}" if t else "-", f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
+        )
     out.print(table)
     if report.mode == "fdr":
         out.print(f"flagged {summary['flagged']} of {summary['items']} items at FDR {report.config.fdr} "

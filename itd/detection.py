@@ -86,6 +86,8 @@ class DetectConfig:
         if self.decision not in methods and self.decision != COMBINED:
             raise InputError(f"the decision method {self.decision!r} must be one of the methods ({', '.join(methods)}) "
                              f"or {COMBINED!r}")
+        if self.decision == COMBINED and self.threshold is not None:
+            raise InputError("a threshold applies to one probe's score: give --decision a probe, not 'combined'")
         combine = methods if self.combine is None else tuple(dict.fromkeys(m.strip().lower() for m in self.combine))
         unknown = [m for m in combine if m not in methods]
         if unknown or not combine:

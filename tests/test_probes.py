@@ -224,3 +224,16 @@ def test_stored_run_keeps_the_newer_probes_and_the_answer_boundary(lm, texts, tm
         assert f.answer_start == d.answer_start and np.array_equal(f.token_gap, d.token_gap)
     moved = [AnsweredText(t, 0) for t in texts]
     assert [s.answer_start for s in score_texts(stored_lm, moved, cfg)] == [0] * len(texts)
+
+
+def test_detect_config_of_the_combined_verdict():
+    from itd.detection import DetectConfig
+
+    assert DetectConfig(decision="combined").combine == DetectConfig().methods
+    assert DetectConfig(methods=("loss", "gapk"), decision="combined", combine=("gapk",)).combine == ("gapk",)
+    with pytest.raises(InputError, match="combined probes"):
+        DetectConfig(methods=("loss",), combine=("gapk",))
+    with pytest.raises(InputError, match="threshold"):
+        DetectConfig(decision="combined", threshold=1.0)
+    with pytest.raises(InputError, match="recall_shots"):
+        DetectConfig(recall_shots=0)
