@@ -232,7 +232,7 @@ def test_detect_config_of_the_combined_verdict():
     assert DetectConfig(decision="combined").combine == DetectConfig().methods
     assert DetectConfig(methods=("loss", "gapk"), decision="combined", combine=("gapk",)).combine == ("gapk",)
     with pytest.raises(InputError, match="combined probes"):
-        DetectConfig(methods=("loss",), combine=("gapk",))
+        DetectConfig(methods=("loss",), decision="loss", combine=("gapk",))
     with pytest.raises(InputError, match="threshold"):
         DetectConfig(decision="combined", threshold=1.0)
     with pytest.raises(InputError, match="recall_shots"):
