@@ -6,7 +6,10 @@ the clean text) and each repeat count r, `itd.lab.build_lab` trains the contamin
 table gives, per probe, the AUROC of leaked vs unseen items (with a 95% bootstrap interval) and the TPR at 1% and
 5% FPR under the contaminated twin, and the AUROC under the clean twin (should be near 0.5: the twins differ only
 by the leaked items). The set-level test uses a clean reference set of `--reference` benchmark items outside
-the experiment, scored the same way.
+the experiment, scored the same way; ReCaLL's non-member prefix is made of 4 of those reference items (they then
+leave the calibration set), DC-PDD's token frequencies come from the clean corpus both twins trained on, and the
+`combined` row is the Cauchy combination of every probe's conformal p-value (scored as -log10 p), which also
+makes the FDR flags.
 
     python benchmarks/bench_lab.py --preset small --repeats 1,3,6
 """
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 GOAL_AUROC, GOAL_TPR5 = 0.95, 0.8
-METHODS = ("loss", "zlib", "mink", "minkpp")
+METHODS = ("loss", "zlib", "mink", "minkpp", "gapk", "answer_acc", "dcpdd", "recall")
 
 
 def run_cell(name, benchmark, train, r, args, wd):
@@ -43,7 +46,16 @@ def run_cell(name, benchmark, train, r, args, wd):
     pool = [s for s in benchmark if s.id not in in_lab and render(s) not in trained]
     reference = random.Random(args.seed).sample(pool, min(args.reference, len(pool))) if args.reference else None
     truth = {"leaked": list(lab.leaked), "unseen": list(lab.unseen)}
-    det = DetectConfig(methods=METHODS, batch_size=args.batch_size)
+    options = None
+    if "dcpdd" in args.methods:  # the token frequencies of the clean corpus both twins trained on
+        from itd.probes import corpus_frequency_table
+
+        table = wd / f"{name}_r{r}_freq.npz"
+        tokenizer = load_model(lab.clean, device="cpu").tokenizer
+        corpus_frequency_table(tokenizer, [lab.out / "corpus" / "clean.jsonl"]).save(table)
+        options = {"dcpdd": {"table": str(table)}}
+    decision = "combined" if reference else "minkpp"
+    det = DetectConfig(methods=args.methods, decision=decision, batch_size=args.batch_size, options=options)
     reports = {
         twin: detect(items, load_model(getattr(lab, twin), device=args.device), reference, det, truth=truth)
         for twin in ("contaminated", "clean")
@@ -70,7 +82,9 @@ def main() -> int:
     ap.add_argument("--reference", type=int, default=600, help="Clean reference items for the set-level test (0: none).")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", default="auto")
+    ap.add_argument("--methods", default=",".join(METHODS), help="Comma-separated probes (recall needs --reference).")
     args = ap.parse_args()
+    args.methods = tuple(args.methods.split(","))
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
 
@@ -89,12 +103,20 @@ def main() -> int:
             for r in (int(x) for x in args.repeats.split(",")):
                 lab, train_s, reports = run_cell(name, benchmark, train, r, args, wd)
                 con, cln = reports["contaminated"], reports["clean"]
+                if con.combined_set:
+                    print(f"- {name} r={r}: combined set-level p (Cauchy over {', '.join(con.combined_set['probes'])}): "
+                          f"contaminated {con.combined_set['p_value']:.1e} (drivers: "
+                          f"{', '.join(con.combined_set['drivers']) or 'none'}), clean {cln.combined_set['p_value']:.2f}; "
+                          f"FDR flags on the combined p: contaminated {len(con.flagged)} "
+                          f"(recall {con.truth.get('flags', {}).get('recall')}), clean {len(cln.flagged)}")
                 print(f"- {name} r={r}: {len(lab.leaked)} leaked / {len(lab.unseen)} unseen items, both twins trained in "
                       f"{train_s:.0f} s; set-level p (minkpp) contaminated {con.set_tests['minkpp'].p_value:.1e}, "
-                      f"clean {cln.set_tests['minkpp'].p_value:.2f}; FDR flags contaminated {len(con.flagged)} "
+                      f"clean {cln.set_tests['minkpp'].p_value:.2f}; FDR flags ({con.config.decision}) contaminated {len(con.flagged)} "
                       f"(precision {con.truth.get('flags', {}).get('precision')}), clean {len(cln.flagged)}"
                       if con.set_tests else f"- {name} r={r}: twins trained in {train_s:.0f} s")
-                for m in METHODS:
+                for m in (*args.methods, "combined"):
+                    if m not in con.truth["methods"]:
+                        continue
                     t, c = con.truth["methods"][m], cln.truth["methods"][m]
                     rows.append((name, r, m, f"{t['auroc']:.3f} [{t['auroc_ci'][0]:.2f}, {t['auroc_ci'][1]:.2f}]",
                                  t["tpr_at_1pct_fpr"], t["tpr_at_5pct_fpr"], f"{c['auroc']:.3f}"))

@@ -12,6 +12,9 @@ Contenders, on the same model and items, timed round-robin, best of `--reps`:
     a log-softmax (and softmax, mu, sigma for Min-K%++) of that item's logits;
   * itd: `score_texts(model, texts, ScoreConfig(methods=("loss", "zlib", "mink", "minkpp")))`, all four methods
     from one forward pass per batch;
+  * itd, newer probes: the four above plus Gap-K%, answer accuracy and DC-PDD (still one pass; DC-PDD's
+    token-frequency table built from GSM8K train, not timed), and the same plus ReCaLL (one more pass, behind a
+    prefix of two GSM8K train items): their cost relative to the four-probe scorer;
   * forward only: the exact batches itd ran (recorded during a warm-up) replayed through `model(...)` with no
     reduction at all, i.e. the cost of the model alone. itd's tokens/s as a share of it shows the scorer's
     overhead (goal on GPU: >= 70%).
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 METHODS = ("loss", "zlib", "mink", "minkpp")
+NEWER = ("gapk", "answer_acc", "dcpdd")
 PRESETS = {
     "tiny": {"n_layer": 6, "n_embd": 192, "n_head": 6, "n_positions": 512, "vocab_size": 8192},
     "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 50257},
@@ -166,16 +170,29 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(s.n_tokens for s in ours)
         longest = max(s.n_tokens for s in ours) + 1
         assert longest <= lm.context_length, "an item is longer than the context; the baseline would truncate it"
+        from itd.detection import scored_text
+        from itd.probes import build_frequency_table
+
+        table = wd / "freq.npz"
+        build_frequency_table(lm.tokenizer, [r["question"] + "\n" + r["answer"] for r in C.gsm8k_records(args.data, "train")]).save(table)
+        answered = [scored_text(s, "auto") for s in samples]
+        prefix = "".join(r["question"] + "\n\n" for r in C.gsm8k_records(args.data, "train")[:2])
+        newer = ScoreConfig(methods=METHODS + NEWER, k=args.k, batch_size=batch_size, options={"dcpdd": {"table": str(table)}})
+        with_recall = ScoreConfig(methods=METHODS + NEWER + ("recall",), k=args.k, batch_size=batch_size,
+                                  options={"dcpdd": {"table": str(table)}, "recall": {"prefix": prefix}})
+        score_texts(lm, answered[:8], with_recall)  # warm-up (and the table's first load)
         ref = baseline(lm, texts[:5], args.k)  # warm-up
         forward_only(lm, seen[:1])
 
-        times: dict[str, list[float]] = {"baseline": [], "itd": [], "forward": []}
+        times: dict[str, list[float]] = {"baseline": [], "itd": [], "newer": [], "recall": [], "forward": []}
         loads = []
         for rep in range(max(args.reps, args.baseline_reps)):  # round-robin: load spikes hit every contender
             loads.append(_load())
             for name, fn in (
                 ("baseline", lambda: baseline(lm, texts, args.k)),
                 ("itd", lambda: score_texts(lm, texts, cfg)),
+                ("newer", lambda: score_texts(lm, answered, newer)),
+                ("recall", lambda: score_texts(lm, answered, with_recall)),
                 ("forward", lambda: forward_only(lm, seen)),
             ):
                 if rep >= (args.baseline_reps if name == "baseline" else args.reps):
@@ -213,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     contenders = (
         ("baseline: per item, one forward per method", "baseline", 1.0),
         ("itd `score_texts`, all methods, one pass", "itd", itd_items_s / base_items_s),
+        ("itd, + gapk, answer_acc, dcpdd (one pass)", "newer", len(texts) / best["newer"] / base_items_s),
+        ("itd, + those and recall (two passes)", "recall", len(texts) / best["recall"] / base_items_s),
         ("forward only, itd's batches, no reductions", "forward", "–"),
     )
     rows = [(label, best[k], len(texts) / best[k], tokens / best[k], ratio) for label, k, ratio in contenders]
@@ -220,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"itd vs baseline: **{itd_items_s / base_items_s:.1f}x** (goal >= 10x on CPU). "
           f"itd tokens/s as a share of forward-only: **{best['forward'] / best['itd']:.0%}** (goal on GPU >= 70%).  ")
+    print(f"newer probes' cost: items/s **{best['itd'] / best['newer']:.0%}** of the four-probe scorer's with gapk, "
+          f"answer_acc and dcpdd added (one pass); **{best['itd'] / best['recall']:.0%}** with recall too.  ")
     print("all timings (s): " + "; ".join(f"{k} " + ", ".join(f"{x:.2f}" for x in v) for k, v in times.items()) + "  ")
     print("largest |baseline - itd| score difference: " + ", ".join(f"{m} {d:.2g}" for m, d in diff.items()))
     bad = [m for m, d in diff.items() if not np.isfinite(d) or d > (1e-3 if lm.dtype == "float32" else 0.1)]

@@ -852,6 +852,13 @@ def _print_detection(report) -> None:
             f"{t['auroc']:.3f}" if t else "-",
             f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
         )
+    if report.combined_set is not None:
+        t = truth.get("combined", {})
+        table.add_row(
+            "combined, Cauchy" + (" (decision)" if report.config.decision == "combined" else ""), "-",
+            f"{report.combined_set['p_value']:.2e}", "drivers: " + (", ".join(report.combined_set["drivers"]) or "none"),
+            f"{t['auroc']:.3f}" if t else "-", f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
+        )
     out.print(table)
     if report.mode == "fdr":
         out.print(f"flagged {summary['flagged']} of {summary['items']} items at FDR {report.config.fdr} "
@@ -878,8 +885,12 @@ def _print_detection(report) -> None:
 @click.option("--model", "-m", required=True, help="Hugging Face model name or local model directory.")
 @click.option("--reference-set", type=click.Path(), help="Clean items the model cannot have seen, in the same format.")
 @click.option("--format", "fmt", default="auto", help="Format of BENCHMARK and the reference set.")
-@click.option("--methods", default="loss,zlib,mink,minkpp", help="Comma-separated probes: loss, zlib, mink, minkpp, lowercase, reference.")
-@click.option("--decision", default="minkpp", help="Probe whose p-values or threshold make the flags.")
+@click.option("--methods", default="loss,zlib,mink,minkpp", help="Comma-separated probes: loss, zlib, mink, minkpp, "
+              "lowercase, reference, gapk, answer_acc, dcpdd (needs --dcpdd-table), recall (prefix from the reference set).")
+@click.option("--decision", default="minkpp", help="Probe whose p-values or threshold make the flags, or 'combined' (the "
+              "Cauchy combination of every probe's p-value).")
+@click.option("--dcpdd-table", type=click.Path(dir_okay=False), help="Token-frequency table of the model's tokenizer for "
+              "the dcpdd probe (itd.probes.build_frequency_table).")
 @click.option("--k", type=FiniteFloat(0, 1, min_open=True), default=0.2, help="Fraction of tokens for Min-K% and Min-K%++.")
 @click.option("--rendering", default="auto", help="Text scored: auto, question, question+answer, options, options+answer.")
 @click.option("--fdr", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.05, help="False discovery rate of the flags.")
@@ -896,8 +907,8 @@ def _print_detection(report) -> None:
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write per-item scores (JSONL) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering, fdr, alpha, threshold, permutation_test,
-           reference_model, truth, device, dtype, batch_size, trust_remote_code, out, as_json, quiet):
+def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table, k, rendering, fdr, alpha, threshold,
+           permutation_test, reference_model, truth, device, dtype, batch_size, trust_remote_code, out, as_json, quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
     not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by."""
     from itd.detection import DetectConfig, load_truth
@@ -905,7 +916,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
     from itd.io import build_manifest
     from itd.models import load_model
 
-    _check_paths([("--out", out, False)], [benchmark, reference_set, truth, model, reference_model])
+    _check_paths([("--out", out, False)], [benchmark, reference_set, truth, model, reference_model, dcpdd_table])
     if batch_size != "auto":
         if not batch_size.isdigit() or int(batch_size) < 1:
             raise click.BadParameter("must be a positive integer or 'auto'", param_hint="--batch-size")
@@ -913,6 +924,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, k, rendering
     config = DetectConfig(
         methods=tuple(m for m in methods.split(",")), decision=decision, k=k, rendering=rendering, fdr=fdr,
         alpha=alpha, threshold=threshold, batch_size=batch_size, permutation_test=permutation_test,
+        options={"dcpdd": {"table": dcpdd_table}} if dcpdd_table and "dcpdd" in methods.split(",") else None,
     )
     config.score_config()  # reject a bad probe setting before any model is loaded
     samples = _load(benchmark, fmt)

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 Progress = Callable[[str, int, int], None]  # (stage, tokens done, tokens total)
+COMBINED = "combined"  # the decision by the Cauchy combination of every combined probe's p-value
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,10 @@ class DetectConfig:
     `alpha`: significance level of the set-level test. `threshold`: plain-threshold mode (the ITD paper's
     epsilon) on the decision score, used when no reference set is given. `rendering`: what text is scored
     (see `itd.render.RENDERINGS`). `permutation_test`: run the MCQ option-order test with `permutations`
-    orders per item (all orders when there are no more than that, else a seeded sample).
+    orders per item (all orders when there are no more than that, else a seeded sample). `options`: the
+    parameters of probes that have any (`itd.probes`). `decision="combined"` flags and decides by the Cauchy
+    combination of the p-values of the probes in `combine` (default: every probe). `recall_shots`: reference
+    items joined into the ReCaLL / Con-ReCall non-member prefix (they leave the calibration set).
     """
 
     methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
@@ -70,14 +74,28 @@ class DetectConfig:
     permutation_test: bool = False
     permutations: int = 24
     seed: int = 0
+    options: Any = None
+    combine: tuple[str, ...] | None = None
+    recall_shots: int = 4
 
     def __post_init__(self) -> None:
         methods = tuple(dict.fromkeys(m.strip().lower() for m in self.methods if m.strip()))
         if not methods:
             raise InputError("at least one probe method is needed")
         object.__setattr__(self, "methods", methods)
-        if self.decision not in methods:
-            raise InputError(f"the decision method {self.decision!r} must be one of the methods ({', '.join(methods)})")
+        if self.decision not in methods and self.decision != COMBINED:
+            raise InputError(f"the decision method {self.decision!r} must be one of the methods ({', '.join(methods)}) "
+                             f"or {COMBINED!r}")
+        if self.decision == COMBINED and self.threshold is not None:
+            raise InputError("a threshold applies to one probe's score: give --decision a probe, not 'combined'")
+        combine = methods if self.combine is None else tuple(dict.fromkeys(m.strip().lower() for m in self.combine))
+        unknown = [m for m in combine if m not in methods]
+        if unknown or not combine:
+            raise InputError(f"the combined probes must be some of the methods ({', '.join(methods)}), got "
+                             f"{', '.join(unknown) or 'none'}")
+        object.__setattr__(self, "combine", combine)
+        if isinstance(self.recall_shots, bool) or not isinstance(self.recall_shots, int) or self.recall_shots < 1:
+            raise InputError(f"recall_shots must be a positive integer, got {self.recall_shots!r}")
         if self.rendering not in RENDERINGS:
             raise InputError(f"unknown rendering {self.rendering!r}; choose one of {', '.join(RENDERINGS)}")
         for name in ("fdr", "alpha"):
@@ -91,7 +109,8 @@ class DetectConfig:
         from itd.models import ScoreConfig
 
         try:
-            return ScoreConfig(methods=self.methods, k=self.k, batch_size=self.batch_size, max_length=self.max_length)
+            return ScoreConfig(methods=self.methods, k=self.k, batch_size=self.batch_size, max_length=self.max_length,
+                               options=self.options)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -109,6 +128,7 @@ class ItemDetection:
     n_tokens: int
     nll: float
     p_values: dict[str, float] = field(default_factory=dict)
+    combined_p: float | None = None
     q_value: float | None = None
     flag: bool | None = None
     permutation_p: float | None = None
@@ -124,8 +144,10 @@ class ItemDetection:
         }
         rec.update({m: _finite(v) for m, v in self.scores.items()})
         if self.p_values:
-            rec["p_value"] = self.p_values[decision]
+            rec["p_value"] = self.combined_p if decision == COMBINED else self.p_values.get(decision, 1.0)
             rec["p_values"] = dict(self.p_values)
+            if self.combined_p is not None:
+                rec["combined_p"] = self.combined_p
             rec["q_value"] = self.q_value
         if self.flag is not None:
             rec["flag"] = self.flag
@@ -146,6 +168,9 @@ class DetectionReport:
     reference_size: int = 0
     set_tests: dict[str, stats.SetTest] = field(default_factory=dict)
     permutation: stats.PermutationSetTest | None = None
+    combined_set: dict[str, Any] | None = None
+    """The set-level Cauchy combination of the combined probes' Mann-Whitney p-values: p_value, and `drivers`,
+    the probes whose evidence made it (largest share of the combined statistic first)."""
     truth: dict[str, Any] | None = None
     reference_scores: dict[str, list[float]] = field(default_factory=dict)
     """Per probe, the finite scores of the reference set (what the p-values are calibrated against)."""
@@ -157,6 +182,8 @@ class DetectionReport:
     @property
     def set_contaminated(self) -> bool | None:
         """Whether the set-level test of the decision probe is significant at `alpha` (None without a reference)."""
+        if self.config.decision == COMBINED:
+            return None if self.combined_set is None else self.combined_set["p_value"] < self.config.alpha
         test = self.set_tests.get(self.config.decision)
         return None if test is None else test.p_value < self.config.alpha
 
@@ -197,6 +224,8 @@ class DetectionReport:
             "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
             "reference_scores": {m: [round(x, 6) for x in v] for m, v in self.reference_scores.items()},
         }
+        if self.combined_set is not None:
+            out["combined_set_test"] = dict(self.combined_set)
         if self.permutation is not None:
             out["permutation_test"] = asdict(self.permutation)
         if self.truth is not None:
@@ -237,8 +266,21 @@ def score_samples(lm: ScoringModel, samples: Sequence[Sample], config: DetectCon
     """`itd.models.ItemScores` of `samples` rendered as `config.rendering`, one per sample, in order."""
     from itd.models import score_texts
 
-    texts = [render(s, config.rendering) for s in samples]
+    texts = [scored_text(s, config.rendering) for s in samples]
     return score_texts(lm, texts, config.score_config(), reference=reference_model, progress=_stage(progress, stage))
+
+
+def scored_text(sample: Sample, rendering: str) -> str:
+    """`render(sample, rendering)`; for an answer rendering, an `itd.models.AnsweredText` that knows where the
+    answer starts (what `answer_acc` scores)."""
+    from itd.models import AnsweredText
+
+    text = render(sample, rendering)
+    mode = resolve_rendering(sample, rendering)
+    if not mode.endswith("answer"):
+        return text
+    head = render(sample, mode.removesuffix("+answer"))
+    return AnsweredText(text, len(head) + 1) if len(text) > len(head) and text.startswith(head + "\n") else text
 
 
 def option_orders(n_choices: int, limit: int, rng: random.Random) -> list[tuple[int, ...]]:
@@ -324,6 +366,7 @@ def detect(
         raise InputError("the 'reference' probe needs a reference model (--reference-model), and only it uses one")
     lm = resolve_model(model)
     ref_lm = None if reference_model is None else resolve_model(reference_model)
+    config, reference = _with_recall_prefix(config, reference)
     scored = score_samples(lm, samples, config, ref_lm, progress, "benchmark")
     items = [
         ItemDetection(s, resolve_rendering(s, config.rendering), dict(sc.scores), sc.n_tokens, sc.nll)
@@ -345,7 +388,11 @@ def detect(
             for it, pv in zip(items, p.tolist()):
                 it.p_values[m] = pv
             report.set_tests[m] = stats.set_level_test(bench[ok_b], ref[ok_r], seed=config.seed)
-        p_decision = np.array([it.p_values.get(config.decision, 1.0) for it in items])
+        _combine(report)
+        if config.decision == COMBINED:
+            p_decision = np.array([1.0 if it.combined_p is None else it.combined_p for it in items])
+        else:
+            p_decision = np.array([it.p_values.get(config.decision, 1.0) for it in items])
         rejected, q = stats.benjamini_hochberg(p_decision, config.fdr)
         for it, r, qv in zip(items, rejected.tolist(), q.tolist()):
             it.flag, it.q_value = bool(r), qv
@@ -361,6 +408,64 @@ def detect(
     if truth is not None:
         report.truth = truth_metrics(items, config, truth)
     return report
+
+
+def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
+                        ) -> tuple[DetectConfig, Sequence[Sample] | None]:
+    """For ReCaLL / Con-ReCall without a non-member prefix of the user's: the prefix made of `recall_shots`
+    seeded reference items, which then leave the reference set (an item behind itself would not be exchangeable
+    with the benchmark's)."""
+    from dataclasses import replace
+
+    from itd.probes import probe_options
+
+    wanted = [m for m in ("recall", "conrecall") if m in config.methods]
+    if not wanted:
+        return config, reference
+    try:
+        options = probe_options(config.methods, config.options)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    field_of = {"recall": "prefix", "conrecall": "nonmember_prefix"}
+    if all(getattr(options[m], field_of[m]) for m in wanted):
+        return config, reference
+    if not reference or len(reference) <= config.recall_shots:
+        raise InputError(f"ReCaLL needs a non-member prefix: give a reference set of more than {config.recall_shots} "
+                         "items (recall_shots of them make the prefix) or the prefix itself")
+    rng = random.Random(config.seed)
+    picked = set(rng.sample(range(len(reference)), config.recall_shots))
+    prefix = "".join(render(reference[i], config.rendering) + "\n\n" for i in sorted(picked))
+    for m in wanted:
+        if not getattr(options[m], field_of[m]):
+            options[m] = replace(options[m], **{field_of[m]: prefix})
+    rest = [s for i, s in enumerate(reference) if i not in picked]
+    return replace(config, options=options), rest
+
+
+def _combine(report: DetectionReport) -> None:
+    """Per item, the Cauchy combination of the combined probes' p-values; at set level, that of their
+    Mann-Whitney p-values, with the probes that drove it."""
+    config = report.config
+    probes = [m for m in config.combine if m in report.set_tests]
+    if not probes:
+        return
+    matrix = np.array([[it.p_values.get(m, np.nan) for m in probes] for it in report.items])
+    for it, pv in zip(report.items, stats.cauchy_combination(matrix).tolist()):
+        it.combined_p = None if math.isnan(pv) else pv
+    set_p = np.array([report.set_tests[m].p_value for m in probes])
+    combined = float(stats.cauchy_combination(set_p))
+    terms = np.tan((0.5 - np.clip(set_p, 1e-300, 1 - 1e-15)) * np.pi)
+    order = np.argsort(-terms, kind="stable")
+    positive = terms.clip(min=0)
+    share = positive / positive.sum() if positive.sum() > 0 else np.zeros_like(positive)
+    drivers = [probes[j] for j in order if set_p[j] < config.alpha or share[j] >= 0.25]
+    report.combined_set = {
+        "method": "cauchy",
+        "p_value": combined,
+        "probes": probes,
+        "drivers": drivers,
+        "shares": {probes[j]: round(float(share[j]), 4) for j in order},
+    }
 
 
 def truth_metrics(items: Sequence[ItemDetection], config: DetectConfig, truth: Mapping[str, Sequence[str]]) -> dict[str, Any]:
@@ -380,13 +485,12 @@ def truth_metrics(items: Sequence[ItemDetection], config: DetectConfig, truth: M
         a, b = a[np.isfinite(a)], b[np.isfinite(b)]
         if not a.size or not b.size:
             continue
-        low, high = stats.bootstrap_auroc_ci(a, b, seed=config.seed)
-        out["methods"][m] = {
-            "auroc": round(stats.auroc(a, b), 4),
-            "auroc_ci": [round(low, 4), round(high, 4)],
-            "tpr_at_1pct_fpr": round(stats.tpr_at_fpr(a, b, 0.01), 4),
-            "tpr_at_5pct_fpr": round(stats.tpr_at_fpr(a, b, 0.05), 4),
-        }
+        out["methods"][m] = _separation(a, b, config.seed)
+    if any(it.combined_p is not None for it in pos + neg):
+        a = np.array([-math.log10(max(it.combined_p, 1e-300)) for it in pos if it.combined_p is not None])
+        b = np.array([-math.log10(max(it.combined_p, 1e-300)) for it in neg if it.combined_p is not None])
+        if a.size and b.size:
+            out["methods"][COMBINED] = _separation(a, b, config.seed)
     if any(it.flag is not None for it in pos + neg):
         tp = sum(bool(it.flag) for it in pos)
         fp = sum(bool(it.flag) for it in neg)
@@ -397,6 +501,17 @@ def truth_metrics(items: Sequence[ItemDetection], config: DetectConfig, truth: M
             "precision": round(tp / (tp + fp), 4) if tp + fp else None,
         }
     return out
+
+
+def _separation(leaked: np.ndarray, unseen: np.ndarray, seed: int) -> dict[str, Any]:
+    """AUROC with its bootstrap CI and TPR at 1% and 5% FPR of leaked against unseen scores."""
+    low, high = stats.bootstrap_auroc_ci(leaked, unseen, seed=seed)
+    return {
+        "auroc": round(stats.auroc(leaked, unseen), 4),
+        "auroc_ci": [round(low, 4), round(high, 4)],
+        "tpr_at_1pct_fpr": round(stats.tpr_at_fpr(leaked, unseen, 0.01), 4),
+        "tpr_at_5pct_fpr": round(stats.tpr_at_fpr(leaked, unseen, 0.05), 4),
+    }
 
 
 def load_truth(path: str | os.PathLike) -> dict[str, list[str]]:

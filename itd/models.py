@@ -18,6 +18,9 @@ negative log-likelihood (nats per token) of the text's tokens and `logp_t` the l
 * `lowercase`: -nll / nll_lower, nll_lower the NLL of the lowercased text (Carlini et al. 2021; a second pass).
 * `reference`: -nll / nll_ref, nll_ref the NLL of the text under a reference model (Carlini et al. 2021). If
   the two tokenizers differ, each model scores the text under its own tokenisation: the ratio is per item.
+* `gapk`, `answer_acc`, `dcpdd` (one pass; DC-PDD also reads a token-frequency table), `recall` and `conrecall`
+  (one or two more passes, the text behind a prefix): see `itd.probes`, which registers every probe and holds
+  the parameters of those that have any (`ScoreConfig.options`).
 
 The lowest k-fraction holds max(1, floor(k * n_tokens)) tokens. A text with no scored token gets NaN scores.
 Every text gets the tokenizer's BOS token (or EOS when it has none) in front, so its first token is scored too.
@@ -31,6 +34,7 @@ GPUs when the model fits on one of them, and spreads a larger model over the GPU
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -61,9 +65,11 @@ __all__ = [
     "ItemScores",
     "score_texts",
     "Progress",
+    "AnsweredText",
 ]
 
-METHODS = ("loss", "zlib", "mink", "minkpp", "lowercase", "reference")
+METHODS = ("loss", "zlib", "mink", "minkpp", "lowercase", "reference", "gapk", "answer_acc", "dcpdd", "recall",
+           "conrecall")  # every probe registered in `itd.probes.PROBES`
 DEFAULT_METHODS = ("loss", "zlib", "mink", "minkpp")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -393,6 +399,9 @@ class ScoreConfig:
     batch_size: int | Literal["auto"] = "auto"
     max_length: int | None = None
     stride: int | None = None
+    options: Any = None
+    """Per probe, its parameters (`itd.probes`: a config dataclass or a dict of its fields); after construction
+    a dict holding the config of every chosen probe that has parameters."""
 
     def __post_init__(self) -> None:
         methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
@@ -405,6 +414,9 @@ class ScoreConfig:
                 hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 raise ValueError(f"unknown probe method {m!r}.{hint} Known: {', '.join(METHODS)}.")
         object.__setattr__(self, "methods", methods)
+        from itd.probes import probe_options
+
+        object.__setattr__(self, "options", probe_options(methods, self.options))
         if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not 0 < self.k <= 1:
             raise ValueError(f"k must be in (0, 1] (a fraction of the tokens), got {self.k!r}")
         if self.batch_size != "auto" and (not _is_int(self.batch_size) or self.batch_size < 1):
@@ -434,6 +446,12 @@ class ItemScores:
     token_minkpp: np.ndarray | None = None
     lowercase_nll: float | None = None
     reference_nll: float | None = None
+    token_gap: np.ndarray | None = None
+    """logp_t - max log p at t (<= 0; 0 where the token is the model's top-1), when `gapk` or `answer_acc` ran."""
+    answer_start: int | None = None
+    """Index (into the token arrays) of the answer's first token, for an `AnsweredText`."""
+    prefix_nll: dict[str, float] | None = None
+    """The text's NLL behind the `recall` / `conrecall` prefixes ("nonmember", "member"), when computed."""
 
     def to_dict(self) -> dict[str, Any]:
         """The scalar fields (no per-token arrays), JSON-ready."""
@@ -442,7 +460,31 @@ class ItemScores:
             out["lowercase_nll"] = self.lowercase_nll
         if self.reference_nll is not None:
             out["reference_nll"] = self.reference_nll
+        if self.answer_start is not None:
+            out["answer_start"] = self.answer_start
+        if self.prefix_nll:
+            out["prefix_nll"] = dict(self.prefix_nll)
         return out
+
+
+class AnsweredText(str):
+    """A text whose answer starts at character `answer_start` (the question+answer rendering): `answer_acc`
+    scores the tokens from there on. Anywhere else it is the plain string."""
+
+    answer_start: int
+
+    def __new__(cls, text: str, answer_start: int) -> AnsweredText:
+        obj = super().__new__(cls, text)
+        if not 0 <= answer_start <= len(text):
+            raise ValueError(f"answer_start {answer_start} lies outside the text (length {len(text)})")
+        obj.answer_start = int(answer_start)
+        return obj
+
+    def __getnewargs__(self) -> tuple[str, int]:  # type: ignore[override]
+        return str(self), self.answer_start
+
+    def __reduce__(self):
+        return AnsweredText, (str(self), self.answer_start)
 
 
 def score_texts(
@@ -469,14 +511,19 @@ def score_texts(
         return _score_stored(model, texts, config, reference, progress)
     if model.replicas is not None and len(texts) > 1 and (reference is None or reference.spec is not None):
         return model.replicas.score(model, texts, config, reference, progress)
-    passes: list[tuple[ScoringModel, list[list[int]], bool]] = [
-        (model, _encode(model, texts), "minkpp" in config.methods)  # the one pass for loss/zlib/mink/minkpp
+    freq = _dcpdd_frequencies(model, config) if "dcpdd" in config.methods else None
+    ids = _encode(model, texts)
+    passes: list[tuple[ScoringModel, list[list[int]], tuple[str, ...]]] = [
+        (model, ids, _token_stats(config.methods))  # the one pass for every one-pass probe
     ]
     if "lowercase" in config.methods:
-        passes.append((model, _encode(model, [t.lower() for t in texts]), False))
+        passes.append((model, _encode(model, [t.lower() for t in texts]), ()))
     if reference is not None:
-        passes.append((reference, _encode(reference, texts), False))
-    total = sum(max(0, len(ids) - 1) for _, id_lists, _ in passes for ids in id_lists)
+        passes.append((reference, _encode(reference, texts), ()))
+    prefixes = _prefixes(config)
+    for prefix in prefixes.values():
+        passes.append((model, _behind_prefix(model, ids, prefix, config), ()))
+    total = sum(max(0, len(x) - 1) for _, id_lists, _ in passes for x in id_lists)
     done = [0]
 
     def tick(n: int) -> None:
@@ -484,25 +531,124 @@ def score_texts(
         if progress is not None:
             progress(done[0], total)
 
-    results = [_token_pass(m, id_lists, want_pp, config, tick) for m, id_lists, want_pp in passes]
-    logprobs, minkpp = results[0]
+    results = [_token_pass(m, id_lists, stats, config, tick) for m, id_lists, stats in passes]
+    main = results[0]
     extra = iter(results[1:])
-    lower = next(extra)[0] if "lowercase" in config.methods else None
-    ref = next(extra)[0] if reference is not None else None
+    lower = next(extra)["lp"] if "lowercase" in config.methods else None
+    ref = next(extra)["lp"] if reference is not None else None
+    conditioned = {key: next(extra)["lp"] for key in prefixes}
+    starts = _answer_token_starts(model, texts, ids)
     out = []
     for i, text in enumerate(texts):
-        lp = logprobs[i]
+        lp = main["lp"][i]
         nll = _nll(lp)
         ppl = math.nan if math.isnan(nll) else math.exp(min(nll, 700.0))
-        item = ItemScores({}, int(lp.size), nll, ppl, lp, minkpp[i] if minkpp is not None else None)
+        item = ItemScores({}, int(lp.size), nll, ppl, lp, main["minkpp"][i] if "minkpp" in main else None)
+        item.token_gap = main["gap"][i] if "gap" in main else None
+        item.answer_start = starts[i]
         if lower is not None:
             item.lowercase_nll = _nll(lower[i])
         if ref is not None:
             item.reference_nll = _nll(ref[i])
+        if conditioned:
+            # the text's own tokens are the last ones of the prefixed row
+            item.prefix_nll = {key: _nll(c[i][c[i].size - lp.size :]) for key, c in conditioned.items()}
+        sigma = main["sigma"][i] if "sigma" in main else None
         for m in config.methods:
-            item.scores[m] = _method_score(m, item, text, config.k)
+            item.scores[m] = _method_score(m, item, text, config, ids[i][1:], sigma, freq)
         out.append(item)
     return out
+
+
+def _token_stats(methods: Sequence[str]) -> tuple[str, ...]:
+    """The per-token statistics the one pass computes for `methods` (besides log p)."""
+    from itd.probes import PROBES
+
+    return tuple(sorted({s for m in methods for s in PROBES.get(m).token_stats}))
+
+
+def _prefixes(config: ScoreConfig) -> dict[str, str]:
+    """The prefixes ReCaLL / Con-ReCall condition on, by role ("nonmember", "member"); InputError if missing."""
+    out: dict[str, str] = {}
+    if "recall" in config.methods:
+        prefix = config.options["recall"].prefix
+        if not prefix:
+            raise InputError("the 'recall' probe needs a non-member prefix (ReCaLLConfig.prefix; `itd detect` draws "
+                             "it from the reference set)")
+        out["nonmember"] = prefix
+    if "conrecall" in config.methods:
+        opts = config.options["conrecall"]
+        if not opts.nonmember_prefix or not opts.member_prefix:
+            raise InputError("the 'conrecall' probe needs a non-member and a member prefix (ConReCaLLConfig)")
+        if out and out["nonmember"] != opts.nonmember_prefix:
+            out["conrecall_nonmember"] = opts.nonmember_prefix
+        else:
+            out["nonmember"] = opts.nonmember_prefix
+        out["member"] = opts.member_prefix
+    return out
+
+
+def _behind_prefix(model: ScoringModel, ids: list[list[int]], prefix: str, config: ScoreConfig) -> list[list[int]]:
+    """Each item's ids with `prefix`'s tokens between the BOS (or EOS) token and the text; as many of the
+    prefix's last tokens as fit in one window with the text."""
+    prefix_ids = model.tokenizer(prefix, add_special_tokens=False, verbose=False)["input_ids"]
+    max_length = config.max_length or model.context_length
+    lead = model.prefix_token_id
+    out = []
+    for x in ids:
+        text = x[1:] if lead is not None else x
+        keep = max(0, min(len(prefix_ids), max_length - len(text) - 1))
+        out.append(([lead] if lead is not None else []) + prefix_ids[len(prefix_ids) - keep :] + text)
+    return out
+
+
+def _answer_token_starts(model: ScoringModel, texts: list[str], ids: list[list[int]]) -> list[int | None]:
+    """For each `AnsweredText`, the index into its token arrays of the first token that reaches into the answer
+    (ends past `answer_start`); None for plain texts."""
+    out: list[int | None] = [None] * len(texts)
+    todo = [i for i, t in enumerate(texts) if isinstance(t, AnsweredText)]
+    if not todo:
+        return out
+    tok = model.tokenizer
+    lead = 0 if model.prefix_token_id is not None else 1  # without a lead token the first text token is unscored
+    fast = getattr(tok, "is_fast", False)
+    enc = tok([texts[i] for i in todo], add_special_tokens=False, return_offsets_mapping=True, verbose=False) if fast else None
+    for j, i in enumerate(todo):
+        start = texts[i].answer_start  # type: ignore[attr-defined]
+        n_text = len(ids[i]) - (1 - lead)
+        if enc is not None:
+            ends = [e for _, e in enc["offset_mapping"][j]]
+            first = next((t for t, e in enumerate(ends) if e > start), n_text)
+        else:
+            first = len(tok(texts[i][:start], add_special_tokens=False)["input_ids"])
+        out[i] = max(0, first - lead)
+    return out
+
+
+def _dcpdd_frequencies(model: ScoringModel, config: ScoreConfig) -> np.ndarray:
+    """The smoothed token frequencies of the DC-PDD table, checked against the model's tokenizer."""
+    path = config.options["dcpdd"].table
+    if not path:
+        raise InputError("the 'dcpdd' probe needs a token-frequency table (DCPDDConfig.table; build one with "
+                         "itd.probes.build_frequency_table)")
+    table = _load_table(os.fspath(path), *_mtime(path))
+    table.check(model.tokenizer, path=os.fspath(path))
+    return table.frequencies()
+
+
+def _mtime(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)  # FrequencyTable.load names the missing file
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _load_table(path: str, mtime: int, size: int):
+    from itd.probes import FrequencyTable
+
+    return FrequencyTable.load(path)
 
 
 def _score_stored(model: ScoringModel, texts: list[str], config: ScoreConfig, reference: ScoringModel | None,
@@ -517,7 +663,8 @@ def _score_stored(model: ScoringModel, texts: list[str], config: ScoreConfig, re
     bare.store = None
     ident = [model.fingerprint, reference.fingerprint if reference is not None else None, asdict(config)]
     chunks = [texts[i : i + _STORE_CHUNK] for i in range(0, len(texts), _STORE_CHUNK)]
-    keys = [content_key("score", *ident, chunk) for chunk in chunks]
+    # an AnsweredText's answer boundary changes `answer_acc`: it is part of the key (plain texts keep old keys)
+    keys = [content_key("score", *ident, chunk, *_answer_marks(chunk)) for chunk in chunks]
     todo = [i for i, key in enumerate(keys) if key not in store]
     sizes = {i: sum(len(t) for t in chunks[i]) or 1 for i in todo}
     total, done = sum(sizes.values()), 0
@@ -542,18 +689,25 @@ def _score_stored(model: ScoringModel, texts: list[str], config: ScoreConfig, re
     return [_scores_from_record(rec) for key in keys for rec in store.get(key)]
 
 
+def _answer_marks(chunk: list[str]) -> list[list[int | None]]:
+    marks = [getattr(t, "answer_start", None) for t in chunk]
+    return [marks] if any(m is not None for m in marks) else []
+
+
 def _scores_record(item: ItemScores) -> dict[str, Any]:
     rec = item.to_dict()
     rec["token_logprobs"] = item.token_logprobs.tolist()
     rec["dtype"] = str(item.token_logprobs.dtype)
     if item.token_minkpp is not None:
         rec["token_minkpp"] = item.token_minkpp.tolist()
+    if item.token_gap is not None:
+        rec["token_gap"] = item.token_gap.tolist()
     return rec
 
 
 def _scores_from_record(rec: dict[str, Any]) -> ItemScores:
     dtype = np.dtype(rec["dtype"])
-    minkpp = rec.get("token_minkpp")
+    minkpp, gap = rec.get("token_minkpp"), rec.get("token_gap")
     return ItemScores(
         scores=dict(rec["scores"]),
         n_tokens=rec["n_tokens"],
@@ -563,6 +717,9 @@ def _scores_from_record(rec: dict[str, Any]) -> ItemScores:
         token_minkpp=None if minkpp is None else np.asarray(minkpp, dtype=dtype),
         lowercase_nll=rec.get("lowercase_nll"),
         reference_nll=rec.get("reference_nll"),
+        token_gap=None if gap is None else np.asarray(gap, dtype=dtype),
+        answer_start=rec.get("answer_start"),
+        prefix_nll=rec.get("prefix_nll"),
     )
 
 
@@ -577,21 +734,67 @@ def _fingerprint(model: Any, name: str) -> str:
     return content_key(*parts)
 
 
-def _method_score(method: str, item: ItemScores, text: str, k: float) -> float:
+def _method_score(method: str, item: ItemScores, text: str, config: ScoreConfig, targets: list[int],
+                  sigma: np.ndarray | None, freq: np.ndarray | None) -> float:
+    """The score of `method` for one item; `targets` are the ids of its scored tokens (aligned with the token
+    arrays), `sigma` the per-token standard deviation of log p (Gap-K%), `freq` the DC-PDD frequencies."""
     if method == "loss":
         return -item.nll
     if method == "zlib":
         return -item.nll / len(zlib.compress(text.encode("utf-8")))
     if method == "mink":
-        return _lowest_mean(item.token_logprobs, k)
+        return _lowest_mean(item.token_logprobs, config.k)
     if method == "minkpp":
         assert item.token_minkpp is not None
-        return _lowest_mean(item.token_minkpp, k)
+        return _lowest_mean(item.token_minkpp, config.k)
     if method == "lowercase":
         return _neg_ratio(item.nll, item.lowercase_nll)
     if method == "reference":
         return _neg_ratio(item.nll, item.reference_nll)
+    if method == "gapk":
+        assert item.token_gap is not None and sigma is not None
+        opts = config.options["gapk"]
+        return _lowest_mean(_moving_average(item.token_gap.astype(np.float64) / sigma, opts.window), opts.k)
+    if method == "answer_acc":
+        assert item.token_gap is not None
+        if item.answer_start is None or item.answer_start >= item.token_gap.size:
+            return math.nan
+        return float(np.mean(item.token_gap[item.answer_start :] == 0))
+    if method == "dcpdd":
+        assert freq is not None
+        return _dcpdd(item.token_logprobs, np.asarray(targets, dtype=np.int64), freq, config.options["dcpdd"].max_alpha)
+    if method == "recall":
+        assert item.prefix_nll is not None
+        return _ratio(item.prefix_nll["nonmember"], item.nll)
+    if method == "conrecall":
+        assert item.prefix_nll is not None
+        nonmember = item.prefix_nll.get("conrecall_nonmember", item.prefix_nll["nonmember"])
+        return _ratio(nonmember - config.options["conrecall"].gamma * item.prefix_nll["member"], item.nll)
     raise AssertionError(method)
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Means of every `window` consecutive values; the values themselves when there are fewer."""
+    if values.size < window:
+        return values
+    cum = np.concatenate(([0.0], np.cumsum(values, dtype=np.float64)))
+    return (cum[window:] - cum[:-window]) / window
+
+
+def _dcpdd(logprobs: np.ndarray, targets: np.ndarray, freq: np.ndarray, max_alpha: float) -> float:
+    """Mean over the first occurrence of each token id of min(p_t * -log f(x_t), max_alpha); NaN when empty."""
+    if targets.size == 0:
+        return math.nan
+    _, first = np.unique(targets, return_index=True)
+    alpha = np.exp(logprobs[first].astype(np.float64)) * -np.log(freq[targets[first]])
+    return float(np.minimum(alpha, max_alpha).mean())
+
+
+def _ratio(ll_nll: float, nll: float) -> float:
+    """LL(x | P) / LL(x) from the two NLLs (the signs cancel); NaN when undefined."""
+    if math.isnan(ll_nll) or not nll > 0:
+        return math.nan
+    return ll_nll / nll
 
 
 def _lowest_mean(values: np.ndarray, k: float) -> float:
@@ -646,9 +849,11 @@ def _segments(n_ids: list[int], max_length: int, stride: int) -> list[tuple[int,
 
 
 def _token_pass(
-    lm: ScoringModel, id_lists: list[list[int]], want_pp: bool, config: ScoreConfig, tick: Callable[[int], None]
-) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """Per-item token log-probs (and Min-K%++ token scores) of one model over pre-tokenised items."""
+    lm: ScoringModel, id_lists: list[list[int]], stats: tuple[str, ...], config: ScoreConfig,
+    tick: Callable[[int], None],
+) -> dict[str, list[np.ndarray]]:
+    """Per-item token log-probs ("lp") and the per-token `stats` (see `_reduce`) of one model over pre-tokenised
+    items."""
     torch = require("torch", "probes", "Model probes")
     max_length = config.max_length or lm.context_length
     if max_length > lm.context_length:
@@ -657,8 +862,7 @@ def _token_pass(
     if stride >= max_length:
         raise ValueError(f"stride ({stride}) must be smaller than max_length ({max_length})")
     n_ids = [len(ids) for ids in id_lists]
-    logprobs = [np.empty(max(0, n - 1), dtype=np.float32) for n in n_ids]
-    minkpp = [np.empty(max(0, n - 1), dtype=np.float32) for n in n_ids] if want_pp else None
+    arrays = {name: [np.empty(max(0, n - 1), dtype=np.float32) for n in n_ids] for name in ("lp", *stats)}
     segs = _segments(n_ids, max_length, stride)
     segs.sort(key=lambda s: s[1] - s[2])  # longest first: an out-of-memory shows on the first batch
     vocab = _vocab_size(lm)
@@ -682,7 +886,7 @@ def _token_pass(
                 rows = max(1, budget // width) if auto else int(config.batch_size)
                 batch = segs[pos : pos + rows]
                 try:
-                    lp, pp = _score_batch(torch, lm, id_lists, batch, width, pad, want_pp)
+                    values = _score_batch(torch, lm, id_lists, batch, width, pad, stats)
                 except oom:
                     if not (auto and cuda) or len(batch) == 1:
                         raise
@@ -696,15 +900,14 @@ def _token_pass(
                 offset = 0
                 for i, start, end, first in batch:
                     n = end - first
-                    logprobs[i][first - 1 : end - 1] = lp[offset : offset + n]
-                    if minkpp is not None:
-                        minkpp[i][first - 1 : end - 1] = pp[offset : offset + n]
+                    for name, flat_values in values.items():
+                        arrays[name][i][first - 1 : end - 1] = flat_values[offset : offset + n]
                     offset += n
                 pos += len(batch)
                 tick(offset)
     finally:
         lm.model.train(was_training)
-    return logprobs, minkpp
+    return arrays
 
 
 def _vocab_size(lm: ScoringModel) -> int:
@@ -721,8 +924,8 @@ def _score_batch(
     batch: list[tuple[int, int, int, int]],
     width: int,
     pad: int,
-    want_pp: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
+    stats: tuple[str, ...],
+) -> dict[str, np.ndarray]:
     """One forward pass over a right-padded batch of windows; the scored targets' values, window by window."""
     rows = len(batch)
     ids = np.full((rows, width), pad, dtype=np.int64)
@@ -746,28 +949,34 @@ def _score_batch(
     flat_t = torch.from_numpy(flat).to(logits.device)
     targets_t = torch.from_numpy(targets).to(logits.device)
     chunk = max(1, (_CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CHUNK_ELEMENTS) // vocab)
-    lps, pps = [], []
+    parts: dict[str, list[Any]] = {}
     for s in range(0, flat.size, chunk):
-        lp, pp = _reduce(torch, logits.index_select(0, flat_t[s : s + chunk]), targets_t[s : s + chunk], want_pp)
-        lps.append(lp)
-        if pp is not None:
-            pps.append(pp)
-    lp_all = torch.cat(lps).cpu().numpy()
-    return lp_all, (torch.cat(pps).cpu().numpy() if want_pp else None)
+        reduced = _reduce(torch, logits.index_select(0, flat_t[s : s + chunk]), targets_t[s : s + chunk], stats)
+        for name, value in reduced.items():
+            parts.setdefault(name, []).append(value)
+    return {name: torch.cat(values).cpu().numpy() for name, values in parts.items()}
 
 
-def _reduce(torch: Any, z: Any, y: Any, want_pp: bool) -> tuple[Any, Any]:
-    """Per position: log p(y) and, if asked, the Min-K%++ score (log p(y) - mu) / sigma, in fp32.
+def _reduce(torch: Any, z: Any, y: Any, stats: tuple[str, ...]) -> dict[str, Any]:
+    """Per position, in fp32: "lp", log p(y), and the asked `stats`: "minkpp", the Min-K%++ score
+    (log p(y) - mu) / sigma; "sigma"; "gap", log p(y) - max log p (0 where y is the top-1 token).
 
     `z` (positions x vocabulary) is a fresh copy (index_select), so its buffer is reused.
     """
     z = z.float()
     logp = torch.log_softmax(z, dim=-1)
     lp = logp.gather(1, y[:, None]).squeeze(1)
-    if not want_pp:
-        return lp, None
-    p = torch.exp(logp, out=z)
-    mu = torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)  # E_p[log p]
-    logp.sub_(mu[:, None]).square_()
-    var = torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)  # Var_p[log p], centred for fp32 accuracy
-    return lp, (lp - mu) / var.clamp_min(_MIN_VAR).sqrt()
+    out = {"lp": lp}
+    if "gap" in stats:
+        out["gap"] = lp - logp.max(dim=-1).values
+    if "minkpp" in stats or "sigma" in stats:
+        p = torch.exp(logp, out=z)
+        mu = torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)  # E_p[log p]
+        logp.sub_(mu[:, None]).square_()
+        var = torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)  # Var_p[log p], centred for fp32 accuracy
+        sigma = var.clamp_min(_MIN_VAR).sqrt()
+        if "minkpp" in stats:
+            out["minkpp"] = (lp - mu) / sigma
+        if "sigma" in stats:
+            out["sigma"] = sigma
+    return out

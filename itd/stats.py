@@ -4,7 +4,8 @@ Every score is oriented so that HIGHER means MORE LIKELY LEAKED (negate a loss o
 Per-item evidence becomes a p-value against a clean reference (`conformal_pvalues`) or against the item's own
 option permutations (`permutation_rank_pvalues`); `benjamini_hochberg` turns many p-values into flagged items at a
 controlled false discovery rate; `set_level_test` and `permutation_set_test` ask whether a whole set is
-contaminated; `auroc`, `tpr_at_fpr` and `bootstrap_auroc_ci` measure how well a score separates known-leaked from
+contaminated; `cauchy_combination` merges several probes' p-values of one item (or one set) into one, valid under
+dependence; `auroc`, `tpr_at_fpr` and `bootstrap_auroc_ci` measure how well a score separates known-leaked from
 known-clean items. `bootstrap_means` is the project's one percentile bootstrap for figures made of means
 (accuracies, their differences and ratios), resampling items, or items and replicas crossed.
 
@@ -30,6 +31,7 @@ __all__ = [
     "benjamini_hochberg",
     "bootstrap_means",
     "bootstrap_auroc_ci",
+    "cauchy_combination",
     "conformal_pvalues",
     "permutation_rank_pvalues",
     "permutation_set_test",
@@ -99,6 +101,42 @@ def benjamini_hochberg(pvalues: ArrayLike, alpha: float = 0.05) -> tuple[np.ndar
     if passed.size:
         rejected[order[: passed[-1] + 1]] = True
     return rejected, q
+
+
+_CAUCHY_LOW, _CAUCHY_HIGH = 1e-300, 1 - 1e-15  # p-values are clipped into these: tan() is infinite at 0 and 1
+
+
+def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> np.ndarray:
+    """Cauchy combination test (Liu & Xie 2020) of each row of `pvalues` (items x tests; a 1-D array is one row).
+
+    T = sum_j w_j tan((0.5 - p_j) pi) with weights summing to 1 (default equal); the combined p-value is
+    0.5 - arctan(T) / pi. Under the null, T is standard Cauchy whatever the dependence between the tests when
+    each pair is bivariate normal after transformation, and approximately so otherwise; the tail is accurate
+    exactly where decisions are made (small p). NaN entries (a test that did not apply) are left out of their
+    row, the weights renormalised; a row with no p-value gets NaN. Very small p-values use tan(x) ~ 1/(p pi).
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    one = p.ndim == 1
+    p = np.atleast_2d(p)
+    if p.ndim != 2:
+        raise ValueError(f"pvalues must be 1-D or 2-D, got shape {p.shape}")
+    ok = np.isfinite(p)
+    if ((p[ok] < 0) | (p[ok] > 1)).any():
+        raise ValueError("pvalues must lie in [0, 1]")
+    w = np.ones(p.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (p.shape[1],) or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(f"weights must be {p.shape[1]} non-negative numbers, not all zero")
+    wm = np.where(ok, w[None, :], 0.0)
+    total = wm.sum(axis=1)
+    pc = np.clip(np.where(ok, p, 0.5), _CAUCHY_LOW, _CAUCHY_HIGH)
+    # for tiny p, tan((0.5 - p) pi) = 1 / tan(p pi) ~ 1 / (p pi) without the cancellation of 0.5 - p
+    terms = np.where(pc < 1e-8, 1.0 / (pc * np.pi), np.tan((0.5 - pc) * np.pi))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (wm * terms).sum(axis=1) / total
+        # for large T, 0.5 - arctan(T) / pi = arctan(1 / T) / pi without the cancellation
+        combined = np.where(t > 1e8, np.arctan(1.0 / t) / np.pi, 0.5 - np.arctan(t) / np.pi)
+    combined = np.where(total > 0, np.clip(combined, 0.0, 1.0), np.nan)
+    return combined[0] if one else combined
 
 
 def _pair_counts(positive: np.ndarray, negative_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -140,3 +140,30 @@ def test_option_permutation_test_mechanics(tiny_lab):
     report = detect(items, model, config=DetectConfig(methods=("loss",), decision="loss", permutation_test=True))
     assert all(1 / 24 <= it.permutation_p <= 1 for it in report.items)
     assert report.permutation.n_items == len(items) and report.permutation.p_value > 0.01
+
+
+def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tmp_path):
+    """Gap-K%, answer accuracy, DC-PDD (table from the lab's clean corpus) and ReCaLL (prefix from the reference
+    set, which then leaves the calibration set) beside Min-K%++, decided by the Cauchy combination."""
+    from itd.probes import corpus_frequency_table
+
+    items, reference, _, _ = lab_sets
+    truth = load_truth(tiny_lab.manifest)
+    models = {twin: load_model(getattr(tiny_lab, twin), device="cpu") for twin in ("contaminated", "clean")}
+    table = tmp_path / "freq.npz"
+    corpus_frequency_table(models["clean"].tokenizer, [tiny_lab.out / "corpus" / "clean.jsonl"]).save(table)
+    methods = ("loss", "minkpp", "gapk", "answer_acc", "dcpdd", "recall")
+    config = DetectConfig(methods=methods, decision="combined", batch_size=16, options={"dcpdd": {"table": str(table)}})
+    reports = {twin: detect(items, lm, reference, config, truth=truth) for twin, lm in models.items()}
+    con, cln = reports["contaminated"], reports["clean"]
+    assert con.reference_size == cln.reference_size == len(reference) - config.recall_shots
+    for it in con.items:
+        assert set(it.p_values) == set(methods) and 0 < it.combined_p <= 1
+        assert it.to_dict("combined")["p_value"] == it.combined_p
+    assert con.combined_set["p_value"] < 1e-3 and con.combined_set["drivers"]
+    assert cln.combined_set["p_value"] > 0.01
+    assert con.contaminated and not cln.contaminated
+    assert len(cln.flagged) <= 0.05 * len(cln.items)
+    assert con.truth["methods"]["combined"]["auroc"] >= 0.85
+    for m in (*methods, "combined"):
+        assert abs(cln.truth["methods"][m]["auroc"] - 0.5) < 0.2, (m, cln.truth["methods"][m])

@@ -339,12 +339,12 @@ def test_auto_batch_halves_on_cuda_out_of_memory(lm, texts, monkeypatch):
     failed: list[int] = []
     done: list[int] = []
 
-    def fake(torch_, lm_, id_lists, batch, width, pad, want_pp):
+    def fake(torch_, lm_, id_lists, batch, width, pad, stats):
         if len(batch) > 3:
             failed.append(len(batch))
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         done.append(len(batch))
-        return real(torch_, lm, id_lists, batch, width, pad, want_pp)
+        return real(torch_, lm, id_lists, batch, width, pad, stats)
 
     monkeypatch.setattr(M, "_score_batch", fake)
     monkeypatch.setattr(M, "_CUDA_MAX_TOKENS", 40 * N_POSITIONS)

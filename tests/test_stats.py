@@ -333,3 +333,41 @@ def test_permutation_set_test_quiet_when_ranks_are_uniform():
 def test_input_validation(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_cauchy_combination():
+    from itd.stats import cauchy_combination
+
+    # one test, or the same p-value several times (perfect dependence), is returned unchanged
+    for p in (1e-12, 0.003, 0.2, 0.7):
+        assert cauchy_combination([p]) == pytest.approx(p, rel=1e-9)
+        assert cauchy_combination([p, p, p]) == pytest.approx(p, rel=1e-9)
+    # the published formula, T = mean tan((0.5 - p) pi), p = 0.5 - arctan(T) / pi
+    ps = np.array([0.01, 0.2, 0.9])
+    t = np.tan((0.5 - ps) * np.pi).mean()
+    assert cauchy_combination(ps) == pytest.approx(0.5 - np.arctan(t) / np.pi, rel=1e-12)
+    w = np.array([0.5, 0.3, 0.2])
+    t = (w * np.tan((0.5 - ps) * np.pi)).sum()
+    assert cauchy_combination(ps, w) == pytest.approx(0.5 - np.arctan(t) / np.pi, rel=1e-12)
+    # NaN = a test that did not apply; tiny p-values keep their size; rows are items
+    got = cauchy_combination([[1e-20, 0.5], [np.nan, 0.3], [np.nan, np.nan], [1.0, 1.0]])
+    assert got[0] == pytest.approx(2e-20, rel=1e-6) and got[1] == pytest.approx(0.3)
+    assert np.isnan(got[2]) and got[3] == pytest.approx(1.0)
+    # valid under the null: independent uniforms, and strongly dependent ones, reject at about the level
+    rng = np.random.default_rng(0)
+    independent = rng.uniform(size=(20000, 4))
+    z = rng.normal(size=(20000, 1)) + 0.5 * rng.normal(size=(20000, 4))
+    dependent = 1 - _normal_cdf(z / np.sqrt(1.25))
+    for sample in (independent, dependent):
+        rate = (cauchy_combination(sample) < 0.05).mean()
+        assert 0.04 < rate < 0.06, rate
+    with pytest.raises(ValueError, match="lie in"):
+        cauchy_combination([0.5, 1.5])
+    with pytest.raises(ValueError, match="weights"):
+        cauchy_combination([0.5, 0.5], [1.0])
+
+
+def _normal_cdf(x):
+    from scipy.special import ndtr
+
+    return ndtr(x)
