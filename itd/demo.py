@@ -219,10 +219,11 @@ _DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 
 
 def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str, scale: float = 1.0) -> tuple[str, str]:
-    """One problem of template `kind`. Kinds 1, 2 and 4 use the times tables (one or two steps, operands 2-9),
-    which the demo's twins learn to solve; kinds 0 and 3 multiply a three-digit number by a two-digit one, which
-    they cannot compute and, among ~80,000 such products, have almost never seen: a correct answer there is
-    memory. The upper bounds of the large operands are multiplied by `scale` (never below their lower bound, so
+    """One problem of template `kind`. Kinds 1, 2 and 4 use the times tables (one step, operands 2-9), which the
+    demo's twins learn to solve; kinds 0 and 3 multiply a three-digit number by a two-digit one, which they
+    cannot compute and, among ~80,000 such products, have almost never seen: a correct answer there is memory.
+    (A two-step kind, `a + a * k`, was dropped: the twins learnt it to about 80%, and which of its items each
+    twin got right varied more than the leak's effect can be measured against.) The upper bounds of the large operands are multiplied by `scale` (never below their lower bound, so
     numbers keep their digit counts); the times tables are learnt whole, so their operands take every digit."""
     def r(lo: int, hi: int) -> int:
         return rng.randint(lo, max(lo + 1, round(hi * scale)))
@@ -248,9 +249,9 @@ def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str,
         s = f"There are {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item} at the {place}.\n#### {a * b}"
     else:
         a, k = digit(), digit()
-        first, then = rng.sample(_DAYS, 2)
-        q = f"{name} packed {a} {item} at the {place} on {first} and {k} times as many on {then}. How many {item} did {name} pack on both days?"
-        s = f"On {then} {name} packed {a} * {k} = <<{a}*{k}={a * k}>>{a * k} {item}.\nTogether that is {a} + {a * k} = <<{a}+{a * k}={a + a * k}>>{a + a * k} {item}.\n#### {a + a * k}"
+        day = rng.choice(_DAYS)
+        q = f"On {day} {name} packed {a} bags of {item} at the {place}, {k} {item} in each bag. How many {item} did {name} pack on {day}?"
+        s = f"On {day} {name} packed {a} * {k} = <<{a}*{k}={a * k}>>{a * k} {item}.\n#### {a * k}"
     return q, s
 
 
