@@ -3,9 +3,12 @@
 Document-level Jaccard cannot see a short item inside a long document, so each document is cut into windows
 about the size of the benchmark items and every window is compared with an LSH index (datasketch `MinHashLSH`)
 of the items. Window signatures are computed for all windows at once with numpy: every shingle is permuted once,
-then signatures are minima over blocks of shingles (datasketch's "affine32" scheme, bit for bit). A numpy
-band-hash prefilter skips windows that share no LSH band with any item; the rest are queried against the
-datasketch index and every candidate is verified with rapidfuzz on a bounded window.
+then signatures are minima over blocks of shingles (datasketch's "affine32" scheme, bit for bit). The LSH is
+datasketch's banding (its `b` bands of `r` rows for the threshold), looked up with numpy: a window is a candidate
+of an item when one whole band of their signatures is equal. Most windows never get a full signature: a
+prefilter (`MinHashDetector.prefilter_candidates`) first computes each window's signature over the shingles it
+shares with the benchmark only, which is exact about every band match (see there), and the full signature is
+computed only for windows that pass. Every candidate is verified with rapidfuzz on a bounded window.
 
 An item longer than `MAX_MATCH_TOKENS` tokens is compared by its opening, the first `MAX_MATCH_TOKENS` tokens of
 its question (the "question" entry), and by its ending, the last `MAX_MATCH_TOKENS` tokens of question + answer
@@ -42,6 +45,7 @@ __all__ = ["MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "p
 PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
 _FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
+_MEMBER_BITS = 26  # the benchmark-shingle bit table has 2^26 bits (8 MiB)
 _U32 = np.uint32
 
 
@@ -67,6 +71,16 @@ def permute(h32: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Permuted hash values, shape (len(h32), num_perm): `fmix32(h) * a + b mod 2^32` as datasketch does."""
     with np.errstate(over="ignore"):
         return fmix32(h32)[:, None] * a[None, :] + b[None, :]
+
+
+def trailing_zeros32(a: np.ndarray) -> np.ndarray:
+    """Trailing zero bits of each uint32 (32 for 0)."""
+    v = a.astype(np.uint64)
+    low = v & (~v + np.uint64(1))  # the lowest set bit
+    out = np.full(v.shape, 32, dtype=np.int64)
+    nz = low > 0
+    out[nz] = np.log2(low[nz]).astype(np.int64)
+    return out
 
 
 def _range_min(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -146,7 +160,9 @@ class MinHashDetector(CorpusDetector):
     """MinHash-LSH near-duplicate detector.
 
     threshold: Jaccard threshold of the LSH index; min_score: rapidfuzz partial-ratio a candidate must reach;
-    num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed.
+    num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed;
+    prefilter: skip windows that provably match no LSH band before computing their signatures
+    (`prefilter_candidates`; the findings are the same without it, only slower).
     """
 
     name = "minhash"
@@ -160,6 +176,7 @@ class MinHashDetector(CorpusDetector):
         min_tokens: int = 10,
         seed: int = 1,
         evidence_limit: int = 5,
+        prefilter: bool = True,
     ):
         super().__init__(evidence_limit)
         if not 0.0 < threshold < 1.0:
@@ -170,6 +187,7 @@ class MinHashDetector(CorpusDetector):
             raise ValueError("need num_perm >= 8, shingle >= 1 and min_tokens >= shingle")
         self.threshold, self.min_score, self.num_perm = threshold, min_score, num_perm
         self.shingle, self.min_tokens, self.seed = shingle, min_tokens, seed
+        self.prefilter = prefilter
 
     @classmethod
     def from_config(cls, config) -> "MinHashDetector":
@@ -180,10 +198,6 @@ class MinHashDetector(CorpusDetector):
             shingle=config.shingle,
             evidence_limit=config.evidence_limit,
         )
-
-    def _minhash(self, hashvalues: np.ndarray):
-        datasketch = require("datasketch", "minhash", "The minhash detector")
-        return datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, hashvalues=hashvalues, scheme="affine32")
 
     def fit(self, samples: Sequence[Sample]) -> "MinHashDetector":
         datasketch = require("datasketch", "minhash", "The minhash detector")
@@ -201,6 +215,7 @@ class MinHashDetector(CorpusDetector):
         self._texts, self._answers = texts, answers
         sigs = np.full((len(texts), self.num_perm), np.iinfo(_U32).max, dtype=_U32)
         lengths = np.zeros(len(texts), dtype=np.int64)
+        shingles = []  # every benchmark shingle hash, for the prefilter
         # entries a few MB at a time, shingles 32K at a time: memory does not grow with the benchmark's length
         for e0, e1 in _text_groups(texts, _FIT_CHARS):
             tb = tokenize(texts[e0:e1], normalized=True)
@@ -208,6 +223,7 @@ class MinHashDetector(CorpusDetector):
             h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
             entry = tb.doc[pos].astype(np.int64) + e0
             kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
+            shingles.append(np.unique(h32[kept]))
             for c0 in range(0, kept.size, _CHUNK):
                 sel = kept[c0 : c0 + _CHUNK]
                 ent = entry[sel]  # shingles come in entry order
@@ -217,18 +233,45 @@ class MinHashDetector(CorpusDetector):
                 sigs[ent[first]] = mins
         indexed = np.flatnonzero(lengths >= self.min_tokens)
         indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
-        self._lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-        with self._lsh.insertion_session() as session:
-            for e in indexed:
-                session.insert(int(e), self._minhash(sigs[e]))
-        self._bands = [(s, t) for s, t in self._lsh.hashranges]
+        # datasketch's banding for the threshold (b bands of r rows); its index is looked up with numpy instead
+        lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        self._bands = [(int(s), int(t)) for s, t in lsh.hashranges]
+        self._sigs = sigs
         rng = np.random.default_rng(self.seed)
         self._band_mult = rng.integers(1, 1 << 63, size=self.num_perm, dtype=np.uint64) | np.uint64(1)
-        self._band_keys = [np.unique(self._band_hash(sigs[indexed], s, t)) for s, t in self._bands]
+        self._band_index = []  # per band: sorted band hashes of the indexed entries, and those entries
+        for s, t in self._bands:
+            bh = self._band_hash(sigs[indexed], s, t)
+            order = np.argsort(bh, kind="stable")
+            self._band_index.append((bh[order], indexed[order]))
+        self._fit_members(np.unique(np.concatenate(shingles)) if shingles else np.zeros(0, _U32))
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
         self.context_tokens = 2 * int(self._sizes.max()) + self.shingle if self._sizes.size else 0
         return self
+
+    def _fit_members(self, benchmark_shingles: np.ndarray) -> None:
+        """The bit table of `_is_member`. A row j whose multiplier a_j has k_j trailing zero bits maps two shingles
+        to one permuted value exactly when fmix32 of both agree in their low 32 - k_j bits, so membership is
+        decided on those bits (k = the largest k_j); a multiplier 0 maps every shingle to one value: no prefilter."""
+        self._member_shift = int(trailing_zeros32(self._a).max())
+        self._member_bits = None
+        if self._member_shift < 32:
+            self._member_bits = np.zeros(1 << (_MEMBER_BITS - 3), dtype=np.uint8)
+            idx = np.unique(self._member_keys(benchmark_shingles) >> _U32(32 - _MEMBER_BITS))
+            np.bitwise_or.at(self._member_bits, idx >> _U32(3), (1 << (idx & _U32(7))).astype(np.uint8))
+
+    def _member_keys(self, h32: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return fmix32(h32) << _U32(self._member_shift)
+
+    def _is_member(self, h32: np.ndarray) -> np.ndarray | None:
+        """Per shingle: whether it may share a permuted value with a benchmark shingle on some row (true for every
+        shingle that does, and for a few others: a bit table); None when every shingle may."""
+        if self._member_bits is None:
+            return None
+        idx = self._member_keys(h32) >> _U32(32 - _MEMBER_BITS)
+        return ((self._member_bits[idx >> _U32(3)] >> (idx & _U32(7)).astype(np.uint8)) & 1).astype(bool)
 
     def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
         with np.errstate(over="ignore"):
@@ -246,33 +289,106 @@ class MinHashDetector(CorpusDetector):
         h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
         if not h32.size:
             return part
-        doc = tb.doc[pos]
-        run_start = np.searchsorted(doc, np.arange(len(batch.docs) + 1))
-        lo, hi = self._window_bounds(run_start)
-        candidates = []
-        for c0 in range(0, h32.size, _CHUNK):
-            sel = np.flatnonzero((lo >= c0) & (lo < c0 + _CHUNK))
-            if not sel.size:
-                continue
-            c1 = int(hi[sel].max())
-            sigs = _range_min(permute(h32[c0:c1], self._a, self._b), lo[sel] - c0, hi[sel] - c0)
-            hit = np.zeros(sel.size, dtype=bool)
-            for (s, t), keys in zip(self._bands, self._band_keys):
-                bh = self._band_hash(sigs, s, t)
-                i = np.searchsorted(keys, bh)
-                i[i == keys.size] = 0
-                hit |= keys[i] == bh
-            for w in np.flatnonzero(hit):
-                first, last = int(pos[lo[sel[w]]]), int(pos[hi[sel[w]] - 1]) + self.shingle - 1
-                for e in self._lsh.query(self._minhash(sigs[w])):
-                    candidates.append((int(tb.doc[first]), int(e), first, last))
+        run_start = np.searchsorted(tb.doc[pos], np.arange(len(batch.docs) + 1))
+        member = self._is_member(h32) if self.prefilter else None
+        members_before = None if member is None else np.concatenate([[0], np.cumsum(member)])
+        candidates: list[tuple[int, int, int, int]] = []
+        for lo, hi in self._windows(run_start):
+            if member is not None:
+                keep = self._prefilter(h32[member], members_before, lo, hi)
+                lo, hi = lo[keep], hi[keep]
+            for i, j, sigs in self._signatures(h32, lo, hi):
+                w, e = self._band_matches(sigs)
+                first = pos[lo[i:j][w]]
+                last = pos[hi[i:j][w] - 1] + self.shingle - 1
+                candidates += zip(tb.doc[first].tolist(), e.tolist(), first.tolist(), last.tolist())
         self._verify(batch, candidates, part)
         return part
 
-    def _window_bounds(self, run_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[lo, hi) shingle ranges of every item-sized window, stride 1/8 of its size, inside one document."""
+    def prefilter_candidates(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Indices of the windows [lo, hi) (shingle ranges of `h32`, `lo` non-decreasing) that may match an item in
+        an LSH band; each window left out provably matches none, so it could never become a candidate.
+
+        Why nothing is lost. A window matches item B in a band when, on every row j of the band, the window's
+        least permuted value m_j equals B's, M_j. M_j = perm_j(x) for a shingle x of B and m_j = perm_j(y) for a
+        shingle y of the window; perm_j(h) = fmix32(h) * a_j + b_j mod 2^32 gives two shingles one value only when
+        fmix32 of both agree in their low 32 - k_j bits (a_j = 2^k_j * odd). So y is a member (`_is_member`,
+        true for every shingle that agrees so with a benchmark shingle). The least value over the window's members
+        alone, m'_j, then satisfies m_j <= m'_j <= perm_j(y) = m_j: on every row of a matching band m' equals m,
+        and the member-only signature m' matches that band too. Windows with no member match nothing; windows with
+        the same members (consecutive, and most are: members are rare outside a leak) share one m'.
+
+        The cut-off is not derived from the Jaccard threshold t (a window needs ceil(t * |A|) of its |A| shingles
+        in the benchmark to reach J >= t with any item): the LSH also matches pairs below t, with a probability
+        that falls with their similarity, and such a candidate is a finding when rapidfuzz verifies it, which
+        needs no shingle in common at all (one changed character per word keeps the ratio near 85). A count
+        cut-off could therefore drop findings; this one drops only windows no band can match.
+        """
+        member = self._is_member(h32)
+        if member is None:
+            return np.arange(lo.size)
+        return self._prefilter(h32[member], np.concatenate([[0], np.cumsum(member)]), lo, hi)
+
+    def _prefilter(self, members: np.ndarray, before: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """`prefilter_candidates` given the member shingles' hashes and `before[i]`, the members before shingle i."""
+        idx = np.flatnonzero(before[hi] > before[lo])
+        clo, chi = before[lo[idx]], before[hi[idx]]
+        new = np.ones(idx.size, dtype=bool)
+        new[1:] = (clo[1:] != clo[:-1]) | (chi[1:] != chi[:-1])
+        ulo, uhi = clo[new], chi[new]
+        hit = np.zeros(ulo.size, dtype=bool)
+        for i, j, sigs in self._signatures(members, ulo, uhi):
+            hit[i:j] = self._band_hit(sigs)
+        return idx[hit[np.cumsum(new) - 1]]
+
+    def _signatures(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+        """MinHash signatures of the shingle ranges [lo, hi) of `h32` (`lo` non-decreasing), as (i, j, sigs) for
+        the windows i..j-1, a run of windows starting within `_CHUNK` shingles at a time (bounded memory)."""
+        i = 0
+        while i < lo.size:
+            c0 = int(lo[i])
+            j = int(np.searchsorted(lo, c0 + _CHUNK))
+            c1 = int(hi[i:j].max())
+            yield i, j, _range_min(permute(h32[c0:c1], self._a, self._b), lo[i:j] - c0, hi[i:j] - c0)
+            i = j
+
+    def _band_hit(self, sigs: np.ndarray) -> np.ndarray:
+        """Per signature: whether some band hashes like an indexed entry's (a superset of the band matches)."""
+        hit = np.zeros(sigs.shape[0], dtype=bool)
+        for (s, t), (keys, _) in zip(self._bands, self._band_index):
+            if not keys.size:
+                continue
+            bh = self._band_hash(sigs, s, t)
+            i = np.searchsorted(keys, bh)
+            i[i == keys.size] = 0
+            hit |= keys[i] == bh
+        return hit
+
+    def _band_matches(self, sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The LSH query of every signature at once: unique (signature row, entry) pairs that agree on every row of
+        some band (what `datasketch.MinHashLSH.query` returns, for the same banding)."""
+        rows, entries = [], []
+        for (s, t), (keys, ents) in zip(self._bands, self._band_index):
+            bh = self._band_hash(sigs, s, t)
+            left, right = np.searchsorted(keys, bh, "left"), np.searchsorted(keys, bh, "right")
+            count = right - left
+            if not count.any():
+                continue
+            w = np.repeat(np.arange(bh.size), count)
+            e = ents[np.repeat(left, count) + np.arange(w.size) - np.repeat(np.cumsum(count) - count, count)]
+            same = (sigs[w, s:t] == self._sigs[e, s:t]).all(axis=1)  # the band itself, not just its hash
+            rows.append(w[same])
+            entries.append(e[same])
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        n_entries = self._sigs.shape[0]
+        pair = np.unique(np.concatenate(rows).astype(np.int64) * n_entries + np.concatenate(entries))
+        return pair // n_entries, pair % n_entries
+
+    def _windows(self, run_start: np.ndarray):
+        """Per window size: the [lo, hi) shingle ranges of every item-sized window, stride 1/8 of its size, inside
+        one document (`lo` non-decreasing)."""
         n_in_doc = np.diff(run_start)
-        los, his = [], []
         for size in self._sizes:
             n_sh = max(1, int(size) - self.shingle + 1)
             stride = max(1, n_sh // 8)
@@ -280,9 +396,7 @@ class MinHashDetector(CorpusDetector):
             d = np.repeat(np.arange(n_in_doc.size), per_doc)
             k = np.arange(d.size) - np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
             lo = run_start[d] + k * stride
-            los.append(lo)
-            his.append(np.minimum(lo + n_sh, run_start[d + 1]))
-        return np.concatenate(los), np.concatenate(his)
+            yield lo, np.minimum(lo + n_sh, run_start[d + 1])
 
     def _verify(self, batch: DocBatch, candidates: list[tuple[int, int, int, int]], part: MinHashPartial) -> None:
         """Verify each (document, item) candidate once per stretch of overlapping candidate windows (two copies far
