@@ -46,6 +46,7 @@ PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
 _FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
 _MEMBER_BITS = 26  # the benchmark-shingle bit table has 2^26 bits (8 MiB)
+_BAND_BITS = 25  # the band-hash bit table has 2^25 bits (4 MiB)
 _U32 = np.uint32
 
 
@@ -235,15 +236,18 @@ class MinHashDetector(CorpusDetector):
         indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
         # datasketch's banding for the threshold (b bands of r rows); its index is looked up with numpy instead
         lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-        self._bands = [(int(s), int(t)) for s, t in lsh.hashranges]
+        self._n_bands, self._rows = int(lsh.b), int(lsh.r)
         self._sigs = sigs
         rng = np.random.default_rng(self.seed)
-        self._band_mult = rng.integers(1, 1 << 63, size=self.num_perm, dtype=np.uint64) | np.uint64(1)
+        self._band_mult = rng.integers(1, 1 << 63, size=self._rows, dtype=np.uint64) | np.uint64(1)
         self._band_index = []  # per band: sorted band hashes of the indexed entries, and those entries
-        for s, t in self._bands:
-            bh = self._band_hash(sigs[indexed], s, t)
-            order = np.argsort(bh, kind="stable")
-            self._band_index.append((bh[order], indexed[order]))
+        hashes = self._band_hashes(sigs[indexed])
+        for band in range(self._n_bands):
+            order = np.argsort(hashes[:, band], kind="stable")
+            self._band_index.append((hashes[order, band], indexed[order]))
+        self._band_bits = np.zeros(1 << (_BAND_BITS - 3), dtype=np.uint8)
+        idx = np.unique(hashes >> np.uint64(64 - _BAND_BITS))
+        np.bitwise_or.at(self._band_bits, idx >> np.uint64(3), (1 << (idx & np.uint64(7))).astype(np.uint8))
         self._fit_members(np.unique(np.concatenate(shingles)) if shingles else np.zeros(0, _U32))
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
@@ -273,9 +277,13 @@ class MinHashDetector(CorpusDetector):
         idx = self._member_keys(h32) >> _U32(32 - _MEMBER_BITS)
         return ((self._member_bits[idx >> _U32(3)] >> (idx & _U32(7)).astype(np.uint8)) & 1).astype(bool)
 
-    def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
+    def _band_hashes(self, sigs: np.ndarray) -> np.ndarray:
+        """64-bit hash of every band of every signature, shape (len(sigs), bands); band i is rows i*r .. i*r+r-1."""
+        bands = sigs[:, : self._n_bands * self._rows].reshape(sigs.shape[0], self._n_bands, self._rows)
+        h = np.zeros((sigs.shape[0], self._n_bands), dtype=np.uint64)
         with np.errstate(over="ignore"):
-            h = (sigs[:, start:end].astype(np.uint64) * self._band_mult[: end - start]).sum(axis=1, dtype=np.uint64)
+            for q in range(self._rows):
+                h += bands[:, :, q].astype(np.uint64) * self._band_mult[q]
         return mix64(h)
 
     def empty(self) -> MinHashPartial:
@@ -290,92 +298,83 @@ class MinHashDetector(CorpusDetector):
         if not h32.size:
             return part
         run_start = np.searchsorted(tb.doc[pos], np.arange(len(batch.docs) + 1))
-        member = self._is_member(h32) if self.prefilter else None
-        members_before = None if member is None else np.concatenate([[0], np.cumsum(member)])
+        lo, hi = self._windows(run_start)
+        if self.prefilter:
+            keep = self.prefilter_candidates(h32, lo, hi)
+            lo, hi = lo[keep], hi[keep]
         candidates: list[tuple[int, int, int, int]] = []
-        for lo, hi in self._windows(run_start):
-            if member is not None:
-                keep = self._prefilter(h32[member], members_before, lo, hi)
-                lo, hi = lo[keep], hi[keep]
-            for i, j, sigs in self._signatures(h32, lo, hi):
-                w, e = self._band_matches(sigs)
-                first = pos[lo[i:j][w]]
-                last = pos[hi[i:j][w] - 1] + self.shingle - 1
-                candidates += zip(tb.doc[first].tolist(), e.tolist(), first.tolist(), last.tolist())
+        for sel, sigs in self._signatures(h32, lo, hi):
+            w, e = self._band_matches(sigs)
+            first = pos[lo[sel[w]]]
+            last = pos[hi[sel[w]] - 1] + self.shingle - 1
+            candidates += zip(tb.doc[first].tolist(), e.tolist(), first.tolist(), last.tolist())
         self._verify(batch, candidates, part)
         return part
 
     def prefilter_candidates(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Indices of the windows [lo, hi) (shingle ranges of `h32`, `lo` non-decreasing) that may match an item in
-        an LSH band; each window left out provably matches none, so it could never become a candidate.
-
-        Why nothing is lost. A window matches item B in a band when, on every row j of the band, the window's
-        least permuted value m_j equals B's, M_j. M_j = perm_j(x) for a shingle x of B and m_j = perm_j(y) for a
-        shingle y of the window; perm_j(h) = fmix32(h) * a_j + b_j mod 2^32 gives two shingles one value only when
-        fmix32 of both agree in their low 32 - k_j bits (a_j = 2^k_j * odd). So y is a member (`_is_member`,
-        true for every shingle that agrees so with a benchmark shingle). The least value over the window's members
-        alone, m'_j, then satisfies m_j <= m'_j <= perm_j(y) = m_j: on every row of a matching band m' equals m,
-        and the member-only signature m' matches that band too. Windows with no member match nothing; windows with
-        the same members (consecutive, and most are: members are rare outside a leak) share one m'.
-
-        The cut-off is not derived from the Jaccard threshold t (a window needs ceil(t * |A|) of its |A| shingles
-        in the benchmark to reach J >= t with any item): the LSH also matches pairs below t, with a probability
-        that falls with their similarity, and such a candidate is a finding when rapidfuzz verifies it, which
-        needs no shingle in common at all (one changed character per word keeps the ratio near 85). A count
-        cut-off could therefore drop findings; this one drops only windows no band can match.
-        """
         member = self._is_member(h32)
         if member is None:
             return np.arange(lo.size)
-        return self._prefilter(h32[member], np.concatenate([[0], np.cumsum(member)]), lo, hi)
-
-    def _prefilter(self, members: np.ndarray, before: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """`prefilter_candidates` given the member shingles' hashes and `before[i]`, the members before shingle i."""
+        before = np.concatenate([[0], np.cumsum(member)])
         idx = np.flatnonzero(before[hi] > before[lo])
-        clo, chi = before[lo[idx]], before[hi[idx]]
-        new = np.ones(idx.size, dtype=bool)
-        new[1:] = (clo[1:] != clo[:-1]) | (chi[1:] != chi[:-1])
-        ulo, uhi = clo[new], chi[new]
-        hit = np.zeros(ulo.size, dtype=bool)
-        for i, j, sigs in self._signatures(members, ulo, uhi):
-            hit[i:j] = self._band_hit(sigs)
-        return idx[hit[np.cumsum(new) - 1]]
+        n_members = int(before[-1])
+        ranges, first = np.unique(before[lo[idx]] * (n_members + 1) + before[hi[idx]], return_inverse=True)
+        hit = np.zeros(ranges.size, dtype=bool)
+        for sel, sigs in self._signatures(h32[member], ranges // (n_members + 1), ranges % (n_members + 1)):
+            hit[sel] = self._band_hit(sigs)
+        return idx[hit[first]]
 
     def _signatures(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray):
-        """MinHash signatures of the shingle ranges [lo, hi) of `h32` (`lo` non-decreasing), as (i, j, sigs) for
-        the windows i..j-1, a run of windows starting within `_CHUNK` shingles at a time (bounded memory)."""
+        """MinHash signatures of the shingle ranges [lo, hi) of `h32` (hi > lo), as (indices, signatures) of the
+        windows starting within `_CHUNK` covered shingles at a time (bounded memory); only shingles some range
+        covers are permuted."""
+        if not lo.size:
+            return
+        n = h32.size
+        covered = np.cumsum(np.bincount(lo, minlength=n + 1) - np.bincount(hi, minlength=n + 1))[:n] > 0
+        before = np.concatenate([[0], np.cumsum(covered)])
+        values = h32[covered]
+        order = np.argsort(lo, kind="stable")
+        lo, hi = before[lo[order]], before[hi[order]]
         i = 0
         while i < lo.size:
             c0 = int(lo[i])
             j = int(np.searchsorted(lo, c0 + _CHUNK))
             c1 = int(hi[i:j].max())
-            yield i, j, _range_min(permute(h32[c0:c1], self._a, self._b), lo[i:j] - c0, hi[i:j] - c0)
+            yield order[i:j], _range_min(permute(values[c0:c1], self._a, self._b), lo[i:j] - c0, hi[i:j] - c0)
             i = j
 
     def _band_hit(self, sigs: np.ndarray) -> np.ndarray:
-        """Per signature: whether some band hashes like an indexed entry's (a superset of the band matches)."""
+        """Per signature: whether some band hashes like an indexed entry's band (a superset of the band matches)."""
+        hashes = self._band_hashes(sigs)
+        idx = hashes >> np.uint64(64 - _BAND_BITS)
+        maybe = (self._band_bits[idx >> np.uint64(3)] >> (idx & np.uint64(7)).astype(np.uint8)) & 1 > 0
+        rows, bands = np.nonzero(maybe)  # few: the bit table rejects almost every band first
+        found = np.zeros(rows.size, dtype=bool)
+        for band, (keys, _) in enumerate(self._band_index):
+            at = np.flatnonzero(bands == band)
+            if at.size and keys.size:
+                k = np.searchsorted(keys, hashes[rows[at], band])
+                k[k == keys.size] = 0
+                found[at] = keys[k] == hashes[rows[at], band]
         hit = np.zeros(sigs.shape[0], dtype=bool)
-        for (s, t), (keys, _) in zip(self._bands, self._band_index):
-            if not keys.size:
-                continue
-            bh = self._band_hash(sigs, s, t)
-            i = np.searchsorted(keys, bh)
-            i[i == keys.size] = 0
-            hit |= keys[i] == bh
+        hit[rows[found]] = True
         return hit
 
     def _band_matches(self, sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The LSH query of every signature at once: unique (signature row, entry) pairs that agree on every row of
         some band (what `datasketch.MinHashLSH.query` returns, for the same banding)."""
+        hashes = self._band_hashes(sigs)
         rows, entries = [], []
-        for (s, t), (keys, ents) in zip(self._bands, self._band_index):
-            bh = self._band_hash(sigs, s, t)
+        for band, (keys, ents) in enumerate(self._band_index):
+            bh = hashes[:, band]
             left, right = np.searchsorted(keys, bh, "left"), np.searchsorted(keys, bh, "right")
             count = right - left
             if not count.any():
                 continue
             w = np.repeat(np.arange(bh.size), count)
             e = ents[np.repeat(left, count) + np.arange(w.size) - np.repeat(np.cumsum(count) - count, count)]
+            s, t = band * self._rows, (band + 1) * self._rows
             same = (sigs[w, s:t] == self._sigs[e, s:t]).all(axis=1)  # the band itself, not just its hash
             rows.append(w[same])
             entries.append(e[same])
@@ -385,10 +384,10 @@ class MinHashDetector(CorpusDetector):
         pair = np.unique(np.concatenate(rows).astype(np.int64) * n_entries + np.concatenate(entries))
         return pair // n_entries, pair % n_entries
 
-    def _windows(self, run_start: np.ndarray):
-        """Per window size: the [lo, hi) shingle ranges of every item-sized window, stride 1/8 of its size, inside
-        one document (`lo` non-decreasing)."""
+    def _windows(self, run_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The [lo, hi) shingle ranges of every item-sized window, stride 1/8 of its size, inside one document."""
         n_in_doc = np.diff(run_start)
+        los, his = [], []
         for size in self._sizes:
             n_sh = max(1, int(size) - self.shingle + 1)
             stride = max(1, n_sh // 8)
@@ -396,7 +395,9 @@ class MinHashDetector(CorpusDetector):
             d = np.repeat(np.arange(n_in_doc.size), per_doc)
             k = np.arange(d.size) - np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
             lo = run_start[d] + k * stride
-            yield lo, np.minimum(lo + n_sh, run_start[d + 1])
+            los.append(lo)
+            his.append(np.minimum(lo + n_sh, run_start[d + 1]))
+        return np.concatenate(los), np.concatenate(his)
 
     def _verify(self, batch: DocBatch, candidates: list[tuple[int, int, int, int]], part: MinHashPartial) -> None:
         """Verify each (document, item) candidate once per stretch of overlapping candidate windows (two copies far
