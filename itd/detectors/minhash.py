@@ -200,11 +200,16 @@ class MinHashDetector(CorpusDetector):
             evidence_limit=config.evidence_limit,
         )
 
+    def _permutations(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (a, b) of every row's permutation, datasketch's "affine32" ones for `num_perm` and `seed`."""
+        datasketch = require("datasketch", "minhash", "The minhash detector")
+        a, b = datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, scheme="affine32").permutations
+        return np.asarray(a, dtype=_U32), np.asarray(b, dtype=_U32)
+
     def fit(self, samples: Sequence[Sample]) -> "MinHashDetector":
         datasketch = require("datasketch", "minhash", "The minhash detector")
         self.samples = list(samples)
-        a, b = datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, scheme="affine32").permutations
-        self._a, self._b = np.asarray(a, dtype=_U32), np.asarray(b, dtype=_U32)
+        self._a, self._b = self._permutations()
         # entry e: sample e // 2, part e % 2 (0 = question, 1 = question + answer)
         texts, answers = [], []
         cap = MAX_MATCH_TOKENS
@@ -304,7 +309,9 @@ class MinHashDetector(CorpusDetector):
             lo, hi = lo[keep], hi[keep]
         candidates: list[tuple[int, int, int, int]] = []
         for sel, sigs in self._signatures(h32, lo, hi):
-            w, e = self._band_matches(sigs)
+            hit = self._band_hit(sigs)
+            sel = sel[hit]
+            w, e = self._band_matches(sigs[hit])
             first = pos[lo[sel[w]]]
             last = pos[hi[sel[w]] - 1] + self.shingle - 1
             candidates += zip(tb.doc[first].tolist(), e.tolist(), first.tolist(), last.tolist())
@@ -312,6 +319,25 @@ class MinHashDetector(CorpusDetector):
         return part
 
     def prefilter_candidates(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Indices of the windows [lo, hi) (shingle ranges of `h32`) that may match an item in an LSH band; each
+        window left out provably matches none, so it could never have become a candidate.
+
+        Why nothing is lost. A window matches item B in a band when, on every row j of the band, the window's
+        least permuted value m_j equals B's, M_j. M_j = perm_j(x) for a shingle x of B and m_j = perm_j(y) for a
+        shingle y of the window; perm_j(h) = fmix32(h) * a_j + b_j mod 2^32 gives two shingles one value only when
+        fmix32 of both agree in their low 32 - k_j bits (a_j = 2^k_j * odd). So y is a member (`_is_member`,
+        true for every shingle that agrees so with a benchmark shingle). The least value over the window's members
+        alone, m'_j, then satisfies m_j <= m'_j <= perm_j(y) = m_j: on every row of a matching band m' equals m,
+        and the member-only signature m' matches that band too. Windows with no member match nothing; windows with
+        the same members share one m', computed once (members are rare outside a leak, so most windows do).
+
+        The cut-off is not derived from the Jaccard threshold t (a window needs ceil(t * |A|) of its |A| shingles
+        in the benchmark to reach J >= t with any item): the LSH also matches pairs below t, with a probability
+        that falls with their similarity, and such a candidate is a finding whenever rapidfuzz verifies it (a
+        character ratio of 85 bounds no shingle overlap: one changed character per word keeps the ratio near 85
+        with no 3-shingle left in common). A count cut-off could therefore drop findings; this one drops only
+        windows no band can match.
+        """
         member = self._is_member(h32)
         if member is None:
             return np.arange(lo.size)
