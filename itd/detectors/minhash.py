@@ -342,13 +342,18 @@ class MinHashDetector(CorpusDetector):
         if member is None:
             return np.arange(lo.size)
         before = np.concatenate([[0], np.cumsum(member)])
-        idx = np.flatnonzero(before[hi] > before[lo])
+        clo, chi = before[lo], before[hi]
+        idx = np.flatnonzero(chi > clo)
         n_members = int(before[-1])
-        ranges, first = np.unique(before[lo[idx]] * (n_members + 1) + before[hi[idx]], return_inverse=True)
+        key = clo[idx] * (n_members + 1) + chi[idx]
+        # neighbouring windows mostly hold the same members: drop repeats before sorting what is left
+        new = np.ones(key.size, dtype=bool)
+        new[1:] = key[1:] != key[:-1]
+        ranges, first = np.unique(key[new], return_inverse=True)
         hit = np.zeros(ranges.size, dtype=bool)
         for sel, sigs in self._signatures(h32[member], ranges // (n_members + 1), ranges % (n_members + 1)):
             hit[sel] = self._band_hit(sigs)
-        return idx[hit[first]]
+        return idx[hit[first][np.cumsum(new) - 1]]
 
     def _signatures(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray):
         """MinHash signatures of the shingle ranges [lo, hi) of `h32` (hi > lo), as (indices, signatures) of the
