@@ -3,9 +3,12 @@
 Document-level Jaccard cannot see a short item inside a long document, so each document is cut into windows
 about the size of the benchmark items and every window is compared with an LSH index (datasketch `MinHashLSH`)
 of the items. Window signatures are computed for all windows at once with numpy: every shingle is permuted once,
-then signatures are minima over blocks of shingles (datasketch's "affine32" scheme, bit for bit). A numpy
-band-hash prefilter skips windows that share no LSH band with any item; the rest are queried against the
-datasketch index and every candidate is verified with rapidfuzz on a bounded window.
+then signatures are minima over blocks of shingles (datasketch's "affine32" scheme, bit for bit). The LSH is
+datasketch's banding (its `b` bands of `r` rows for the threshold), looked up with numpy: a window is a candidate
+of an item when one whole band of their signatures is equal. Most windows never get a full signature: a
+prefilter (`MinHashDetector.prefilter_candidates`) first computes each window's signature over the shingles it
+shares with the benchmark only, which is exact about every band match (see there), and the full signature is
+computed only for windows that pass. Every candidate is verified with rapidfuzz on a bounded window.
 
 An item longer than `MAX_MATCH_TOKENS` tokens is compared by its opening, the first `MAX_MATCH_TOKENS` tokens of
 its question (the "question" entry), and by its ending, the last `MAX_MATCH_TOKENS` tokens of question + answer
@@ -47,6 +50,8 @@ __all__ = ["MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "p
 PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
 _FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
+_MEMBER_BITS = 26  # the benchmark-shingle bit table has 2^26 bits (8 MiB)
+_BAND_BITS = 25  # the band-hash bit table has 2^25 bits (4 MiB)
 _U32 = np.uint32
 _OWN_SHARE = 0.5  # a match holds an item's own shingles at least half as well as all of its shingles
 
@@ -73,6 +78,16 @@ def permute(h32: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Permuted hash values, shape (len(h32), num_perm): `fmix32(h) * a + b mod 2^32` as datasketch does."""
     with np.errstate(over="ignore"):
         return fmix32(h32)[:, None] * a[None, :] + b[None, :]
+
+
+def trailing_zeros32(a: np.ndarray) -> np.ndarray:
+    """Trailing zero bits of each uint32 (32 for 0)."""
+    v = a.astype(np.uint64)
+    low = v & (~v + np.uint64(1))  # the lowest set bit
+    out = np.full(v.shape, 32, dtype=np.int64)
+    nz = low > 0
+    out[nz] = np.log2(low[nz]).astype(np.int64)
+    return out
 
 
 def _range_min(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -152,7 +167,9 @@ class MinHashDetector(CorpusDetector):
     """MinHash-LSH near-duplicate detector.
 
     threshold: Jaccard threshold of the LSH index; min_score: rapidfuzz partial-ratio a candidate must reach;
-    num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed.
+    num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed;
+    prefilter: skip windows that provably match no LSH band before computing their signatures
+    (`prefilter_candidates`; the findings are the same without it, only slower).
     A verified match must also hold the entry's own shingles (held by no other item of the benchmark) at least half
     as well as all of its shingles; an entry with none (an item duplicated in the benchmark, or made of pieces of
     several neighbours) is matched on its score unless one neighbour holds every shingle of it that was found.
@@ -169,6 +186,7 @@ class MinHashDetector(CorpusDetector):
         min_tokens: int = 10,
         seed: int = 1,
         evidence_limit: int = 5,
+        prefilter: bool = True,
     ):
         super().__init__(evidence_limit)
         if not 0.0 < threshold < 1.0:
@@ -179,6 +197,7 @@ class MinHashDetector(CorpusDetector):
             raise ValueError("need num_perm >= 8, shingle >= 1 and min_tokens >= shingle")
         self.threshold, self.min_score, self.num_perm = threshold, min_score, num_perm
         self.shingle, self.min_tokens, self.seed = shingle, min_tokens, seed
+        self.prefilter = prefilter
 
     @classmethod
     def from_config(cls, config) -> "MinHashDetector":
@@ -190,15 +209,16 @@ class MinHashDetector(CorpusDetector):
             evidence_limit=config.evidence_limit,
         )
 
-    def _minhash(self, hashvalues: np.ndarray):
+    def _permutations(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (a, b) of every row's permutation, datasketch's "affine32" ones for `num_perm` and `seed`."""
         datasketch = require("datasketch", "minhash", "The minhash detector")
-        return datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, hashvalues=hashvalues, scheme="affine32")
+        a, b = datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, scheme="affine32").permutations
+        return np.asarray(a, dtype=_U32), np.asarray(b, dtype=_U32)
 
     def fit(self, samples: Sequence[Sample]) -> "MinHashDetector":
         datasketch = require("datasketch", "minhash", "The minhash detector")
         self.samples = list(samples)
-        a, b = datasketch.MinHash(num_perm=self.num_perm, seed=self.seed, scheme="affine32").permutations
-        self._a, self._b = np.asarray(a, dtype=_U32), np.asarray(b, dtype=_U32)
+        self._a, self._b = self._permutations()
         # entry e: sample e // 2, part e % 2 (0 = question, 1 = question + answer)
         texts, answers = [], []
         cap = MAX_MATCH_TOKENS
@@ -211,6 +231,7 @@ class MinHashDetector(CorpusDetector):
         sigs = np.full((len(texts), self.num_perm), np.iinfo(_U32).max, dtype=_U32)
         lengths = np.zeros(len(texts), dtype=np.int64)
         all_h32, all_entry = [], []
+        shingles = []  # every benchmark shingle hash, for the prefilter
         # entries a few MB at a time, shingles 32K at a time: memory does not grow with the benchmark's length
         for e0, e1 in _text_groups(texts, _FIT_CHARS):
             tb = tokenize(texts[e0:e1], normalized=True)
@@ -220,6 +241,7 @@ class MinHashDetector(CorpusDetector):
             all_h32.append(h32)
             all_entry.append(entry)
             kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
+            shingles.append(np.unique(h32[kept]))
             for c0 in range(0, kept.size, _CHUNK):
                 sel = kept[c0 : c0 + _CHUNK]
                 ent = entry[sel]  # shingles come in entry order
@@ -230,14 +252,21 @@ class MinHashDetector(CorpusDetector):
         self._fit_own_shingles(np.concatenate(all_h32), np.concatenate(all_entry), len(texts))
         indexed = np.flatnonzero(lengths >= self.min_tokens)
         indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
-        self._lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-        with self._lsh.insertion_session() as session:
-            for e in indexed:
-                session.insert(int(e), self._minhash(sigs[e]))
-        self._bands = [(s, t) for s, t in self._lsh.hashranges]
+        # datasketch's banding for the threshold (b bands of r rows); its index is looked up with numpy instead
+        lsh = datasketch.MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        self._n_bands, self._rows = int(lsh.b), int(lsh.r)
+        self._sigs = sigs
         rng = np.random.default_rng(self.seed)
-        self._band_mult = rng.integers(1, 1 << 63, size=self.num_perm, dtype=np.uint64) | np.uint64(1)
-        self._band_keys = [np.unique(self._band_hash(sigs[indexed], s, t)) for s, t in self._bands]
+        self._band_mult = rng.integers(1, 1 << 63, size=self._rows, dtype=np.uint64) | np.uint64(1)
+        self._band_index = []  # per band: sorted band hashes of the indexed entries, and those entries
+        hashes = self._band_hashes(sigs[indexed])
+        for band in range(self._n_bands):
+            order = np.argsort(hashes[:, band], kind="stable")
+            self._band_index.append((hashes[order, band], indexed[order]))
+        self._band_bits = np.zeros(1 << (_BAND_BITS - 3), dtype=np.uint8)
+        idx = np.unique(hashes >> np.uint64(64 - _BAND_BITS))
+        np.bitwise_or.at(self._band_bits, idx >> np.uint64(3), (1 << (idx & np.uint64(7))).astype(np.uint8))
+        self._fit_members(np.unique(np.concatenate(shingles)) if shingles else np.zeros(0, _U32))
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
         self.context_tokens = 2 * int(self._sizes.max()) + self.shingle if self._sizes.size else 0
@@ -286,9 +315,36 @@ class MinHashDetector(CorpusDetector):
         hi = np.searchsorted(self._holder_h, shingle, side="right")
         return set(self._holder_item[lo:hi].tolist())
 
-    def _band_hash(self, sigs: np.ndarray, start: int, end: int) -> np.ndarray:
+    def _fit_members(self, benchmark_shingles: np.ndarray) -> None:
+        """The bit table of `_is_member`. A row j whose multiplier a_j has k_j trailing zero bits maps two shingles
+        to one permuted value exactly when fmix32 of both agree in their low 32 - k_j bits, so membership is
+        decided on those bits (k = the largest k_j); a multiplier 0 maps every shingle to one value: no prefilter."""
+        self._member_shift = int(trailing_zeros32(self._a).max())
+        self._member_bits = None
+        if self._member_shift < 32:
+            self._member_bits = np.zeros(1 << (_MEMBER_BITS - 3), dtype=np.uint8)
+            idx = np.unique(self._member_keys(benchmark_shingles) >> _U32(32 - _MEMBER_BITS))
+            np.bitwise_or.at(self._member_bits, idx >> _U32(3), (1 << (idx & _U32(7))).astype(np.uint8))
+
+    def _member_keys(self, h32: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
-            h = (sigs[:, start:end].astype(np.uint64) * self._band_mult[: end - start]).sum(axis=1, dtype=np.uint64)
+            return fmix32(h32) << _U32(self._member_shift)
+
+    def _is_member(self, h32: np.ndarray) -> np.ndarray | None:
+        """Per shingle: whether it may share a permuted value with a benchmark shingle on some row (true for every
+        shingle that does, and for a few others: a bit table); None when every shingle may."""
+        if self._member_bits is None:
+            return None
+        idx = self._member_keys(h32) >> _U32(32 - _MEMBER_BITS)
+        return ((self._member_bits[idx >> _U32(3)] >> (idx & _U32(7)).astype(np.uint8)) & 1).astype(bool)
+
+    def _band_hashes(self, sigs: np.ndarray) -> np.ndarray:
+        """64-bit hash of every band of every signature, shape (len(sigs), bands); band i is rows i*r .. i*r+r-1."""
+        bands = sigs[:, : self._n_bands * self._rows].reshape(sigs.shape[0], self._n_bands, self._rows)
+        h = np.zeros((sigs.shape[0], self._n_bands), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for q in range(self._rows):
+                h += bands[:, :, q].astype(np.uint64) * self._band_mult[q]
         return mix64(h)
 
     def empty(self) -> MinHashPartial:
@@ -302,31 +358,121 @@ class MinHashDetector(CorpusDetector):
         h32, pos = shingle_hashes32(tb.hashes, tb.doc, self.shingle)
         if not h32.size:
             return part
-        doc = tb.doc[pos]
-        run_start = np.searchsorted(doc, np.arange(len(batch.docs) + 1))
-        lo, hi = self._window_bounds(run_start)
-        candidates = []
-        for c0 in range(0, h32.size, _CHUNK):
-            sel = np.flatnonzero((lo >= c0) & (lo < c0 + _CHUNK))
-            if not sel.size:
-                continue
-            c1 = int(hi[sel].max())
-            sigs = _range_min(permute(h32[c0:c1], self._a, self._b), lo[sel] - c0, hi[sel] - c0)
-            hit = np.zeros(sel.size, dtype=bool)
-            for (s, t), keys in zip(self._bands, self._band_keys):
-                bh = self._band_hash(sigs, s, t)
-                i = np.searchsorted(keys, bh)
-                i[i == keys.size] = 0
-                hit |= keys[i] == bh
-            for w in np.flatnonzero(hit):
-                first, last = int(pos[lo[sel[w]]]), int(pos[hi[sel[w]] - 1]) + self.shingle - 1
-                for e in self._lsh.query(self._minhash(sigs[w])):
-                    candidates.append((int(tb.doc[first]), int(e), first, last))
+        run_start = np.searchsorted(tb.doc[pos], np.arange(len(batch.docs) + 1))
+        lo, hi = self._windows(run_start)
+        if self.prefilter:
+            keep = self.prefilter_candidates(h32, lo, hi)
+            lo, hi = lo[keep], hi[keep]
+        candidates: list[tuple[int, int, int, int]] = []
+        for sel, sigs in self._signatures(h32, lo, hi):
+            hit = self._band_hit(sigs)
+            sel = sel[hit]
+            w, e = self._band_matches(sigs[hit])
+            first = pos[lo[sel[w]]]
+            last = pos[hi[sel[w]] - 1] + self.shingle - 1
+            candidates += zip(tb.doc[first].tolist(), e.tolist(), first.tolist(), last.tolist())
         self._verify(batch, candidates, part)
         return part
 
-    def _window_bounds(self, run_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[lo, hi) shingle ranges of every item-sized window, stride 1/8 of its size, inside one document."""
+    def prefilter_candidates(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Indices of the windows [lo, hi) (shingle ranges of `h32`) that may match an item in an LSH band; each
+        window left out provably matches none, so it could never have become a candidate.
+
+        Why nothing is lost. A window matches item B in a band when, on every row j of the band, the window's
+        least permuted value m_j equals B's, M_j. M_j = perm_j(x) for a shingle x of B and m_j = perm_j(y) for a
+        shingle y of the window; perm_j(h) = fmix32(h) * a_j + b_j mod 2^32 gives two shingles one value only when
+        fmix32 of both agree in their low 32 - k_j bits (a_j = 2^k_j * odd). So y is a member (`_is_member`,
+        true for every shingle that agrees so with a benchmark shingle). The least value over the window's members
+        alone, m'_j, then satisfies m_j <= m'_j <= perm_j(y) = m_j: on every row of a matching band m' equals m,
+        and the member-only signature m' matches that band too. Windows with no member match nothing; windows with
+        the same members share one m', computed once (members are rare outside a leak, so most windows do).
+
+        The cut-off is not derived from the Jaccard threshold t (a window needs ceil(t * |A|) of its |A| shingles
+        in the benchmark to reach J >= t with any item): the LSH also matches pairs below t, with a probability
+        that falls with their similarity, and such a candidate is a finding whenever rapidfuzz verifies it (a
+        character ratio of 85 bounds no shingle overlap: one changed character per word keeps the ratio near 85
+        with no 3-shingle left in common). A count cut-off could therefore drop findings; this one drops only
+        windows no band can match.
+        """
+        member = self._is_member(h32)
+        if member is None:
+            return np.arange(lo.size)
+        before = np.concatenate([[0], np.cumsum(member)])
+        clo, chi = before[lo], before[hi]
+        idx = np.flatnonzero(chi > clo)
+        n_members = int(before[-1])
+        key = clo[idx] * (n_members + 1) + chi[idx]
+        # neighbouring windows mostly hold the same members: drop repeats before sorting what is left
+        new = np.ones(key.size, dtype=bool)
+        new[1:] = key[1:] != key[:-1]
+        ranges, first = np.unique(key[new], return_inverse=True)
+        hit = np.zeros(ranges.size, dtype=bool)
+        for sel, sigs in self._signatures(h32[member], ranges // (n_members + 1), ranges % (n_members + 1)):
+            hit[sel] = self._band_hit(sigs)
+        return idx[hit[first][np.cumsum(new) - 1]]
+
+    def _signatures(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+        """MinHash signatures of the shingle ranges [lo, hi) of `h32` (hi > lo), as (indices, signatures) of the
+        windows starting within `_CHUNK` covered shingles at a time (bounded memory); only shingles some range
+        covers are permuted."""
+        if not lo.size:
+            return
+        n = h32.size
+        covered = np.cumsum(np.bincount(lo, minlength=n + 1) - np.bincount(hi, minlength=n + 1))[:n] > 0
+        before = np.concatenate([[0], np.cumsum(covered)])
+        values = h32[covered]
+        order = np.argsort(lo, kind="stable")
+        lo, hi = before[lo[order]], before[hi[order]]
+        i = 0
+        while i < lo.size:
+            c0 = int(lo[i])
+            j = int(np.searchsorted(lo, c0 + _CHUNK))
+            c1 = int(hi[i:j].max())
+            yield order[i:j], _range_min(permute(values[c0:c1], self._a, self._b), lo[i:j] - c0, hi[i:j] - c0)
+            i = j
+
+    def _band_hit(self, sigs: np.ndarray) -> np.ndarray:
+        """Per signature: whether some band hashes like an indexed entry's band (a superset of the band matches)."""
+        hashes = self._band_hashes(sigs)
+        idx = hashes >> np.uint64(64 - _BAND_BITS)
+        maybe = (self._band_bits[idx >> np.uint64(3)] >> (idx & np.uint64(7)).astype(np.uint8)) & 1 > 0
+        rows, bands = np.nonzero(maybe)  # few: the bit table rejects almost every band first
+        found = np.zeros(rows.size, dtype=bool)
+        for band, (keys, _) in enumerate(self._band_index):
+            at = np.flatnonzero(bands == band)
+            if at.size and keys.size:
+                k = np.searchsorted(keys, hashes[rows[at], band])
+                k[k == keys.size] = 0
+                found[at] = keys[k] == hashes[rows[at], band]
+        hit = np.zeros(sigs.shape[0], dtype=bool)
+        hit[rows[found]] = True
+        return hit
+
+    def _band_matches(self, sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The LSH query of every signature at once: unique (signature row, entry) pairs that agree on every row of
+        some band (what `datasketch.MinHashLSH.query` returns, for the same banding)."""
+        hashes = self._band_hashes(sigs)
+        rows, entries = [], []
+        for band, (keys, ents) in enumerate(self._band_index):
+            bh = hashes[:, band]
+            left, right = np.searchsorted(keys, bh, "left"), np.searchsorted(keys, bh, "right")
+            count = right - left
+            if not count.any():
+                continue
+            w = np.repeat(np.arange(bh.size), count)
+            e = ents[np.repeat(left, count) + np.arange(w.size) - np.repeat(np.cumsum(count) - count, count)]
+            s, t = band * self._rows, (band + 1) * self._rows
+            same = (sigs[w, s:t] == self._sigs[e, s:t]).all(axis=1)  # the band itself, not just its hash
+            rows.append(w[same])
+            entries.append(e[same])
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        n_entries = self._sigs.shape[0]
+        pair = np.unique(np.concatenate(rows).astype(np.int64) * n_entries + np.concatenate(entries))
+        return pair // n_entries, pair % n_entries
+
+    def _windows(self, run_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The [lo, hi) shingle ranges of every item-sized window, stride 1/8 of its size, inside one document."""
         n_in_doc = np.diff(run_start)
         los, his = [], []
         for size in self._sizes:
