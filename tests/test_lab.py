@@ -410,7 +410,9 @@ def test_finetune_leak_inflates_the_score_of_the_contaminated_twin(tmp_path):
     from itd.demo import arithmetic_problems
     from itd.evaluation import EvalConfig, TwinOutcome, evaluate, ground_truth
 
-    records = arithmetic_problems(330, seed=3)
+    # the times-table problems (two-digit answers): their solutions are short enough for this micro model to
+    # memorise in a few dozen steps
+    records = [r for r in arithmetic_problems(600, seed=3) if len(r["answer"].rsplit("#### ", 1)[1]) <= 2][:330]
     path = tmp_path / "problems.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     problems = load_benchmark(path)
