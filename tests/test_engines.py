@@ -157,7 +157,9 @@ def test_killed_worker_loses_no_shard(ray_local, case, local_report, tmp_path):
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
 
-    report = scan(samples, [corpus], ScanConfig(detectors=DETECTORS, engine="ray", shard_bytes=SHARD_BYTES), progress=kill_one)
+    # small shards: many tasks, so one is still running when the first reports progress, however fast a shard is
+    config = ScanConfig(detectors=DETECTORS, engine="ray", shard_bytes=SHARD_BYTES // 16)
+    report = scan(samples, [corpus], config, progress=kill_one)
     assert killed, "no shard task was running to kill"
     assert report.stats["retries"] >= 1
     assert _sorted_lines(report, tmp_path / "ray.jsonl") == _sorted_lines(local_report, tmp_path / "local.jsonl")
