@@ -490,13 +490,18 @@ def _by_label_table(by_label: Mapping) -> str:
     for group, fig in by_label.items():
         cells = []
         for which in ("before", "after"):
-            c = fig.get(which) or {}
-            value = _num(c.get("value"))
-            cells.append(f"<td>{_fmt(value)}</td><td>[{_fmt(_ci(c)[0])}, {_fmt(_ci(c)[1])}]</td><td>{_e(c.get('n'))}</td>"
-                         if value is not None else f"<td>–</td><td>–</td><td>{_e(c.get('n', 0))}</td>")
+            cells.append(_accuracy_cells(fig.get(which) or {}))
         rows.append(f"<tr><td>{_e(group.replace('_', ' '))}</td>{''.join(cells)}</tr>")
     return ("<table><tr><th>items</th><th>accuracy before</th><th>95% CI</th><th>n</th><th>accuracy after</th>"
             "<th>95% CI</th><th>n</th></tr>" + "".join(rows) + "</table>") if rows else ""
+
+
+def _accuracy_cells(c: Mapping) -> str:
+    """Three table cells for one accuracy figure: value, 95% CI and n (dashes when it has no value)."""
+    value = _num(c.get("value", c.get("accuracy")))
+    if value is None:
+        return f"<td>–</td><td>–</td><td>{_e(c.get('n', 0))}</td>"
+    return f"<td>{_fmt(value)}</td><td>[{_fmt(_ci(c)[0])}, {_fmt(_ci(c)[1])}]</td><td>{_e(c.get('n'))}</td>"
 
 
 def _by_truth_table(by_truth: Mapping) -> str:
@@ -506,10 +511,7 @@ def _by_truth_table(by_truth: Mapping) -> str:
         for which, groups in (sets or {}).items():
             cells = []
             for group in ("leaked", "unseen"):
-                c = (groups or {}).get(group) or {}
-                value = _num(c.get("value", c.get("accuracy")))
-                cells.append(f"<td>{_fmt(value)}</td><td>[{_fmt(_ci(c)[0])}, {_fmt(_ci(c)[1])}]</td><td>{_e(c.get('n'))}</td>"
-                             if value is not None else f"<td>–</td><td>–</td><td>{_e(c.get('n', 0))}</td>")
+                cells.append(_accuracy_cells((groups or {}).get(group) or {}))
             rows.append(f"<tr><td>{_e(role)}</td><td>{_e(which)}</td>{''.join(cells)}</tr>")
     return ("<table><tr><th>model</th><th>set</th><th>leaked</th><th>95% CI</th><th>n</th><th>unseen</th>"
             "<th>95% CI</th><th>n</th></tr>" + "".join(rows) + "</table>") if rows else ""
