@@ -285,6 +285,7 @@ def rewrite(
                 if verdict is not None:
                     attempt.accepted = False
                     attempt.reason = verdict
+            report(f"{stage}: assurance ({a.name})", len(passed), len(passed))
             passed = [(it, attempt) for it, attempt in passed if attempt.accepted]
         for it, _ in passed:
             it.status = "rewritten"

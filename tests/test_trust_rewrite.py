@@ -601,3 +601,12 @@ def test_kill_9_of_itd_rewrite_leaves_the_old_or_the_new_outputs(gsm8k_file, tmp
             set_manifest = json.loads(after["out.jsonl.manifest.json"])
             log_manifest = json.loads(after["out.jsonl.log.jsonl.manifest.json"])
             assert set_manifest["created"] == log_manifest["created"] and set_manifest["config"]["method"]["seed"] == 1
+
+
+def test_every_stage_of_a_round_reports_its_completion(items):
+    seen: dict[str, tuple[int, int]] = {}
+    rewrite(items, NumericRewriter(), NO_EMBED, rounds=1, assurance=[_FlakyAssurance(victim=None)],
+            progress=lambda stage, done, total, counters: seen.__setitem__(stage, (done, total)))
+    stages = {s: v for s, v in seen.items() if s.startswith("round 1")}
+    assert set(stages) == {"round 1: rewriting", "round 1: verifying", "round 1: assurance (flaky)"}
+    assert all(done == total > 0 for done, total in stages.values()), stages
