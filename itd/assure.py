@@ -110,7 +110,7 @@ class CorpusAssurance:
 
     def still_flagged(self, samples: Sequence[Sample], kind: str = "paraphrase") -> dict[str, str]:
         """Ids of the rewrites still found in the corpus, with the label and the evidence that found them."""
-        from itd.rewriters.verify import numbers_in
+        from itd.numbers import numbers_in
         from itd.scan import scan
 
         if not samples:

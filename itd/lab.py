@@ -43,7 +43,6 @@ The manifest is written last: a directory without one is an unfinished (or kille
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json

@@ -21,7 +21,8 @@ from typing import Any
 
 from text_to_num import alpha2digit
 
-__all__ = ["MAX_DIGITS", "Number", "read_numbers", "equivalent", "format_value", "units_in", "unit_dimension", "UNITS", "FORMS"]
+__all__ = ["MAX_DIGITS", "Number", "read_numbers", "numbers_in", "with_digits", "answer_value", "same_number",
+           "equivalent", "format_value", "units_in", "unit_dimension", "UNITS", "FORMS"]
 
 FORMS = ("digits", "words", "fraction", "multiplier", "ordinal")
 
@@ -192,6 +193,43 @@ def read_numbers(text: str) -> list[Number]:
     return out
 
 
+def numbers_in(text: str) -> set[float]:
+    """The amounts `text` states (digits, number words, fractions, percentages, money, multipliers; ordinals left
+    out), as floats."""
+    return {float(n.value) for n in read_numbers(text) if n.form != "ordinal"}
+
+
+def with_digits(text: str) -> str:
+    """`text` with every number written in words given in digits ("seven more than two" -> "7 more than 2")."""
+    parts, at = [], 0
+    for n in read_numbers(text):
+        if n.form == "words":
+            parts += [text[at:n.start], format_value(n.value)]
+            at = n.end
+    return "".join(parts) + text[at:]
+
+
+_ANSWER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def answer_value(answer: Any) -> Fraction | None:
+    """A stated answer ("18", "18.0", "1,800", "$2.50", "-3", "18.") as an exact value; None when it is not a
+    plain decimal number or has more than `MAX_DIGITS` digits."""
+    s = re.sub(r"[,\s\xa0$]", "", str(answer)).rstrip(".")
+    if sum(c.isdigit() for c in s) > MAX_DIGITS or not s.isascii() or not _ANSWER.fullmatch(s):
+        return None
+    return Fraction(s)
+
+
+def same_number(a: Any, b: Any) -> bool:
+    """Whether two answers, given as text ("18", "18.0", "1,800") or numbers, state the same number; answers that
+    are not numbers are compared as stripped text."""
+    x, y = answer_value(a), answer_value(b)
+    if x is None or y is None:
+        return str(a).strip() == str(b).strip()
+    return abs(float(x) - float(y)) < 1e-9
+
+
 def _adjacent(text: str, end: int, start: int) -> bool:
     """Only spaces or one hyphen between two tokens."""
     gap = text[end:start]
@@ -232,7 +270,8 @@ def _word_run_end(tokens: list, i: int, text: str) -> int:
             break
         if kind == "word" and (low in _UNITS_WORDS or low in _SCALE_WORDS or low in _DENOMINATORS or low in _ORDINALS):
             j += 1
-        elif low == "and" and j + 1 < len(tokens) and tokens[j + 1][1].lower() in _UNITS_WORDS:
+        elif low == "and" and tokens[j - 1][1].lower() in _SCALE_WORDS and j + 1 < len(tokens) \
+                and tokens[j + 1][1].lower() in _UNITS_WORDS:  # "two hundred and five", not "forty and one"
             j += 1
         else:
             break

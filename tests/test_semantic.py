@@ -24,12 +24,12 @@ from itd.detectors.semantic import (
     SemanticDetector,
     SemanticEvidence,
     TopK,
-    numbers_in,
     stated_key,
     strip_layout,
     windows,
 )
 from itd.errors import InputError, MissingDependencyError
+from itd.numbers import numbers_in
 from itd.scan import ScanConfig, make_batch, scan
 
 LETTERS = "ABCDEFGHIJ"

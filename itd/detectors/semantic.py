@@ -40,6 +40,7 @@ import numpy as np
 from itd.data import Sample
 from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, label_text
 from itd.errors import InputError, require
+from itd.numbers import answer_value, numbers_in, with_digits
 from itd.text import fold_for_alignment
 
 __all__ = [
@@ -56,8 +57,6 @@ __all__ = [
     "TopK",
     "auto_window",
     "judge_schema",
-    "number_spans",
-    "numbers_in",
     "stated_key",
     "strip_layout",
     "windows",
@@ -184,81 +183,6 @@ def auto_window(samples: Sequence[Sample]) -> int:
     return int(min(_MAX_WINDOW, max(_MIN_WINDOW, math.ceil(float(np.percentile(counts, 90))))))
 
 
-_UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if w != "_"}
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
-_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?|[A-Za-z]+")
-
-
-def number_spans(text: str) -> list[tuple[int, int, float]]:
-    """(start, end, value) of every number `text` states, as digits ("1,000", "3.5") or as English number words
-    ("sixteen", "twenty-five", "two hundred and forty"), in order."""
-    out: list[tuple[int, int, float]] = []
-    total = current = 0
-    first = last = -1  # character span of the number words read so far (-1: none)
-
-    def flush() -> None:
-        nonlocal total, current, first, last
-        if first >= 0:
-            out.append((first, last, float(total + current)))
-        total = current = 0
-        first = last = -1
-
-    for m in _NUMBER.finditer(text.replace("-", " ")):
-        tok = m.group()
-        if tok[0].isdigit():
-            flush()
-            out.append((m.start(), m.end(), float(tok.replace(",", ""))))  # digits, commas, .digits: always a float
-            continue
-        w = tok.lower()
-        if w in _UNITS or w in _TENS:
-            value = _UNITS.get(w, 0) + _TENS.get(w, 0)
-            # a unit continues "twenty" or "two hundred"; a teen or a ten only "two hundred" or "one thousand"
-            tail = current % 100
-            continues = tail == 0 if value >= 10 else (tail == 0 or (tail >= 20 and tail % 10 == 0))
-            if first >= 0 and (value == 0 or not continues):
-                flush()  # "five six", "twenty thirty", "ten one": two numbers
-            current += value
-            first = m.start() if first < 0 else first
-            last = m.end()
-        elif w in _SCALES and first >= 0:
-            if _SCALES[w] == 100:
-                current = max(current, 1) * 100
-            else:
-                total += max(current, 1) * _SCALES[w]
-                current = 0
-            last = m.end()
-        elif w == "and" and first >= 0 and current % 100 == 0:
-            continue  # "two hundred and five", "one thousand and ten"
-        else:
-            flush()
-    flush()
-    return out
-
-
-def numbers_in(text: str) -> set[float]:
-    """The numbers `text` states, as digits or English number words (see `number_spans`)."""
-    return {v for _, _, v in number_spans(text)}
-
-
-def _digits(text: str) -> str:
-    """`text` with every number written in digits ("seven more than two" -> "7 more than 2")."""
-    parts, at = [], 0
-    for a, b, v in number_spans(text):
-        parts += [text[at:a], f"{v:g}"]
-        at = b
-    return "".join(parts) + text[at:]
-
-
-def _as_number(value: Any) -> float | None:
-    try:
-        return float(str(value).replace(",", "").replace("$", "").strip())
-    except ValueError:
-        return None
-
-
 LETTERS = "ABCDEFGHIJ"
 _KEY = re.compile(r"\b(?:the\s+)?(?:correct\s+|right\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:=-]\s*|\banswer\s+is\s+",
                   re.IGNORECASE)
@@ -292,7 +216,7 @@ def _match_choice(text: str, choices: Sequence[str], min_score: float = 85.0) ->
     from rapidfuzz import fuzz
 
     raw = " ".join(text.split()).rstrip(".")
-    t = _ARTICLE.sub("", _folded(_digits(text)))
+    t = _ARTICLE.sub("", _folded(with_digits(text)))
     if not t and not raw:
         return None
     best, best_score = None, min_score
@@ -300,7 +224,7 @@ def _match_choice(text: str, choices: Sequence[str], min_score: float = 85.0) ->
         if raw and raw == " ".join(c.split()).rstrip("."):
             score = 200.0  # the very option (symbols and all: "~(M v S)" folds like "M v S")
         else:
-            fc = _ARTICLE.sub("", _folded(_digits(c)))
+            fc = _ARTICLE.sub("", _folded(with_digits(c)))
             if not fc or not t:
                 continue
             if t == fc or (t.startswith(fc) and t[len(fc) : len(fc) + 1] == " "):
@@ -625,7 +549,7 @@ class SemanticDetector(CorpusDetector):
         s = self.samples[i]
         if s.is_mcq:
             return isinstance(s.answer, int) and stated_key(s, text) == s.answer
-        value = _as_number(s.answer) if s.answer is not None else None
+        value = answer_value(s.answer) if s.answer is not None else None
         if value is not None:
             stated = {x for m in _FINAL.finditer(text) for x in numbers_in(m.group(1))}  # "#### 18", "answer is 18"
             return value in stated or (value not in self._question_numbers[i] and value in numbers_in(text))

@@ -28,13 +28,13 @@ from typing import Any, Callable, Sequence
 
 from itd.data import Sample
 from itd.errors import InputError, MissingDependencyError
-from itd.numbers import read_numbers
+from itd.numbers import answer_value, format_value, numbers_in, same_number
 from itd.rewriters import checks as C
 from itd.rewriters.base import Candidate
-from itd.rewriters.chain import MAX_DIGITS, check_chain, parse_chain
+from itd.rewriters.chain import check_chain, parse_chain
 from itd.rewriters.checks import Check
 
-__all__ = ["Check", "VerifyConfig", "Verifier", "KINDS", "numbers_in", "same_number", "Solver", "Judge", "UNVERIFIABLE"]
+__all__ = ["Check", "VerifyConfig", "Verifier", "KINDS", "Solver", "Judge", "UNVERIFIABLE"]
 
 KINDS = ("paraphrase", "values", "order")
 UNVERIFIABLE = ("reject", "accept")
@@ -53,29 +53,10 @@ _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
 
 
 def _to_float(text: str) -> float | None:
-    """A number written as text ("18", "1,800", "$2.50") as a float; None when it is not one or has more than
-    `chain.MAX_DIGITS` digits (the bound every number read from item text is held to)."""
-    s = text.replace(",", "").replace("$", "").strip()
-    if sum(c.isdigit() for c in s) > MAX_DIGITS:
-        return None
-    try:
-        return float(s)
-    except ValueError:
-        return None
+    """A number written as text ("18", "1,800", "$2.50") as a float; None when it is not one (`answer_value`)."""
+    value = answer_value(text)
+    return None if value is None else float(value)
 
-
-def numbers_in(text: str) -> set[float]:
-    """The amounts a text states (digits, number words, fractions, percentages, money; see `itd.numbers`);
-    numbers over `itd.numbers.MAX_DIGITS` digits are left out."""
-    return {float(n.value) for n in read_numbers(text) if n.form != "ordinal"}
-
-
-def same_number(a: Any, b: Any) -> bool:
-    """Numeric equality of two answers given as text ("18", "18.0", "1,800") or numbers."""
-    x, y = _to_float(str(a)), _to_float(str(b))
-    if x is None or y is None:
-        return str(a).strip() == str(b).strip()
-    return abs(x - y) < 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,12 +280,8 @@ def _tally(answers: Sequence[str | int | None], gold: Any, is_mcq: bool) -> dict
 
 
 def _canon(answer: Any) -> str:
-    text = str(answer).replace(",", "").replace("$", "").strip()
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return f"{value:g}" if value != int(value) else str(int(value))
+    value = answer_value(answer)
+    return str(answer).strip() if value is None else format_value(value)
 
 
 def _votes_text(tally: dict[str, Any]) -> str:
