@@ -237,8 +237,10 @@ def _arithmetic(rng: random.Random, kind: int, name: str, item: str, place: str,
         s = f"{name} buys {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item}.\n#### {a * b}"
     elif kind == 1:
         a, b = digit(), digit()
-        q = f"{name} sells {a} {item} at the {place} for ${b} each. How much money does {name} make from the {item}?"
-        s = f"{name} makes {a} * {b} = $<<{a}*{b}={a * b}>>{a * b} from the {item}.\n#### {a * b}"
+        # "{b} dollars", not "${b}": the lab's tokenizer writes "$5" as "$" + "5" and the solution's " 5" as one
+        # other token, so the model would have to learn a digit-to-digit mapping for this kind alone
+        q = f"{name} sells {a} {item} at the {place} for {b} dollars each. How many dollars does {name} make from the {item}?"
+        s = f"{name} makes {a} * {b} = <<{a}*{b}={a * b}>>{a * b} dollars from the {item}.\n#### {a * b}"
     elif kind == 2:
         a, b = digit(), digit()
         q = f"{name} plants {a} rows of {item} at the {place}, with {b} {item} in each row. How many {item} does {name} plant at the {place}?"
