@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from itd.detection import DetectConfig
     from itd.models import ModelRef
 
-__all__ = ["Assurance", "ModelAssurance", "CorpusAssurance"]
+__all__ = ["Assurance", "ModelAssurance", "CorpusAssurance", "build_assurance"]
 
 
 class Assurance(Protocol):
@@ -129,3 +129,17 @@ class CorpusAssurance:
             if same:
                 found[r.sample.id] = f"verbatim with the new numbers in {same[0].doc}"
         return found
+
+
+def build_assurance(*, model: ModelRef | None = None, reference: Sequence[Sample] | None = None,
+                    detect: DetectConfig | None = None, corpus: Sequence[str | os.PathLike] = (),
+                    scan=None) -> list[Assurance]:
+    """The assurance detectors a rewrite run uses: model probes when `model` is given (with `reference` or
+    `detect.threshold`), a corpus scan when `corpus` is (with `scan`, an `itd.scan.ScanConfig`)."""
+    out: list[Assurance] = []
+    if model is not None:
+        out.append(ModelAssurance(model, reference, detect))
+    if corpus:
+        out.append(CorpusAssurance(list(corpus), scan))
+    return out
+

@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from itd.corpus import Shard, ShardReader, _kind, _ZstdFrames, expand_paths, is_hf_dataset, is_url
+from itd.corpus import Shard, ShardReader, ZstdFrames, expand_paths, file_kind, is_hf_dataset, is_url
 from itd.errors import InputError, require
 from itd.layouts import AUTO, cut_spans
 
@@ -71,7 +71,7 @@ def write_clean_corpus(
         for src, rel in zip(files, _relative_names(files)):
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            kind, comp = _kind(src)
+            kind, comp = file_kind(src)
             counts = {"file": str(src), "out": str(rel), "documents": 0, "dropped": 0, "cut": 0, "kept_unread": 0}
             doc_spans = spans.get(str(src), {})
             reader = ShardReader(Shard(str(src), kind, comp), text_field, skip_bad=True, layout=layout)
@@ -96,7 +96,7 @@ def _read_lines(src: Path, comp: str | None) -> Iterator[bytes]:
         if comp == "gz":
             stream: Any = gzip.GzipFile(fileobj=raw)
         elif comp == "zst":
-            stream = io.BufferedReader(_ZstdFrames(raw, require("zstandard", "core", "Reading .zst corpora")))
+            stream = io.BufferedReader(ZstdFrames(raw, require("zstandard", "core", "Reading .zst corpora")))
         else:
             stream = raw
         yield from stream

@@ -1126,7 +1126,9 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     from itd.data import write_benchmark
     from itd.errors import InputError
     from itd.io import atomic_group, build_manifest, check_group, manifest_path, write_json
-    from itd.rewriting import load_flagged
+    from itd.assure import build_assurance
+    from itd.detection import DetectConfig
+    from itd.rewriting import build_rewriter, load_flagged
     from itd.rewriting import rewrite as run_rewrite
     from itd.rewriters import REWRITERS
     from itd.rewriters.verify import Verifier, VerifyConfig
@@ -1134,9 +1136,9 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     _check_paths([("--out", out, Path(benchmark).is_dir()), ("--log", _rewrite_log_path(out, log_path), False),
                   ("--cache-dir", None if no_cache else cache_dir, True)],
                  [benchmark, only_flagged, reference_set, math_prompt, mcq_prompt], list(assure_corpus))
-    factory = REWRITERS.get(method)
+    method = REWRITERS.get(method).name
     llm_config = None
-    if factory.name == "llm" or solver or judge:
+    if method == "llm" or solver or judge:
         from itd.llm import LLMConfig, check_endpoint, default_cache_dir
 
         if not llm_model:
@@ -1147,12 +1149,8 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
             cache_dir=None if no_cache else str(cache_dir or default_cache_dir()),
         )
         check_endpoint(llm_config, purpose="The LLM rewriter")  # a dead endpoint stops the run now, not in minutes
-    if factory.name == "llm":
-        rewriter = factory(llm_config, math_prompt=math_prompt, mcq_prompt=mcq_prompt)
-    elif factory.name == "permute":
-        rewriter = factory(seed=seed, mmlu_cf=mmlu_cf)
-    else:
-        rewriter = factory(seed=seed)
+    rewriter = build_rewriter(method, seed=seed, mmlu_cf=mmlu_cf, llm=llm_config, math_prompt=math_prompt,
+                              mcq_prompt=mcq_prompt)
     solve = None
     if solver:
         from itd.rewriters.llm import LLMSolver
@@ -1173,18 +1171,14 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     flagged = load_flagged(only_flagged) if only_flagged else None
     if flagged is not None and not flagged & {s.id for s in samples}:
         _err_console().print(f"[yellow]none of the {len(flagged)} flagged ids is in {benchmark}: nothing to rewrite[/yellow]")
-    assurance = []
+    model = reference = None
     if assure_model:
-        from itd.assure import ModelAssurance
-        from itd.detection import DetectConfig
         from itd.models import load_model
 
         reference = _load(reference_set, fmt) if reference_set else None
-        assurance.append(ModelAssurance(load_model(assure_model, device=device), reference, DetectConfig(fdr=fdr, threshold=threshold)))
-    if assure_corpus:
-        from itd.assure import CorpusAssurance
-
-        assurance.append(CorpusAssurance(list(assure_corpus)))
+        model = load_model(assure_model, device=device)
+    assurance = build_assurance(model=model, reference=reference, detect=DetectConfig(fdr=fdr, threshold=threshold),
+                                corpus=assure_corpus)
     with _rewrite_progress(not quiet) as progress:
         report = run_rewrite(samples, rewriter, verifier, flagged=flagged, rounds=rounds, assurance=assurance, progress=progress)
     kept = report.samples(drop_rejected=drop_rejected)

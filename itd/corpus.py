@@ -32,7 +32,7 @@ from itd.paths import check_input
 
 __all__ = [
     "Document", "Shard", "expand_paths", "plan_shards", "ShardReader", "iter_documents", "is_url", "url_file_info",
-    "CORPUS_SUFFIXES", "resolve_layout", "HF_PREFIX",
+    "CORPUS_SUFFIXES", "resolve_layout", "HF_PREFIX", "file_kind", "ZstdFrames",
 ]
 
 CORPUS_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".txt", ".txt.gz", ".txt.zst", ".parquet")
@@ -130,7 +130,8 @@ def is_hf_dataset(path: str | os.PathLike) -> bool:
     return not is_url(path) and p.is_dir() and any((p / m).is_file() for m in _HF_DISK_MARKERS)
 
 
-def _kind(path: Path | PurePosixPath) -> tuple[str, str | None]:
+def file_kind(path: Path | PurePosixPath) -> tuple[str, str | None]:
+    """The format ("jsonl", "parquet" or "txt") and compression ("gz", "zst" or None) a file's name says."""
     name = path.name.lower()
     compression = None
     for ext, comp in ((".gz", "gz"), (".zst", "zst")):
@@ -214,14 +215,14 @@ def plan_shards(paths: Iterable[str | os.PathLike], shard_bytes: int | None = No
             continue
         if isinstance(path, str):  # a URL: one shard per file
             fs, inner = _url_fs(path)
-            kind, comp = _kind(PurePosixPath(inner))
+            kind, comp = file_kind(PurePosixPath(inner))
             try:
                 size = int(fs.size(inner) or 0)
             except OSError as exc:
                 raise InputError(f"cannot read corpus file: {exc}", path=path) from None
             shards.append(Shard(path, kind, comp, size=size))
             continue
-        kind, comp = _kind(path)
+        kind, comp = file_kind(path)
         size = path.stat().st_size
         if not shard_bytes or comp or kind == "parquet" or size <= shard_bytes:
             shards.append(Shard(str(path), kind, comp, size=size))
@@ -248,7 +249,7 @@ _LAYOUT_PROBE = 1000  # records of a shard that all lack the text field: the lay
 _ZSTD_CHUNK = 1 << 16  # compressed bytes fed to the zstd decompressor at a time (bounds the output of one feed)
 
 
-class _ZstdFrames(io.RawIOBase):
+class ZstdFrames(io.RawIOBase):
     """The decompressed bytes of a .zst stream, frame after frame, that raises `EOFError` when the input ends
     inside a frame (zstandard's `stream_reader` ends there silently, so a cut file would read as a short one).
     `compressed` counts the compressed bytes consumed, for error messages."""
@@ -464,7 +465,7 @@ class ShardReader:
                 elif s.compression == "zst":
                     zstd = require("zstandard", "core", "Reading .zst corpora")
                     corrupt += (zstd.ZstdError,)
-                    zst = _ZstdFrames(raw, zstd)
+                    zst = ZstdFrames(raw, zstd)
                     stream = io.BufferedReader(zst, _READ_BLOCK)
                 else:
                     raw.seek(s.start)

@@ -36,6 +36,7 @@ from itd.errors import InputError, require
 from itd.io import atomic_write
 from itd.paths import check_input
 from itd.registry import Registry
+from itd.validate import is_int
 
 __all__ = [
     "Source",
@@ -200,10 +201,6 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _field(rec: Mapping[str, Any], key: str) -> Any:
     try:
         return rec[key]
@@ -240,7 +237,7 @@ def _record_id(rec: Mapping[str, Any], key: str | None, default: str) -> str:
     value = rec.get(key) if key else None
     if value is None or value == "":
         return default
-    if isinstance(value, str) or _is_int(value):
+    if isinstance(value, str) or is_int(value):
         return str(value)
     raise _Bad(f"field {key!r} (the id) must be a string or an integer, got {_json_type(value)}")
 
@@ -254,7 +251,7 @@ def _mmlu_answer(value: Any) -> int:
         if not (text.isascii() and text.isdigit() and len(text) < 10):
             raise _Bad(f"answer must be a choice index 0-3 or a letter A-D, got {_short(value)}")
         value = int(text)
-    elif not _is_int(value):
+    elif not is_int(value):
         raise _Bad(f"answer must be a choice index 0-3 or a letter A-D, got {_json_type(value)}")
     if not 0 <= value < len(_LETTERS):
         raise _Bad(f"answer index {value} out of range 0-3")
@@ -263,7 +260,7 @@ def _mmlu_answer(value: Any) -> int:
 
 def _mmlu_item(sample: Sample) -> tuple[tuple[str, ...], int]:
     choices, answer = sample.choices, sample.answer
-    if choices is None or len(choices) != 4 or not _is_int(answer) or not 0 <= answer < 4:
+    if choices is None or len(choices) != 4 or not is_int(answer) or not 0 <= answer < 4:
         raise _Bad("an MMLU layout needs 4 choices and an answer index 0-3")
     return choices, answer
 
@@ -503,7 +500,7 @@ class _Generic(_Layout):
             if choices is not None and value.isascii() and value.isdigit() and len(value) < 10:
                 return int(value)  # an index into the choices
             return value
-        if value is None or isinstance(value, str) or _is_int(value):
+        if value is None or isinstance(value, str) or is_int(value):
             return value
         raise _Bad(f"field {key!r} (the answer) must be a string, an integer or null, got {_json_type(value)}")
 
@@ -716,7 +713,7 @@ def _detect_record(rec: Mapping[str, Any] | None) -> str:
         answer = rec.get("answer")
         if isinstance(answer, str) and "####" in answer:
             return "gsm8k"
-        if isinstance(rec.get("choices"), list) and _is_int(answer):
+        if isinstance(rec.get("choices"), list) and is_int(answer):
             return "mmlu-hf"
     return "jsonl"
 

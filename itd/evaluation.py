@@ -84,7 +84,9 @@ import numpy as np
 from itd.data import Sample, load_benchmark
 from itd.errors import InputError, require
 from itd.io import Journal, content_key
+from itd.models import TOKENIZER_FILES, token_batches
 from itd.render import LETTERS, render
+from itd.validate import is_int
 
 __all__ = [
     "PROMPT_STYLES",
@@ -141,14 +143,7 @@ _IGNORE = tuple(re.compile(p) for p in (",", r"\$", r"(?s).*#### ", r"\.$"))  # 
 _ANSWER_LETTER = re.compile(r"(?i:\banswer\b(?:\s+is)?)\s*[:\-]?\s*[\(\[]?\s*([A-Z])(?![A-Za-z0-9'])")
 _STANDALONE_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])|\(([a-z])\)")
 _ARTICLE_A = re.compile(r"\s+(?!is\b)[a-z]")  # "A cat" is an article, "A is right" a letter
-_CPU_MAX_TOKENS = 4096  # padded tokens per CPU batch under batch_size="auto" (as itd.models)
-_CPU_LOGITS_BYTES = 256 << 20
-_CUDA_MAX_TOKENS = 1 << 17  # first try on CUDA; halved on out-of-memory
 _WEIGHT_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -180,7 +175,7 @@ class EvalConfig:
     chunk_size: int = 32
 
     def __post_init__(self) -> None:
-        if not _is_int(self.num_fewshot) or self.num_fewshot < 0:
+        if not is_int(self.num_fewshot) or self.num_fewshot < 0:
             raise InputError(f"num_fewshot must be an integer >= 0, got {self.num_fewshot!r}")
         fewshot = self.fewshot
         if fewshot is not None and not isinstance(fewshot, (str, os.PathLike)):
@@ -200,13 +195,13 @@ class EvalConfig:
         _choose("prompt_style", self.prompt_style, PROMPT_STYLES)
         _choose("metric", self.metric, METRICS)
         _choose("mcq_mode", self.mcq_mode, MCQ_MODES)
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if self.batch_size != "auto" and (not _is_int(self.batch_size) or self.batch_size < 1):
+        if self.batch_size != "auto" and (not is_int(self.batch_size) or self.batch_size < 1):
             raise InputError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
-        if not _is_int(self.chunk_size) or self.chunk_size < 1:
+        if not is_int(self.chunk_size) or self.chunk_size < 1:
             raise InputError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,7 +274,7 @@ def _gold_number(sample: Sample) -> str:
 
 
 def _gold_letter(sample: Sample) -> str:
-    if not _is_int(sample.answer) or not 0 <= sample.answer < len(sample.choices or ()):
+    if not is_int(sample.answer) or not 0 <= sample.answer < len(sample.choices or ()):
         raise InputError(f"multiple-choice item {sample.id!r} needs a choice index as its answer, got {sample.answer!r}")
     if len(sample.choices or ()) > len(LETTERS):
         raise InputError(f"item {sample.id!r} has more choices than letters")
@@ -509,7 +504,7 @@ class HFBackend(Backend):
             model = load_model(model, **load_kwargs)
         elif load_kwargs:
             raise InputError("load options are only for a model given by name or path")
-        if batch_size != "auto" and (not _is_int(batch_size) or batch_size < 1):
+        if batch_size != "auto" and (not is_int(batch_size) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.lm = model
         self.batch_size = batch_size
@@ -533,7 +528,6 @@ class HFBackend(Backend):
         return dict(self._fingerprint)
 
     def _compute_fingerprint(self) -> dict[str, Any]:
-        from itd.models import _TOKENIZER_FILES
 
         lm = self.lm
         fp: dict[str, Any] = {"backend": "hf", "dtype": lm.dtype}
@@ -541,7 +535,7 @@ class HFBackend(Backend):
         weights = sorted(path.glob("*.safetensors")) if path else []
         if path and weights:
             fp["weights"] = {w.name: _file_sha256(w) for w in weights}
-            extra = [path / "config.json", *(path / f for f in _TOKENIZER_FILES)]
+            extra = [path / "config.json", *(path / f for f in TOKENIZER_FILES)]
             fp["files"] = {f.name: _file_sha256(f) for f in extra if f.is_file()}
             return fp
         commit = getattr(lm.model.config, "_commit_hash", None)
@@ -563,7 +557,7 @@ class HFBackend(Backend):
             ids.add(int(tok_eos))
         gen_eos = getattr(getattr(self.lm.model, "generation_config", None), "eos_token_id", None)
         for e in gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]:
-            if _is_int(e):
+            if is_int(e):
                 ids.add(int(e))
         return ids
 
@@ -583,7 +577,7 @@ class HFBackend(Backend):
         items.sort(key=lambda t: (-t[2], -len(t[1]), t[0]))
         out: list[GenOutput | None] = [None] * len(requests)
         run = lambda b: self._generate_batch(torch, transformers, b)  # noqa: E731
-        for batch, texts in self._batches(torch, items, lambda t: len(t[1]) + t[2], run):
+        for batch, texts in token_batches(torch, self.lm, items, lambda t: len(t[1]) + t[2], run, self.batch_size):
             for (i, *_), text in zip(batch, texts):
                 out[i] = GenOutput(text)
         return out  # type: ignore[return-value]
@@ -661,7 +655,8 @@ class HFBackend(Backend):
                 queries += [(q, c, m - k + j, seq[m - k + j + 1]) for j in range(k)]
         out = [[0.0] * len(r.continuations) for r in requests]
         items = sorted(rows.items(), key=lambda kv: -len(kv[0]))
-        for batch, values in self._batches(torch, items, lambda kv: len(kv[0]), lambda b: self._score_batch(torch, b)):
+        for batch, values in token_batches(torch, self.lm, items, lambda kv: len(kv[0]), lambda b: self._score_batch(torch, b),
+                                             self.batch_size):
             for (_, queries), lps in zip(batch, values):
                 for (q, c, _, _), lp in zip(queries, lps):
                     out[q][c] += lp
@@ -701,39 +696,6 @@ class HFBackend(Backend):
             values.append([float(x) for x in lp[offset : offset + len(queries)]])
             offset += len(queries)
         return values
-
-    # -- batching
-
-    def _batches(self, torch: Any, items: list, width_of: Callable[[Any], int], run: Callable[[list], list]):
-        """Yield (batch, run(batch)) over `items` (sorted longest first): a fixed batch size, or under "auto" a
-        token budget (on CUDA a large one, halved on out-of-memory)."""
-        cuda = self.lm.device.startswith("cuda")
-        auto = self.batch_size == "auto"
-        if auto and cuda:
-            budget = _CUDA_MAX_TOKENS
-        else:
-            from itd.models import _vocab_size
-
-            itemsize = torch.empty((), dtype=getattr(torch, self.lm.dtype)).element_size()
-            budget = int(min(_CPU_MAX_TOKENS, max(256, _CPU_LOGITS_BYTES // (_vocab_size(self.lm) * itemsize))))
-        oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-        pos = 0
-        while pos < len(items):
-            width = max(1, width_of(items[pos]))
-            rows = max(1, budget // width) if auto else int(self.batch_size)
-            batch = items[pos : pos + rows]
-            try:
-                result = run(batch)
-            except oom:
-                if not (auto and cuda) or len(batch) == 1:
-                    raise
-                result = None
-            if result is None:  # outside the except block, so the failed batch's tensors can be freed
-                torch.cuda.empty_cache()
-                budget = max(width, (len(batch) * width) // 2)
-                continue
-            pos += len(batch)
-            yield batch, result
 
 
 def _loaded_from(lm: Any) -> str | None:
@@ -1024,7 +986,8 @@ def _score_mcq_ll(sample: Sample, gold: str, lls: list[float]) -> ItemResult:
 # The runner
 
 
-def _fewshot_pool(config: EvalConfig) -> list[Sample]:
+def fewshot_pool(config: EvalConfig) -> list[Sample]:
+    """The few-shot examples `config` asks for (none when `num_fewshot` is 0)."""
     if config.num_fewshot == 0 or config.fewshot is None:
         return []
     if isinstance(config.fewshot, tuple):
@@ -1076,7 +1039,7 @@ def evaluate(
         name = getattr(backend, "name", backend)
         raise InputError(f"the backend {name!r} cannot score log-likelihoods; use mcq_mode='generate'")
     golds = [_gold_letter(s) if s.is_mcq else _gold_number(s) for s in samples]
-    pool = _fewshot_pool(config)
+    pool = fewshot_pool(config)
     plans = [_plan(s, pool, style, config, mcq_mode, budget) for s in samples]
     fingerprint = backend.fingerprint()
     outputs: list[Any] = [None] * len(samples)
@@ -1311,9 +1274,9 @@ def compare(
     model's) results on the same two sets. `rewritten`: ids whose text changed (default: ids in both sets whose
     question, choices or answer differ). Intervals: percentile bootstrap over items, `n_boot` replicates, seeded.
     """
-    if not _is_int(n_boot) or n_boot < 1:
+    if not is_int(n_boot) or n_boot < 1:
         raise InputError(f"n_boot must be an integer >= 1, got {n_boot!r}")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise InputError(f"seed must be an integer, got {seed!r}")
     flagged = set(flagged)
     orig_ids = [it.id for it in original.items]
@@ -1484,7 +1447,7 @@ def ground_truth(outcomes: Sequence[TwinOutcome], *, retest: str | None = "retes
     """
     if not outcomes:
         raise InputError("ground truth needs at least one lab replica's results")
-    if not _is_int(n_boot) or n_boot < 1:
+    if not is_int(n_boot) or n_boot < 1:
         raise InputError(f"n_boot must be an integer >= 1, got {n_boot!r}")
     first = outcomes[0].results
     if "original" not in first.get("model", {}):

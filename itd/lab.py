@@ -61,8 +61,10 @@ import numpy as np
 from itd.data import Sample
 from itd.errors import InputError, require
 from itd.io import atomic_write, build_manifest, write_json
+from itd.models import quiet_transformers, resolve_device
 from itd.registry import Registry
 from itd.render import RENDERINGS, render, resolve_rendering
+from itd.validate import check_int, is_real
 
 __all__ = [
     "LabPreset",
@@ -102,15 +104,6 @@ _BASE_FIELDS = ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "batch_s
 Progress = Callable[[str, int, int], None]
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class LabPreset:
     """Model size, tokenizer, training budget and experiment size of a lab.
@@ -142,19 +135,19 @@ class LabPreset:
 
     def __post_init__(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "steps", "twin_steps"):
-            _check_int(key, getattr(self, key), 1)
-        _check_int("vocab_size", self.vocab_size, 512)  # the 256 byte symbols, specials, and some merges
+            check_int(key, getattr(self, key), 1)
+        check_int("vocab_size", self.vocab_size, 512)  # the 256 byte symbols, specials, and some merges
         for key in ("n_test_items", "n_train_items"):
             if getattr(self, key) is not None:
-                _check_int(key, getattr(self, key), 2 if key == "n_test_items" else 1)
+                check_int(key, getattr(self, key), 2 if key == "n_test_items" else 1)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         for key in ("lr", "twin_lr"):
-            if not (_is_real(getattr(self, key)) and getattr(self, key) > 0):
+            if not (is_real(getattr(self, key)) and getattr(self, key) > 0):
                 raise ValueError(f"{key} must be a positive number, got {getattr(self, key)!r}")
-        if not (_is_real(self.warmup) and 0 <= self.warmup < 1):
+        if not (is_real(self.warmup) and 0 <= self.warmup < 1):
             raise ValueError(f"warmup (a fraction of the steps) must be in [0, 1), got {self.warmup!r}")
-        if not (_is_real(self.weight_decay) and self.weight_decay >= 0):
+        if not (is_real(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
     @property
@@ -234,13 +227,13 @@ class LabConfig:
         except InputError as exc:
             raise ValueError(exc.message) from None
         object.__setattr__(self, "preset", self.preset.strip().lower())
-        if not (_is_real(self.leak_rate) and 0 < self.leak_rate < 1):
+        if not (is_real(self.leak_rate) and 0 < self.leak_rate < 1):
             raise ValueError(f"leak_rate must be strictly between 0 and 1, got {self.leak_rate!r}")
-        _check_int("repeats", self.repeats, 0)
-        _check_int("replicas", self.replicas, 1)
-        if self.extra_weight is not None and not (_is_real(self.extra_weight) and self.extra_weight > 0):
+        check_int("repeats", self.repeats, 0)
+        check_int("replicas", self.replicas, 1)
+        if self.extra_weight is not None and not (is_real(self.extra_weight) and self.extra_weight > 0):
             raise ValueError(f"extra_weight must be a positive number or None, got {self.extra_weight!r}")
-        _check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0)
         if self.seed >= 2**63:
             raise ValueError(f"seed must be below 2**63, got {self.seed}")
         device = self.device.strip().lower() if isinstance(self.device, str) else self.device
@@ -396,7 +389,7 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     benchmark's rest with `config.placebo = "benchmark"`. Neither copies an experiment item.
     """
     preset = config.resolved_preset()
-    _check_int("replica", replica, 0)
+    check_int("replica", replica, 0)
     if replica >= config.replicas:
         raise ValueError(f"replica {replica} of a lab with {config.replicas} replica(s)")
     ids: set[str] = set()
@@ -463,9 +456,9 @@ def exposure_schedule(n_items: int, repeats: int, steps: int, seed: Sequence[int
     """Which extra items each continuation step shows: `repeats` epochs over `n_items` items, each epoch in its
     own seeded order, laid end to end and spread evenly over `steps` steps. Every item appears exactly `repeats`
     times; the twins share the schedule (leaked item j and placebo item j take the same slots)."""
-    _check_int("n_items", n_items, 0)
-    _check_int("repeats", repeats, 0)
-    _check_int("steps", steps, 1)
+    check_int("n_items", n_items, 0)
+    check_int("repeats", repeats, 0)
+    check_int("steps", steps, 1)
     rng = np.random.default_rng(seed)
     flat = [int(i) for _ in range(repeats) for i in rng.permutation(n_items)]
     out: list[list[int]] = [[] for _ in range(steps)]
@@ -489,7 +482,7 @@ def build_corpus(split: LabSplit, *, contaminated: bool, repeats: int, seed: int
     """One twin's training documents: the rendered clean items once each (seeded order), then the extra items
     (the leaked ones for the contaminated twin, the placebo for the clean one) `repeats` times each, as the
     recipe of `config` shows them (default: the pretraining leak)."""
-    _check_int("repeats", repeats, 0)
+    check_int("repeats", repeats, 0)
     config = config or LabConfig(rendering=rendering)
     docs = [render(s, rendering) for s in split.train]
     docs = [docs[i] for i in np.random.default_rng([seed, 2]).permutation(len(docs))]
@@ -526,14 +519,6 @@ def _train_tokenizer(docs: Sequence[str], vocab_size: int, seq_len: int) -> Any:
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, model_max_length=seq_len
     )
-
-
-def _resolve_device(torch: Any, name: str) -> Any:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested, but CUDA is not available")
-    return torch.device(name)
 
 
 def _batches(docs: Sequence[np.ndarray], eos: int, seq_len: int, batch_size: int, seed: Sequence[int]):
@@ -734,7 +719,6 @@ def _train_base(docs: Sequence[str], preset: LabPreset, seed: int, device: Any, 
                 progress: Progress | None) -> dict[str, Any]:
     """Train the tokenizer and the base model on `docs`; write model, tokenizer and optimiser state to `target`."""
     torch = require("torch", "probes", "The contamination lab")
-    transformers = require("transformers", "probes", "The contamination lab")
     start = time.perf_counter()
     if progress is not None:
         progress("tokenizer", 0, 1)
@@ -750,7 +734,7 @@ def _train_base(docs: Sequence[str], preset: LabPreset, seed: int, device: Any, 
         clean = _batches(encoded, tokenizer.eos_token_id, preset.seq_len, preset.batch_size, [seed, 3])
         losses = _run_steps(torch, model, optimizer, device, clean, [None] * preset.steps,
                             lambda s: _cosine(s, preset.steps, preset.lr, warm), None, progress, "base")
-    with _quiet_transformers(transformers):
+    with quiet_transformers():
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)
     _portable_tokenizer_class(target / "tokenizer_config.json")
@@ -788,7 +772,7 @@ def _load_base(path: Path, preset: LabPreset, device: Any) -> tuple[Any, Any, An
     """(tokenizer, model, optimizer) of a cached base, the optimiser holding the base's state."""
     torch = require("torch", "probes", "The contamination lab")
     transformers = require("transformers", "probes", "The contamination lab")
-    with _quiet_transformers(transformers):
+    with quiet_transformers():
         tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(path)
         model = transformers.GPT2LMHeadModel.from_pretrained(path).to(device)
     optimizer = _optimizer(torch, model, preset)
@@ -897,19 +881,6 @@ def _install_dir(out: Path, name: str, write: Callable[[Path], None]) -> Path:
     return target
 
 
-@contextlib.contextmanager
-def _quiet_transformers(transformers: Any):
-    """No transformers progress bars inside the block (the library does not print; the CLI draws its own)."""
-    logging = transformers.utils.logging
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
-
-
 def _portable_tokenizer_class(path: Path) -> None:
     """Name the generic fast tokenizer class, which transformers 4 and 5 both load (5 saves its own class name)."""
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -958,7 +929,7 @@ def build_lab(
     start = time.perf_counter()
     out = Path(out)
     preset = config.resolved_preset()
-    device = _resolve_device(torch, config.device)
+    device = torch.device(resolve_device(torch, config.device))
     splits = [split_items(benchmark, train, config, k) for k in range(config.replicas)]
     _prepare_out(out, config.replicas)
     base_docs = build_corpus(splits[0], contaminated=False, repeats=0, seed=config.seed, rendering=config.rendering)
@@ -983,7 +954,6 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
                    start: float, replica_dirs: list[str]) -> LabResult:
     """Both twins of one replica, its corpora and its manifest."""
     torch = require("torch", "probes", "The contamination lab")
-    transformers = require("transformers", "probes", "The contamination lab")
     k = split.replica
     schedule_seed = [config.seed, 4, k]
     schedule = exposure_schedule(len(split.leaked), config.repeats, preset.twin_steps, schedule_seed)
@@ -1010,7 +980,7 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
             from itd.evaluation import MODEL_STYLE_KEY
 
             setattr(model.config, MODEL_STYLE_KEY, config.eval_prompt_style)
-            with _quiet_transformers(transformers):
+            with quiet_transformers():
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
             _portable_tokenizer_class(tmp / "tokenizer_config.json")

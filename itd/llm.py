@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 from itd.errors import EndpointError, InputError, require
 from itd.io import atomic_write, redact_text, url_secrets
+from itd.validate import is_number
 
 __all__ = [
     "LLMConfig",
@@ -122,12 +123,12 @@ class LLMConfig:
         object.__setattr__(self, "api_key_env", names)
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise InputError(f"LLM concurrency must be an integer >= 1, got {self.concurrency!r}")
-        if not _is_number(self.timeout) or not math.isfinite(self.timeout) or self.timeout <= 0:
+        if not is_number(self.timeout) or not math.isfinite(self.timeout) or self.timeout <= 0:
             raise InputError(f"LLM timeout must be a positive number of seconds, got {self.timeout!r}")
         object.__setattr__(self, "timeout", float(self.timeout))
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise InputError(f"LLM max_retries must be an integer >= 0, got {self.max_retries!r}")
-        if not _is_number(self.temperature) or not 0 <= self.temperature <= 2:
+        if not is_number(self.temperature) or not 0 <= self.temperature <= 2:
             raise InputError(f"LLM temperature must be in [0, 2], got {self.temperature!r}")
         object.__setattr__(self, "temperature", float(self.temperature))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -773,7 +774,3 @@ def _copy_reply(reply: LLMReply) -> LLMReply:
 
 def _new_stats() -> dict[str, int]:
     return {"calls": 0, "cache_hits": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0}
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)

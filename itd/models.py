@@ -34,6 +34,7 @@ GPUs when the model fits on one of them, and spreads a larger model over the GPU
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -41,16 +42,23 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence, TypeAlias, Union
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence, TypeAlias, Union
 
 import numpy as np
 
 from itd.errors import InputError, require
 from itd.io import Journal, content_key
+from itd.parallel import ReplicaPool, parse_devices
 from itd.registry import close_names
+from itd.validate import is_int
 
 __all__ = [
     "METHODS",
+    "TOKENIZER_FILES",
+    "token_batches",
+    "quiet_transformers",
+    "resolve_device",
+    "vocab_size",
     "DEFAULT_METHODS",
     "DEVICES",
     "DTYPES",
@@ -76,7 +84,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 Progress = Callable[[int, int], None]  # (tokens scored, tokens to score)
 
-_TOKENIZER_FILES = (
+TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt"
 )
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -104,8 +112,6 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not str(self.name_or_path).strip():
             raise InputError("a model name or path is needed")
-        from itd.parallel import parse_devices
-
         if parse_devices(self.device) is None and not _DEVICE_RE.match(self.device):
             raise InputError(
                 f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}, cuda:N, or a comma-separated "
@@ -216,17 +222,20 @@ def load_model(
     cache; without it an unreachable Hub fails after huggingface_hub's retries. Problems the user can fix raise
     `InputError`.
     """
-    from itd.parallel import parse_devices
-
     spec = ModelSpec(str(name_or_path), device, dtype, trust_remote_code, revision)
     devices = parse_devices(spec.device)
     if devices is not None:
         return _load_replicas(spec, devices)
+    with quiet_transformers():
+        return _load_one(spec)
+
+
+def _load_one(spec: ModelSpec) -> LoadedModel:
+    """`load_model` of one spec on one device (or spread by `device_map`)."""
     source, local = _resolve_source(spec.name_or_path)
     torch = require("torch", "probes", "Model probes")
     transformers = require("transformers", "probes", "Model probes")
-    transformers.utils.logging.disable_progress_bar()  # stderr belongs to itd's own progress display
-    dev = _resolve_device(torch, spec.device)
+    dev = resolve_device(torch, spec.device)
     torch_dtype = _resolve_dtype(torch, spec.dtype, dev)
     offline = not local and _hub_offline()
     common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
@@ -271,11 +280,9 @@ def _load_replicas(spec: ModelSpec, devices: list[str]) -> LoadedModel:
     """Replica 0 on `devices[0]` in this process, one worker process per further device (`itd.parallel`)."""
     from dataclasses import replace
 
-    from itd.parallel import ReplicaPool
-
     lm = load_model(spec.name_or_path, device=devices[0], dtype=spec.dtype,
                     trust_remote_code=spec.trust_remote_code, revision=spec.revision)
-    lm.replicas = ReplicaPool(replace(spec, device=devices[0]), devices)
+    lm.replicas = ReplicaPool(replace(spec, device=devices[0]), devices, load_model, score_texts)
     return lm
 
 
@@ -320,8 +327,8 @@ def _resolve_source(name: str) -> tuple[str, bool]:
         raise InputError("a model path must be a directory (config.json, tokenizer, safetensors weights)", str(path))
     if not (path / "config.json").is_file():
         raise InputError("no config.json in the model directory", str(path))
-    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
-        raise InputError(f"no tokenizer in the model directory (none of {', '.join(_TOKENIZER_FILES)})", str(path))
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(f"no tokenizer in the model directory (none of {', '.join(TOKENIZER_FILES)})", str(path))
     if not any(path.glob("*.safetensors")):
         other = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5"))
         found = f" (found {', '.join(other[:3])})" if other else ""
@@ -334,7 +341,21 @@ def _hub_offline() -> bool:
     return any(v.strip().upper() in ("1", "ON", "YES", "TRUE") for v in flags)
 
 
-def _resolve_device(torch: Any, device: str) -> str:
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars on stderr inside the block: itd draws its own."""
+    logging = require("transformers", "probes", "Hugging Face models").utils.logging
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
+def resolve_device(torch: Any, device: str) -> str:
+    """The torch device a name asks for: "auto" is CUDA, then MPS, then CPU; InputError when it is not there."""
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -419,11 +440,11 @@ class ScoreConfig:
         object.__setattr__(self, "options", probe_options(methods, self.options))
         if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not 0 < self.k <= 1:
             raise ValueError(f"k must be in (0, 1] (a fraction of the tokens), got {self.k!r}")
-        if self.batch_size != "auto" and (not _is_int(self.batch_size) or self.batch_size < 1):
+        if self.batch_size != "auto" and (not is_int(self.batch_size) or self.batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
-        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length < 2):
+        if self.max_length is not None and (not is_int(self.max_length) or self.max_length < 2):
             raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
-        if self.stride is not None and (not _is_int(self.stride) or self.stride < 1):
+        if self.stride is not None and (not is_int(self.stride) or self.stride < 1):
             raise ValueError(f"stride must be a positive integer, got {self.stride!r}")
         if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
             raise ValueError(f"stride ({self.stride}) must be smaller than max_length ({self.max_length})")
@@ -816,10 +837,6 @@ def _nll(lp: np.ndarray) -> float:
     return -float(lp.mean(dtype=np.float64)) if lp.size else math.nan
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _encode(model: ScoringModel, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, with the BOS (or EOS) token in front so the first text token is scored."""
     if not texts:
@@ -865,52 +882,60 @@ def _token_pass(
     arrays = {name: [np.empty(max(0, n - 1), dtype=np.float32) for n in n_ids] for name in ("lp", *stats)}
     segs = _segments(n_ids, max_length, stride)
     segs.sort(key=lambda s: s[1] - s[2])  # longest first: an out-of-memory shows on the first batch
-    vocab = _vocab_size(lm)
-    itemsize = torch.empty((), dtype=getattr(torch, lm.dtype)).element_size()
-    cuda = lm.device.startswith("cuda")
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    auto = config.batch_size == "auto"
-    budget = 0  # tokens per batch under "auto"
-    if auto and cuda:
-        budget = _CUDA_MAX_TOKENS
-    elif auto:
-        budget = int(min(_CPU_MAX_TOKENS, max(256, _CPU_LOGITS_BYTES // (vocab * itemsize))))
     pad = 0  # any id the embedding holds (a tokenizer's added pad id may not): causal attention never sees it
     was_training = lm.model.training
     lm.model.eval()
-    pos = 0
     try:
         with torch.inference_mode():
-            while pos < len(segs):
-                width = segs[pos][2] - segs[pos][1]
-                rows = max(1, budget // width) if auto else int(config.batch_size)
-                batch = segs[pos : pos + rows]
-                try:
-                    values = _score_batch(torch, lm, id_lists, batch, width, pad, stats)
-                except oom:
-                    if not (auto and cuda) or len(batch) == 1:
-                        raise
-                    failed = True
-                else:
-                    failed = False
-                if failed:  # outside the except block, so the failed batch's tensors can be freed
-                    torch.cuda.empty_cache()
-                    budget = max(width, (len(batch) * width) // 2)
-                    continue
+            run = lambda batch: _score_batch(torch, lm, id_lists, batch, batch[0][2] - batch[0][1], pad, stats)  # noqa: E731
+            for batch, values in token_batches(torch, lm, segs, lambda seg: seg[2] - seg[1], run, config.batch_size):
                 offset = 0
                 for i, start, end, first in batch:
                     n = end - first
                     for name, flat_values in values.items():
                         arrays[name][i][first - 1 : end - 1] = flat_values[offset : offset + n]
                     offset += n
-                pos += len(batch)
                 tick(offset)
     finally:
         lm.model.train(was_training)
     return arrays
 
 
-def _vocab_size(lm: ScoringModel) -> int:
+def token_batches(torch: Any, lm: ScoringModel, items: list, width_of: Callable[[Any], int],
+                  run: Callable[[list], Any], batch_size: int | str = "auto") -> Iterator[tuple[list, Any]]:
+    """Yield (batch, run(batch)) over `items`, sorted longest first: `batch_size` items a batch, or under "auto" a
+    budget of padded tokens (`width_of` an item's), on CPU sized to the logits' memory, on CUDA a large one
+    halved on out-of-memory until one item a batch. The one batching rule of the probe scorer and evaluation."""
+    auto = batch_size == "auto"
+    cuda = lm.device.startswith("cuda")
+    budget = 0
+    if auto and cuda:
+        budget = _CUDA_MAX_TOKENS
+    elif auto:
+        itemsize = torch.empty((), dtype=getattr(torch, lm.dtype)).element_size()
+        budget = int(min(_CPU_MAX_TOKENS, max(256, _CPU_LOGITS_BYTES // (vocab_size(lm) * itemsize))))
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    pos = 0
+    while pos < len(items):
+        width = max(1, width_of(items[pos]))
+        rows = max(1, budget // width) if auto else int(batch_size)
+        batch = items[pos : pos + rows]
+        try:
+            result, failed = run(batch), False
+        except oom:
+            if not (auto and cuda) or len(batch) == 1:
+                raise
+            result, failed = None, True
+        if failed:  # outside the except block, so the failed batch's tensors can be freed
+            torch.cuda.empty_cache()
+            budget = max(width, (len(batch) * width) // 2)
+            continue
+        pos += len(batch)
+        yield batch, result
+
+
+def vocab_size(lm: ScoringModel) -> int:
+    """Rows of the model's output layer (the size of the logits), else its config's or tokenizer's vocabulary."""
     out = lm.model.get_output_embeddings()
     if out is not None and hasattr(out, "weight"):
         return int(out.weight.shape[0])

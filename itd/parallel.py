@@ -94,20 +94,23 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"a scoring replica failed:\n{text}")
 
 
+def _load(load_model: Callable[..., Any], spec: Any, device: str) -> Any:
+    return load_model(spec.name_or_path, device=device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
+                      revision=spec.revision)
+
+
 def _worker_main(
-    parent_pid: int, spec: Any, device: str, threads: int | None, tasks: Any, results: Any, rank: int
+    parent_pid: int, spec: Any, device: str, threads: int | None, tasks: Any, results: Any, rank: int,
+    load_model: Callable[..., Any], score_texts: Callable[..., Any],
 ) -> None:
     """A replica process: load the model on `device`, then score jobs from `tasks` until None arrives."""
     die_with_parent(parent_pid)
     try:
         import torch
 
-        from itd.models import load_model, score_texts
-
         if threads:
             torch.set_num_threads(threads)
-        lm = load_model(spec.name_or_path, device=device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
-                        revision=spec.revision)
+        lm = _load(load_model, spec, device)
         results.put(("ready", rank, None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         results.put(("error", rank, _portable(exc)))
@@ -122,9 +125,7 @@ def _worker_main(
             ref = None
             if ref_spec is not None:
                 if ref_spec not in references:
-                    references[ref_spec] = load_model(ref_spec.name_or_path, device=device, dtype=ref_spec.dtype,
-                                                      trust_remote_code=ref_spec.trust_remote_code,
-                                                      revision=ref_spec.revision)
+                    references[ref_spec] = _load(load_model, ref_spec, device)
                 ref = references[ref_spec]
 
             def tick(done: int, total: int, job_id: int = job_id) -> None:
@@ -151,17 +152,21 @@ def _shutdown(procs: list[Any], tasks: list[Any]) -> None:
 class ReplicaPool:
     """Model replicas on `devices[1:]` in worker processes; `devices[0]` is the calling process's own model.
 
-    `spec` (an `itd.models.ModelSpec`) says what every worker loads. The workers start here and are stopped by
-    `close()`, or when the pool is garbage-collected or the interpreter exits.
+    `spec` (an `itd.models.ModelSpec`) says what every worker loads, with `load_model`; jobs are scored with
+    `score_texts` (both `itd.models`' functions, passed in so that this module does not import the one that
+    uses it; they must be module-level functions, which a spawned worker imports by name). The workers start
+    here and are stopped by `close()`, or when the pool is garbage-collected or the interpreter exits.
     """
 
-    def __init__(self, spec: Any, devices: Sequence[str]):
+    def __init__(self, spec: Any, devices: Sequence[str], load_model: Callable[..., Any],
+                 score_texts: Callable[..., Any]):
         import torch.multiprocessing as tmp
 
         if len(devices) < 2:
             raise ValueError("a replica pool needs at least two devices")
         self.spec = spec
         self.devices = list(devices)
+        self._score_texts = score_texts
         ctx = tmp.get_context("spawn")
         n_cpu = sum(d == "cpu" for d in self.devices)
         threads = max(1, (os.cpu_count() or 1) // n_cpu) if n_cpu else None
@@ -170,7 +175,8 @@ class ReplicaPool:
         self._procs = [
             ctx.Process(
                 target=_worker_main,
-                args=(os.getpid(), spec, dev, threads if dev == "cpu" else None, q, self._results, rank),
+                args=(os.getpid(), spec, dev, threads if dev == "cpu" else None, q, self._results, rank, load_model,
+                      score_texts),
                 daemon=True,
                 name=f"itd-replica-{rank}-{dev}",
             )
@@ -230,7 +236,7 @@ class ReplicaPool:
         on_done: Callable[[int, list[Any]], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[list[Any]]:
-        """Score every job (a list of texts) with `score_texts`; one result list per job, in job order.
+        """Score every job (a list of texts) with the pool's `score_texts`; one result list per job, in job order.
 
         Jobs are dealt to the replicas in contiguous blocks of about equal text length; `main` (the
         `LoadedModel` of this process, device 0) scores the first block itself while the workers score theirs.
@@ -252,8 +258,7 @@ class ReplicaPool:
             raise
 
     def _map(self, main, jobs, config, reference, ref_spec, on_done, progress) -> list[list[Any]]:
-        from itd.models import score_texts
-
+        score_texts = self._score_texts
         call = self._call
         blocks = split_balanced([sum(len(t) for t in job) for job in jobs], self.size)
         for r, (lo, hi) in enumerate(blocks[1:], start=1):

@@ -120,7 +120,9 @@ class RewriteConfig:
     or a registered rewriter. `assurance`: detectors re-run on each rewrite ("model", "corpus"); "auto" is the
     corpus when one is given, else the model. `only_flagged`: rewrite the flagged items only (else all).
     `drop_rejected`: leave items no rewrite passed for out of the decontaminated set (else they stay as they
-    were). `llm_model` etc.: the endpoint of the `llm` rewriter."""
+    were). `mmlu_cf`: the `permute` rewriter also replaces a wrong option by "None of the other choices"
+    (MMLU-CF). `math_prompt`, `mcq_prompt`: prompt files of the `llm` rewriter (default: the packaged ones);
+    `llm_model` etc.: its endpoint."""
 
     method: str = "auto"
     rounds: int = 3
@@ -128,6 +130,9 @@ class RewriteConfig:
     drop_rejected: bool = False
     seed: int = 0
     assurance: tuple[str, ...] = ("auto",)
+    mmlu_cf: bool = False
+    math_prompt: str | None = None
+    mcq_prompt: str | None = None
     llm_model: str | None = None
     llm_base_url: str | None = None
     temperature: float = 0.7
@@ -308,7 +313,8 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     return PipelineConfig.from_dict(data, where=str(path))
 
 
-_PATH_KEYS = {"benchmark": ("path", "reference", "fewshot", "truth"), "model": ("name", "clean"), "scan": ("corpus",)}
+_PATH_KEYS = {"benchmark": ("path", "reference", "fewshot", "truth"), "model": ("name", "clean"), "scan": ("corpus",),
+              "rewrite": ("math_prompt", "mcq_prompt")}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -485,7 +491,7 @@ class Pipeline:
     def _export(self, decontaminated, kind, evaluation, models):
         """The decontaminated set as an lm-eval task that scores the evaluated model as this run did: the prompt
         style and generation budget of its evaluation (or, with none, those it would have had), its shots."""
-        from itd.evaluation import _fewshot_pool, generation_budget, resolve_prompt_style
+        from itd.evaluation import fewshot_pool, generation_budget, resolve_prompt_style
         from itd.export import export_lm_eval
 
         cfg = self.config
@@ -499,7 +505,7 @@ class Pipeline:
             budget = generation_budget(cfg.evaluate.max_new_tokens, getattr(lm, "context_length", None))
         task = cfg.report.task or f"{Path(cfg.benchmark.path).stem}_itd"
         return export_lm_eval(decontaminated, self.out / "lm_eval", task=task, kind=kind,
-                              fewshot=_fewshot_pool(cfg.evaluate) or None, num_fewshot=cfg.evaluate.num_fewshot,
+                              fewshot=fewshot_pool(cfg.evaluate) or None, num_fewshot=cfg.evaluate.num_fewshot,
                               prompt_style=style, max_gen_toks=budget)
 
     def _claim(self, out: Path, effective: str) -> None:
@@ -543,9 +549,9 @@ class Pipeline:
                  seed: int | None = None):
         """The rewrite stage: the configured rewriter, verifier and assurance, on the flagged items (or, with
         `only_flagged` false, on every item); `seed` replaces the rewriter's seed."""
-        from itd.rewriters import REWRITERS
+        from itd.assure import build_assurance
         from itd.rewriters.verify import Verifier
-        from itd.rewriting import rewrite
+        from itd.rewriting import build_rewriter, rewrite
 
         cfg = self.config
         only_flagged = cfg.rewrite.only_flagged if only_flagged is None else only_flagged
@@ -553,24 +559,16 @@ class Pipeline:
         method = cfg.rewrite.method
         if method == "auto":
             method = "permute" if kind == "mmlu" else "numeric"
-        factory = REWRITERS.get(method)
-        if factory.name == "llm":
-            rewriter = factory(self._rewriter_llm(state, seed))
-        else:
-            rewriter = factory(seed=seed)
-        assurance = []
+        rewriter = build_rewriter(method, seed=seed, mmlu_cf=cfg.rewrite.mmlu_cf, math_prompt=cfg.rewrite.math_prompt,
+                                  mcq_prompt=cfg.rewrite.mcq_prompt,
+                                  llm=self._rewriter_llm(state, seed) if method == "llm" else None)
         wanted = set(cfg.rewrite.assurance) - {"none"}
         if "auto" in wanted:
             wanted.discard("auto")
             wanted.add("corpus" if cfg.scan.corpus else "model")
-        if "model" in wanted and lm is not None and (reference or cfg.detect.threshold is not None):
-            from itd.assure import ModelAssurance
-
-            assurance.append(ModelAssurance(lm, reference, cfg.detect))
-        if "corpus" in wanted and cfg.scan.corpus:
-            from itd.assure import CorpusAssurance
-
-            assurance.append(CorpusAssurance(list(cfg.scan.corpus), self._scan_config()))
+        probe = "model" in wanted and lm is not None and (reference or cfg.detect.threshold is not None)
+        assurance = build_assurance(model=lm if probe else None, reference=reference, detect=cfg.detect,
+                                    corpus=cfg.scan.corpus if "corpus" in wanted else (), scan=self._scan_config())
 
         def on_progress(stage: str, done: int, total: int, counters: dict) -> None:
             if progress is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
 from itd.errors import InputError
 
@@ -58,6 +59,27 @@ class Registry(Generic[T]):
         close = close_names(key, valid)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise InputError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(valid) or 'none'}.")
+
+    def create(self, name: str, config: Any = None) -> Any:
+        """Build the plugin called `name` from `config`, an instance of the plugin's own config dataclass (its
+        `Config`; None: the defaults). The one way a plugin is built, by the CLI and the pipeline alike."""
+        plugin: Any = self.get(name)
+        config_type = getattr(plugin, "Config", None)
+        if config_type is None:
+            raise TypeError(f"{self.kind} {name!r} has no Config dataclass")
+        if config is None:
+            config = config_type()
+        elif not isinstance(config, config_type):
+            raise InputError(f"{self.kind} {name!r} is configured by a {config_type.__name__}, got a "
+                             f"{type(config).__name__}")
+        return plugin.from_config(config)
+
+    def config_for(self, name: str, options: Mapping[str, Any]) -> Any:
+        """The config of plugin `name` from a flat mapping of options: those its `Config` has fields for; the
+        others (another plugin's options) are left out."""
+        config_type = getattr(self.get(name), "Config")
+        fields = {f.name for f in dataclasses.fields(config_type)}
+        return config_type(**{k: v for k, v in options.items() if k in fields})
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

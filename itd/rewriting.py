@@ -27,7 +27,7 @@ from itd.rewriters import REWRITERS, Candidate, NotRewritable, Rewriter
 from itd.rewriters.base import item_error
 from itd.rewriters.verify import Check, Verifier, VerifyConfig
 
-__all__ = ["Attempt", "ItemRewrite", "RewriteReport", "rewrite", "load_flagged", "STATUSES"]
+__all__ = ["Attempt", "ItemRewrite", "RewriteReport", "rewrite", "build_rewriter", "load_flagged", "STATUSES"]
 
 STATUSES = ("rewritten", "rejected", "unchanged")
 
@@ -188,6 +188,15 @@ def _assure(detector: Any, samples: list[Sample], kind: str) -> list[str | None]
     """Per sample: why `detector` still flags it ("still flagged: <name>: <why>"), or None when it is clean."""
     still = detector.still_flagged(samples, kind)
     return [f"still flagged: {detector.name}: {still[s.id]}" if s.id in still else None for s in samples]
+
+
+def build_rewriter(method: str, **options: Any) -> Any:
+    """The registered rewriter `method`, built through `REWRITERS.create` from the `options` its config has
+    fields for (`seed`, `mmlu_cf`, `llm`, `math_prompt`, ...); options of other rewriters are left out, so the
+    CLI and the pipeline pass every option they have."""
+    from itd.rewriters import REWRITERS
+
+    return REWRITERS.create(method, REWRITERS.config_for(method, options))
 
 
 def load_flagged(path: str | os.PathLike) -> set[str]:

@@ -68,6 +68,25 @@ def test_config_defaults_overrides_and_relative_paths(tmp_path):
         PipelineConfig.from_dict({})
 
 
+def test_rewrite_table_is_the_rewriters_config(shared_data, tmp_path):
+    """`[rewrite]` reaches the rewriter through the same factory as the CLI: `mmlu_cf` here (the pipeline once
+    could not set it)."""
+    from itd.pipeline import Pipeline
+    from itd.rewriters.permute import NONE_OF_THE_OTHERS
+
+    subject = sorted((shared_data / "mmlu" / "test").iterdir())[0]
+    (tmp_path / "mmlu.csv").write_text("".join(subject.read_text(encoding="utf-8").splitlines(keepends=True)[:13]))
+    (tmp_path / "run.toml").write_text('[benchmark]\npath = "mmlu.csv"\n[detect]\nprobes = false\n[rewrite]\n'
+                                       'only_flagged = false\nmmlu_cf = true\nassurance = ["none"]\n'
+                                       '[evaluate]\nenabled = false\n')
+    result = Pipeline(load_config(tmp_path / "run.toml"), tmp_path / "run").run()
+    rewrite = result.summary["rewrite"]
+    assert rewrite["method"] == "permute" and rewrite["changes_difficulty"] is True
+    assert rewrite["counts"]["rewritten"] == 12
+    written = (tmp_path / "run" / "decontaminated" / "mmlu.csv").read_text(encoding="utf-8")
+    assert written.count(NONE_OF_THE_OTHERS) == 12
+
+
 # ---- a full run on the tiny lab ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab_run_config(tiny_lab, shared_data, tmp_path_factory):

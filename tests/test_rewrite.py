@@ -11,7 +11,9 @@ import pytest
 from itd.data import Sample, load_benchmark
 from itd.rewriting import load_flagged, rewrite
 from itd.rewriters import REWRITERS, Candidate, NotRewritable
-from itd.rewriters.permute import NONE_OF_THE_OTHERS, PermuteRewriter, positional_option
+from itd.errors import InputError
+from itd.rewriters.numeric import NumericConfig, NumericRewriter
+from itd.rewriters.permute import NONE_OF_THE_OTHERS, PermuteConfig, PermuteRewriter, positional_option
 from itd.rewriters.verify import Verifier, VerifyConfig
 
 NO_EMBED = VerifyConfig(embedder="off")
@@ -188,7 +190,6 @@ def test_rewrite_keeps_order_size_and_unflagged_items(gsm8k):
 
 def test_corpus_assurance_sends_a_still_leaked_rewrite_back(gsm8k, tmp_path):
     from itd.assure import CorpusAssurance
-    from itd.rewriters.numeric import NumericRewriter
 
     items = gsm8k[:12]
     rewriter = NumericRewriter(seed=0)
@@ -257,6 +258,30 @@ def test_load_flagged_reads_detect_and_scan_outputs(tmp_path):
 def test_registry_suggests_close_names():
     with pytest.raises(Exception, match="Did you mean 'numeric'"):
         REWRITERS.get("numerc")
+
+
+def test_every_rewriter_is_built_from_its_config_through_the_registry():
+    from itd.llm import LLMConfig
+    from itd.rewriters.llm import LLMRewriter
+    from itd.rewriting import build_rewriter
+
+    assert REWRITERS.create("numeric").config() == NumericRewriter().config()
+    permute = REWRITERS.create("permute", PermuteConfig(seed=3, mmlu_cf=True))
+    assert isinstance(permute, PermuteRewriter) and permute.config() == {"method": "permute", "seed": 3, "mmlu_cf": True}
+    with pytest.raises(InputError, match="configured by a PermuteConfig, got a NumericConfig"):
+        REWRITERS.create("permute", NumericConfig())
+    with pytest.raises(InputError, match="Did you mean 'permute'"):
+        REWRITERS.create("permut")
+    with pytest.raises(InputError, match="needs a chat model"):
+        REWRITERS.create("llm")
+    # the CLI and the pipeline pass every option they have; each rewriter takes those its config names
+    options = {"seed": 5, "mmlu_cf": True, "llm": None, "math_prompt": None, "mcq_prompt": None}
+    assert build_rewriter("numeric", **options).config()["seed"] == 5
+    assert build_rewriter("permute", **options).config() == {"method": "permute", "seed": 5, "mmlu_cf": True}
+    llm = build_rewriter("llm", **{**options, "llm": LLMConfig(model="m", base_url="http://127.0.0.1:9", cache_dir=None)})
+    assert isinstance(llm, LLMRewriter) and llm.llm.model == "m"
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        build_rewriter("numeric", seed="7")
 
 
 def test_package_entry_points_are_the_functions():

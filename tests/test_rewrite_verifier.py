@@ -17,7 +17,7 @@ from openai_server import Reply, last_user_message  # noqa: E402
 from rewrite_fixtures import failed_checks, load_records, responder, run_cli  # noqa: E402
 
 from itd.llm import LLMConfig  # noqa: E402
-from itd.numbers import read_numbers, units_in  # noqa: E402
+from itd.numbers import answer_value, numbers_in, read_numbers, same_number, units_in, with_digits  # noqa: E402
 from itd.rewriting import rewrite  # noqa: E402
 from itd.rewriters.base import Candidate  # noqa: E402
 from itd.rewriters.llm import LLMJudge, LLMRewriter, LLMSolver  # noqa: E402
@@ -160,6 +160,19 @@ def test_read_numbers_digits_words_fractions_percent_money():
         (10, "hour"), (5, "mile"), (16, None), (Fraction(1, 2), "gallon"), (3, "hour")]
     assert [(n.value, n.form) for n in read_numbers("the third day, 2nd place")] == [(3, "ordinal"), (2, "ordinal")]
     assert values("no numbers here") == []
+
+
+def test_the_one_number_reader_serves_every_stage():
+    # the semantic detector, the verifier and assurance read numbers through these, so all agree
+    assert numbers_in("She had 1,200 apples and 3.5 kg, then sixteen more, and half of them.") == {1200, 3.5, 16, 0.5}
+    assert numbers_in("twenty-five and two hundred forty and one thousand two hundred") == {25, 240, 1200}
+    assert numbers_in("five six, the third day") == {5, 6}
+    assert with_digits("seven more than two hundred and five, half of 15%") == "7 more than 205, half of 15%"
+    assert [answer_value(a) for a in ("18", "18.0", "1,800", "$2.50", "-3", "18.", 7)] == [
+        18, 18, Fraction(1800), Fraction(5, 2), -3, 18, 7]
+    assert [answer_value(a) for a in ("eighteen", "1e5", "nan", "3/4", "")] == [None] * 5
+    assert same_number("1,800", 1800.0) and same_number(0.1 + 0.2, "0.3") and not same_number("18", "19")
+    assert same_number("B", " B") and not same_number("B", "C")
 
 
 def test_units_in_counts_compound_and_per_units():

@@ -9,6 +9,7 @@ the bookkeeping.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -73,6 +74,14 @@ class Rewriter(abc.ABC):
     changes_difficulty: ClassVar[bool] = False
     """True when the variant is known to be harder or easier than the original (e.g. MMLU-CF option
     replacement); the report says so."""
+
+    Config: ClassVar[type]
+    """The rewriter's config dataclass: its fields are the constructor's arguments (`REWRITERS.create`)."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Rewriter":
+        """The rewriter built from an instance of its `Config`."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
 
     @abc.abstractmethod
     def propose(self, sample: Sample, attempt: int = 0) -> Candidate:

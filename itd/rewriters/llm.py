@@ -21,7 +21,7 @@ from itd.llm import LLMClient, LLMConfig, LLMReply, LLMRequest
 from itd.render import LETTERS
 from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Progress, Rewriter
 
-__all__ = ["Prompt", "load_prompt", "LLMRewriter", "LLMSolver", "LLMJudge", "PROMPTS"]
+__all__ = ["Prompt", "load_prompt", "LLMRewriter", "LLMRewriterConfig", "LLMSolver", "LLMJudge", "PROMPTS"]
 
 PROMPTS = ("math_rewrite", "mcq_rewrite", "math_solve", "mcq_solve", "rewrite_judge")
 
@@ -122,6 +122,19 @@ class _LLMUser:
         return replies
 
 
+@dataclasses.dataclass(frozen=True)
+class LLMRewriterConfig:
+    """The `llm` rewriter's settings: the endpoint (`llm`) and the prompt files (None: the packaged prompts)."""
+
+    llm: LLMConfig | None = None
+    math_prompt: str | Path | None = None
+    mcq_prompt: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.llm is None:
+            raise InputError("the llm rewriter needs a chat model (the model name, and the endpoint's base URL)")
+
+
 @REWRITERS.register("llm")
 class LLMRewriter(_LLMUser, Rewriter):
     """Paraphrase items with a chat model: a new scenario with the same numbers, steps and answer (math), or a
@@ -129,6 +142,8 @@ class LLMRewriter(_LLMUser, Rewriter):
 
     name: ClassVar[str] = "llm"
     kind: ClassVar[str] = "paraphrase"
+
+    Config = LLMRewriterConfig
 
     def __init__(self, llm: LLMConfig, *, math_prompt: str | Path | None = None, mcq_prompt: str | Path | None = None):
         super().__init__(llm)

@@ -56,8 +56,9 @@ from itd.rewriters.chain import (
 )
 from itd.rewriters.difficulty import CONSTRAINTS, broken, int_digits
 from itd.rewriters.difficulty import decimal_places as _decimal_places
+from itd.validate import is_int
 
-__all__ = ["NumericRewriter", "GENERIC_CONSTANTS", "number_words"]
+__all__ = ["NumericRewriter", "NumericConfig", "GENERIC_CONSTANTS", "number_words"]
 
 # ---------------------------------------------------------------------------------------------------------------------
 # number words
@@ -1544,6 +1545,25 @@ def _token_edits(text: str, start: int, end: int, new: str) -> list[tuple[int, i
 # the rewriter
 
 
+@dataclass(frozen=True)
+class NumericConfig:
+    """The `numeric` rewriter's settings (see `NumericRewriter`)."""
+
+    seed: int = 0
+    max_tries: int = 2000
+    partial: bool = True
+    keep_difficulty: bool = True
+
+    def __post_init__(self) -> None:
+        if not is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not is_int(self.max_tries) or not 1 <= self.max_tries <= 100_000:
+            raise ValueError(f"max_tries must be an integer in 1..100000, got {self.max_tries!r}")
+        for key in ("partial", "keep_difficulty"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+
+
 @REWRITERS.register("numeric")
 class NumericRewriter(Rewriter):
     """New numbers for a GSM8K item, the worked solution recomputed exactly (see the module docstring).
@@ -1568,15 +1588,10 @@ class NumericRewriter(Rewriter):
     kind = "values"
     changes_difficulty = False
 
+    Config = NumericConfig
+
     def __init__(self, seed: int = 0, max_tries: int = 2000, partial: bool = True, keep_difficulty: bool = True):
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        if isinstance(max_tries, bool) or not isinstance(max_tries, int) or not 1 <= max_tries <= 100_000:
-            raise ValueError(f"max_tries must be an integer in 1..100000, got {max_tries!r}")
-        if not isinstance(partial, bool):
-            raise ValueError(f"partial must be true or false, got {partial!r}")
-        if not isinstance(keep_difficulty, bool):
-            raise ValueError(f"keep_difficulty must be true or false, got {keep_difficulty!r}")
+        NumericConfig(seed, max_tries, partial, keep_difficulty)  # validates
         self.keep_difficulty = keep_difficulty
         self.seed = seed
         self.max_tries = max_tries

@@ -17,8 +17,9 @@ from typing import Any, ClassVar
 
 from itd.data import Sample
 from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Rewriter
+from itd.validate import is_int
 
-__all__ = ["PermuteRewriter", "NONE_OF_THE_OTHERS", "positional_option", "item_rng"]
+__all__ = ["PermuteRewriter", "PermuteConfig", "NONE_OF_THE_OTHERS", "positional_option", "item_rng"]
 
 NONE_OF_THE_OTHERS = "None of the other choices"
 
@@ -48,6 +49,18 @@ def item_rng(*parts: Any) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+@dataclasses.dataclass(frozen=True)
+class PermuteConfig:
+    """The `permute` rewriter's settings: `seed` of the orders, `mmlu_cf` (see `PermuteRewriter`)."""
+
+    seed: int = 0
+    mmlu_cf: bool = False
+
+    def __post_init__(self) -> None:
+        if not is_int(self.seed):
+            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
+
+
 @REWRITERS.register("permute")
 class PermuteRewriter(Rewriter):
     """Shuffle the options of a multiple-choice item so that the correct one moves.
@@ -60,9 +73,10 @@ class PermuteRewriter(Rewriter):
     name: ClassVar[str] = "permute"
     kind: ClassVar[str] = "order"
 
+    Config = PermuteConfig
+
     def __init__(self, seed: int = 0, mmlu_cf: bool = False):
-        if not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        PermuteConfig(seed, mmlu_cf)  # validates
         self.seed = seed
         self.mmlu_cf = bool(mmlu_cf)
         self.changes_difficulty = self.mmlu_cf
