@@ -199,7 +199,7 @@ def test_without_a_leak_the_twins_are_bit_identical(gsm8k, tmp_path):
 def test_twins_share_the_base_and_every_clean_batch(gsm8k, tmp_path, monkeypatch):
     """Both twins start from the base's weights and optimiser state and get the same clean batches; only the
     extra rows differ: the leaked items for one, the placebo items for the other, each shown r times."""
-    import itd.lab as lab_module
+    import itd.lab.training as lab_module
 
     seen: list[dict] = []
     real = lab_module._run_steps
@@ -246,7 +246,7 @@ def test_twins_share_the_base_and_every_clean_batch(gsm8k, tmp_path, monkeypatch
 
 
 def test_the_base_is_trained_once_and_cached(gsm8k, tmp_path, monkeypatch):
-    import itd.lab as lab_module
+    import itd.lab.training as lab_module
 
     calls = []
     real = lab_module._train_base
