@@ -1,0 +1,152 @@
+"""A finished lab directory: `LabResult`, reading a lab back from its manifest (`load_lab`, `load_lab_manifest`),
+the items neither twin saw (`held_out`), and the experiment written out as a benchmark (`write_experiment`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from itd.data import Sample
+from itd.errors import InputError
+from itd.io import write_json
+from itd.render import render
+
+MODELS = ("contaminated", "clean")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class LabResult:
+    """A built lab replica: its directory, the two model directories, the ground truth, the training loss curves
+    (base and twins), the base's cache key, and the directories of every replica of the build."""
+
+    out: Path
+    contaminated: Path
+    clean: Path
+    manifest: Path
+    leaked: tuple[str, ...]
+    unseen: tuple[str, ...]
+    losses: dict[str, list[float]]
+    seconds: float
+    preset: str
+    placebo: tuple[str, ...] = ()
+    replica: int = 0
+    replicas: tuple[Path, ...] = ()
+    base: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "contaminated": str(self.contaminated),
+            "clean": str(self.clean),
+            "manifest": str(self.manifest),
+            "preset": self.preset,
+            "leaked": len(self.leaked),
+            "unseen": len(self.unseen),
+            "placebo": len(self.placebo),
+            "replica": self.replica,
+            "replicas": [str(p) for p in self.replicas],
+            "base": self.base,
+            "final_loss": {name: curve[-1] if curve else None for name, curve in self.losses.items()},
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def lab_result(path: Path, manifest: Mapping[str, Any]) -> LabResult:
+    """The `LabResult` of the lab replica in directory `path`, read from its `manifest`."""
+    training = manifest.get("training", {})
+    dirs = manifest.get("replica_dirs") or ["."]
+    return LabResult(
+        out=path,
+        contaminated=path / "contaminated",
+        clean=path / "clean",
+        manifest=path / MANIFEST,
+        leaked=tuple(manifest["leaked"]),
+        unseen=tuple(manifest["unseen"]),
+        losses={name: list(training.get(name, {}).get("loss_curve", [])) for name in ("base", *MODELS)},
+        seconds=float(manifest.get("wall_seconds", 0.0)),
+        preset=str(manifest.get("preset", "")),
+        placebo=tuple(manifest.get("placebo") or ()),
+        replica=int(manifest.get("replica") or 0),
+        replicas=tuple(path / d if d != "." else path for d in dirs),
+        base=str((manifest.get("base") or {}).get("key", "")),
+    )
+
+
+def load_lab_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the lab in directory `path`; InputError when it is missing, unfinished or not a lab's."""
+    path = Path(path)
+    file = path / MANIFEST
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("not a finished lab: no manifest.json (the build was interrupted, or this is not a lab)", path) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the lab manifest: {exc}", file) from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "itd-lab":
+        raise InputError("not a lab manifest (no \"kind\": \"itd-lab\")", file)
+    for key in ("leaked", "unseen"):
+        ids = manifest.get(key)
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise InputError(f"the lab manifest's {key!r} must be a list of sample ids", file)
+    for name in MODELS:
+        if not (path / name / "model.safetensors").is_file():
+            raise InputError(f"the lab's {name} model is missing ({name}/model.safetensors)", path)
+    return manifest
+
+
+def load_lab(path: str | os.PathLike) -> LabResult:
+    """A finished lab directory (one replica) as a `LabResult` (from its manifest)."""
+    path = Path(path)
+    return lab_result(path, load_lab_manifest(path))
+
+
+def held_out(lab: LabResult, benchmark: Sequence[Sample]) -> list[Sample]:
+    """The items of `benchmark` that neither twin saw: not in the experiment, not a placebo item, and whose
+    rendered text is in neither twin's training corpus. A valid clean reference set for calibrating the probes
+    on the lab's models."""
+    manifest = load_lab_manifest(lab.out)
+    rendering = manifest.get("config", {}).get("rendering", "auto")
+    trained: set[str] = set()
+    for name in MODELS:
+        with open(lab.out / "corpus" / f"{name}.jsonl", encoding="utf-8") as f:
+            trained |= {json.loads(line)["text"] for line in f}
+    excluded = set(lab.leaked) | set(lab.unseen) | set(manifest.get("placebo") or ())
+    return [s for s in benchmark if s.id not in excluded and render(s, rendering) not in trained]
+
+
+def write_experiment(lab: LabResult, benchmark: Sequence[Sample], out: str | os.PathLike, *,
+                     reference: int = 0) -> dict[str, Path]:
+    """Write the lab's experiment items (leaked + unseen) as a benchmark in their source layout, `reference`
+    held-out items (`held_out`) as a clean reference set, and `truth.json` with the leaked and unseen ids as
+    the written files number them. Returns the paths under the keys "benchmark", "reference" and "truth"."""
+    from itd.data import load_benchmark, write_benchmark
+
+    out = Path(out)
+    chosen = set(lab.leaked) | set(lab.unseen)
+    sets = {"benchmark": [s for s in benchmark if s.id in chosen]}
+    if reference:
+        sets["reference"] = held_out(lab, benchmark)[:reference]
+    paths: dict[str, Path] = {}
+    written: list[Sample] = []
+    for name, samples in sets.items():
+        if not samples:
+            raise InputError(f"no {name} items to write; the benchmark has too few items beyond the experiment")
+        is_dir = any(s.source is not None and s.source.file != samples[0].source.file for s in samples)
+        target = out / name if is_dir else out / f"{name}{Path(samples[0].source.file).suffix if samples[0].source else '.jsonl'}"
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+        write_benchmark(samples, target)
+        paths[name] = target
+        if name == "benchmark":
+            written = load_benchmark(target)
+    text_id = {render(s, "question"): s.id for s in written}
+    old_text = {s.id: render(s, "question") for s in sets["benchmark"]}
+    truth = {key: [text_id[old_text[i]] for i in ids] for key, ids in (("leaked", lab.leaked), ("unseen", lab.unseen))}
+    paths["truth"] = out / "truth.json"
+    write_json(paths["truth"], truth)
+    return paths
