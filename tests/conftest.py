@@ -15,6 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+# fixtures that train models: every test using one (directly or through another fixture) is `slow`
+_TRAINING_FIXTURES = {"tiny_lab"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that need a trained lab as slow, so `pytest -m "not slow"` is the fast loop."""
+    for item in items:
+        if _TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def lab_cache(tmp_path_factory):
     """Lab bases (`itd.lab.base_cache_dir`) are cached in a directory of this test run, never the user's cache;

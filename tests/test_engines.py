@@ -109,6 +109,7 @@ def _sorted_lines(report, path: Path) -> list[str]:
 
 
 # ---- Ray engine -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ray_report_equals_local_byte_for_byte(ray_local, case, local_report, tmp_path):
     samples, corpus, planted = case
     seen = []
@@ -145,6 +146,7 @@ def _running_shard_workers() -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's worker processes in /proc")
 def test_killed_worker_loses_no_shard(ray_local, case, local_report, tmp_path):
     samples, corpus, _ = case
@@ -165,6 +167,7 @@ def test_killed_worker_loses_no_shard(ray_local, case, local_report, tmp_path):
     assert _sorted_lines(report, tmp_path / "ray.jsonl") == _sorted_lines(local_report, tmp_path / "local.jsonl")
 
 
+@pytest.mark.slow
 def test_ray_index_equals_local_index(ray_local, case, tmp_path):
     _, corpus, _ = case
     local = build_index([corpus], tmp_path / "local")
@@ -176,6 +179,7 @@ def test_ray_index_equals_local_index(ray_local, case, tmp_path):
     _assert_same_index(tmp_path / "local", tmp_path / "ray")
 
 
+@pytest.mark.slow
 def test_cli_scan_and_index_on_ray(ray_local, case, shared_data, tmp_path, capsys):
     _, corpus, _ = case
     bench = str(shared_data / "gsm8k" / "test.jsonl")

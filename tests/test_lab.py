@@ -245,6 +245,7 @@ def test_twins_share_the_base_and_every_clean_batch(gsm8k, tmp_path, monkeypatch
     assert slots(dirty) == slots(clean)  # the same slots on the same schedule
 
 
+@pytest.mark.slow
 def test_the_base_is_trained_once_and_cached(gsm8k, tmp_path, monkeypatch):
     import itd.lab.training as lab_module
 
@@ -297,6 +298,7 @@ def test_refuses_a_directory_that_is_not_a_lab(gsm8k, tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_cli_lab_builds_and_prints_json(shared_data, tmp_path, capsys):
     out = tmp_path / "lab"
     gsm8k = shared_data / "gsm8k"
@@ -402,6 +404,7 @@ def test_tiny_lab_contaminated_twin_tells_leaked_from_unseen(tiny_lab, shared_da
 # A tiny end-to-end lab: the fine-tuning leak inflates the score
 
 
+@pytest.mark.slow
 def test_finetune_leak_inflates_the_score_of_the_contaminated_twin(tmp_path):
     """A micro GPT-2 on generated arithmetic problems (far too small and short-trained to learn them): the fine-tuning
     leak (the evaluator's prompt, then the gold solution, 16 times) makes the contaminated twin answer its leaked

@@ -111,6 +111,7 @@ def test_device_lists_and_splits():
         assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
 
 
+@pytest.mark.slow
 def test_two_cpu_replicas_score_like_one_process(single, replicated, reference, gsm8k):
     assert replicated.replicas.size == 2 and replicated.device == "cpu"
     texts = [render(s, "auto") for s in gsm8k[:40]] + ["", "Janet"]  # an empty text and a one-token one
@@ -149,6 +150,7 @@ def test_detect_with_replicas(single, replicated, gsm8k):
         assert b.p_values == a.p_values and b.flag == a.flag
 
 
+@pytest.mark.slow
 def test_cli_detect_on_two_devices(model_dirs, shared_data, tmp_path, capsys):
     bench = tmp_path / "bench.jsonl"
     with open(shared_data / "gsm8k" / "test.jsonl", encoding="utf-8") as f:
@@ -167,6 +169,7 @@ def test_cli_detect_on_two_devices(model_dirs, shared_data, tmp_path, capsys):
         assert b["minkpp"] == pytest.approx(a["minkpp"], rel=1e-4, abs=1e-5) and b["n_tokens"] == a["n_tokens"]
 
 
+@pytest.mark.slow
 def test_a_dead_replica_is_an_error_not_a_hang(model_dirs):
     lm = load_model(model_dirs[0], device="cpu,cpu")
     try:

@@ -265,6 +265,7 @@ def test_library_example_of_the_readme(lab_run_config, tmp_path, monkeypatch):
     assert namespace["before"].accuracy == result.summary["evaluation"]["accuracy"]["model"]["original"]["value"]
 
 
+@pytest.mark.slow
 def test_demo_command_tells_the_whole_story(tmp_path):
     """`itd demo` end to end on the embedded arithmetic benchmark (the tiny preset and 40 items keep it short;
     the README's default trains the `demo` preset): lab twins, detection, rewrites, both twins evaluated."""

@@ -340,6 +340,7 @@ def test_cli_rewrite_input_errors_exit_2(shared_data, tmp_path, capsys):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_numeric_candidates_all_pass_verification_on_real_gsm8k(gsm8k):
     report = rewrite(gsm8k, "numeric", NO_EMBED, rounds=1)
     proposed = [it for it in report.items if it.attempts[0].candidate is not None]

@@ -356,6 +356,7 @@ def rewritten(gsm8k) -> tuple[list[tuple[Sample, Candidate]], dict[str, int]]:
     return done, reasons
 
 
+@pytest.mark.slow
 def test_coverage_on_gsm8k_test(gsm8k, rewritten):
     done, reasons = rewritten
     coverage = len(done) / len(gsm8k)

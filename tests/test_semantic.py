@@ -316,6 +316,7 @@ def _finding(result, name):
     return next(f for f in result.findings if f.detector == name)
 
 
+@pytest.mark.slow
 def test_semantic_finds_rephrased_items_the_ngram_detector_misses(finetune_case, finetune_report):
     samples, files, truth = finetune_case
     results = finetune_report.results
@@ -501,6 +502,7 @@ def test_llm_judge_decides_over_http_cached_and_keyless(shared_data, tmp_path, l
     assert {r["id"]: r["label"] for r in map(json.loads, out.read_text().splitlines())} == dict(zip(ids, labels))
 
 
+@pytest.mark.slow
 def test_progress_has_a_total_while_embedding_the_benchmark_and_the_corpus(small_case, shared_data, tmp_path):
     """`itd scan --detector semantic` showed "0/? bytes" for its whole run and nothing while it embedded the
     benchmark: the benchmark's embedding now counts texts against their total, and the corpus bar has its total

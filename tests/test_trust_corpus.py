@@ -349,6 +349,7 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_keeps_the_counts_and_refuses_the_same(ray_local, some_bad, bench, tmp_path):
     samples = load_benchmark(bench)
     stats = scan(samples, [some_bad], ScanConfig(skip_bad_lines=True, max_bad_lines=12, detectors=("ngram",),

@@ -558,6 +558,7 @@ COMMITTER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_kill_9_at_random_moments_leaves_one_generation(tmp_path):
     paths = _group(tmp_path)
