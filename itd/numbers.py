@@ -199,11 +199,15 @@ def numbers_in(text: str) -> set[float]:
     return {float(n.value) for n in read_numbers(text) if n.form != "ordinal"}
 
 
+_PLAIN_NUMERAL = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
 def with_digits(text: str) -> str:
-    """`text` with every number written in words given in digits ("seven more than two" -> "7 more than 2")."""
+    """`text` with every number written in words, or in digits with thousands commas, given in plain digits
+    ("seven more than two thousand" -> "7 more than 2000", "1,000" -> "1000")."""
     parts, at = [], 0
     for n in read_numbers(text):
-        if n.form == "words":
+        if n.form == "words" or (n.form == "digits" and _PLAIN_NUMERAL.fullmatch(n.text)):
             parts += [text[at:n.start], format_value(n.value)]
             at = n.end
     return "".join(parts) + text[at:]

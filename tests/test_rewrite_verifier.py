@@ -168,6 +168,7 @@ def test_the_one_number_reader_serves_every_stage():
     assert numbers_in("twenty-five and two hundred forty and one thousand two hundred") == {25, 240, 1200}
     assert numbers_in("five six, the third day") == {5, 6}
     assert with_digits("seven more than two hundred and five, half of 15%") == "7 more than 205, half of 15%"
+    assert with_digits("1,000 or 2.50 or $3") == "1000 or 2.5 or $3"
     assert [answer_value(a) for a in ("18", "18.0", "1,800", "$2.50", "-3", "18.", 7)] == [
         18, 18, Fraction(1800), Fraction(5, 2), -3, 18, 7]
     assert [answer_value(a) for a in ("eighteen", "1e5", "nan", "3/4", "")] == [None] * 5
