@@ -226,6 +226,7 @@ def load_model(
     devices = parse_devices(spec.device)
     if devices is not None:
         return _load_replicas(spec, devices)
+    require("torch", "probes", "Model probes")  # before transformers, which caches whether torch is there
     with quiet_transformers():
         return _load_one(spec)
 
