@@ -523,3 +523,15 @@ def test_progress_has_a_total_while_embedding_the_benchmark_and_the_corpus(small
     assert read[0] == (0, size) and read[-1] == (size, size) and all(total == size for _, total in read)
     assert len([done for done, _ in read if 0 < done < size]) >= 2
     assert [r.label != "clean" for r in report.results] == [True] * 4 + [False] * 4
+
+
+def test_a_decimal_answer_is_found_stated_in_a_document():
+    """The answer read from the item (an exact value) and the numbers read from the text (floats) compare as
+    numbers: 0.1 is stated by "#### 0.1" although Fraction(1, 10) != 0.1."""
+    items = [Sample(id="a", benchmark="gsm8k", question="A pen costs 30 cents and a clip 70 cents less than a dollar. What is 0.4 - 0.3?",
+                    answer="0.1"),
+             Sample(id="b", benchmark="gsm8k", question="How many legs do three spiders have in all?", answer="24")]
+    det = SemanticDetector().fit(items)
+    assert det._answer_in(0, "Worked out: 0.4 - 0.3 = 0.1\n#### 0.1")
+    assert det._answer_in(1, "Three spiders have 3 * 8 = 24 legs.\n#### 24")
+    assert not det._answer_in(0, "#### 0.2") and not det._answer_in(1, "#### 23")

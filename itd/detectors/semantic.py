@@ -549,8 +549,9 @@ class SemanticDetector(CorpusDetector):
         s = self.samples[i]
         if s.is_mcq:
             return isinstance(s.answer, int) and stated_key(s, text) == s.answer
-        value = answer_value(s.answer) if s.answer is not None else None
-        if value is not None:
+        exact = answer_value(s.answer) if s.answer is not None else None
+        if exact is not None:
+            value = float(exact)  # numbers_in gives floats: Fraction(1, 10) != 0.1
             stated = {x for m in _FINAL.finditer(text) for x in numbers_in(m.group(1))}  # "#### 18", "answer is 18"
             return value in stated or (value not in self._question_numbers[i] and value in numbers_in(text))
         answer = _folded(label_text(s))
