@@ -50,6 +50,10 @@ def main() -> int:
     ap.add_argument("--recipe", default="finetune", choices=("pretrain", "finetune"))
     ap.add_argument("--repeats", type=int, default=None, help="Exposures of each leaked item (default: the demo's).")
     ap.add_argument("--leak-rate", type=float, default=0.3)
+    ap.add_argument("--loss-on", default="all", choices=("all", "answer"),
+                    help="Trained tokens of a leaked (and placebo) item: all of them, or the answer only.")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="Override a lab preset field (e.g. --set twin_lr=3e-3); repeatable.")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -57,10 +61,19 @@ def main() -> int:
 
     data = None if args.benchmark == "arithmetic" else str(Path(args.data) / args.benchmark)
     extra = {"repeats": args.repeats} if args.repeats is not None else {}
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set takes FIELD=VALUE, got {item!r}")
+        overrides[key.strip()] = json.loads(value)
     config = DemoConfig(benchmark=args.benchmark, data=data, preset=args.preset, items=args.items, seed=args.seed,
-                        device=args.device, recipe=args.recipe, leak_rate=args.leak_rate, **extra)
+                        device=args.device, recipe=args.recipe, leak_rate=args.leak_rate,
+                        loss_on=args.loss_on, overrides=overrides, **extra)
     C.header(f"Decontamination on paired lab twins: {args.benchmark}, preset {args.preset or 'default'}, "
-             f"{args.items} items, {config.recipe} leak x{config.repeats}, seed {args.seed}")
+             f"{args.items} items, {config.recipe} leak x{config.repeats}, seed {args.seed}"
+             + (f", loss on {args.loss_on}" if args.loss_on != "all" else "")
+             + "".join(f", {k} = {v}" for k, v in overrides.items()))
     with C.workdir(args.workdir, "itd-bench-pipeline-") as wd:
         t0, c0 = time.perf_counter(), _cpu_seconds()
         result = run_demo(wd, config, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))

@@ -16,8 +16,9 @@ import json
 import random
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from itd.errors import InputError
 
@@ -296,8 +297,8 @@ def arithmetic_problems(n: int, seed: int = 0, *, exclude: Collection[str] = (),
 class DemoConfig:
     """What `run_demo` runs: `benchmark` "arithmetic" (the embedded default, generated), "gsm8k" or "mmlu"
     (real files under `data`: `test.jsonl` + `train.jsonl`, or `test/` + `dev/`), the lab preset ("demo" for
-    arithmetic, else "tiny" when None), its leak rate, repeats, recipe and seed, and the number of benchmark
-    items."""
+    arithmetic, else "tiny" when None) with `overrides` of its fields, its leak rate, repeats, recipe, trained
+    span of a leaked item (`loss_on`, see `itd.lab.LabConfig`) and seed, and the number of benchmark items."""
 
     benchmark: str = "arithmetic"
     data: str | None = None
@@ -308,6 +309,8 @@ class DemoConfig:
     recipe: str = "finetune"
     seed: int = 0
     device: str = "auto"
+    loss_on: str = "all"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.benchmark not in ("arithmetic", "gsm8k", "mmlu"):
@@ -321,7 +324,7 @@ class DemoConfig:
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
-    def lab_config(self, **overrides: int):
+    def lab_config(self, **overrides: Any):
         """The `itd.lab.LabConfig` of the demo's twins (preset "demo" for arithmetic, else "tiny", unless set)."""
         from itd.lab import LabConfig
 
@@ -329,8 +332,8 @@ class DemoConfig:
         # the generated benchmark draws its operands from the lower half of the training problems' range, so the
         # placebo comes from spare benchmark items: the clean twin's extra problems are then the leaked ones' kind
         return LabConfig(preset=preset, leak_rate=self.leak_rate, repeats=self.repeats, recipe=self.recipe,
-                         seed=self.seed, device=self.device, overrides={"n_test_items": self.items, **overrides},
-                         placebo="benchmark" if self.benchmark == "arithmetic" else "auto", loss_on="all")
+                         seed=self.seed, device=self.device, overrides={"n_test_items": self.items, **self.overrides, **overrides},
+                         placebo="benchmark" if self.benchmark == "arithmetic" else "auto", loss_on=self.loss_on)
 
 
 def _demo_inputs(config: DemoConfig, data_dir: Path) -> tuple[list, list | None]:

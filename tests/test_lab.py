@@ -107,6 +107,26 @@ def test_replicas_leak_shifted_windows_of_the_same_items(gsm8k):
         split_items(test, train, LabConfig(preset="tiny", leak_rate=0.3, replicas=3)).leaked_ids  # replica 0 is the same
 
 
+def test_mcq_placebo_is_paired_with_the_leaked_items_by_gold_letter(shared_data):
+    # Placebo item j takes leaked item j's slots: with the same gold choice, both twins are trained towards the
+    # same letters in the same steps, and only the items differ.
+    mmlu = load_benchmark(shared_data / "mmlu" / "test")
+    config = LabConfig(preset="tiny", leak_rate=0.3, replicas=3, recipe="finetune", placebo="benchmark",
+                       overrides={"n_test_items": 120})
+    splits = [split_items(mmlu[:400], mmlu[400:], config, k) for k in range(3)]
+    for split in splits:
+        assert sorted(split.placebo_ids) == sorted(splits[0].placebo_ids)  # one placebo set for every replica
+        leaked, placebo = Counter(s.answer for s in split.leaked), Counter(s.answer for s in split.placebo)
+        matched = sum(a.answer == b.answer for a, b in zip(split.leaked, split.placebo, strict=True))
+        assert matched == sum(min(leaked[k], placebo[k]) for k in leaked)  # as many as the counts allow
+        assert matched >= 0.75 * len(split.leaked)
+    assert [s.answer for s in splits[0].leaked] != [s.answer for s in splits[1].leaked]
+    # items without choices keep the drawn order
+    test, train = load_benchmark(shared_data / "gsm8k" / "test.jsonl"), load_benchmark(shared_data / "gsm8k" / "train.jsonl")
+    split = split_items(test, train, LabConfig(preset="tiny"))
+    assert split.placebo_ids == sorted(split.placebo_ids, key=[s.id for s in train].index)
+
+
 @pytest.mark.parametrize(("n", "r", "steps"), [(36, 6, 24), (5, 3, 40), (7, 1, 1), (4, 0, 5)])
 def test_schedule_shows_every_item_exactly_r_times(n, r, steps):
     schedule = exposure_schedule(n, r, steps, [0, 4, 0])

@@ -60,7 +60,8 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     items starting at position round(k * n / replicas) of the seeded order (wrapping around). The clean text,
     `preset.n_train_items` items, is drawn from `train` or, when `train` is None, from the benchmark items not
     drawn for the experiment; the placebo, as many items as are leaked, from the same pool, or from the
-    benchmark's rest with `config.placebo = "benchmark"`. Neither copies an experiment item.
+    benchmark's rest with `config.placebo = "benchmark"`, the same set for every replica, in each replica
+    paired with its leaked items by gold answer (`pair_by_answer`). Neither copies an experiment item.
     """
     preset = config.resolved_preset()
     check_int("replica", replica, 0)
@@ -116,8 +117,34 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     if not train_items:
         what = "the training items" if train is not None else "the benchmark items not drawn for the experiment"
         raise InputError(f"no clean text: {what} leave none beside the {n_leaked} placebo items; pass more training items")
-    return LabSplit(tuple(leaked), tuple(unseen), tuple(train_items), tuple(placebo), len(benchmark) - len(pool),
-                    dropped, replica)
+    return LabSplit(tuple(leaked), tuple(unseen), tuple(train_items), tuple(pair_by_answer(leaked, placebo)),
+                    len(benchmark) - len(pool), dropped, replica)
+
+
+def _answer_key(sample: Sample) -> int | None:
+    """What a multiple-choice item trains a model to answer (its gold choice index); None for other items."""
+    return sample.answer if sample.choices and isinstance(sample.answer, int) else None
+
+
+def pair_by_answer(leaked: Sequence[Sample], placebo: Sequence[Sample]) -> list[Sample]:
+    """The placebo items reordered so that placebo item j, which takes leaked item j's slots, has the same gold
+    choice where the placebo has one left. A multiple-choice fine-tuning leak also teaches a preference among the
+    letters; paired this way, both twins are trained towards the same letters in the same steps, and the twins'
+    gap on unseen items stays the lab's noise instead of a letter bias. Other items keep their order."""
+    if len(leaked) != len(placebo) or all(_answer_key(s) is None for s in leaked):
+        return list(placebo)
+    free: dict[int | None, list[int]] = {}
+    for i, s in enumerate(placebo):
+        free.setdefault(_answer_key(s), []).append(i)
+    for indices in free.values():
+        indices.reverse()  # pop() takes the earliest
+    slots: list[int | None] = []
+    for s in leaked:
+        same = free.get(_answer_key(s))
+        slots.append(same.pop() if same else None)
+    rest = sorted(i for indices in free.values() for i in indices)
+    rest.reverse()
+    return [placebo[i if i is not None else rest.pop()] for i in slots]
 
 
 def near_copy_runs(text: str) -> set[tuple[str, ...]]:
