@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                     planted_text[text] = item
 
         t0 = time.perf_counter()
-        cfg = ScanConfig(detectors=("ngram", "minhash", "semantic"), semantic_threshold=FLOOR, semantic_min_margin=-2.0)
+        cfg = ScanConfig(detectors=("ngram", "minhash", "semantic"),
+                         detector_options={"semantic": {"threshold": FLOOR, "min_margin": -2.0}})
         report = scan(samples, corpus, cfg)
         scan_s = time.perf_counter() - t0
         results = report.results
@@ -224,8 +225,8 @@ def _judge_scan(samples, corpus: Path, planted_text: dict[str, int], wd: Path):
 
     with OpenAIServer(oracle) as server:
         os.environ.setdefault("ITD_API_KEY", "bench-key")
-        cfg = ScanConfig(detectors=("semantic",), judge_model="oracle", judge_base_url=server.url,
-                         judge_cache_dir=str(wd / "judge-cache"))
+        cfg = ScanConfig(detectors=("semantic",), detector_options={"semantic": {
+            "judge_model": "oracle", "judge_base_url": server.url, "judge_cache_dir": str(wd / "judge-cache")}})
         t0 = time.perf_counter()
         report = scan(samples, corpus, cfg)
         seconds = time.perf_counter() - t0

@@ -321,15 +321,14 @@ def _parse_detectors(value: str) -> tuple[str, ...]:
 
 
 def _default_detectors() -> str:
-    """The scan's default detectors: ngram and minhash, or ngram alone (said on stderr) when the `minhash` extra
-    (datasketch) is not installed, as in the light pre-commit environment."""
-    import importlib.util
+    """`itd.scan.default_detectors()`, saying on stderr when minhash is left out for want of its extra."""
+    from itd.scan import default_detectors
 
-    if importlib.util.find_spec("datasketch") is not None:
-        return "ngram,minhash"
-    _err_console().print("minhash skipped: its extra is not installed (pip install 'itd[minhash]'); scanning with "
-                         "ngram only", highlight=False, markup=False)
-    return "ngram"
+    names = default_detectors()
+    if "minhash" not in names:
+        _err_console().print("minhash skipped: its extra is not installed (pip install 'itd[minhash]'); scanning "
+                             "with ngram only", highlight=False, markup=False)
+    return ",".join(names)
 
 
 class _Command(click.Command):
@@ -398,6 +397,9 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
     from itd.errors import InputError
     from itd.io import build_manifest, check_group, manifest_path, write_json
     from itd.report import ScanReport
+    from itd.detectors.minhash import MinHashConfig
+    from itd.detectors.ngram import NGramConfig
+    from itd.detectors.semantic import SemanticConfig
     from itd.scan import ScanConfig, scan_many
 
     _check_paths([("--out", out, False), ("--write-matches", write_matches, False),
@@ -416,11 +418,6 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
 
     config = ScanConfig(
         detectors=_parse_detectors(detectors or _default_detectors()),
-        n=n,
-        n_short=n_short,
-        input_threshold=input_threshold,
-        label_threshold=label_threshold,
-        fuzzy_min_score=fuzzy_min_score,
         text_field=text_field,
         layout=layout,
         workers=workers,
@@ -428,7 +425,12 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
         ray_address=ray_address,
         skip_bad_lines=skip_bad_lines,
         max_bad_lines=max_bad_lines,
-        **semantic,  # the --semantic-* and --judge-* options, named as the ScanConfig fields
+        detector_options={
+            "ngram": NGramConfig(n=n, n_short=n_short, input_threshold=input_threshold, label_threshold=label_threshold),
+            "minhash": MinHashConfig(min_score=fuzzy_min_score),
+            # the --semantic-X and --judge-Y options are the config's X and judge_Y fields
+            "semantic": SemanticConfig(**{k.removeprefix("semantic_"): v for k, v in semantic.items()}),
+        },
     )
     loaded = [_load(b, fmt) for b in benchmarks]
     if write_clean_corpus:

@@ -417,6 +417,7 @@ seed = {config.seed}
 # the templated problems all match each other once numbers are ignored, as the scan's numnorm pass would say)
 corpus = [{json.dumps(str(lab.out / "corpus" / "contaminated.jsonl"))}]
 detect = false
+detectors = ["ngram"]  # the number-aware verbatim match is what decides for a numeric rewrite
 
 [evaluate]
 seed = {config.seed}

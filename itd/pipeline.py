@@ -27,8 +27,6 @@ import json
 import os
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -37,7 +35,7 @@ from itd.data import Sample, load_benchmark, write_benchmark
 from itd.detection import DetectConfig
 from itd.errors import InputError
 from itd.io import Journal, atomic_write, build_manifest, redact_urls, write_json
-from itd.registry import close_names
+from itd.registry import config_from_table, did_you_mean, typed_value
 from itd.rewriters.verify import VerifyConfig
 
 __all__ = [
@@ -97,21 +95,27 @@ class ModelConfig:
 class ScanSection:
     """Corpus-side detection: the training `corpus` (files, directories, globs) and the scan's `detectors`;
     no corpus, no scan. `detect = false` keeps the corpus for assurance only (nothing is flagged by it).
-    `engine`: "local" (a process pool of `workers`) or "ray" (the cluster at `ray_address`, or a local one)."""
+    `engine`: "local" (a process pool of `workers`) or "ray" (the cluster at `ray_address`, or a local one).
+    `detectors` defaults to the CLI's (`itd.scan.default_detectors()`). Each detector's settings are its config, written as a sub-table named after it (`[scan.semantic]
+    threshold = 0.85`), kept in `detector_options`."""
 
     corpus: tuple[str, ...] = ()
     detect: bool = True
-    detectors: tuple[str, ...] = ("ngram",)
+    detectors: tuple[str, ...] = field(default_factory=lambda: _default_detectors())
     text_field: str = "text"
     layout: str = "auto"
     workers: int = 1
     engine: str = "local"
     ray_address: str | None = None
+    detector_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from itd.engines import ENGINES
+        from itd.scan import detector_config
 
         ENGINES.get(self.engine)  # an unknown engine fails when the config loads, with a did-you-mean
+        object.__setattr__(self, "detector_options",
+                           {name: detector_config(name, value) for name, value in dict(self.detector_options).items()})
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,12 @@ class ReportConfig:
     top: int = 20
 
 
+def _default_detectors() -> tuple[str, ...]:
+    from itd.scan import default_detectors
+
+    return default_detectors()
+
+
 def _eval_config_class():
     from itd.evaluation import EvalConfig
 
@@ -198,6 +208,7 @@ class PipelineConfig:
         data["detect"]["probes"] = data.pop("probes")
         data["evaluate"]["enabled"] = data.pop("evaluation")
         data["evaluate"]["arms"] = list(data.pop("arms"))
+        data["scan"].update(data["scan"].pop("detector_options"))  # [scan.NAME] sub-tables
         return data
 
     @classmethod
@@ -209,11 +220,11 @@ class PipelineConfig:
         evaluate = dict(data.pop("evaluate", {}) or {})
         top: dict[str, Any] = {}
         if "probes" in detect:
-            top["probes"] = _typed(bool, detect.pop("probes"), f"{where}: detect.probes")
+            top["probes"] = typed_value(bool, detect.pop("probes"), f"{where}: detect.probes")
         if "enabled" in evaluate:
-            top["evaluation"] = _typed(bool, evaluate.pop("enabled"), f"{where}: evaluate.enabled")
+            top["evaluation"] = typed_value(bool, evaluate.pop("enabled"), f"{where}: evaluate.enabled")
         if "arms" in evaluate:
-            top["arms"] = _typed(tuple[str, ...], evaluate.pop("arms"), f"{where}: evaluate.arms")
+            top["arms"] = typed_value(tuple[str, ...], evaluate.pop("arms"), f"{where}: evaluate.arms")
         sections = {"benchmark": BenchmarkConfig, "model": ModelConfig, "detect": DetectConfig, "scan": ScanSection,
                     "rewrite": RewriteConfig, "verify": VerifyConfig, "evaluate": _eval_config_class(),
                     "report": ReportConfig}
@@ -221,67 +232,28 @@ class PipelineConfig:
         if isinstance(bench, Mapping) and bench.get("fewshot") and "fewshot" not in evaluate:
             evaluate["fewshot"] = bench["fewshot"]  # one few-shot split for the evaluation and the export
         data["detect"], data["evaluate"] = detect, evaluate
+        scan = data.get("scan")
+        if isinstance(scan, Mapping):  # [scan.NAME] sub-tables are detector configs
+            from itd.detectors import DETECTORS
+
+            scan = dict(scan)
+            options = {}
+            for key in [k for k, v in scan.items() if isinstance(v, Mapping)]:
+                name = DETECTORS.get(key).name if key in DETECTORS else None
+                if name is None:
+                    raise InputError(f"{where}: [scan.{key}] names no detector{did_you_mean(key, DETECTORS.names())}")
+                options[name] = config_from_table(DETECTORS.get(name).Config, scan.pop(key), f"{where}: [scan.{key}]")
+            scan["detector_options"] = options
+            data["scan"] = scan
         for key in data:
             if key not in sections:
-                raise InputError(f"{where}: unknown table [{key}]{_did_you_mean(key, sections)}")
+                raise InputError(f"{where}: unknown table [{key}]{did_you_mean(key, sections)}")
         for key, cls_ in sections.items():
             table = data.get(key) or {}
             if not isinstance(table, Mapping):
                 raise InputError(f"{where}: [{key}] must be a table")
-            top[key] = _build(cls_, table, f"{where}: [{key}]")
+            top[key] = config_from_table(cls_, table, f"{where}: [{key}]")
         return cls(**top)
-
-
-def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in table.items():
-        if key not in names:
-            raise InputError(f"{where}: unknown key {key!r}{_did_you_mean(key, names)}")
-        kwargs[key] = _typed(hints[key], value, f"{where} {key}")
-    try:
-        return cls(**kwargs)
-    except InputError as exc:
-        raise InputError(f"{where}: {exc.message}") from None
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{where}: {exc}") from None
-
-
-def _typed(hint: Any, value: Any, where: str) -> Any:
-    """`value` checked against the annotation `hint`; TOML arrays become tuples where the field is a tuple."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _typed(arg, value, where)
-            except InputError as exc:
-                errors.append(exc.message)
-        raise InputError(errors[-1] if errors else f"{where}: bad value {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"{where}: expected a list, got {value!r}")
-        return tuple(_typed(args[0] if args else Any, v, where) for v in value)
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and hint is not bool:  # bool is an int subclass; true is no number here
-        raise InputError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise InputError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _did_you_mean(key: str, names: Any) -> str:
-    close = close_names(str(key), names, n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
 
 
 def _drop_none(value: Any) -> Any:
@@ -543,7 +515,7 @@ class Pipeline:
 
         s = self.config.scan
         return ScanConfig(detectors=s.detectors, text_field=s.text_field, layout=s.layout, workers=s.workers, engine=s.engine,
-                          ray_address=s.ray_address)
+                          ray_address=s.ray_address, detector_options=s.detector_options)
 
     def _rewrite(self, samples, kind, flagged, lm, reference, state, progress, *, only_flagged: bool | None = None,
                  seed: int | None = None):

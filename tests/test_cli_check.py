@@ -98,7 +98,7 @@ def test_scan_cli_json_out_and_manifest(leaked_setup, tmp_path):
         assert r["evidence"] and r["evidence"][0]["doc"].startswith(str(corpus))
         assert set(r["coverage"]) == {"raw", "numnorm"}
     manifest = json.loads((tmp_path / "report.jsonl.manifest.json").read_text("utf-8"))
-    assert manifest["tool"] == "itd" and manifest["config"]["n"] == 13
+    assert manifest["tool"] == "itd" and manifest["config"]["detector_options"]["ngram"]["n"] == 13
     assert {Path(i["path"]).name for i in manifest["inputs"]} == {"leaked.jsonl", "corpus.jsonl"}
     assert all(len(i["sha256"]) == 64 for i in manifest["inputs"])
 

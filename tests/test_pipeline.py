@@ -68,6 +68,32 @@ def test_config_defaults_overrides_and_relative_paths(tmp_path):
         PipelineConfig.from_dict({})
 
 
+def test_scan_table_holds_each_detectors_config(tmp_path):
+    """`[scan.NAME]` is detector NAME's config: checked when the file loads, saved with the effective config, and
+    what the scan builds the detector from; the default detectors are the CLI's."""
+    from itd.detectors.ngram import NGramConfig
+    from itd.pipeline import Pipeline
+    from itd.scan import ScanConfig, build_detectors, default_detectors
+
+    path = tmp_path / "run.toml"
+    path.write_text('[benchmark]\npath = "b.jsonl"\n[scan]\ncorpus = ["c.jsonl"]\ndetectors = ["ngram", "minhash"]\n'
+                    '[scan.ngram]\nn = 9\ninput_threshold = 0.6\n[scan.minhash]\nnum_perm = 32\n')
+    cfg = load_config(path)
+    assert cfg.scan.detector_options["ngram"] == NGramConfig(n=9, input_threshold=0.6)
+    assert PipelineConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["scan"]["ngram"]["n"] == 9  # saved as the [scan.ngram] table
+    ngram, minhash = build_detectors(Pipeline(cfg, tmp_path / "run")._scan_config())
+    assert (ngram.n, ngram.n_short, ngram.input_threshold, minhash.num_perm) == (9, 8, 0.6, 32)
+    for table, message in (('[scan.ngarm]\nn = 9\n', r"\[scan.ngarm\] names no detector; did you mean 'ngram'"),
+                           ('[scan.ngram]\nnn = 9\n', r"\[scan.ngram\]: unknown key 'nn'; did you mean 'n'"),
+                           ('[scan.ngram]\nn = 4\nn_short = 8\n', r"\[scan.ngram\]: need 1 <= n_short <= n"),
+                           ('[scan.minhash]\nthreshold = "high"\n', r"\[scan.minhash\] threshold: expected float")):
+        path.write_text('[benchmark]\npath = "b.jsonl"\n[scan]\n' + table)
+        with pytest.raises(InputError, match=message):
+            load_config(path)
+    assert PipelineConfig.from_dict({"benchmark": {"path": "b"}}).scan.detectors == ScanConfig().detectors == default_detectors()
+
+
 def test_rewrite_table_is_the_rewriters_config(shared_data, tmp_path):
     """`[rewrite]` reaches the rewriter through the same factory as the CLI: `mmlu_cf` here (the pipeline once
     could not set it)."""

@@ -491,7 +491,8 @@ def test_llm_judge_decides_over_http_cached_and_keyless(shared_data, tmp_path, l
     assert all(r.authorization == f"Bearer {SECRET}" for r in requests)
     assert sum(marker(items[3]) in r.json["messages"][1]["content"] for r in requests) == 2  # 500, retried
     manifest = json.loads(Path(str(out) + ".manifest.json").read_text())
-    assert manifest["config"]["semantic_top_k"] == 3 and manifest["config"]["judge_model"] == "judge-test"
+    semantic = manifest["config"]["detector_options"]["semantic"]  # the config the detector ran with
+    assert semantic["top_k"] == 3 and semantic["judge_model"] == "judge-test"
     stored = out.read_text() + json.dumps(manifest) + "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
     assert SECRET not in stored and SECRET not in capsys.readouterr().err
 

@@ -151,6 +151,27 @@ def test_registry_did_you_mean():
         reg.register("one")(2)
 
 
+def test_detectors_are_built_from_their_config_through_the_registry():
+    from itd.detectors.minhash import MinHashConfig, MinHashDetector
+    from itd.detectors.ngram import NGramConfig
+    from itd.scan import ScanConfig, build_detectors
+
+    minhash = DETECTORS.create("minhash", MinHashConfig(num_perm=32, min_score=90.0), evidence_limit=2)
+    assert isinstance(minhash, MinHashDetector) and (minhash.num_perm, minhash.min_score, minhash.evidence_limit) == (32, 90.0, 2)
+    with pytest.raises(InputError, match="configured by a MinHashConfig"):
+        DETECTORS.create("minhash", NGramConfig())
+    with pytest.raises(ValueError, match="n_short"):  # a config is checked when made, as the detector is
+        NGramConfig(n=5, n_short=8)
+    config = ScanConfig(detectors=("ngram", "minhash"), evidence_limit=3, detector_options={"ngram": {"n": 10}})
+    ngram, minhash = build_detectors(config)
+    assert (ngram.n, ngram.evidence_limit, minhash.num_perm, minhash.evidence_limit) == (10, 3, 64, 3)
+    assert config.to_dict()["detector_options"]["minhash"]["num_perm"] == 64  # the manifest says what ran
+    with pytest.raises(InputError, match="unknown key 'treshold'; did you mean 'threshold'"):
+        ScanConfig(detector_options={"minhash": {"treshold": 0.6}})
+    with pytest.raises(InputError, match="Did you mean 'semantic'"):
+        ScanConfig(detector_options={"semantc": {}})
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="<>=x1 \n+", max_size=60))
 def test_annotation_blanking_matches_the_regex(text):

@@ -346,7 +346,7 @@ def test_redact_text_and_url_secrets():
 def test_manifest_redacts_url_credentials_in_config_and_inputs():
     from itd.scan import ScanConfig
 
-    config = ScanConfig(detectors=("ngram",), judge_base_url=SECRET_URL).to_dict()
+    config = ScanConfig(detectors=("semantic",), detector_options={"semantic": {"judge_base_url": SECRET_URL}}).to_dict()
     manifest = build_manifest(command="scan", config={**config, "nested": [{"url": SECRET_URL}]}, inputs=[])
     text = json.dumps(manifest)
     assert "sekret" not in text and "127.0.0.1:9/v1" in text

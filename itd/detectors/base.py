@@ -9,6 +9,7 @@ or a cluster can run them.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
@@ -237,6 +238,9 @@ class CorpusDetector(abc.ABC):
     """Finds benchmark samples inside a streamed corpus."""
 
     name: ClassVar[str]
+    Config: ClassVar[type]
+    """The detector's config dataclass: what `DETECTORS.create(name, config)` and the pipeline's `[scan.NAME]`
+    table build it from."""
     context_tokens: int = 0
     """Consecutive corpus tokens one match can span (set by `fit`): a long document is read in windows that
     overlap by at least this many tokens (`itd.scan.batches`), so no match is cut in two."""
@@ -259,9 +263,10 @@ class CorpusDetector(abc.ABC):
         self.samples: list[Sample] = []
 
     @classmethod
-    def from_config(cls, config: Any) -> "CorpusDetector":
-        """Build the detector from a `ScanConfig` (each detector picks the fields it uses)."""
-        return cls(evidence_limit=config.evidence_limit)
+    def from_config(cls, config: Any, *, evidence_limit: int = 5, workers: int = 1) -> "CorpusDetector":
+        """Build the detector from its `Config` and the scan's settings it shares (the evidence kept per item;
+        the scan's worker processes, for a detector that sizes its own work by them)."""
+        return cls(**dataclasses.asdict(config), evidence_limit=evidence_limit)
 
     @abc.abstractmethod
     def fit(self, samples: Sequence[Sample]) -> "CorpusDetector":

@@ -24,7 +24,7 @@ rest; a copy of one of them scores high against all of them, but holds the own s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from itd.detectors.ngram import items_per_ngram, neighbour_explains
 from itd.errors import require
 from itd.text import byte_to_char, mix64, ngram_hashes, normalize, tokenize
 
-__all__ = ["MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "permute", "clip_tokens"]
+__all__ = ["MinHashConfig", "MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "permute", "clip_tokens"]
 
 PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
@@ -162,6 +162,28 @@ class MinHashPartial:
     evidence: EvidenceBook
 
 
+@dataclass(frozen=True)
+class MinHashConfig:
+    """Settings of the `minhash` detector (the pipeline's `[scan.minhash]` table; see `MinHashDetector`), checked
+    when made."""
+
+    threshold: float = 0.5
+    min_score: float = 85.0
+    num_perm: int = 64
+    shingle: int = 3
+    min_tokens: int = 10
+    seed: int = 1
+    prefilter: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.min_score <= 100.0:
+            raise ValueError(f"min_score must be in [0, 100], got {self.min_score}")
+        if self.num_perm < 8 or self.shingle < 1 or self.min_tokens < self.shingle:
+            raise ValueError("need num_perm >= 8, shingle >= 1 and min_tokens >= shingle")
+
+
 @DETECTORS.register("minhash")
 class MinHashDetector(CorpusDetector):
     """MinHash-LSH near-duplicate detector.
@@ -177,6 +199,8 @@ class MinHashDetector(CorpusDetector):
 
     name = "minhash"
 
+    Config: ClassVar[type] = MinHashConfig
+
     def __init__(
         self,
         threshold: float = 0.5,
@@ -189,25 +213,10 @@ class MinHashDetector(CorpusDetector):
         prefilter: bool = True,
     ):
         super().__init__(evidence_limit)
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        if not 0.0 <= min_score <= 100.0:
-            raise ValueError(f"min_score must be in [0, 100], got {min_score}")
-        if num_perm < 8 or shingle < 1 or min_tokens < shingle:
-            raise ValueError("need num_perm >= 8, shingle >= 1 and min_tokens >= shingle")
+        MinHashConfig(threshold, min_score, num_perm, shingle, min_tokens, seed, prefilter)  # validates
         self.threshold, self.min_score, self.num_perm = threshold, min_score, num_perm
         self.shingle, self.min_tokens, self.seed = shingle, min_tokens, seed
         self.prefilter = prefilter
-
-    @classmethod
-    def from_config(cls, config) -> "MinHashDetector":
-        return cls(
-            threshold=config.fuzzy_threshold,
-            min_score=config.fuzzy_min_score,
-            num_perm=config.num_perm,
-            shingle=config.shingle,
-            evidence_limit=config.evidence_limit,
-        )
 
     def _permutations(self) -> tuple[np.ndarray, np.ndarray]:
         """The (a, b) of every row's permutation, datasketch's "affine32" ones for `num_perm` and `seed`."""

@@ -9,7 +9,7 @@ a copy with the numbers changed is caught too; the finding says which pass match
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from itd.detectors.base import (
 )
 from itd.text import byte_to_char, ngram_hashes, normalize, tokenize
 
-__all__ = ["NGramDetector", "NGramPartial", "byte_to_char", "items_per_ngram", "neighbour_explains"]
+__all__ = ["NGramConfig", "NGramDetector", "NGramPartial", "byte_to_char", "items_per_ngram", "neighbour_explains"]
 
 PASSES = ("raw", "numnorm")
 _FILTER_BITS = 24
@@ -104,6 +104,31 @@ class NGramPartial:
     key_found: np.ndarray  # per sample: an MCQ key n-gram ("... last choice answer: C") was seen
 
 
+@dataclass(frozen=True)
+class NGramConfig:
+    """Settings of the `ngram` detector (the pipeline's `[scan.ngram]` table; see `NGramDetector`), checked when
+    made."""
+
+    n: int = 13
+    n_short: int = 8
+    short_item_tokens: int = 26
+    min_tokens: int = 5
+    input_threshold: float = 0.4
+    label_threshold: float = 0.4
+    match_short_items: bool = True
+    stem_min_tokens: int = 13
+    stem_threshold: float = 0.6
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_short <= self.n:
+            raise ValueError(f"need 1 <= n_short <= n, got n={self.n}, n_short={self.n_short}")
+        if not 1 <= self.min_tokens <= self.n_short:
+            raise ValueError(f"need 1 <= min_tokens <= n_short, got {self.min_tokens}")
+        for name in ("input_threshold", "label_threshold", "stem_threshold"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+
+
 @DETECTORS.register("ngram")
 class NGramDetector(CorpusDetector):
     """Exact n-gram containment with coverage per part and a number-normalised pass.
@@ -122,6 +147,8 @@ class NGramDetector(CorpusDetector):
 
     name = "ngram"
 
+    Config: ClassVar[type] = NGramConfig
+
     def __init__(
         self,
         n: int = 13,
@@ -136,28 +163,12 @@ class NGramDetector(CorpusDetector):
         stem_threshold: float = 0.6,
     ):
         super().__init__(evidence_limit)
-        if not 1 <= n_short <= n:
-            raise ValueError(f"need 1 <= n_short <= n, got n={n}, n_short={n_short}")
-        if not 1 <= min_tokens <= n_short:
-            raise ValueError(f"need 1 <= min_tokens <= n_short, got {min_tokens}")
-        for name, t in (("input_threshold", input_threshold), ("label_threshold", label_threshold),
-                        ("stem_threshold", stem_threshold)):
-            if not 0.0 < t <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {t}")
+        NGramConfig(n, n_short, short_item_tokens, min_tokens, input_threshold, label_threshold,  # validates
+                    match_short_items, stem_min_tokens, stem_threshold)
         self.n, self.n_short, self.short_item_tokens, self.min_tokens = n, n_short, short_item_tokens, min_tokens
         self.input_threshold, self.label_threshold = input_threshold, label_threshold
         self.match_short_items = match_short_items
         self.stem_min_tokens, self.stem_threshold = stem_min_tokens, stem_threshold
-
-    @classmethod
-    def from_config(cls, config) -> "NGramDetector":
-        return cls(
-            n=config.n,
-            n_short=config.n_short,
-            input_threshold=config.input_threshold,
-            label_threshold=config.label_threshold,
-            evidence_limit=config.evidence_limit,
-        )
 
     # ---- benchmark side -------------------------------------------------------------------------------
     def fit(self, samples: Sequence[Sample]) -> "NGramDetector":

@@ -51,6 +51,7 @@ __all__ = [
     "INDEXES",
     "JUDGE_SYSTEM",
     "JUDGE_USER",
+    "SemanticConfig",
     "SemanticDetector",
     "SemanticEvidence",
     "SemanticPartial",
@@ -315,6 +316,50 @@ def _answer_for_judge(sample: Sample) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class SemanticConfig:
+    """Settings of the `semantic` detector (the pipeline's `[scan.semantic]` table, the CLI's `--semantic-*` and
+    `--judge-*` options; see `SemanticDetector`), checked when made. `judge_model` (a chat model at the
+    OpenAI-compatible `judge_base_url`, its key from the first set variable of the comma-separated
+    `judge_api_key_env`, never the key itself) makes an LLM judge decide the candidates; replies are cached in
+    `judge_cache_dir` (None: `itd.llm.default_cache_dir()`)."""
+
+    model: str = DEFAULT_MODEL
+    threshold: float = DEFAULT_THRESHOLD
+    top_k: int = 5
+    min_margin: float = DEFAULT_MIN_MARGIN
+    index: str = "exact"
+    device: str = "auto"
+    window: int = 0
+    batch_size: int = 64
+    judge_model: str | None = None
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "ITD_API_KEY,OPENAI_API_KEY"
+    judge_min_similarity: float = DEFAULT_JUDGE_MIN_SIMILARITY
+    judge_cache_dir: str | None = None
+    judge_concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise InputError(f"semantic top_k must be an integer >= 1, got {self.top_k!r}")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InputError("the semantic detector needs an embedding model name or path")
+        if not 0.0 < self.threshold <= 1.0:
+            raise InputError(f"semantic threshold must be in (0, 1], got {self.threshold}")
+        if not -2.0 <= self.min_margin <= 2.0:
+            raise InputError(f"semantic min_margin must be in [-2, 2], got {self.min_margin}")
+        if not -1.0 <= self.judge_min_similarity <= 1.0:
+            raise InputError(f"judge_min_similarity must be in [-1, 1], got {self.judge_min_similarity}")
+        if self.index not in INDEXES:
+            raise InputError(f"unknown semantic index {self.index!r}; choose one of {', '.join(INDEXES)}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise InputError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
+        if self.window != 0 and self.window < 8:
+            raise InputError(f"semantic window must be 0 (automatic) or >= 8 words, got {self.window}")
+        if self.batch_size < 1 or self.judge_concurrency < 1:
+            raise InputError("batch_size and judge_concurrency must be >= 1")
+
+
 # ---- the detector -----------------------------------------------------------------------------------------
 @DETECTORS.register("semantic")
 class SemanticDetector(CorpusDetector):
@@ -335,6 +380,7 @@ class SemanticDetector(CorpusDetector):
     """
 
     name: ClassVar[str] = "semantic"
+    Config: ClassVar[type] = SemanticConfig
     batch_chars: ClassVar[int | None] = 1 << 16  # embedding 1 Mi characters on a CPU takes minutes
 
     def __init__(
@@ -351,25 +397,11 @@ class SemanticDetector(CorpusDetector):
         workers: int = 1,
         min_margin: float = DEFAULT_MIN_MARGIN,
     ):
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise InputError(f"semantic top_k must be an integer >= 1, got {top_k!r}")
+        SemanticConfig(model=model, threshold=threshold, top_k=top_k, min_margin=min_margin, index=index,  # validates
+                       device=device, window=window, batch_size=batch_size, judge_min_similarity=judge_min_similarity)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InputError(f"workers must be an integer >= 1, got {workers!r}")
         super().__init__(evidence_limit=top_k)
-        if not isinstance(model, str) or not model.strip():
-            raise InputError("the semantic detector needs an embedding model name or path")
-        if not 0.0 < threshold <= 1.0:
-            raise InputError(f"semantic threshold must be in (0, 1], got {threshold}")
-        if not -2.0 <= min_margin <= 2.0:
-            raise InputError(f"semantic min_margin must be in [-2, 2], got {min_margin}")
-        if not -1.0 <= judge_min_similarity <= 1.0:
-            raise InputError(f"judge_min_similarity must be in [-1, 1], got {judge_min_similarity}")
-        if index not in INDEXES:
-            raise InputError(f"unknown semantic index {index!r}; choose one of {', '.join(INDEXES)}")
-        if device.split(":")[0] not in DEVICES:
-            raise InputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)")
-        if window != 0 and window < 8:
-            raise InputError(f"semantic window must be 0 (automatic) or >= 8 words, got {window}")
-        if batch_size < 1 or workers < 1:
-            raise InputError("batch_size and workers must be >= 1")
         if workers > 1 and device.split(":")[0] in ("cuda", "mps"):
             raise InputError(
                 f"the semantic detector cannot use {device} in forked worker processes: run it with -j 1 (one "
@@ -396,9 +428,11 @@ class SemanticDetector(CorpusDetector):
             check_endpoint(judge, purpose="The semantic detector's LLM judge")  # ... or without an endpoint
 
     @classmethod
-    def from_config(cls, config: Any) -> "SemanticDetector":
+    def from_config(cls, config: Any, *, evidence_limit: int = 5, workers: int = 1) -> "SemanticDetector":
+        """Build from a `SemanticConfig` (the judge from its `judge_*` fields) and the scan's worker count; the
+        evidence kept per item is `top_k`."""
         judge = None
-        if getattr(config, "judge_model", None):
+        if config.judge_model:
             from itd.llm import LLMConfig, default_cache_dir
 
             names = tuple(n.strip() for n in str(config.judge_api_key_env).split(",") if n.strip())
@@ -413,18 +447,9 @@ class SemanticDetector(CorpusDetector):
                 response_format="json_schema",
                 cache_dir=config.judge_cache_dir or str(default_cache_dir()),
             )
-        return cls(
-            model=config.semantic_model,
-            threshold=config.semantic_threshold,
-            top_k=config.semantic_top_k,
-            index=config.semantic_index,
-            device=config.semantic_device,
-            window=config.semantic_window,
-            judge=judge,
-            judge_min_similarity=config.judge_min_similarity,
-            workers=config.workers,
-            min_margin=config.semantic_min_margin,
-        )
+        return cls(model=config.model, threshold=config.threshold, top_k=config.top_k, index=config.index,
+                   device=config.device, window=config.window, batch_size=config.batch_size, judge=judge,
+                   judge_min_similarity=config.judge_min_similarity, workers=workers, min_margin=config.min_margin)
 
     def _make_client(self) -> Any:
         from itd.llm import LLMClient
