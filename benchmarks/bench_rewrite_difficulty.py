@@ -18,7 +18,7 @@ the rewritten ones from the new solution's annotations. Reported, original vs re
   * coverage of the default for the seeds in `--seeds` (stability).
 
 With `--calibrate T ...` it reports instead, on the first `--calibrate-items` items of GSM8K *train*, the mean
-log10(new/old) of the changed question numbers for each downward tilt T of the draw window (`numeric._TILT`, in
+log10(new/old) of the changed question numbers for each downward tilt T of the draw window (`numeric.search.TILT`, in
 octaves), which is how the default tilt was chosen (the one nearest 0), without looking at test.
 
     python benchmarks/bench_rewrite_difficulty.py
@@ -201,15 +201,15 @@ def report(name: str, rw, done: list) -> dict:
 
 def calibrate(data: Path, tilts: list[float], items: int, seed: int) -> None:
     from itd.data import load_benchmark
-    from itd.rewriters import numeric
+    from itd.rewriters.numeric import search as numeric_search
 
     samples = load_benchmark(data / "gsm8k" / "train.jsonl")[:items]
     C.header(f"`numeric` rewriter: tilt of the draw window on the first {len(samples)} GSM8K train items")
     rows = []
-    default = numeric._TILT
+    default = numeric_search.TILT
     try:
         for a in tilts:
-            numeric._TILT = a
+            numeric_search.TILT = a
             done, secs = rewrite_all(numeric.NumericRewriter(seed=seed), samples)
             r = [math.log10(Fraction(new.replace(",", "")) / Fraction(old.replace(",", "")))
                  for _, cand in done for old, new in cand.info["values"].items()]
@@ -219,7 +219,7 @@ def calibrate(data: Path, tilts: list[float], items: int, seed: int) -> None:
             rows.append((a, len(done), full, len(r), f"{mean:+.4f}", f"{se:.4f}",
                          f"{sum(x > 0 for x in r) / len(r):.1%}"))
     finally:
-        numeric._TILT = default
+        numeric_search.TILT = default
     print(C.table(["tilt", "items rewritten", "all constraints held", "numbers changed", "mean log10(new/old)",
                    "s.e.", "grew"], rows))
 
