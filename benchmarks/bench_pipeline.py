@@ -54,6 +54,8 @@ def main() -> int:
                     help="Trained tokens of a leaked (and placebo) item: all of them, or the answer only.")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="Override a lab preset field (e.g. --set twin_lr=3e-3); repeatable.")
+    ap.add_argument("--methods", default="loss,zlib,mink,minkpp", help="Probes computed (comma-separated).")
+    ap.add_argument("--decision", default="minkpp", help="The probe (or 'combined') whose p-values make the flags.")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -69,10 +71,12 @@ def main() -> int:
         overrides[key.strip()] = json.loads(value)
     config = DemoConfig(benchmark=args.benchmark, data=data, preset=args.preset, items=args.items, seed=args.seed,
                         device=args.device, recipe=args.recipe, leak_rate=args.leak_rate,
-                        loss_on=args.loss_on, overrides=overrides, **extra)
+                        loss_on=args.loss_on, overrides=overrides, decision=args.decision,
+                        detect_methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), **extra)
     C.header(f"Decontamination on paired lab twins: {args.benchmark}, preset {args.preset or 'default'}, "
              f"{args.items} items, {config.recipe} leak x{config.repeats}, seed {args.seed}"
              + (f", loss on {args.loss_on}" if args.loss_on != "all" else "")
+             + (f", decision {args.decision}" if args.decision != "minkpp" else "")
              + "".join(f", {k} = {v}" for k, v in overrides.items()))
     with C.workdir(args.workdir, "itd-bench-pipeline-") as wd:
         t0, c0 = time.perf_counter(), _cpu_seconds()
@@ -83,14 +87,15 @@ def main() -> int:
     ev = s["evaluation"]
     gt = ev["ground_truth"]
     det = s.get("detection", {})
-    truth = (det.get("truth") or {}).get("methods", {}).get("minkpp", {})
+    by_method = (det.get("truth") or {}).get("methods", {})
+    aurocs = ", ".join(f"{m} {v['auroc']:.3f}" for m, v in by_method.items() if v.get("auroc") is not None)
     print(s["headline"])
     print()
     trained = {name: rec["seconds"] for name, rec in lab["training"].items()}
     print(f"- wall {seconds:.0f} s, CPU {cpu:.0f} s (user + system, this process and its children); lab training "
           f"seconds {trained} (base {'trained' if lab['base']['trained_in_this_build'] else 'from the cache'})")
-    print(f"- {s['benchmark']['items']} items, {s['flagged']} flagged (FDR {det.get('fdr')}), Min-K%++ AUROC leaked vs "
-          f"unseen {truth.get('auroc', float('nan')):.3f}; rewrites (flagged items) {s['rewrite']['counts']}")
+    print(f"- {s['benchmark']['items']} items, {s['flagged']} flagged (FDR {det.get('fdr')}, decision "
+          f"{args.decision}); AUROC leaked vs unseen: {aurocs}; rewrites (flagged items) {s['rewrite']['counts']}")
     flags = gt.get("flags") or {}
     print(C.table(["figure", "value [95% CI]"], [
         ["true inflation (DiD)", _fig(gt["true_inflation"])],

@@ -298,7 +298,8 @@ class DemoConfig:
     """What `run_demo` runs: `benchmark` "arithmetic" (the embedded default, generated), "gsm8k" or "mmlu"
     (real files under `data`: `test.jsonl` + `train.jsonl`, or `test/` + `dev/`), the lab preset ("demo" for
     arithmetic, else "tiny" when None) with `overrides` of its fields, its leak rate, repeats, recipe, trained
-    span of a leaked item (`loss_on`, see `itd.lab.LabConfig`) and seed, and the number of benchmark items."""
+    span of a leaked item (`loss_on`, see `itd.lab.LabConfig`) and seed, the number of benchmark items, and the
+    probes computed (`detect_methods`) and deciding the flags (`decision`, see `itd.detection.DetectConfig`)."""
 
     benchmark: str = "arithmetic"
     data: str | None = None
@@ -311,6 +312,8 @@ class DemoConfig:
     device: str = "auto"
     loss_on: str = "all"
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    detect_methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
+    decision: str = "minkpp"
 
     def __post_init__(self) -> None:
         if self.benchmark not in ("arithmetic", "gsm8k", "mmlu"):
@@ -319,10 +322,17 @@ class DemoConfig:
             raise InputError(f"the {self.benchmark} demo needs --data (the directory of its files)")
         if self.items < 20:
             raise InputError(f"the demo needs at least 20 items, got {self.items}")
-        try:  # the lab's settings, checked before any data is generated
+        try:  # the lab's and the detection's settings, checked before any data is generated
             self.lab_config()
+            self.detect_config()
         except ValueError as exc:
             raise InputError(str(exc)) from None
+
+    def detect_config(self):
+        """The `itd.detection.DetectConfig` of the demo's detection (FDR 5% against the held-out reference)."""
+        from itd.detection import DetectConfig
+
+        return DetectConfig(methods=tuple(self.detect_methods), decision=self.decision, fdr=0.05)
 
     def lab_config(self, **overrides: Any):
         """The `itd.lab.LabConfig` of the demo's twins (preset "demo" for arithmetic, else "tiny", unless set)."""
@@ -402,7 +412,9 @@ clean = {json.dumps(str(lab.clean))}
 device = {json.dumps(config.device)}
 
 [detect]
-fdr = 0.05
+fdr = {config.detect_config().fdr}
+methods = {json.dumps(list(config.detect_config().methods))}
+decision = {json.dumps(config.decision)}
 
 [rewrite]
 # ITD: only the items the probes flag are rewritten. numeric keeps the wording on purpose (new numbers, new

@@ -18,7 +18,7 @@ negative log-likelihood (nats per token) of the text's tokens and `logp_t` the l
 * `lowercase`: -nll / nll_lower, nll_lower the NLL of the lowercased text (Carlini et al. 2021; a second pass).
 * `reference`: -nll / nll_ref, nll_ref the NLL of the text under a reference model (Carlini et al. 2021). If
   the two tokenizers differ, each model scores the text under its own tokenisation: the ratio is per item.
-* `gapk`, `answer_acc`, `dcpdd` (one pass; DC-PDD also reads a token-frequency table), `recall` and `conrecall`
+* `gapk`, `answer_acc`, `answer_logp`, `dcpdd` (one pass; DC-PDD also reads a token-frequency table), `recall` and `conrecall`
   (one or two more passes, the text behind a prefix): see `itd.probes`, which registers every probe and holds
   the parameters of those that have any (`ScoreConfig.options`).
 
@@ -76,8 +76,8 @@ __all__ = [
     "AnsweredText",
 ]
 
-METHODS = ("loss", "zlib", "mink", "minkpp", "lowercase", "reference", "gapk", "answer_acc", "dcpdd", "recall",
-           "conrecall")  # every probe registered in `itd.probes.PROBES`
+METHODS = ("loss", "zlib", "mink", "minkpp", "lowercase", "reference", "gapk", "answer_acc", "answer_logp", "dcpdd",
+           "recall", "conrecall")  # every probe registered in `itd.probes.PROBES`
 DEFAULT_METHODS = ("loss", "zlib", "mink", "minkpp")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -782,6 +782,10 @@ def _method_score(method: str, item: ItemScores, text: str, config: ScoreConfig,
         if item.answer_start is None or item.answer_start >= item.token_gap.size:
             return math.nan
         return float(np.mean(item.token_gap[item.answer_start :] == 0))
+    if method == "answer_logp":
+        if item.answer_start is None or item.answer_start >= item.token_logprobs.size:
+            return math.nan
+        return float(np.mean(item.token_logprobs[item.answer_start :], dtype=np.float64))
     if method == "dcpdd":
         assert freq is not None
         return _dcpdd(item.token_logprobs, np.asarray(targets, dtype=np.int64), freq, config.options["dcpdd"].max_alpha)

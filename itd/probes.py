@@ -13,6 +13,10 @@ next-token distribution, as in Min-K%++):
 * `answer_acc` (BenBench-style n-gram accuracy): the share of the answer's tokens that are the model's top-1
   prediction given everything before them (teacher forcing), on the question+answer rendering. NaN without an
   answer.
+* `answer_logp`: the mean log-probability of the answer's tokens given everything before them (teacher forcing),
+  on the question+answer rendering: minus the loss supervised fine-tuning minimises, which trains exactly these
+  tokens and not the question's. A fine-tuning leak with the loss on the answer leaves the question's tokens as
+  unfamiliar as an unseen item's (every whole-text probe misses it) and this score high. NaN without an answer.
 * `dcpdd` (DC-PDD, Zhang et al. 2024): for the first occurrence of each token id in the text,
   alpha_t = p_t * -log f(x_t), f the token's Laplace-smoothed frequency in a reference corpus (`FrequencyTable`);
   the score is the mean of min(alpha_t, max_alpha).
@@ -124,6 +128,7 @@ for _probe in (
     Probe("reference", None, "one pass of a reference model"),
     Probe("gapk", GapKConfig, "one pass", ("gap", "sigma")),
     Probe("answer_acc", None, "one pass", ("gap",)),
+    Probe("answer_logp", None, "one pass"),
     Probe("dcpdd", DCPDDConfig, "one pass and a token-frequency table"),
     Probe("recall", ReCaLLConfig, "one more pass (prefix + text)"),
     Probe("conrecall", ConReCaLLConfig, "two more passes (each prefix + text)"),

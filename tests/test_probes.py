@@ -69,7 +69,7 @@ def test_answer_accuracy_is_teacher_forced_top1_accuracy_on_the_answer(lm, share
         question = lm.tokenizer.decode(lm.tokenizer(r["question"])["input_ids"][:20])
         answer = lm.tokenizer.decode(lm.tokenizer(r["answer"])["input_ids"][:20])
         items.append(AnsweredText(f"{question}\n{answer}", len(question) + 1))
-    got = score_texts(lm, items, ScoreConfig(methods=("loss", "answer_acc"), batch_size=4))
+    got = score_texts(lm, items, ScoreConfig(methods=("loss", "answer_acc", "answer_logp"), batch_size=4))
     for text, item in zip(items, got):
         ids, rows = _per_position(lm, text)
         # the answer's first token: the first whose decoded prefix reaches past the answer's first character
@@ -77,9 +77,13 @@ def test_answer_accuracy_is_teacher_forced_top1_accuracy_on_the_answer(lm, share
         hits = [rows[t - 1][4] == ids[t] for t in range(first, len(ids))]
         assert item.answer_start == first - 1
         assert item.scores["answer_acc"] == pytest.approx(float(np.mean(hits)), abs=1e-12)
+        # answer_logp: the mean log p of the answer's tokens given all before them
+        logps = [rows[t - 1][0] for t in range(first, len(ids))]
+        assert item.scores["answer_logp"] == pytest.approx(float(np.mean(logps)), abs=1e-4)
     # a plain text has no answer to score; nor has an answer that is empty
-    plain = score_texts(lm, ["Janet has three ducks.", AnsweredText("Janet\n", 6)], ScoreConfig(methods=("answer_acc",)))
-    assert all(math.isnan(p.scores["answer_acc"]) for p in plain)
+    plain = score_texts(lm, ["Janet has three ducks.", AnsweredText("Janet\n", 6)],
+                        ScoreConfig(methods=("answer_acc", "answer_logp")))
+    assert all(math.isnan(p.scores["answer_acc"]) and math.isnan(p.scores["answer_logp"]) for p in plain)
     with pytest.raises(ValueError, match="outside"):
         AnsweredText("abc", 4)
 
