@@ -44,7 +44,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -202,6 +202,23 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate([[True], values[1:] != values[:-1]])]
 
 
+def _shard_hashes(reader: ShardReader, ns: list[int], batch_chars: int,
+                  on_bytes: Callable[[int], None] | None) -> Iterator[tuple[tuple[str, int], np.ndarray]]:
+    """The sorted unique n-gram hashes of each batch `reader` reads, per (pass, n); `on_bytes(n)` is told the
+    bytes read as they are."""
+    seen = 0
+    for batch_docs in batches(reader, batch_chars, overlap_tokens=max(ns)):
+        tb = make_batch(batch_docs).tokens
+        for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
+            for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
+                yield (p, k), _sorted_unique(h)
+        if on_bytes is not None and reader.consumed > seen:
+            on_bytes(reader.consumed - seen)
+            seen = reader.consumed
+    if on_bytes is not None and reader.shard.size > seen:
+        on_bytes(reader.shard.size - seen)
+
+
 def _index_shard(
     shared: tuple[list[int], str, int, bool, int | None, str], shard: Shard, on_bytes: Callable[[int], None] | None
 ) -> tuple[dict[tuple[str, int], np.ndarray], ShardTally]:
@@ -209,17 +226,8 @@ def _index_shard(
     ns, text_field, batch_chars, skip_bad_lines, max_skipped, layout = shared
     runs: dict[tuple[str, int], list[np.ndarray]] = {(p, k): [] for p in PASSES for k in ns}
     reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped, layout=layout)
-    seen = 0
-    for batch_docs in batches(reader, batch_chars, overlap_tokens=max(ns)):
-        tb = make_batch(batch_docs).tokens
-        for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
-            for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
-                runs[(p, k)].append(_sorted_unique(h))
-        if on_bytes is not None and reader.consumed > seen:
-            on_bytes(reader.consumed - seen)
-            seen = reader.consumed
-    if on_bytes is not None and shard.size > seen:
-        on_bytes(shard.size - seen)
+    for key, hashes in _shard_hashes(reader, ns, batch_chars, on_bytes):
+        runs[key].append(hashes)
     out = {key: _sorted_unique(np.concatenate(r)) if r else np.zeros(0, np.uint64) for key, r in runs.items()}
     return out, ShardTally.of_reader(reader)
 
@@ -449,23 +457,18 @@ def _write_parts(
             tally.add(part)
             for key, hashes in hashes_by_key.items():
                 add(key, hashes)
-    done = 0
-    for shard in shards if runner is None else ():
-        reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped, layout=layout)
-        seen = 0
-        for batch_docs in batches(reader, batch_chars, overlap_tokens=max(ns)):
-            tb = make_batch(batch_docs).tokens
-            for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
-                for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
-                    add((p, k), _sorted_unique(h))
-            if progress is not None and reader.consumed > seen:
-                done += reader.consumed - seen
-                seen = reader.consumed
-                progress(done, total)
-        done += shard.size - seen
-        tally.add(ShardTally.of_reader(reader))
+    done = [0]
+
+    def on_bytes(n: int) -> None:
+        done[0] += n
         if progress is not None:
-            progress(done, total)
+            progress(done[0], total)
+
+    for shard in shards if runner is None else ():  # in this process, spilling as it goes (memory stays bounded)
+        reader = ShardReader(shard, text_field, skip_bad=skip_bad_lines, max_skipped=max_skipped, layout=layout)
+        for key, hashes in _shard_hashes(reader, ns, batch_chars, on_bytes):
+            add(key, hashes)
+        tally.add(ShardTally.of_reader(reader))
     tally.validate(max_bad_lines, text_field)  # before anything is written
     out = stage / f"parts-{build}"
     out.mkdir()
