@@ -137,6 +137,24 @@ def _clean_lines(src, dest, kind, comp, reader: ShardReader, doc_spans, policy, 
         writer.close()
 
 
+def _record_fate(rec: dict | None, number: int, reader: ShardReader, doc_spans, policy: str, counts) -> str:
+    """What becomes of record `number` (None: not a record): "kept" as it is (unmatched, or unread by the scan
+    too), "cut" (its matched spans cut out of `rec`, in place) or "dropped"; counted in `counts`."""
+    skipped = reader.n_skipped
+    if rec is None or reader.document_of(rec, number) is None or reader.n_skipped > skipped:
+        counts["kept_unread"] += 1  # the scan skipped it too: kept, not judged
+        return "kept"
+    counts["documents"] += 1
+    spans = doc_spans.get(number)
+    if not spans:
+        return "kept"
+    if policy == "cut-span" and reader.last_layout.cut(rec, spans):
+        counts["cut"] += 1
+        return "cut"
+    counts["dropped"] += 1
+    return "dropped"
+
+
 def _clean_jsonl(lines, writer, reader: ShardReader, doc_spans, policy, counts) -> None:
     for line_no, line in enumerate(lines, 1):
         if not line.strip():
@@ -146,21 +164,11 @@ def _clean_jsonl(lines, writer, reader: ShardReader, doc_spans, policy, counts) 
             rec = json.loads(line.removeprefix(b"\xef\xbb\xbf") if line_no == 1 else line)
         except ValueError:
             rec = None
-        skipped = reader.n_skipped
-        doc = reader.document_of(rec, line_no) if isinstance(rec, dict) else None
-        if doc is None or reader.n_skipped > skipped:
-            counts["kept_unread"] += 1  # the scan skipped it too: kept, not judged
-            writer.write(line)
-            continue
-        counts["documents"] += 1
-        spans = doc_spans.get(line_no)
-        if not spans:
-            writer.write(line)
-        elif policy == "cut-span" and reader.last_layout.cut(rec, spans):
-            counts["cut"] += 1
+        fate = _record_fate(rec if isinstance(rec, dict) else None, line_no, reader, doc_spans, policy, counts)
+        if fate == "cut":
             writer.write(json.dumps(rec, ensure_ascii=False).encode() + b"\n")
-        else:
-            counts["dropped"] += 1
+        elif fate == "kept":
+            writer.write(line)
 
 
 def _clean_paragraphs(lines, writer, doc_spans, policy, counts) -> None:
@@ -205,19 +213,6 @@ def _clean_parquet(src, dest, reader: ShardReader, doc_spans, policy, counts) ->
             kept = []
             for rec in batch.to_pylist():
                 row_no += 1
-                skipped = reader.n_skipped
-                doc = reader.document_of(rec, row_no)
-                if doc is None or reader.n_skipped > skipped:
-                    counts["kept_unread"] += 1
-                    kept.append(rec)
-                    continue
-                counts["documents"] += 1
-                spans = doc_spans.get(row_no)
-                if not spans:
-                    kept.append(rec)
-                elif policy == "cut-span" and reader.last_layout.cut(rec, spans):
-                    counts["cut"] += 1
-                    kept.append(rec)
-                else:
-                    counts["dropped"] += 1
+                if _record_fate(rec, row_no, reader, doc_spans, policy, counts) != "dropped":
+                    kept.append(rec)  # as it was, or with its matched spans cut out
             writer.write_table(pa.Table.from_pylist(kept, schema=source.schema_arrow))
