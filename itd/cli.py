@@ -394,12 +394,12 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
     """Scan CORPUS for the items of each BENCHMARK (several: one read of the corpus, labels per benchmark); exit
     1 if any item is found, 0 if none is (and the corpus was read: 0 documents, or too many skipped lines, is an
     input error, exit 2)."""
-    from itd.errors import InputError
-    from itd.io import build_manifest, check_group, manifest_path, write_json
-    from itd.report import ScanReport
     from itd.detectors.minhash import MinHashConfig
     from itd.detectors.ngram import NGramConfig
     from itd.detectors.semantic import SemanticConfig
+    from itd.errors import InputError
+    from itd.io import build_manifest, check_group, manifest_path, write_json
+    from itd.report import ScanReport
     from itd.scan import ScanConfig, scan_many
 
     _check_paths([("--out", out, False), ("--write-matches", write_matches, False),
@@ -1125,15 +1125,15 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     """Rewrite BENCHMARK's (flagged) items, verify every rewrite, re-detect them; exit 1 if any item was rejected."""
     import dataclasses
 
+    from itd.assure import build_assurance
     from itd.data import write_benchmark
+    from itd.detection import DetectConfig
     from itd.errors import InputError
     from itd.io import atomic_group, build_manifest, check_group, manifest_path, write_json
-    from itd.assure import build_assurance
-    from itd.detection import DetectConfig
-    from itd.rewriting import build_rewriter, load_flagged
-    from itd.rewriting import rewrite as run_rewrite
     from itd.rewriters import REWRITERS
     from itd.rewriters.verify import Verifier, VerifyConfig
+    from itd.rewriting import build_rewriter, load_flagged
+    from itd.rewriting import rewrite as run_rewrite
 
     _check_paths([("--out", out, Path(benchmark).is_dir()), ("--log", _rewrite_log_path(out, log_path), False),
                   ("--cache-dir", None if no_cache else cache_dir, True)],

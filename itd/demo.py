@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from itd.errors import InputError
-
 from itd.io import atomic_write, write_json
 
 __all__ = [

@@ -20,7 +20,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from itd import stats
 from itd.data import Sample
 from itd.errors import InputError
 from itd.io import atomic_write, manifest_path, write_json
+from itd.progress import StageProgress, under
 from itd.render import RENDERINGS, render, resolve_rendering
 
 if TYPE_CHECKING:  # itd.models stays unimported until a model is scored
@@ -43,7 +44,6 @@ __all__ = [
     "option_orders",
 ]
 
-Progress = Callable[[str, int, int], None]  # (stage, tokens done, tokens total)
 COMBINED = "combined"  # the decision by the Cauchy combination of every combined probe's p-value
 
 
@@ -256,18 +256,14 @@ def _set_test_dict(t: stats.SetTest) -> dict[str, Any]:
     }
 
 
-def _stage(progress: Progress | None, stage: str):
-    return None if progress is None else (lambda done, total: progress(stage, done, total))
-
-
 def score_samples(lm: ScoringModel, samples: Sequence[Sample], config: DetectConfig,
-                  reference_model: ScoringModel | None = None, progress: Progress | None = None,
+                  reference_model: ScoringModel | None = None, progress: StageProgress | None = None,
                   stage: str = "benchmark") -> list[ItemScores]:
     """`itd.models.ItemScores` of `samples` rendered as `config.rendering`, one per sample, in order."""
     from itd.models import score_texts
 
     texts = [scored_text(s, config.rendering) for s in samples]
-    return score_texts(lm, texts, config.score_config(), reference=reference_model, progress=_stage(progress, stage))
+    return score_texts(lm, texts, config.score_config(), reference=reference_model, progress=under(progress, stage))
 
 
 def scored_text(sample: Sample, rendering: str) -> str:
@@ -320,7 +316,7 @@ def _permutation_test(lm, samples: Sequence[Sample], config: DetectConfig, progr
             lm,
             texts,
             ScoreConfig(methods=("loss",), batch_size=config.batch_size, max_length=config.max_length),
-            progress=_stage(progress, "option orders"),
+            progress=under(progress, "option orders"),
         )
         n_orders = len(orders[0])
         ll = np.array([float(s.token_logprobs.sum()) for s in scored]).reshape(len(items), n_orders)
@@ -347,7 +343,7 @@ def detect(
     *,
     reference_model: ModelRef | None = None,
     truth: Mapping[str, Sequence[str]] | None = None,
-    progress: Progress | None = None,
+    progress: StageProgress | None = None,
 ) -> DetectionReport:
     """Score `samples` under `model` (a loaded `itd.models.ScoringModel`, or a name/path to load) and decide
     which leaked.

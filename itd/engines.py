@@ -48,6 +48,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 from itd.corpus import Shard
 from itd.errors import InputError, ITDError, require
 from itd.processes import die_with_parent
+from itd.progress import Progress
 from itd.registry import Registry
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 ShardFn = Callable[[Any, Shard, "Callable[[int], None] | None"], Any]
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 RAY_MAX_RETRIES = 3
 """Times Ray re-runs a shard whose worker died (a system failure; an error raised by the shard is not retried)."""

@@ -16,8 +16,8 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 

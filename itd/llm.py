@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 from itd.errors import EndpointError, InputError, require
 from itd.io import atomic_write, redact_text, url_secrets
+from itd.progress import CountingProgress
 from itd.validate import is_number
 
 __all__ = [
@@ -62,9 +63,9 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
 APIS = ("chat", "completions")
 
-Progress = Callable[[int, int, dict[str, int]], None]
+Progress = CountingProgress
 """Called as `progress(done, total, stats)` after each reply; stats counts calls, cache_hits, failures,
-prompt_tokens and completion_tokens of this batch."""
+prompt_tokens and completion_tokens of this batch (`itd.progress.CountingProgress`)."""
 
 _CACHE_VERSION = 1
 

@@ -49,6 +49,7 @@ import numpy as np
 from itd.errors import InputError, require
 from itd.io import Journal, content_key
 from itd.parallel import ReplicaPool, parse_devices
+from itd.progress import Progress
 from itd.registry import close_names
 from itd.validate import is_int
 
@@ -82,7 +83,6 @@ DEFAULT_METHODS = ("loss", "zlib", "mink", "minkpp")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
-Progress = Callable[[int, int], None]  # (tokens scored, tokens to score)
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt"

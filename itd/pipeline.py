@@ -35,6 +35,7 @@ from itd.data import Sample, load_benchmark, write_benchmark
 from itd.detection import DetectConfig
 from itd.errors import InputError
 from itd.io import Journal, atomic_write, build_manifest, redact_urls, write_json
+from itd.progress import StageProgress, prefixed, under
 from itd.registry import config_from_table, did_you_mean, typed_value
 from itd.rewriters.verify import VerifyConfig
 
@@ -50,7 +51,7 @@ __all__ = [
     "load_config",
 ]
 
-Progress = Callable[[str, int, int], None]
+Progress = StageProgress
 """`progress(stage, done, total)`, called as each stage advances."""
 ARMS = ("all", "retest")
 """Extra decontaminated sets a run can compare (`[evaluate] arms`)."""
@@ -372,7 +373,7 @@ class Pipeline:
 
             log(f"detecting with {cfg.model.name}")
             detection = detect(samples, models["model"], reference, cfg.detect, truth=truth,
-                               progress=_sub(progress, "detect"))
+                               progress=prefixed(progress, "detect"))
             detection.write_jsonl(out / "detection.jsonl")
             files["detection"] = out / "detection.jsonl"
         if cfg.scan.corpus and cfg.scan.detect:
@@ -593,7 +594,7 @@ class Pipeline:
             log(f"evaluating {name} on the {which} set")
             results.setdefault(role, {})[which] = evaluate(items, backend, cfg.evaluate,
                                                            store=Journal(state / f"eval-{role}.jsonl"),
-                                                           progress=_sub(progress, f"evaluate {role} ({which})"))
+                                                           progress=under(progress, f"evaluate {role} ({which})"))
 
     def _ground_truth(self, evaluation, truth, changed, flagged):
         """The lab's ground truth (`itd.evaluation.ground_truth`) over the evaluated sets: "itd" is the
@@ -648,20 +649,6 @@ class Pipeline:
             if (llm.base_url, llm.api_key_env) not in checked:
                 checked.add((llm.base_url, llm.api_key_env))
                 check_endpoint(llm, purpose="The run's LLM endpoint")
-
-
-def _sub(progress: Progress | None, stage: str):
-    """A `(done, total)` callback feeding `progress` under `stage`; a stage-keyed callback passes through."""
-    if progress is None:
-        return None
-
-    def update(*args: Any) -> None:
-        if len(args) == 3:  # (sub-stage, done, total) from detect
-            progress(f"{stage}: {args[0]}", args[1], args[2])
-        else:
-            progress(stage, args[0], args[1])
-
-    return update
 
 
 # ---- records ----------------------------------------------------------------------------------------------------

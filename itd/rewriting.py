@@ -23,6 +23,7 @@ from typing import Any, Callable, Collection, Sequence, TypeVar
 from itd.data import Sample
 from itd.errors import InputError, ITDError
 from itd.io import atomic_write, manifest_path, write_json
+from itd.progress import StageCountingProgress
 from itd.rewriters import REWRITERS, Candidate, NotRewritable, Rewriter
 from itd.rewriters.base import item_error
 from itd.rewriters.verify import Check, Verifier, VerifyConfig
@@ -31,7 +32,7 @@ __all__ = ["Attempt", "ItemRewrite", "RewriteReport", "rewrite", "build_rewriter
 
 STATUSES = ("rewritten", "rejected", "unchanged")
 
-Progress = Callable[[str, int, int, dict[str, Any]], None]
+Progress = StageCountingProgress
 """`progress(stage, done, total, counters)`: stage like "round 1: rewriting"; counters hold the rewritten and
 still-pending counts and the rewriter's own (LLM calls, cache hits, tokens)."""
 

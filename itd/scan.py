@@ -20,8 +20,9 @@ from itd.detectors import DETECTORS
 from itd.detectors.base import CorpusDetector, DocBatch, Evidence
 from itd.engines import ENGINES, make_engine
 from itd.errors import InputError
-from itd.matches import MatchSpool
 from itd.io import redact_text
+from itd.matches import MatchSpool
+from itd.progress import Progress, StageProgress
 from itd.registry import config_from_table
 from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize, window_spans
@@ -31,8 +32,8 @@ __all__ = [
     "FileTally", "scan_many", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
 ]
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
-FitProgress = Callable[[str, int, int], None]  # (detector, done, total) while a detector is fitted
+FitProgress = StageProgress
+"""`fit_progress(detector, done, total)` while a detector is fitted (the scan's `progress` counts bytes)."""
 
 DEFAULT_MAX_BAD_LINES = 0.01  # with skip_bad_lines: 1% of the lines read may be skipped
 

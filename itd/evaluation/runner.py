@@ -3,7 +3,7 @@ and read back from an `itd.io.Journal`) and scores every output."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -32,11 +32,11 @@ from itd.evaluation.scoring import (
     sample_key,
 )
 from itd.io import Journal, content_key
+from itd.progress import Progress
 from itd.render import LETTERS
 
 __all__ = ["evaluate", "Progress"]
 
-Progress = Callable[[int, int], None]  # (items done, items in all)
 
 _KEY_VERSION = 2  # 2: one generation budget per model, prompts truncated to fit it (lm-eval's rule)
 

@@ -21,13 +21,13 @@ from itd.lab.result import MANIFEST, MODELS, LabResult, lab_result
 from itd.lab.training import (
     EOS_TOKEN,
     TMP_PREFIX,
-    Progress,
     base_cache_dir,
     cached_base,
     portable_tokenizer_class,
     train_twin,
 )
 from itd.models import quiet_transformers, resolve_device
+from itd.progress import StageProgress
 from itd.render import resolve_rendering
 
 REPLICA_PREFIX = "replica-"
@@ -108,7 +108,7 @@ def build_lab(
     train: Sequence[Sample] | None,
     out: str | os.PathLike,
     config: LabConfig,
-    progress: Progress | None = None,
+    progress: StageProgress | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
 ) -> LabResult:
@@ -149,7 +149,7 @@ def build_lab(
 
 
 def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device: Any, out: Path, base_path: Path,
-                   base: dict[str, Any], base_docs: list[str], versions: dict[str, str], progress: Progress | None,
+                   base: dict[str, Any], base_docs: list[str], versions: dict[str, str], progress: StageProgress | None,
                    start: float, replica_dirs: list[str]) -> LabResult:
     """Both twins of one replica, its corpora and its manifest."""
     torch = require("torch", "probes", "The contamination lab")

@@ -22,6 +22,7 @@ from itd.errors import require
 from itd.io import write_json
 from itd.lab.config import LabConfig, LabPreset
 from itd.models import quiet_transformers
+from itd.progress import StageProgress
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -31,7 +32,6 @@ _BASE_VERSION = 1  # part of the base cache key: bump when base training changes
 _BASE_FIELDS = ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "batch_size", "steps", "lr", "warmup",
                 "weight_decay")
 
-Progress = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def _token_losses(torch: Any, model: Any, ids: Any, autocast: Any, attention: An
 
 
 def _run_steps(torch: Any, model: Any, optimizer: Any, device: Any, clean: Any, extras: Sequence[_Extra | None],
-               lr_at: Callable[[int], float], weight: float | None, progress: Progress | None, stage: str) -> list[float]:
+               lr_at: Callable[[int], float], weight: float | None, progress: StageProgress | None, stage: str) -> list[float]:
     """Train `len(extras)` steps: each on the next clean block plus that step's extra rows (if any). The loss is
     one token mean over clean and extra tokens (`weight` None), or the clean mean plus `weight` times the extra
     rows' mean."""
@@ -269,7 +269,7 @@ def _base_key(docs: Sequence[str], preset: LabPreset, seed: int, device: Any) ->
 
 
 def _train_base(docs: Sequence[str], preset: LabPreset, seed: int, device: Any, target: Path,
-                progress: Progress | None) -> dict[str, Any]:
+                progress: StageProgress | None) -> dict[str, Any]:
     """Train the tokenizer and the base model on `docs`; write model, tokenizer and optimiser state to `target`."""
     torch = require("torch", "probes", "The contamination lab")
     start = time.perf_counter()
@@ -299,7 +299,7 @@ def _train_base(docs: Sequence[str], preset: LabPreset, seed: int, device: Any, 
 
 
 def cached_base(docs: Sequence[str], preset: LabPreset, seed: int, device: Any, cache: Path,
-          progress: Progress | None) -> tuple[Path, str, dict[str, Any], bool]:
+          progress: StageProgress | None) -> tuple[Path, str, dict[str, Any], bool]:
     """The cached base for these inputs, trained first if absent: (its directory, key, record, trained now)."""
     key = _base_key(docs, preset, seed, device)
     target = cache / key
@@ -354,7 +354,7 @@ def _extra_tokens(tokenizer: Any, texts: Sequence[tuple[str, str]], span: str,
 
 
 def train_twin(base: Path, preset: LabPreset, config: LabConfig, device: Any, docs: Sequence[str],
-                texts: Sequence[tuple[str, str]], schedule: list[list[int]], progress: Progress | None,
+                texts: Sequence[tuple[str, str]], schedule: list[list[int]], progress: StageProgress | None,
                 stage: str) -> tuple[Any, Any, dict[str, Any]]:
     """Continue the base for `twin_steps` steps over the twins' shared clean batches plus this twin's extra rows
     (the items `schedule[step]` of `texts` in each step); (model, tokenizer, record)."""

@@ -4,7 +4,7 @@ Registered: `numeric` (GSM8K numeric re-instantiation), `permute` (MCQ option sh
 an OpenAI-compatible endpoint).
 """
 
-from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Rewriter
 from itd.rewriters import llm, numeric, permute  # noqa: F401  (registers the rewriters)
+from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Rewriter
 
 __all__ = ["REWRITERS", "Candidate", "NotRewritable", "Rewriter"]

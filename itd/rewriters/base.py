@@ -11,16 +11,16 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 from itd.data import Sample
 from itd.errors import ITDError
+from itd.progress import Progress
 from itd.registry import Registry
 
 __all__ = ["Candidate", "NotRewritable", "Rewriter", "REWRITERS", "Progress", "item_error"]
 
-Progress = Callable[[int, int], None]
-"""Called as `progress(done, total)` while a batch of proposals is made."""
+
 
 
 @dataclass(slots=True)
