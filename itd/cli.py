@@ -873,6 +873,14 @@ def _print_detection(report) -> None:
         perm = report.permutation
         out.print(f"option-order test: original order ranked first for {perm.count} of {perm.n_items} items "
                   f"(chance {perm.expected:.1f}), p = {perm.p_value:.2e}")
+    if report.codec is not None:
+        c = report.codec
+        line = (f"CoDeC: confidence falls behind in-context items for {_fmt_ci({'value': c.score, 'ci': c.score_ci})} "
+                f"of the benchmark items ({c.shots} shots)")
+        if c.reference_score is not None:
+            line += (f", {_fmt_ci({'value': c.reference_score, 'ci': c.reference_ci})} of the reference set's; "
+                     f"p = {c.p_value:.2e} (one-sided Mann-Whitney)")
+        out.print(line)
     if "flags" in (report.truth or {}):
         f = report.truth["flags"]
         out.print(f"flags against the truth: recall {f['recall']}, precision {f['precision']} "
@@ -899,6 +907,8 @@ def _print_detection(report) -> None:
 @click.option("--alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.05, help="Level of the set-level tests.")
 @click.option("--threshold", type=FiniteFloat(), help="Plain threshold on the decision score (without a reference set).")
 @click.option("--permutation-test", is_flag=True, help="MCQ option-order test (label-free, one pass per order).")
+@click.option("--codec", is_flag=True, help="Dataset-level CoDeC test: does the model's confidence fall when other items "
+              "of the set come first (two more passes; reported, not deciding).")
 @click.option("--reference-model", help="Second model for the 'reference' probe.")
 @click.option("--truth", type=click.Path(), help="Contamination-lab manifest (leaked/unseen ids) to measure the probes.")
 @click.option("--device", default="auto", help="auto, cuda, cuda:N, cpu or mps; or a list such as cuda:0,cuda:1 for one "
@@ -910,7 +920,8 @@ def _print_detection(report) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table, k, rendering, fdr, alpha, threshold,
-           permutation_test, reference_model, truth, device, dtype, batch_size, trust_remote_code, out, as_json, quiet):
+           permutation_test, codec, reference_model, truth, device, dtype, batch_size, trust_remote_code, out, as_json,
+           quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
     not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by."""
     from itd.detection import DetectConfig, load_truth
@@ -925,7 +936,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
         batch_size = int(batch_size)
     config = DetectConfig(
         methods=tuple(m for m in methods.split(",")), decision=decision, k=k, rendering=rendering, fdr=fdr,
-        alpha=alpha, threshold=threshold, batch_size=batch_size, permutation_test=permutation_test,
+        alpha=alpha, threshold=threshold, batch_size=batch_size, permutation_test=permutation_test, codec=codec,
         options={"dcpdd": {"table": dcpdd_table}} if dcpdd_table and "dcpdd" in methods.split(",") else None,
     )
     config.score_config()  # reject a bad probe setting before any model is loaded
@@ -936,7 +947,8 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     lm = load_model(model, **load)
     # every replica of `lm` loads the reference model on its own device; here it goes beside replica 0
     ref_lm = load_model(reference_model, **{**load, "device": lm.device if lm.replicas else device}) if reference_model else None
-    labels = {stage: f"scoring {stage} (tokens)" for stage in ("benchmark", "reference set", "option orders")}
+    labels = {stage: f"scoring {stage} (tokens)" for stage in ("benchmark", "reference set", "option orders",
+                                                               "codec: alone", "codec: in context")}
     with _stage_progress(labels, not quiet) as progress:
         report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids, progress=progress)
     if out:

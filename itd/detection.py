@@ -28,7 +28,7 @@ from itd import stats
 from itd.data import Sample
 from itd.errors import InputError
 from itd.io import atomic_write, manifest_path, write_json
-from itd.progress import StageProgress, under
+from itd.progress import StageProgress, prefixed, under
 from itd.render import RENDERINGS, render, resolve_rendering
 
 if TYPE_CHECKING:  # itd.models stays unimported until a model is scored
@@ -59,7 +59,9 @@ class DetectConfig:
     orders per item (all orders when there are no more than that, else a seeded sample). `options`: the
     parameters of probes that have any (`itd.probes`). `decision="combined"` flags and decides by the Cauchy
     combination of the p-values of the probes in `combine` (default: every probe). `recall_shots`: reference
-    items joined into the ReCaLL / Con-ReCall non-member prefix (they leave the calibration set).
+    items joined into the ReCaLL / Con-ReCall non-member prefix (they leave the calibration set). `codec`: also
+    run the dataset-level CoDeC test (`itd.codec`, two more passes, one over `codec_shots` in-context items per
+    item) on the benchmark and the reference set; it is reported beside the set-level tests and does not decide.
     """
 
     methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
@@ -77,6 +79,8 @@ class DetectConfig:
     options: Any = None
     combine: tuple[str, ...] | None = None
     recall_shots: int = 4
+    codec: bool = False
+    codec_shots: int = 3
 
     def __post_init__(self) -> None:
         methods = tuple(dict.fromkeys(m.strip().lower() for m in self.methods if m.strip()))
@@ -94,8 +98,10 @@ class DetectConfig:
             raise InputError(f"the combined probes must be some of the methods ({', '.join(methods)}), got "
                              f"{', '.join(unknown) or 'none'}")
         object.__setattr__(self, "combine", combine)
-        if isinstance(self.recall_shots, bool) or not isinstance(self.recall_shots, int) or self.recall_shots < 1:
-            raise InputError(f"recall_shots must be a positive integer, got {self.recall_shots!r}")
+        for name in ("recall_shots", "codec_shots"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         if self.rendering not in RENDERINGS:
             raise InputError(f"unknown rendering {self.rendering!r}; choose one of {', '.join(RENDERINGS)}")
         for name in ("fdr", "alpha"):
@@ -174,6 +180,8 @@ class DetectionReport:
     truth: dict[str, Any] | None = None
     reference_scores: dict[str, list[float]] = field(default_factory=dict)
     """Per probe, the finite scores of the reference set (what the p-values are calibrated against)."""
+    codec: Any = None
+    """The CoDeC test (`itd.codec.CodecResult`) when `config.codec` ran it."""
 
     @property
     def flagged(self) -> list[ItemDetection]:
@@ -228,6 +236,8 @@ class DetectionReport:
             out["combined_set_test"] = dict(self.combined_set)
         if self.permutation is not None:
             out["permutation_test"] = asdict(self.permutation)
+        if self.codec is not None:
+            out["codec"] = self.codec.to_dict()
         if self.truth is not None:
             out["truth"] = self.truth
         return out
@@ -397,6 +407,15 @@ def detect(
         for it in items:
             value = it.scores[config.decision]
             it.flag = bool(math.isfinite(value) and value > config.threshold)
+    if config.codec:
+        from itd.codec import codec_test
+
+        try:
+            report.codec = codec_test(lm, samples, reference, shots=config.codec_shots, rendering=config.rendering,
+                                      seed=config.seed, batch_size=config.batch_size, max_length=config.max_length,
+                                      progress=prefixed(progress, "codec"))
+        except ValueError as exc:
+            raise InputError(f"CoDeC: {exc}") from None
     if config.permutation_test:
         pvalues, report.permutation = _permutation_test(lm, samples, config, progress)
         for i, pv in pvalues.items():

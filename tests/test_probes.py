@@ -241,3 +241,53 @@ def test_detect_config_of_the_combined_verdict():
         DetectConfig(decision="combined", threshold=1.0)
     with pytest.raises(InputError, match="recall_shots"):
         DetectConfig(recall_shots=0)
+
+
+def _item(i: int, question: str) -> "Sample":
+    from itd.data import Sample
+
+    return Sample(id=f"c:{i}", benchmark="gsm8k", question=question, answer=str(i), solution=f"It is {i}.\n#### {i}")
+
+
+def test_codec_delta_is_the_in_context_minus_the_alone_log_likelihood(lm):
+    """CoDeC's per-item delta against the formula: the mean log p of the item's tokens behind the other item,
+    minus alone, each position scored directly."""
+    from itd.codec import SEPARATOR, context_deltas
+
+    samples = [_item(1, "Tom has three red apples."), _item(2, "A robe takes two bolts of blue fiber.")]
+    deltas = context_deltas(lm, samples, shots=1, rendering="question")
+    for i, s in enumerate(samples):
+        text, other = s.question, samples[1 - i].question
+        _, rows = _per_position(lm, text)
+        alone = float(np.mean([r[0] for r in rows]))
+        joined = other + SEPARATOR + text
+        ids, rows = _per_position(lm, joined)
+        start = len(other) + len(SEPARATOR)
+        first = next(j for j in range(1, len(ids)) if len(lm.tokenizer.decode(ids[1 : j + 1])) > start)
+        behind = float(np.mean([rows[t - 1][0] for t in range(first, len(ids))]))
+        assert deltas[i] == pytest.approx(behind - alone, abs=1e-4)
+
+
+def test_codec_test_scores_both_sets_and_compares_them(lm, shared_data):
+    from itd.codec import codec_test
+    from itd.data import load_benchmark
+
+    items = [s for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")[:40]]
+    short = [_item(i, lm.tokenizer.decode(lm.tokenizer(s.question)["input_ids"][:12])) for i, s in enumerate(items)]
+    result = codec_test(lm, short[:20], short[20:], shots=2, rendering="question", seed=3)
+    assert 0 <= result.score <= 1 and 0 <= result.reference_score <= 1 and 0 < result.p_value <= 1
+    assert result.score == pytest.approx(float(np.mean(np.array(result.deltas) < 0)))
+    low, high = result.score_ci
+    assert low <= result.score <= high and result.n_reference == 20 and len(result.deltas) == 20
+    again = codec_test(lm, short[:20], short[20:], shots=2, rendering="question", seed=3)
+    assert again == result  # seeded contexts
+    with pytest.raises(ValueError, match="at least 2"):
+        codec_test(lm, short[:1])
+    # in detection: reported beside the set-level tests when asked for, never deciding
+    from itd.detection import DetectConfig, detect
+
+    config = DetectConfig(methods=("loss",), decision="loss", rendering="question", codec=True, codec_shots=2, seed=3)
+    report = detect(short[:20], lm, short[20:], config)
+    assert report.summary()["codec"] == result.to_dict()
+    plain = detect(short[:20], lm, short[20:], DetectConfig(methods=("loss",), decision="loss", rendering="question"))
+    assert "codec" not in plain.summary() and plain.verdict == report.verdict
