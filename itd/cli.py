@@ -1,20 +1,42 @@
 """The `itd` command line: parse options, call the library, print results. Exit codes: 0 clean, 1 contamination
 found / check failed, 2 usage or input error (or undecided), 3 an internal error (a bug, never a verdict). Every option can also be set in the environment as
-`ITD_<COMMAND>_<FLAG>` (`ITD_SCAN_JSON`, `ITD_INDEX_BUILD_OUT`), shown in each command's --help."""
+`ITD_<COMMAND>_<FLAG>` (`ITD_SCAN_JSON`, `ITD_INDEX_BUILD_OUT`), shown in each command's --help.
+
+What the commands print is `itd.terminal`'s. Over 600 lines because click declares each command's options as
+decorators on the command itself: the commands are one list of declarations, not logic to split.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
 from itd import __version__
 from itd.errors import ITDError
+from itd.terminal import (
+    byte_progress,
+    echo_json,
+    err_console,
+    layout_summary,
+    out_console,
+    per_benchmark,
+    plural,
+    print_detection,
+    print_report,
+    print_rewrite,
+    print_run,
+    read_summary,
+    rewrite_progress,
+    say_processed,
+    scan_progress,
+    stage_progress,
+    warn_skipped,
+)
 
 __all__ = ["main", "run", "cli"]
 
@@ -32,106 +54,6 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(number, param, ctx)
-
-
-def _echo_json(obj: Any) -> None:
-    """Print `obj` as indented JSON on stdout, with credentials in URLs redacted."""
-    from itd.io import redact_urls
-
-    click.echo(json.dumps(redact_urls(obj), indent=2, default=str))
-
-
-def _err_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-_PIPE_WIDTH = 10_000  # "as wide as the content": tables written to a file or pipe are never wrapped or cut
-
-
-def _out_console():
-    """The results console on stdout: the terminal's width on a terminal; redirected, as wide as the content
-    (unless COLUMNS says otherwise), so `itd run ... > run.out` keeps every cell whole."""
-    import os
-
-    from rich.console import Console
-
-    console = Console(file=sys.stdout)
-    if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console.width = _PIPE_WIDTH
-    return console
-
-
-def _progress_bars(*columns: Any):
-    """A rich progress display on stderr: description, bar, then `columns`."""
-    from rich.progress import BarColumn, Progress, TextColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), *columns, console=_err_console())
-
-
-@contextlib.contextmanager
-def _byte_progress(label: str, enabled: bool = True) -> Iterator[Any]:
-    """A rich progress bar over bytes on stderr; yields a `(done, total)` callback."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    with _progress_bars(DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
-
-
-_FIT_LABELS = {"semantic": "embedding the benchmark (semantic)"}
-
-
-@contextlib.contextmanager
-def _scan_progress(enabled: bool = True) -> Iterator[tuple[Any, Any]]:
-    """The progress of a corpus scan on stderr: a bar over the bytes read, and one over the work of a detector
-    whose fitting takes long (the semantic detector embedding the benchmark: texts), each with its total; yields
-    the `(done, total)` byte callback and the `(detector, done, total)` fit callback."""
-    if not enabled:
-        yield None, None
-        return
-    from rich.progress import DownloadColumn, ProgressColumn, TimeRemainingColumn, TransferSpeedColumn
-    from rich.text import Text
-
-    class Counted(ProgressColumn):
-        """`bytes_column` for the corpus bar; for a bar with a `unit`, `done/total unit` (or `n unit/s`)."""
-
-        def __init__(self, bytes_column: ProgressColumn, speed: bool = False):
-            super().__init__()
-            self.bytes_column, self.speed = bytes_column, speed
-
-        def render(self, task: Any) -> Text:
-            unit = task.fields.get("unit")
-            if unit is None:
-                return self.bytes_column.render(task)
-            if self.speed:
-                return Text("" if task.speed is None else f"{task.speed:,.0f} {unit}/s", style="progress.data.speed")
-            total = "?" if task.total is None else f"{int(task.total):,}"
-            return Text(f"{int(task.completed):,}/{total} {unit}", style="progress.download")
-
-    with _progress_bars(Counted(DownloadColumn()), Counted(TransferSpeedColumn(), speed=True), TimeRemainingColumn()) as bar:
-        fits: dict[str, Any] = {}
-        corpus: list[Any] = []
-
-        def on_fit(detector: str, done: int, total: int) -> None:
-            if detector not in fits:
-                fits[detector] = bar.add_task(_FIT_LABELS.get(detector, f"fitting {detector}"), total=total, unit="texts")
-            bar.update(fits[detector], completed=done, total=total)
-
-        def on_bytes(done: int, total: int) -> None:
-            if not corpus:
-                corpus.append(bar.add_task("scanning corpus", total=total))
-            bar.update(corpus[0], completed=done, total=total)
-
-        yield on_bytes, on_fit
 
 
 def _load(path: str, fmt: str):
@@ -153,135 +75,6 @@ def _check_paths(outputs: list[tuple[str, Any, bool]], inputs: list[Any] = (), c
 def _rewrite_log_path(out: str, log_path: str | None) -> str:
     """The per-item log of `itd rewrite`: --log, or OUT.log.jsonl beside the rewritten set."""
     return log_path or str(Path(out).with_name(Path(out).name + ".log.jsonl"))
-
-
-def _print_report(report, *, title: str, top: int = 10) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    out = _out_console()
-    counts = Table(title=title)
-    counts.add_column("label")
-    counts.add_column("samples", justify="right")
-    for label, n in report.counts().items():
-        counts.add_row(label, str(n))
-    out.print(counts)
-    flagged = report.contaminated
-    if not flagged:
-        return
-    _print_breakdown(report, top)
-    table = Table(title=f"Top matches ({min(top, len(flagged))} of {len(flagged)})",
-                  caption="n-gram coverage: share of the question/answer tokens found in the corpus (verbatim, and "
-                          "with numbers masked); similarity: rapidfuzz, 0-100; -: that detector found nothing")
-    minhash = "minhash" in (report.config.get("detectors") or ())
-    for col in ("id", "label", "n-gram coverage q/a", "same, numbers masked", *(["minhash similarity"] * minhash),
-                "best evidence: document [characters] similarity (detector)"):
-        table.add_column(escape(col), overflow="fold")
-    ranked = sorted(flagged, key=lambda r: -max((e.score for e in r.evidence), default=0.0))
-    for r in ranked[:top]:
-        rec = r.to_dict()
-        cov = rec.get("coverage", {})
-        fmt = lambda c: f"{c['question']:.2f}/{c['answer']:.2f}" if c else "-"  # noqa: E731
-        fuzzy = max((rec.get("fuzzy") or {}).values(), default=0.0)  # the minhash detector's best candidate
-        ev = r.evidence[0] if r.evidence else None
-        table.add_row(
-            escape(r.sample.id),
-            r.label,
-            fmt(cov.get("raw")),
-            fmt(cov.get("numnorm")),
-            *([f"{fuzzy:.0f}" if fuzzy > 0 else "-"] * minhash),
-            escape(f"{Path(ev.doc).name} [{ev.start}:{ev.end}] {ev.score:.0f} ({ev.detector})") if ev else "-",
-        )
-    out.print(table)
-
-
-def _print_breakdown(report, top: int) -> None:
-    """Contamination per subject (or per benchmark file), most contaminated first, when there are several."""
-    from rich.table import Table
-
-    by = "subject" if any(r.sample.subject for r in report.results) else "file"
-    groups = report.breakdown(by)
-    if len(groups) < 2:
-        return
-    ranked = sorted(groups.items(), key=lambda kv: (-kv[1]["contaminated_share"], kv[0]))
-    shown = [kv for kv in ranked if kv[1]["contaminated_share"] > 0][:top]
-    table = Table(title=f"Contamination per {by} ({len(shown)} of {len(groups)}, most contaminated first; all in --json)")
-    for col in (by, "samples", "clean", "input", "input+label", "contaminated"):
-        table.add_column(col, justify="left" if col == by else "right", overflow="fold")
-    for name, g in shown:
-        labels = g["labels"]
-        table.add_row(Path(name).name if by == "file" else name, str(g["samples"]), *(str(v) for v in labels.values()),
-                      f"{g['contaminated_share']:.1%}")
-    _out_console().print(table)
-
-
-def _warn_skipped(stats: dict) -> None:
-    """Tell the user on stderr how many malformed corpus lines were skipped (with the first few errors) and
-    which corpus files held no documents."""
-    from itd.io import redact_text
-
-    console = _err_console()
-    if stats.get("skipped_lines"):
-        skipped = stats["skipped_lines"]
-        lines = skipped + stats.get("documents", 0)
-        console.print(f"[yellow]skipped {skipped:,} malformed corpus line(s) of {lines:,} ({skipped / lines:.2%}); "
-                      "the first errors:[/yellow]", highlight=False, soft_wrap=True)
-        for message in stats["skipped_errors"][:5]:
-            console.print(f"  {redact_text(message)}", highlight=False, markup=False, soft_wrap=True)
-    if stats.get("empty_files"):
-        names = stats.get("empty_file_names") or []
-        console.print(f"[yellow]{stats['empty_files']:,} corpus file(s) held no documents:[/yellow]", highlight=False, soft_wrap=True)
-        for name in names[:5]:
-            console.print(f"  {redact_text(name)}", highlight=False, markup=False, soft_wrap=True)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
-def _read_summary(stats: dict) -> str:
-    """What a corpus verdict stands on, in one line: documents, bytes, files and lines skipped."""
-    from rich.filesize import decimal
-
-    line = (f"read {_plural(stats.get('documents', 0), 'document')} ({decimal(stats.get('bytes') or 0)}) from "
-            f"{_plural(stats.get('files', 0), 'file')}; {_plural(stats.get('skipped_lines', 0), 'line')} skipped")
-    if stats.get("empty_files"):
-        line += f"; {_plural(stats['empty_files'], 'file')} without documents"
-    return line
-
-
-def _per_benchmark(names, reports) -> dict[str, dict]:
-    """Per benchmark of a multi-benchmark scan: samples, label counts and contaminated ids."""
-    out = {}
-    for name, rep in zip(names, reports):
-        summary = rep.summary()
-        summary.pop("stats")
-        out[name] = summary
-    return out
-
-
-def _layout_summary(stats: dict) -> str:
-    """The record layouts a corpus was read in, one line each: files, documents and records per field."""
-    lines = []
-    for name, entry in (stats.get("layouts") or {}).items():
-        fields = ", ".join(f"{f} {c:,}" for f, c in entry["fields"].items())
-        lines.append(f"layout {name}: {_plural(entry['files'], 'file')}, {_plural(entry['documents'], 'document')}"
-                     + (f" (records with text per field: {fields})" if fields else ""))
-    return "\n".join(lines)
-
-
-def _say_processed(stats: dict, verb: str) -> None:
-    """One stderr line: how many bytes, shards, workers (and nodes) a corpus pass processed, and how fast."""
-    nodes = stats.get("nodes") or 0
-    where = f"engine {stats.get('engine', 'local')}" + (f", {nodes} nodes" if nodes > 1 else "")
-    at_once = f", {stats['parallelism']} at a time" if stats.get("parallelism") else ""
-    line = (f"{verb} {stats.get('bytes', 0) / 1e6:,.1f} MB: {stats.get('shards', 0)} shard(s) on "
-            f"{stats.get('workers', 0)} worker process(es){at_once} ({where}) in {stats.get('seconds', 0):.1f} s")
-    if stats.get("seconds"):
-        line += f", {stats.get('bytes', 0) / 1e6 / stats['seconds']:,.1f} MB/s"
-    if stats.get("retries"):
-        line += f"; {stats['retries']} shard run(s) repeated after a worker failure"
-    _err_console().print(line, highlight=False, markup=False)
 
 
 class _BadLineLimit(click.ParamType):
@@ -326,7 +119,7 @@ def _default_detectors() -> str:
 
     names = default_detectors()
     if "minhash" not in names:
-        _err_console().print("minhash skipped: its extra is not installed (pip install 'itd[minhash]'); scanning "
+        err_console().print("minhash skipped: its extra is not installed (pip install 'itd[minhash]'); scanning "
                              "with ngram only", highlight=False, markup=False)
     return ",".join(names)
 
@@ -447,7 +240,7 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
         clean_dir.parent.mkdir(parents=True, exist_ok=True)
         matches_file = str(Path(spool.enter_context(tempfile.TemporaryDirectory(dir=clean_dir.parent, prefix=".itd-matches-"))) / "matches.jsonl")
     with spool:
-        with _scan_progress(not quiet) as (progress, fit_progress):
+        with scan_progress(not quiet) as (progress, fit_progress):
             reports = scan_many(loaded, list(corpus), config, progress=progress, matches_out=matches_file,
                                 fit_progress=fit_progress)
         # every benchmark's results together, for the outputs that cover the whole pass
@@ -462,37 +255,37 @@ def scan(benchmarks, corpus, detectors, fmt, n, n_short, input_threshold, label_
                                       inputs=[*benchmarks, *corpus])
             write_json(manifest_path(clean_dir), {**manifest, "clean": cleaned,
                                                   "contaminated_items": [r.sample.id for r in report.contaminated]})
-            _err_console().print(f"clean corpus written to {clean_dir}: {cleaned['dropped']:,} document(s) dropped, "
+            err_console().print(f"clean corpus written to {clean_dir}: {cleaned['dropped']:,} document(s) dropped, "
                                  f"{cleaned['cut']:,} cut, of {cleaned['documents']:,}")
     if not quiet:
-        _say_processed(report.stats, "scanned")
+        say_processed(report.stats, "scanned")
     if write_matches:
         manifest = build_manifest(command="scan --write-matches", config={**config.to_dict(), "format": fmt},
                                   inputs=[*benchmarks, *corpus])
         write_json(manifest_path(write_matches), {**manifest, "matches": report.stats["matches_written"],
                                                   "contaminated_items": len(report.contaminated)})
-        _err_console().print(f"{report.stats['matches_written']:,} match(es) written to {write_matches}")
-    _warn_skipped(report.stats)
+        err_console().print(f"{report.stats['matches_written']:,} match(es) written to {write_matches}")
+    warn_skipped(report.stats)
     if out:
         manifest = build_manifest(command="scan", config={**config.to_dict(), "format": fmt}, inputs=[*benchmarks, *corpus])
         if len(reports) > 1:
-            manifest["benchmarks"] = _per_benchmark(benchmarks, reports)
+            manifest["benchmarks"] = per_benchmark(benchmarks, reports)
         report.write_jsonl(out, manifest)
-        _err_console().print(f"report written to {out}")
+        err_console().print(f"report written to {out}")
     if write_clean:
         manifest = build_manifest(command="scan --write-clean", config={**config.to_dict(), "format": fmt},
                                   inputs=[benchmarks[0], *corpus])
         report.write_clean(write_clean, policy=write_clean_mode, directory=Path(benchmarks[0]).is_dir(),
                            format=None if fmt == "auto" else fmt, manifest=manifest)
         kept = len(report.results) - (len(report.contaminated) if write_clean_mode == "drop" else 0)
-        _err_console().print(f"cleaned benchmark ({kept} of {len(report.results)} items, {write_clean_mode}) written to {write_clean}")
+        err_console().print(f"cleaned benchmark ({kept} of {len(report.results)} items, {write_clean_mode}) written to {write_clean}")
     if as_json:
-        _echo_json(report.summary() if len(reports) == 1 else {"benchmarks": _per_benchmark(benchmarks, reports), "stats": report.stats})
+        echo_json(report.summary() if len(reports) == 1 else {"benchmarks": per_benchmark(benchmarks, reports), "stats": report.stats})
     else:
         for name, rep in zip(benchmarks, reports):
-            _print_report(rep, title=f"{name}: {len(rep.results)} samples")
-        _out_console().print(_read_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
-        _out_console().print(_layout_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
+            print_report(rep, title=f"{name}: {len(rep.results)} samples")
+        out_console().print(read_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
+        out_console().print(layout_summary(report.stats), highlight=False, markup=False, soft_wrap=True)
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 
 
@@ -522,19 +315,19 @@ def index_build(corpus, out, n, n_short, text_field, layout, workers, engine, ra
 
     _check_paths([("--out", out, True)], corpus=list(corpus))
 
-    with _byte_progress("indexing corpus", not quiet) as progress:
+    with byte_progress("indexing corpus", not quiet) as progress:
         meta = build_index(
             list(corpus), out, n=n, n_short=n_short, text_field=text_field, layout=layout, skip_bad_lines=skip_bad_lines,
             max_bad_lines=max_bad_lines, progress=progress, engine=engine, ray_address=ray_address, workers=workers,
         )
     if not quiet:
-        _say_processed(meta, "indexed")
-    _warn_skipped(meta)
+        say_processed(meta, "indexed")
+    warn_skipped(meta)
     if as_json:
-        _echo_json({**meta, "out": out})
+        echo_json({**meta, "out": out})
     else:
-        _out_console().print(f"index written to {out}: {_read_summary(meta)}", highlight=False, markup=False, soft_wrap=True)
-        _out_console().print(_layout_summary(meta), highlight=False, markup=False, soft_wrap=True)
+        out_console().print(f"index written to {out}: {read_summary(meta)}", highlight=False, markup=False, soft_wrap=True)
+        out_console().print(layout_summary(meta), highlight=False, markup=False, soft_wrap=True)
     return EXIT_CLEAN
 
 
@@ -550,7 +343,7 @@ def index_verify(path):
     except IndexIntegrityError as exc:
         click.echo(f"index check failed: {exc}", err=True)
         return EXIT_FOUND
-    _err_console().print(f"index {path} is whole: build {idx.build}, {len(idx.meta['parts'])} parts match their SHA-256")
+    err_console().print(f"index {path} is whole: build {idx.build}, {len(idx.meta['parts'])} parts match their SHA-256")
     return EXIT_CLEAN
 
 
@@ -591,7 +384,7 @@ def check(files, index_path, fmt, skip_non_benchmark, as_json):
     corpus = idx.corpus()
     checked = len(files) - len(skipped)
     if as_json:
-        _echo_json({"files": [f for f in files if f not in {s["file"] for s in skipped}], "items": items,
+        echo_json({"files": [f for f in files if f not in {s["file"] for s in skipped}], "items": items,
                     "unchecked": unchecked, "skipped": skipped, "index": corpus, "contaminated": found})
         return EXIT_FOUND if found else EXIT_CLEAN
     for rec in found:
@@ -600,13 +393,13 @@ def check(files, index_path, fmt, skip_non_benchmark, as_json):
             f"{rec['file']}:{rec['line']}: {rec['id']} {rec['label']} "
             f"(coverage raw {c['raw']['question']:.2f}/{c['raw']['answer']:.2f}, numnorm {c['numnorm']['question']:.2f}/{c['numnorm']['answer']:.2f})"
         )
-    verdict = f": {_plural(len(found), 'item')} found" if found else " clean"
+    verdict = f": {plural(len(found), 'item')} found" if found else " clean"
     click.echo(
-        f"{_plural(checked, 'file')}{verdict}; checked {_plural(items, 'item')}"
+        f"{plural(checked, 'file')}{verdict}; checked {plural(items, 'item')}"
         + (f" ({unchecked:,} too short to check)" if unchecked else "")
-        + f" against an index of {_plural(corpus['documents'], 'document')} ({decimal(corpus['bytes'] or 0)}) from "
-        f"{_plural(corpus['files'], 'file')}; {_plural(corpus['skipped_lines'], 'line')} skipped when it was built"
-        + (f"; {_plural(len(skipped), 'other file')} skipped, not benchmarks" if skipped else "")
+        + f" against an index of {plural(corpus['documents'], 'document')} ({decimal(corpus['bytes'] or 0)}) from "
+        f"{plural(corpus['files'], 'file')}; {plural(corpus['skipped_lines'], 'line')} skipped when it was built"
+        + (f"; {plural(len(skipped), 'other file')} skipped, not benchmarks" if skipped else "")
     )
     return EXIT_FOUND if found else EXIT_CLEAN
 
@@ -628,108 +421,6 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
             value = raw
         out[key.strip()] = value
     return out
-
-
-def _fmt_ci(fig: dict | None, pct: bool = True) -> str:
-    """A figure of `itd.evaluation.Estimate.to_dict` as "value [low, high]" (percent, or plain with `pct` off)."""
-    if not fig or fig.get("value") is None:
-        return "n/a" + (f" ({fig['reason']})" if fig and fig.get("reason") else "")
-    show = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.2f}")
-    low, high = fig.get("ci") or (None, None)
-    return show(fig["value"]) + (f" [{show(low)}, {show(high)}]" if low is not None else "")
-
-
-def _print_run(result, title: str) -> None:
-    """The terminal report of a pipeline run: detection, rewriting, accuracy with CIs, headline figures."""
-    from rich.table import Table
-
-    out = _out_console()
-    summary = result.summary
-    if summary.get("headline"):
-        out.print(summary["headline"], highlight=False)
-    det = summary.get("detection")
-    if det:
-        table = Table(title=f"{title}: detection")
-        for col in ("items", "flagged", "mode", "decision probe", "set-level p", "AUROC leaked vs unseen"):
-            table.add_column(col)
-        test = det.get("set_test") or {}
-        truth = ((det.get("truth") or {}).get("methods") or {}).get(det.get("decision"), {})
-        table.add_row(str(summary["benchmark"]["items"]), str(summary["flagged"]), str(det.get("mode", "scan")),
-                      str(det.get("decision", "-")), f"{test['p_value']:.2g}" if test.get("p_value") is not None else "-",
-                      f"{truth['auroc']:.3f}" if truth.get("auroc") is not None else "-")
-        out.print(table)
-    out.print(_count_table(f"{title}: rewriting ({summary['rewrite'].get('method')})", "status", summary["rewrite"]["counts"]))
-    ev = summary.get("evaluation")
-    if not ev:
-        return
-    subsets = ("original", "decontaminated", "flagged_before", "flagged_after", "unflagged")
-    table = Table(title=f"{title}: accuracy (95% bootstrap CI)")
-    table.add_column("model")
-    for sub in subsets:
-        table.add_column(sub.replace("_", " "))
-    for role, by_subset in ev["accuracy"].items():
-        name = summary["models"].get(role) or role
-        table.add_row(f"{role} ({Path(name).name})", *(_fmt_ci(by_subset.get(sub)) for sub in subsets))
-    out.print(table)
-    if ev.get("by_label"):
-        by_label = Table(title=f"{title}: accuracy by contamination label (corpus scan) and by model-side flag (95% CI)")
-        for col in ("items", "n", "before", "after"):
-            by_label.add_column(col)
-        for group, fig in ev["by_label"].items():
-            by_label.add_row(group.replace("_", " "), str(fig["before"]["n"]), _fmt_ci(fig["before"]), _fmt_ci(fig["after"]))
-        out.print(by_label)
-    figures = Table(title=f"{title}: what the score was made of")
-    figures.add_column("figure")
-    figures.add_column("value [95% CI]")
-    for key, label, pct in (("inflation", "inflation (original - decontaminated)", True),
-                            ("true_inflation", "true inflation (vs clean twin, original)", True),
-                            ("residual_inflation", "residual inflation (vs clean twin, decontaminated)", True),
-                            ("inflation_removed", "share of inflation removed", True),
-                            ("fidelity", "fidelity (clean twin agrees with itself)", False),
-                            ("resistance", "resistance (twins agree after rewriting)", False)):
-        if key in ev:
-            figures.add_row(label, _fmt_ci(ev[key], pct))
-    out.print(figures)
-    if ev.get("ground_truth"):
-        _print_ground_truth(ev["ground_truth"], title)
-    unparsed = {f"{role} ({which})": ids for role, sets in (ev.get("unparsed") or {}).items() for which, ids in sets.items()}
-    for where, ids in unparsed.items():
-        out.print(f"unparseable answers of {where}, counted wrong: {', '.join(ids)}")
-
-
-_ARM_NAMES = {"none": "no decontamination", "itd": "rewrite the flagged items (ITD)", "all": "rewrite every item"}
-
-
-def _print_ground_truth(gt: dict, title: str) -> None:
-    """The lab's ground truth: the leak's effect, and each way of decontaminating side by side."""
-    from rich.table import Table
-
-    out = _out_console()
-    table = Table(title=f"{title}: ground truth (lab twins; 95% CI over items and replicas)")
-    table.add_column("figure")
-    table.add_column("value [95% CI]")
-    table.add_row("true inflation (DiD: gain on leaked minus gain on unseen)", _fmt_ci(gt["true_inflation"]))
-    table.add_row("contaminated - clean twin on leaked items", _fmt_ci(gt["leaked_gain"]))
-    table.add_row("contaminated - clean twin on unseen items (lab noise)", _fmt_ci(gt["unseen_gap"]))
-    flags = gt.get("flags")
-    if flags:
-        table.add_row(f"leaked items flagged ({flags['leaked_flagged']} of {flags['leaked']})", _fmt_ci(flags["recall"]))
-        table.add_row(f"unseen items flagged ({flags['unseen_flagged']} of {flags['unseen']})",
-                      _fmt_ci(flags["false_flag_rate"]))
-    table.add_row("fidelity ceiling (clean twin, two independent rewrites)", _fmt_ci(gt["ceiling"], pct=False))
-    table.add_row("chance agreement at those accuracies", _fmt_ci(gt["chance"], pct=False))
-    out.print(table)
-    arms = Table(title=f"{title}: decontamination compared")
-    for col in ("set", "contaminated", "clean twin", "residual inflation", "inflation removed", "fidelity",
-                "fidelity / ceiling", "clean twin: rewritten - original"):
-        arms.add_column(col)
-    for arm, figs in gt["arms"].items():
-        arms.add_row(_ARM_NAMES.get(arm, arm), _fmt_ci(figs["accuracy_model"]), _fmt_ci(figs["accuracy_clean"]),
-                     _fmt_ci(figs["residual_inflation"]), _fmt_ci(figs["inflation_removed"]),
-                     _fmt_ci(figs["fidelity"], pct=False) if arm != "none" else "-",
-                     _fmt_ci(figs.get("fidelity_ratio"), pct=False) if arm != "none" else "-",
-                     _fmt_ci(figs["difficulty"]) if arm != "none" else "-")
-    out.print(arms)
 
 
 @cli.command("run", short_help="The whole pipeline from a TOML config, resumable.")
@@ -765,14 +456,14 @@ def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, m
     _check_paths([("--out" if out else "the run directory", pipeline.out, True)],
                  [config, cfg.benchmark.path, cfg.benchmark.reference, cfg.benchmark.fewshot, cfg.benchmark.truth,
                   cfg.model.name, cfg.model.clean], list(cfg.scan.corpus) if cfg.scan.detect else [])
-    log = (lambda m: None) if quiet else (lambda m: _err_console().print(f"[dim]{m}[/dim]"))
-    with _stage_progress({}, not quiet) as progress:
+    log = (lambda m: None) if quiet else (lambda m: err_console().print(f"[dim]{m}[/dim]"))
+    with stage_progress({}, not quiet) as progress:
         result = pipeline.run(progress=progress, log=log)
     if as_json:
-        _echo_json({**result.summary, "out": str(result.out)})
+        echo_json({**result.summary, "out": str(result.out)})
     else:
-        _print_run(result, "itd run")
-        _out_console().print(f"run directory: {result.out} (report: {result.files.get('report', '-')})")
+        print_run(result, "itd run")
+        out_console().print(f"run directory: {result.out} (report: {result.files.get('report', '-')})")
     return EXIT_FOUND if result.contaminated else EXIT_CLEAN
 
 
@@ -801,93 +492,15 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
     extra = {} if repeats is None else {"repeats": repeats}
     config = DemoConfig(benchmark=benchmark, data=data, preset=preset, items=items, recipe=recipe, seed=seed,
                         device=device, **extra)
-    log = (lambda m: None) if quiet else (lambda m: _err_console().print(f"[dim]{m}[/dim]"))
-    with _stage_progress({}, not quiet) as progress:
+    log = (lambda m: None) if quiet else (lambda m: err_console().print(f"[dim]{m}[/dim]"))
+    with stage_progress({}, not quiet) as progress:
         result = run_demo(out, config, progress=progress, log=log)
     if as_json:
-        _echo_json({**result.summary, "out": str(result.out)})
+        echo_json({**result.summary, "out": str(result.out)})
     else:
-        _print_run(result, f"itd demo ({benchmark})")
-        _out_console().print(f"report: {result.files.get('report')}")
+        print_run(result, f"itd demo ({benchmark})")
+        out_console().print(f"report: {result.files.get('report')}")
     return EXIT_CLEAN
-
-
-@contextlib.contextmanager
-def _stage_progress(labels: dict[str, str], enabled: bool = True) -> Iterator[Any]:
-    """Rich progress bars on stderr, one per stage (described by `labels`); yields a `(stage, done, total)`
-    callback."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    with _progress_bars(MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
-
-
-def _print_detection(report) -> None:
-    import numpy as np
-    from rich.table import Table
-
-    out = _out_console()
-    summary = report.summary()
-    table = Table(title=f"itd detect: {summary['items']} items under {report.model}")
-    for col in ("probe", "benchmark median", "set-level p", "AUROC vs reference", "AUROC leaked vs unseen", "TPR@5%FPR"):
-        table.add_column(col)
-    truth = (report.truth or {}).get("methods", {})
-    for m in report.config.methods:
-        values = [it.scores[m] for it in report.items]
-        test = report.set_tests.get(m)
-        t = truth.get(m, {})
-        table.add_row(
-            m + (" (decision)" if m == report.config.decision else ""),
-            f"{np.nanmedian(values):.4g}" if values else "-",
-            f"{test.p_value:.2e}" if test else "-",
-            f"{test.auroc:.3f} [{test.auroc_ci[0]:.3f}, {test.auroc_ci[1]:.3f}]" if test else "-",
-            f"{t['auroc']:.3f}" if t else "-",
-            f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
-        )
-    if report.combined_set is not None:
-        t = truth.get("combined", {})
-        table.add_row(
-            "combined, Cauchy" + (" (decision)" if report.config.decision == "combined" else ""), "-",
-            f"{report.combined_set['p_value']:.2e}", "drivers: " + (", ".join(report.combined_set["drivers"]) or "none"),
-            f"{t['auroc']:.3f}" if t else "-", f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
-        )
-    out.print(table)
-    if report.mode == "fdr":
-        out.print(f"flagged {summary['flagged']} of {summary['items']} items at FDR {report.config.fdr} "
-                  f"(decision probe {report.config.decision}, reference set of {report.reference_size} items)")
-    elif report.mode == "threshold":
-        out.print(f"flagged {summary['flagged']} of {summary['items']} items with {report.config.decision} > {report.config.threshold}")
-    else:
-        out.print("no reference set and no threshold: scores only, nothing can be decided (give --reference-set or --threshold)")
-    if report.permutation is not None:
-        perm = report.permutation
-        out.print(f"option-order test: original order ranked first for {perm.count} of {perm.n_items} items "
-                  f"(chance {perm.expected:.1f}), p = {perm.p_value:.2e}")
-    if report.codec is not None:
-        c = report.codec
-        line = (f"CoDeC: confidence falls behind in-context items for {_fmt_ci({'value': c.score, 'ci': c.score_ci})} "
-                f"of the benchmark items ({c.shots} shots)")
-        if c.reference_score is not None:
-            line += (f", {_fmt_ci({'value': c.reference_score, 'ci': c.reference_ci})} of the reference set's; "
-                     f"p = {c.p_value:.2e} (one-sided Mann-Whitney)")
-        out.print(line)
-    if "flags" in (report.truth or {}):
-        f = report.truth["flags"]
-        out.print(f"flags against the truth: recall {f['recall']}, precision {f['precision']} "
-                  f"({f['true_positives']} leaked and {f['false_positives']} unseen items flagged)")
-    verdict = {"contaminated": "[red]contaminated[/red]", "not_detected": "[green]no contamination detected[/green]",
-               "undecided": "[yellow]undecided[/yellow] (exit 2)"}[report.verdict]
-    out.print(f"verdict: {verdict}")
 
 
 @cli.command(short_help="Score a benchmark's items under a model and flag the leaked ones.")
@@ -949,7 +562,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     ref_lm = load_model(reference_model, **{**load, "device": lm.device if lm.replicas else device}) if reference_model else None
     labels = {stage: f"scoring {stage} (tokens)" for stage in ("benchmark", "reference set", "option orders",
                                                                "codec: alone", "codec: in context")}
-    with _stage_progress(labels, not quiet) as progress:
+    with stage_progress(labels, not quiet) as progress:
         report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids, progress=progress)
     if out:
         inputs = [benchmark] + ([reference_set] if reference_set else []) + ([truth] if truth else [])
@@ -960,13 +573,13 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
             models=[lm.name] + ([ref_lm.name] if ref_lm else []),
         )
         report.write_jsonl(out, manifest)
-        _err_console().print(f"scores written to {out}")
+        err_console().print(f"scores written to {out}")
     if as_json:
-        _echo_json(report.summary())
+        echo_json(report.summary())
     else:
-        _print_detection(report)
+        print_detection(report)
     if report.contaminated is None:
-        _err_console().print("[yellow]undecided: scores alone are no verdict; give --reference-set (clean items "
+        err_console().print("[yellow]undecided: scores alone are no verdict; give --reference-set (clean items "
                              "the model cannot have seen) or --threshold to decide by[/yellow]")
         return EXIT_USAGE
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
@@ -1011,14 +624,14 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas
     train = _load(train_path, fmt) if train_path else None
     labels = {"tokenizer": "training the tokenizer", "base": "training the base (steps)",
               "contaminated": "training the contaminated twin (steps)", "clean": "training the clean twin (steps)"}
-    with _stage_progress(labels, not quiet) as progress:
+    with stage_progress(labels, not quiet) as progress:
         result = build_lab(samples, train, out, config, progress=progress)
     manifest = load_lab_manifest(result.out)
     corpus, training = manifest["corpus"], manifest["training"]
     if as_json:
         summary = {**result.to_dict(), "device": manifest["device"], "corpus": corpus,
                    "training": {name: {k: v for k, v in rec.items() if k != "loss_curve"} for name, rec in training.items()}}
-        _echo_json(summary)
+        echo_json(summary)
         return EXIT_CLEAN
     table = Table(title=f"itd lab: preset {result.preset}, {manifest['model']['parameters']:,} parameters, {manifest['device']}")
     for col in ("model", "steps", "tokens", "extra exposures", "loss", "seconds"):
@@ -1028,64 +641,13 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas
         cached = " (cached)" if name == "base" and not manifest["base"]["trained_in_this_build"] else ""
         table.add_row(name + cached, str(rec["steps"]), f"{rec['tokens']:,}", str(rec.get("extra_exposures", "-")),
                       f"{rec['first_loss']:.2f} -> {rec['final_loss']:.2f}", f"{rec['seconds']:.0f}")
-    console = _out_console()
+    console = out_console()
     console.print(table)
     console.print(f"{len(result.leaked)} items leaked x{repeats} ({recipe}), {len(result.unseen)} unseen, "
                   f"{corpus['placebo_items']} placebo items x{repeats} for the clean twin, "
                   f"{corpus['train_items']} clean training items; {len(result.replicas)} replica(s)")
     console.print(f"models: {result.contaminated}, {result.clean}\nground truth: {result.manifest}")
     return EXIT_CLEAN
-
-
-@contextlib.contextmanager
-def _rewrite_progress(enabled: bool = True) -> Iterator[Any]:
-    """One rich bar per rewrite stage with the running counters; yields `(stage, done, total, counters)`."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    with _progress_bars(MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[counters]}")) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(stage: str, done: int, total: int, counters: dict[str, Any]) -> None:
-            text = f"rewritten {counters.get('rewritten', 0)}, pending {counters.get('pending', 0)}"
-            if "calls" in counters:
-                text += (f" | calls {counters['calls']}, cached {counters.get('cache_hits', 0)}, "
-                         f"tokens {counters.get('prompt_tokens', 0) + counters.get('completion_tokens', 0):,}")
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, counters=text)
-            bar.update(tasks[stage], completed=done, total=total, counters=text)
-
-        yield update
-
-
-def _count_table(title: str, label: str, counts: dict[str, int]):
-    """A two-column rich table: `label`, then the number of items."""
-    from rich.table import Table
-
-    table = Table(title=title, min_width=len(title))
-    table.add_column(label)
-    table.add_column("items", justify="right")
-    for key, n in counts.items():
-        table.add_row(key, str(n))
-    return table
-
-
-def _print_rewrite(report, out: str, log: str) -> None:
-    summary = report.summary()
-    console = _out_console()
-    console.print(_count_table(f"itd rewrite ({summary['method']}): {summary['items']} items", "status", summary["counts"]))
-    if summary["rounds_needed"]:
-        console.print("rounds needed: " + ", ".join(f"{n} item(s) in {r}" for r, n in summary["rounds_needed"].items()))
-    if summary["rejection_reasons"]:
-        console.print(_count_table("rejected: reason of the last attempt", "reason", summary["rejection_reasons"]))
-    if summary.get("rejections_by_check"):
-        console.print(_count_table("failed checks, every attempt", "check", summary["rejections_by_check"]))
-    if report.changes_difficulty:
-        console.print("[yellow]note: this rewriter changes difficulty (MMLU-CF option replacement); scores are not "
-                      "comparable to the original set[/yellow]")
-    console.print(f"rewritten set: {out}\nper-item log: {log}")
 
 
 @cli.command(short_help="Rewrite flagged items into verified variants.")
@@ -1184,7 +746,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
     samples = _load(benchmark, fmt)
     flagged = load_flagged(only_flagged) if only_flagged else None
     if flagged is not None and not flagged & {s.id for s in samples}:
-        _err_console().print(f"[yellow]none of the {len(flagged)} flagged ids is in {benchmark}: nothing to rewrite[/yellow]")
+        err_console().print(f"[yellow]none of the {len(flagged)} flagged ids is in {benchmark}: nothing to rewrite[/yellow]")
     model = reference = None
     if assure_model:
         from itd.models import load_model
@@ -1193,7 +755,7 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
         model = load_model(assure_model, device=device)
     assurance = build_assurance(model=model, reference=reference, detect=DetectConfig(fdr=fdr, threshold=threshold),
                                 corpus=assure_corpus)
-    with _rewrite_progress(not quiet) as progress:
+    with rewrite_progress(not quiet) as progress:
         report = run_rewrite(samples, rewriter, verifier, flagged=flagged, rounds=rounds, assurance=assurance, progress=progress)
     kept = report.samples(drop_rejected=drop_rejected)
     config = {"method": rewriter.config(), "verify": report.verify, "rounds": rounds, "drop_rejected": drop_rejected,
@@ -1210,12 +772,12 @@ def rewrite(benchmark, method, out, log_path, only_flagged, fmt, rounds, drop_re
             write_benchmark(kept, staged.path(out), format=None if fmt == "auto" else fmt)
             write_json(staged.path(manifest_path(out)), {**manifest, "summary": report.summary(), "log": log_path})
         else:
-            _err_console().print("[yellow]every item was rejected and dropped: no rewritten set was written[/yellow]")
+            err_console().print("[yellow]every item was rejected and dropped: no rewritten set was written[/yellow]")
         report.write_log(staged.path(log_path), manifest)
     if as_json:
-        _echo_json({**report.summary(), "out": out, "log": log_path})
+        echo_json({**report.summary(), "out": out, "log": log_path})
     else:
-        _print_rewrite(report, out, log_path)
+        print_rewrite(report, out, log_path)
     return EXIT_FOUND if report.counts()["rejected"] else EXIT_CLEAN
 
 
