@@ -5,6 +5,9 @@ most suspicious items with their evidence and rewrites side by side.
 Input is the run summary and the per-item records of the pipeline; every part is optional and a section whose
 data are absent is replaced by one line saying why. All user text is HTML-escaped. Plots are drawn with
 `matplotlib.figure.Figure` on an Agg canvas, never through pyplot, so no global figure state leaks between calls.
+
+Over 600 lines because the report is one self-contained page: each section's HTML and plot next to the
+others, with one escaping rule.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ endpoint URL nor the API key. The key itself is resolved from the environment wh
 is made and is kept out of the config, the replies, the cache and every error message.
 
 A reply is data: its text is only ever parsed (into the schema, or by an evaluator's answer extraction).
+
+Over 600 lines because the client is one unit: requests, the schema check, retries, the reply cache and the
+key handling each depend on the others' invariants (a cached reply is never re-sent, a key never leaves).
 """
 
 from __future__ import annotations

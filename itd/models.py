@@ -30,6 +30,9 @@ Reductions over the vocabulary run in fp32, a bounded chunk of positions at a ti
 Several devices: `load_model(..., device="cuda:0,cuda:1")` loads one replica per device and `score_texts`
 splits the texts among them (data parallel, `itd.parallel`); `device="auto"` does so on a machine with several
 GPUs when the model fits on one of them, and spreads a larger model over the GPUs (`device_map="auto"`).
+
+Over 600 lines because the loader and the batched scorer are one mechanism: the scorer's batching, devices,
+replicas and stored results are the loaded model's; the probes' formulas are `itd.probes`' registry.
 """
 
 from __future__ import annotations

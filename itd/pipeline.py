@@ -18,6 +18,9 @@ Resuming is running again: every model call goes through a journal in `state/` (
 `itd.models.score_texts` and `itd.evaluation.evaluate`) and every LLM call through the reply cache, so a run
 killed at any point and started again repeats no finished call and, every stage being deterministic in its
 inputs and seeds, writes the same results. A run directory holding a run of another config is refused.
+
+Over 600 lines because the run is one state machine (the config, the run directory, resume, and each stage's
+call in order); each stage's logic is in its own package.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ workers (similarities are rounded to 4 decimals, so that a document embedded in 
 
 Reading a candidate's text (windows, layout, the answer it states) is `itd.detectors.candidate_text`; the judge's
 prompts and reply schema are `itd.detectors.judge`. Their public names are re-exported here.
+
+Just over 600 lines: the detector's fit, scan, merge and judging passes share its embedding state.
 """
 
 from __future__ import annotations
