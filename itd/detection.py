@@ -29,7 +29,7 @@ from itd.data import Sample
 from itd.errors import InputError
 from itd.io import atomic_write, manifest_path, write_json
 from itd.progress import StageProgress, prefixed, under
-from itd.render import RENDERINGS, render, resolve_rendering
+from itd.render import check_rendering, render, resolve_rendering
 
 if TYPE_CHECKING:  # itd.models stays unimported until a model is scored
     from itd.models import ItemScores, ModelRef, ScoringModel
@@ -102,8 +102,10 @@ class DetectConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
-        if self.rendering not in RENDERINGS:
-            raise InputError(f"unknown rendering {self.rendering!r}; choose one of {', '.join(RENDERINGS)}")
+        try:
+            check_rendering(self.rendering)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         for name in ("fdr", "alpha"):
             if not 0 < getattr(self, name) < 1:
                 raise InputError(f"{name} must be in (0, 1), got {getattr(self, name)}")

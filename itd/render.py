@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from itd.data import Sample, strip_calculator_annotations
+from itd.registry import close_names
 
-__all__ = ["RENDERINGS", "render", "resolve_rendering"]
+__all__ = ["RENDERINGS", "check_rendering", "render", "resolve_rendering"]
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -20,10 +21,18 @@ annotations stripped) or the gold answer. `options`: the question with its choic
 `options+answer`: that, then `Answer: <letter>`. `auto`: `options+answer` for MCQ, `question+answer` otherwise."""
 
 
+def check_rendering(mode: str) -> str:
+    """`mode` if it names a rendering, else ValueError with the closest name and the list."""
+    if mode not in RENDERINGS:
+        close = close_names(str(mode), RENDERINGS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown rendering {mode!r}.{hint} Known: {', '.join(RENDERINGS)}.")
+    return mode
+
+
 def resolve_rendering(sample: Sample, mode: str) -> str:
     """The concrete rendering `mode` means for `sample` (`auto` resolved; option modes need choices)."""
-    if mode not in RENDERINGS:
-        raise ValueError(f"unknown rendering {mode!r}; choose one of {', '.join(RENDERINGS)}")
+    check_rendering(mode)
     if mode == "auto":
         return "options+answer" if sample.is_mcq else "question+answer"
     if mode.startswith("options") and not sample.is_mcq:

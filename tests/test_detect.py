@@ -118,6 +118,8 @@ def test_cli_detect_input_errors(lab_sets, tmp_path, capsys):
     assert "no-such-model" in capsys.readouterr().err
     assert main(["detect", str(bench_file), "--model", str(tmp_path), "--methods", "mink,minkk", "--decision", "mink"]) == 2
     assert "did you mean" in capsys.readouterr().err.lower()
+    assert main(["detect", str(bench_file), "--model", str(tmp_path), "--rendering", "question+answr"]) == 2
+    assert "did you mean 'question+answer'" in capsys.readouterr().err.lower()
     bad_truth = tmp_path / "truth.json"
     bad_truth.write_text('{"leaked": []}', "utf-8")
     with pytest.raises(InputError, match="truth.json"):

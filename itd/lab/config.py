@@ -10,7 +10,7 @@ from typing import Any
 
 from itd.errors import InputError
 from itd.registry import Registry
-from itd.render import RENDERINGS
+from itd.render import check_rendering
 from itd.validate import check_int, is_real
 
 RECIPES = ("pretrain", "finetune")
@@ -155,8 +155,7 @@ class LabConfig:
         ):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         object.__setattr__(self, "device", device)
-        if self.rendering not in RENDERINGS:
-            raise ValueError(f"unknown rendering {self.rendering!r}; choose one of {', '.join(RENDERINGS)}")
+        check_rendering(self.rendering)
         for name, value, allowed in (("recipe", self.recipe, RECIPES), ("loss_on", self.loss_on, LOSS_SPANS),
                                      ("prompt_style", self.prompt_style, ("plain", "harness")),
                                      ("placebo", self.placebo, ("auto", "train", "benchmark"))):
