@@ -56,6 +56,8 @@ def main() -> int:
                     help="Override a lab preset field (e.g. --set twin_lr=3e-3); repeatable.")
     ap.add_argument("--methods", default="loss,zlib,mink,minkpp", help="Probes computed (comma-separated).")
     ap.add_argument("--decision", default="minkpp", help="The probe (or 'combined') whose p-values make the flags.")
+    ap.add_argument("--reference", type=int, default=None, help="Held-out items the probes are calibrated "
+                    "against (default: --items).")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
@@ -71,7 +73,7 @@ def main() -> int:
         overrides[key.strip()] = json.loads(value)
     config = DemoConfig(benchmark=args.benchmark, data=data, preset=args.preset, items=args.items, seed=args.seed,
                         device=args.device, recipe=args.recipe, leak_rate=args.leak_rate,
-                        loss_on=args.loss_on, overrides=overrides, decision=args.decision,
+                        loss_on=args.loss_on, overrides=overrides, decision=args.decision, reference=args.reference,
                         detect_methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), **extra)
     C.header(f"Decontamination on paired lab twins: {args.benchmark}, preset {args.preset or 'default'}, "
              f"{args.items} items, {config.recipe} leak x{config.repeats}, seed {args.seed}"

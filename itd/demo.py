@@ -298,7 +298,8 @@ class DemoConfig:
     (real files under `data`: `test.jsonl` + `train.jsonl`, or `test/` + `dev/`), the lab preset ("demo" for
     arithmetic, else "tiny" when None) with `overrides` of its fields, its leak rate, repeats, recipe, trained
     span of a leaked item (`loss_on`, see `itd.lab.LabConfig`) and seed, the number of benchmark items, and the
-    probes computed (`detect_methods`) and deciding the flags (`decision`, see `itd.detection.DetectConfig`)."""
+    probes computed (`detect_methods`) and deciding the flags (`decision`, see `itd.detection.DetectConfig`)
+    against `reference` held-out items (default: as many as the experiment's)."""
 
     benchmark: str = "arithmetic"
     data: str | None = None
@@ -313,6 +314,7 @@ class DemoConfig:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     detect_methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
     decision: str = "minkpp"
+    reference: int | None = None
 
     def __post_init__(self) -> None:
         if self.benchmark not in ("arithmetic", "gsm8k", "mmlu"):
@@ -321,6 +323,9 @@ class DemoConfig:
             raise InputError(f"the {self.benchmark} demo needs --data (the directory of its files)")
         if self.items < 20:
             raise InputError(f"the demo needs at least 20 items, got {self.items}")
+        if self.reference is not None and (isinstance(self.reference, bool) or not isinstance(self.reference, int)
+                                           or self.reference < 20):
+            raise InputError(f"the reference set needs at least 20 items, got {self.reference!r}")
         try:  # the lab's and the detection's settings, checked before any data is generated
             self.lab_config()
             self.detect_config()
@@ -397,7 +402,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None
         log(f"training the {preset} lab on {config.benchmark}: base, then the twins (most of the demo's time)")
         lab = build_lab(benchmark, train, lab_dir, lab_config,
                         progress=None if progress is None else lambda stage, d, t: progress(f"lab: {stage}", d, t))
-    paths = write_experiment(lab, benchmark, out / "data", reference=config.items)
+    paths = write_experiment(lab, benchmark, out / "data", reference=config.reference or config.items)
     generation = "max_new_tokens = 64  # the arithmetic solutions are two lines\n" if config.benchmark == "arithmetic" else ""
     toml = f"""# itd demo: the evaluated model is the lab's contaminated twin; the clean twin gives the ground truth.
 [benchmark]

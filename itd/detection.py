@@ -28,6 +28,7 @@ from itd import stats
 from itd.data import Sample
 from itd.errors import InputError
 from itd.io import atomic_write, manifest_path, write_json
+from itd.probes import PROBES
 from itd.progress import StageProgress, prefixed, under
 from itd.render import check_rendering, render, resolve_rendering
 
@@ -62,6 +63,10 @@ class DetectConfig:
     items joined into the ReCaLL / Con-ReCall non-member prefix (they leave the calibration set). `codec`: also
     run the dataset-level CoDeC test (`itd.codec`, two more passes, one over `codec_shots` in-context items per
     item) on the benchmark and the reference set; it is reported beside the set-level tests and does not decide.
+    `stratify`: the p-values of the probes that score the answer (`answer_acc`, `answer_logp`) of a
+    multiple-choice item are calibrated against the reference items with the same gold letter (Mondrian
+    conformal p-values), so the model's preference among the letters is no evidence; a letter with fewer than 20
+    reference items falls back to the whole reference set.
     """
 
     methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
@@ -81,6 +86,7 @@ class DetectConfig:
     recall_shots: int = 4
     codec: bool = False
     codec_shots: int = 3
+    stratify: bool = True
 
     def __post_init__(self) -> None:
         methods = tuple(dict.fromkeys(m.strip().lower() for m in self.methods if m.strip()))
@@ -392,7 +398,13 @@ def detect(
             if not ok_r.any() or not ok_b.any():
                 continue
             p = np.ones(bench.size)
-            p[ok_b] = stats.conformal_pvalues(bench[ok_b], ref[ok_r])
+            if config.stratify and PROBES.get(m).of_answer:  # within items of the same gold letter
+                keys = np.array([_answer_stratum(it.sample) for it in items], dtype=object)
+                ref_keys = np.array([_answer_stratum(s) for s in reference], dtype=object)
+                p[ok_b] = stats.stratified_conformal_pvalues(bench[ok_b], ref[ok_r], keys[ok_b].tolist(),
+                                                             ref_keys[ok_r].tolist())
+            else:
+                p[ok_b] = stats.conformal_pvalues(bench[ok_b], ref[ok_r])
             for it, pv in zip(items, p.tolist()):
                 it.p_values[m] = pv
             report.set_tests[m] = stats.set_level_test(bench[ok_b], ref[ok_r], seed=config.seed)
@@ -425,6 +437,11 @@ def detect(
     if truth is not None:
         report.truth = truth_metrics(items, config, truth)
     return report
+
+
+def _answer_stratum(sample: Sample) -> int | None:
+    """The stratum of a multiple-choice item for the answer probes: its gold choice (None for other items)."""
+    return sample.answer if sample.is_mcq and isinstance(sample.answer, int) else None
 
 
 def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None

@@ -58,13 +58,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """A registered probe: its name, the dataclass of its parameters (None: it has none), what it costs, and the
-    per-token statistics of the one forward pass it reads (`itd.models` computes only those asked for)."""
+    """A registered probe: its name, the dataclass of its parameters (None: it has none), what it costs, the
+    per-token statistics of the one forward pass it reads (`itd.models` computes only those asked for), and
+    whether it scores the answer given the question (`of_answer`: then a multiple-choice item's score carries the
+    model's preference among the letters, and detection calibrates it among items with the same gold letter)."""
 
     name: str
     config: type | None
     cost: str
     token_stats: tuple[str, ...] = ()
+    of_answer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +130,8 @@ for _probe in (
     Probe("lowercase", None, "one more pass (the lowercased text)"),
     Probe("reference", None, "one pass of a reference model"),
     Probe("gapk", GapKConfig, "one pass", ("gap", "sigma")),
-    Probe("answer_acc", None, "one pass", ("gap",)),
-    Probe("answer_logp", None, "one pass"),
+    Probe("answer_acc", None, "one pass", ("gap",), of_answer=True),
+    Probe("answer_logp", None, "one pass", of_answer=True),
     Probe("dcpdd", DCPDDConfig, "one pass and a token-frequency table"),
     Probe("recall", ReCaLLConfig, "one more pass (prefix + text)"),
     Probe("conrecall", ConReCaLLConfig, "two more passes (each prefix + text)"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "bootstrap_auroc_ci",
     "cauchy_combination",
     "conformal_pvalues",
+    "stratified_conformal_pvalues",
     "permutation_rank_pvalues",
     "permutation_set_test",
     "set_level_test",
@@ -76,6 +78,25 @@ def conformal_pvalues(scores: ArrayLike, reference: ArrayLike) -> np.ndarray:
     ref = np.sort(_scores(reference, "reference"))
     n_ge = ref.size - np.searchsorted(ref, s, side="left")
     return (1.0 + n_ge) / (ref.size + 1.0)
+
+
+def stratified_conformal_pvalues(scores: ArrayLike, reference: ArrayLike, strata: Sequence[Any],
+                                 reference_strata: Sequence[Any], min_reference: int = 20) -> np.ndarray:
+    """Mondrian conformal p-values: each score against the reference scores of its own stratum (valid within each
+    stratum, where scores and references are exchangeable), or against all of them where its stratum has fewer
+    than `min_reference` reference scores (or its stratum is None)."""
+    s = _scores(scores, "scores")
+    ref = _scores(reference, "reference")
+    if len(strata) != s.size or len(reference_strata) != ref.size:
+        raise ValueError("strata and reference_strata must label every score and every reference score")
+    out = conformal_pvalues(s, ref)
+    ref_of = np.asarray(reference_strata, dtype=object)
+    for key in {k for k in strata if k is not None}:
+        own = ref[ref_of == key]
+        if own.size >= min_reference:
+            idx = np.array([i for i, k in enumerate(strata) if k == key])
+            out[idx] = conformal_pvalues(s[idx], own)
+    return out
 
 
 def benjamini_hochberg(pvalues: ArrayLike, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@ their published formulas, on the tiny random GPT-2 of test_models, and their reg
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -291,3 +292,28 @@ def test_codec_test_scores_both_sets_and_compares_them(lm, shared_data):
     assert report.summary()["codec"] == result.to_dict()
     plain = detect(short[:20], lm, short[20:], DetectConfig(methods=("loss",), decision="loss", rendering="question"))
     assert "codec" not in plain.summary() and plain.verdict == report.verdict
+
+
+def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, shared_data):
+    """A model's preference among the letters is no evidence of a leak: the answer probes' p-values of MCQ items
+    come from the reference items with the same gold letter; the other probes' from the whole reference set."""
+    from itd.data import load_benchmark
+    from itd.detection import DetectConfig, detect
+    from itd.stats import conformal_pvalues
+
+    mmlu = load_benchmark(shared_data / "mmlu" / "test" / "high_school_biology_test.csv")
+    short = [dataclasses.replace(s, question=lm.tokenizer.decode(lm.tokenizer(s.question)["input_ids"][:10]),
+                                 choices=tuple(c[:20] for c in s.choices)) for s in mmlu[:260]]
+    bench, reference = short[:40], short[40:]
+    config = DetectConfig(methods=("loss", "answer_logp"), decision="answer_logp", rendering="options+answer")
+    report = detect(bench, lm, reference, config)
+    ref_scores = {m: np.array(report.reference_scores[m]) for m in ("loss", "answer_logp")}
+    letters = np.array([s.answer for s in reference])
+    assert all(np.sum(letters == k) >= 20 for k in range(4))
+    for it in report.items:
+        own = ref_scores["answer_logp"][letters == it.sample.answer]
+        assert it.p_values["answer_logp"] == conformal_pvalues([it.scores["answer_logp"]], own)[0]
+        assert it.p_values["loss"] == conformal_pvalues([it.scores["loss"]], ref_scores["loss"])[0]
+    pooled = detect(bench, lm, reference, dataclasses.replace(config, stratify=False))
+    assert [it.p_values["answer_logp"] for it in pooled.items] == [
+        conformal_pvalues([it.scores["answer_logp"]], ref_scores["answer_logp"])[0] for it in pooled.items]

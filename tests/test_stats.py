@@ -22,6 +22,7 @@ from itd.stats import (
     permutation_rank_pvalues,
     permutation_set_test,
     set_level_test,
+    stratified_conformal_pvalues,
     tpr_at_fpr,
 )
 
@@ -371,3 +372,25 @@ def _normal_cdf(x):
     from scipy.special import ndtr
 
     return ndtr(x)
+
+
+def test_stratified_conformal_pvalues_calibrate_within_each_stratum():
+    """Two strata whose scores differ by a shift (a model preferring one answer letter): pooled p-values are far
+    from uniform within a stratum, Mondrian ones are uniform in each; a stratum with too few references (or
+    None) gets the pooled p-value."""
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.normal(0, 1, 400), rng.normal(3, 1, 400)])
+    ref_keys = [0] * 400 + [1] * 400
+    null = np.concatenate([rng.normal(0, 1, 4000), rng.normal(3, 1, 4000)])
+    keys = [0] * 4000 + [1] * 4000
+    p = stratified_conformal_pvalues(null, ref, keys, ref_keys)
+    pooled = conformal_pvalues(null, ref)
+    for k in (0, 1):
+        own = p[np.array(keys) == k]
+        assert abs(float(np.mean(own <= 0.1)) - 0.1) < 0.02  # uniform within the stratum
+        assert np.array_equal(own, conformal_pvalues(null[np.array(keys) == k], ref[np.array(ref_keys) == k]))
+    assert float(np.mean(pooled[:4000] <= 0.1)) < 0.02 and float(np.mean(pooled[4000:] <= 0.1)) > 0.15
+    sparse = stratified_conformal_pvalues(null[:3], ref, [2, None, 0], ref_keys)
+    assert sparse[0] == pooled[0] and sparse[1] == pooled[1] and sparse[2] == p[2]
+    with pytest.raises(ValueError, match="label every"):
+        stratified_conformal_pvalues(null[:3], ref, [0, 1], ref_keys)
