@@ -30,7 +30,7 @@ from itd.errors import InputError
 from itd.io import atomic_write, manifest_path, write_json
 from itd.probes import PROBES
 from itd.progress import StageProgress, prefixed, under
-from itd.render import check_rendering, render, resolve_rendering
+from itd.render import KEY_PREFIX, check_rendering, render, resolve_rendering
 
 if TYPE_CHECKING:  # itd.models stays unimported until a model is scored
     from itd.models import ItemScores, ModelRef, ScoringModel
@@ -286,7 +286,8 @@ def score_samples(lm: ScoringModel, samples: Sequence[Sample], config: DetectCon
 
 def scored_text(sample: Sample, rendering: str) -> str:
     """`render(sample, rendering)`; for an answer rendering, an `itd.models.AnsweredText` that knows where the
-    answer starts (what `answer_acc` scores)."""
+    answer starts (what the answer probes score): the worked solution or gold answer, or of a multiple-choice
+    item's `Answer: C` line the key itself (the `Answer:` before it is the template's, the same for every item)."""
     from itd.models import AnsweredText
 
     text = render(sample, rendering)
@@ -294,7 +295,12 @@ def scored_text(sample: Sample, rendering: str) -> str:
     if not mode.endswith("answer"):
         return text
     head = render(sample, mode.removesuffix("+answer"))
-    return AnsweredText(text, len(head) + 1) if len(text) > len(head) and text.startswith(head + "\n") else text
+    if len(text) <= len(head) or not text.startswith(head + "\n"):
+        return text
+    start = len(head) + 1
+    if mode == "options+answer" and text.startswith(KEY_PREFIX, start):
+        start += len(KEY_PREFIX)
+    return AnsweredText(text, start)
 
 
 def option_orders(n_choices: int, limit: int, rng: random.Random) -> list[tuple[int, ...]]:

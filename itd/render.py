@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from itd.data import Sample, strip_calculator_annotations
 from itd.registry import close_names
 
-__all__ = ["RENDERINGS", "check_rendering", "render", "resolve_rendering"]
+__all__ = ["RENDERINGS", "KEY_PREFIX", "check_rendering", "render", "resolve_rendering"]
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+KEY_PREFIX = "Answer:"  # before the key letter in the `options+answer` rendering
 
 RENDERINGS = ("auto", "question", "question+answer", "options", "options+answer")
 """`question`: the question alone. `question+answer`: question, then the worked solution (GSM8K, calculator
@@ -65,7 +66,7 @@ def render(sample: Sample, mode: str = "auto", order: Sequence[int] | None = Non
     lines = [sample.question.strip()]
     lines += [f"{LETTERS[i]}. {choices[j].strip()}" for i, j in enumerate(order)]
     if mode == "options+answer" and isinstance(sample.answer, int):
-        lines.append(f"Answer: {LETTERS[order.index(sample.answer)]}")
+        lines.append(f"{KEY_PREFIX} {LETTERS[order.index(sample.answer)]}")
     return "\n".join(lines)
 
 
