@@ -17,6 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PRESET="${PRESET:-medium}"
 ITEMS="${ITEMS:-1000}"
+REFERENCE="${REFERENCE:-2000}"  # held-out items the probes are calibrated against (fewer where the test split
+                                # has fewer left beside the experiment: GSM8K test has 1,319 items)
 OUT="${OUT:-runs/gpu-table}"
 mkdir -p "$OUT"
 for bench in gsm8k mmlu; do
@@ -24,8 +26,13 @@ for bench in gsm8k mmlu; do
     for r in 1 3 6; do
       cell="$OUT/$bench-$recipe-r$r"
       [ -s "$cell.md" ] && continue
+      # the fine-tuning leak trains the answer only (supervised fine-tuning's loss), which the answer_logp probe
+      # sees and the whole-text probes do not
+      extra=()
+      [ "$recipe" = finetune ] && extra=(--loss-on answer --methods loss,zlib,mink,minkpp,answer_logp --decision answer_logp)
       python benchmarks/bench_pipeline.py --benchmark "$bench" --preset "$PRESET" --items "$ITEMS" \
-        --recipe "$recipe" --repeats "$r" --device cuda --workdir "$cell" > "$cell.md.tmp" 2> "$cell.log"
+        --reference "$REFERENCE" --recipe "$recipe" --repeats "$r" --device cuda "${extra[@]}" \
+        --workdir "$cell" > "$cell.md.tmp" 2> "$cell.log"
       mv "$cell.md.tmp" "$cell.md"
       grep -A1 "RESULTS row" "$cell.md" | tail -1
     done
