@@ -452,3 +452,37 @@ def test_finetune_leak_inflates_the_score_of_the_contaminated_twin(tmp_path):
     assert results["model"]["original"].prompt_style == "plain"  # evaluated as the leak showed the items
     assert gt.true_inflation.low > 0 and gt.true_inflation.value >= 0.3, gt.to_dict()["true_inflation"]
     assert abs(gt.unseen_gap.value) <= 0.15
+
+
+@pytest.mark.slow
+def test_mmlu_finetune_leak_moves_the_score_and_permutation_removes_it(shared_data, tmp_path):
+    """Real MMLU items, a micro GPT-2 far below chance level of knowledge: the fine-tuning leak with the loss on
+    the answer (the key letter, as supervised fine-tuning trains it) makes the contaminated twin answer its leaked
+    items; the clean twin (placebo items with the same gold letters in the same slots) does not, and the twins
+    agree on unseen items. Permuting the options of the leaked items takes the memorised key away."""
+    from itd.evaluation import EvalConfig, TwinOutcome, evaluate, ground_truth
+    from itd.rewriters.permute import PermuteConfig
+    from itd.rewriting import build_rewriter
+
+    mmlu = load_benchmark(shared_data / "mmlu" / "test" / "high_school_biology_test.csv")[:300]
+    config = LabConfig(preset="tiny", leak_rate=0.5, repeats=16, recipe="finetune", loss_on="answer", seed=5,
+                       device="cpu", placebo="benchmark",
+                       overrides={"n_layer": 2, "n_embd": 64, "n_head": 2, "seq_len": 256, "vocab_size": 800,
+                                  "batch_size": 8, "steps": 40, "twin_steps": 48, "twin_lr": 1e-2,
+                                  "n_test_items": 40, "n_train_items": 200})
+    lab = build_lab(mmlu, None, tmp_path / "lab", config)
+    by_id = {s.id: s for s in mmlu}
+    leaked, unseen = [by_id[i] for i in lab.leaked], [by_id[i] for i in lab.unseen]
+    split = split_items(mmlu, None, config)
+    assert sum(a.answer == b.answer for a, b in zip(split.leaked, split.placebo)) >= 0.75 * len(split.leaked)
+    results = {role: {"original": evaluate([*leaked, *unseen], path_, EvalConfig())}
+               for role, path_ in (("model", lab.contaminated), ("clean", lab.clean))}
+    gt = ground_truth([TwinOutcome(lab.leaked, lab.unseen, results)], n_boot=500)
+    assert gt.true_inflation.low > 0 and gt.true_inflation.value >= 0.3, gt.to_dict()["true_inflation"]
+    assert abs(gt.unseen_gap.value) <= 0.2
+    rewriter = build_rewriter("permute", seed=0)
+    assert isinstance(rewriter.Config(), PermuteConfig)
+    permuted = [c.sample for c in rewriter.propose_many([(s, 0) for s in leaked])]
+    before = evaluate(leaked, lab.contaminated, EvalConfig()).accuracy
+    after = evaluate(permuted, lab.contaminated, EvalConfig()).accuracy
+    assert after <= before - 0.3, (before, after)
