@@ -179,7 +179,8 @@ def _eval_config_class():
 @dataclass(frozen=True)
 class PipelineConfig:
     """Every setting of a run, one TOML table per field (`[benchmark]`, `[model]`, `[detect]`, ...).
-    `detect` is `itd.detection.DetectConfig` (`probes = false` skips model-side detection), `verify` is
+    `detect` is `itd.detection.DetectConfig` (`enabled = false`, or the older `probes = false`, skips model-side
+    detection), `verify` is
     `itd.rewriters.verify.VerifyConfig`, `evaluate` is `itd.evaluation.EvalConfig` (`enabled = false` skips it).
     `arms` (written `[evaluate] arms`) adds decontaminated sets to compare with the configured one: "all" (every
     item rewritten) and "retest" (every item rewritten again with the next seed: the test-retest ceiling of
@@ -209,7 +210,7 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as nested plain values (TOML- and JSON-ready; None values left out), one table per stage."""
         data = _drop_none(dataclasses.asdict(self))
-        data["detect"]["probes"] = data.pop("probes")
+        data["detect"]["enabled"] = data.pop("probes")
         data["evaluate"]["enabled"] = data.pop("evaluation")
         data["evaluate"]["arms"] = list(data.pop("arms"))
         data["scan"].update(data["scan"].pop("detector_options"))  # [scan.NAME] sub-tables
@@ -219,12 +220,16 @@ class PipelineConfig:
     def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> PipelineConfig:
         """Build from nested tables; an unknown key is an InputError naming `where` and the closest key."""
         data = dict(data)
-        # The two switches are written inside their tables in TOML: [detect] probes, [evaluate] enabled.
+        # The stages' switches are written inside their tables in TOML: [detect] enabled, [evaluate] enabled
+        # ([detect] probes, the older spelling, is read too).
         detect = dict(data.pop("detect", {}) or {})
         evaluate = dict(data.pop("evaluate", {}) or {})
         top: dict[str, Any] = {}
-        if "probes" in detect:
-            top["probes"] = typed_value(bool, detect.pop("probes"), f"{where}: detect.probes")
+        if "enabled" in detect and "probes" in detect:
+            raise InputError(f"{where}: [detect] sets both 'enabled' and its older spelling 'probes': keep 'enabled'")
+        for key in ("enabled", "probes"):
+            if key in detect:
+                top["probes"] = typed_value(bool, detect.pop(key), f"{where}: detect.{key}")
         if "enabled" in evaluate:
             top["evaluation"] = typed_value(bool, evaluate.pop("enabled"), f"{where}: evaluate.enabled")
         if "arms" in evaluate:
@@ -285,7 +290,12 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         table, _, name = key.rpartition(".")
         if not table:
             raise InputError(f"an override needs a table and a key (e.g. model.name), got {key!r}")
-        data.setdefault(table, {})[name] = value
+        node = data
+        for part in table.split("."):  # scan.ngram.n: the [scan.ngram] sub-table
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"override {key!r}: {part!r} is a value, not a table")
+        node[name] = value
     return PipelineConfig.from_dict(data, where=str(path))
 
 

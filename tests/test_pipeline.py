@@ -62,6 +62,13 @@ def test_config_defaults_overrides_and_relative_paths(tmp_path):
     assert cfg.benchmark.path == str(tmp_path / "bench.jsonl")  # relative to the config file
     assert cfg.detect.methods == ("loss", "minkpp") and cfg.probes is False and cfg.evaluation is False
     assert cfg.rewrite.rounds == 2 and cfg.model.name == "m"
+    assert cfg.to_dict()["detect"]["enabled"] is False  # saved with the stages' one spelling of the switch
+    assert load_config(path, {"scan.ngram.n": 9}).scan.detector_options["ngram"].n == 9  # a sub-table's key
+    path.write_text('[benchmark]\npath = "bench.jsonl"\n[detect]\nenabled = false\nprobes = true\n')
+    with pytest.raises(InputError, match="older spelling 'probes'"):
+        load_config(path)
+    path.write_text('[benchmark]\npath = "bench.jsonl"\n[detect]\nenabled = false\n')
+    assert load_config(path).probes is False
     again = PipelineConfig.from_dict(cfg.to_dict())  # the saved effective config reads back to the same config
     assert again == cfg
     with pytest.raises(InputError, match="benchmark.path"):
