@@ -109,6 +109,22 @@ _RAY_ADDRESS_HELP = ("With --engine ray: the cluster to run on, 'auto' (the one 
                      "ray://HOST:10001; default: start a local Ray instance with -j CPUs (-j 1: every core).")
 
 
+def _corpus_reading_options(command: Any) -> Any:
+    """The options of every command that reads a corpus (`scan`, `index build`): its fields and layout, where it
+    runs, and how many bad lines it may skip."""
+    for option in reversed((
+        click.option("--text-field", default="text", help=_TEXT_FIELD_HELP),
+        click.option("--layout", default="auto", help=_LAYOUT_HELP),
+        click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes."),
+        click.option("--engine", default="local", help=_ENGINE_HELP),
+        click.option("--ray-address", help=_RAY_ADDRESS_HELP),
+        click.option("--skip-bad-lines", is_flag=True, help=_SKIP_BAD_HELP),
+        click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP),
+    )):
+        command = option(command)
+    return command
+
+
 def _parse_detectors(value: str) -> tuple[str, ...]:
     return tuple(v for v in (p.strip() for p in value.split(",")) if v)
 
@@ -155,13 +171,7 @@ def cli() -> None:
 @click.option("--input-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.4, help="Question coverage that marks the input contaminated.")
 @click.option("--label-threshold", type=FiniteFloat(0, 1, min_open=True), default=0.4, help="Answer coverage that marks the label contaminated.")
 @click.option("--fuzzy-min-score", type=FiniteFloat(0, 100), default=85.0, help="rapidfuzz score a fuzzy match needs.")
-@click.option("--text-field", default="text", help=_TEXT_FIELD_HELP)
-@click.option("--layout", default="auto", help=_LAYOUT_HELP)
-@click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
-@click.option("--engine", default="local", help=_ENGINE_HELP)
-@click.option("--ray-address", help=_RAY_ADDRESS_HELP)
-@click.option("--skip-bad-lines", is_flag=True, help=_SKIP_BAD_HELP)
-@click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
+@_corpus_reading_options
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write the per-sample JSONL report here.")
 @click.option("--write-matches", type=click.Path(dir_okay=False), help="Write every corpus match of a contaminated item here (JSONL: item, detector, document, offsets, score; no cap), with a manifest.")
 @click.option("--write-clean-corpus", type=click.Path(file_okay=False), help="Write the corpus without its matches into this new directory (same layout, files and compression), with a manifest beside it.")
@@ -299,13 +309,7 @@ def index() -> None:
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Index directory.")
 @click.option("--n", type=click.IntRange(2, 64), default=13, help="n-gram length.")
 @click.option("--n-short", type=click.IntRange(1, 64), default=8, help="n-gram length for short items.")
-@click.option("--text-field", default="text", help=_TEXT_FIELD_HELP)
-@click.option("--layout", default="auto", help=_LAYOUT_HELP)
-@click.option("--workers", "-j", type=click.IntRange(1, 512), default=1, help="Worker processes.")
-@click.option("--engine", default="local", help=_ENGINE_HELP)
-@click.option("--ray-address", help=_RAY_ADDRESS_HELP)
-@click.option("--skip-bad-lines", is_flag=True, help=_SKIP_BAD_HELP)
-@click.option("--max-bad-lines", type=_BadLineLimit(), default="0.01", help=_MAX_BAD_HELP)
+@_corpus_reading_options
 @click.option("--json", "as_json", is_flag=True, help="Print the index metadata as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index_build(corpus, out, n, n_short, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines, as_json, quiet):

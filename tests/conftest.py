@@ -6,6 +6,7 @@ so CI can never pass by skipping.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,14 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-# fixtures that train models: every test using one (directly or through another fixture) is `slow`
-_TRAINING_FIXTURES = {"tiny_lab"}
+# fixtures that train models or start Ray: every test using one (directly or through another fixture) is `slow`
+_SLOW_FIXTURES = {"tiny_lab", "ray_local"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that need a trained lab as slow, so `pytest -m "not slow"` is the fast loop."""
+    """Mark the tests that need a trained lab or a Ray instance as slow, so `pytest -m "not slow"` is the fast
+    loop."""
     for item in items:
-        if _TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -77,3 +79,18 @@ def llm_server():
 
     with OpenAIServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with 2 CPUs for this module (ray.init with no address), shut down at the end."""
+    try:
+        import ray
+    except ImportError:
+        reason = "ray is not installed (pip install 'itd[ray]')"
+        if os.environ.get("ITD_REQUIRE_RAY") == "1":
+            pytest.fail(reason + "; ITD_REQUIRE_RAY=1 forbids skipping")
+        pytest.skip(reason)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()

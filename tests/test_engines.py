@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 import random
 import signal
@@ -47,19 +46,6 @@ def _assert_same_index(a: Path, b: Path) -> None:
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray instance with 2 CPUs for this module (ray.init with no address), shut down at the end."""
-    try:
-        import ray
-    except ImportError:
-        reason = "ray is not installed (pip install 'itd[ray]')"
-        if os.environ.get("ITD_REQUIRE_RAY") == "1":
-            pytest.fail(reason + "; ITD_REQUIRE_RAY=1 forbids skipping")
-        pytest.skip(reason)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -335,18 +334,6 @@ def test_counts_are_the_same_across_workers(some_bad, bench, tmp_path):
     assert (meta["documents"], meta["skipped_lines"], meta["files"], meta["bytes"]) == (988, 12, 1, some_bad.stat().st_size)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    try:
-        import ray
-    except ImportError:
-        reason = "ray is not installed (pip install 'itd[ray]')"
-        if os.environ.get("ITD_REQUIRE_RAY") == "1":
-            pytest.fail(reason + "; ITD_REQUIRE_RAY=1 forbids skipping")
-        pytest.skip(reason)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.slow
