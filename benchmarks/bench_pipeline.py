@@ -13,6 +13,8 @@ time, and one markdown row for RESULTS.md.
     python benchmarks/bench_pipeline.py                                  # the itd demo (arithmetic, demo preset)
     python benchmarks/bench_pipeline.py --benchmark gsm8k --preset small --recipe finetune --repeats 3
     python benchmarks/bench_pipeline.py --benchmark mmlu --preset small --recipe pretrain --repeats 6 --items 400
+    python benchmarks/bench_pipeline.py --benchmark mmlu --preset small --recipe finetune --repeats 6 \
+        --loss-on answer --reference 1000 --methods loss,zlib,mink,minkpp,answer_logp --decision answer_logp
 """
 
 from __future__ import annotations
