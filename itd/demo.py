@@ -385,12 +385,19 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None
     set, the ITD-decontaminated set, every item rewritten, and every item rewritten again (the test-retest
     ceiling of fidelity), the lab's ground truth and the report. Returns the pipeline's `RunResult` (its summary
     starts with the headline sentence); `out/lab` and `out/run` hold the rest. Running it again in the same
-    directory reuses a finished lab and resumes the run."""
+    directory reuses a finished lab and resumes the run. On a CPU that other processes keep busy it trains and
+    scores with as many threads as cores are free (`itd.models.cpu_threads`)."""
+    from itd.errors import require
+    from itd.models import cpu_thread_budget
+
+    with cpu_thread_budget(require("torch", "probes", "The demo")):
+        return _run_demo(Path(out), config or DemoConfig(), progress, log)
+
+
+def _run_demo(out: Path, config: DemoConfig, progress, log):
     from itd.lab import build_lab, load_lab, write_experiment
     from itd.pipeline import Pipeline, load_config
 
-    config = config or DemoConfig()
-    out = Path(out)
     log = log or (lambda message: None)
     benchmark, train = _demo_inputs(config, out / "data")
     # arithmetic: as many training items as were generated for it, whatever the preset
@@ -399,7 +406,10 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None
     lab_dir = out / "lab"
     lab = load_lab(lab_dir) if _same_lab(lab_dir, lab_config) else None
     if lab is None:
-        log(f"training the {preset} lab on {config.benchmark}: base, then the twins (most of the demo's time)")
+        import torch
+
+        threads = f", {torch.get_num_threads()} CPU thread(s)" if lab_config.device in ("auto", "cpu") else ""
+        log(f"training the {preset} lab on {config.benchmark}: base, then the twins (most of the demo's time{threads})")
         lab = build_lab(benchmark, train, lab_dir, lab_config,
                         progress=None if progress is None else lambda stage, d, t: progress(f"lab: {stage}", d, t))
     paths = write_experiment(lab, benchmark, out / "data", reference=config.reference or config.items)

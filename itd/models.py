@@ -62,6 +62,8 @@ __all__ = [
     "token_batches",
     "quiet_transformers",
     "resolve_device",
+    "cpu_threads",
+    "cpu_thread_budget",
     "vocab_size",
     "DEFAULT_METHODS",
     "DEVICES",
@@ -356,6 +358,74 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         if enabled:
             logging.enable_progress_bar()
+
+
+_BUSY_WINDOW = 0.3  # seconds over which the other processes' CPU use is measured
+
+
+def _busy_cores_of_others(window: float = _BUSY_WINDOW) -> float | None:
+    """How many cores other processes kept busy over the last `window` seconds (Linux `/proc/stat` less this
+    process's own CPU time); None where that cannot be read."""
+    import time
+
+    def jiffies() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    try:
+        busy0, all0 = jiffies()
+        own0 = time.process_time()
+        time.sleep(window)
+        busy1, all1 = jiffies()
+        own1 = time.process_time()
+    except (OSError, ValueError, IndexError):
+        return None
+    if all1 <= all0:
+        return None
+    cores = os.cpu_count() or 1
+    return max(0.0, (busy1 - busy0) / (all1 - all0) * cores - (own1 - own0) / window)
+
+
+def cpu_threads(torch: Any) -> int:
+    """Intra-op threads for CPU work: `$ITD_CPU_THREADS` when set, else torch's default (one per core) less the
+    cores other processes keep busy (at least 70% of a core each), at least one. OpenMP threads that share their
+    cores with other busy processes wait for each other at every barrier: training the demo's model ran 4.6x
+    slower with two threads than with one on two cores kept busy by two other processes (RESULTS §9). Float sums
+    depend on the thread count: a run that must repeat another bit for bit sets `ITD_CPU_THREADS`."""
+    default = torch.get_num_threads()
+    fixed = os.environ.get("ITD_CPU_THREADS", "").strip()
+    if fixed:
+        if not fixed.isdigit() or int(fixed) < 1:
+            raise InputError(f"ITD_CPU_THREADS must be a positive integer, got {fixed!r}")
+        return int(fixed)
+    others = _busy_cores_of_others()
+    if others is None:
+        return default
+    cores = os.cpu_count() or default
+    return max(1, min(default, cores - int(others + 0.3)))
+
+
+@contextlib.contextmanager
+def cpu_thread_budget(torch: Any, threads: int | None = None) -> Iterator[int]:
+    """Run the block with `threads` intra-op threads (None: `cpu_threads`), torch's setting restored after;
+    yields the count. Inside another budget, the outer one's count stands."""
+    global _BUDGET
+    if _BUDGET is not None:
+        yield _BUDGET
+        return
+    before = torch.get_num_threads()
+    _BUDGET = cpu_threads(torch) if threads is None else threads
+    torch.set_num_threads(_BUDGET)
+    try:
+        yield _BUDGET
+    finally:
+        torch.set_num_threads(before)
+        _BUDGET = None
+
+
+_BUDGET: int | None = None
 
 
 def resolve_device(torch: Any, device: str) -> str:

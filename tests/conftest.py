@@ -29,6 +29,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def fixed_cpu_threads():
+    """One thread per core for every model the tests train or score (`itd.models.cpu_threads` would give fewer
+    on a machine other processes keep busy, and float sums depend on the count: the tests compare runs bit for
+    bit). Subprocesses inherit it through the environment."""
+    previous = os.environ.get("ITD_CPU_THREADS")
+    os.environ["ITD_CPU_THREADS"] = str(os.cpu_count() or 1)
+    yield
+    if previous is None:
+        os.environ.pop("ITD_CPU_THREADS", None)
+    else:
+        os.environ["ITD_CPU_THREADS"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
 def lab_cache(tmp_path_factory):
     """Lab bases (`itd.lab.base_cache_dir`) are cached in a directory of this test run, never the user's cache;
     subprocesses inherit it through the environment."""

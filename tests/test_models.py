@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -355,3 +356,32 @@ def test_auto_batch_halves_on_cuda_out_of_memory(lm, texts, monkeypatch):
     monkeypatch.setattr(M, "_score_batch", real)
     for a, b in zip(got, score_texts(lm, texts, ScoreConfig(methods=("loss", "minkpp"), batch_size=1))):
         _assert_same(a, b)
+
+
+def test_cpu_threads_leave_the_cores_other_processes_keep_busy(monkeypatch):
+    """One thread per free core, at least one; a core counts as taken when others keep it 70% busy;
+    `ITD_CPU_THREADS` fixes the count; a budget sets torch's count for its block and restores it."""
+    from itd import models
+
+    monkeypatch.delenv("ITD_CPU_THREADS", raising=False)
+    monkeypatch.setattr(models.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    for busy, threads in ((0.0, 4), (0.6, 4), (0.8, 3), (2.0, 2), (3.9, 1), (7.5, 1)):
+        monkeypatch.setattr(models, "_busy_cores_of_others", lambda busy=busy: busy)
+        assert models.cpu_threads(torch) == threads, busy
+    monkeypatch.setattr(models, "_busy_cores_of_others", lambda: None)  # not Linux: torch's default
+    assert models.cpu_threads(torch) == 4
+    monkeypatch.setenv("ITD_CPU_THREADS", "3")
+    assert models.cpu_threads(torch) == 3
+    monkeypatch.setenv("ITD_CPU_THREADS", "many")
+    with pytest.raises(InputError, match="ITD_CPU_THREADS"):
+        models.cpu_threads(torch)
+    monkeypatch.undo()
+    before = torch.get_num_threads()
+    with models.cpu_thread_budget(torch, 1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+        with models.cpu_thread_budget(torch, 2) as inner:  # the outer budget stands
+            assert inner == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    busy = models._busy_cores_of_others(0.05)  # this Linux machine: a number of cores, never this process's own
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1)

@@ -3,6 +3,7 @@ replica trained and installed with their corpora, and each replica's manifest, w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,7 +27,7 @@ from itd.lab.training import (
     portable_tokenizer_class,
     train_twin,
 )
-from itd.models import quiet_transformers, resolve_device
+from itd.models import cpu_thread_budget, quiet_transformers, resolve_device
 from itd.progress import StageProgress
 from itd.render import resolve_rendering
 
@@ -123,12 +124,19 @@ def build_lab(
     lab. Returns replica 0 (its `replicas` lists every replica's directory).
     """
     torch = require("torch", "probes", "The contamination lab")
+    device = torch.device(resolve_device(torch, config.device))
+    # on a CPU shared with other busy processes: as many threads as cores are free (`itd.models.cpu_threads`)
+    with cpu_thread_budget(torch) if device.type == "cpu" else contextlib.nullcontext():
+        return _build(benchmark, train, Path(out), config, device, progress, cache_dir)
+
+
+def _build(benchmark: Sequence[Sample], train: Sequence[Sample] | None, out: Path, config: LabConfig, device: Any,
+           progress: StageProgress | None, cache_dir: str | os.PathLike | None) -> LabResult:
+    torch = require("torch", "probes", "The contamination lab")
     transformers = require("transformers", "probes", "The contamination lab")
     tokenizers = require("tokenizers", "probes", "The contamination lab")
     start = time.perf_counter()
-    out = Path(out)
     preset = config.resolved_preset()
-    device = torch.device(resolve_device(torch, config.device))
     splits = [split_items(benchmark, train, config, k) for k in range(config.replicas)]
     _prepare_out(out, config.replicas)
     base_docs = build_corpus(splits[0], contaminated=False, repeats=0, seed=config.seed, rendering=config.rendering)
