@@ -391,9 +391,10 @@ def _busy_cores_of_others(window: float = _BUSY_WINDOW) -> float | None:
 def cpu_threads(torch: Any) -> int:
     """Intra-op threads for CPU work: `$ITD_CPU_THREADS` when set, else torch's default (one per core) less the
     cores other processes keep busy (at least 70% of a core each), at least one. OpenMP threads that share their
-    cores with other busy processes wait for each other at every barrier: training the demo's model ran 4.6x
-    slower with two threads than with one on two cores kept busy by two other processes (RESULTS §9). Float sums
-    depend on the thread count: a run that must repeat another bit for bit sets `ITD_CPU_THREADS`."""
+    cores with other busy processes wait for each other at every barrier: training the demo's model ran 1.6x
+    slower with two threads than with one on two cores beside one or two busy processes
+    (`benchmarks/bench_threads.py`, RESULTS §9). Float sums depend on the thread count: a run that must repeat
+    another bit for bit sets `ITD_CPU_THREADS`."""
     default = torch.get_num_threads()
     fixed = os.environ.get("ITD_CPU_THREADS", "").strip()
     if fixed:
