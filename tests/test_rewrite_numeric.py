@@ -365,6 +365,7 @@ def test_coverage_on_gsm8k_test(gsm8k, rewritten):
     assert "verification failed" not in reasons and "internal" not in reasons, reasons
 
 
+@pytest.mark.slow  # a sweep over all 1,200 GSM8K test items
 def test_every_rewrite_verifies(rewritten):
     done, _ = rewritten
     assert done
@@ -380,6 +381,7 @@ def test_every_rewrite_verifies(rewritten):
     assert not bad, f"{len(bad)} of {len(done)} rewrites fail verification, e.g. {bad[:5]}"
 
 
+@pytest.mark.slow  # a sweep over all 1,200 GSM8K test items
 def test_rewrites_keep_the_layout(rewritten):
     done, _ = rewritten
     for original, cand in done[:200]:
@@ -552,6 +554,7 @@ def test_carries_examples(op, a, b, count):
     assert carries(op, Fraction(a), Fraction(b)) == count == own_carries(op, Fraction(a), Fraction(b))
 
 
+@pytest.mark.slow  # a sweep over all 1,200 GSM8K test items
 def test_rewrites_keep_digits_carries_and_exact_divisions(rewritten):
     """On every rewritten item whose chain is all annotations, each constraint the rewrite says it holds holds
     on every operation; and most items hold them all."""
@@ -586,6 +589,7 @@ def test_rewrites_keep_digits_carries_and_exact_divisions(rewritten):
     assert kept["digits"] / checked >= 0.88 and kept["exact division"] / checked >= 0.99, kept
 
 
+@pytest.mark.slow  # a sweep over all 1,200 GSM8K test items
 def test_rewrites_keep_the_magnitudes(rewritten):
     """The new question numbers are not larger than the old ones on the whole (GSM-Symbolic's were): the mean
     log10 ratio stays near 0, about as many grow as shrink, and the digit counts are kept."""
