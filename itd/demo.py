@@ -390,11 +390,11 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, progress=None
     from itd.errors import require
     from itd.models import cpu_thread_budget
 
-    with cpu_thread_budget(require("torch", "probes", "The demo")):
-        return _run_demo(Path(out), config or DemoConfig(), progress, log)
+    with cpu_thread_budget(require("torch", "probes", "The demo")) as threads:
+        return _run_demo(Path(out), config or DemoConfig(), progress, log, threads)
 
 
-def _run_demo(out: Path, config: DemoConfig, progress, log):
+def _run_demo(out: Path, config: DemoConfig, progress, log, threads: int):
     from itd.lab import build_lab, load_lab, write_experiment
     from itd.pipeline import Pipeline, load_config
 
@@ -406,10 +406,8 @@ def _run_demo(out: Path, config: DemoConfig, progress, log):
     lab_dir = out / "lab"
     lab = load_lab(lab_dir) if _same_lab(lab_dir, lab_config) else None
     if lab is None:
-        import torch
-
-        threads = f", {torch.get_num_threads()} CPU thread(s)" if lab_config.device in ("auto", "cpu") else ""
-        log(f"training the {preset} lab on {config.benchmark}: base, then the twins (most of the demo's time{threads})")
+        on_cpu = f", {threads} CPU thread(s)" if lab_config.device in ("auto", "cpu") else ""
+        log(f"training the {preset} lab on {config.benchmark}: base, then the twins (most of the demo's time{on_cpu})")
         lab = build_lab(benchmark, train, lab_dir, lab_config,
                         progress=None if progress is None else lambda stage, d, t: progress(f"lab: {stage}", d, t))
     paths = write_experiment(lab, benchmark, out / "data", reference=config.reference or config.items)

@@ -396,6 +396,9 @@ def detect(
     if reference:
         ref_scored = score_samples(lm, reference, config, ref_lm, progress, "reference set")
         report.mode, report.reference_size = "fdr", len(reference)
+        # the answer probes' strata: a multiple-choice item's gold letter (None for other items)
+        keys = np.array([_answer_stratum(it.sample) for it in items], dtype=object)
+        ref_keys = np.array([_answer_stratum(s) for s in reference], dtype=object)
         for m in config.methods:
             bench = np.array([it.scores[m] for it in items])
             ref = np.array([s.scores[m] for s in ref_scored])
@@ -405,8 +408,6 @@ def detect(
                 continue
             p = np.ones(bench.size)
             if config.stratify and PROBES.get(m).of_answer:  # within items of the same gold letter
-                keys = np.array([_answer_stratum(it.sample) for it in items], dtype=object)
-                ref_keys = np.array([_answer_stratum(s) for s in reference], dtype=object)
                 p[ok_b] = stats.stratified_conformal_pvalues(bench[ok_b], ref[ok_r], keys[ok_b].tolist(),
                                                              ref_keys[ok_r].tolist())
             else:

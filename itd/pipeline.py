@@ -115,11 +115,10 @@ class ScanSection:
 
     def __post_init__(self) -> None:
         from itd.engines import ENGINES
-        from itd.scan import detector_config
+        from itd.scan import resolve_detector_options
 
         ENGINES.get(self.engine)  # an unknown engine fails when the config loads, with a did-you-mean
-        object.__setattr__(self, "detector_options",
-                           {name: detector_config(name, value) for name, value in dict(self.detector_options).items()})
+        object.__setattr__(self, "detector_options", resolve_detector_options(self.detector_options))
 
 
 @dataclass(frozen=True)

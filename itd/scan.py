@@ -28,7 +28,7 @@ from itd.report import SampleResult, ScanReport, label_of
 from itd.text import normalize, tokenize, window_spans
 
 __all__ = [
-    "ScanConfig", "scan", "scan_shard", "build_detectors", "default_detectors", "detector_config", "make_batch", "batches", "Progress", "FitProgress", "ShardTally",
+    "ScanConfig", "scan", "scan_shard", "build_detectors", "default_detectors", "resolve_detector_options", "make_batch", "batches", "Progress", "FitProgress", "ShardTally",
     "FileTally", "scan_many", "check_max_bad_lines", "reader_skip_limit", "DEFAULT_MAX_BAD_LINES",
 ]
 
@@ -95,7 +95,7 @@ class ScanConfig:
             self.ray_address = self.ray_address.strip() or None
         if self.ray_address is not None and self.engine != "ray":
             raise InputError(f"a Ray address ({self.ray_address!r}) needs the Ray engine (engine='ray', --engine ray)")
-        self.detector_options = {name: detector_config(name, value) for name, value in dict(self.detector_options).items()}
+        self.detector_options = resolve_detector_options(self.detector_options)
 
     def detector_config(self, name: str) -> Any:
         """The config detector `name` runs with: its entry in `detector_options`, else its defaults."""
@@ -117,16 +117,19 @@ def default_detectors() -> tuple[str, ...]:
     return ("ngram", "minhash") if importlib.util.find_spec("datasketch") is not None else ("ngram",)
 
 
-def detector_config(name: str, value: Any) -> Any:
-    """Detector `name`'s config from `value`, its `Config` or a mapping of that config's fields (InputError for
-    an unknown detector or field, with a did-you-mean, or for a bad value)."""
-    detector = DETECTORS.get(name)
-    if isinstance(value, detector.Config):
-        return value
-    if not isinstance(value, Mapping):
-        raise InputError(f"the {detector.name} detector is configured by a {detector.Config.__name__} or a mapping of "
-                         f"its fields, got {type(value).__name__}")
-    return config_from_table(detector.Config, value, f"detector_options[{detector.name!r}]")
+def resolve_detector_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Each detector's config, keyed by the detector's registered name, from `options`: per detector name its
+    `Config`, or a mapping of that config's fields (InputError for an unknown detector or field, with a
+    did-you-mean, or for a bad value)."""
+    out: dict[str, Any] = {}
+    for name, value in dict(options).items():
+        detector = DETECTORS.get(name)
+        if not isinstance(value, (detector.Config, Mapping)):
+            raise InputError(f"the {detector.name} detector is configured by a {detector.Config.__name__} or a "
+                             f"mapping of its fields, got {type(value).__name__}")
+        out[detector.name] = value if isinstance(value, detector.Config) else config_from_table(
+            detector.Config, value, f"detector_options[{detector.name!r}]")
+    return out
 
 
 def build_detectors(config: ScanConfig) -> list[CorpusDetector]:

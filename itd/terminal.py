@@ -458,8 +458,9 @@ def print_detection(report) -> None:
         line = (f"CoDeC: confidence falls behind in-context items for {fmt_ci({'value': c.score, 'ci': c.score_ci})} "
                 f"of the benchmark items ({c.shots} shots)")
         if c.reference_score is not None:
+            p = "n/a (no item had tokens to score)" if c.p_value is None else f"{c.p_value:.2e}"
             line += (f", {fmt_ci({'value': c.reference_score, 'ci': c.reference_ci})} of the reference set's; "
-                     f"p = {c.p_value:.2e} (one-sided Mann-Whitney)")
+                     f"p = {p} (one-sided Mann-Whitney)")
         out.print(line)
     if "flags" in (report.truth or {}):
         f = report.truth["flags"]

@@ -4,6 +4,7 @@ that keep each operation's difficulty, the search over draws with the constraint
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random
@@ -286,15 +287,13 @@ class Search:
         self.reasons[cat] = self.reasons.get(cat, 0) + 1
 
     def run(self) -> tuple[dict[int, Fraction], list[Fraction]] | None:
-        try:
+        with contextlib.suppress(_Budget):  # out of draws: the best partial result found, if any
             while True:
                 before = self.draws
                 if self._dfs(0):
                     return dict(self.values), list(self.results)  # type: ignore[arg-type]
                 if self.draws == before:
                     break  # nothing is drawn: no other values to try
-        except _Budget:
-            pass
         if self.found:
             _, values, results = min(self.found.values(), key=lambda f: f[0])
             return values, results
