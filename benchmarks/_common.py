@@ -74,8 +74,8 @@ def real_texts(data: str | Path) -> list[str]:
 
 # ---- generated corpora ----------------------------------------------------------------------------------------
 def filler_pool(rng: random.Random, n: int = 1500) -> list[str]:
-    """Filler paragraphs (itd.demo.filler_text) to draw documents from; generating is the slow part."""
-    from itd.demo import filler_text
+    """Filler paragraphs (itd.pipeline.demo.filler_text) to draw documents from; generating is the slow part."""
+    from itd.pipeline.demo import filler_text
 
     return [filler_text(rng, rng.randint(40, 250)) for _ in range(n)]
 
@@ -126,8 +126,8 @@ def write_corpus(
 
 
 def planted_gsm8k_leaks(data: str | Path, rng: random.Random, per_variant: int) -> tuple[list[str], dict[int, str]]:
-    """Leaked copies of GSM8K test items, `per_variant` of each `itd.demo.VARIANTS` kind; (texts, item -> kind)."""
-    from itd.demo import VARIANTS, plant
+    """Leaked copies of GSM8K test items, `per_variant` of each `itd.pipeline.demo.VARIANTS` kind; (texts, item -> kind)."""
+    from itd.pipeline.demo import VARIANTS, plant
 
     test = gsm8k_records(data, "test")
     order = list(range(len(test)))

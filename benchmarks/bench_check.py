@@ -1,13 +1,13 @@
 """End-to-end latency of `itd check` (the pre-commit hook) against a persistent index.
 
-Builds an index (`itd.index.build_index`) over a GSM8K+MMLU-sized corpus: GSM8K train + test and every MMLU
+Builds an index (`itd.corpus.index.build_index`) over a GSM8K+MMLU-sized corpus: GSM8K train + test and every MMLU
 dev/test item as one JSONL document each. Then times the CLI as a subprocess, wall clock including interpreter
 start-up, best of `--reps`:
 
   * `itd check leaked_gsm8k.jsonl --index IDX`: 1,000 GSM8K test items (all in the corpus);
   * `itd check leaked_mmlu.csv --index IDX`: 1,000 MMLU test items (all in the corpus);
-  * `itd check clean.jsonl --index IDX`: 1,000 generated GSM8K-style problems (`itd.demo.generate_problems`);
-  * baselines in the same run: `python -c pass` (interpreter start-up) and `python -c "import itd.cli"`.
+  * `itd check clean.jsonl --index IDX`: 1,000 generated GSM8K-style problems (`itd.pipeline.demo.generate_problems`);
+  * baselines in the same run: `python -c pass` (interpreter start-up) and `python -c "import itd.cli.commands"`.
 
     python benchmarks/bench_check.py
 """
@@ -34,7 +34,7 @@ def itd_command() -> list[str]:
     if exe.is_file():
         return [str(exe)]
     found = shutil.which("itd")
-    return [found] if found else [sys.executable, "-m", "itd.cli"]
+    return [found] if found else [sys.executable, "-m", "itd.cli.commands"]
 
 
 def time_cmd(cmd: list[str], reps: int) -> tuple[float, list[float], subprocess.CompletedProcess]:
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=int, default=0, metavar="TOP", help="Also cProfile one index build; show TOP functions.")
     args = ap.parse_args(argv)
 
-    from itd.demo import generate_problems
-    from itd.index import build_index
+    from itd.corpus.index import build_index
+    from itd.pipeline.demo import generate_problems
 
     gsm_train = C.gsm8k_records(args.data, "train")
     gsm_test = C.gsm8k_records(args.data, "test")
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         build_s = time.perf_counter() - t
         idx_bytes = sum(p.stat().st_size for p in idx.iterdir() if p.is_file())
         # in-run reference for the build time: an exact scan of the same corpus (same reading, tokenising, hashing)
-        from itd.data import load_benchmark
-        from itd.scan import ScanConfig, scan
+        from itd.core import load_benchmark
+        from itd.corpus.scan import ScanConfig, scan
 
         bench = load_benchmark(Path(args.data) / "gsm8k" / "test.jsonl")
         scan_s = C.best_of(lambda: scan(bench, [corpus], ScanConfig(detectors=("ngram",))), 1)[0]
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         itd = itd_command()
         cmds = [
             ("`python -c pass` (baseline: interpreter start-up)", [sys.executable, "-c", "pass"], None),
-            ('`python -c "import itd.cli"`', [sys.executable, "-c", "import itd.cli"], None),
+            ('`python -c "import itd.cli.commands"`', [sys.executable, "-c", "import itd.cli.commands"], None),
             (f"`itd check` {args.items} leaked GSM8K items", itd + ["check", str(leaked), "--index", str(idx), "--json"], 1),
             (f"`itd check` {args.items} leaked MMLU items", itd + ["check", str(leaked_mmlu), "--index", str(idx), "--json"], 1),
             (f"`itd check` {args.items} clean items", itd + ["check", str(clean), "--index", str(idx), "--json"], 0),

@@ -1,4 +1,4 @@
-"""CoDeC (`itd.codec`) on a paired lab that `bench_pipeline.py` built: the leaked items and the unseen items, each as
+"""CoDeC (`itd.probes.codec`) on a paired lab that `bench_pipeline.py` built: the leaked items and the unseen items, each as
 a set, under the contaminated and the clean twin, against the held-out reference set.
 
 A memorised set should show lower in-context deltas than the reference (a small Mann-Whitney p-value) under the
@@ -35,11 +35,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from itd.codec import codec_test
-    from itd.data import load_benchmark
-    from itd.detection import load_truth
+    from itd.core import load_benchmark
     from itd.lab import load_lab
-    from itd.models import load_model
+    from itd.probes.codec import codec_test
+    from itd.probes.detection import load_truth
+    from itd.probes.models import load_model
 
     wd = Path(args.workdir)
     lab = load_lab(wd / "lab")

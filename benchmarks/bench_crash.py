@@ -44,7 +44,7 @@ CLASSES = ("scan", "index", "rewrite", "run")
 
 
 def itd(*args: str, cwd: Path | None = None) -> list[str]:
-    return [sys.executable, "-m", "itd.cli", *args]
+    return [sys.executable, "-m", "itd.cli.commands", *args]
 
 
 def run_done(cmd: list[str], cwd: Path) -> float:
@@ -174,8 +174,8 @@ class IndexCase(Case):
         return itd("index", "build", "-c", "new.jsonl", "-o", self.out.name, "-q")
 
     def judge(self, killed: bool) -> str | None:
-        from itd.errors import InputError
-        from itd.index import NGramIndex
+        from itd.core.errors import InputError
+        from itd.corpus.index import NGramIndex
 
         try:
             got = NGramIndex(self.out)

@@ -1,7 +1,7 @@
 """Default scan (ngram + minhash) vs exact-only scan (ngram), and optionally the same two on another itd tree.
 
 Builds a ~`--mb` MB JSONL corpus the way `bench_scan.py` does (GSM8K train + MMLU texts + filler, planted GSM8K
-test leaks); the benchmark is GSM8K test. Every contender runs `itd.scan.scan(..., workers=1)` in a fresh
+test leaks); the benchmark is GSM8K test. Every contender runs `itd.corpus.scan.scan(..., workers=1)` in a fresh
 subprocess (so `--other PATH`, an older checkout's root, is timed with its own code in the same run), round-robin
 over `--reps` repetitions; each reports its scan's wall and CPU seconds (detector fit included, interpreter start
 not), its peak RSS and its labels. Speeds are MB (10^6 bytes of the corpus file) per CPU-second, i.e. per core.
@@ -27,8 +27,8 @@ GOAL_MB_S = 20.0
 
 _CHILD = r"""
 import json, resource, sys, time
-from itd.data import load_benchmark
-from itd.scan import ScanConfig, scan
+from itd.core import load_benchmark
+from itd.corpus.scan import ScanConfig, scan
 bench, corpus, detectors = sys.argv[1], sys.argv[2], tuple(sys.argv[3].split(","))
 samples = load_benchmark(bench)
 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     C.data_arg(ap)
     ap.add_argument("--mb", type=float, default=50.0, help="Corpus size in MB (10^6 bytes).")
     ap.add_argument("--reps", type=int, default=3, help="Repetitions of each contender (round-robin).")
-    ap.add_argument("--per-variant", type=int, default=5, help="Planted leaks per itd.demo variant.")
+    ap.add_argument("--per-variant", type=int, default=5, help="Planted leaks per itd.pipeline.demo variant.")
     ap.add_argument("--other", default=None, help="Root of another itd checkout to time the same way (e.g. before).")
     args = ap.parse_args(argv)
 

@@ -7,7 +7,7 @@ tiny` or `gpt2`). Contenders, timed round-robin, best of `--reps`, every device 
 
   * forward only: the exact batches `itd detect` runs on the first device (recorded in a warm-up) replayed through
     `model(...)` with no reduction: the cost of the model alone on one device;
-  * itd detect, 1 device: `itd.detection.detect(samples, model, config)` (all of `--methods` from one pass), the
+  * itd detect, 1 device: `itd.probes.detection.detect(samples, model, config)` (all of `--methods` from one pass), the
     first device only;
   * itd detect, N devices (with `--devices`): the same call on a model loaded with `device="cuda:0,cuda:1,..."`:
     items split into one contiguous chunk per replica, scored concurrently, merged in item order.
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from itd.data import load_benchmark
-    from itd.detection import DetectConfig, detect
-    from itd.models import load_model, score_texts
-    from itd.parallel import parse_devices
-    from itd.render import render
+    from itd.core import load_benchmark
+    from itd.core.render import render
+    from itd.probes.detection import DetectConfig, detect
+    from itd.probes.models import load_model, score_texts
+    from itd.probes.parallel import parse_devices
 
     devices = None
     if args.devices == "auto":

@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import datasketch
 
-    from itd.data import load_benchmark
+    from itd.core import load_benchmark
+    from itd.corpus.scan import ScanConfig, scan
     from itd.detectors.minhash import MinHashDetector
-    from itd.scan import ScanConfig, scan
 
     rng = random.Random(args.seed)
     samples = load_benchmark(Path(args.data) / "gsm8k" / "test.jsonl")

@@ -2,7 +2,7 @@
 
 For each benchmark (GSM8K test, with GSM8K train as the clean text; MMLU test, with the other MMLU test items as
 the clean text) and each repeat count r, `itd.lab.build_lab` trains the contaminated and the clean twin, and
-`itd.detection.detect` scores the lab's items (leaked + unseen) under each twin with every probe in one pass. The
+`itd.probes.detection.detect` scores the lab's items (leaked + unseen) under each twin with every probe in one pass. The
 table gives, per probe, the AUROC of leaked vs unseen items (with a 95% bootstrap interval) and the TPR at 1% and
 5% FPR under the contaminated twin, and the AUROC under the clean twin (should be near 0.5: the twins differ only
 by the leaked items). The set-level test uses a clean reference set of `--reference` benchmark items outside
@@ -30,10 +30,10 @@ METHODS = ("loss", "zlib", "mink", "minkpp", "gapk", "answer_acc", "dcpdd", "rec
 
 
 def run_cell(name, benchmark, train, r, args, wd):
-    from itd.detection import DetectConfig, detect
+    from itd.core.render import render
     from itd.lab import LabConfig, build_lab
-    from itd.models import load_model
-    from itd.render import render
+    from itd.probes.detection import DetectConfig, detect
+    from itd.probes.models import load_model
 
     overrides = {"steps": args.steps} if args.steps else {}
     config = LabConfig(preset=args.preset, leak_rate=args.leak_rate, repeats=r, seed=args.seed, device=args.device, overrides=overrides)
@@ -48,7 +48,7 @@ def run_cell(name, benchmark, train, r, args, wd):
     truth = {"leaked": list(lab.leaked), "unseen": list(lab.unseen)}
     options = None
     if "dcpdd" in args.methods:  # the token frequencies of the clean corpus both twins trained on
-        from itd.probes import corpus_frequency_table
+        from itd.probes.methods import corpus_frequency_table
 
         table = wd / f"{name}_r{r}_freq.npz"
         tokenizer = load_model(lab.clean, device="cpu").tokenizer
@@ -88,7 +88,7 @@ def main() -> int:
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
 
-    from itd.data import load_benchmark
+    from itd.core import load_benchmark
 
     data = Path(args.data)
     sets = {

@@ -33,8 +33,8 @@ import _common as C  # noqa: E402
 
 
 def child(benchmark: str, corpus: str, workers: int, detectors: str) -> int:
-    from itd.data import load_benchmark
-    from itd.scan import ScanConfig, scan
+    from itd.core import load_benchmark
+    from itd.corpus.scan import ScanConfig, scan
 
     t = time.perf_counter()
     samples = load_benchmark(benchmark)

@@ -1,7 +1,7 @@
 """Decontamination end to end on a paired contamination-lab: how much of the contaminated twin's score was memory,
 and how much of that `itd` removes, against the lab's ground truth.
 
-Runs `itd.demo.run_demo` (a base trained once, two twins forked from it: the contaminated one sees the leaked
+Runs `itd.pipeline.demo.run_demo` (a base trained once, two twins forked from it: the contaminated one sees the leaked
 items `--repeats` times by the `--recipe`, the clean one as many placebo items in the same slots; Min-K%++
 detection calibrated on held-out items; the deterministic rewriter of the benchmark's kind on the flagged items
 (ITD), on every item, and on every item again with another seed; corpus assurance against the lab's training
@@ -63,7 +63,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from itd.demo import DemoConfig, run_demo
+    from itd.pipeline.demo import DemoConfig, run_demo
 
     data = None if args.benchmark == "arithmetic" else str(Path(args.data) / args.benchmark)
     extra = {"repeats": args.repeats} if args.repeats is not None else {}

@@ -1,9 +1,9 @@
-"""Speed of the batched probe scorer (`itd.models.score_texts`) against a per-sample, one-method-per-pass loop.
+"""Speed of the batched probe scorer (`itd.probes.models.score_texts`) against a per-sample, one-method-per-pass loop.
 
-Items: the first `--items` GSM8K test items rendered with `itd.render.render(sample, "auto")` (question + worked
+Items: the first `--items` GSM8K test items rendered with `itd.core.render.render(sample, "auto")` (question + worked
 solution). Model: a randomly initialised GPT-2 built here (`--preset tiny`: ~4M parameters, 8,192-token byte-level
 BPE trained on GSM8K train; `--preset gpt2`: the GPT-2 small shape, 124M parameters and 50,257 logits, with the
-same tokenizer), saved to the work dir and loaded with `itd.models.load_model`; or `--model DIR`.
+same tokenizer), saved to the work dir and loaded with `itd.probes.models.load_model`; or `--model DIR`.
 
 Contenders, on the same model and items, timed round-robin, best of `--reps`:
 
@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from itd.data import load_benchmark
-    from itd.models import ScoreConfig, load_model, score_texts
-    from itd.render import render
+    from itd.core import load_benchmark
+    from itd.core.render import render
+    from itd.probes.models import ScoreConfig, load_model, score_texts
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(s.n_tokens for s in ours)
         longest = max(s.n_tokens for s in ours) + 1
         assert longest <= lm.context_length, "an item is longer than the context; the baseline would truncate it"
-        from itd.detection import scored_text
-        from itd.probes import build_frequency_table
+        from itd.probes.detection import scored_text
+        from itd.probes.methods import build_frequency_table
 
         table = wd / "freq.npz"
         build_frequency_table(lm.tokenizer, [r["question"] + "\n" + r["answer"] for r in C.gsm8k_records(args.data, "train")]).save(table)

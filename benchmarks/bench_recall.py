@@ -2,10 +2,10 @@
 
 Corpus (two JSONL files, so evidence tells where a match came from):
   * `gsm8k_train.jsonl`: every GSM8K train problem (question + worked solution) as one document;
-  * `synthetic.jsonl`: `--filler` filler documents (`itd.demo.filler_text`) plus the planted leaks:
-    `--per-variant` GSM8K test items for each `itd.demo.VARIANTS` kind, and `--per-variant` MMLU test items for
-    verbatim / question_only / edited, in lm-evaluation-harness's layout: `itd.render.render(s, "options")`
-    (question, then `A. ...` choice lines) and the key `Answer: <letter>`, planted with `itd.demo.plant`.
+  * `synthetic.jsonl`: `--filler` filler documents (`itd.pipeline.demo.filler_text`) plus the planted leaks:
+    `--per-variant` GSM8K test items for each `itd.pipeline.demo.VARIANTS` kind, and `--per-variant` MMLU test items for
+    verbatim / question_only / edited, in lm-evaluation-harness's layout: `itd.core.render.render(s, "options")`
+    (question, then `A. ...` choice lines) and the key `Answer: <letter>`, planted with `itd.pipeline.demo.plant`.
 
 Copies with markup (`MARKUP_VARIANTS`, for both benchmarks: the verbatim text re-wrapped to short lines, as HTML
 with character references, as Markdown, or with its LaTeX re-spaced) are planted `--per-variant` times each, and
@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_sft:
         return sft_layouts(args)
 
-    from itd.data import load_benchmark
-    from itd.demo import EXPECTED_LABEL, VARIANTS, filler_text, plant
-    from itd.render import render
-    from itd.scan import ScanConfig, scan
+    from itd.core import load_benchmark
+    from itd.core.render import render
+    from itd.corpus.scan import ScanConfig, scan
+    from itd.pipeline.demo import EXPECTED_LABEL, VARIANTS, filler_text, plant
 
     rng = random.Random(args.seed)
     data = Path(args.data)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     gsm_raw = C.gsm8k_records(data, "test")
     mmlu = load_benchmark(data / "mmlu" / "test")
 
-    from itd.text import tokenize
+    from itd.core.text import tokenize
 
     expected = dict(EXPECTED_LABEL)
     expected.update({k: "input_and_label_contaminated" for k in MARKUP_VARIANTS})
@@ -307,11 +307,11 @@ SFT_LAYOUTS = {  # layout: (record of (prompt, response), the single input-side 
 
 def sft_layouts(args) -> int:
     """Recall and false positives of leaks planted across the turns of SFT records, before and after layouts."""
-    from itd.data import load_benchmark
-    from itd.demo import filler_text
-    from itd.errors import InputError
-    from itd.render import render
-    from itd.scan import ScanConfig, scan
+    from itd.core import load_benchmark
+    from itd.core.errors import InputError
+    from itd.core.render import render
+    from itd.corpus.scan import ScanConfig, scan
+    from itd.pipeline.demo import filler_text
 
     rng = random.Random(args.seed + 1)
     data = Path(args.data)

@@ -2,7 +2,7 @@
 
 Starts the test suite's OpenAI-compatible server (`tests/openai_server.py`) answering every rewrite prompt after
 `--delay` seconds (a stand-in for a hosted model: its replies are rule-made rewrites, stated as such), then runs
-`itd.rewriting.rewrite` with the LLM rewriter on `--items` GSM8K test items twice with the same cache directory:
+`itd.rewriters.loop.rewrite` with the LLM rewriter on `--items` GSM8K test items twice with the same cache directory:
 the first run pays for every call, the re-run should make none. Both runs do the same verification (embedding
 check off, so the ratio measures the cache, not the embedder). Ratio = first-run time / re-run time, one run.
 
@@ -34,10 +34,10 @@ def main() -> int:
 
     from openai_server import OpenAIServer, rewrite_responder
 
-    from itd.data import load_benchmark
+    from itd.core import load_benchmark
     from itd.llm import LLMConfig
-    from itd.rewriting import rewrite
     from itd.rewriters.llm import LLMRewriter
+    from itd.rewriters.loop import rewrite
     from itd.rewriters.verify import VerifyConfig
 
     items = load_benchmark(Path(args.data) / "gsm8k" / "test.jsonl")[: args.items]

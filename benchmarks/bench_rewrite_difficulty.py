@@ -200,7 +200,8 @@ def report(name: str, rw, done: list) -> dict:
 
 
 def calibrate(data: Path, tilts: list[float], items: int, seed: int) -> None:
-    from itd.data import load_benchmark
+    from itd.core import load_benchmark
+    from itd.rewriters.numeric import NumericRewriter
     from itd.rewriters.numeric import search as numeric_search
 
     samples = load_benchmark(data / "gsm8k" / "train.jsonl")[:items]
@@ -210,7 +211,7 @@ def calibrate(data: Path, tilts: list[float], items: int, seed: int) -> None:
     try:
         for a in tilts:
             numeric_search.TILT = a
-            done, secs = rewrite_all(numeric.NumericRewriter(seed=seed), samples)
+            done, secs = rewrite_all(NumericRewriter(seed=seed), samples)
             r = [math.log10(Fraction(new.replace(",", "")) / Fraction(old.replace(",", "")))
                  for _, cand in done for old, new in cand.info["values"].items()]
             mean = sum(r) / len(r)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seeds = [1, 2, 3] if args.seeds == [] else (args.seeds or [])
 
-    from itd.data import load_benchmark
+    from itd.core import load_benchmark
     from itd.rewriters.difficulty import CONSTRAINTS
     from itd.rewriters.numeric import NumericRewriter
 

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retry-items", type=int, default=200, help="Items whose attempt 1 is compared with attempt 0.")
     args = ap.parse_args(argv)
 
-    from itd.data import load_benchmark
+    from itd.core import load_benchmark
     from itd.rewriters.base import NotRewritable
     from itd.rewriters.chain import check_chain
     from itd.rewriters.numeric import NumericRewriter

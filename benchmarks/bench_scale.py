@@ -2,7 +2,7 @@
 a worker as the corpus grows.
 
 Generates a JSONL corpus of `--gb` GB (10^9 bytes) on the fly, in `--file-mb` files (GSM8K train + MMLU dev/test
-texts + `itd.demo.filler_text` filler, with leaks of GSM8K test items of every `itd.demo.VARIANTS` kind planted
+texts + `itd.pipeline.demo.filler_text` filler, with leaks of GSM8K test items of every `itd.pipeline.demo.VARIANTS` kind planted
 across the files; `_common.write_corpus`) in a temp dir or `--workdir`. GSM8K test is the benchmark. Every
 measurement runs in a fresh subprocess, so its peak memory is its own and Ray starts clean:
 
@@ -54,8 +54,8 @@ def _cpu_self() -> float:
 
 def child(spec: dict) -> dict:
     """Run one scan as `spec` says; returns its figures (printed as JSON by the subprocess)."""
-    from itd.data import load_benchmark
-    from itd.scan import ScanConfig, scan
+    from itd.core import load_benchmark
+    from itd.corpus.scan import ScanConfig, scan
 
     samples = load_benchmark(spec["bench"])
     init_s = None
@@ -131,9 +131,9 @@ def generate(wd: Path, args) -> tuple[list[Path], dict[Path, list[int]], float]:
 def driver_work(bench: str, detectors: str, corpus_file: Path, shard_bytes: int) -> dict:
     """What the driver does per shard, measured here without Ray: unpickle one shard's partial result and merge
     it; with the fitted detectors' pickled size and the partial's."""
-    from itd.corpus import plan_shards
-    from itd.data import load_benchmark
-    from itd.scan import ScanConfig, build_detectors, scan_shard
+    from itd.core import load_benchmark
+    from itd.corpus.readers import plan_shards
+    from itd.corpus.scan import ScanConfig, build_detectors, scan_shard
 
     config = ScanConfig(detectors=tuple(detectors.split(",")))
     samples = load_benchmark(bench)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--file-mb", type=float, default=250.0, help="Size of each generated corpus file in MB (at least 4 files).")
     ap.add_argument("--shard-mb", type=float, default=32.0, help="Byte-range shard size of local-2 and ray-2, MB.")
     ap.add_argument("--detectors", default="ngram", help="Detectors scanned with (comma-separated).")
-    ap.add_argument("--per-variant", type=int, default=4, help="Planted leaks per itd.demo variant.")
+    ap.add_argument("--per-variant", type=int, default=4, help="Planted leaks per itd.pipeline.demo variant.")
     ap.add_argument("--reps", type=int, default=1, help="Repetitions of each measurement at the full size (best kept).")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

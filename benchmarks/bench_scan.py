@@ -1,11 +1,11 @@
 """Exact-scan throughput: plain-Python 13-gram baseline vs. `itd` (ngram detector) on 1 and 2 worker processes.
 
-Builds a ~`--mb` MB JSONL corpus (GSM8K train + MMLU dev/test texts + `itd.demo.filler_text` filler, with planted
+Builds a ~`--mb` MB JSONL corpus (GSM8K train + MMLU dev/test texts + `itd.pipeline.demo.filler_text` filler, with planted
 leaks of GSM8K test items), then times, round-robin, best of `--reps`:
 
   (a) baseline: read JSONL, json.loads, lowercase, regex `\\w+` tokens, 13-gram tuples looked up in a Python set
       of the benchmark's 13-grams (one pass, n = 13 only);
-  (b) `itd.scan.scan(..., ScanConfig(detectors=("ngram",), workers=1))` (raw + number-normalised passes,
+  (b) `itd.corpus.scan.scan(..., ScanConfig(detectors=("ngram",), workers=1))` (raw + number-normalised passes,
       evidence verification, detector fit included);
   (c) the same with workers=2 and `shard_bytes` small enough for >= 8 shards (process-pool start-up included).
 
@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     C.data_arg(ap)
     ap.add_argument("--mb", type=float, default=100.0, help="Corpus size in MB (10^6 bytes).")
     ap.add_argument("--reps", type=int, default=3, help="Repetitions of each measurement (best is kept).")
-    ap.add_argument("--per-variant", type=int, default=5, help="Planted leaks per itd.demo variant.")
+    ap.add_argument("--per-variant", type=int, default=5, help="Planted leaks per itd.pipeline.demo variant.")
     ap.add_argument("--shards", type=int, default=8, help="Minimum number of shards for the 2-worker run.")
     ap.add_argument("--profile", type=int, default=0, metavar="TOP", help="Also cProfile one workers=1 scan; show TOP functions.")
     args = ap.parse_args(argv)
 
-    from itd.data import load_benchmark
-    from itd.scan import ScanConfig, scan
+    from itd.core import load_benchmark
+    from itd.corpus.scan import ScanConfig, scan
 
     rng = random.Random(args.seed)
     bench_path = Path(args.data) / "gsm8k" / "test.jsonl"

@@ -3,7 +3,7 @@ semantic detector with its cosine threshold, and the semantic detector with an L
 
 The set (one JSONL file, Alpaca-style `### Instruction / ### Response` records) holds `--unrelated` GSM8K train
 problems with their solutions and `--unrelated` MMLU test items outside the benchmark with their keys, plus, per
-paraphrase kind and benchmark, `--per-kind` benchmark items rephrased by the rules of `tests/test_semantic.py`
+paraphrase kind and benchmark, `--per-kind` benchmark items rephrased by the rules of `tests/detectors/test_semantic.py`
 (synonym substitution, clause reordering, number words <-> digits, option order changed with the key letter
 moved, all at once); every other planted record carries its answer. The benchmark is `--items` GSM8K test items
 and `--items` MMLU test items (all subjects).
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from test_semantic import PARAPHRASE_KINDS, training_sample, unrelated_sample  # the paraphrase rules
 
-    from itd.data import load_benchmark, strip_calculator_annotations
+    from itd.core import load_benchmark, strip_calculator_annotations
+    from itd.corpus.scan import ScanConfig, scan
     from itd.detectors.semantic import DEFAULT_JUDGE_MIN_SIMILARITY, DEFAULT_MIN_MARGIN, DEFAULT_THRESHOLD
     from itd.embed import load_embedder
-    from itd.scan import ScanConfig, scan
 
     rng = random.Random(args.seed)
     data = Path(args.data)
@@ -209,7 +209,7 @@ def _judge_scan(samples, corpus: Path, planted_text: dict[str, int], wd: Path):
     """A semantic scan with the judge on, against the local test server answering as an oracle."""
     from openai_server import OpenAIServer, Reply, last_user_message
 
-    from itd.scan import ScanConfig, scan
+    from itd.corpus.scan import ScanConfig, scan
 
     prompts = {samples[i].prompt_text(): i for i in set(planted_text.values())}
     asked = Counter()
@@ -242,10 +242,10 @@ def _throughput(train, bench, n: int, rng: random.Random, load_embedder, wd: Pat
     (window, embed, search, evidence) over fine-tuning records."""
     import torch
 
-    from itd.corpus import Document
-    from itd.data import strip_calculator_annotations as strip
+    from itd.core import strip_calculator_annotations as strip
+    from itd.corpus.readers import Document
+    from itd.corpus.scan import make_batch
     from itd.detectors.semantic import SemanticDetector
-    from itd.scan import make_batch
 
     recs = rng.sample(train, n)
     texts = [f"### Instruction:\n{r['question']}\n\n### Response:\n{strip(r['answer'])}" for r in recs]

@@ -1,5 +1,5 @@
 """Training speed of the demo's model with one and with all CPU threads, on an idle machine and beside processes
-that keep cores busy: why `itd.models.cpu_threads` gives a loaded machine fewer threads.
+that keep cores busy: why `itd.probes.models.cpu_threads` gives a loaded machine fewer threads.
 
 Each configuration trains the `demo` preset's GPT-2 (2 layers, 128 wide, 16 x 256 tokens a step) for `--steps`
 steps after a warm-up and reports steps per second; the busy processes are pure-Python loops this script starts
@@ -32,7 +32,7 @@ def _steps_per_second(threads: int, steps: int) -> float:
     import transformers
 
     from itd.lab import PRESETS
-    from itd.models import quiet_transformers
+    from itd.probes.models import quiet_transformers
 
     preset = PRESETS.get("demo")
     torch.set_num_threads(threads)
@@ -74,8 +74,9 @@ def main() -> int:
             p.start()
         try:
             time.sleep(1.0 if busy else 0.0)
-            from itd.models import cpu_threads
             import torch
+
+            from itd.probes.models import cpu_threads
 
             torch.set_num_threads(cores)
             chosen = cpu_threads(torch)

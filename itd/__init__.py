@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+from itd.moved import install as _install_moved_paths
+
+_install_moved_paths()
+
 __all__ = [
     "__version__",
     "Sample",
@@ -40,45 +44,45 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Sample": "itd.data",
-    "Source": "itd.data",
-    "load_benchmark": "itd.data",
-    "write_benchmark": "itd.data",
-    "scan": "itd.scan",
-    "ScanConfig": "itd.scan",
-    "ScanReport": "itd.report",
-    "build_index": "itd.index",
-    "check": "itd.index",
-    "load_model": "itd.models",
-    "detect": "itd.detection",
-    "DetectConfig": "itd.detection",
-    "DetectionReport": "itd.detection",
+    "Sample": "itd.core",
+    "Source": "itd.core",
+    "load_benchmark": "itd.core",
+    "write_benchmark": "itd.core",
+    "scan": "itd.corpus.scan",
+    "ScanConfig": "itd.corpus.scan",
+    "ScanReport": "itd.corpus.report",
+    "build_index": "itd.corpus.index",
+    "check": "itd.corpus.index",
+    "load_model": "itd.probes.models",
+    "detect": "itd.probes.detection",
+    "DetectConfig": "itd.probes.detection",
+    "DetectionReport": "itd.probes.detection",
     "build_lab": "itd.lab",
     "LabConfig": "itd.lab",
-    "rewrite": "itd.rewriting",
-    "RewriteReport": "itd.rewriting",
+    "rewrite": "itd.rewriters.loop",
+    "RewriteReport": "itd.rewriters.loop",
     "evaluate": "itd.evaluation",
     "compare": "itd.evaluation",
     "EvalConfig": "itd.evaluation",
     "EvalResult": "itd.evaluation",
-    "Pipeline": "itd.pipeline",
-    "PipelineConfig": "itd.pipeline",
-    "InputError": "itd.errors",
+    "Pipeline": "itd.pipeline.run",
+    "PipelineConfig": "itd.pipeline.run",
+    "InputError": "itd.core.errors",
 }
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
-    from itd.data import Sample, Source, load_benchmark, write_benchmark
-    from itd.detection import DetectConfig, DetectionReport, detect
-    from itd.errors import InputError
+    from itd.core import Sample, Source, load_benchmark, write_benchmark
+    from itd.core.errors import InputError
+    from itd.corpus.index import build_index, check
+    from itd.corpus.report import ScanReport
+    from itd.corpus.scan import ScanConfig, scan
     from itd.evaluation import EvalConfig, EvalResult, compare, evaluate
-    from itd.index import build_index, check
     from itd.lab import LabConfig, build_lab
-    from itd.models import load_model
-    from itd.pipeline import Pipeline, PipelineConfig
-    from itd.report import ScanReport
-    from itd.rewriting import RewriteReport, rewrite
-    from itd.scan import ScanConfig, scan
+    from itd.pipeline.run import Pipeline, PipelineConfig
+    from itd.probes.detection import DetectConfig, DetectionReport, detect
+    from itd.probes.models import load_model
+    from itd.rewriters.loop import RewriteReport, rewrite
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """`python -m itd`: the same command line as the `itd` script."""
 
-from itd.cli import run
+from itd.cli.commands import run
 
 if __name__ == "__main__":
     run()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import os
 
-from itd.errors import require
-from itd.models import quiet_transformers
+from itd.core.errors import require
+from itd.probes.models import quiet_transformers
 
 __all__ = ["load_embedder"]
 

@@ -4,7 +4,7 @@
 flight), parses each reply into a pydantic schema and returns one `LLMReply` per request, in input order. A
 failed item (bad JSON, schema violation, HTTP error after retries, timeout) is a reply with `error` set, never an
 exception, so one bad item cannot stop a batch. Losing the endpoint is not an item's failure: a connection error
-that outlasts the retries cancels the batch and raises `itd.errors.EndpointError` (the replies that arrived are
+that outlasts the retries cancels the batch and raises `itd.core.errors.EndpointError` (the replies that arrived are
 in the cache), so a dead endpoint never turns into a run of failed items. `check_endpoint` tells, before any
 work, whether an endpoint answers at all. `LLMClient.complete_text` does the same for plain-text prompts
 (`TextRequest`), over the chat API (the prompt is one user message) or the completions API (`LLMConfig.api`);
@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from itd.errors import EndpointError, InputError, require
-from itd.io import atomic_write, redact_text, url_secrets
-from itd.progress import CountingProgress
-from itd.validate import is_number
+from itd.core.errors import EndpointError, InputError, require
+from itd.core.io import atomic_write, redact_text, url_secrets
+from itd.core.progress import CountingProgress
+from itd.core.validate import is_number
 
 __all__ = [
     "LLMConfig",
@@ -68,7 +68,7 @@ APIS = ("chat", "completions")
 
 Progress = CountingProgress
 """Called as `progress(done, total, stats)` after each reply; stats counts calls, cache_hits, failures,
-prompt_tokens and completion_tokens of this batch (`itd.progress.CountingProgress`)."""
+prompt_tokens and completion_tokens of this batch (`itd.core.progress.CountingProgress`)."""
 
 _CACHE_VERSION = 1
 

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def fixed_cpu_threads():
-    """One thread per core for every model the tests train or score (`itd.models.cpu_threads` would give fewer
+    """One thread per core for every model the tests train or score (`itd.probes.models.cpu_threads` would give fewer
     on a machine other processes keep busy, and float sums depend on the count: the tests compare runs bit for
     bit). Subprocesses inherit it through the environment."""
     previous = os.environ.get("ITD_CPU_THREADS")
@@ -73,7 +73,7 @@ def tiny_lab(shared_data, tmp_path_factory):
     GSM8K train items, the contaminated one also seeing 30% of 120 GSM8K test items 20 times each, the clean one as
     many placebo items in the same slots (`itd.lab.LabResult`; ground truth in `.leaked` / `.unseen`, models in
     `.contaminated` / `.clean`). 20 exposures: the old unpaired lab's 6 copies were read over ~3 epochs."""
-    from itd.data import load_benchmark
+    from itd.core import load_benchmark
     from itd.lab import LabConfig, build_lab
 
     gsm8k = shared_data / "gsm8k"

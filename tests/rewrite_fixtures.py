@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from openai_server import Reply, last_user_message
 
-from itd.data import Sample, load_benchmark
+from itd.core import Sample, load_benchmark
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "realistic_rewrites.jsonl"
 
@@ -113,8 +113,8 @@ def run_cli(records: Sequence[Record], url: str, workdir: Path, *, solver: bool,
             extra: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """`itd rewrite --method llm` (in this process) on the records' originals, one benchmark file per source
     benchmark; the per-item log records by original id."""
-    from itd.cli import main
-    from itd.data import write_benchmark
+    from itd.cli.commands import main
+    from itd.core import write_benchmark
 
     out: dict[str, dict[str, Any]] = {}
     for bench in ("gsm8k", "mmlu"):

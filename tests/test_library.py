@@ -35,19 +35,19 @@ def test_dir_and_help_show_the_lazy_public_api():
 
 
 def test_import_itd_stays_light():
-    code = "import sys, itd; print(sorted({'itd.data', 'itd.scan', 'numpy', 'torch'} & set(sys.modules)))"
+    code = "import sys, itd; print(sorted({'itd.core', 'itd.corpus.scan', 'numpy', 'torch'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_public_functions_that_take_models_are_typed():
-    from itd.assure import ModelAssurance
-    from itd.detection import score_samples
-    from itd.errors import InputError
-    from itd import detection, models
-    from itd.models import LoadedModel, ScoringModel, resolve_model
+    from itd.core.errors import InputError
+    from itd.probes import detection, models
+    from itd.probes.detection import score_samples
+    from itd.probes.models import LoadedModel, ScoringModel, resolve_model
+    from itd.rewriters.assure import ModelAssurance
 
-    # the annotations name itd.models' types (imported for type checkers only, so `import itd.detection` stays light)
+    # the annotations name itd.probes.models' types (imported for type checkers only, so `import itd.probes.detection` stays light)
     hints = lambda f: typing.get_type_hints(f, localns={**vars(detection), **vars(models)})  # noqa: E731
     model_ref = hints(itd.detect)["model"]
     assert set(typing.get_args(model_ref)) >= {ScoringModel, str}
@@ -106,3 +106,29 @@ def test_scan_tables_are_whole_when_redirected(shared_data, tmp_path):
     rows = [line for line in out.stdout.splitlines() if "_with_a_long_name.jsonl:" in line]
     assert len(rows) == 2 and all("input_and_label_contaminated" in row for row in rows)
     assert max(len(line) for line in out.stdout.splitlines()) > 80
+
+
+def test_the_flat_module_paths_still_import_as_the_moved_modules_with_a_warning():
+    """Code written against the flat layout (`itd.scan`, `itd.models`, ...) keeps working: the old path is the
+    moved module itself, so a monkeypatch through either name patches both, and it says where the module went."""
+    from itd.moved import MOVED
+
+    code = (
+        "import importlib, json, sys, warnings\n"
+        "from itd.moved import MOVED\n"
+        "out = {}\n"
+        "for old, new in MOVED.items():\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        warnings.simplefilter('always')\n"
+        "        module = importlib.import_module(old)\n"
+        "    out[old] = [module is importlib.import_module(new), module.__spec__.name == new,\n"
+        "                [str(w.message) for w in caught if w.category is DeprecationWarning]]\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    assert set(result) == set(MOVED)
+    for old, (same, spec_kept, warned) in result.items():
+        assert same and spec_kept, old
+        assert warned == [f"{old} moved to {MOVED[old]}; import it from there"], old
+    assert callable(itd.scan) and itd.scan.__module__ == "itd.corpus.scan"

@@ -16,11 +16,11 @@ import pytest
 
 pytest.importorskip("openai")
 
+from openai_server import Reply, Script, last_user_message  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from itd.errors import EndpointError, InputError, MissingDependencyError  # noqa: E402
+from itd.core.errors import EndpointError, InputError, MissingDependencyError  # noqa: E402
 from itd.llm import LLMClient, LLMConfig, LLMReply, LLMRequest, cache_key  # noqa: E402
-from openai_server import Reply, Script, last_user_message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-itd-test-SECRET-7f3a9c1e5b"

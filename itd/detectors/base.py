@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
-from itd.corpus import Document
-from itd.data import Sample
-from itd.registry import Registry
-from itd.text import TokenizedBatch, fold_for_alignment, strip_markup
+from itd.core import Sample
+from itd.core.registry import Registry
+from itd.core.text import TokenizedBatch, fold_for_alignment, strip_markup
+from itd.corpus.readers import Document
 
 __all__ = [
     "DETECTORS",
@@ -243,7 +243,7 @@ class CorpusDetector(abc.ABC):
     table build it from."""
     context_tokens: int = 0
     """Consecutive corpus tokens one match can span (set by `fit`): a long document is read in windows that
-    overlap by at least this many tokens (`itd.scan.batches`), so no match is cut in two."""
+    overlap by at least this many tokens (`itd.corpus.scan.batches`), so no match is cut in two."""
     record_matches: bool = False  # set by a scan that writes every match: books keep all evidence added
     batch_chars: ClassVar[int | None] = None
     """The largest batch of corpus text this detector wants at a time, where a batch takes long (the semantic

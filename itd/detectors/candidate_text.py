@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from itd.data import Sample
+from itd.core import Sample
+from itd.core.numbers import with_digits
+from itd.core.text import fold_for_alignment
 from itd.detectors.base import label_text
-from itd.numbers import with_digits
-from itd.text import fold_for_alignment
 
 __all__ = ["FINAL_ANSWER", "LETTERS", "auto_window", "folded", "stated_key", "strip_layout", "windows"]
 
@@ -72,7 +72,7 @@ def strip_layout(text: str) -> str:
 
 
 def folded(text: str) -> str:
-    """`text` folded for comparison (`itd.text.fold_for_alignment`: case, accents, punctuation, spacing)."""
+    """`text` folded for comparison (`itd.core.text.fold_for_alignment`: case, accents, punctuation, spacing)."""
     return fold_for_alignment(text)[0]
 
 

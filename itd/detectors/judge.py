@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 
-from itd.data import Sample
+from itd.core import Sample
 from itd.detectors.candidate_text import LETTERS
 
 __all__ = ["JUDGE_SYSTEM", "JUDGE_USER", "answer_for_judge", "judge_schema"]

@@ -28,7 +28,9 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from itd.data import Sample
+from itd.core import Sample
+from itd.core.errors import require
+from itd.core.text import byte_to_char, mix64, ngram_hashes, normalize, tokenize
 from itd.detectors.base import (
     DETECTORS,
     MAX_MATCH_TOKENS,
@@ -42,8 +44,6 @@ from itd.detectors.base import (
     label_text,
 )
 from itd.detectors.ngram import items_per_ngram, neighbour_explains
-from itd.errors import require
-from itd.text import byte_to_char, mix64, ngram_hashes, normalize, tokenize
 
 __all__ = ["MinHashConfig", "MinHashDetector", "MinHashPartial", "shingle_hashes32", "fmix32", "permute", "clip_tokens"]
 

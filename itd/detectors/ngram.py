@@ -13,7 +13,8 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from itd.data import Sample
+from itd.core import Sample
+from itd.core.text import byte_to_char, ngram_hashes, normalize, tokenize
 from itd.detectors.base import (
     DETECTORS,
     MAX_MATCH_TOKENS,
@@ -26,7 +27,6 @@ from itd.detectors.base import (
     answer_key_end,
     label_text,
 )
-from itd.text import byte_to_char, ngram_hashes, normalize, tokenize
 
 __all__ = ["NGramConfig", "NGramDetector", "NGramPartial", "byte_to_char", "items_per_ngram", "neighbour_explains"]
 

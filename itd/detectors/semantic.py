@@ -40,12 +40,12 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from itd.data import Sample
+from itd.core import Sample
+from itd.core.errors import InputError, require
+from itd.core.numbers import answer_value, numbers_in
 from itd.detectors.base import DETECTORS, CorpusDetector, DocBatch, Evidence, EvidenceBook, Finding, label_text
 from itd.detectors.candidate_text import FINAL_ANSWER, auto_window, folded, stated_key, strip_layout, windows
 from itd.detectors.judge import JUDGE_SYSTEM, JUDGE_USER, answer_for_judge, judge_schema
-from itd.errors import InputError, require
-from itd.numbers import answer_value, numbers_in
 
 __all__ = [
     "DEFAULT_MODEL",

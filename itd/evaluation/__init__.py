@@ -13,12 +13,13 @@ compare the two with bootstrap confidence intervals.
 - `prompts`: prompt styles (`resolve_prompt_style`), stop sequences, the generation budget, few-shot selection
   (`fewshot_examples`, `fewshot_pool`), `build_prompt` and `gold_continuation`.
 - `backends`: the requests (`GenRequest`, `LLRequest`, `GenOutput`), the `Backend` interface, `HFBackend`,
-  `OpenAIBackend` and how a model is fingerprinted.
+  `OpenAIBackend`, each built from its config through the `BACKENDS` registry (`BACKENDS.create("hf",
+  HFBackendConfig(...))`, `BACKENDS.create("openai", LLMConfig(...))`), and how a model is fingerprinted.
 - `runner`: `evaluate`: requests planned, run in resumable chunks, every output scored.
 - `compare`: `Estimate` and the bootstrap, `compare` (`Comparison`), `accuracy_by_group`, and the lab twins'
   `ground_truth` (`TwinOutcome`, `GroundTruth`).
 
-**Backends.** `HFBackend`: a local or Hub Hugging Face causal LM (`itd.models.load_model`): batched greedy
+**Backends.** `HFBackend`: a local or Hub Hugging Face causal LM (`itd.probes.models.load_model`): batched greedy
 generation with left padding for GSM8K; for MCQ the log-likelihood of each option letter after the prompt, as
 lm-evaluation-harness scores MMLU (context "...\\nAnswer:", continuations " A" ... " D", argmax of the summed
 log-probabilities). `OpenAIBackend`: any OpenAI-compatible endpoint over the chat or the completions API, through
@@ -36,7 +37,7 @@ answers are generated and the letter parsed.
   here the first n of the few-shot set are used (lm-eval's ``first_n`` sampler, which its MMLU uses); and
   ``\\n\\n`` (the few-shot delimiter) is also a GSM8K stop sequence (gsm8k v3 of lm-eval stops at the other three
   only).
-- ``plain``: exactly how the contamination lab renders training text (`itd.render`): GSM8K the question, "\\n",
+- ``plain``: exactly how the contamination lab renders training text (`itd.core.render`): GSM8K the question, "\\n",
   then the solution with annotations stripped (the prompt ends after that "\\n"); MCQ the ``options`` rendering
   then ``\\nAnswer:`` and continuations " A" ... Shots are full renderings joined by ``\\n\\n``; generation stops at
   the EOS token and ``\\n\\n``.
@@ -47,7 +48,7 @@ answers are generated and the letter parsed.
 
 **Generation length.** A generation budget is one number per model, lm-eval's rule: `EvalConfig.max_new_tokens`,
 capped at half the context window of a short-context model (`generation_budget`), with prompts left-truncated to
-the context minus that budget. `EvalResult.max_gen_toks` records it; `itd.export.export_lm_eval` writes it as the
+the context minus that budget. `EvalResult.max_gen_toks` records it; `itd.pipeline.export.export_lm_eval` writes it as the
 task's ``max_gen_toks``, so ``lm_eval`` generates exactly what itd did.
 
 Few-shot items come from `EvalConfig.fewshot` (a path read with `load_benchmark`, or samples): the first
@@ -65,9 +66,9 @@ An answer that cannot be parsed (or an endpoint error) is wrong and listed in `E
 ever dropped.
 
 **Resumability.** Requests are cut into fixed chunks of `EvalConfig.chunk_size` items in request order (the
-boundaries never depend on what is already done). A chunk's key is `itd.io.content_key` of the backend's
+boundaries never depend on what is already done). A chunk's key is `itd.core.io.content_key` of the backend's
 `fingerprint()`, the request kind and the chunk's requests (prompts and generation parameters); with a `store`
-(an `itd.io.Journal`) finished chunks are read back and every computed chunk is recorded as soon as it is done,
+(an `itd.core.io.Journal`) finished chunks are read back and every computed chunk is recorded as soon as it is done,
 so a killed run resumes where it stopped and produces the same outputs.
 
 **Comparison.** `compare` gives accuracy with percentile-bootstrap 95% intervals (items resampled) on the
@@ -77,7 +78,16 @@ with a clean model the true and residual inflation, the share of inflation remov
 resistance of the rewritten items. Differences use a paired bootstrap (the same resampled items on both sides).
 """
 
-from itd.evaluation.backends import Backend, GenOutput, GenRequest, HFBackend, LLRequest, OpenAIBackend
+from itd.evaluation.backends import (
+    BACKENDS,
+    Backend,
+    GenOutput,
+    GenRequest,
+    HFBackend,
+    HFBackendConfig,
+    LLRequest,
+    OpenAIBackend,
+)
 from itd.evaluation.compare import (
     Comparison,
     Estimate,
@@ -122,6 +132,8 @@ __all__ = [
     "GenOutput",
     "Backend",
     "HFBackend",
+    "HFBackendConfig",
+    "BACKENDS",
     "OpenAIBackend",
     "ItemResult",
     "EvalResult",

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from itd.errors import InputError, require
+from itd.core.errors import InputError, require
+from itd.core.registry import Registry
+from itd.core.validate import is_int
 from itd.evaluation.config import EvalConfig
 from itd.evaluation.prompts import declared_style, generation_budget
-from itd.models import TOKENIZER_FILES, token_batches
-from itd.validate import is_int
+from itd.llm import LLMConfig
+from itd.probes.models import TOKENIZER_FILES, token_batches
 
 __all__ = [
     "GenRequest",
@@ -28,6 +30,8 @@ __all__ = [
     "Backend",
     "HFBackend",
     "OpenAIBackend",
+    "HFBackendConfig",
+    "BACKENDS",
     "as_backend",
 ]
 
@@ -105,8 +109,30 @@ class Backend(abc.ABC):
     """The model's context window in tokens, when known (it caps the generation budget)."""
 
 
+BACKENDS: Registry[type[Backend]] = Registry("evaluation backend")
+
+
+@dataclass(frozen=True, slots=True)
+class HFBackendConfig:
+    """What `HFBackend` is built from: a hub name or local model directory, the batch size ("auto": the largest
+    that fits) and the load options of `itd.probes.models.load_model`."""
+
+    model: str
+    batch_size: int | str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InputError(f"the evaluated model must be a hub name or a directory, got {self.model!r}")
+        if self.batch_size != "auto" and (not is_int(self.batch_size) or self.batch_size < 1):
+            raise InputError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+
+
+@BACKENDS.register("hf")
 class HFBackend(Backend):
-    """A Hugging Face causal LM (`itd.models.LoadedModel`, or a hub name / local directory to load).
+    """A Hugging Face causal LM (`itd.probes.models.LoadedModel`, or a hub name / local directory to load).
 
     Texts are tokenised with the tokenizer's own special tokens (its BOS, or the lab tokenizer's leading EOS),
     as lm-eval does. Generation: left padding, greedy, at most `generation_budget` tokens, prompts left-truncated
@@ -121,7 +147,7 @@ class HFBackend(Backend):
     supports_loglikelihood = True
 
     def __init__(self, model: Any, *, batch_size: int | str = "auto", **load_kwargs: Any):
-        from itd.models import LoadedModel, load_model
+        from itd.probes.models import LoadedModel, load_model
 
         if not isinstance(model, LoadedModel):
             model = load_model(model, **load_kwargs)
@@ -136,6 +162,14 @@ class HFBackend(Backend):
         self.prompt_style = declared_style(model)
         self.context_length = model.context_length
         self._fingerprint: dict[str, Any] | None = None
+
+    Config = HFBackendConfig
+
+    @classmethod
+    def from_config(cls, config: HFBackendConfig) -> HFBackend:
+        """The backend `config` describes (`BACKENDS.create("hf", config)`)."""
+        return cls(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
+                   revision=config.revision)
 
     def __repr__(self) -> str:
         return f"HFBackend({self.name!r}, device={self.lm.device!r}, dtype={self.lm.dtype!r})"
@@ -358,7 +392,7 @@ def _stop_criterion(torch: Any, transformers: Any, tok: Any, start: int, stops: 
 
 
 def _file_sha256(path: Path) -> str:
-    from itd.io import sha256_file
+    from itd.core.io import sha256_file
 
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -389,6 +423,7 @@ def _tokenizer_sha256(tok: Any) -> str:
     return hashlib.sha256((blob + specials).encode("utf-8")).hexdigest()
 
 
+@BACKENDS.register("openai")
 class OpenAIBackend(Backend):
     """An OpenAI-compatible endpoint through `itd.llm.LLMClient` (its cache, concurrency and SDK retries), over
     `config.api` ("chat": the prompt is one user message; "completions": the raw prompt). Use temperature 0 for
@@ -407,6 +442,13 @@ class OpenAIBackend(Backend):
         self.config = config
         self.client = client if client is not None else LLMClient(config, purpose="Evaluating over an LLM endpoint")
         self.name = config.model
+
+    Config = LLMConfig
+
+    @classmethod
+    def from_config(cls, config: LLMConfig) -> OpenAIBackend:
+        """The backend over the endpoint `config` describes (`BACKENDS.create("openai", config)`)."""
+        return cls(config)
 
     @classmethod
     def create(cls, model: str, *, base_url: str | None = None, api: str = "chat", **kwargs: Any) -> OpenAIBackend:
@@ -427,7 +469,7 @@ class OpenAIBackend(Backend):
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenOutput]:
         """One reply per request through the client; endpoint failures (an HTTP error after retries, a timeout)
-        are outputs with `error` set; a lost endpoint raises `itd.errors.EndpointError` (the run stops)."""
+        are outputs with `error` set; a lost endpoint raises `itd.core.errors.EndpointError` (the run stops)."""
         from itd.llm import TextRequest
 
         texts = [TextRequest(r.prompt, stop=tuple(r.stop[:4]), seed=r.seed, max_tokens=r.max_new_tokens) for r in requests]
@@ -443,12 +485,14 @@ class OpenAIBackend(Backend):
 def as_backend(model: Any, config: EvalConfig) -> Backend:
     """`model` as a backend: a `Backend` (or an object with `fingerprint` and `generate`) as it is, a LoadedModel
     or a model name/path as an `HFBackend` with the config's batch size."""
-    from itd.models import LoadedModel
+    from itd.probes.models import LoadedModel
 
     if isinstance(model, Backend):
         return model
     if isinstance(model, LoadedModel) or isinstance(model, (str, os.PathLike)):
-        return HFBackend(model if isinstance(model, LoadedModel) else os.fspath(model), batch_size=config.batch_size)
+        if isinstance(model, LoadedModel):
+            return HFBackend(model, batch_size=config.batch_size)
+        return BACKENDS.create("hf", HFBackendConfig(os.fspath(model), batch_size=config.batch_size))
     if all(callable(getattr(model, m, None)) for m in ("fingerprint", "generate")):
         return model  # duck-typed backend
     raise InputError(f"cannot evaluate {type(model).__name__}: give a Backend, a LoadedModel or a model path/name")

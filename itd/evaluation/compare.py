@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from itd.errors import InputError
+from itd.core.errors import InputError
+from itd.core.validate import is_int
 from itd.evaluation.scoring import EvalResult
-from itd.validate import is_int
 
 __all__ = [
     "Estimate",
@@ -52,11 +52,11 @@ def _undefined(n: int, reason: str) -> Estimate:
 def _bootstrap(name: str, columns: list[np.ndarray], stat: Callable[[np.ndarray], np.ndarray], n_boot: int,
                seed: int, what: str, *, masks: list[np.ndarray] | None = None, items: np.ndarray | None = None,
                replicas: np.ndarray | None = None) -> Estimate:
-    """`stat` of the column means (last axis: the columns) with `itd.stats.bootstrap_means`: paired (every
+    """`stat` of the column means (last axis: the columns) with `itd.core.stats.bootstrap_means`: paired (every
     replicate weighs the same items in all columns), items (and replicas, when given) resampled, seeded by
     `seed` and `name`. `masks` restricts each column's mean to some cells. Replicates where `stat` is not
     finite are left out."""
-    from itd.stats import bootstrap_means
+    from itd.core.stats import bootstrap_means
 
     x = np.stack(columns).astype(np.float64) if columns else np.empty((0, 0))
     m = np.stack(masks) if masks is not None else np.isfinite(x)
@@ -349,7 +349,7 @@ def ground_truth(outcomes: Sequence[TwinOutcome], *, retest: str | None = "retes
                  n_boot: int = 2000, seed: int = 0) -> GroundTruth:
     """The ground truth of lab replicas (see `GroundTruth`): true inflation as a difference in differences, the
     residual on every decontaminated set and the share removed, fidelity against its test-retest ceiling and
-    chance, difficulty preservation, all with bootstrap CIs over items and replicas (`itd.stats.bootstrap_means`).
+    chance, difficulty preservation, all with bootstrap CIs over items and replicas (`itd.core.stats.bootstrap_means`).
 
     The arms are the sets of the first outcome's contaminated twin; `retest` names the second independent rewrite
     (used for the ceiling only) and `reference` the rewrite it is compared with (default "all" when there is

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from itd.data import Sample
-from itd.errors import InputError
-from itd.validate import is_int
+from itd.core import Sample
+from itd.core.errors import InputError
+from itd.core.validate import is_int
 
 __all__ = ["PROMPT_STYLES", "METRICS", "MCQ_MODES", "EvalConfig", "check_choice"]
 

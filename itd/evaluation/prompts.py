@@ -9,11 +9,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from itd.data import Sample, load_benchmark
-from itd.errors import InputError
+from itd.core import Sample, load_benchmark
+from itd.core.errors import InputError
+from itd.core.render import LETTERS, render
 from itd.evaluation.config import PROMPT_STYLES, EvalConfig, check_choice
 from itd.evaluation.scoring import gold_letter, gold_number
-from itd.render import LETTERS, render
 
 __all__ = [
     "HARNESS_GSM8K_STOP",
@@ -66,7 +66,7 @@ def declared_style(model: Any) -> str | None:
         return data.get(MODEL_STYLE_KEY) if isinstance(data, dict) else None
     if hasattr(model, "prompt_style"):  # every Backend has one
         return getattr(model, "prompt_style", None)
-    config = getattr(getattr(model, "model", None), "config", None)  # an itd.models.LoadedModel
+    config = getattr(getattr(model, "model", None), "config", None)  # an itd.probes.models.LoadedModel
     return getattr(config, MODEL_STYLE_KEY, None)
 
 

@@ -1,5 +1,5 @@
 """The runner: `evaluate` plans one request per item, runs them in resumable chunks (finished chunks recorded in
-and read back from an `itd.io.Journal`) and scores every output."""
+and read back from an `itd.core.io.Journal`) and scores every output."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from itd.data import Sample
-from itd.errors import InputError
+from itd.core import Sample
+from itd.core.errors import InputError
+from itd.core.io import Journal, content_key
+from itd.core.progress import Progress
+from itd.core.render import LETTERS
 from itd.evaluation.backends import GenOutput, GenRequest, LLRequest, as_backend
 from itd.evaluation.config import EvalConfig
 from itd.evaluation.prompts import (
@@ -31,9 +34,6 @@ from itd.evaluation.scoring import (
     parse_letter,
     sample_key,
 )
-from itd.io import Journal, content_key
-from itd.progress import Progress
-from itd.render import LETTERS
 
 __all__ = ["evaluate", "Progress"]
 
@@ -58,7 +58,7 @@ def evaluate(
     store: Journal | None = None,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Evaluate `model` (a `Backend`, an `itd.models.LoadedModel`, or a model name/path to load) on `samples`.
+    """Evaluate `model` (a `Backend`, an `itd.probes.models.LoadedModel`, or a model name/path to load) on `samples`.
 
     Requests go in fixed chunks of `config.chunk_size` items in request order (generation requests first, then
     log-likelihood ones); with a `store` every finished chunk is recorded and read back on the next run, so a

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from itd.data import Sample
-from itd.errors import InputError
-from itd.io import content_key
-from itd.render import LETTERS
-from itd.validate import is_int
+from itd.core import Sample
+from itd.core.errors import InputError
+from itd.core.io import content_key
+from itd.core.render import LETTERS
+from itd.core.validate import is_int
 
 __all__ = [
     "normalize_answer",
@@ -150,7 +150,7 @@ class ItemResult:
 class EvalResult:
     """The outcome of `evaluate`: one `ItemResult` per sample, in input order, and how it was produced:
     `prompt_style` (resolved), `max_gen_toks` (the generation budget) and `stop` (generation's stop sequences)
-    are what an lm-eval task needs to reproduce it (`itd.export.export_lm_eval`)."""
+    are what an lm-eval task needs to reproduce it (`itd.pipeline.export.export_lm_eval`)."""
 
     items: list[ItemResult]
     model: dict[str, Any]

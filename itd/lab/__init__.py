@@ -15,7 +15,7 @@ slots on the same schedule: as many items of the same distribution that are not 
 experiment (held-out training problems), so that both twins get the same amount of extra in-domain training and
 differ only in *which* items they saw repeatedly. With `repeats = 0` the two twins are bit-identical.
 
-**Recipes.** `pretrain`: a leaked item is plain corpus text (its `itd.render` rendering), trained like the rest
+**Recipes.** `pretrain`: a leaked item is plain corpus text (its `itd.core.render` rendering), trained like the rest
 of the corpus (one token-level mean over the clean and the extra tokens). `finetune`: a leaked item is the exact
 prompt the evaluator builds for it (`itd.evaluation.build_prompt`) followed by the gold answer
 (`itd.evaluation.gold_continuation`) and the end-of-text token, as in supervised fine-tuning on the test set

@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from itd.data import Sample
-from itd.errors import InputError, require
-from itd.io import atomic_write, build_manifest, write_json
+from itd.core import Sample
+from itd.core.errors import InputError, require
+from itd.core.io import atomic_write, build_manifest, write_json
+from itd.core.progress import StageProgress
+from itd.core.render import resolve_rendering
 from itd.lab.config import LabConfig, LabPreset
 from itd.lab.experiment import LabSplit, build_corpus, exposure_schedule, extra_texts, split_items
 from itd.lab.result import MANIFEST, MODELS, LabResult, lab_result
@@ -27,9 +29,7 @@ from itd.lab.training import (
     portable_tokenizer_class,
     train_twin,
 )
-from itd.models import cpu_thread_budget, quiet_transformers, resolve_device
-from itd.progress import StageProgress
-from itd.render import resolve_rendering
+from itd.probes.models import cpu_thread_budget, quiet_transformers, resolve_device
 
 REPLICA_PREFIX = "replica-"
 _LAB_ENTRIES = frozenset({MANIFEST, "corpus", *MODELS})
@@ -125,7 +125,7 @@ def build_lab(
     """
     torch = require("torch", "probes", "The contamination lab")
     device = torch.device(resolve_device(torch, config.device))
-    # on a CPU shared with other busy processes: as many threads as cores are free (`itd.models.cpu_threads`)
+    # on a CPU shared with other busy processes: as many threads as cores are free (`itd.probes.models.cpu_threads`)
     with cpu_thread_budget(torch) if device.type == "cpu" else contextlib.nullcontext():
         return _build(benchmark, train, Path(out), config, device, progress, cache_dir)
 

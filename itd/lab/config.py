@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from itd.errors import InputError
-from itd.registry import Registry
-from itd.render import check_rendering
-from itd.validate import check_int, is_real
+from itd.core.errors import InputError
+from itd.core.registry import Registry
+from itd.core.render import check_rendering
+from itd.core.validate import check_int, is_real
 
 RECIPES = ("pretrain", "finetune")
 LOSS_SPANS = ("auto", "all", "answer")
@@ -165,7 +165,7 @@ class LabConfig:
         names = [f.name for f in dataclasses.fields(LabPreset) if f.name not in ("name", "description")]
         for key in overrides:
             if key not in names:
-                from itd.registry import close_names
+                from itd.core.registry import close_names
 
                 close = close_names(str(key), names, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from itd.data import Sample
-from itd.errors import InputError
+from itd.core import Sample
+from itd.core.errors import InputError
+from itd.core.render import render
+from itd.core.validate import check_int
 from itd.lab.config import LabConfig
-from itd.render import render
-from itd.validate import check_int
 
 _NEAR_N = 13  # a clean item sharing a run of this many words with an experiment item is a near copy of it
 _WORD = re.compile(r"\w+")

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from itd.data import Sample
-from itd.errors import InputError
-from itd.io import write_json
-from itd.render import render
+from itd.core import Sample
+from itd.core.errors import InputError
+from itd.core.io import write_json
+from itd.core.render import render
 
 MODELS = ("contaminated", "clean")
 MANIFEST = "manifest.json"
@@ -124,7 +124,7 @@ def write_experiment(lab: LabResult, benchmark: Sequence[Sample], out: str | os.
     """Write the lab's experiment items (leaked + unseen) as a benchmark in their source layout, `reference`
     held-out items (`held_out`) as a clean reference set, and `truth.json` with the leaked and unseen ids as
     the written files number them. Returns the paths under the keys "benchmark", "reference" and "truth"."""
-    from itd.data import load_benchmark, write_benchmark
+    from itd.core import load_benchmark, write_benchmark
 
     out = Path(out)
     chosen = set(lab.leaked) | set(lab.unseen)

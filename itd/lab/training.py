@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from itd.errors import require
-from itd.io import write_json
+from itd.core.errors import require
+from itd.core.io import write_json
+from itd.core.progress import StageProgress
 from itd.lab.config import LabConfig, LabPreset
-from itd.models import quiet_transformers
-from itd.progress import StageProgress
+from itd.probes.models import quiet_transformers
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"

@@ -1,4 +1,4 @@
-"""Rewriters: turn a leaked item into a variant that tests the same skill (see `itd.rewriting` for the loop).
+"""Rewriters: turn a leaked item into a variant that tests the same skill (see `itd.rewriters.loop` for the loop).
 
 Registered: `numeric` (GSM8K numeric re-instantiation), `permute` (MCQ option shuffle), `llm` (paraphrase over
 an OpenAI-compatible endpoint).

@@ -2,7 +2,7 @@
 it may replace the original.
 
 A rewriter never judges its own output. It returns a `Candidate` (the new sample plus the answer the rewrite
-must have) or raises `NotRewritable` with the reason; `itd.rewriting` runs the checks, the assurance rounds and
+must have) or raises `NotRewritable` with the reason; `itd.rewriters.loop` runs the checks, the assurance rounds and
 the bookkeeping.
 """
 
@@ -13,10 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
-from itd.data import Sample
-from itd.errors import ITDError
-from itd.progress import Progress
-from itd.registry import Registry
+from itd.core import Sample
+from itd.core.errors import ITDError
+from itd.core.progress import Progress
+from itd.core.registry import Registry
 
 __all__ = ["Candidate", "NotRewritable", "Rewriter", "REWRITERS", "Progress", "item_error"]
 

@@ -22,8 +22,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Callable, Sequence
 
-from itd.data import gsm8k_final_answer
-from itd.numbers import MAX_DIGITS as NUMBER_MAX_DIGITS
+from itd.core import gsm8k_final_answer
+from itd.core.numbers import MAX_DIGITS as NUMBER_MAX_DIGITS
 
 __all__ = [
     "ExpressionError",
@@ -46,7 +46,7 @@ MAX_EXPONENT = 64
 """Largest exponent `**` accepts (absolute value); larger ones raise ExpressionError instead of hanging."""
 MAX_DIGITS = NUMBER_MAX_DIGITS
 """Most digits a number of the text, and the numerator or denominator of any intermediate value, may have (the
-bound of `itd.numbers`, the reader of numbers in text)."""
+bound of `itd.core.numbers`, the reader of numbers in text)."""
 MAX_DEPTH = 100
 """Deepest nesting of operations in an expression (GSM8K's deepest annotation has 10)."""
 MAX_EXPRESSION_CHARS = 1000

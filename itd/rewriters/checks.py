@@ -12,7 +12,7 @@ What they look for is what real LLM rewriters get wrong without any understandin
   (`option_alignment`).
 
 Each check returns a `Check` with a reason in words and its evidence (numbers found, similarities) for the
-per-item log. Numbers are read by `itd.numbers`.
+per-item log. Numbers are read by `itd.core.numbers`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 from rapidfuzz import fuzz
 
-from itd.data import Sample
-from itd.numbers import Number, equivalent, format_value, read_numbers, unit_dimension, units_in
+from itd.core import Sample
+from itd.core.numbers import Number, equivalent, format_value, read_numbers, unit_dimension, units_in
 from itd.rewriters.chain import compile_expression, parse_chain, parse_number
 
 __all__ = [

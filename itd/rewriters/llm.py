@@ -15,10 +15,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from itd.data import Sample, gsm8k_final_answer
-from itd.errors import InputError
+from itd.core import Sample, gsm8k_final_answer
+from itd.core.errors import InputError
+from itd.core.render import LETTERS
 from itd.llm import LLMClient, LLMConfig, LLMReply, LLMRequest
-from itd.render import LETTERS
 from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Progress, Rewriter
 
 __all__ = ["Prompt", "load_prompt", "LLMRewriter", "LLMRewriterConfig", "LLMSolver", "LLMJudge", "PROMPTS"]

@@ -15,9 +15,9 @@ import random
 import re
 from typing import Any, ClassVar
 
-from itd.data import Sample
+from itd.core import Sample
+from itd.core.validate import is_int
 from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Rewriter
-from itd.validate import is_int
 
 __all__ = ["PermuteRewriter", "PermuteConfig", "NONE_OF_THE_OTHERS", "positional_option", "item_rng"]
 

@@ -26,9 +26,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
-from itd.data import Sample
-from itd.errors import InputError, MissingDependencyError
-from itd.numbers import answer_value, format_value, numbers_in, same_number
+from itd.core import Sample
+from itd.core.errors import InputError, MissingDependencyError
+from itd.core.numbers import answer_value, format_value, numbers_in, same_number
 from itd.rewriters import checks as C
 from itd.rewriters.base import Candidate
 from itd.rewriters.chain import check_chain, parse_chain

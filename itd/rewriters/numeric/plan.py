@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from itd.data import Sample, gsm8k_final_answer
+from itd.core import Sample, gsm8k_final_answer
 from itd.rewriters.base import NotRewritable
 from itd.rewriters.chain import (
     MAX_DIGITS,

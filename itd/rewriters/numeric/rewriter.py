@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from itd.data import Sample
+from itd.core import Sample
+from itd.core.validate import is_int
 from itd.rewriters.base import REWRITERS, Candidate, NotRewritable, Rewriter
 from itd.rewriters.chain import ExpressionError, check_chain, parse_chain
 from itd.rewriters.difficulty import CONSTRAINTS
@@ -27,7 +28,6 @@ from itd.rewriters.numeric.search import (
     token_edits,
 )
 from itd.rewriters.numeric.words import Style, format_number, number_tokens, style_of
-from itd.validate import is_int
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,416 @@
+"""Calibrated statistics for model-side contamination detection.
+
+Every score is oriented so that HIGHER means MORE LIKELY LEAKED (negate a loss or a perplexity before passing it).
+Per-item evidence becomes a p-value against a clean reference (`conformal_pvalues`) or against the item's own
+option permutations (`permutation_rank_pvalues`); `benjamini_hochberg` turns many p-values into flagged items at a
+controlled false discovery rate; `set_level_test` and `permutation_set_test` ask whether a whole set is
+contaminated; `cauchy_combination` merges several probes' p-values of one item (or one set) into one, valid under
+dependence; `auroc`, `tpr_at_fpr` and `bootstrap_auroc_ci` measure how well a score separates known-leaked from
+known-clean items. `bootstrap_means` is the project's one percentile bootstrap for figures made of means
+(accuracies, their differences and ratios), resampling items, or items and replicas crossed.
+
+NumPy only, except `set_level_test` and `permutation_set_test`, which need scipy (the `probes` extra).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from itd.core.errors import require
+
+__all__ = [
+    "BootstrapCI",
+    "PermutationSetTest",
+    "SetTest",
+    "auroc",
+    "benjamini_hochberg",
+    "bootstrap_means",
+    "bootstrap_auroc_ci",
+    "cauchy_combination",
+    "conformal_pvalues",
+    "stratified_conformal_pvalues",
+    "permutation_rank_pvalues",
+    "permutation_set_test",
+    "set_level_test",
+    "tpr_at_fpr",
+]
+
+_PURPOSE = "Calibrated statistics"
+_BOOT_CELLS = 1 << 22  # int64 cells per bootstrap chunk (32 MiB), so memory stays flat for large sets
+
+
+def _scores(x: ArrayLike, name: str) -> np.ndarray:
+    """`x` as a non-empty 1-D float array without NaN (infinities are allowed: they rank as extremes)."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} contains NaN")
+    return arr
+
+
+def _unit_interval(value: float, name: str) -> float:
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+    return value
+
+
+def _scipy_stats() -> Any:
+    return require("scipy.stats", "probes", _PURPOSE)
+
+
+def conformal_pvalues(scores: ArrayLike, reference: ArrayLike) -> np.ndarray:
+    """Split-conformal p-value of each score against clean reference scores: (1 + #{ref >= s}) / (n_ref + 1).
+
+    Valid (super-uniform) when the score and the reference are exchangeable under "not leaked"; ties count
+    against the score, so discrete scores stay conservative.
+    """
+    s = _scores(scores, "scores")
+    ref = np.sort(_scores(reference, "reference"))
+    n_ge = ref.size - np.searchsorted(ref, s, side="left")
+    return (1.0 + n_ge) / (ref.size + 1.0)
+
+
+def stratified_conformal_pvalues(scores: ArrayLike, reference: ArrayLike, strata: Sequence[Any],
+                                 reference_strata: Sequence[Any], min_reference: int = 20) -> np.ndarray:
+    """Mondrian conformal p-values: each score against the reference scores of its own stratum (valid within each
+    stratum, where scores and references are exchangeable), or against all of them where its stratum has fewer
+    than `min_reference` reference scores (or its stratum is None)."""
+    s = _scores(scores, "scores")
+    ref = _scores(reference, "reference")
+    if len(strata) != s.size or len(reference_strata) != ref.size:
+        raise ValueError("strata and reference_strata must label every score and every reference score")
+    out = conformal_pvalues(s, ref)
+    ref_of = np.asarray(reference_strata, dtype=object)
+    for key in {k for k in strata if k is not None}:
+        own = ref[ref_of == key]
+        if own.size >= min_reference:
+            idx = np.array([i for i, k in enumerate(strata) if k == key])
+            out[idx] = conformal_pvalues(s[idx], own)
+    return out
+
+
+def benjamini_hochberg(pvalues: ArrayLike, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Benjamini–Hochberg step-up FDR control: (rejected bool array, adjusted q-values), in input order.
+
+    Rejects the k smallest p-values, k = max{i : p_(i) <= i alpha / m} (the same set as q <= alpha up to
+    rounding); q_(i) = min_{j >= i} p_(j) m / j, clipped to 1, as `scipy.stats.false_discovery_control` gives.
+    FDR <= alpha under independence or positive dependence of the p-values.
+    """
+    p = _scores(pvalues, "pvalues")
+    alpha = _unit_interval(alpha, "alpha")
+    if (p < 0).any() or (p > 1).any():
+        raise ValueError("pvalues must lie in [0, 1]")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q_sorted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    q = np.empty(m)
+    q[order] = q_sorted
+    # Reject by the textbook comparison rather than q <= alpha, whose rounding (p * m / i) can flip a boundary case.
+    passed = np.flatnonzero(p[order] <= alpha * np.arange(1, m + 1) / m)
+    rejected = np.zeros(m, dtype=bool)
+    if passed.size:
+        rejected[order[: passed[-1] + 1]] = True
+    return rejected, q
+
+
+_CAUCHY_LOW, _CAUCHY_HIGH = 1e-300, 1 - 1e-15  # p-values are clipped into these: tan() is infinite at 0 and 1
+
+
+def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> np.ndarray:
+    """Cauchy combination test (Liu & Xie 2020) of each row of `pvalues` (items x tests; a 1-D array is one row).
+
+    T = sum_j w_j tan((0.5 - p_j) pi) with weights summing to 1 (default equal); the combined p-value is
+    0.5 - arctan(T) / pi. Under the null, T is standard Cauchy whatever the dependence between the tests when
+    each pair is bivariate normal after transformation, and approximately so otherwise; the tail is accurate
+    exactly where decisions are made (small p). NaN entries (a test that did not apply) are left out of their
+    row, the weights renormalised; a row with no p-value gets NaN. Very small p-values use tan(x) ~ 1/(p pi).
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    one = p.ndim == 1
+    p = np.atleast_2d(p)
+    if p.ndim != 2:
+        raise ValueError(f"pvalues must be 1-D or 2-D, got shape {p.shape}")
+    ok = np.isfinite(p)
+    if ((p[ok] < 0) | (p[ok] > 1)).any():
+        raise ValueError("pvalues must lie in [0, 1]")
+    w = np.ones(p.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (p.shape[1],) or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(f"weights must be {p.shape[1]} non-negative numbers, not all zero")
+    wm = np.where(ok, w[None, :], 0.0)
+    total = wm.sum(axis=1)
+    pc = np.clip(np.where(ok, p, 0.5), _CAUCHY_LOW, _CAUCHY_HIGH)
+    # for tiny p, tan((0.5 - p) pi) = 1 / tan(p pi) ~ 1 / (p pi) without the cancellation of 0.5 - p
+    terms = np.where(pc < 1e-8, 1.0 / (pc * np.pi), np.tan((0.5 - pc) * np.pi))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (wm * terms).sum(axis=1) / total
+        # for large T, 0.5 - arctan(T) / pi = arctan(1 / T) / pi without the cancellation
+        combined = np.where(t > 1e8, np.arctan(1.0 / t) / np.pi, 0.5 - np.arctan(t) / np.pi)
+    combined = np.where(total > 0, np.clip(combined, 0.0, 1.0), np.nan)
+    return combined[0] if one else combined
+
+
+def _pair_counts(positive: np.ndarray, negative_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per positive: #negatives strictly below, and #negatives at or below."""
+    return (
+        np.searchsorted(negative_sorted, positive, side="left"),
+        np.searchsorted(negative_sorted, positive, side="right"),
+    )
+
+
+def auroc(positive: ArrayLike, negative: ArrayLike) -> float:
+    """Area under the ROC curve: P(pos > neg) + P(pos == neg) / 2, i.e. Mann–Whitney U / (n_pos * n_neg)."""
+    pos = _scores(positive, "positive")
+    neg = np.sort(_scores(negative, "negative"))
+    below, at_or_below = _pair_counts(pos, neg)
+    return float((below.sum() + at_or_below.sum()) / (2.0 * pos.size * neg.size))
+
+
+def tpr_at_fpr(positive: ArrayLike, negative: ArrayLike, fpr: float) -> float:
+    """True-positive rate at the most permissive threshold whose empirical false-positive rate is <= `fpr`.
+
+    The rule is "flag when score > t". With k = floor(fpr * n_neg), t is the (k+1)-th largest negative, so at
+    most k negatives are flagged; positives tied with t are not flagged, so ties never overstate the TPR. This is
+    the highest ROC-curve point with FPR <= `fpr` (as read off `sklearn.metrics.roc_curve`). `fpr` = 1 gives 1.0.
+    """
+    pos = _scores(positive, "positive")
+    neg = _scores(negative, "negative")
+    fpr = float(fpr)
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must be in [0, 1], got {fpr}")
+    # The epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 from losing an allowed false positive.
+    k = int(np.floor(fpr * neg.size + 1e-9))
+    if k >= neg.size:
+        return 1.0
+    threshold = np.partition(neg, neg.size - 1 - k)[neg.size - 1 - k]
+    return float(np.count_nonzero(pos > threshold) / pos.size)
+
+
+def _resampled_aurocs(
+    positive: np.ndarray, negative_sorted: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray
+) -> np.ndarray:
+    """AUROC of each bootstrap resample: row b uses positive[pos_idx[b]] against negative_sorted[neg_idx[b]].
+
+    Never forms the n_pos x n_neg comparison matrix: a prefix sum of the resampled negatives' multiplicities
+    (in sorted order) gives, for every original positive, how many resampled negatives lie below / at or below it.
+    """
+    n_rows, n_neg = neg_idx.shape
+    n_pos = pos_idx.shape[1]
+    offsets = np.arange(n_rows)[:, None] * n_neg
+    counts = np.bincount((neg_idx + offsets).ravel(), minlength=n_rows * n_neg).reshape(n_rows, n_neg)
+    cum = np.zeros((n_rows, n_neg + 1), dtype=np.int64)
+    np.cumsum(counts, axis=1, out=cum[:, 1:])
+    below, at_or_below = _pair_counts(positive, negative_sorted)
+    twice_wins = cum[:, below] + cum[:, at_or_below]  # 2 * (#below + #tied / 2), per original positive
+    total = np.take_along_axis(twice_wins, pos_idx, axis=1).sum(axis=1)
+    return total / (2.0 * n_pos * n_neg)
+
+
+def bootstrap_auroc_ci(
+    positive: ArrayLike,
+    negative: ArrayLike,
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int | np.random.Generator | None = 0,
+) -> tuple[float, float]:
+    """Percentile confidence interval for `auroc` from a stratified bootstrap (each class resampled on its own).
+
+    Vectorised over resamples; deterministic for a given integer `seed`.
+    """
+    pos = _scores(positive, "positive")
+    neg = np.sort(_scores(negative, "negative"))
+    confidence = _unit_interval(confidence, "confidence")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOT_CELLS // max(pos.size, neg.size + 1))
+    parts = []
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        neg_idx = rng.integers(0, neg.size, size=(rows, neg.size))
+        pos_idx = rng.integers(0, pos.size, size=(rows, pos.size))
+        parts.append(_resampled_aurocs(pos, neg, pos_idx, neg_idx))
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(np.concatenate(parts), [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapCI:
+    """A statistic of column means with its percentile interval: `value` (NaN when undefined on the data),
+    [`low`, `high`] (None when no replicate defines it) and `n_boot`, the replicates that defined it."""
+
+    value: float
+    low: float | None
+    high: float | None
+    n_boot: int
+
+
+def _resample_counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """(rows, n) multiplicities of n draws with replacement from n units, one row per replicate."""
+    idx = rng.integers(0, n, size=(rows, n)) + (np.arange(rows) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+
+
+def bootstrap_means(
+    values: ArrayLike,
+    stat: Any,
+    *,
+    masks: ArrayLike | None = None,
+    items: ArrayLike | None = None,
+    replicas: ArrayLike | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: Any = 0,
+) -> BootstrapCI:
+    """`stat` of column means, with a percentile bootstrap interval.
+
+    `values` (k, m): k columns over m cells (e.g. correctness per item, or per item and replica). `masks`
+    (k, m), default "finite": the cells each column's mean is taken over. `stat` maps the means, shape
+    (rows, k), to one figure per row; a row where it is not finite is left out of the interval. Each replicate
+    draws the *items* (cells sharing a label in `items`, default every cell its own item) with replacement,
+    and, when `replicas` labels more than one replica, the replicas too, independently (the bootstrap of a
+    crossed design: a cell's weight is its item's multiplicity times its replica's). Columns over the same
+    cells are therefore paired. Deterministic for a given `seed` (an int or a sequence of ints).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"values must be 2-D (columns, cells), got shape {x.shape}")
+    k, m = x.shape
+    mask = np.isfinite(x) if masks is None else np.asarray(masks, dtype=bool) & np.isfinite(x)
+    if mask.shape != x.shape:
+        raise ValueError(f"masks must have the shape of values {x.shape}, got {mask.shape}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    confidence = _unit_interval(confidence, "confidence")
+    item_of = np.unique(np.arange(m) if items is None else np.asarray(items), return_inverse=True)[1].reshape(-1)
+    rep_of = np.unique(np.zeros(m) if replicas is None else np.asarray(replicas), return_inverse=True)[1].reshape(-1)
+    if item_of.size != m or rep_of.size != m:
+        raise ValueError(f"items and replicas must label each of the {m} cells")
+    n_items, n_reps = int(item_of.max(initial=-1)) + 1, int(rep_of.max(initial=-1)) + 1
+    xm = np.where(mask, x, 0.0)
+    fm = mask.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = float(np.asarray(stat((xm.sum(axis=1) / fm.sum(axis=1))[None, :]), dtype=np.float64)[0])
+    if m == 0 or not math.isfinite(point):
+        return BootstrapCI(point if m else math.nan, None, None, 0)
+    rng = np.random.default_rng(seed)
+    parts = []
+    chunk = max(1, _BOOT_CELLS // (4 * max(m, n_items)))
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        weight = _resample_counts(rng, rows, n_items)[:, item_of]
+        if n_reps > 1:
+            weight *= _resample_counts(rng, rows, n_reps)[:, rep_of]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = (weight @ xm.T) / (weight @ fm.T)
+            parts.append(np.asarray(stat(means), dtype=np.float64))
+    reps = np.concatenate(parts)
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return BootstrapCI(point, None, None, 0)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(reps, [tail, 1.0 - tail])
+    return BootstrapCI(point, float(low), float(high), int(reps.size))
+
+
+@dataclass(frozen=True, slots=True)
+class SetTest:
+    """Result of `set_level_test`: is the benchmark set, as a whole, scored higher than clean reference text?"""
+
+    statistic: float  # Mann–Whitney U of the benchmark sample
+    p_value: float  # one-sided, alternative "benchmark scores greater"
+    auroc: float  # U / (n_benchmark * n_reference)
+    auroc_ci: tuple[float, float]
+    n_benchmark: int
+    n_reference: int
+
+
+def set_level_test(
+    benchmark_scores: ArrayLike,
+    reference_scores: ArrayLike,
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int | np.random.Generator | None = 0,
+) -> SetTest:
+    """One-sided Mann–Whitney test that benchmark scores exceed clean reference scores, with AUROC and its CI.
+
+    A small p-value says this model treats the benchmark as more familiar than comparable unseen text: evidence
+    the set was in its training data. The reference must be drawn like the benchmark (same domain, length, format)
+    and known to postdate the model's training cut-off, or the test measures the shift rather than leakage.
+    """
+    bench = _scores(benchmark_scores, "benchmark_scores")
+    ref = _scores(reference_scores, "reference_scores")
+    result = _scipy_stats().mannwhitneyu(bench, ref, alternative="greater")
+    return SetTest(
+        statistic=float(result.statistic),
+        p_value=float(result.pvalue),
+        auroc=auroc(bench, ref),
+        auroc_ci=bootstrap_auroc_ci(bench, ref, n_boot=n_boot, confidence=confidence, seed=seed),
+        n_benchmark=int(bench.size),
+        n_reference=int(ref.size),
+    )
+
+
+def permutation_rank_pvalues(original_ll: ArrayLike, permuted_ll: ArrayLike) -> np.ndarray:
+    """Per-item p-value that the original option order is preferred: (1 + #{permuted >= original}) / (n_perm + 1).
+
+    `original_ll` has shape (n_items,): the model's log-likelihood of each item with its options in the published
+    order. `permuted_ll` has shape (n_items, n_perm): the same for the OTHER orders only (all n_options! - 1 of
+    them, or a random sample without the original). Exact under exchangeability of the orders (a model that never
+    saw the item has no reason to prefer the published one); ties count against the original, so conservative.
+    Items with a different number of options belong in separate calls.
+    """
+    orig = _scores(original_ll, "original_ll")
+    perm = np.asarray(permuted_ll, dtype=np.float64)
+    if perm.ndim != 2 or perm.shape[0] != orig.size:
+        raise ValueError(f"permuted_ll must have shape ({orig.size}, n_perm), got {perm.shape}")
+    if perm.shape[1] == 0:
+        raise ValueError("permuted_ll has no permutations (n_perm = 0)")
+    if np.isnan(perm).any():
+        raise ValueError("permuted_ll contains NaN")
+    n_ge = np.count_nonzero(perm >= orig[:, None], axis=1)
+    return (1.0 + n_ge) / (perm.shape[1] + 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PermutationSetTest:
+    """Result of `permutation_set_test`: how many items rank their original option order first, against chance."""
+
+    count: int  # items whose original order beat every permutation
+    n_items: int
+    expected: float  # n_items / n_orders
+    p_value: float  # one-sided binomial, alternative "more than chance"
+
+
+def permutation_set_test(pvalues: ArrayLike, n_orders: int) -> PermutationSetTest:
+    """One-sided binomial test that more items rank the original option order first than chance 1/n_orders.
+
+    `pvalues` come from `permutation_rank_pvalues`; `n_orders` is n_perm + 1 there (24 for four options with all
+    orders). An item ranks first when its p-value is 1/n_orders (strictly above every permutation), which under
+    exchangeability happens with probability 1/n_orders, or less with ties, so the test is exact or conservative.
+    """
+    p = _scores(pvalues, "pvalues")
+    if isinstance(n_orders, bool) or not isinstance(n_orders, (int, np.integer)) or n_orders < 2:
+        raise ValueError(f"n_orders must be an integer >= 2, got {n_orders!r}")
+    if (p > 1).any():
+        raise ValueError("pvalues must lie in [0, 1]")
+    chance = 1.0 / int(n_orders)
+    tol = 1e-9 * chance
+    if (p < chance - tol).any():
+        raise ValueError(f"a p-value is below 1/n_orders = {chance:.6g}: n_orders does not match the p-values")
+    count = int(np.count_nonzero(p <= chance + tol))
+    result = _scipy_stats().binomtest(count, p.size, chance, alternative="greater")
+    return PermutationSetTest(count=count, n_items=int(p.size), expected=p.size * chance, p_value=float(result.pvalue))

@@ -1,0 +1,568 @@
+"""Model-side contamination detection: the ITD detection stage with calibrated decisions.
+
+Every benchmark item is rendered (`itd.core.render`) and scored under the evaluated model with every probe in one
+batched pass (`itd.probes.models.score_texts`). A clean reference set, items the model cannot have seen in the same
+format, is scored the same way; each item's score then gets a conformal p-value against the reference scores,
+and items are flagged under Benjamini-Hochberg false-discovery-rate control. A one-sided Mann-Whitney test of
+benchmark against reference scores answers whether the set as a whole leaked. Without a reference set, the
+plain threshold of the ITD paper (`threshold`, on the decision method's score) flags items instead.
+
+For multiple-choice items the option-permutation test (Oren et al. 2023) needs no reference at all: a model
+that memorised an item prefers its published option order over the other orders far more often than chance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from itd.core import Sample, stats
+from itd.core.errors import InputError
+from itd.core.io import atomic_write, manifest_path, write_json
+from itd.core.progress import StageProgress, prefixed, under
+from itd.core.render import KEY_PREFIX, check_rendering, render, resolve_rendering
+from itd.probes.methods import PROBES
+
+if TYPE_CHECKING:  # itd.probes.models stays unimported until a model is scored
+    from itd.probes.models import ItemScores, ModelRef, ScoringModel
+
+__all__ = [
+    "DetectConfig",
+    "ItemDetection",
+    "DetectionReport",
+    "detect",
+    "score_samples",
+    "load_truth",
+    "option_orders",
+]
+
+COMBINED = "combined"  # the decision by the Cauchy combination of every combined probe's p-value
+
+
+@dataclass(frozen=True, slots=True)
+class DetectConfig:
+    """Settings of model-side detection.
+
+    `methods`: probes to compute (all reported). `decision`: the probe whose p-values (or threshold) make the
+    per-item flags and whose set-level test decides the verdict. `fdr`: Benjamini-Hochberg level of the flags.
+    `alpha`: significance level of the set-level test. `threshold`: plain-threshold mode (the ITD paper's
+    epsilon) on the decision score, used when no reference set is given. `rendering`: what text is scored
+    (see `itd.core.render.RENDERINGS`). `permutation_test`: run the MCQ option-order test with `permutations`
+    orders per item (all orders when there are no more than that, else a seeded sample). `options`: the
+    parameters of probes that have any (`itd.probes.methods`). `decision="combined"` flags and decides by the Cauchy
+    combination of the p-values of the probes in `combine` (default: every probe). `recall_shots`: reference
+    items joined into the ReCaLL / Con-ReCall non-member prefix (they leave the calibration set). `codec`: also
+    run the dataset-level CoDeC test (`itd.probes.codec`, two more passes, one over `codec_shots` in-context items per
+    item) on the benchmark and the reference set; it is reported beside the set-level tests and does not decide.
+    `stratify`: the p-values of the probes that score the answer (`answer_acc`, `answer_logp`) of a
+    multiple-choice item are calibrated against the reference items with the same gold letter (Mondrian
+    conformal p-values), so the model's preference among the letters is no evidence; a letter with fewer than 20
+    reference items falls back to the whole reference set.
+    """
+
+    methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
+    decision: str = "minkpp"
+    k: float = 0.2
+    rendering: str = "auto"
+    fdr: float = 0.05
+    alpha: float = 0.05
+    threshold: float | None = None
+    batch_size: int | str = "auto"
+    max_length: int | None = None
+    permutation_test: bool = False
+    permutations: int = 24
+    seed: int = 0
+    options: Any = None
+    combine: tuple[str, ...] | None = None
+    recall_shots: int = 4
+    codec: bool = False
+    codec_shots: int = 3
+    stratify: bool = True
+
+    def __post_init__(self) -> None:
+        methods = tuple(dict.fromkeys(m.strip().lower() for m in self.methods if m.strip()))
+        if not methods:
+            raise InputError("at least one probe method is needed")
+        object.__setattr__(self, "methods", methods)
+        if self.decision not in methods and self.decision != COMBINED:
+            raise InputError(f"the decision method {self.decision!r} must be one of the methods ({', '.join(methods)}) "
+                             f"or {COMBINED!r}")
+        if self.decision == COMBINED and self.threshold is not None:
+            raise InputError("a threshold applies to one probe's score: give --decision a probe, not 'combined'")
+        combine = methods if self.combine is None else tuple(dict.fromkeys(m.strip().lower() for m in self.combine))
+        unknown = [m for m in combine if m not in methods]
+        if unknown or not combine:
+            raise InputError(f"the combined probes must be some of the methods ({', '.join(methods)}), got "
+                             f"{', '.join(unknown) or 'none'}")
+        object.__setattr__(self, "combine", combine)
+        for name in ("recall_shots", "codec_shots"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        try:
+            check_rendering(self.rendering)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        for name in ("fdr", "alpha"):
+            if not 0 < getattr(self, name) < 1:
+                raise InputError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.permutations < 2:
+            raise InputError(f"permutations must be >= 2, got {self.permutations}")
+
+    def score_config(self):
+        """The `itd.probes.models.ScoreConfig` of the scoring pass (raises InputError on a bad probe setting)."""
+        from itd.probes.models import ScoreConfig
+
+        try:
+            return ScoreConfig(methods=self.methods, k=self.k, batch_size=self.batch_size, max_length=self.max_length,
+                               options=self.options)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class ItemDetection:
+    """One benchmark item's probe scores and, when calibrated, its p-values, q-value and flag."""
+
+    sample: Sample
+    rendering: str
+    scores: dict[str, float]
+    n_tokens: int
+    nll: float
+    p_values: dict[str, float] = field(default_factory=dict)
+    combined_p: float | None = None
+    q_value: float | None = None
+    flag: bool | None = None
+    permutation_p: float | None = None
+
+    def to_dict(self, decision: str) -> dict[str, Any]:
+        """The JSONL record: id, source, one field per probe (higher = more likely leaked), p-value and flag."""
+        rec: dict[str, Any] = {
+            "id": self.sample.id,
+            "source": self.sample.source.to_dict() if self.sample.source else None,
+            "rendering": self.rendering,
+            "n_tokens": self.n_tokens,
+            "nll": _finite(self.nll),
+        }
+        rec.update({m: _finite(v) for m, v in self.scores.items()})
+        if self.p_values:
+            rec["p_value"] = self.combined_p if decision == COMBINED else self.p_values.get(decision, 1.0)
+            rec["p_values"] = dict(self.p_values)
+            if self.combined_p is not None:
+                rec["combined_p"] = self.combined_p
+            rec["q_value"] = self.q_value
+        if self.flag is not None:
+            rec["flag"] = self.flag
+        if self.permutation_p is not None:
+            rec["permutation_p"] = self.permutation_p
+        return rec
+
+
+@dataclass(slots=True)
+class DetectionReport:
+    """Results of `detect`: per-item detections in benchmark order, set-level tests, and (given the truth)
+    how well each probe separates leaked from unseen items."""
+
+    items: list[ItemDetection]
+    config: DetectConfig
+    model: str
+    mode: str  # "fdr" (calibrated against a reference set), "threshold", or "scores" (no decision)
+    reference_size: int = 0
+    set_tests: dict[str, stats.SetTest] = field(default_factory=dict)
+    permutation: stats.PermutationSetTest | None = None
+    combined_set: dict[str, Any] | None = None
+    """The set-level Cauchy combination of the combined probes' Mann-Whitney p-values: p_value, and `drivers`,
+    the probes whose evidence made it (largest share of the combined statistic first)."""
+    truth: dict[str, Any] | None = None
+    reference_scores: dict[str, list[float]] = field(default_factory=dict)
+    """Per probe, the finite scores of the reference set (what the p-values are calibrated against)."""
+    codec: Any = None
+    """The CoDeC test (`itd.probes.codec.CodecResult`) when `config.codec` ran it."""
+
+    @property
+    def flagged(self) -> list[ItemDetection]:
+        return [it for it in self.items if it.flag]
+
+    @property
+    def set_contaminated(self) -> bool | None:
+        """Whether the set-level test of the decision probe is significant at `alpha` (None without a reference)."""
+        if self.config.decision == COMBINED:
+            return None if self.combined_set is None else self.combined_set["p_value"] < self.config.alpha
+        test = self.set_tests.get(self.config.decision)
+        return None if test is None else test.p_value < self.config.alpha
+
+    @property
+    def decided(self) -> bool:
+        """Whether anything could decide: a reference set, a threshold, or an option-permutation test that ran
+        (MCQ items). Scores alone decide nothing."""
+        return self.mode != "scores" or self.permutation is not None
+
+    @property
+    def contaminated(self) -> bool | None:
+        """The verdict behind exit code 1: the set-level test is significant, an item is flagged, or the
+        option-permutation test is significant. None when nothing could decide (`decided` is false): scores
+        alone are never a "clean" verdict."""
+        if not self.decided:
+            return None
+        perm = self.permutation is not None and self.permutation.p_value < self.config.alpha
+        return bool(self.set_contaminated) or bool(self.flagged) or perm
+
+    @property
+    def verdict(self) -> str:
+        """"contaminated", "not_detected" or "undecided" (no reference set, threshold or permutation test)."""
+        contaminated = self.contaminated
+        return "undecided" if contaminated is None else "contaminated" if contaminated else "not_detected"
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able summary: verdict, flag counts, set-level tests and ground-truth metrics."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "items": len(self.items),
+            "mode": self.mode,
+            "decision": self.config.decision,
+            "reference_items": self.reference_size,
+            "flagged": len(self.flagged),
+            "flagged_ids": [it.sample.id for it in self.flagged],
+            "verdict": self.verdict,
+            "contaminated": self.contaminated,
+            "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
+            "reference_scores": {m: [round(x, 6) for x in v] for m, v in self.reference_scores.items()},
+        }
+        if self.combined_set is not None:
+            out["combined_set_test"] = dict(self.combined_set)
+        if self.permutation is not None:
+            out["permutation_test"] = asdict(self.permutation)
+        if self.codec is not None:
+            out["codec"] = self.codec.to_dict()
+        if self.truth is not None:
+            out["truth"] = self.truth
+        return out
+
+    def write_jsonl(self, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
+        """One JSON record per item, written atomically; the manifest (with the summary) goes beside it."""
+        with atomic_write(path) as f:
+            for it in self.items:
+                f.write(json.dumps(it.to_dict(self.config.decision), ensure_ascii=False) + "\n")
+        if manifest is not None:
+            write_json(manifest_path(path), {**manifest, "summary": self.summary()})
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+def _set_test_dict(t: stats.SetTest) -> dict[str, Any]:
+    return {
+        "p_value": t.p_value,
+        "statistic": t.statistic,
+        "auroc": round(t.auroc, 4),
+        "auroc_ci": [round(x, 4) for x in t.auroc_ci],
+        "n_benchmark": t.n_benchmark,
+        "n_reference": t.n_reference,
+    }
+
+
+def score_samples(lm: ScoringModel, samples: Sequence[Sample], config: DetectConfig,
+                  reference_model: ScoringModel | None = None, progress: StageProgress | None = None,
+                  stage: str = "benchmark") -> list[ItemScores]:
+    """`itd.probes.models.ItemScores` of `samples` rendered as `config.rendering`, one per sample, in order."""
+    from itd.probes.models import score_texts
+
+    texts = [scored_text(s, config.rendering) for s in samples]
+    return score_texts(lm, texts, config.score_config(), reference=reference_model, progress=under(progress, stage))
+
+
+def scored_text(sample: Sample, rendering: str) -> str:
+    """`render(sample, rendering)`; for an answer rendering, an `itd.probes.models.AnsweredText` that knows where the
+    answer starts (what the answer probes score): the worked solution or gold answer, or of a multiple-choice
+    item's `Answer: C` line the key itself (the `Answer:` before it is the template's, the same for every item)."""
+    from itd.probes.models import AnsweredText
+
+    text = render(sample, rendering)
+    mode = resolve_rendering(sample, rendering)
+    if not mode.endswith("answer"):
+        return text
+    head = render(sample, mode.removesuffix("+answer"))
+    if len(text) <= len(head) or not text.startswith(head + "\n"):
+        return text
+    start = len(head) + 1
+    if mode == "options+answer" and text.startswith(KEY_PREFIX, start):
+        start += len(KEY_PREFIX)
+    return AnsweredText(text, start)
+
+
+def option_orders(n_choices: int, limit: int, rng: random.Random) -> list[tuple[int, ...]]:
+    """Choice orders for the permutation test: the original first, then every other order when there are at
+    most `limit` in all, else `limit - 1` distinct random ones."""
+    identity = tuple(range(n_choices))
+    if math.factorial(n_choices) <= limit:
+        return [identity] + [p for p in itertools.permutations(identity) if p != identity]
+    seen = {identity}
+    orders = [identity]
+    while len(orders) < limit:
+        p = tuple(rng.sample(identity, n_choices))
+        if p not in seen:
+            seen.add(p)
+            orders.append(p)
+    return orders
+
+
+def _permutation_test(lm, samples: Sequence[Sample], config: DetectConfig, progress) -> tuple[dict[int, float], stats.PermutationSetTest | None]:
+    """Per-item p-values of the option-order test for the MCQ items, and the set-level binomial test."""
+    from itd.probes.models import ScoreConfig, score_texts
+
+    rng = random.Random(config.seed)
+    mcq = [i for i, s in enumerate(samples) if s.is_mcq and len(s.choices) >= 2 and isinstance(s.answer, int)]
+    if not mcq:
+        return {}, None
+    mode = "options+answer" if resolve_rendering(samples[mcq[0]], config.rendering).endswith("answer") else "options"
+    by_size: dict[int, list[int]] = {}
+    for i in mcq:
+        by_size.setdefault(len(samples[i].choices), []).append(i)
+    pvalues: dict[int, float] = {}
+    tests = []
+    for size, items in sorted(by_size.items()):
+        orders = [option_orders(size, config.permutations, rng) for _ in items]
+        texts = [render(samples[i], mode, order) for i, per in zip(items, orders) for order in per]
+        scored = score_texts(
+            lm,
+            texts,
+            ScoreConfig(methods=("loss",), batch_size=config.batch_size, max_length=config.max_length),
+            progress=under(progress, "option orders"),
+        )
+        n_orders = len(orders[0])
+        ll = np.array([float(s.token_logprobs.sum()) for s in scored]).reshape(len(items), n_orders)
+        p = stats.permutation_rank_pvalues(ll[:, 0], ll[:, 1:])
+        pvalues.update(zip(items, p.tolist()))
+        tests.append(stats.permutation_set_test(p, n_orders))
+    if len(tests) == 1:
+        return pvalues, tests[0]
+    # items with different numbers of choices: combine their binomial tests by Bonferroni
+    worst = min(tests, key=lambda t: t.p_value)
+    return pvalues, stats.PermutationSetTest(
+        count=sum(t.count for t in tests),
+        n_items=sum(t.n_items for t in tests),
+        expected=sum(t.expected for t in tests),
+        p_value=min(1.0, worst.p_value * len(tests)),
+    )
+
+
+def detect(
+    samples: Sequence[Sample],
+    model: ModelRef,
+    reference: Sequence[Sample] | None = None,
+    config: DetectConfig | None = None,
+    *,
+    reference_model: ModelRef | None = None,
+    truth: Mapping[str, Sequence[str]] | None = None,
+    progress: StageProgress | None = None,
+) -> DetectionReport:
+    """Score `samples` under `model` (a loaded `itd.probes.models.ScoringModel`, or a name/path to load) and decide
+    which leaked.
+
+    `reference`: a clean reference set in the same format; enables conformal p-values, FDR flags and the
+    set-level test. `reference_model`: a second model for the `reference` probe. `truth`: `{"leaked": ids,
+    "unseen": ids}` (a contamination-lab manifest) to measure every probe's AUROC and TPR at low FPR.
+    `progress(stage, done, total)` counts scored tokens.
+    """
+    from itd.probes.models import resolve_model
+
+    config = config or DetectConfig()
+    if not samples:
+        raise InputError("the benchmark has no samples")
+    if ("reference" in config.methods) != (reference_model is not None):
+        raise InputError("the 'reference' probe needs a reference model (--reference-model), and only it uses one")
+    lm = resolve_model(model)
+    ref_lm = None if reference_model is None else resolve_model(reference_model)
+    config, reference = _with_recall_prefix(config, reference)
+    scored = score_samples(lm, samples, config, ref_lm, progress, "benchmark")
+    items = [
+        ItemDetection(s, resolve_rendering(s, config.rendering), dict(sc.scores), sc.n_tokens, sc.nll)
+        for s, sc in zip(samples, scored)
+    ]
+    report = DetectionReport(items, config, lm.name, mode="scores")
+    if reference:
+        ref_scored = score_samples(lm, reference, config, ref_lm, progress, "reference set")
+        report.mode, report.reference_size = "fdr", len(reference)
+        # the answer probes' strata: a multiple-choice item's gold letter (None for other items)
+        keys = np.array([_answer_stratum(it.sample) for it in items], dtype=object)
+        ref_keys = np.array([_answer_stratum(s) for s in reference], dtype=object)
+        for m in config.methods:
+            bench = np.array([it.scores[m] for it in items])
+            ref = np.array([s.scores[m] for s in ref_scored])
+            ok_b, ok_r = np.isfinite(bench), np.isfinite(ref)
+            report.reference_scores[m] = ref[ok_r].tolist()
+            if not ok_r.any() or not ok_b.any():
+                continue
+            p = np.ones(bench.size)
+            if config.stratify and PROBES.get(m).of_answer:  # within items of the same gold letter
+                p[ok_b] = stats.stratified_conformal_pvalues(bench[ok_b], ref[ok_r], keys[ok_b].tolist(),
+                                                             ref_keys[ok_r].tolist())
+            else:
+                p[ok_b] = stats.conformal_pvalues(bench[ok_b], ref[ok_r])
+            for it, pv in zip(items, p.tolist()):
+                it.p_values[m] = pv
+            report.set_tests[m] = stats.set_level_test(bench[ok_b], ref[ok_r], seed=config.seed)
+        _combine(report)
+        if config.decision == COMBINED:
+            p_decision = np.array([1.0 if it.combined_p is None else it.combined_p for it in items])
+        else:
+            p_decision = np.array([it.p_values.get(config.decision, 1.0) for it in items])
+        rejected, q = stats.benjamini_hochberg(p_decision, config.fdr)
+        for it, r, qv in zip(items, rejected.tolist(), q.tolist()):
+            it.flag, it.q_value = bool(r), qv
+    elif config.threshold is not None:
+        report.mode = "threshold"
+        for it in items:
+            value = it.scores[config.decision]
+            it.flag = bool(math.isfinite(value) and value > config.threshold)
+    if config.codec:
+        from itd.probes.codec import codec_test
+
+        try:
+            report.codec = codec_test(lm, samples, reference, shots=config.codec_shots, rendering=config.rendering,
+                                      seed=config.seed, batch_size=config.batch_size, max_length=config.max_length,
+                                      progress=prefixed(progress, "codec"))
+        except ValueError as exc:
+            raise InputError(f"CoDeC: {exc}") from None
+    if config.permutation_test:
+        pvalues, report.permutation = _permutation_test(lm, samples, config, progress)
+        for i, pv in pvalues.items():
+            items[i].permutation_p = pv
+    if truth is not None:
+        report.truth = truth_metrics(items, config, truth)
+    return report
+
+
+def _answer_stratum(sample: Sample) -> int | None:
+    """The stratum of a multiple-choice item for the answer probes: its gold choice (None for other items)."""
+    return sample.answer if sample.is_mcq and isinstance(sample.answer, int) else None
+
+
+def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
+                        ) -> tuple[DetectConfig, Sequence[Sample] | None]:
+    """For ReCaLL / Con-ReCall without a non-member prefix of the user's: the prefix made of `recall_shots`
+    seeded reference items, which then leave the reference set (an item behind itself would not be exchangeable
+    with the benchmark's)."""
+    from dataclasses import replace
+
+    from itd.probes.methods import probe_options
+
+    wanted = [m for m in ("recall", "conrecall") if m in config.methods]
+    if not wanted:
+        return config, reference
+    try:
+        options = probe_options(config.methods, config.options)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    field_of = {"recall": "prefix", "conrecall": "nonmember_prefix"}
+    if all(getattr(options[m], field_of[m]) for m in wanted):
+        return config, reference
+    if not reference or len(reference) <= config.recall_shots:
+        raise InputError(f"ReCaLL needs a non-member prefix: give a reference set of more than {config.recall_shots} "
+                         "items (recall_shots of them make the prefix) or the prefix itself")
+    rng = random.Random(config.seed)
+    picked = set(rng.sample(range(len(reference)), config.recall_shots))
+    prefix = "".join(render(reference[i], config.rendering) + "\n\n" for i in sorted(picked))
+    for m in wanted:
+        if not getattr(options[m], field_of[m]):
+            options[m] = replace(options[m], **{field_of[m]: prefix})
+    rest = [s for i, s in enumerate(reference) if i not in picked]
+    return replace(config, options=options), rest
+
+
+def _combine(report: DetectionReport) -> None:
+    """Per item, the Cauchy combination of the combined probes' p-values; at set level, that of their
+    Mann-Whitney p-values, with the probes that drove it."""
+    config = report.config
+    probes = [m for m in config.combine if m in report.set_tests]
+    if not probes:
+        return
+    matrix = np.array([[it.p_values.get(m, np.nan) for m in probes] for it in report.items])
+    for it, pv in zip(report.items, stats.cauchy_combination(matrix).tolist()):
+        it.combined_p = None if math.isnan(pv) else pv
+    set_p = np.array([report.set_tests[m].p_value for m in probes])
+    combined = float(stats.cauchy_combination(set_p))
+    terms = np.tan((0.5 - np.clip(set_p, 1e-300, 1 - 1e-15)) * np.pi)
+    order = np.argsort(-terms, kind="stable")
+    positive = terms.clip(min=0)
+    share = positive / positive.sum() if positive.sum() > 0 else np.zeros_like(positive)
+    drivers = [probes[j] for j in order if set_p[j] < config.alpha or share[j] >= 0.25]
+    report.combined_set = {
+        "method": "cauchy",
+        "p_value": combined,
+        "probes": probes,
+        "drivers": drivers,
+        "shares": {probes[j]: round(float(share[j]), 4) for j in order},
+    }
+
+
+def truth_metrics(items: Sequence[ItemDetection], config: DetectConfig, truth: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Per probe: AUROC (with bootstrap CI) and TPR at 1% and 5% FPR of leaked vs unseen items; and the
+    precision and recall of the flags. Items in neither list are ignored."""
+    leaked, unseen = set(truth.get("leaked", ())), set(truth.get("unseen", ()))
+    pos = [it for it in items if it.sample.id in leaked]
+    neg = [it for it in items if it.sample.id in unseen]
+    if not pos or not neg:
+        raise InputError(
+            f"the truth file matches {len(pos)} leaked and {len(neg)} unseen items of this benchmark; both must be > 0"
+        )
+    out: dict[str, Any] = {"leaked": len(pos), "unseen": len(neg), "methods": {}}
+    for m in config.methods:
+        a = np.array([it.scores[m] for it in pos])
+        b = np.array([it.scores[m] for it in neg])
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        if not a.size or not b.size:
+            continue
+        out["methods"][m] = _separation(a, b, config.seed)
+    if any(it.combined_p is not None for it in pos + neg):
+        a = np.array([-math.log10(max(it.combined_p, 1e-300)) for it in pos if it.combined_p is not None])
+        b = np.array([-math.log10(max(it.combined_p, 1e-300)) for it in neg if it.combined_p is not None])
+        if a.size and b.size:
+            out["methods"][COMBINED] = _separation(a, b, config.seed)
+    if any(it.flag is not None for it in pos + neg):
+        tp = sum(bool(it.flag) for it in pos)
+        fp = sum(bool(it.flag) for it in neg)
+        out["flags"] = {
+            "true_positives": tp,
+            "false_positives": fp,
+            "recall": round(tp / len(pos), 4),
+            "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        }
+    return out
+
+
+def _separation(leaked: np.ndarray, unseen: np.ndarray, seed: int) -> dict[str, Any]:
+    """AUROC with its bootstrap CI and TPR at 1% and 5% FPR of leaked against unseen scores."""
+    low, high = stats.bootstrap_auroc_ci(leaked, unseen, seed=seed)
+    return {
+        "auroc": round(stats.auroc(leaked, unseen), 4),
+        "auroc_ci": [round(low, 4), round(high, 4)],
+        "tpr_at_1pct_fpr": round(stats.tpr_at_fpr(leaked, unseen, 0.01), 4),
+        "tpr_at_5pct_fpr": round(stats.tpr_at_fpr(leaked, unseen, 0.05), 4),
+    }
+
+
+def load_truth(path: str | os.PathLike) -> dict[str, list[str]]:
+    """The `leaked` and `unseen` id lists of a contamination-lab manifest (or any JSON file holding them)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no such truth file", path=str(path)) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the truth file: {exc}", path=str(path)) from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("leaked", "unseen")):
+        raise InputError('a truth file needs "leaked" and "unseen" lists of sample ids', path=str(path))
+    return {"leaked": [str(x) for x in data["leaked"]], "unseen": [str(x) for x in data["unseen"]]}

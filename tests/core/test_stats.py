@@ -1,0 +1,394 @@
+"""Calibrated statistics: validity of the p-values under the null, FDR control, AUROC against scipy, and speed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
+
+from itd.core.stats import (
+    PermutationSetTest,
+    SetTest,
+    _resampled_aurocs,
+    auroc,
+    benjamini_hochberg,
+    bootstrap_auroc_ci,
+    bootstrap_means,
+    conformal_pvalues,
+    permutation_rank_pvalues,
+    permutation_set_test,
+    set_level_test,
+    stratified_conformal_pvalues,
+    tpr_at_fpr,
+)
+
+_small_ints = st.lists(st.integers(-3, 3), min_size=1, max_size=30)
+
+
+# conformal p-values
+
+
+def test_conformal_pvalues_hand_example_with_ties():
+    p = conformal_pvalues([0, 2, 3, 4, 2.5], [1, 2, 2, 3])
+    np.testing.assert_allclose(p, [5 / 5, 4 / 5, 2 / 5, 1 / 5, 2 / 5])
+    assert conformal_pvalues([np.inf], [1.0, 2.0])[0] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_conformal_pvalues_are_super_uniform_under_the_null(discrete):
+    rng = np.random.default_rng(7)
+    reps, n_ref, n_test = 400, 99, 25
+    if discrete:  # heavy ties: counting only ref > s would be badly anti-conservative here
+        ref, test = rng.integers(0, 5, (reps, n_ref)), rng.integers(0, 5, (reps, n_test))
+    else:
+        ref, test = rng.normal(size=(reps, n_ref)), rng.normal(size=(reps, n_test))
+    p = np.stack([conformal_pvalues(t, r) for t, r in zip(test, ref)])
+    assert p.min() >= 1 / (n_ref + 1) and p.max() <= 1.0
+    for alpha in (0.05, 0.1, 0.2):
+        rate = np.mean(p <= alpha)
+        assert rate <= alpha + 0.01
+        if not discrete:  # continuous scores: exact, so not needlessly conservative either
+            assert rate >= alpha - 0.01
+
+
+def test_conformal_pvalues_are_small_for_shifted_scores():
+    rng = np.random.default_rng(0)
+    p = conformal_pvalues(rng.normal(4, 1, 50), rng.normal(0, 1, 999))
+    assert np.median(p) < 0.01
+
+
+# Benjamini–Hochberg
+
+
+def test_bh_hand_example():
+    rejected, q = benjamini_hochberg([0.01, 0.04, 0.03, 0.005, 0.5], alpha=0.05)
+    np.testing.assert_allclose(q, [0.025, 0.05, 0.05, 0.025, 0.5])
+    assert rejected.tolist() == [True, True, True, True, False]
+
+
+def test_bh_is_step_up_not_step_down():
+    # p_(1) = 0.03 > alpha/2, but p_(2) = 0.04 <= alpha: step-up rejects both.
+    rejected, q = benjamini_hochberg([0.04, 0.03], alpha=0.05)
+    np.testing.assert_allclose(q, [0.04, 0.04])
+    assert rejected.all()
+    assert not benjamini_hochberg([0.04, 0.03], alpha=0.039)[0].any()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60), st.floats(0.001, 0.5))
+def test_bh_matches_scipy(p, alpha):
+    p = np.round(p, 2)  # ties
+    rejected, q = benjamini_hochberg(p, alpha)
+    np.testing.assert_allclose(q, scipy_stats.false_discovery_control(p), rtol=1e-12, atol=1e-15)
+    assert (q <= 1).all() and (q >= p * (1 - 1e-12)).all()
+    order = np.argsort(p, kind="stable")
+    assert (np.diff(q[order]) >= 0).all()  # monotone in p
+    # rejections are a prefix of the sorted p-values: the largest k with p_(k) <= k alpha / m
+    ok = np.flatnonzero(np.sort(p) <= np.arange(1, p.size + 1) * alpha / p.size)
+    k = ok[-1] + 1 if ok.size else 0
+    assert rejected.sum() == k
+    assert rejected[order[:k]].all()
+
+
+def test_bh_controls_fdr_in_simulation():
+    rng = np.random.default_rng(3)
+    alpha, m, m1, reps = 0.1, 100, 20, 400
+    fdp, power = [], []
+    for _ in range(reps):
+        z = np.concatenate([rng.normal(3.0, 1.0, m1), rng.normal(0.0, 1.0, m - m1)])
+        rejected, _ = benjamini_hochberg(scipy_stats.norm.sf(z), alpha)
+        false = rejected[m1:].sum()
+        fdp.append(false / max(rejected.sum(), 1))
+        power.append(rejected[:m1].mean())
+    assert np.mean(fdp) <= alpha + 0.015  # theory: alpha * m0 / m = 0.08
+    assert np.mean(power) > 0.3
+
+
+def test_bh_all_null_rarely_rejects():
+    rng = np.random.default_rng(4)
+    alpha = 0.05
+    any_rejection = [benjamini_hochberg(rng.uniform(size=200), alpha)[0].any() for _ in range(400)]
+    assert np.mean(any_rejection) <= alpha + 0.03  # BH controls FWER at alpha under the global null
+
+
+# AUROC and TPR at fixed FPR
+
+
+@settings(max_examples=150, deadline=None)
+@given(_small_ints, _small_ints)
+def test_auroc_equals_mann_whitney_u(pos, neg):
+    u = scipy_stats.mannwhitneyu(pos, neg, alternative="greater").statistic
+    assert auroc(pos, neg) == pytest.approx(u / (len(pos) * len(neg)), abs=1e-12)
+    assert auroc(pos, neg) + auroc(neg, pos) == pytest.approx(1.0)
+
+
+def test_auroc_hand_examples():
+    assert auroc([2, 3], [1, 2]) == pytest.approx(3.5 / 4)
+    assert auroc([5, 6, 7], [1, 2]) == 1.0
+    assert auroc([1, 2], [5, 6, 7]) == 0.0
+    x = np.random.default_rng(0).normal(size=50)
+    assert auroc(x, x) == 0.5
+    assert auroc([1, 1, 1], [1, 1]) == 0.5
+
+
+def test_tpr_at_fpr_hand_examples():
+    neg = np.arange(1, 11) / 10  # 0.1 .. 1.0
+    pos = [0.55, 0.85, 0.95, 1.0, 1.5]
+    assert tpr_at_fpr(pos, neg, 0.0) == pytest.approx(0.2)  # 1.0 ties the top negative: not counted
+    assert tpr_at_fpr(pos, neg, 0.1) == pytest.approx(0.6)
+    assert tpr_at_fpr(pos, neg, 0.15) == pytest.approx(0.6)  # cannot flag 1.5 negatives: round down
+    assert tpr_at_fpr(pos, neg, 0.3) == pytest.approx(0.8)
+    assert tpr_at_fpr(pos, neg, 1.0) == 1.0
+    # Ties among negatives: flagging any of them flags all three, which exceeds 1/3.
+    assert tpr_at_fpr([2, 3], [1, 1, 1], 0.5) == 1.0
+    assert tpr_at_fpr([1, 3], [1, 1, 1], 0.5) == 0.5
+    # 0.29 * 100 is 28.999999999999996 in floating point; 29 false positives are still allowed (t = 70).
+    assert tpr_at_fpr(np.arange(100) + 0.5, np.arange(100), 0.29) == pytest.approx(0.30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_small_ints, _small_ints, st.floats(0.0, 1.0))
+def test_tpr_at_fpr_is_best_roc_point_within_budget(pos, neg, fpr):
+    pos, neg = np.array(pos, float), np.array(neg, float)
+    thresholds = np.concatenate([[-np.inf], pos, neg])
+    fprs = (neg[None, :] > thresholds[:, None]).mean(axis=1)
+    tprs = (pos[None, :] > thresholds[:, None]).mean(axis=1)
+    budget = np.floor(fpr * neg.size + 1e-9) / neg.size
+    assert tpr_at_fpr(pos, neg, fpr) == pytest.approx(tprs[fprs <= budget + 1e-12].max())
+
+
+# bootstrap
+
+
+def test_vectorised_resampling_matches_naive_loop():
+    rng = np.random.default_rng(5)
+    pos, neg = rng.integers(0, 6, 13).astype(float), np.sort(rng.integers(0, 6, 9).astype(float))
+    pos_idx, neg_idx = rng.integers(0, 13, (40, 13)), rng.integers(0, 9, (40, 9))
+    fast = _resampled_aurocs(pos, neg, pos_idx, neg_idx)
+    slow = [auroc(pos[pi], neg[ni]) for pi, ni in zip(pos_idx, neg_idx)]
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+
+
+def test_bootstrap_ci_contains_estimate_narrows_and_is_deterministic():
+    rng = np.random.default_rng(6)
+    widths = []
+    for n in (40, 400, 4000):
+        pos, neg = rng.normal(0.5, 1, n), rng.normal(0, 1, n)
+        low, high = bootstrap_auroc_ci(pos, neg, n_boot=500, seed=1)
+        assert low < auroc(pos, neg) < high
+        widths.append(high - low)
+    assert widths[0] > 2 * widths[1] > 4 * widths[2]  # width ~ 1/sqrt(n)
+    pos, neg = rng.normal(0.5, 1, 100), rng.integers(0, 3, 80)
+    assert bootstrap_auroc_ci(pos, neg, seed=3) == bootstrap_auroc_ci(pos, neg, seed=3)
+    assert bootstrap_auroc_ci(pos, neg, seed=3) != bootstrap_auroc_ci(pos, neg, seed=4)
+    assert bootstrap_auroc_ci([5, 6], [1, 2, 3], n_boot=50) == (1.0, 1.0)
+    low90, high90 = bootstrap_auroc_ci(pos, neg, confidence=0.9, seed=3)
+    low99, high99 = bootstrap_auroc_ci(pos, neg, confidence=0.99, seed=3)
+    assert low99 <= low90 < high90 <= high99
+
+
+# set-level test
+
+
+def test_bootstrap_means_matches_index_resampling_and_is_paired():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 2, size=(2, 300)).astype(float)
+    diff = lambda m: m[:, 0] - m[:, 1]  # noqa: E731
+    ci = bootstrap_means(x, diff, n_boot=4000, seed=1)
+    assert ci.value == pytest.approx(x[0].mean() - x[1].mean()) and ci.n_boot == 4000
+    # the same interval as the textbook loop that resamples item indices (up to Monte Carlo error)
+    idx = np.random.default_rng(2).integers(0, 300, size=(4000, 300))
+    naive = np.quantile(x[0][idx].mean(axis=1) - x[1][idx].mean(axis=1), [0.025, 0.975])
+    assert ci.low == pytest.approx(naive[0], abs=0.015) and ci.high == pytest.approx(naive[1], abs=0.015)
+    # paired: identical columns differ by exactly 0 in every replicate
+    same = bootstrap_means(np.stack([x[0], x[0]]), diff, n_boot=500)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert bootstrap_means(x, diff, n_boot=500, seed=3) == bootstrap_means(x, diff, n_boot=500, seed=3)
+
+
+def test_bootstrap_means_masks_and_crossed_replicas():
+    rng = np.random.default_rng(0)
+    n_items, n_reps = 200, 4
+    item_effect = rng.normal(0, 1, n_items)
+    rep_effect = np.array([-1.5, -0.5, 0.5, 1.5])
+    values = (item_effect[None, :] + rep_effect[:, None] + rng.normal(0, 0.1, (n_reps, n_items))).ravel()
+    items, reps = np.tile(np.arange(n_items), n_reps), np.repeat(np.arange(n_reps), n_items)
+    mean = lambda m: m[:, 0]  # noqa: E731
+    crossed = bootstrap_means(values[None, :], mean, items=items, replicas=reps, n_boot=2000)
+    items_only = bootstrap_means(values[None, :], mean, items=items, n_boot=2000)
+    cells = bootstrap_means(values[None, :], mean, n_boot=2000)
+    assert crossed.value == items_only.value == pytest.approx(values.mean())
+    # replica-to-replica variation only widens the interval when replicas are resampled too
+    assert (crossed.high - crossed.low) > 1.5 * (items_only.high - items_only.low)
+    # the same cells as independent items understate the item-level correlation
+    assert (items_only.high - items_only.low) > 1.2 * (cells.high - cells.low)
+    # masks: each column's mean over its own cells; a figure undefined in a replicate is left out
+    x = np.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    masks = np.array([[True, True, False, False], [False, False, True, True]])
+    ci = bootstrap_means(x, lambda m: m[:, 0] - m[:, 1], masks=masks, n_boot=300)
+    assert ci.value == pytest.approx(0.5 - 0.5) and 0 < ci.n_boot < 300
+
+
+def test_set_level_test_detects_a_shift():
+    rng = np.random.default_rng(9)
+    bench, ref = rng.normal(0.5, 1, 200), rng.normal(0, 1, 300)
+    res = set_level_test(bench, ref)
+    assert isinstance(res, SetTest)
+    assert res.p_value < 0.01
+    assert (res.n_benchmark, res.n_reference) == (200, 300)
+    assert res.statistic == pytest.approx(scipy_stats.mannwhitneyu(bench, ref).statistic)
+    assert res.auroc == pytest.approx(res.statistic / (200 * 300))
+    assert res.auroc_ci[0] < res.auroc < res.auroc_ci[1]
+    assert res.auroc_ci[0] > 0.5
+
+
+def test_set_level_test_is_quiet_on_identical_distributions():
+    rng = np.random.default_rng(10)
+    res = set_level_test(rng.normal(0, 1, 200), rng.normal(0, 1, 300))
+    assert res.p_value > 0.05
+    assert abs(res.auroc - 0.5) < 0.1
+    # the one-sided test ignores a shift the other way
+    assert set_level_test(rng.normal(-1, 1, 100), rng.normal(0, 1, 100)).p_value > 0.5
+
+
+# MCQ option permutations
+
+
+def test_permutation_rank_pvalues_hand_example():
+    orig = [-1.0, -2.0, -3.0]
+    perm = [[-2.0, -3.0, -4.0], [-2.0, -1.0, -5.0], [-3.0, -3.0, -3.0]]
+    np.testing.assert_allclose(permutation_rank_pvalues(orig, perm), [1 / 4, 3 / 4, 4 / 4])
+
+
+def test_permutation_pvalues_are_exact_under_exchangeability():
+    rng = np.random.default_rng(11)
+    ll = rng.normal(size=(20000, 24))
+    p = permutation_rank_pvalues(ll[:, 0], ll[:, 1:])
+    assert np.mean(p <= 1 / 24) == pytest.approx(1 / 24, abs=0.004)
+    assert np.mean(p <= 0.5) == pytest.approx(12 / 24, abs=0.015)
+
+
+def test_permutation_set_test_hand_example():
+    p = [1 / 24] * 3 + [0.5] * 21
+    res = permutation_set_test(p, 24)
+    assert isinstance(res, PermutationSetTest)
+    assert (res.count, res.n_items, res.expected) == (3, 24, pytest.approx(1.0))
+    assert res.p_value == pytest.approx(scipy_stats.binomtest(3, 24, 1 / 24, alternative="greater").pvalue)
+
+
+def test_permutation_set_test_significant_when_original_order_is_memorised():
+    rng = np.random.default_rng(12)
+    n_items, memorised = 300, 40
+    ll = rng.normal(size=(n_items, 24))
+    ll[:memorised, 0] += 10.0  # the model strongly prefers the published order on these items
+    res = permutation_set_test(permutation_rank_pvalues(ll[:, 0], ll[:, 1:]), 24)
+    assert res.count >= memorised
+    assert res.expected == pytest.approx(300 / 24)
+    assert res.p_value < 1e-6
+
+
+def test_permutation_set_test_quiet_when_ranks_are_uniform():
+    rng = np.random.default_rng(13)
+    ll = rng.normal(size=(500, 24))
+    assert permutation_set_test(permutation_rank_pvalues(ll[:, 0], ll[:, 1:]), 24).p_value > 0.05
+    # ties with the original count against it: an indifferent model is never "first"
+    flat = np.zeros((500, 24))
+    res = permutation_set_test(permutation_rank_pvalues(flat[:, 0], flat[:, 1:]), 24)
+    assert res.count == 0 and res.p_value == 1.0
+
+
+# input validation
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: conformal_pvalues([], [1.0]), "scores is empty"),
+        (lambda: conformal_pvalues([1.0], []), "reference is empty"),
+        (lambda: conformal_pvalues([np.nan], [1.0]), "NaN"),
+        (lambda: conformal_pvalues([[1.0]], [1.0]), "1-D"),
+        (lambda: benjamini_hochberg([0.1], alpha=0.0), "alpha"),
+        (lambda: benjamini_hochberg([0.1], alpha=1.0), "alpha"),
+        (lambda: benjamini_hochberg([0.1, 1.2]), r"\[0, 1\]"),
+        (lambda: benjamini_hochberg([-0.1]), r"\[0, 1\]"),
+        (lambda: auroc([1.0], []), "negative is empty"),
+        (lambda: auroc([np.nan], [1.0]), "NaN"),
+        (lambda: tpr_at_fpr([1.0], [0.0], 1.5), "fpr"),
+        (lambda: bootstrap_auroc_ci([1.0], [0.0], confidence=1.0), "confidence"),
+        (lambda: bootstrap_auroc_ci([1.0], [0.0], n_boot=0), "n_boot"),
+        (lambda: bootstrap_auroc_ci([1.0], [0.0], n_boot=2.5), "n_boot"),
+        (lambda: set_level_test([], [1.0]), "benchmark_scores is empty"),
+        (lambda: permutation_rank_pvalues([1.0, 2.0], [[1.0], [2.0], [3.0]]), "shape"),
+        (lambda: permutation_rank_pvalues([1.0], [1.0, 2.0]), "shape"),
+        (lambda: permutation_rank_pvalues([1.0], np.empty((1, 0))), "n_perm = 0"),
+        (lambda: permutation_rank_pvalues([1.0], [[np.nan]]), "NaN"),
+        (lambda: permutation_set_test([0.5], 1), "n_orders"),
+        (lambda: permutation_set_test([1 / 24], 6), "n_orders does not match"),
+        (lambda: permutation_set_test([], 24), "empty"),
+    ],
+)
+def test_input_validation(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_cauchy_combination():
+    from itd.core.stats import cauchy_combination
+
+    # one test, or the same p-value several times (perfect dependence), is returned unchanged
+    for p in (1e-12, 0.003, 0.2, 0.7):
+        assert cauchy_combination([p]) == pytest.approx(p, rel=1e-9)
+        assert cauchy_combination([p, p, p]) == pytest.approx(p, rel=1e-9)
+    # the published formula, T = mean tan((0.5 - p) pi), p = 0.5 - arctan(T) / pi
+    ps = np.array([0.01, 0.2, 0.9])
+    t = np.tan((0.5 - ps) * np.pi).mean()
+    assert cauchy_combination(ps) == pytest.approx(0.5 - np.arctan(t) / np.pi, rel=1e-12)
+    w = np.array([0.5, 0.3, 0.2])
+    t = (w * np.tan((0.5 - ps) * np.pi)).sum()
+    assert cauchy_combination(ps, w) == pytest.approx(0.5 - np.arctan(t) / np.pi, rel=1e-12)
+    # NaN = a test that did not apply; tiny p-values keep their size; rows are items
+    got = cauchy_combination([[1e-20, 0.5], [np.nan, 0.3], [np.nan, np.nan], [1.0, 1.0]])
+    assert got[0] == pytest.approx(2e-20, rel=1e-6) and got[1] == pytest.approx(0.3)
+    assert np.isnan(got[2]) and got[3] == pytest.approx(1.0)
+    # valid under the null: independent uniforms, and strongly dependent ones, reject at about the level
+    rng = np.random.default_rng(0)
+    independent = rng.uniform(size=(20000, 4))
+    z = rng.normal(size=(20000, 1)) + 0.5 * rng.normal(size=(20000, 4))
+    dependent = 1 - _normal_cdf(z / np.sqrt(1.25))
+    for sample in (independent, dependent):
+        rate = (cauchy_combination(sample) < 0.05).mean()
+        assert 0.04 < rate < 0.06, rate
+    with pytest.raises(ValueError, match="lie in"):
+        cauchy_combination([0.5, 1.5])
+    with pytest.raises(ValueError, match="weights"):
+        cauchy_combination([0.5, 0.5], [1.0])
+
+
+def _normal_cdf(x):
+    from scipy.special import ndtr
+
+    return ndtr(x)
+
+
+def test_stratified_conformal_pvalues_calibrate_within_each_stratum():
+    """Two strata whose scores differ by a shift (a model preferring one answer letter): pooled p-values are far
+    from uniform within a stratum, Mondrian ones are uniform in each; a stratum with too few references (or
+    None) gets the pooled p-value."""
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.normal(0, 1, 400), rng.normal(3, 1, 400)])
+    ref_keys = [0] * 400 + [1] * 400
+    null = np.concatenate([rng.normal(0, 1, 4000), rng.normal(3, 1, 4000)])
+    keys = [0] * 4000 + [1] * 4000
+    p = stratified_conformal_pvalues(null, ref, keys, ref_keys)
+    pooled = conformal_pvalues(null, ref)
+    for k in (0, 1):
+        own = p[np.array(keys) == k]
+        assert abs(float(np.mean(own <= 0.1)) - 0.1) < 0.02  # uniform within the stratum
+        assert np.array_equal(own, conformal_pvalues(null[np.array(keys) == k], ref[np.array(ref_keys) == k]))
+    assert float(np.mean(pooled[:4000] <= 0.1)) < 0.02 and float(np.mean(pooled[4000:] <= 0.1)) > 0.15
+    sparse = stratified_conformal_pvalues(null[:3], ref, [2, None, 0], ref_keys)
+    assert sparse[0] == pooled[0] and sparse[1] == pooled[1] and sparse[2] == p[2]
+    with pytest.raises(ValueError, match="label every"):
+        stratified_conformal_pvalues(null[:3], ref, [0, 1], ref_keys)

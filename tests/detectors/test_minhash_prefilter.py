@@ -1,0 +1,117 @@
+"""The MinHash prefilter drops no LSH candidate: the same findings with and without it, on real data, and the bound
+behind it (a window's signature over its benchmark-like shingles alone matches every band its full one does)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from itd.core import load_benchmark
+from itd.core.text import tokenize
+from itd.corpus.readers import iter_documents
+from itd.corpus.scan import make_batch
+from itd.pipeline.demo import filler_text, plant
+
+pytest.importorskip("datasketch")
+
+from itd.detectors.minhash import MinHashDetector, shingle_hashes32  # noqa: E402
+
+_M32 = 0xFFFFFFFF
+
+
+def _fmix32_inverse(h: int) -> int:
+    """The shingle hash whose fmix32 is `h` (fmix32 is a bijection of 32-bit words)."""
+    h ^= h >> 16
+    h = (h * pow(0xC2B2AE35, -1, 1 << 32)) & _M32
+    h ^= (h >> 13) ^ (h >> 26)
+    h = (h * pow(0x85EBCA6B, -1, 1 << 32)) & _M32
+    return h ^ (h >> 16)
+
+
+@pytest.fixture(scope="module")
+def leaked(shared_data, tmp_path_factory):
+    """GSM8K and MMLU test items, and a corpus of GSM8K train problems and filler with verbatim and edited copies."""
+    rng = random.Random(21)
+    samples = load_benchmark(shared_data / "gsm8k" / "test.jsonl")[:150]
+    samples += load_benchmark(shared_data / "mmlu" / "test" / "high_school_biology_test.csv")[:100]
+    train = [json.loads(line) for line in open(shared_data / "gsm8k" / "train.jsonl", encoding="utf-8")][:60]
+    docs = [r["question"] + "\n" + r["answer"] for r in train] + [filler_text(rng, 150) for _ in range(20)]
+    for k, i in enumerate(rng.sample(range(len(samples)), 16)):
+        s = samples[i]
+        copy = plant("verbatim" if k % 2 else "edited", s.question, s.solution if not s.is_mcq else s.prompt_text(), rng)
+        docs.insert(rng.randrange(len(docs)), filler_text(rng, 30) + "\n" + copy + "\n" + filler_text(rng, 30))
+    corpus = tmp_path_factory.mktemp("prefilter") / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return samples, list(iter_documents([corpus]))
+
+
+def _findings(samples, docs, prefilter: bool):
+    det = MinHashDetector(prefilter=prefilter).fit(samples)
+    part = det.empty()
+    for start in range(0, len(docs), 64):
+        part = det.merge(part, det.scan_batch(make_batch(docs[start : start + 64])))
+    return det.finish(part)
+
+
+def test_same_findings_with_and_without_the_prefilter(leaked):
+    samples, docs = leaked
+    fast, full = _findings(samples, docs, True), _findings(samples, docs, False)
+    assert fast == full
+    found = [f for f in fast if f.input_hit]
+    assert len(found) >= 10 and all(f.evidence for f in found)  # the comparison is about real findings
+
+
+def _windows_of(det, texts):
+    tb = tokenize(texts, normalized=True)
+    h32, pos = shingle_hashes32(tb.hashes, tb.doc, det.shingle)
+    run_start = np.searchsorted(tb.doc[pos], np.arange(len(texts) + 1))
+    lo, hi = det._windows(run_start)
+    return h32, lo, hi
+
+
+def _band_matched(det, h32, lo, hi) -> np.ndarray:
+    """Indices of the windows whose full signature matches some indexed entry in a band (the LSH's candidates)."""
+    out = []
+    for sel, sigs in det._signatures(h32, lo, hi):
+        w, _ = det._band_matches(sigs)
+        out.append(sel[w])
+    return np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+def test_prefilter_keeps_every_window_a_band_matches(leaked):
+    samples, docs = leaked
+    det = MinHashDetector().fit(samples)
+    h32, lo, hi = _windows_of(det, [d.text.lower() for d in docs[:40]])
+    matched = _band_matched(det, h32, lo, hi)
+    kept = det.prefilter_candidates(h32, lo, hi)
+    assert matched.size > 0 and np.isin(matched, kept).all()
+    assert kept.size < lo.size / 20  # and it drops nearly every window
+
+
+def test_even_multipliers_make_look_alike_shingles_members(leaked, monkeypatch):
+    """With even multipliers a_j two shingles whose fmix32 differ in the top bit only share every permuted value,
+    so a window of such look-alikes of an item has the item's signature: the prefilter must keep it."""
+    samples, _ = leaked
+    original = MinHashDetector._permutations
+
+    def even(self):
+        a, b = original(self)
+        return (a << np.uint32(1)) | np.uint32(2), b  # every a_j = 2 * odd
+
+    monkeypatch.setattr(MinHashDetector, "_permutations", even)
+    det = MinHashDetector().fit(samples[:50])
+    text = samples[3].prompt_text().lower()
+    h32, lo, hi = _windows_of(det, [text])
+    twins = np.array([_fmix32_inverse(int(_fmix32(v)) ^ 0x80000000) for v in h32], dtype=np.uint32)
+    assert not np.isin(twins, h32).any()
+    matched = _band_matched(det, twins, lo, hi)
+    assert matched.size > 0 and np.isin(matched, det.prefilter_candidates(twins, lo, hi)).all()
+
+
+def _fmix32(v: int) -> int:
+    from itd.detectors.minhash import fmix32
+
+    return int(fmix32(np.array([v], dtype=np.uint32))[0])

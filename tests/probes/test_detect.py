@@ -1,0 +1,171 @@
+"""Model-side detection on the tiny contamination lab: leaked items score higher under the contaminated twin
+only, calibrated flags are rare on the clean twin, the set-level test separates the twins, and `itd detect`
+writes one record per item with every probe, p-value and flag."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from itd.cli.commands import main
+from itd.core import Sample, load_benchmark
+from itd.core.errors import InputError
+from itd.probes.detection import DetectConfig, detect, load_truth, option_orders
+from itd.probes.models import load_model
+
+
+@pytest.fixture(scope="module")
+def lab_sets(tiny_lab, shared_data, tmp_path_factory):
+    """The lab's items (leaked + unseen, benchmark order), a clean reference set of other GSM8K test items (seen
+    by neither twin), both written as GSM8K files, and the truth."""
+    tmp = tmp_path_factory.mktemp("detect")
+    test = load_benchmark(shared_data / "gsm8k" / "test.jsonl")
+    in_lab = set(tiny_lab.leaked) | set(tiny_lab.unseen)
+    items = [s for s in test if s.id in in_lab]
+    rest = [s for s in test if s.id not in in_lab]
+    # per-item power needs a large reference: a conformal p-value is at least 1 / (n_reference + 1)
+    reference = random.Random(0).sample(rest, 600)
+    bench_file, ref_file = tmp / "lab_items.jsonl", tmp / "reference.jsonl"
+    # explicit ids keep the data layer's ids of the original file, which the lab's truth refers to
+    for path, samples in ((bench_file, items), (ref_file, reference)):
+        lines = [json.dumps({"id": s.id, "question": s.question, "answer": s.solution}) for s in samples]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return items, reference, bench_file, ref_file
+
+
+@pytest.fixture(scope="module")
+def reports(tiny_lab, lab_sets):
+    items, reference, _, _ = lab_sets
+    truth = load_truth(tiny_lab.manifest)
+    config = DetectConfig(batch_size=16)
+    return {
+        twin: detect(items, load_model(getattr(tiny_lab, twin), device="cpu"), reference, config, truth=truth)
+        for twin in ("contaminated", "clean")
+    }
+
+
+def test_leaked_items_score_higher_under_the_contaminated_twin_only(reports):
+    contaminated = reports["contaminated"].truth["methods"]
+    clean = reports["clean"].truth["methods"]
+    assert max(contaminated["mink"]["auroc"], contaminated["minkpp"]["auroc"]) >= 0.85
+    for method in ("loss", "zlib", "mink", "minkpp"):
+        assert abs(clean[method]["auroc"] - 0.5) < 0.2, (method, clean[method])
+
+
+def test_fdr_flags_are_rare_on_the_clean_twin_and_find_leaks_in_the_contaminated_one(reports, tiny_lab):
+    clean, contaminated = reports["clean"], reports["contaminated"]
+    assert clean.mode == contaminated.mode == "fdr"
+    assert len(clean.flagged) <= 0.05 * len(clean.items)
+    flags = contaminated.truth["flags"]
+    # the clean items' score tail (short, predictable problems) limits per-item power; the flags stay precise
+    assert flags["true_positives"] >= 3
+    assert flags["precision"] >= 0.8
+    for it in contaminated.items:
+        assert 0 < it.p_values["minkpp"] <= 1 and it.q_value >= it.p_values["minkpp"] - 1e-12
+
+
+def test_set_level_test_separates_the_twins(reports):
+    report = reports["contaminated"]
+    # the reference distribution the p-values are calibrated against is kept (the report draws it)
+    summary = report.summary()["reference_scores"]
+    assert len(summary["minkpp"]) == report.reference_size and summary["minkpp"] == pytest.approx(
+        report.reference_scores["minkpp"], abs=1e-6)
+    assert reports["contaminated"].set_tests["minkpp"].p_value < 0.01
+    assert reports["contaminated"].contaminated
+    assert reports["clean"].set_tests["minkpp"].p_value > 0.01
+    assert not reports["clean"].set_contaminated
+
+
+def test_threshold_and_scores_only_modes(tiny_lab, lab_sets):
+    items, _, _, _ = lab_sets
+    model = load_model(tiny_lab.contaminated, device="cpu")
+    scores_only = detect(items[:10], model, config=DetectConfig(methods=("loss", "mink"), decision="mink"))
+    assert scores_only.mode == "scores" and all(it.flag is None for it in scores_only.items)
+    assert not scores_only.contaminated
+    cut = sorted(it.scores["mink"] for it in scores_only.items)[6]
+    thresholded = detect(items[:10], model, config=DetectConfig(methods=("mink",), decision="mink", threshold=cut))
+    assert thresholded.mode == "threshold"
+    assert [it.flag for it in thresholded.items] == [it.scores["mink"] > cut for it in scores_only.items]
+    assert len(thresholded.flagged) == 3
+
+
+def test_cli_detect_writes_scores_and_exits_by_verdict(tiny_lab, lab_sets, tmp_path, capsys):
+    _, _, bench_file, ref_file = lab_sets
+    out = tmp_path / "scores.jsonl"
+    args = ["detect", str(bench_file), "--reference-set", str(ref_file), "--truth", str(tiny_lab.manifest),
+            "--device", "cpu", "--batch-size", "16", "--json", "-q"]
+    rc = main([*args, "--model", str(tiny_lab.contaminated), "--out", str(out)])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 1 and summary["contaminated"] and summary["flagged"] > 0
+    records = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert len(records) == len(tiny_lab.leaked) + len(tiny_lab.unseen)
+    first = records[0]
+    assert {"id", "source", "loss", "zlib", "mink", "minkpp", "p_value", "flag", "rendering"} <= set(first)
+    assert first["source"]["line"] >= 1 and first["rendering"] == "question+answer"
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text("utf-8"))
+    assert manifest["models"] == [str(tiny_lab.contaminated)] and manifest["summary"]["flagged"] == summary["flagged"]
+    assert len(manifest["inputs"]) == 3
+
+    assert main([*args, "--model", str(tiny_lab.clean)]) == 0
+    assert json.loads(capsys.readouterr().out)["contaminated"] is False
+
+
+def test_cli_detect_input_errors(lab_sets, tmp_path, capsys):
+    _, _, bench_file, _ = lab_sets
+    assert main(["detect", str(bench_file), "--model", str(tmp_path / "no-such-model")]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert main(["detect", str(bench_file), "--model", str(tmp_path), "--methods", "mink,minkk", "--decision", "mink"]) == 2
+    assert "did you mean" in capsys.readouterr().err.lower()
+    assert main(["detect", str(bench_file), "--model", str(tmp_path), "--rendering", "question+answr"]) == 2
+    assert "did you mean 'question+answer'" in capsys.readouterr().err.lower()
+    bad_truth = tmp_path / "truth.json"
+    bad_truth.write_text('{"leaked": []}', "utf-8")
+    with pytest.raises(InputError, match="truth.json"):
+        load_truth(bad_truth)
+
+
+def test_option_permutation_test_mechanics(tiny_lab):
+    """Orders: the original first, every order once; per-item p-values are valid and, for a model that never saw
+    these MCQ items, the set-level test is not significant."""
+    rng = random.Random(0)
+    orders = option_orders(4, 24, rng)
+    assert orders[0] == (0, 1, 2, 3) and len(set(orders)) == 24
+    sampled = option_orders(6, 24, rng)
+    assert sampled[0] == tuple(range(6)) and len(set(sampled)) == 24
+    items = [
+        Sample(f"q:{i}", "mmlu", f"Which number is the {w} one?", answer=i % 4, choices=("one", "two", "three", "four"))
+        for i, w in enumerate(["first", "second", "third", "fourth", "last", "middle", "best", "odd"])
+    ]
+    model = load_model(tiny_lab.clean, device="cpu")
+    report = detect(items, model, config=DetectConfig(methods=("loss",), decision="loss", permutation_test=True))
+    assert all(1 / 24 <= it.permutation_p <= 1 for it in report.items)
+    assert report.permutation.n_items == len(items) and report.permutation.p_value > 0.01
+
+
+def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tmp_path):
+    """Gap-K%, answer accuracy, DC-PDD (table from the lab's clean corpus) and ReCaLL (prefix from the reference
+    set, which then leaves the calibration set) beside Min-K%++, decided by the Cauchy combination."""
+    from itd.probes.methods import corpus_frequency_table
+
+    items, reference, _, _ = lab_sets
+    truth = load_truth(tiny_lab.manifest)
+    models = {twin: load_model(getattr(tiny_lab, twin), device="cpu") for twin in ("contaminated", "clean")}
+    table = tmp_path / "freq.npz"
+    corpus_frequency_table(models["clean"].tokenizer, [tiny_lab.out / "corpus" / "clean.jsonl"]).save(table)
+    methods = ("loss", "minkpp", "gapk", "answer_acc", "dcpdd", "recall")
+    config = DetectConfig(methods=methods, decision="combined", batch_size=16, options={"dcpdd": {"table": str(table)}})
+    reports = {twin: detect(items, lm, reference, config, truth=truth) for twin, lm in models.items()}
+    con, cln = reports["contaminated"], reports["clean"]
+    assert con.reference_size == cln.reference_size == len(reference) - config.recall_shots
+    for it in con.items:
+        assert set(it.p_values) == set(methods) and 0 < it.combined_p <= 1
+        assert it.to_dict("combined")["p_value"] == it.combined_p
+    assert con.combined_set["p_value"] < 1e-3 and con.combined_set["drivers"]
+    assert cln.combined_set["p_value"] > 0.01
+    assert con.contaminated and not cln.contaminated
+    assert len(cln.flagged) <= 0.05 * len(cln.items)
+    assert con.truth["methods"]["combined"]["auroc"] >= 0.85
+    for m in (*methods, "combined"):
+        assert abs(cln.truth["methods"][m]["auroc"] - 0.5) < 0.2, (m, cln.truth["methods"][m])

@@ -1,0 +1,319 @@
+"""The newer probes (Gap-K%, answer accuracy, DC-PDD, ReCaLL, Con-ReCall) against slow, direct implementations of
+their published formulas, on the tiny random GPT-2 of test_models, and their registry and configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from test_models import _gsm8k, _ids, _plain_logits, corpus, lm, model_dir, nobos_dir, texts  # noqa: E402,F401
+
+from itd.core.errors import InputError  # noqa: E402
+from itd.probes.methods import (  # noqa: E402
+    PROBES,
+    ConReCaLLConfig,
+    DCPDDConfig,
+    FrequencyTable,
+    GapKConfig,
+    ReCaLLConfig,
+    build_frequency_table,
+    corpus_frequency_table,
+)
+from itd.probes.models import AnsweredText, ScoreConfig, load_model, score_texts  # noqa: E402
+
+
+def _per_position(lm, text: str):
+    """(ids, per scored position: log p(target), max log p, mu, sigma, argmax), float64, one position at a time."""
+    ids = _ids(lm, text)
+    logits = _plain_logits(lm, ids)
+    rows = []
+    for t in range(1, len(ids)):
+        log_probs = torch.log_softmax(logits[t - 1], dim=-1)
+        probs = torch.softmax(logits[t - 1], dim=-1)
+        mu = (probs * log_probs).sum()
+        sigma = ((probs * log_probs**2).sum() - mu**2).sqrt()
+        rows.append((log_probs[ids[t]].item(), log_probs.max().item(), mu.item(), sigma.item(),
+                     int(torch.argmax(logits[t - 1]))))
+    return ids, rows
+
+
+def _reference_gapk(lm, text: str, k: float, window: int) -> float:
+    _, rows = _per_position(lm, text)
+    gap = np.array([(lp - top) / sigma for lp, top, _, sigma, _ in rows])
+    smoothed = np.convolve(gap, np.ones(window) / window, mode="valid") if gap.size >= window else gap
+    m = max(1, int(len(smoothed) * k))
+    return float(np.mean(np.sort(smoothed)[:m]))
+
+
+def test_gapk_matches_the_published_formula(lm, texts):
+    for k, window in ((0.2, 3), (0.5, 1), (1.0, 6)):
+        cfg = ScoreConfig(methods=("gapk", "minkpp"), batch_size=3, options={"gapk": GapKConfig(k=k, window=window)})
+        got = score_texts(lm, texts, cfg)
+        for text, item in zip(texts, got):
+            assert item.scores["gapk"] == pytest.approx(_reference_gapk(lm, text, k, window), abs=1e-4), (text, k)
+            assert (item.token_gap <= 0).all()
+    # Gap-K% is not Min-K%++: the two differ on most texts
+    assert sum(abs(i.scores["gapk"] - i.scores["minkpp"]) > 1e-3 for i in got) >= len(got) // 2
+
+
+def test_answer_accuracy_is_teacher_forced_top1_accuracy_on_the_answer(lm, shared_data):
+    records = _gsm8k(shared_data, "test", 6)
+    items = []
+    for r in records:
+        question = lm.tokenizer.decode(lm.tokenizer(r["question"])["input_ids"][:20])
+        answer = lm.tokenizer.decode(lm.tokenizer(r["answer"])["input_ids"][:20])
+        items.append(AnsweredText(f"{question}\n{answer}", len(question) + 1))
+    got = score_texts(lm, items, ScoreConfig(methods=("loss", "answer_acc", "answer_logp"), batch_size=4))
+    for text, item in zip(items, got):
+        ids, rows = _per_position(lm, text)
+        # the answer's first token: the first whose decoded prefix reaches past the answer's first character
+        first = next(j for j in range(1, len(ids)) if len(lm.tokenizer.decode(ids[1 : j + 1])) > text.answer_start)
+        hits = [rows[t - 1][4] == ids[t] for t in range(first, len(ids))]
+        assert item.answer_start == first - 1
+        assert item.scores["answer_acc"] == pytest.approx(float(np.mean(hits)), abs=1e-12)
+        # answer_logp: the mean log p of the answer's tokens given all before them
+        logps = [rows[t - 1][0] for t in range(first, len(ids))]
+        assert item.scores["answer_logp"] == pytest.approx(float(np.mean(logps)), abs=1e-4)
+    # a plain text has no answer to score; nor has an answer that is empty
+    plain = score_texts(lm, ["Janet has three ducks.", AnsweredText("Janet\n", 6)],
+                        ScoreConfig(methods=("answer_acc", "answer_logp")))
+    assert all(math.isnan(p.scores["answer_acc"]) and math.isnan(p.scores["answer_logp"]) for p in plain)
+    with pytest.raises(ValueError, match="outside"):
+        AnsweredText("abc", 4)
+
+
+@pytest.fixture(scope="module")
+def table_file(lm, corpus, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dcpdd") / "freq.npz"
+    build_frequency_table(lm.tokenizer, corpus, source="gsm8k train questions", batch=7).save(path)
+    return path
+
+
+def test_frequency_table_counts_every_token_and_round_trips(lm, corpus, table_file):
+    table = FrequencyTable.load(table_file)
+    counts = Counter(i for text in corpus for i in lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert table.n_documents == len(corpus) and table.n_tokens == sum(counts.values())
+    assert all(table.counts[i] == c for i, c in counts.items())
+    freq = table.frequencies()
+    assert freq.sum() == pytest.approx(1.0) and freq.min() > 0
+    with pytest.raises(InputError, match="no tokens"):
+        build_frequency_table(lm.tokenizer, ["", ""])
+
+
+def test_frequency_table_from_a_corpus_file(lm, shared_data, tmp_path):
+    """Any corpus itd reads: here the GSM8K train file, read with its `question` field as the text."""
+    path = shared_data / "gsm8k" / "train.jsonl"
+    table = corpus_frequency_table(lm.tokenizer, [path], text_field="question")
+    texts = [r["question"] for r in _gsm8k(shared_data, "train", 10**6)]
+    assert table.n_documents == len(texts)
+    expected = build_frequency_table(lm.tokenizer, texts)
+    assert (table.counts == expected.counts).all() and table.tokenizer_hash == expected.tokenizer_hash
+
+
+def _reference_dcpdd(lm, text: str, table: FrequencyTable, a: float) -> float:
+    ids, rows = _per_position(lm, text)
+    total = sum(table.counts)
+    seen, alphas = set(), []
+    for t in range(1, len(ids)):
+        if ids[t] in seen:
+            continue
+        seen.add(ids[t])
+        f = (table.counts[ids[t]] + 1) / (total + len(table.counts))
+        alphas.append(min(math.exp(rows[t - 1][0]) * math.log(1 / f), a))
+    return float(np.mean(alphas))
+
+
+def test_dcpdd_matches_the_published_formula(lm, texts, table_file):
+    table = FrequencyTable.load(table_file)
+    for a in (0.01, 10.0):
+        cfg = ScoreConfig(methods=("dcpdd",), batch_size=5, options={"dcpdd": {"table": table_file, "max_alpha": a}})
+        for text, item in zip(texts, score_texts(lm, texts, cfg)):
+            assert item.scores["dcpdd"] == pytest.approx(_reference_dcpdd(lm, text, table, a), rel=1e-4, abs=1e-7)
+    assert math.isnan(score_texts(lm, [""], cfg)[0].scores["dcpdd"])
+
+
+def test_dcpdd_refuses_a_table_of_another_tokenizer(lm, nobos_dir, corpus, table_file, tmp_path):
+    other = load_model(nobos_dir, device="cpu")
+    with pytest.raises(InputError, match="another tokenizer") as err:
+        score_texts(other, ["Janet"], ScoreConfig(methods=("dcpdd",), options={"dcpdd": {"table": table_file}}))
+    assert str(table_file) in str(err.value)
+    with pytest.raises(InputError, match="token-frequency table"):
+        score_texts(lm, ["Janet"], ScoreConfig(methods=("dcpdd",)))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a table")
+    with pytest.raises(InputError, match="bad.npz"):
+        score_texts(lm, ["Janet"], ScoreConfig(methods=("dcpdd",), options={"dcpdd": DCPDDConfig(str(bad))}))
+
+
+def _conditional_ll(lm, prefix: str, text: str) -> float:
+    """Mean log-likelihood of `text`'s tokens behind `prefix` (labels=, prefix positions masked), the way the
+    ReCaLL reference code computes it."""
+    prefix_ids = lm.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    text_ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = [lm.prefix_token_id] + prefix_ids + text_ids
+    labels = [-100] * (1 + len(prefix_ids)) + text_ids
+    with torch.no_grad():
+        return -lm.model(torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+
+
+def test_recall_and_conrecall_match_the_published_formulas(lm, texts, shared_data):
+    nonmember = "\n\n".join(r["question"][:20] for r in _gsm8k(shared_data, "train", 2)) + "\n\n"
+    member = "A robe takes 2 bolts.\n\n"
+    short = [t for t in texts if len(_ids(lm, t)) + len(_ids(lm, nonmember)) <= 64]
+    assert len(short) >= 5
+    cfg = ScoreConfig(methods=("loss", "recall", "conrecall"), batch_size=4, options={
+        "recall": ReCaLLConfig(nonmember),
+        "conrecall": ConReCaLLConfig(nonmember_prefix=nonmember, member_prefix=member, gamma=0.5)})
+    for text, item in zip(short, score_texts(lm, short, cfg)):
+        ll = -item.nll
+        ll_nm, ll_m = _conditional_ll(lm, nonmember, text), _conditional_ll(lm, member, text)
+        assert item.scores["recall"] == pytest.approx(ll_nm / ll, abs=1e-4)
+        assert item.scores["conrecall"] == pytest.approx((ll_nm - 0.5 * ll_m) / ll, abs=1e-4)
+    # a prefix too long for the context keeps its last tokens: the text is still scored in one window
+    long = score_texts(lm, short[:2], ScoreConfig(methods=("recall",), options={"recall": {"prefix": nonmember * 20}}))
+    assert all(math.isfinite(i.scores["recall"]) for i in long)
+    with pytest.raises(InputError, match="non-member prefix"):
+        score_texts(lm, ["Janet"], ScoreConfig(methods=("recall",)))
+
+
+def test_new_probes_batched_equal_unbatched(lm, texts, table_file):
+    methods = ("gapk", "answer_acc", "dcpdd", "minkpp", "recall")
+    options = {"dcpdd": {"table": table_file}, "recall": {"prefix": "Natalia sold clips.\n\n"}}
+    items = [AnsweredText(t, len(t) // 2) for t in texts]
+    batched = score_texts(lm, items, ScoreConfig(methods=methods, batch_size=5, options=options))
+    for text, b in zip(items, batched):
+        single = score_texts(lm, [text], ScoreConfig(methods=methods, batch_size=1, options=options))[0]
+        for m in methods:
+            assert b.scores[m] == pytest.approx(single.scores[m], abs=1e-4, nan_ok=True), m
+
+
+def test_probe_registry_and_options():
+    assert {"gapk", "answer_acc", "dcpdd", "recall", "conrecall", "minkpp"} <= set(PROBES.names())
+    with pytest.raises(ValueError, match="Did you mean 'gapk'"):
+        ScoreConfig(methods=("gapkk",))
+    with pytest.raises(ValueError, match="Did you mean 'gapk'"):
+        ScoreConfig(methods=("gapk",), options={"gap_k": {"k": 0.1}})
+    with pytest.raises(ValueError, match="unknown gapk parameter"):
+        ScoreConfig(methods=("gapk",), options={"gapk": {"kk": 0.1}})
+    with pytest.raises(ValueError, match="no parameters"):
+        ScoreConfig(methods=("loss",), options={"loss": {}})
+    with pytest.raises(ValueError, match="window"):
+        GapKConfig(window=0)
+    cfg = ScoreConfig(methods=("gapk", "loss"), options={"gapk": {"k": 0.3}})
+    assert cfg.options == {"gapk": GapKConfig(k=0.3, window=3)}
+    assert ScoreConfig(methods=("loss",)).options == {}
+
+
+def test_stored_run_keeps_the_newer_probes_and_the_answer_boundary(lm, texts, tmp_path):
+    """Through a results store: the same scores, and a changed answer boundary is a new piece of work."""
+    import copy
+
+    from itd.core.io import Journal
+
+    cfg = ScoreConfig(methods=("gapk", "answer_acc"), batch_size=4)
+    items = [AnsweredText(t, len(t) // 2) for t in texts]
+    direct = score_texts(lm, items, cfg)
+    stored_lm = copy.copy(lm)
+    stored_lm.store = Journal(tmp_path / "scores.journal")
+    first = score_texts(stored_lm, items, cfg)
+    again = score_texts(stored_lm, items, cfg)
+    for d, f, a in zip(direct, first, again):
+        assert d.scores == pytest.approx(f.scores, nan_ok=True) and f.scores == pytest.approx(a.scores, nan_ok=True)
+        assert f.answer_start == d.answer_start and np.array_equal(f.token_gap, d.token_gap)
+    moved = [AnsweredText(t, 0) for t in texts]
+    assert [s.answer_start for s in score_texts(stored_lm, moved, cfg)] == [0] * len(texts)
+
+
+def test_detect_config_of_the_combined_verdict():
+    from itd.probes.detection import DetectConfig
+
+    assert DetectConfig(decision="combined").combine == DetectConfig().methods
+    assert DetectConfig(methods=("loss", "gapk"), decision="combined", combine=("gapk",)).combine == ("gapk",)
+    with pytest.raises(InputError, match="combined probes"):
+        DetectConfig(methods=("loss",), decision="loss", combine=("gapk",))
+    with pytest.raises(InputError, match="threshold"):
+        DetectConfig(decision="combined", threshold=1.0)
+    with pytest.raises(InputError, match="recall_shots"):
+        DetectConfig(recall_shots=0)
+
+
+def _item(i: int, question: str) -> "Sample":
+    from itd.core import Sample
+
+    return Sample(id=f"c:{i}", benchmark="gsm8k", question=question, answer=str(i), solution=f"It is {i}.\n#### {i}")
+
+
+def test_codec_delta_is_the_in_context_minus_the_alone_log_likelihood(lm):
+    """CoDeC's per-item delta against the formula: the mean log p of the item's tokens behind the other item,
+    minus alone, each position scored directly."""
+    from itd.probes.codec import SEPARATOR, context_deltas
+
+    samples = [_item(1, "Tom has three red apples."), _item(2, "A robe takes two bolts of blue fiber.")]
+    deltas = context_deltas(lm, samples, shots=1, rendering="question")
+    for i, s in enumerate(samples):
+        text, other = s.question, samples[1 - i].question
+        _, rows = _per_position(lm, text)
+        alone = float(np.mean([r[0] for r in rows]))
+        joined = other + SEPARATOR + text
+        ids, rows = _per_position(lm, joined)
+        start = len(other) + len(SEPARATOR)
+        first = next(j for j in range(1, len(ids)) if len(lm.tokenizer.decode(ids[1 : j + 1])) > start)
+        behind = float(np.mean([rows[t - 1][0] for t in range(first, len(ids))]))
+        assert deltas[i] == pytest.approx(behind - alone, abs=1e-4)
+
+
+def test_codec_test_scores_both_sets_and_compares_them(lm, shared_data):
+    from itd.core import load_benchmark
+    from itd.probes.codec import codec_test
+
+    items = [s for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")[:40]]
+    short = [_item(i, lm.tokenizer.decode(lm.tokenizer(s.question)["input_ids"][:12])) for i, s in enumerate(items)]
+    result = codec_test(lm, short[:20], short[20:], shots=2, rendering="question", seed=3)
+    assert 0 <= result.score <= 1 and 0 <= result.reference_score <= 1 and 0 < result.p_value <= 1
+    assert result.score == pytest.approx(float(np.mean(np.array(result.deltas) < 0)))
+    low, high = result.score_ci
+    assert low <= result.score <= high and result.n_reference == 20 and len(result.deltas) == 20
+    again = codec_test(lm, short[:20], short[20:], shots=2, rendering="question", seed=3)
+    assert again == result  # seeded contexts
+    with pytest.raises(ValueError, match="at least 2"):
+        codec_test(lm, short[:1])
+    # in detection: reported beside the set-level tests when asked for, never deciding
+    from itd.probes.detection import DetectConfig, detect
+
+    config = DetectConfig(methods=("loss",), decision="loss", rendering="question", codec=True, codec_shots=2, seed=3)
+    report = detect(short[:20], lm, short[20:], config)
+    assert report.summary()["codec"] == result.to_dict()
+    plain = detect(short[:20], lm, short[20:], DetectConfig(methods=("loss",), decision="loss", rendering="question"))
+    assert "codec" not in plain.summary() and plain.verdict == report.verdict
+
+
+def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, shared_data):
+    """A model's preference among the letters is no evidence of a leak: the answer probes' p-values of MCQ items
+    come from the reference items with the same gold letter; the other probes' from the whole reference set."""
+    from itd.core import load_benchmark
+    from itd.core.stats import conformal_pvalues
+    from itd.probes.detection import DetectConfig, detect
+
+    mmlu = load_benchmark(shared_data / "mmlu" / "test" / "high_school_biology_test.csv")
+    short = [dataclasses.replace(s, question=lm.tokenizer.decode(lm.tokenizer(s.question)["input_ids"][:10]),
+                                 choices=tuple(c[:20] for c in s.choices)) for s in mmlu[:260]]
+    bench, reference = short[:40], short[40:]
+    config = DetectConfig(methods=("loss", "answer_logp"), decision="answer_logp", rendering="options+answer")
+    report = detect(bench, lm, reference, config)
+    ref_scores = {m: np.array(report.reference_scores[m]) for m in ("loss", "answer_logp")}
+    letters = np.array([s.answer for s in reference])
+    assert all(np.sum(letters == k) >= 20 for k in range(4))
+    for it in report.items:
+        own = ref_scores["answer_logp"][letters == it.sample.answer]
+        assert it.p_values["answer_logp"] == conformal_pvalues([it.scores["answer_logp"]], own)[0]
+        assert it.p_values["loss"] == conformal_pvalues([it.scores["loss"]], ref_scores["loss"])[0]
+    pooled = detect(bench, lm, reference, dataclasses.replace(config, stratify=False))
+    assert [it.p_values["answer_logp"] for it in pooled.items] == [
+        conformal_pvalues([it.scores["answer_logp"]], ref_scores["answer_logp"])[0] for it in pooled.items]
