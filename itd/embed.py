@@ -6,8 +6,7 @@ from __future__ import annotations
 import functools
 import os
 
-from itd.core.errors import require
-from itd.probes.models import quiet_transformers
+from itd.core.errors import quiet_transformers, require
 
 __all__ = ["load_embedder"]
 

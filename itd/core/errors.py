@@ -1,8 +1,12 @@
-"""Errors a user can act on: each names the file and line, and the CLI turns it into exit code 2."""
+"""Errors a user can act on (each names the file and line; the CLI turns it into exit code 2), and optional imports:
+`require` names the extra that brings a missing package, `quiet_transformers` silences its progress bars."""
 
 from __future__ import annotations
 
-__all__ = ["ITDError", "InputError", "MissingDependencyError", "EndpointError", "require"]
+import contextlib
+from typing import Iterator
+
+__all__ = ["ITDError", "InputError", "MissingDependencyError", "EndpointError", "require", "quiet_transformers"]
 
 
 class ITDError(Exception):
@@ -66,3 +70,16 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars on stderr inside the block: itd draws its own."""
+    logging = require("transformers", "probes", "Hugging Face models").utils.logging
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from itd.core.document import Segment
 from itd.core.errors import InputError
 
 __all__ = [
@@ -46,17 +47,6 @@ def side_of(role: str | None) -> str | None:
         return None
     role = role.strip().lower()
     return INPUT if role in _INPUT_ROLES else OUTPUT if role in _OUTPUT_ROLES else None
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One text of a record inside its joined document: [start, end) characters, the field it came from (with
-    the chat role for turns: `messages[user]`) and its side ("input", "output" or None)."""
-
-    field: str
-    side: str | None
-    start: int
-    end: int
 
 
 _STEP = re.compile(r"([^.\[\]]+)|\[(\*|\d+)\]|(\.)")

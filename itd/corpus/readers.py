@@ -23,15 +23,15 @@ import os
 import stat
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterable, Iterator
 
+from itd.core.document import Document
 from itd.core.errors import InputError, require
-from itd.core.io import redact_text
 from itd.core.paths import check_input
 from itd.core.urls import CORPUS_SUFFIXES, HF_PREFIX, expand_url, is_url, url_file_info, url_fs
-from itd.corpus.layouts import AUTO, LAYOUTS, Layout, Segment, detect_layout, fields_layout, get_layout, join_texts
+from itd.corpus.layouts import AUTO, LAYOUTS, Layout, detect_layout, fields_layout, get_layout, join_texts
 
 __all__ = [
     "Document", "Shard", "expand_paths", "plan_shards", "ShardReader", "iter_documents", "is_url", "url_file_info",
@@ -40,38 +40,6 @@ __all__ = [
 
 _READ_BLOCK = 1 << 24
 _HF_DISK_MARKERS = ("state.json", "dataset_dict.json")  # a directory written by `Dataset.save_to_disk`
-
-
-@dataclass(slots=True)
-class Document:
-    """One corpus document: its file, 1-based line (JSONL/text) or row (parquet, datasets), and text. A record
-    with several texts (a prompt and its response, chat turns) is one document of its texts joined
-    (`itd.corpus.layouts.join_texts`); `segments` then says where each text lies and on which side it is.
-
-    A window of a long document (`itd.corpus.scan.batches`, `window`) is a `Document` too: `text` is the window,
-    `offset` the character offset of the window in the whole document, to which evidence offsets refer, and its
-    `segments` are shifted to the window.
-    """
-
-    file: str
-    line: int
-    text: str
-    offset: int = 0
-    segments: tuple[Segment, ...] = field(default=(), compare=False)
-
-    def output_starts(self) -> list[int]:
-        """Where each output-side text (a response, an assistant turn, an answer) starts in `text`."""
-        return [seg.start for seg in self.segments if seg.side == "output"]
-
-    def window(self, start: int, end: int) -> "Document":
-        """The characters [start, end) of this document as a document of their own (offset and segments shifted)."""
-        segments = tuple(Segment(s.field, s.side, s.start - start, s.end - start)
-                         for s in self.segments if s.start < end and s.end > start)
-        return Document(self.file, self.line, self.text[start:end], self.offset + start, segments)
-
-    @property
-    def id(self) -> str:  # what evidence quotes: no credentials of a corpus URL (e.g. a signed-URL query)
-        return f"{redact_text(self.file)}:{self.line}"
 
 
 @dataclass(frozen=True, slots=True)

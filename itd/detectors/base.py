@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 from itd.core import Sample
+from itd.core.document import Document
 from itd.core.registry import Registry
 from itd.core.text import TokenizedBatch, fold_for_alignment, strip_markup
-from itd.corpus.readers import Document
 
 __all__ = [
     "DETECTORS",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from itd.core import Sample
-from itd.core.errors import InputError, require
+from itd.core.errors import InputError, quiet_transformers, require
 from itd.core.io import atomic_write, build_manifest, write_json
 from itd.core.progress import StageProgress
 from itd.core.render import resolve_rendering
@@ -29,7 +29,7 @@ from itd.lab.training import (
     portable_tokenizer_class,
     train_twin,
 )
-from itd.probes.models import cpu_thread_budget, quiet_transformers, resolve_device
+from itd.probes.models import cpu_thread_budget, resolve_device
 
 REPLICA_PREFIX = "replica-"
 _LAB_ENTRIES = frozenset({MANIFEST, "corpus", *MODELS})

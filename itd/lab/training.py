@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from itd.core.errors import require
+from itd.core.errors import quiet_transformers, require
 from itd.core.io import write_json
 from itd.core.progress import StageProgress
 from itd.lab.config import LabConfig, LabPreset
-from itd.probes.models import quiet_transformers
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"

@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator, Literal, Protocol, Sequence, TypeAli
 
 import numpy as np
 
-from itd.core.errors import InputError, require
+from itd.core.errors import InputError, quiet_transformers, require
 from itd.core.io import Journal, content_key
 from itd.core.progress import Progress
 from itd.core.registry import close_names
@@ -345,19 +345,6 @@ def _resolve_source(name: str) -> tuple[str, bool]:
 def _hub_offline() -> bool:
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
     return any(v.strip().upper() in ("1", "ON", "YES", "TRUE") for v in flags)
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No transformers progress bars on stderr inside the block: itd draws its own."""
-    logging = require("transformers", "probes", "Hugging Face models").utils.logging
-    enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            logging.enable_progress_bar()
 
 
 _BUSY_WINDOW = 0.3  # seconds over which the other processes' CPU use is measured
