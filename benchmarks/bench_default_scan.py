@@ -1,7 +1,7 @@
 """Default scan (ngram + minhash) vs exact-only scan (ngram), and optionally the same two on another itd tree.
 
 Builds a ~`--mb` MB JSONL corpus the way `bench_scan.py` does (GSM8K train + MMLU texts + filler, planted GSM8K
-test leaks); the benchmark is GSM8K test. Every contender runs `itd.corpus.scan.scan(..., workers=1)` in a fresh
+test leaks); the benchmark is GSM8K test. Every contender runs `itd.scan(..., workers=1)` in a fresh
 subprocess (so `--other PATH`, an older checkout's root, is timed with its own code in the same run), round-robin
 over `--reps` repetitions; each reports its scan's wall and CPU seconds (detector fit included, interpreter start
 not), its peak RSS and its labels. Speeds are MB (10^6 bytes of the corpus file) per CPU-second, i.e. per core.
@@ -27,12 +27,11 @@ GOAL_MB_S = 20.0
 
 _CHILD = r"""
 import json, resource, sys, time
-from itd.core import load_benchmark
-from itd.corpus.scan import ScanConfig, scan
+import itd  # the top-level API: the same names in trees before and after the packages by stage
 bench, corpus, detectors = sys.argv[1], sys.argv[2], tuple(sys.argv[3].split(","))
-samples = load_benchmark(bench)
+samples = itd.load_benchmark(bench)
 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-report = scan(samples, [corpus], ScanConfig(detectors=detectors, workers=1))
+report = itd.scan(samples, [corpus], itd.ScanConfig(detectors=detectors, workers=1))
 wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
 cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
 print(json.dumps({"wall": wall, "cpu": cpu, "rss_mib": r1.ru_maxrss / 1024,

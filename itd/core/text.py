@@ -69,6 +69,8 @@ _OPTION_LETTER[ord("a") : ord("j") + 1] = True
 _MARKER_END = np.zeros(256, dtype=bool)
 _MARKER_END[[ord("."), ord(")")]] = True
 _PUNCT = _JOINER | _MARKER_END
+# one lookup classifies every byte: bit 0 word, bit 1 digit, bit 2 punctuation that can join or mark
+_CLASS = (_WORD.astype(np.uint8) | (_DIGIT.astype(np.uint8) << 1) | (_PUNCT.astype(np.uint8) << 2))
 
 # Masks keeping the first k bytes of a little-endian uint64.
 _MASKS = np.array([(1 << (8 * k)) - 1 if k < 8 else (1 << 64) - 1 for k in range(9)], dtype=_U64)
@@ -226,10 +228,11 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     data = b"\n".join(encoded) + b"\n"
     buf = np.frombuffer(data + b"\0" * 8, dtype=np.uint8)
     body = buf[:-8]
-    word = _WORD[body]
+    cls = _CLASS[body]
+    word = (cls & 1).view(bool)
     if not data.isascii():
         _blank_unicode_punctuation(body, word)
-    punct = np.flatnonzero(_PUNCT[body[1:-1]]) + 1
+    punct = np.flatnonzero(cls[1:-1] & 4) + 1
     if punct.size:
         before, after = body[punct - 1], body[punct + 1]
         # a ',' or '.' between two digits joins them into one number token
@@ -248,7 +251,7 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     starts, ends = bounds[0::2], bounds[1::2]  # runs of word bytes alternate start, end; the text ends in "\n"
     # a number and a letter written together ("5x", "2\,x" in LaTeX, "10am") are two tokens, so spacing a copy
     # differently does not change its tokens
-    numeric = _DIGIT[body]
+    numeric = ((cls >> 1) & 1).view(bool)
     if punct.size:
         numeric[punct[join]] = True
     split = np.flatnonzero(numeric[1:] != numeric[:-1]) + 1  # few: then the cheap tests on those only
@@ -261,15 +264,16 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     # Read each token as up to four unaligned little-endian uint64 words and fold them into one hash.
     words64 = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf.data, strides=(1,))
     with np.errstate(over="ignore"):
-        h = lens.astype(_U64) * _LEN_MULT
-        sel = np.arange(starts.size)
-        for k in range(_CHUNKS):
+        # every token reaches its first chunk: no selection for it
+        h = mix64((lens.astype(_U64) * _LEN_MULT) ^ (words64[starts] & _MASKS[np.minimum(lens, 8)]))
+        sel = np.flatnonzero(lens > 8)
+        for k in range(1, _CHUNKS):
             # a token's hash depends on its own bytes only: chunk k is mixed in only for tokens that reach it
-            sel = sel[lens[sel] > 8 * k]
             if not sel.size:
                 break
             chunk = words64[starts[sel] + 8 * k] & _MASKS[np.minimum(lens[sel] - 8 * k, 8)]
             h[sel] = mix64(h[sel] ^ chunk)
+            sel = sel[lens[sel] > 8 * (k + 1)]
     long_tokens = np.flatnonzero(lens > 8 * _CHUNKS)
     for i in long_tokens:  # rare: URLs, base64, very long words
         digest = blake2b(buf[starts[i] : ends[i]].tobytes(), digest_size=8).digest()

@@ -6,7 +6,7 @@ of the items. Window signatures are computed for all windows at once with numpy:
 then signatures are minima over blocks of shingles (datasketch's "affine32" scheme, bit for bit). The LSH is
 datasketch's banding (its `b` bands of `r` rows for the threshold), looked up with numpy: a window is a candidate
 of an item when one whole band of their signatures is equal. Most windows never get a full signature: a
-prefilter (`MinHashDetector.prefilter_candidates`) first computes each window's signature over the shingles it
+prefilter (`MinHashDetector.prefilter_windows`) first computes each window's signature over the shingles it
 shares with the benchmark only, which is exact about every band match (see there), and the full signature is
 computed only for windows that pass. Every candidate is verified with rapidfuzz on a bounded window.
 
@@ -51,7 +51,7 @@ PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
 _FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
 _MEMBER_BITS = 26  # the benchmark-shingle bit table has 2^26 bits (8 MiB)
-_BAND_BITS = 25  # the band-hash bit table has 2^25 bits (4 MiB)
+_BAND_SLOTS = 24  # the band-hash table has 2^24 one-byte slots (16 MiB): one gather per band, no bit arithmetic
 _U32 = np.uint32
 _OWN_SHARE = 0.5  # a match holds an item's own shingles at least half as well as all of its shingles
 
@@ -104,6 +104,13 @@ def _range_min(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
         if sel.size:
             out[sel] = np.minimum(table[lo[sel]], table[hi[sel] - (1 << j)])
     return out
+
+
+def _dedup_sorted(values: np.ndarray) -> np.ndarray:
+    """A sorted array without its repeats."""
+    if values.size < 2:
+        return values
+    return values[np.concatenate([[True], values[1:] != values[:-1]])]
 
 
 def clip_tokens(text: str, max_tokens: int, *, tail: bool = False) -> str:
@@ -191,7 +198,7 @@ class MinHashDetector(CorpusDetector):
     threshold: Jaccard threshold of the LSH index; min_score: rapidfuzz partial-ratio a candidate must reach;
     num_perm: permutations; shingle: tokens per shingle; min_tokens: items shorter than this are not indexed;
     prefilter: skip windows that provably match no LSH band before computing their signatures
-    (`prefilter_candidates`; the findings are the same without it, only slower).
+    (`prefilter_windows`; the findings are the same without it, only slower).
     A verified match must also hold the entry's own shingles (held by no other item of the benchmark) at least half
     as well as all of its shingles; an entry with none (an item duplicated in the benchmark, or made of pieces of
     several neighbours) is matched on its score unless one neighbour holds every shingle of it that was found.
@@ -272,9 +279,8 @@ class MinHashDetector(CorpusDetector):
         for band in range(self._n_bands):
             order = np.argsort(hashes[:, band], kind="stable")
             self._band_index.append((hashes[order, band], indexed[order]))
-        self._band_bits = np.zeros(1 << (_BAND_BITS - 3), dtype=np.uint8)
-        idx = np.unique(hashes >> np.uint64(64 - _BAND_BITS))
-        np.bitwise_or.at(self._band_bits, idx >> np.uint64(3), (1 << (idx & np.uint64(7))).astype(np.uint8))
+        self._band_slots = np.zeros(1 << _BAND_SLOTS, dtype=bool)
+        self._band_slots[hashes >> np.uint64(64 - _BAND_SLOTS)] = True
         self._fit_members(np.unique(np.concatenate(shingles)) if shingles else np.zeros(0, _U32))
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
@@ -368,10 +374,7 @@ class MinHashDetector(CorpusDetector):
         if not h32.size:
             return part
         run_start = np.searchsorted(tb.doc[pos], np.arange(len(batch.docs) + 1))
-        lo, hi = self._windows(run_start)
-        if self.prefilter:
-            keep = self.prefilter_candidates(h32, lo, hi)
-            lo, hi = lo[keep], hi[keep]
+        lo, hi = self.prefilter_windows(h32, run_start) if self.prefilter else self._windows(run_start)
         candidates: list[tuple[int, int, int, int]] = []
         for sel, sigs in self._signatures(h32, lo, hi):
             hit = self._band_hit(sigs)
@@ -383,9 +386,10 @@ class MinHashDetector(CorpusDetector):
         self._verify(batch, candidates, part)
         return part
 
-    def prefilter_candidates(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Indices of the windows [lo, hi) (shingle ranges of `h32`) that may match an item in an LSH band; each
-        window left out provably matches none, so it could never have become a candidate.
+    def prefilter_windows(self, h32: np.ndarray, run_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The windows (`_windows`: [lo, hi) shingle ranges of `h32`, item-sized, inside one document) that may
+        match an item in an LSH band; each window left out provably matches none, so it could never have become a
+        candidate.
 
         Why nothing is lost. A window matches item B in a band when, on every row j of the band, the window's
         least permuted value m_j equals B's, M_j. M_j = perm_j(x) for a shingle x of B and m_j = perm_j(y) for a
@@ -396,6 +400,13 @@ class MinHashDetector(CorpusDetector):
         and the member-only signature m' matches that band too. Windows with no member match nothing; windows with
         the same members share one m', computed once (members are rare outside a leak, so most windows do).
 
+        The windows are never listed. For one window size (n shingles, stride s) the windows of a document are
+        k = 0 .. K-1, covering [start + k*s, min(start + k*s + n, end)). A member at p is in windows
+        k_in <= k < k_out, k_in = floor((p - n - start) / s) + 1 (clipped to 0), k_out = floor((p - start) / s) + 1
+        (clipped to K). The member range of window k changes only at those k, so the runs between consecutive
+        such k (over all members of the document) hold one member range each: its signature is computed once per
+        distinct range, and only the runs of ranges that match a band become windows again.
+
         The cut-off is not derived from the Jaccard threshold t (a window needs ceil(t * |A|) of its |A| shingles
         in the benchmark to reach J >= t with any item): the LSH also matches pairs below t, with a probability
         that falls with their similarity, and such a candidate is a finding whenever rapidfuzz verifies it (a
@@ -405,27 +416,64 @@ class MinHashDetector(CorpusDetector):
         """
         member = self._is_member(h32)
         if member is None:
-            return np.arange(lo.size)
+            return self._windows(run_start)
         before = np.concatenate([[0], np.cumsum(member)])
-        clo, chi = before[lo], before[hi]
-        idx = np.flatnonzero(chi > clo)
         n_members = int(before[-1])
-        key = clo[idx] * (n_members + 1) + chi[idx]
-        # neighbouring windows mostly hold the same members: drop repeats before sorting what is left
-        new = np.ones(key.size, dtype=bool)
-        new[1:] = key[1:] != key[:-1]
-        ranges, first = np.unique(key[new], return_inverse=True)
+        at = np.flatnonzero(member)
+        doc_of = np.searchsorted(run_start, at, side="right") - 1
+        runs = [self._member_runs(size, at, doc_of, run_start, before) for size in self._sizes]
+        runs = [r for r in runs if r[0].size]
+        if not runs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        lo, hi, n_sh, stride, k0, k1 = (np.concatenate(x) for x in zip(*runs))
+        key = before[lo] * (n_members + 1) + before[hi]
+        ranges, first = np.unique(key, return_inverse=True)
         hit = np.zeros(ranges.size, dtype=bool)
         for sel, sigs in self._signatures(h32[member], ranges // (n_members + 1), ranges % (n_members + 1)):
             hit[sel] = self._band_hit(sigs)
-        return idx[hit[first][np.cumsum(new) - 1]]
+        keep = np.flatnonzero(hit[first.reshape(-1)])
+        # every window of a kept run: window k of the run starts at lo + (k - k0) * stride
+        count = k1[keep] - k0[keep]
+        step = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        run_lo = np.repeat(lo[keep], count) + step * np.repeat(stride[keep], count)
+        doc_end = np.repeat(run_start[np.searchsorted(run_start, lo[keep], side="right")], count)
+        return run_lo, np.minimum(run_lo + np.repeat(n_sh[keep], count), doc_end)
+
+    def _member_runs(self, size: int, at: np.ndarray, doc_of: np.ndarray, run_start: np.ndarray,
+                     before: np.ndarray) -> tuple[np.ndarray, ...]:
+        """For the windows of one size: the runs of consecutive windows of a document that hold the same members,
+        at least one, as (first window's lo, its hi, n, stride, first k, end k) per run."""
+        n_sh = max(1, int(size) - self.shingle + 1)
+        stride = max(1, n_sh // 8)
+        start, end = run_start[doc_of], run_start[doc_of + 1]
+        n_windows = np.maximum(1, -(-(end - start - n_sh + 1) // stride))
+        k_in = np.maximum(0, (at - n_sh - start) // stride + 1)
+        k_out = np.minimum((at - start) // stride + 1, n_windows)
+        inside = k_in < k_out  # the last window of a size can end before its document does
+        doc = doc_of[inside]
+        # both are sorted already (members in order, k non-decreasing in p): a stable sort merges the two runs
+        events = np.sort(np.concatenate([_dedup_sorted(doc * (1 << 32) + k_in[inside]),
+                                         _dedup_sorted(doc * (1 << 32) + k_out[inside])]), kind="stable")
+        events = _dedup_sorted(events)
+        d, k = events >> 32, events & ((1 << 32) - 1)
+        n_win = np.maximum(1, -(-(run_start[d + 1] - run_start[d] - n_sh + 1) // stride))
+        nxt = np.append(np.where(d[1:] == d[:-1], k[1:], n_win[:-1]), n_win[-1:]) if d.size else k
+        real = k < n_win  # an event at the end of a document's windows starts no run
+        d, k, nxt = d[real], k[real], nxt[real]
+        lo = run_start[d] + k * stride
+        hi = np.minimum(lo + n_sh, run_start[d + 1])
+        has = before[hi] > before[lo]
+        full = np.full(int(has.sum()), n_sh, dtype=np.int64)
+        return lo[has], hi[has], full, np.full(full.size, stride, dtype=np.int64), k[has], nxt[has]
 
     def _signatures(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray):
         """MinHash signatures of the shingle ranges [lo, hi) of `h32` (hi > lo), as (indices, signatures) of the
         windows starting within `_CHUNK` covered shingles at a time (bounded memory); only shingles some range
-        covers are permuted."""
+        covers are permuted, and only on the rows the LSH bands use (the rows past the last band decide no match)."""
         if not lo.size:
             return
+        banded = self._n_bands * self._rows
+        a, b = self._a[:banded], self._b[:banded]
         n = h32.size
         covered = np.cumsum(np.bincount(lo, minlength=n + 1) - np.bincount(hi, minlength=n + 1))[:n] > 0
         before = np.concatenate([[0], np.cumsum(covered)])
@@ -437,14 +485,13 @@ class MinHashDetector(CorpusDetector):
             c0 = int(lo[i])
             j = int(np.searchsorted(lo, c0 + _CHUNK))
             c1 = int(hi[i:j].max())
-            yield order[i:j], _range_min(permute(values[c0:c1], self._a, self._b), lo[i:j] - c0, hi[i:j] - c0)
+            yield order[i:j], _range_min(permute(values[c0:c1], a, b), lo[i:j] - c0, hi[i:j] - c0)
             i = j
 
     def _band_hit(self, sigs: np.ndarray) -> np.ndarray:
         """Per signature: whether some band hashes like an indexed entry's band (a superset of the band matches)."""
         hashes = self._band_hashes(sigs)
-        idx = hashes >> np.uint64(64 - _BAND_BITS)
-        maybe = (self._band_bits[idx >> np.uint64(3)] >> (idx & np.uint64(7)).astype(np.uint8)) & 1 > 0
+        maybe = self._band_slots[hashes >> np.uint64(64 - _BAND_SLOTS)]
         rows, bands = np.nonzero(maybe)  # few: the bit table rejects almost every band first
         found = np.zeros(rows.size, dtype=bool)
         for band, (keys, _) in enumerate(self._band_index):

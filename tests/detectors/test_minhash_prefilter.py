@@ -17,7 +17,7 @@ from itd.pipeline.demo import filler_text, plant
 
 pytest.importorskip("datasketch")
 
-from itd.detectors.minhash import MinHashDetector, shingle_hashes32  # noqa: E402
+from itd.detectors.minhash import MinHashDetector, permute, shingle_hashes32  # noqa: E402
 
 _M32 = 0xFFFFFFFF
 
@@ -69,7 +69,29 @@ def _windows_of(det, texts):
     h32, pos = shingle_hashes32(tb.hashes, tb.doc, det.shingle)
     run_start = np.searchsorted(tb.doc[pos], np.arange(len(texts) + 1))
     lo, hi = det._windows(run_start)
-    return h32, lo, hi
+    return h32, lo, hi, run_start
+
+
+def _kept(det, h32, lo, hi, run_start) -> np.ndarray:
+    """Indices of the windows [lo, hi) the prefilter keeps (it returns the windows themselves: two window sizes
+    can give the same window at a document's end, so each is kept as often as it is listed)."""
+    klo, khi = det.prefilter_windows(h32, run_start)
+    kept = sorted(zip(klo.tolist(), khi.tolist()))
+    idx = np.array([i for i, w in enumerate(zip(lo.tolist(), hi.tolist())) if w in set(kept)], dtype=np.int64)
+    assert sorted(zip(lo[idx].tolist(), hi[idx].tolist())) == kept
+    return idx
+
+
+def _member_only_hits(det, h32, lo, hi) -> np.ndarray:
+    """The slow, direct definition of what the prefilter keeps: every window listed, its signature over its member
+    shingles only, kept when that signature matches a band."""
+    member = det._is_member(h32)
+    out = []
+    for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
+        values = h32[a:b][member[a:b]]
+        if values.size and det._band_hit(permute(values, det._a, det._b).min(axis=0)[None, :])[0]:
+            out.append(i)
+    return np.array(out, dtype=np.int64)
 
 
 def _band_matched(det, h32, lo, hi) -> np.ndarray:
@@ -84,11 +106,13 @@ def _band_matched(det, h32, lo, hi) -> np.ndarray:
 def test_prefilter_keeps_every_window_a_band_matches(leaked):
     samples, docs = leaked
     det = MinHashDetector().fit(samples)
-    h32, lo, hi = _windows_of(det, [d.text.lower() for d in docs[:40]])
+    h32, lo, hi, run_start = _windows_of(det, [d.text.lower() for d in docs[:40]])
     matched = _band_matched(det, h32, lo, hi)
-    kept = det.prefilter_candidates(h32, lo, hi)
+    kept = _kept(det, h32, lo, hi, run_start)
     assert matched.size > 0 and np.isin(matched, kept).all()
     assert kept.size < lo.size / 20  # and it drops nearly every window
+    # exactly the windows whose member-only signature matches a band, found without listing the windows
+    assert np.array_equal(kept, _member_only_hits(det, h32, lo, hi))
 
 
 def test_even_multipliers_make_look_alike_shingles_members(leaked, monkeypatch):
@@ -104,11 +128,11 @@ def test_even_multipliers_make_look_alike_shingles_members(leaked, monkeypatch):
     monkeypatch.setattr(MinHashDetector, "_permutations", even)
     det = MinHashDetector().fit(samples[:50])
     text = samples[3].prompt_text().lower()
-    h32, lo, hi = _windows_of(det, [text])
+    h32, lo, hi, run_start = _windows_of(det, [text])
     twins = np.array([_fmix32_inverse(int(_fmix32(v)) ^ 0x80000000) for v in h32], dtype=np.uint32)
     assert not np.isin(twins, h32).any()
     matched = _band_matched(det, twins, lo, hi)
-    assert matched.size > 0 and np.isin(matched, det.prefilter_candidates(twins, lo, hi)).all()
+    assert matched.size > 0 and np.isin(matched, _kept(det, twins, lo, hi, run_start)).all()
 
 
 def _fmix32(v: int) -> int:
