@@ -456,6 +456,7 @@ def tiny_model(questions, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (`pytest -m "not slow"`)
 def test_detect_without_reference_or_threshold_is_undecided(tiny_model, shared_data, tmp_path, capsys):
     bench = tmp_path / "five.jsonl"
     bench.write_text("\n".join((shared_data / "gsm8k" / "test.jsonl").read_text("utf-8").splitlines()[:5]) + "\n", "utf-8")
@@ -474,6 +475,7 @@ def test_detect_without_reference_or_threshold_is_undecided(tiny_model, shared_d
     assert summary["verdict"] == "not_detected" and summary["contaminated"] is False
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (`pytest -m "not slow"`)
 def test_run_with_undecided_detection_refuses_to_rewrite_nothing(tiny_model, shared_data, tmp_path):
     """`itd run` with probes but no reference set or threshold cannot pick the items to rewrite: exit 2, not a
     run that silently rewrites none of them."""

