@@ -106,6 +106,12 @@ def _range_min(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
     return out
 
 
+def _window_counts(n_in_doc: np.ndarray, n_sh: int, stride: int) -> np.ndarray:
+    """Windows of n_sh shingles at `stride` per document of `n_in_doc` shingles: one for a document shorter than a
+    window, none for an empty one (the last window can end before its document does)."""
+    return np.where(n_in_doc > 0, np.maximum(1, -(-(n_in_doc - n_sh + 1) // stride)), 0)
+
+
 def _dedup_sorted(values: np.ndarray) -> np.ndarray:
     """A sorted array without its repeats."""
     if values.size < 2:
@@ -443,12 +449,11 @@ class MinHashDetector(CorpusDetector):
                      before: np.ndarray) -> tuple[np.ndarray, ...]:
         """For the windows of one size: the runs of consecutive windows of a document that hold the same members,
         at least one, as (first window's lo, its hi, n, stride, first k, end k) per run."""
-        n_sh = max(1, int(size) - self.shingle + 1)
-        stride = max(1, n_sh // 8)
-        start, end = run_start[doc_of], run_start[doc_of + 1]
-        n_windows = np.maximum(1, -(-(end - start - n_sh + 1) // stride))
+        n_sh, stride = self._window_shape(size)
+        n_windows = _window_counts(np.diff(run_start), n_sh, stride)
+        start = run_start[doc_of]
         k_in = np.maximum(0, (at - n_sh - start) // stride + 1)
-        k_out = np.minimum((at - start) // stride + 1, n_windows)
+        k_out = np.minimum((at - start) // stride + 1, n_windows[doc_of])
         inside = k_in < k_out  # the last window of a size can end before its document does
         doc = doc_of[inside]
         # both are sorted already (members in order, k non-decreasing in p): a stable sort merges the two runs
@@ -456,7 +461,7 @@ class MinHashDetector(CorpusDetector):
                                          _dedup_sorted(doc * (1 << 32) + k_out[inside])]), kind="stable")
         events = _dedup_sorted(events)
         d, k = events >> 32, events & ((1 << 32) - 1)
-        n_win = np.maximum(1, -(-(run_start[d + 1] - run_start[d] - n_sh + 1) // stride))
+        n_win = n_windows[d]
         nxt = np.append(np.where(d[1:] == d[:-1], k[1:], n_win[:-1]), n_win[-1:]) if d.size else k
         real = k < n_win  # an event at the end of a document's windows starts no run
         d, k, nxt = d[real], k[real], nxt[real]
@@ -527,15 +532,18 @@ class MinHashDetector(CorpusDetector):
         pair = np.unique(np.concatenate(rows).astype(np.int64) * n_entries + np.concatenate(entries))
         return pair // n_entries, pair % n_entries
 
+    def _window_shape(self, size: int) -> tuple[int, int]:
+        """(shingles per window, stride) of the windows of an item size in tokens: the stride is 1/8 of a window."""
+        n_sh = max(1, int(size) - self.shingle + 1)
+        return n_sh, max(1, n_sh // 8)
+
     def _windows(self, run_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The [lo, hi) shingle ranges of every item-sized window, stride 1/8 of its size, inside one document."""
-        n_in_doc = np.diff(run_start)
         los, his = [], []
         for size in self._sizes:
-            n_sh = max(1, int(size) - self.shingle + 1)
-            stride = max(1, n_sh // 8)
-            per_doc = np.where(n_in_doc > 0, np.maximum(1, -(-(n_in_doc - n_sh + 1) // stride)), 0)
-            d = np.repeat(np.arange(n_in_doc.size), per_doc)
+            n_sh, stride = self._window_shape(size)
+            per_doc = _window_counts(np.diff(run_start), n_sh, stride)
+            d = np.repeat(np.arange(per_doc.size), per_doc)
             k = np.arange(d.size) - np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
             lo = run_start[d] + k * stride
             los.append(lo)
