@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 _READ_BLOCK = 1 << 24
+try:  # optional: a faster JSON parser (`pip install orjson`)
+    import orjson as _orjson
+except ImportError:
+    _orjson = None
 _HF_DISK_MARKERS = ("state.json", "dataset_dict.json")  # a directory written by `Dataset.save_to_disk`
 
 
@@ -53,6 +57,18 @@ class Shard:
     end: int | None = None
     first_line: int = 1
     size: int = 0  # bytes on disk covered by the shard, for progress
+
+
+def _loads(line: bytes) -> Any:
+    """One JSON value: orjson's parser where it is installed (about 3x faster), the standard library's for what
+    orjson refuses and the standard library reads (NaN, lone surrogates, integers past 64 bits) and for the error
+    message, so a record reads the same either way."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(line)
+        except ValueError:
+            pass
+    return json.loads(line)
 
 
 def _open_binary(path: str) -> IO[bytes]:
@@ -430,7 +446,7 @@ class ShardReader:
             if line_no == 1:
                 line = line.removeprefix(b"\xef\xbb\xbf")
             try:
-                rec = json.loads(line)
+                rec = _loads(line)
             except ValueError as exc:
                 self._bad(f"invalid JSON ({exc})", line_no)
                 continue

@@ -487,3 +487,30 @@ def test_run_with_undecided_detection_refuses_to_rewrite_nothing(tiny_model, sha
     res = run_cli("run", str(config), "--out", str(tmp_path / "run"), "-q")
     assert res.returncode == 2, res.stderr
     assert "reference" in res.stderr and "threshold" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_jsonl_records_read_the_same_with_and_without_orjson(tmp_path, monkeypatch):
+    """orjson is only a faster path: what it refuses and the standard library reads (NaN, a lone surrogate, an
+    integer past 64 bits) reads as before, and a bad line is reported with the standard library's message."""
+    from itd.corpus import readers
+
+    pytest.importorskip("orjson")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(b'{"text": "plain \\u00e9 text", "n": 1}\n'
+                       b'{"text": "a lone \\ud800 surrogate"}\n'
+                       b'{"text": "not a number", "score": NaN}\n'
+                       b'{"text": "big", "id": 123456789012345678901234567890}\n'
+                       b'{"text": broken\n')
+
+    def read():
+        from itd.corpus.readers import ShardReader, plan_shards
+
+        reader = ShardReader(plan_shards([corpus])[0], skip_bad=True)
+        return [(d.id, d.text) for d in reader], reader.skipped
+
+    fast = read()
+    monkeypatch.setattr(readers, "_orjson", None)
+    assert read() == fast
+    docs, skipped = fast
+    assert [text for _, text in docs] == ["plain \u00e9 text", "a lone \ud800 surrogate", "not a number", "big"]
+    assert len(skipped) == 1 and "c.jsonl:5: invalid JSON (Expecting value" in skipped[0]
