@@ -433,11 +433,9 @@ class MinHashDetector(CorpusDetector):
         n_members = int(before[-1])
         at = np.flatnonzero(member)
         doc_of = np.searchsorted(run_start, at, side="right") - 1
-        runs = [self._member_runs(size, at, doc_of, run_start, before) for size in self._sizes]
-        runs = [r for r in runs if r[0].size]
-        if not runs:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        lo, hi, n_sh, stride, k0, k1 = (np.concatenate(x) for x in zip(*runs))
+        lo, hi, n_sh, stride, k0, k1 = self._member_runs(at, doc_of, run_start, before)
+        if not lo.size:
+            return lo, hi
         key = before[lo] * (n_members + 1) + before[hi]
         # each size's keys are sorted already (runs in document order): a stable sort merges them
         order = np.argsort(key, kind="stable")
@@ -457,31 +455,33 @@ class MinHashDetector(CorpusDetector):
         doc_end = np.repeat(run_start[np.searchsorted(run_start, lo[keep], side="right")], count)
         return run_lo, np.minimum(run_lo + np.repeat(n_sh[keep], count), doc_end)
 
-    def _member_runs(self, size: int, at: np.ndarray, doc_of: np.ndarray, run_start: np.ndarray,
+    def _member_runs(self, at: np.ndarray, doc_of: np.ndarray, run_start: np.ndarray,
                      before: np.ndarray) -> tuple[np.ndarray, ...]:
-        """For the windows of one size: the runs of consecutive windows of a document that hold the same members,
-        at least one, as (first window's lo, its hi, n, stride, first k, end k) per run."""
-        n_sh, stride = self._window_shape(size)
-        n_windows = _window_counts(np.diff(run_start), n_sh, stride)
+        """The runs of consecutive windows (of one size, in one document) that hold the same members, at least one,
+        as (first window's lo, its hi, shingles per window, stride, first k, end k) per run, every size at once."""
+        shape = np.array([self._window_shape(size) for size in self._sizes], dtype=np.int64).reshape(-1, 2)
+        n_sh, stride = shape[:, :1], shape[:, 1:]  # (sizes, 1): broadcast over members
+        n_docs = run_start.size - 1
+        n_windows = _window_counts(np.diff(run_start)[None, :], n_sh, stride)  # (sizes, documents)
         start = run_start[doc_of]
         k_in = np.maximum(0, (at - n_sh - start) // stride + 1)
-        k_out = np.minimum((at - start) // stride + 1, n_windows[doc_of])
+        k_out = np.minimum((at - start) // stride + 1, n_windows[:, doc_of])
         inside = k_in < k_out  # the last window of a size can end before its document does
-        doc = doc_of[inside]
-        # both are sorted already (members in order, k non-decreasing in p): a stable sort merges the two runs
-        events = np.sort(np.concatenate([_dedup_sorted(doc * (1 << 32) + k_in[inside]),
-                                         _dedup_sorted(doc * (1 << 32) + k_out[inside])]), kind="stable")
-        events = _dedup_sorted(events)
-        d, k = events >> 32, events & ((1 << 32) - 1)
-        n_win = n_windows[d]
-        nxt = np.append(np.where(d[1:] == d[:-1], k[1:], n_win[:-1]), n_win[-1:]) if d.size else k
+        group = (np.arange(n_sh.size)[:, None] * n_docs + doc_of)[inside] << 32  # (size, document), in order
+        # both are sorted already (sizes, then members in order; k non-decreasing in p): a stable sort merges them
+        events = _dedup_sorted(np.sort(np.concatenate([_dedup_sorted(group + k_in[inside]),
+                                                       _dedup_sorted(group + k_out[inside])]), kind="stable"))
+        g, k = events >> 32, events & ((1 << 32) - 1)
+        s, d = g // n_docs, g % n_docs
+        n_win = n_windows[s, d]
+        nxt = np.append(np.where(g[1:] == g[:-1], k[1:], n_win[:-1]), n_win[-1:]) if g.size else k
         real = k < n_win  # an event at the end of a document's windows starts no run
-        d, k, nxt = d[real], k[real], nxt[real]
-        lo = run_start[d] + k * stride
-        hi = np.minimum(lo + n_sh, run_start[d + 1])
+        s, d, k, nxt = s[real], d[real], k[real], nxt[real]
+        size_sh, size_stride = n_sh[s, 0], stride[s, 0]
+        lo = run_start[d] + k * size_stride
+        hi = np.minimum(lo + size_sh, run_start[d + 1])
         has = before[hi] > before[lo]
-        full = np.full(int(has.sum()), n_sh, dtype=np.int64)
-        return lo[has], hi[has], full, np.full(full.size, stride, dtype=np.int64), k[has], nxt[has]
+        return lo[has], hi[has], size_sh[has], size_stride[has], k[has], nxt[has]
 
     def _signatures(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray):
         """MinHash signatures of the shingle ranges [lo, hi) of `h32` (hi > lo), as (indices, signatures) of the
