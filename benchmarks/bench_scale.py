@@ -44,6 +44,7 @@ import _common as C  # noqa: E402
 GOAL_RAY_VS_LOCAL2 = 0.8
 RUNS = ("local-1", "local-2", "ray-2")
 CLUSTER_NODES, CLUSTER_CORES = 8, 64
+GOAL_TWO_PROCESSES = 1.8
 
 
 # ---- one measurement, in a subprocess -------------------------------------------------------------------------
@@ -246,7 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     ratio = v["ray-2"] / v["local-2"]
     print(f"goal: ray-2 >= {GOAL_RAY_VS_LOCAL2}x local-2: {'met' if ratio >= GOAL_RAY_VS_LOCAL2 else 'MISSED'} "
           f"({ratio:.2f}x: {v['ray-2']:.1f} vs {v['local-2']:.1f} MB/s)")
+    two = v["local-2"] / v["local-1"]
+    print(f"2 processes (local-2) / 1 (local-1): {two:.2f}x (goal >= {GOAL_TWO_PROCESSES}x: "
+          f"{'met' if two >= GOAL_TWO_PROCESSES else 'MISSED'})")
     print()
+    # projection: 1 TB on one 64-core machine (the local pool), from the per-core rate and the pool's efficiency
+    pool_eff = min(1.0, v["local-2"] / (2 * v["local-1"]))
+    one_node = CLUSTER_CORES * v["local-1"] * pool_eff  # MB/s
+    print(f"projection, 1 TB on one {CLUSTER_CORES}-core machine (local pool, {CLUSTER_CORES} workers): per-core rate "
+          f"{v['local-1']:.1f} MB/s x pool efficiency {pool_eff:.2f} x {CLUSTER_CORES} = {one_node / 1e3:.2f} GB/s -> "
+          f"{1e6 / one_node / 60:.0f} min ({1e6 / one_node / 3600:.2f} h), {1e6 / v['local-1'] / 3600:.1f} CPU-hours, "
+          f"if reading keeps up ({one_node * 8 / 1e3:.0f} Gbit/s)")
     # projection: 1 TB on 8 nodes x 64 cores, from the measured per-core rate and Ray's measured efficiency
     cores = CLUSTER_NODES * CLUSTER_CORES
     eff = v["ray-2"] / (2 * v["local-1"])

@@ -304,20 +304,26 @@ def ngram_hashes(token_hashes: np.ndarray, doc: np.ndarray, ns: Sequence[int]) -
         return out
     if ns[0] < 1:
         raise ValueError("n must be >= 1")
-    acc = token_hashes.astype(_U64, copy=True)
+    # acc_n[i] = sum_j t[i + j] * M^(n - 1 - j) (mod 2^64), the polynomial of the n tokens from i; it splits as
+    # acc_(a + b)[i] = acc_a[i] * M^b + acc_b[i + a], so acc_13 takes acc_1, 2, 4, 8, 12, 13: 5 passes, not 12
+    memo: dict[int, np.ndarray] = {1: token_hashes.astype(_U64, copy=False)}
+
+    def acc(n: int) -> np.ndarray:
+        if n not in memo:
+            a = 1 << (n.bit_length() - 1)  # the largest power of two in n (n itself when it is one)
+            a = a // 2 if a == n else a
+            m = total - n + 1
+            memo[n] = acc(a)[:m] * _U64(pow(int(_NGRAM_MULT), n - a, 1 << 64)) + acc(n - a)[a : a + m]
+        return memo[n]
+
     with np.errstate(over="ignore"):
-        for n in range(1, ns[-1] + 1):
+        for n in ns:
             m = total - n + 1
             if m <= 0:
-                for rest in ns:
-                    if rest >= n:
-                        out[rest] = (np.zeros(0, _U64), np.zeros(0, np.int64))
-                break
-            if n > 1:
-                acc = acc[:m] * _NGRAM_MULT + token_hashes[n - 1 : n - 1 + m]
-            if n in ns:
-                valid = np.flatnonzero(doc[:m] == doc[n - 1 : n - 1 + m])
-                out[n] = (mix64(acc[valid] ^ _U64(n)), valid)
+                out[n] = (np.zeros(0, _U64), np.zeros(0, np.int64))
+                continue
+            valid = np.flatnonzero(doc[:m] == doc[n - 1 : n - 1 + m])
+            out[n] = (mix64(acc(n)[valid] ^ _U64(n)), valid)
     return out
 
 

@@ -180,3 +180,23 @@ def test_annotation_blanking_matches_the_regex(text):
 
     blanked = re.sub(r"<<[^<>\n]*>>", lambda m: " " * len(m.group()), text)
     assert _hashes(text) == _hashes(blanked)
+
+
+def test_ngram_hashes_are_the_polynomial_of_their_tokens_for_every_n(shared_data):
+    """The n-gram hashes (computed by splitting n into powers of two) against the direct formula: for every n, the
+    polynomial sum_j t[i+j] * M^(n-1-j) mod 2^64 of the n tokens from i, mixed with n, for n-grams inside one text."""
+    from itd.core import load_benchmark
+    from itd.core.text import _NGRAM_MULT, mix64
+
+    texts = [s.prompt_text() for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")[:40]] + ["one two", ""]
+    tb = tokenize(texts)
+    t = [int(x) for x in tb.hashes]
+    doc = tb.doc.tolist()
+    ns = [1, 2, 3, 5, 8, 12, 13, 21, 64]
+    out = ngram_hashes(tb.hashes, tb.doc, ns)
+    for n in ns:
+        starts = [i for i in range(len(t) - n + 1) if doc[i] == doc[i + n - 1]]
+        poly = [sum(t[i + j] * pow(int(_NGRAM_MULT), n - 1 - j, 1 << 64) for j in range(n)) % (1 << 64) for i in starts]
+        expected = mix64(np.array(poly, dtype=np.uint64) ^ np.uint64(n))
+        assert out[n][1].tolist() == starts, n
+        assert np.array_equal(out[n][0], expected), n
