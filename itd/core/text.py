@@ -306,16 +306,7 @@ def ngram_hashes(token_hashes: np.ndarray, doc: np.ndarray, ns: Sequence[int]) -
         raise ValueError("n must be >= 1")
     # acc_n[i] = sum_j t[i + j] * M^(n - 1 - j) (mod 2^64), the polynomial of the n tokens from i; it splits as
     # acc_(a + b)[i] = acc_a[i] * M^b + acc_b[i + a], so acc_13 takes acc_1, 2, 4, 8, 12, 13: 5 passes, not 12
-    memo: dict[int, np.ndarray] = {1: token_hashes.astype(_U64, copy=False)}
-
-    def acc(n: int) -> np.ndarray:
-        if n not in memo:
-            a = 1 << (n.bit_length() - 1)  # the largest power of two in n (n itself when it is one)
-            a = a // 2 if a == n else a
-            m = total - n + 1
-            memo[n] = acc(a)[:m] * _U64(pow(int(_NGRAM_MULT), n - a, 1 << 64)) + acc(n - a)[a : a + m]
-        return memo[n]
-
+    polynomials: dict[int, np.ndarray] = {1: token_hashes.astype(_U64, copy=False)}
     with np.errstate(over="ignore"):
         for n in ns:
             m = total - n + 1
@@ -323,8 +314,19 @@ def ngram_hashes(token_hashes: np.ndarray, doc: np.ndarray, ns: Sequence[int]) -
                 out[n] = (np.zeros(0, _U64), np.zeros(0, np.int64))
                 continue
             valid = np.flatnonzero(doc[:m] == doc[n - 1 : n - 1 + m])
-            out[n] = (mix64(acc(n)[valid] ^ _U64(n)), valid)
+            out[n] = (mix64(_polynomial(polynomials, n, total)[valid] ^ _U64(n)), valid)
     return out
+
+
+def _polynomial(known: dict[int, np.ndarray], n: int, total: int) -> np.ndarray:
+    """acc_n of `ngram_hashes` for a text of `total` tokens, from (and added to) the `known` ones."""
+    if n not in known:
+        a = 1 << (n.bit_length() - 1)  # the largest power of two in n (n itself when it is one)
+        a = a // 2 if a == n else a
+        m = total - n + 1
+        known[n] = (_polynomial(known, a, total)[:m] * _U64(pow(int(_NGRAM_MULT), n - a, 1 << 64))
+                    + _polynomial(known, n - a, total)[a : a + m])
+    return known[n]
 
 
 def byte_to_char(text: str, offsets: np.ndarray) -> np.ndarray:
