@@ -253,7 +253,6 @@ class MinHashDetector(CorpusDetector):
         sigs = np.full((len(texts), self.num_perm), np.iinfo(_U32).max, dtype=_U32)
         lengths = np.zeros(len(texts), dtype=np.int64)
         all_h32, all_entry = [], []
-        shingles = []  # every benchmark shingle hash, for the prefilter
         # entries a few MB at a time, shingles 32K at a time: memory does not grow with the benchmark's length
         for e0, e1 in _text_groups(texts, _FIT_CHARS):
             tb = tokenize(texts[e0:e1], normalized=True)
@@ -263,7 +262,6 @@ class MinHashDetector(CorpusDetector):
             all_h32.append(h32)
             all_entry.append(entry)
             kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
-            shingles.append(np.unique(h32[kept]))
             for c0 in range(0, kept.size, _CHUNK):
                 sel = kept[c0 : c0 + _CHUNK]
                 ent = entry[sel]  # shingles come in entry order
@@ -271,7 +269,8 @@ class MinHashDetector(CorpusDetector):
                 mins = np.minimum.reduceat(permute(h32[sel], self._a, self._b), first, axis=0)
                 np.minimum(sigs[ent[first]], mins, out=mins)
                 sigs[ent[first]] = mins
-        self._fit_own_shingles(np.concatenate(all_h32), np.concatenate(all_entry), len(texts))
+        all_h32, all_entry = np.concatenate(all_h32), np.concatenate(all_entry)
+        self._fit_own_shingles(all_h32, all_entry, len(texts))
         indexed = np.flatnonzero(lengths >= self.min_tokens)
         indexed = indexed[(indexed % 2 == 0) | (lengths[indexed] > lengths[indexed - 1])]  # drop Q+A == Q
         # datasketch's banding for the threshold (b bands of r rows); its index is looked up with numpy instead
@@ -290,7 +289,7 @@ class MinHashDetector(CorpusDetector):
         self._band_shift = np.uint64(64 - bits)
         self._band_slots = np.zeros(1 << bits, dtype=bool)
         self._band_slots[hashes >> self._band_shift] = True
-        self._fit_members(np.unique(np.concatenate(shingles)) if shingles else np.zeros(0, _U32))
+        self._fit_members(self._argmin_shingles(all_h32, all_entry, lengths))
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
         self.context_tokens = 2 * int(self._sizes.max()) + self.shingle if self._sizes.size else 0
@@ -338,6 +337,19 @@ class MinHashDetector(CorpusDetector):
         lo = np.searchsorted(self._holder_h, shingle, side="left")
         hi = np.searchsorted(self._holder_h, shingle, side="right")
         return set(self._holder_item[lo:hi].tolist())
+
+    def _argmin_shingles(self, h32: np.ndarray, entry: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The distinct shingles that hold some indexed-length entry's least permuted value on some row the LSH
+        bands use: only those can give a window an entry's value on a band's row (`prefilter_windows`)."""
+        banded = self._n_bands * self._rows
+        a, b = self._a[:banded], self._b[:banded]
+        kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
+        found = [np.zeros(0, _U32)]
+        for c0 in range(0, kept.size, _CHUNK):
+            sel = kept[c0 : c0 + _CHUNK]
+            least = (permute(h32[sel], a, b) == self._sigs[entry[sel], :banded]).any(axis=1)
+            found.append(h32[sel][least])
+        return np.unique(np.concatenate(found))
 
     def _fit_members(self, benchmark_shingles: np.ndarray) -> None:
         """The bit table of `_is_member`. A row j whose multiplier a_j has k_j trailing zero bits maps two shingles
@@ -404,10 +416,11 @@ class MinHashDetector(CorpusDetector):
         candidate.
 
         Why nothing is lost. A window matches item B in a band when, on every row j of the band, the window's
-        least permuted value m_j equals B's, M_j. M_j = perm_j(x) for a shingle x of B and m_j = perm_j(y) for a
-        shingle y of the window; perm_j(h) = fmix32(h) * a_j + b_j mod 2^32 gives two shingles one value only when
-        fmix32 of both agree in their low 32 - k_j bits (a_j = 2^k_j * odd). So y is a member (`_is_member`,
-        true for every shingle that agrees so with a benchmark shingle). The least value over the window's members
+        least permuted value m_j equals B's, M_j. M_j = perm_j(x) for the shingle x of B that holds B's least value
+        on row j (an argmin shingle, `_argmin_shingles`) and m_j = perm_j(y) for a shingle y of the window;
+        perm_j(h) = fmix32(h) * a_j + b_j mod 2^32 gives two shingles one value only when fmix32 of both agree in
+        their low 32 - k_j bits (a_j = 2^k_j * odd). So y is a member (`_is_member`, true for every shingle that
+        agrees so with an argmin shingle of the benchmark). The least value over the window's members
         alone, m'_j, then satisfies m_j <= m'_j <= perm_j(y) = m_j: on every row of a matching band m' equals m,
         and the member-only signature m' matches that band too. Windows with no member match nothing; windows with
         the same members share one m', computed once (members are rare outside a leak, so most windows do).
