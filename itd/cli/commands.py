@@ -439,7 +439,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE", help="Any config key, e.g. --set rewrite.rounds=2.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or logs.")
-def run_cmd(config, out, benchmark, model, clean_model, reference_set, corpus, method, sets, as_json, quiet):
+def run_pipeline(config, out, benchmark, model, clean_model, reference_set, corpus, method, sets, as_json, quiet):
     """Run the whole pipeline (detect, rewrite, verify, assure, evaluate, report) from a TOML CONFIG; exit 1 if
     any item was flagged. Run it again with the same arguments to resume an interrupted run."""
     from itd.pipeline.run import Pipeline, PipelineConfig
