@@ -351,7 +351,7 @@ class MinHashDetector(CorpusDetector):
             found.append(h32[sel][least])
         return np.unique(np.concatenate(found))
 
-    def _fit_members(self, benchmark_shingles: np.ndarray) -> None:
+    def _fit_members(self, argmin_shingles: np.ndarray) -> None:
         """The bit table of `_is_member`. A row j whose multiplier a_j has k_j trailing zero bits maps two shingles
         to one permuted value exactly when fmix32 of both agree in their low 32 - k_j bits, so membership is
         decided on those bits (k = the largest k_j); a multiplier 0 maps every shingle to one value: no prefilter."""
@@ -359,7 +359,7 @@ class MinHashDetector(CorpusDetector):
         self._member_bits = None
         if self._member_shift < 32:
             self._member_bits = np.zeros(1 << (_MEMBER_BITS - 3), dtype=np.uint8)
-            idx = np.unique(self._member_keys(benchmark_shingles) >> _U32(32 - _MEMBER_BITS))
+            idx = np.unique(self._member_keys(argmin_shingles) >> _U32(32 - _MEMBER_BITS))
             np.bitwise_or.at(self._member_bits, idx >> _U32(3), (1 << (idx & _U32(7))).astype(np.uint8))
 
     def _member_keys(self, h32: np.ndarray) -> np.ndarray:
@@ -367,8 +367,9 @@ class MinHashDetector(CorpusDetector):
             return fmix32(h32) << _U32(self._member_shift)
 
     def _is_member(self, h32: np.ndarray) -> np.ndarray | None:
-        """Per shingle: whether it may share a permuted value with a benchmark shingle on some row (true for every
-        shingle that does, and for a few others: a bit table); None when every shingle may."""
+        """Per shingle: whether it may share a permuted value with an argmin shingle of the benchmark on some row
+        (true for every shingle that does, and for a few others: a bit table whose false hits are 0.1% or fewer,
+        since every false member costs prefilter work); None when every shingle may."""
         if self._member_bits is None:
             return None
         idx = self._member_keys(h32) >> _U32(32 - _MEMBER_BITS)
