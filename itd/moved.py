@@ -61,15 +61,18 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return None
         return importlib.machinery.ModuleSpec(fullname, self)
 
+    def __init__(self) -> None:
+        self._specs: dict[str, importlib.machinery.ModuleSpec] = {}  # by old path, while it is being imported
+
     def create_module(self, spec) -> ModuleType:
         new = MOVED[spec.name]
         warnings.warn(f"{spec.name} moved to {new}; import it from there", DeprecationWarning, stacklevel=3)
         module = importlib.import_module(new)
-        self._spec = module.__spec__  # importlib sets __spec__ to the alias's; exec_module puts it back
+        self._specs[spec.name] = module.__spec__  # importlib sets __spec__ to the alias's; exec_module puts it back
         return module
 
     def exec_module(self, module: ModuleType) -> None:
-        module.__spec__ = self._spec
+        module.__spec__ = self._specs.pop(module.__spec__.name)
 
 
 def install() -> None:
