@@ -9,7 +9,7 @@ Object-store and other remote corpora are named by fsspec URLs (`s3://bucket/sha
 protocol's own package such as s3fs or gcsfs). A remote file is one shard: splitting it at line starts would
 need a sequential pass over it, i.e. downloading it twice.
 
-Over 600 lines because every reader (JSONL, parquet, text, compressed, remote) shares the shard and
+One module of about 600 lines because every reader (JSONL, parquet, text, compressed, remote) shares the shard and
 bad-line accounting that a verdict's "what was read" depends on.
 """
 
