@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
@@ -207,6 +208,13 @@ def answer_key_end(sample: Sample, text: str, pos: int, slack: int = 16, output_
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _folded_needle(needle: str) -> str:
+    """A benchmark text folded for `align`, once per text: a corpus full of copies aligns the same texts again and
+    again (the cache holds a benchmark's entries and answers; 65,536 texts, MMLU has about 38,000)."""
+    return fold_for_alignment(needle)[0]
+
+
 def align(needle: str, doc_text: str, lo: int, hi: int, margin: int) -> tuple[float, int, int]:
     """Best fuzzy alignment of `needle` inside `doc_text[lo-margin : hi+margin]`.
 
@@ -219,7 +227,7 @@ def align(needle: str, doc_text: str, lo: int, hi: int, margin: int) -> tuple[fl
 
     w0 = max(0, lo - margin)
     w1 = min(len(doc_text), hi + margin)
-    folded_needle, _ = fold_for_alignment(needle)
+    folded_needle = _folded_needle(needle)
     window, index = fold_for_alignment(doc_text[w0:w1])
     if not folded_needle or not window:
         return 0.0, w0, w0
