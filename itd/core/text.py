@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 __all__ = [
+    "HashFilter",
     "TokenizedBatch",
     "normalize",
     "tokenize",
@@ -79,6 +80,22 @@ _CHUNKS = 4  # tokens up to 32 bytes are hashed vectorised; longer ones (rare) w
 NUMBER_HASH = np.uint64(0x9E3779B97F4A7C15)  # placeholder that every number token becomes in the number pass
 _NGRAM_MULT = np.uint64(0x100000001B3)
 _LEN_MULT = np.uint64(0xD6E8FEB86659FD93)
+
+
+class HashFilter:
+    """A direct-mapped table that rejects most 64-bit hashes not among `keys` with one lookup each: slot = the
+    hash's top bits, one byte per slot, `slots_per_key` slots per key (32: about 3% of them set), at most 16 MiB,
+    so that a benchmark's table stays in the CPU cache. `maybe(h)` is true for every key and for a few others."""
+
+    def __init__(self, keys: np.ndarray, slots_per_key: int = 32):
+        bits = int(np.clip(np.ceil(np.log2(max(1, keys.size) * slots_per_key)), 16, 24))
+        self.shift = _U64(64 - bits)
+        self.table = np.zeros(1 << bits, dtype=bool)
+        self.table[keys.astype(_U64, copy=False) >> self.shift] = True
+
+    def maybe(self, hashes: np.ndarray) -> np.ndarray:
+        """Per hash (any shape): whether it may be a key."""
+        return self.table[hashes >> self.shift]
 
 
 def mix64(x: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from itd.core import Sample
 from itd.core.errors import require
-from itd.core.text import byte_to_char, mix64, ngram_hashes, normalize, tokenize
+from itd.core.text import HashFilter, byte_to_char, mix64, ngram_hashes, normalize, tokenize
 from itd.detectors.base import (
     DETECTORS,
     MAX_MATCH_TOKENS,
@@ -51,7 +51,6 @@ PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
 _FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
 _MEMBER_BITS = 26  # the benchmark-shingle bit table has 2^26 bits (8 MiB)
-_BAND_SLOTS_PER_KEY = 32  # one-byte slots of the band-hash table per indexed band hash (about 3% of them set)
 _U32 = np.uint32
 _OWN_SHARE = 0.5  # a match holds an item's own shingles at least half as well as all of its shingles
 
@@ -284,11 +283,7 @@ class MinHashDetector(CorpusDetector):
         for band in range(self._n_bands):
             order = np.argsort(hashes[:, band], kind="stable")
             self._band_index.append((hashes[order, band], indexed[order]))
-        # a table of one-byte slots, as small as its 3% fill allows: it stays in the CPU cache (2 MiB for GSM8K)
-        bits = int(np.clip(np.ceil(np.log2(max(1, hashes.size) * _BAND_SLOTS_PER_KEY)), 16, 24))
-        self._band_shift = np.uint64(64 - bits)
-        self._band_slots = np.zeros(1 << bits, dtype=bool)
-        self._band_slots[hashes >> self._band_shift] = True
+        self._band_filter = HashFilter(hashes.ravel())
         self._fit_members(self._argmin_shingles(all_h32, all_entry, lengths))
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
@@ -522,8 +517,8 @@ class MinHashDetector(CorpusDetector):
     def _band_hit(self, sigs: np.ndarray) -> np.ndarray:
         """Per signature: whether some band hashes like an indexed entry's band (a superset of the band matches)."""
         hashes = self._band_hashes(sigs)
-        maybe = self._band_slots[hashes >> self._band_shift]
-        rows, bands = np.nonzero(maybe)  # few: the bit table rejects almost every band first
+        maybe = self._band_filter.maybe(hashes)
+        rows, bands = np.nonzero(maybe)  # few: the filter rejects almost every band first
         found = np.zeros(rows.size, dtype=bool)
         for band, (keys, _) in enumerate(self._band_index):
             at = np.flatnonzero(bands == band)

@@ -14,7 +14,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from itd.core import Sample
-from itd.core.text import byte_to_char, ngram_hashes, normalize, tokenize
+from itd.core.text import HashFilter, byte_to_char, ngram_hashes, normalize, tokenize
 from itd.detectors.base import (
     DETECTORS,
     MAX_MATCH_TOKENS,
@@ -31,7 +31,6 @@ from itd.detectors.base import (
 __all__ = ["NGramConfig", "NGramDetector", "NGramPartial", "byte_to_char", "items_per_ngram", "neighbour_explains"]
 
 PASSES = ("raw", "numnorm")
-_FILTER_SLOTS_PER_KEY = 32  # one-byte slots of the n-gram filter per benchmark n-gram (about 3% of them set)
 _MIN_SHARED_LIMIT = 25  # n-grams in more items than this (or 0.5% of the benchmark) are boilerplate
 _KEY_LETTERS = "abcdefghij"
 
@@ -246,14 +245,7 @@ class NGramDetector(CorpusDetector):
             self._distinct_tok[p] = np.cumsum(delta[:-1]) > 0
             self._fit_holders(p, hashes, sample_of)
         self._fit_keys(tb)
-        # a direct-mapped table as small as a 3% fill allows, so its lookups stay in the CPU cache (8 MiB for GSM8K)
-        n_keys = sum(table.keys.size for table in self._tables.values()) + self._key_hashes.size
-        bits = int(np.clip(np.ceil(np.log2(max(1, n_keys) * _FILTER_SLOTS_PER_KEY)), 16, 24))
-        self._filter_shift = np.uint64(64 - bits)
-        self._filter = np.zeros(1 << bits, dtype=bool)
-        for table in self._tables.values():
-            self._filter[table.keys >> self._filter_shift] = True
-        self._filter[self._key_hashes >> self._filter_shift] = True
+        self._filter = HashFilter(np.concatenate([*(table.keys for table in self._tables.values()), self._key_hashes]))
         self._n_tokens = tb.n_tokens
         self._sample_of = sample_of
         return self
@@ -320,7 +312,7 @@ class NGramDetector(CorpusDetector):
         """Per sample: whether any of its key n-grams is among `hashes` (raw-pass `n_short`-grams)."""
         out = np.zeros(len(self.samples), dtype=bool)
         if self._key_hashes.size and hashes.size:
-            maybe = hashes[self._filter[hashes >> self._filter_shift]]
+            maybe = hashes[self._filter.maybe(hashes)]
             lo = np.searchsorted(self._key_hashes, maybe, side="left")
             hi = np.searchsorted(self._key_hashes, maybe, side="right")
             for a, b in zip(lo[hi > lo], hi[hi > lo]):  # few: a key n-gram found in the corpus
@@ -347,8 +339,8 @@ class NGramDetector(CorpusDetector):
                 table = self._tables[(p, n)]
                 if not table.keys.size or not q.size:
                     continue
-                # a direct-mapped bit table rejects almost every corpus n-gram before the binary search
-                maybe = np.flatnonzero(self._filter[q >> self._filter_shift])
+                # the filter rejects almost every corpus n-gram before the binary search
+                maybe = np.flatnonzero(self._filter.maybe(q))
                 idx = np.searchsorted(table.keys, q[maybe])
                 idx[idx == table.keys.size] = 0
                 found = table.keys[idx] == q[maybe]
