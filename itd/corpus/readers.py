@@ -15,6 +15,7 @@ bad-line accounting that a verdict's "what was read" depends on.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import io
@@ -64,10 +65,8 @@ def _loads(line: bytes) -> Any:
     orjson refuses and the standard library reads (NaN, lone surrogates, integers past 64 bits) and for the error
     message, so a record reads the same either way."""
     if _orjson is not None:
-        try:
+        with contextlib.suppress(ValueError):  # what orjson refuses goes on to the standard library
             return _orjson.loads(line)
-        except ValueError:
-            pass
     return json.loads(line)
 
 

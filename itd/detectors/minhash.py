@@ -442,7 +442,7 @@ class MinHashDetector(CorpusDetector):
         n_members = int(before[-1])
         at = np.flatnonzero(member)
         doc_of = np.searchsorted(run_start, at, side="right") - 1
-        lo, hi, n_sh, stride, k0, k1 = self._member_runs(at, doc_of, run_start, before)
+        lo, hi, end, n_sh, stride, k0, k1 = self._member_runs(at, doc_of, run_start, before)
         if not lo.size:
             return lo, hi
         key = before[lo] * (n_members + 1) + before[hi]
@@ -461,13 +461,12 @@ class MinHashDetector(CorpusDetector):
         count = k1[keep] - k0[keep]
         step = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
         run_lo = np.repeat(lo[keep], count) + step * np.repeat(stride[keep], count)
-        doc_end = np.repeat(run_start[np.searchsorted(run_start, lo[keep], side="right")], count)
-        return run_lo, np.minimum(run_lo + np.repeat(n_sh[keep], count), doc_end)
+        return run_lo, np.minimum(run_lo + np.repeat(n_sh[keep], count), np.repeat(end[keep], count))
 
     def _member_runs(self, at: np.ndarray, doc_of: np.ndarray, run_start: np.ndarray,
                      before: np.ndarray) -> tuple[np.ndarray, ...]:
         """The runs of consecutive windows (of one size, in one document) that hold the same members, at least one,
-        as (first window's lo, its hi, shingles per window, stride, first k, end k) per run, every size at once."""
+        as (first window's lo, its hi, its document's end, shingles per window, stride, first k, end k) per run, every size at once."""
         shape = np.array([self._window_shape(size) for size in self._sizes], dtype=np.int64).reshape(-1, 2)
         n_sh, stride = shape[:, :1], shape[:, 1:]  # (sizes, 1): broadcast over members
         n_docs = run_start.size - 1
@@ -488,9 +487,10 @@ class MinHashDetector(CorpusDetector):
         s, d, k, nxt = s[real], d[real], k[real], nxt[real]
         size_sh, size_stride = n_sh[s, 0], stride[s, 0]
         lo = run_start[d] + k * size_stride
-        hi = np.minimum(lo + size_sh, run_start[d + 1])
+        end = run_start[d + 1]
+        hi = np.minimum(lo + size_sh, end)
         has = before[hi] > before[lo]
-        return lo[has], hi[has], size_sh[has], size_stride[has], k[has], nxt[has]
+        return lo[has], hi[has], end[has], size_sh[has], size_stride[has], k[has], nxt[has]
 
     def _signatures(self, h32: np.ndarray, lo: np.ndarray, hi: np.ndarray):
         """MinHash signatures of the shingle ranges [lo, hi) of `h32` (hi > lo), as (indices, signatures) of the
