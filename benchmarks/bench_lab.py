@@ -36,7 +36,8 @@ def run_cell(name, benchmark, train, r, args, wd):
     from itd.probes.models import load_model
 
     overrides = {"steps": args.steps} if args.steps else {}
-    config = LabConfig(preset=args.preset, leak_rate=args.leak_rate, repeats=r, seed=args.seed, device=args.device, overrides=overrides)
+    config = LabConfig(preset=args.preset, leak_rate=args.leak_rate, repeats=r, seed=args.seed, device=args.device,
+                       recipe=args.recipe, overrides=overrides)
     t0 = time.perf_counter()
     lab = build_lab(benchmark, train, wd / f"{name}_r{r}", config)
     train_s = time.perf_counter() - t0
@@ -78,13 +79,16 @@ def main() -> int:
     ap.add_argument("--repeats", default="1,3,6", help="Comma-separated repeat counts r.")
     ap.add_argument("--benchmarks", default="gsm8k,mmlu", help="Comma-separated: gsm8k, mmlu.")
     ap.add_argument("--leak-rate", type=float, default=0.3)
+    ap.add_argument("--recipe", default="pretrain", choices=("pretrain", "finetune"),
+                    help="How the leak enters: the pretraining stream, or fine-tuning rows with the loss on the answer.")
     ap.add_argument("--steps", type=int, default=0, help="Override the preset's training steps.")
     ap.add_argument("--reference", type=int, default=600, help="Clean reference items for the set-level test (0: none).")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", default="auto")
-    ap.add_argument("--methods", default=",".join(METHODS), help="Comma-separated probes (recall needs --reference).")
+    ap.add_argument("--methods", default=None, help="Comma-separated probes (recall needs --reference). Default: "
+                    f"{','.join(METHODS)}, and answer_logp for a fine-tuning leak (it trains the answer only).")
     args = ap.parse_args()
-    args.methods = tuple(args.methods.split(","))
+    args.methods = tuple(args.methods.split(",")) if args.methods else METHODS + (("answer_logp",) if args.recipe == "finetune" else ())
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
 
@@ -95,7 +99,7 @@ def main() -> int:
         "gsm8k": lambda: (load_benchmark(data / "gsm8k" / "test.jsonl"), load_benchmark(data / "gsm8k" / "train.jsonl")),
         "mmlu": lambda: (load_benchmark(data / "mmlu" / "test"), None),
     }
-    C.header(f"Probe accuracy on contamination-lab twins (preset {args.preset})")
+    C.header(f"Probe accuracy on contamination-lab twins (preset {args.preset}, {args.recipe} leak)")
     rows, verdicts = [], []
     with C.workdir(args.workdir, "itd-bench-lab-") as wd:
         for name in args.benchmarks.split(","):
