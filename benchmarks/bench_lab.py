@@ -39,7 +39,8 @@ def run_cell(name, benchmark, train, r, args, wd):
     config = LabConfig(preset=args.preset, leak_rate=args.leak_rate, repeats=r, seed=args.seed, device=args.device,
                        recipe=args.recipe, overrides=overrides)
     t0 = time.perf_counter()
-    lab = build_lab(benchmark, train, wd / f"{name}_r{r}", config)
+    lab = reused(wd / f"{name}_r{r}", config) if args.reuse else None
+    lab = lab or build_lab(benchmark, train, wd / f"{name}_r{r}", config)
     train_s = time.perf_counter() - t0
     in_lab = set(lab.leaked) | set(lab.unseen)
     items = [s for s in benchmark if s.id in in_lab]
@@ -64,12 +65,36 @@ def run_cell(name, benchmark, train, r, args, wd):
     return lab, train_s, reports
 
 
+def reused(path: Path, config):
+    """The finished lab in `path` when it was built with `config` (its manifest says so), else None."""
+    from itd.core.errors import InputError
+    from itd.lab import load_lab
+    from itd.lab.result import load_lab_manifest
+
+    try:
+        manifest = load_lab_manifest(path)
+    except InputError:
+        return None
+    if manifest.get("config") != config.to_dict():
+        return None
+    print(f"- reusing the lab in {path.name} (built with the same settings)")
+    return load_lab(path)
+
+
 def clean_texts(lab) -> set[str]:
     """The rendered texts both twins trained on (the clean corpus the lab saved), so none enters the reference."""
     import json
 
     with open(lab.out / "corpus" / "clean.jsonl", encoding="utf-8") as f:
         return {json.loads(line)["text"] for line in f}
+
+
+def set_p(report, probe: str) -> str:
+    """The set-level p-values of `probe` (Mann-Whitney / top-k), or the combined one for "combined"."""
+    if probe == "combined":
+        return f"{report.combined_set['p_value']:.1e}" if report.combined_set else "-"
+    mw, top = report.set_tests.get(probe), report.sparse_tests.get(probe)
+    return f"{mw.p_value:.1e} / {top.p_value:.1e}" if mw and top else "-"
 
 
 def main() -> int:
@@ -83,6 +108,8 @@ def main() -> int:
                     help="How the leak enters: the pretraining stream, or fine-tuning rows with the loss on the answer.")
     ap.add_argument("--steps", type=int, default=0, help="Override the preset's training steps.")
     ap.add_argument("--reference", type=int, default=600, help="Clean reference items for the set-level test (0: none).")
+    ap.add_argument("--reuse", action="store_true",
+                    help="Detect again on labs already in --workdir that were built with the same settings.")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--methods", default=None, help="Comma-separated probes (recall needs --reference). Default: "
@@ -123,11 +150,13 @@ def main() -> int:
                         continue
                     t, c = con.truth["methods"][m], cln.truth["methods"][m]
                     rows.append((name, r, m, f"{t['auroc']:.3f} [{t['auroc_ci'][0]:.2f}, {t['auroc_ci'][1]:.2f}]",
-                                 t["tpr_at_1pct_fpr"], t["tpr_at_5pct_fpr"], f"{c['auroc']:.3f}"))
+                                 t["tpr_at_1pct_fpr"], t["tpr_at_5pct_fpr"], f"{c['auroc']:.3f}",
+                                 set_p(con, m), set_p(cln, m)))
                 best = con.truth["methods"]["minkpp"]
                 verdicts.append((name, r, best["auroc"] >= GOAL_AUROC and best["tpr_at_5pct_fpr"] >= GOAL_TPR5))
     print()
-    print(C.table(("benchmark", "r", "probe", "AUROC [95% CI]", "TPR@1%FPR", "TPR@5%FPR", "clean-twin AUROC"), rows))
+    print(C.table(("benchmark", "r", "probe", "AUROC [95% CI]", "TPR@1%FPR", "TPR@5%FPR", "clean-twin AUROC",
+                   "set p MW / top-k, contaminated", "set p MW / top-k, clean"), rows))
     print()
     for name, r, ok in verdicts:
         if r == 6:

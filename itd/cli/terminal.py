@@ -419,17 +419,19 @@ def print_detection(report) -> None:
     out = out_console()
     summary = report.summary()
     table = Table(title=f"itd detect: {summary['items']} items under {report.model}")
-    for col in ("probe", "benchmark median", "set-level p", "AUROC vs reference", "AUROC leaked vs unseen", "TPR@5%FPR"):
+    for col in ("probe", "benchmark median", "set-level p", "top-k p", "AUROC vs reference", "AUROC leaked vs unseen",
+                "TPR@5%FPR"):
         table.add_column(col)
     truth = (report.truth or {}).get("methods", {})
     for m in report.config.methods:
         values = [it.scores[m] for it in report.items]
-        test = report.set_tests.get(m)
+        test, sparse = report.set_tests.get(m), report.sparse_tests.get(m)
         t = truth.get(m, {})
         table.add_row(
             m + (" (decision)" if m == report.config.decision else ""),
             f"{np.nanmedian(values):.4g}" if values else "-",
             f"{test.p_value:.2e}" if test else "-",
+            f"{sparse.p_value:.2e} (k = {sparse.top_k})" if sparse else "-",
             f"{test.auroc:.3f} [{test.auroc_ci[0]:.3f}, {test.auroc_ci[1]:.3f}]" if test else "-",
             f"{t['auroc']:.3f}" if t else "-",
             f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
@@ -438,7 +440,8 @@ def print_detection(report) -> None:
         t = truth.get("combined", {})
         table.add_row(
             "combined, Cauchy" + (" (decision)" if report.config.decision == "combined" else ""), "-",
-            f"{report.combined_set['p_value']:.2e}", "drivers: " + (", ".join(report.combined_set["drivers"]) or "none"),
+            f"{report.combined_set['p_value']:.2e}", "-",
+            "drivers: " + (", ".join(report.combined_set["drivers"]) or "none"),
             f"{t['auroc']:.3f}" if t else "-", f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-",
         )
     out.print(table)

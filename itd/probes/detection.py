@@ -180,10 +180,13 @@ class DetectionReport:
     mode: str  # "fdr" (calibrated against a reference set), "threshold", or "scores" (no decision)
     reference_size: int = 0
     set_tests: dict[str, stats.SetTest] = field(default_factory=dict)
+    sparse_tests: dict[str, stats.SparseSetTest] = field(default_factory=dict)
+    """Per probe, the top-k test of a few items above the reference (`stats.sparse_set_test`), beside Mann-Whitney."""
     permutation: stats.PermutationSetTest | None = None
     combined_set: dict[str, Any] | None = None
-    """The set-level Cauchy combination of the combined probes' Mann-Whitney p-values: p_value, and `drivers`,
-    the probes whose evidence made it (largest share of the combined statistic first)."""
+    """The set-level Cauchy combination of the combined probes' Mann-Whitney and top-k p-values: p_value, `tests`
+    (``"probe"`` for Mann-Whitney, ``"probe top-k"``), and `drivers`, the tests whose evidence made it (largest
+    share of the combined statistic first)."""
     truth: dict[str, Any] | None = None
     reference_scores: dict[str, list[float]] = field(default_factory=dict)
     """Per probe, the finite scores of the reference set (what the p-values are calibrated against)."""
@@ -237,6 +240,7 @@ class DetectionReport:
             "verdict": self.verdict,
             "contaminated": self.contaminated,
             "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
+            "sparse_set_tests": {m: asdict(t) for m, t in self.sparse_tests.items()},
             "reference_scores": {m: [round(x, 6) for x in v] for m, v in self.reference_scores.items()},
         }
         if self.combined_set is not None:
@@ -414,6 +418,7 @@ def detect(
             for it, pv in zip(items, p.tolist()):
                 it.p_values[m] = pv
             report.set_tests[m] = stats.set_level_test(bench[ok_b], ref[ok_r], seed=config.seed)
+            report.sparse_tests[m] = stats.sparse_set_test(bench[ok_b], ref[ok_r], seed=config.seed)
         _combine(report)
         if config.decision == COMBINED:
             p_decision = np.array([1.0 if it.combined_p is None else it.combined_p for it in items])
@@ -484,7 +489,7 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
 
 def _combine(report: DetectionReport) -> None:
     """Per item, the Cauchy combination of the combined probes' p-values; at set level, that of their
-    Mann-Whitney p-values, with the probes that drove it."""
+    Mann-Whitney and top-k p-values (a leak of many items and one of a few), with the tests that drove it."""
     config = report.config
     probes = [m for m in config.combine if m in report.set_tests]
     if not probes:
@@ -492,19 +497,22 @@ def _combine(report: DetectionReport) -> None:
     matrix = np.array([[it.p_values.get(m, np.nan) for m in probes] for it in report.items])
     for it, pv in zip(report.items, stats.cauchy_combination(matrix).tolist()):
         it.combined_p = None if math.isnan(pv) else pv
-    set_p = np.array([report.set_tests[m].p_value for m in probes])
+    tests = list(probes) + [f"{m} top-k" for m in probes if m in report.sparse_tests]
+    set_p = np.array([report.set_tests[m].p_value for m in probes]
+                     + [report.sparse_tests[m].p_value for m in probes if m in report.sparse_tests])
     combined = float(stats.cauchy_combination(set_p))
     terms = np.tan((0.5 - np.clip(set_p, 1e-300, 1 - 1e-15)) * np.pi)
     order = np.argsort(-terms, kind="stable")
     positive = terms.clip(min=0)
     share = positive / positive.sum() if positive.sum() > 0 else np.zeros_like(positive)
-    drivers = [probes[j] for j in order if set_p[j] < config.alpha or share[j] >= 0.25]
+    drivers = [tests[j] for j in order if set_p[j] < config.alpha or share[j] >= 0.25]
     report.combined_set = {
         "method": "cauchy",
         "p_value": combined,
         "probes": probes,
+        "tests": tests,
         "drivers": drivers,
-        "shares": {probes[j]: round(float(share[j]), 4) for j in order},
+        "shares": {tests[j]: round(float(share[j]), 4) for j in order},
     }
 
 
