@@ -402,7 +402,9 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     ranked = pooled[order]
     top = max(1, pooled.size // 2)
     # only k that end a tie group: a tie is above or below a threshold as a whole
-    ks = np.flatnonzero(np.r_[ranked[1:top + 1] != ranked[:top], True][:top]) + 1
+    ks = np.flatnonzero(ranked[1:top + 1] != ranked[:top]) + 1
+    if not ks.size:  # the top half is one tie: no threshold there tells the sets apart
+        return SparseSetTest(0.0, 0, 0, 1.0, n_permutations, n, m)
     counts = np.arange(top + 1)
     # log10 P(at least b benchmark items among the k highest), per k in ks and b = 0..top
     log_pmf = _scipy_stats().hypergeom.logpmf(counts[None, :], pooled.size, n, ks[:, None])

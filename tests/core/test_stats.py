@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,6 +22,7 @@ from itd.core.stats import (
     permutation_rank_pvalues,
     permutation_set_test,
     set_level_test,
+    sparse_set_test,
     stratified_conformal_pvalues,
     tpr_at_fpr,
 )
@@ -253,6 +256,56 @@ def test_set_level_test_is_quiet_on_identical_distributions():
     assert set_level_test(rng.normal(-1, 1, 100), rng.normal(0, 1, 100)).p_value > 0.5
 
 
+def _direct_top_k(bench, ref):
+    """The top-k statistic from its definition: for each k ending a tie group in the top half of the pooled
+    scores, -log10 P(at least the observed benchmark count among the k highest) under the hypergeometric law."""
+    pooled = sorted([(x, True) for x in bench] + [(x, False) for x in ref], key=lambda t: -t[0])
+    n, total = len(bench), len(bench) + len(ref)
+    best = (0.0, 0)
+    for k in range(1, total // 2 + 1):
+        if pooled[k][0] == pooled[k - 1][0]:
+            continue
+        count = sum(is_bench for _, is_bench in pooled[:k])
+        value = -math.log10(scipy_stats.hypergeom.sf(count - 1, total, n, k))
+        best = max(best, (value, k))
+    return best
+
+
+def test_sparse_set_test_statistic_matches_its_definition():
+    rng = np.random.default_rng(3)
+    bench = np.round(rng.normal(0, 1, 60), 1)  # ties, inside and across the two sets
+    bench[:6] += 2.5
+    ref = np.round(rng.normal(0, 1, 90), 1)
+    res = sparse_set_test(bench, ref, n_permutations=99)
+    value, k = _direct_top_k(bench, ref)
+    assert res.statistic == pytest.approx(value, rel=1e-9) and res.top_k == k
+    assert (res.n_benchmark, res.n_reference, res.n_permutations) == (60, 90, 99)
+
+
+def test_sparse_set_test_finds_a_small_leak_that_mann_whitney_misses():
+    """20 of 400 items above every reference: Mann-Whitney's AUROC moves by 0.025 at most, the top-k test sees
+    them all at the top."""
+    rng = np.random.default_rng(4)
+    ref = rng.normal(0, 1, 600)
+    bench = rng.normal(0, 1, 400)
+    bench[:20] = ref.max() + rng.uniform(0.1, 1.0, 20)
+    assert set_level_test(bench, ref).p_value > 0.05
+    res = sparse_set_test(bench, ref, n_permutations=999)
+    assert res.p_value == pytest.approx(1 / 1000)
+    assert (res.top_k, res.excess) == (20, 20 - 8)  # all 20 on top, where 20 * 400 / 1000 = 8 are expected
+
+
+def test_sparse_set_test_is_calibrated_without_a_leak():
+    rng = np.random.default_rng(5)
+    p = np.array([sparse_set_test(rng.normal(size=60), rng.normal(size=90), n_permutations=99, seed=i).p_value
+                  for i in range(400)])
+    assert 0.05 <= (p <= 0.1).mean() <= 0.15 and 0.15 <= (p <= 0.25).mean() <= 0.35
+    # a single tie over the top half separates nothing
+    assert sparse_set_test(np.ones(10), np.ones(10)).p_value == 1.0
+    # one-sided: benchmark items below the reference are no evidence
+    assert sparse_set_test(rng.normal(-2, 1, 100), rng.normal(0, 1, 100), n_permutations=99).p_value > 0.5
+
+
 # MCQ option permutations
 
 
@@ -327,6 +380,8 @@ def test_permutation_set_test_quiet_when_ranks_are_uniform():
         (lambda: permutation_set_test([0.5], 1), "n_orders"),
         (lambda: permutation_set_test([1 / 24], 6), "n_orders does not match"),
         (lambda: permutation_set_test([], 24), "empty"),
+        (lambda: sparse_set_test([1.0], [0.0], n_permutations=0), "n_permutations"),
+        (lambda: sparse_set_test([1.0], [np.nan]), "NaN"),
     ],
 )
 def test_input_validation(call, match):

@@ -163,6 +163,10 @@ def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tm
         assert set(it.p_values) == set(methods) and 0 < it.combined_p <= 1
         assert it.to_dict("combined")["p_value"] == it.combined_p
     assert con.combined_set["p_value"] < 1e-3 and con.combined_set["drivers"]
+    # the set verdict combines each probe's Mann-Whitney and top-k tests, all of them in the summary
+    assert con.combined_set["tests"] == [*methods, *(f"{m} top-k" for m in methods)]
+    assert set(con.summary()["sparse_set_tests"]) == set(methods)
+    assert all(0 < t.p_value <= 1 and t.n_reference == con.reference_size for t in con.sparse_tests.values())
     assert cln.combined_set["p_value"] > 0.01
     assert con.contaminated and not cln.contaminated
     assert len(cln.flagged) <= 0.05 * len(cln.items)
