@@ -358,8 +358,6 @@ class MinHashDetector(CorpusDetector):
             np.bitwise_or.at(self._member_bits, idx >> _U32(3), (1 << (idx & _U32(7))).astype(np.uint8))
 
     def _member_keys(self, h32: np.ndarray) -> np.ndarray:
-        if not self._member_shift:  # fmix32 is a bijection: agreeing in all 32 bits of it is being equal
-            return h32
         with np.errstate(over="ignore"):
             return fmix32(h32) << _U32(self._member_shift)
 
