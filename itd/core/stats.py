@@ -137,6 +137,11 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
     each pair is bivariate normal after transformation, and approximately so otherwise; the tail is accurate
     exactly where decisions are made (small p). NaN entries (a test that did not apply) are left out of their
     row, the weights renormalised; a row with no p-value gets NaN. Very small p-values use tan(x) ~ 1/(p pi).
+
+    In a row of d >= 2 p-values each is capped at 1 - 1/d, as the test's author advises for p-values at or near 1
+    (ACAT's FAQ): tan((0.5 - p) pi) falls to minus infinity as p nears 1, so one such p-value (a discrete score tied
+    with the whole reference, a permutation p-value of 1, a set scored well below the reference) would cancel
+    any evidence of the others. A p-value above the cap is evidence of nothing either way.
     """
     p = np.asarray(pvalues, dtype=np.float64)
     one = p.ndim == 1
@@ -151,7 +156,9 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
         raise ValueError(f"weights must be {p.shape[1]} non-negative numbers, not all zero")
     wm = np.where(ok, w[None, :], 0.0)
     total = wm.sum(axis=1)
-    pc = np.clip(np.where(ok, p, 0.5), _CAUCHY_LOW, _CAUCHY_HIGH)
+    d = ok.sum(axis=1, keepdims=True)
+    cap = np.where(d >= 2, 1.0 - 1.0 / np.maximum(d, 1), _CAUCHY_HIGH)
+    pc = np.clip(np.minimum(np.where(ok, p, 0.5), cap), _CAUCHY_LOW, _CAUCHY_HIGH)
     # for tiny p, tan((0.5 - p) pi) = 1 / tan(p pi) ~ 1 / (p pi) without the cancellation of 0.5 - p
     terms = np.where(pc < 1e-8, 1.0 / (pc * np.pi), np.tan((0.5 - pc) * np.pi))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -393,11 +393,11 @@ def test_cauchy_combination():
     from itd.core.stats import cauchy_combination
 
     # one test, or the same p-value several times (perfect dependence), is returned unchanged
-    for p in (1e-12, 0.003, 0.2, 0.7):
+    for p in (1e-12, 0.003, 0.2, 0.6):
         assert cauchy_combination([p]) == pytest.approx(p, rel=1e-9)
         assert cauchy_combination([p, p, p]) == pytest.approx(p, rel=1e-9)
     # the published formula, T = mean tan((0.5 - p) pi), p = 0.5 - arctan(T) / pi
-    ps = np.array([0.01, 0.2, 0.9])
+    ps = np.array([0.01, 0.2, 0.6])
     t = np.tan((0.5 - ps) * np.pi).mean()
     assert cauchy_combination(ps) == pytest.approx(0.5 - np.arctan(t) / np.pi, rel=1e-12)
     w = np.array([0.5, 0.3, 0.2])
@@ -406,7 +406,11 @@ def test_cauchy_combination():
     # NaN = a test that did not apply; tiny p-values keep their size; rows are items
     got = cauchy_combination([[1e-20, 0.5], [np.nan, 0.3], [np.nan, np.nan], [1.0, 1.0]])
     assert got[0] == pytest.approx(2e-20, rel=1e-6) and got[1] == pytest.approx(0.3)
-    assert np.isnan(got[2]) and got[3] == pytest.approx(1.0)
+    assert np.isnan(got[2]) and got[3] == pytest.approx(0.5)  # capped at 1 - 1/d
+    # a p-value at 1 (a discrete score tied with the whole reference) does not cancel strong evidence
+    assert cauchy_combination([1e-6, 1.0, 1.0]) < 1e-5
+    assert cauchy_combination([1e-6, 0.97, 0.99]) == pytest.approx(cauchy_combination([1e-6, 2 / 3, 2 / 3]))
+    assert cauchy_combination([1.0]) == pytest.approx(1.0)  # one test alone is not capped
     # valid under the null: independent uniforms, and strongly dependent ones, reject at about the level
     rng = np.random.default_rng(0)
     independent = rng.uniform(size=(20000, 4))
