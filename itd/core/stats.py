@@ -5,11 +5,13 @@ Per-item evidence becomes a p-value against a clean reference (`conformal_pvalue
 option permutations (`permutation_rank_pvalues`); `benjamini_hochberg` turns many p-values into flagged items at a
 controlled false discovery rate; `set_level_test` and `permutation_set_test` ask whether a whole set is
 contaminated, `sparse_set_test` whether a few of its items are (the shape of a small leak); `cauchy_combination`
-merges several probes' p-values of one item (or one set) into one, valid under dependence; `auroc`, `tpr_at_fpr` and `bootstrap_auroc_ci` measure how well a score separates known-leaked from
-known-clean items. `bootstrap_means` is the project's one percentile bootstrap for figures made of means
-(accuracies, their differences and ratios), resampling items, or items and replicas crossed.
+merges several probes' p-values of one item (or one set) into one, valid under dependence; `auroc`, `tpr_at_fpr`
+and `bootstrap_auroc_ci` measure how well a score separates known-leaked from known-clean items.
+`bootstrap_means` is the project's one percentile bootstrap for figures made of means (accuracies, their
+differences and ratios), resampling items, or items and replicas crossed.
 
-NumPy only, except `set_level_test`, `sparse_set_test` and `permutation_set_test`, which need scipy (the `probes` extra).
+NumPy only, except `set_level_test`, `sparse_set_test` and `permutation_set_test`, which need scipy (the `probes`
+extra).
 """
 
 from __future__ import annotations
