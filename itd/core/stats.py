@@ -389,10 +389,10 @@ class SparseSetTest:
 
 
 def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *, n_permutations: int = 4999,
-                    seed: int | np.random.Generator | None = 0) -> SparseSetTest:
+                    max_k: int = 1000, seed: int | np.random.Generator | None = 0) -> SparseSetTest:
     """One-sided test that a few benchmark items score above clean reference text, the shape of a small leak.
 
-    For every k up to half the pooled scores (at the ends of tie groups), the k highest pooled scores hold some
+    For every k up to half the pooled scores, at most `max_k` (at the ends of tie groups), the k highest hold some
     number of benchmark items; without a leak that number follows the hypergeometric law. The statistic is the
     smallest of those tail probabilities over k (a two-sample Berk-Jones statistic), calibrated by permuting which
     pooled scores are the benchmark's: exact when benchmark and reference scores are exchangeable.
@@ -403,13 +403,13 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     """
     bench = _scores(benchmark_scores, "benchmark_scores")
     ref = _scores(reference_scores, "reference_scores")
-    if n_permutations < 1:
-        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+    if n_permutations < 1 or max_k < 1:
+        raise ValueError(f"n_permutations and max_k must be >= 1, got {n_permutations} and {max_k}")
     n, m = bench.size, ref.size
     pooled = np.concatenate([bench, ref])
     order = np.argsort(-pooled, kind="stable")
     ranked = pooled[order]
-    top = max(1, pooled.size // 2)
+    top = max(1, min(pooled.size // 2, max_k))  # bounds the (k, count) table: max_k^2 floats
     # only k that end a tie group: a tie is above or below a threshold as a whole
     ks = np.flatnonzero(ranked[1:top + 1] != ranked[:top]) + 1
     if not ks.size:  # the top half is one tie: no threshold there tells the sets apart

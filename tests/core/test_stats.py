@@ -279,6 +279,9 @@ def test_sparse_set_test_statistic_matches_its_definition():
     res = sparse_set_test(bench, ref, n_permutations=99)
     value, k = _direct_top_k(bench, ref)
     assert res.statistic == pytest.approx(value, rel=1e-9) and res.top_k == k
+    # k is bounded (the table of tails is max_k^2): the best k over the first 5 only
+    capped = sparse_set_test(bench, ref, n_permutations=99, max_k=5)
+    assert capped.top_k <= 5 and capped.statistic <= res.statistic
     assert (res.n_benchmark, res.n_reference, res.n_permutations) == (60, 90, 99)
 
 
@@ -381,6 +384,7 @@ def test_permutation_set_test_quiet_when_ranks_are_uniform():
         (lambda: permutation_set_test([1 / 24], 6), "n_orders does not match"),
         (lambda: permutation_set_test([], 24), "empty"),
         (lambda: sparse_set_test([1.0], [0.0], n_permutations=0), "n_permutations"),
+        (lambda: sparse_set_test([1.0], [0.0], max_k=0), "max_k"),
         (lambda: sparse_set_test([1.0], [np.nan]), "NaN"),
     ],
 )
