@@ -446,8 +446,10 @@ def print_detection(report) -> None:
         )
     out.print(table)
     if report.mode == "fdr":
+        set_p = report.set_p_value
         out.print(f"flagged {summary['flagged']} of {summary['items']} items at FDR {report.config.fdr} "
-                  f"(decision probe {report.config.decision}, reference set of {report.reference_size} items)")
+                  f"(decision probe {report.config.decision}, reference set of {report.reference_size} items)"
+                  + (f"; set-level p {set_p:.2e} (Mann-Whitney and top-k)" if set_p is not None else ""))
     elif report.mode == "threshold":
         out.print(f"flagged {summary['flagged']} of {summary['items']} items with {report.config.decision} > {report.config.threshold}")
     else:

@@ -198,12 +198,22 @@ class DetectionReport:
         return [it for it in self.items if it.flag]
 
     @property
-    def set_contaminated(self) -> bool | None:
-        """Whether the set-level test of the decision probe is significant at `alpha` (None without a reference)."""
+    def set_p_value(self) -> float | None:
+        """The set-level p-value of the decision: the combined set test for "combined", else the Cauchy combination
+        of the decision probe's Mann-Whitney and top-k tests (a leak of many items or of a few); None without a
+        reference."""
         if self.config.decision == COMBINED:
-            return None if self.combined_set is None else self.combined_set["p_value"] < self.config.alpha
-        test = self.set_tests.get(self.config.decision)
-        return None if test is None else test.p_value < self.config.alpha
+            return None if self.combined_set is None else self.combined_set["p_value"]
+        test, sparse = self.set_tests.get(self.config.decision), self.sparse_tests.get(self.config.decision)
+        if test is None:
+            return None
+        return test.p_value if sparse is None else float(stats.cauchy_combination([test.p_value, sparse.p_value]))
+
+    @property
+    def set_contaminated(self) -> bool | None:
+        """Whether the set-level p-value of the decision (`set_p_value`) is below `alpha` (None without a reference)."""
+        p = self.set_p_value
+        return None if p is None else p < self.config.alpha
 
     @property
     def decided(self) -> bool:
@@ -239,6 +249,7 @@ class DetectionReport:
             "flagged_ids": [it.sample.id for it in self.flagged],
             "verdict": self.verdict,
             "contaminated": self.contaminated,
+            "set_p_value": self.set_p_value,
             "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
             "sparse_set_tests": {m: asdict(t) for m, t in self.sparse_tests.items()},
             "reference_scores": {m: [round(x, 6) for x in v] for m, v in self.reference_scores.items()},

@@ -12,6 +12,7 @@ import pytest
 from itd.cli.commands import main
 from itd.core import Sample, load_benchmark
 from itd.core.errors import InputError
+from itd.core.stats import cauchy_combination
 from itd.probes.detection import DetectConfig, detect, load_truth, option_orders
 from itd.probes.models import load_model
 
@@ -76,6 +77,12 @@ def test_set_level_test_separates_the_twins(reports):
     assert reports["contaminated"].contaminated
     assert reports["clean"].set_tests["minkpp"].p_value > 0.01
     assert not reports["clean"].set_contaminated
+    # the set verdict of one decision probe combines its Mann-Whitney and top-k tests
+    for report in reports.values():
+        mw, top = report.set_tests["minkpp"].p_value, report.sparse_tests["minkpp"].p_value
+        assert report.set_p_value == pytest.approx(float(cauchy_combination([mw, top])))
+        assert report.summary()["set_p_value"] == report.set_p_value
+    assert reports["contaminated"].set_contaminated
 
 
 def test_threshold_and_scores_only_modes(tiny_lab, lab_sets):
