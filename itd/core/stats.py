@@ -36,6 +36,7 @@ __all__ = [
     "bootstrap_means",
     "bootstrap_auroc_ci",
     "cauchy_combination",
+    "cross_fit_cauchy",
     "conformal_pvalues",
     "stratified_conformal_pvalues",
     "permutation_rank_pvalues",
@@ -169,6 +170,39 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
         combined = np.where(t > 1e8, np.arctan(1.0 / t) / np.pi, 0.5 - np.arctan(t) / np.pi)
     combined = np.where(total > 0, np.clip(combined, 0.0, 1.0), np.nan)
     return combined[0] if one else combined
+
+
+def cross_fit_cauchy(pvalues: ArrayLike, scores: ArrayLike, reference_scores: Sequence[ArrayLike], *,
+                     seed: int = 0, min_items: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Per item (row), the Cauchy combination of its tests' p-values (`pvalues`, items x tests), each test weighted
+    by how far the *other half* of the items sits above the reference on it: the one-sided Mann-Whitney z of that
+    half's `scores` (column j) against `reference_scores[j]`, negative z counted as 0 (equal weights when no test
+    is above). Returns the combined p-values and the weights of each half (2 x tests, rows summing to 1).
+
+    Equal weights let the tests that see nothing dilute the one that does (a fine-tuning leak moves the answer
+    probes only). A half's weights never use its own items, so, given the reference, they are fixed for the items
+    they weigh and the Cauchy combination stays as valid as with fixed weights. Fewer than `min_items` items:
+    equal weights, one fold."""
+    p = np.atleast_2d(np.asarray(pvalues, dtype=np.float64))
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    if s.shape != p.shape or len(reference_scores) != p.shape[1]:
+        raise ValueError("scores must have the shape of pvalues, and reference_scores one entry per test")
+    n, k = p.shape
+    if n < min_items:
+        return cauchy_combination(p), np.full((2, k), 1.0 / k)
+    fold = np.random.default_rng(seed).permutation(n) % 2
+    out, weights = np.empty(n), np.empty((2, k))
+    for f in (0, 1):
+        other = s[fold != f]
+        z = np.zeros(k)
+        for j in range(k):
+            x, ref = other[:, j][np.isfinite(other[:, j])], np.asarray(reference_scores[j], dtype=np.float64)
+            if x.size and ref.size:
+                z[j] = _scipy_stats().norm.isf(_scipy_stats().mannwhitneyu(x, ref, alternative="greater").pvalue)
+        w = np.clip(np.nan_to_num(z, posinf=1e6), 0.0, None)
+        weights[f] = w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
+        out[fold == f] = cauchy_combination(p[fold == f], weights[f])
+    return out, weights
 
 
 def _pair_counts(positive: np.ndarray, negative_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -499,14 +499,18 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
 
 
 def _combine(report: DetectionReport) -> None:
-    """Per item, the Cauchy combination of the combined probes' p-values; at set level, that of their
-    Mann-Whitney and top-k p-values (a leak of many items and one of a few), with the tests that drove it."""
+    """Per item, the Cauchy combination of the combined probes' p-values, weighted by the other half's set-level
+    evidence (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k p-values (a leak of
+    many items and one of a few), with the tests that drove it."""
     config = report.config
     probes = [m for m in config.combine if m in report.set_tests]
     if not probes:
         return
     matrix = np.array([[it.p_values.get(m, np.nan) for m in probes] for it in report.items])
-    for it, pv in zip(report.items, stats.cauchy_combination(matrix).tolist()):
+    scores = np.array([[it.scores[m] for m in probes] for it in report.items])
+    combined_p, weights = stats.cross_fit_cauchy(matrix, scores, [report.reference_scores[m] for m in probes],
+                                                 seed=config.seed)
+    for it, pv in zip(report.items, combined_p.tolist()):
         it.combined_p = None if math.isnan(pv) else pv
     tests = list(probes) + [f"{m} top-k" for m in probes if m in report.sparse_tests]
     set_p = np.array([report.set_tests[m].p_value for m in probes]
@@ -524,6 +528,8 @@ def _combine(report: DetectionReport) -> None:
         "tests": tests,
         "drivers": drivers,
         "shares": {tests[j]: round(float(share[j]), 4) for j in order},
+        # the per-item combination's weights (`stats.cross_fit_cauchy`), averaged over the two halves
+        "item_weights": {m: round(float(w), 4) for m, w in zip(probes, weights.mean(axis=0))},
     }
 
 

@@ -429,6 +429,44 @@ def test_cauchy_combination():
         cauchy_combination([0.5, 0.5], [1.0])
 
 
+def _cross_fit_case(rng, n=400, m=600, k=6, leaked=0, shift=0.0):
+    """k probes of normal scores, the first shifted by `shift` for the first `leaked` items; conformal p-values."""
+    scores, ref = rng.normal(size=(n, k)), rng.normal(size=(m, k))
+    scores[:leaked, 0] += shift
+    p = np.column_stack([conformal_pvalues(scores[:, j], ref[:, j]) for j in range(k)])
+    return p, scores, [ref[:, j] for j in range(k)]
+
+
+def test_cross_fit_cauchy_weights_the_probe_that_sees_the_leak():
+    from itd.core.stats import cauchy_combination, cross_fit_cauchy
+
+    rng = np.random.default_rng(11)
+    p, scores, ref = _cross_fit_case(rng, leaked=120, shift=1.0)
+    combined, weights = cross_fit_cauchy(p, scores, ref)
+    assert weights.shape == (2, 6) and np.allclose(weights.sum(axis=1), 1) and (weights[:, 0] > 0.5).all()
+    truth = np.arange(400) < 120
+    equal = cauchy_combination(p)
+    assert auroc(-np.log(combined[truth]), -np.log(combined[~truth])) > auroc(-np.log(equal[truth]),
+                                                                              -np.log(equal[~truth])) + 0.03
+    # few items: equal weights, one fold
+    small, w = cross_fit_cauchy(p[:20], scores[:20], ref)
+    assert np.allclose(small, cauchy_combination(p[:20])) and np.allclose(w, 1 / 6)
+    with pytest.raises(ValueError, match="shape"):
+        cross_fit_cauchy(p, scores[:, :3], ref)
+
+
+def test_cross_fit_cauchy_is_calibrated_without_a_leak():
+    from itd.core.stats import cross_fit_cauchy
+
+    rng = np.random.default_rng(12)
+    rates = []
+    for _ in range(40):
+        p, scores, ref = _cross_fit_case(rng, n=200, m=300)
+        combined, _ = cross_fit_cauchy(p, scores, ref, seed=int(rng.integers(1 << 30)))
+        rates.append((combined <= 0.05).mean())
+    assert 0.03 <= float(np.mean(rates)) <= 0.07
+
+
 def _normal_cdf(x):
     from scipy.special import ndtr
 
