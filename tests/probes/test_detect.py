@@ -173,6 +173,10 @@ def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tm
     # the set verdict combines each probe's Mann-Whitney and top-k tests, all of them in the summary
     assert con.combined_set["tests"] == [*methods, *(f"{m} top-k" for m in methods)]
     assert set(con.summary()["sparse_set_tests"]) == set(methods)
+    # the per-item combination's weights, from the other half's evidence: on the leaked set, not spread evenly
+    weights = con.combined_set["item_weights"]
+    assert set(weights) == set(methods) and sum(weights.values()) == pytest.approx(1, abs=1e-3)
+    assert max(weights.values()) > 1 / len(methods)
     assert all(0 < t.p_value <= 1 and t.n_reference == con.reference_size for t in con.sparse_tests.values())
     assert cln.combined_set["p_value"] > 0.01
     assert con.contaminated and not cln.contaminated
