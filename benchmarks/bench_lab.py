@@ -68,8 +68,7 @@ def run_cell(name, benchmark, train, r, args, wd):
 def reused(path: Path, config):
     """The finished lab in `path` when it was built with `config` (its manifest says so), else None."""
     from itd.core.errors import InputError
-    from itd.lab import load_lab
-    from itd.lab.result import load_lab_manifest
+    from itd.lab.result import lab_result, load_lab_manifest
 
     try:
         manifest = load_lab_manifest(path)
@@ -78,7 +77,7 @@ def reused(path: Path, config):
     if manifest.get("config") != config.to_dict():
         return None
     print(f"- reusing the lab in {path.name} (built with the same settings)")
-    return load_lab(path)
+    return lab_result(path, manifest)
 
 
 def clean_texts(lab) -> set[str]:
@@ -105,7 +104,8 @@ def main() -> int:
     ap.add_argument("--benchmarks", default="gsm8k,mmlu", help="Comma-separated: gsm8k, mmlu.")
     ap.add_argument("--leak-rate", type=float, default=0.3)
     ap.add_argument("--recipe", default="pretrain", choices=("pretrain", "finetune"),
-                    help="How the leak enters: the pretraining stream, or fine-tuning rows with the loss on the answer.")
+                    help="How the leak enters: the pretraining stream, or fine-tuning rows with the loss on the "
+                         "answer.")
     ap.add_argument("--steps", type=int, default=0, help="Override the preset's training steps.")
     ap.add_argument("--reference", type=int, default=600, help="Clean reference items for the set-level test (0: none).")
     ap.add_argument("--reuse", action="store_true",
@@ -115,7 +115,10 @@ def main() -> int:
     ap.add_argument("--methods", default=None, help="Comma-separated probes (recall needs --reference). Default: "
                     f"{','.join(METHODS)}, and answer_logp for a fine-tuning leak (it trains the answer only).")
     args = ap.parse_args()
-    args.methods = tuple(args.methods.split(",")) if args.methods else METHODS + (("answer_logp",) if args.recipe == "finetune" else ())
+    if args.methods:
+        args.methods = tuple(args.methods.split(","))
+    else:  # a fine-tuning leak trains the answer only: the answer probe sees it
+        args.methods = METHODS + (("answer_logp",) if args.recipe == "finetune" else ())
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
 

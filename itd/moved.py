@@ -56,13 +56,13 @@ MOVED: dict[str, str] = {
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old module path and loads it as the new module (the same object), warning once per import."""
 
+    def __init__(self) -> None:
+        self._specs: dict[str, importlib.machinery.ModuleSpec] = {}  # by old path, while it is being imported
+
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in MOVED:
             return None
         return importlib.machinery.ModuleSpec(fullname, self)
-
-    def __init__(self) -> None:
-        self._specs: dict[str, importlib.machinery.ModuleSpec] = {}  # by old path, while it is being imported
 
     def create_module(self, spec) -> ModuleType:
         new = MOVED[spec.name]

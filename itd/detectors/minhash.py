@@ -466,7 +466,8 @@ class MinHashDetector(CorpusDetector):
     def _member_runs(self, at: np.ndarray, doc_of: np.ndarray, run_start: np.ndarray,
                      before: np.ndarray) -> tuple[np.ndarray, ...]:
         """The runs of consecutive windows (of one size, in one document) that hold the same members, at least one,
-        as (first window's lo, its hi, its document's end, shingles per window, stride, first k, end k) per run, every size at once."""
+        as (first window's lo, its hi, its document's end, shingles per window, stride, first k, end k) per run,
+        every size at once."""
         shape = np.array([self._window_shape(size) for size in self._sizes], dtype=np.int64).reshape(-1, 2)
         n_sh, stride = shape[:, :1], shape[:, 1:]  # (sizes, 1): broadcast over members
         n_docs = run_start.size - 1
