@@ -7,8 +7,9 @@ then signatures are minima over blocks of shingles (datasketch's "affine32" sche
 datasketch's banding (its `b` bands of `r` rows for the threshold), looked up with numpy: a window is a candidate
 of an item when one whole band of their signatures is equal. Most windows never get a full signature: a
 prefilter (`MinHashDetector.prefilter_windows`) first computes each window's signature over the shingles it
-shares with the benchmark only, which is exact about every band match (see there), and the full signature is
-computed only for windows that pass. Every candidate is verified with rapidfuzz on a bounded window.
+shares with the benchmark only, and only in documents that hold every such shingle of some band of an item; it is
+exact about every band match (see there), and the full signature is computed only for windows that pass. Every
+candidate is verified with rapidfuzz on a bounded window.
 
 An item longer than `MAX_MATCH_TOKENS` tokens is compared by its opening, the first `MAX_MATCH_TOKENS` tokens of
 its question (the "question" entry), and by its ending, the last `MAX_MATCH_TOKENS` tokens of question + answer
@@ -116,6 +117,12 @@ def _dedup_sorted(values: np.ndarray) -> np.ndarray:
     if values.size < 2:
         return values
     return values[np.concatenate([[True], values[1:] != values[:-1]])]
+
+
+def _expand(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """starts[i], starts[i] + 1, ..., starts[i] + counts[i] - 1 for every i, concatenated."""
+    total = int(counts.sum())
+    return np.arange(total) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
 
 
 def clip_tokens(text: str, max_tokens: int, *, tail: bool = False) -> str:
@@ -284,7 +291,9 @@ class MinHashDetector(CorpusDetector):
             order = np.argsort(hashes[:, band], kind="stable")
             self._band_index.append((hashes[order, band], indexed[order]))
         self._band_filter = HashFilter(hashes.ravel())
-        self._fit_members(self._argmin_shingles(all_h32, all_entry, lengths))
+        argmin, pair, pair_shingle = self._argmin_shingles(all_h32, all_entry, lengths, indexed)
+        self._fit_members(argmin)
+        self._fit_band_keys(pair, pair_shingle)
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
         self.context_tokens = 2 * int(self._sizes.max()) + self.shingle if self._sizes.size else 0
@@ -333,18 +342,42 @@ class MinHashDetector(CorpusDetector):
         hi = np.searchsorted(self._holder_h, shingle, side="right")
         return set(self._holder_item[lo:hi].tolist())
 
-    def _argmin_shingles(self, h32: np.ndarray, entry: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _argmin_shingles(self, h32: np.ndarray, entry: np.ndarray, lengths: np.ndarray,
+                         indexed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The distinct shingles that hold some indexed-length entry's least permuted value on some row the LSH
-        bands use: only those can give a window an entry's value on a band's row (`prefilter_windows`)."""
+        bands use: only those can give a window an entry's value on a band's row (`prefilter_windows`). Also, for
+        the `indexed` entries, every (band, argmin shingle) pair, as (entry * bands + band, shingle) arrays."""
         banded = self._n_bands * self._rows
         a, b = self._a[:banded], self._b[:banded]
+        in_index = np.zeros(lengths.size, dtype=bool)
+        in_index[indexed] = True
         kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
-        found = [np.zeros(0, _U32)]
+        found, pairs, shingles = [np.zeros(0, _U32)], [np.zeros(0, np.int64)], [np.zeros(0, _U32)]
         for c0 in range(0, kept.size, _CHUNK):
             sel = kept[c0 : c0 + _CHUNK]
-            least = (permute(h32[sel], a, b) == self._sigs[entry[sel], :banded]).any(axis=1)
-            found.append(h32[sel][least])
-        return np.unique(np.concatenate(found))
+            least = permute(h32[sel], a, b) == self._sigs[entry[sel], :banded]
+            found.append(h32[sel][least.any(axis=1)])
+            i, row = np.nonzero(least & in_index[entry[sel]][:, None])
+            pairs.append(entry[sel][i] * self._n_bands + row // self._rows)
+            shingles.append(h32[sel][i])
+        return np.unique(np.concatenate(found)), np.concatenate(pairs), np.concatenate(shingles)
+
+    def _fit_band_keys(self, pair: np.ndarray, shingle: np.ndarray) -> None:
+        """The tables of `_band_members`: per (entry, band) pair the member keys of its argmin shingles, and per
+        pair one of them as its anchor (the key that anchors fewest pairs), indexed by anchor."""
+        code = np.unique((pair.astype(np.int64) << 32) | self._member_keys(shingle).astype(np.int64))
+        pair, key = code >> 32, (code & 0xFFFFFFFF).astype(_U32)
+        self._band_keys = np.unique(key)
+        kid = np.searchsorted(self._band_keys, key)
+        _, start, size = np.unique(pair, return_index=True, return_counts=True)
+        self._pair_key_start, self._pair_key_count, self._pair_keys = start, size, kid
+        pidx = np.repeat(np.arange(start.size), size)
+        pairs_of_key = np.bincount(kid, minlength=self._band_keys.size)
+        order = np.lexsort((pairs_of_key[kid], pidx))  # per pair, its keys from the least shared on
+        anchor = kid[order[start]]
+        by_anchor = np.argsort(anchor, kind="stable")
+        self._anchored = by_anchor
+        self._anchor_ptr = np.searchsorted(anchor[by_anchor], np.arange(self._band_keys.size + 1))
 
     def _fit_members(self, argmin_shingles: np.ndarray) -> None:
         """The bit table of `_is_member`. A row j whose multiplier a_j has k_j trailing zero bits maps two shingles
@@ -421,6 +454,12 @@ class MinHashDetector(CorpusDetector):
         and the member-only signature m' matches that band too. Windows with no member match nothing; windows with
         the same members share one m', computed once (members are rare outside a leak, so most windows do).
 
+        Members are narrowed per document (`_band_members`). The key of y (fmix32's low 32 - max k_j bits) is
+        that of x, so a window matching B in band b holds a shingle of every key in K(B, b), the keys of B's
+        argmin shingles on the band's rows, and so does its document. A member whose key lies in no K(B, b) that
+        its document holds whole is dropped: every y above lies in one, so the bound still holds with the members
+        left. Few documents hold all the keys of some K(B, b) outside a leak.
+
         The windows are never listed. For one window size (n shingles, stride s) the windows of a document are
         k = 0 .. K-1, covering [start + k*s, min(start + k*s + n, end)). A member at p is in windows
         k_in <= k < k_out, k_in = floor((p - n - start) / s) + 1 (clipped to 0), k_out = floor((p - start) / s) + 1
@@ -438,6 +477,7 @@ class MinHashDetector(CorpusDetector):
         member = self._is_member(h32)
         if member is None:
             return self._windows(run_start)
+        member = self._band_members(h32, member, run_start)
         before = np.concatenate([[0], np.cumsum(member)])
         n_members = int(before[-1])
         at = np.flatnonzero(member)
@@ -462,6 +502,34 @@ class MinHashDetector(CorpusDetector):
         step = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
         run_lo = np.repeat(lo[keep], count) + step * np.repeat(stride[keep], count)
         return run_lo, np.minimum(run_lo + np.repeat(n_sh[keep], count), np.repeat(end[keep], count))
+
+    def _band_members(self, h32: np.ndarray, member: np.ndarray, run_start: np.ndarray) -> np.ndarray:
+        """The members of `member` whose document holds, for some (entry, band) pair, a shingle of every member key
+        of that pair's argmin shingles; the others can give no window a band match."""
+        at = np.flatnonzero(member)
+        keys = self._member_keys(h32[at])
+        n_keys = self._band_keys.size
+        kid = np.searchsorted(self._band_keys, keys)
+        kid[kid == n_keys] = 0
+        exact = self._band_keys[kid] == keys
+        at, kid = at[exact], kid[exact].astype(np.int64)
+        code = (np.searchsorted(run_start, at, side="right") - 1) * n_keys + kid
+        present = np.unique(code)
+        # candidate (document, pair): each pair anchored at a key the document holds
+        doc, key = present // n_keys, present % n_keys
+        count = self._anchor_ptr[key + 1] - self._anchor_ptr[key]
+        cand_doc = np.repeat(doc, count)
+        cand_pair = self._anchored[_expand(self._anchor_ptr[key], count)]
+        size = self._pair_key_count[cand_pair]
+        need = np.repeat(cand_doc, size) * n_keys + self._pair_keys[_expand(self._pair_key_start[cand_pair], size)]
+        where = np.searchsorted(present, need)
+        where[where == present.size] = 0
+        held = present[where] == need
+        whole = np.add.reduceat(held, np.cumsum(size) - size) == size if size.size else np.zeros(0, dtype=bool)
+        needed = np.unique(need[np.repeat(whole, size)])
+        out = np.zeros(member.size, dtype=bool)
+        out[at[np.isin(code, needed)]] = True
+        return out
 
     def _member_runs(self, at: np.ndarray, doc_of: np.ndarray, run_start: np.ndarray,
                      before: np.ndarray) -> tuple[np.ndarray, ...]:

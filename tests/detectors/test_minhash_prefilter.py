@@ -82,10 +82,35 @@ def _kept(det, h32, lo, hi, run_start) -> np.ndarray:
     return idx
 
 
-def _member_only_hits(det, h32, lo, hi) -> np.ndarray:
+def _band_key_sets(det) -> list[set[int]]:
+    """Per (indexed entry, band), straight from the definition: the member keys of the entry's shingles that hold
+    its least permuted value on a row of the band."""
+    entries = sorted(set(np.concatenate([e for _, e in det._band_index]).tolist()))
+    tb = tokenize([det._texts[e] for e in entries], normalized=True)
+    h32, pos = shingle_hashes32(tb.hashes, tb.doc, det.shingle)
+    out = []
+    for j, e in enumerate(entries):
+        mine = h32[tb.doc[pos] == j]
+        perm = permute(mine, det._a, det._b)
+        for band in range(det._n_bands):
+            rows = range(band * det._rows, (band + 1) * det._rows)
+            argmin = np.concatenate([mine[perm[:, r] == det._sigs[e, r]] for r in rows])
+            out.append(set(det._member_keys(argmin).tolist()))
+    return out
+
+
+def _member_only_hits(det, h32, lo, hi, run_start) -> np.ndarray:
     """The slow, direct definition of what the prefilter keeps: every window listed, its signature over its member
-    shingles only, kept when that signature matches a band."""
-    member = det._is_member(h32)
+    shingles only, kept when that signature matches a band. A member is a shingle whose key belongs to the key set
+    of some (entry, band) whose every key its document holds."""
+    keys = det._member_keys(h32)
+    member = np.zeros(h32.size, dtype=bool)
+    sets = _band_key_sets(det)
+    for d in range(run_start.size - 1):
+        held = set(keys[run_start[d] : run_start[d + 1]].tolist())
+        needed = set().union(*(k for k in sets if k <= held))
+        member[run_start[d] : run_start[d + 1]] = np.isin(keys[run_start[d] : run_start[d + 1]], list(needed))
+    assert (member <= det._is_member(h32)).all()
     out = []
     for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
         values = h32[a:b][member[a:b]]
@@ -112,7 +137,9 @@ def test_prefilter_keeps_every_window_a_band_matches(leaked):
     assert matched.size > 0 and np.isin(matched, kept).all()
     assert kept.size < lo.size / 20  # and it drops nearly every window
     # exactly the windows whose member-only signature matches a band, found without listing the windows
-    assert np.array_equal(kept, _member_only_hits(det, h32, lo, hi))
+    assert np.array_equal(kept, _member_only_hits(det, h32, lo, hi, run_start))
+    member = det._is_member(h32)
+    assert det._band_members(h32, member, run_start).sum() < member.sum() / 2  # members drop out
 
 
 def test_even_multipliers_make_look_alike_shingles_members(leaked, monkeypatch):
