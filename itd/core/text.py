@@ -83,18 +83,22 @@ _LEN_MULT = np.uint64(0xD6E8FEB86659FD93)
 
 
 class HashFilter:
-    """A direct-mapped table that rejects most 64-bit hashes not among `keys` with one lookup each: slot = the
-    hash's top bits, one byte per slot, `slots_per_key` slots per key (32: about 3% of them set), at most 16 MiB,
-    so that a benchmark's table stays in the CPU cache. `maybe(h)` is true for every key and for a few others."""
+    """A direct-mapped table that rejects most hashes not among `keys` (unsigned integers, 64 or 32 bits) with one
+    lookup each: slot = the hash's top bits, one byte per slot, `slots_per_key` slots per key (32: about 3% of them
+    set), at most 16 MiB, so that a benchmark's table stays in the CPU cache. `maybe(h)` is true for every key and
+    for a few others."""
 
     def __init__(self, keys: np.ndarray, slots_per_key: int = 32):
         bits = int(np.clip(np.ceil(np.log2(max(1, keys.size) * slots_per_key)), 16, 24))
-        self.shift = _U64(64 - bits)
+        width = 8 * keys.dtype.itemsize
+        if keys.dtype.kind != "u" or width < bits:
+            raise ValueError(f"keys must be unsigned integers of at least {bits} bits, got {keys.dtype}")
+        self.shift = keys.dtype.type(width - bits)
         self.table = np.zeros(1 << bits, dtype=bool)
-        self.table[keys.astype(_U64, copy=False) >> self.shift] = True
+        self.table[keys >> self.shift] = True
 
     def maybe(self, hashes: np.ndarray) -> np.ndarray:
-        """Per hash (any shape): whether it may be a key."""
+        """Per hash (any shape, the keys' dtype): whether it may be a key."""
         return self.table[hashes >> self.shift]
 
 

@@ -51,7 +51,6 @@ __all__ = ["MinHashConfig", "MinHashDetector", "MinHashPartial", "shingle_hashes
 PARTS = ("question", "question+answer")
 _CHUNK = 1 << 15  # shingles per signature chunk (bounds memory: chunk x num_perm x 4 bytes per table level)
 _FIT_CHARS = 1 << 21  # benchmark characters tokenised at once when fitting
-_MEMBER_BITS = 26  # the benchmark-shingle bit table has 2^26 bits (8 MiB)
 _U32 = np.uint32
 _OWN_SHARE = 0.5  # a match holds an item's own shingles at least half as well as all of its shingles
 
@@ -291,9 +290,7 @@ class MinHashDetector(CorpusDetector):
             order = np.argsort(hashes[:, band], kind="stable")
             self._band_index.append((hashes[order, band], indexed[order]))
         self._band_filter = HashFilter(hashes.ravel())
-        argmin, pair, pair_shingle = self._argmin_shingles(all_h32, all_entry, lengths, indexed)
-        self._fit_members(argmin)
-        self._fit_band_keys(pair, pair_shingle)
+        self._fit_members(*self._band_argmins(all_h32, all_entry, indexed))
         self._sizes = _window_sizes(lengths[indexed]) if indexed.size else np.zeros(0, dtype=np.int64)
         # a near-copy of the longest entry, even with as many tokens again inserted, lies whole in one window
         self.context_tokens = 2 * int(self._sizes.max()) + self.shingle if self._sizes.size else 0
@@ -342,32 +339,36 @@ class MinHashDetector(CorpusDetector):
         hi = np.searchsorted(self._holder_h, shingle, side="right")
         return set(self._holder_item[lo:hi].tolist())
 
-    def _argmin_shingles(self, h32: np.ndarray, entry: np.ndarray, lengths: np.ndarray,
-                         indexed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The distinct shingles that hold some indexed-length entry's least permuted value on some row the LSH
-        bands use: only those can give a window an entry's value on a band's row (`prefilter_windows`). Also, for
-        the `indexed` entries, every (band, argmin shingle) pair, as (entry * bands + band, shingle) arrays."""
+    def _band_argmins(self, h32: np.ndarray, entry: np.ndarray, indexed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (entry, band) of the `indexed` entries with each shingle that holds the entry's least permuted value
+        on a row of that band, as (entry * bands + band, shingle) arrays: only those shingles can give a window an
+        entry's value on a band's row (`prefilter_windows`)."""
         banded = self._n_bands * self._rows
         a, b = self._a[:banded], self._b[:banded]
-        in_index = np.zeros(lengths.size, dtype=bool)
-        in_index[indexed] = True
-        kept = np.flatnonzero(lengths[entry] >= self.min_tokens)
-        found, pairs, shingles = [np.zeros(0, _U32)], [np.zeros(0, np.int64)], [np.zeros(0, _U32)]
+        kept = np.flatnonzero(np.isin(entry, indexed))
+        pairs, shingles = [np.zeros(0, np.int64)], [np.zeros(0, _U32)]
         for c0 in range(0, kept.size, _CHUNK):
             sel = kept[c0 : c0 + _CHUNK]
-            least = permute(h32[sel], a, b) == self._sigs[entry[sel], :banded]
-            found.append(h32[sel][least.any(axis=1)])
-            i, row = np.nonzero(least & in_index[entry[sel]][:, None])
+            i, row = np.nonzero(permute(h32[sel], a, b) == self._sigs[entry[sel], :banded])
             pairs.append(entry[sel][i] * self._n_bands + row // self._rows)
             shingles.append(h32[sel][i])
-        return np.unique(np.concatenate(found)), np.concatenate(pairs), np.concatenate(shingles)
+        return np.concatenate(pairs), np.concatenate(shingles)
 
-    def _fit_band_keys(self, pair: np.ndarray, shingle: np.ndarray) -> None:
-        """The tables of `_band_members`: per (entry, band) pair the member keys of its argmin shingles, and per
-        pair one of them as its anchor (the key that anchors fewest pairs), indexed by anchor."""
+    def _fit_members(self, pair: np.ndarray, shingle: np.ndarray) -> None:
+        """The tables of `_is_member` and `_band_members`: the member keys of the argmin shingles of every (entry,
+        band) pair, and per pair one of them as its anchor (the key that anchors fewest pairs), indexed by anchor.
+
+        A row j whose multiplier a_j has k_j trailing zero bits maps two shingles to one permuted value exactly
+        when fmix32 of both agree in their low 32 - k_j bits, so a member key is those bits (k = the largest k_j);
+        a multiplier 0 maps every shingle to one value: no prefilter."""
+        self._member_shift = int(trailing_zeros32(self._a).max())
+        self._member_filter = None
+        if self._member_shift >= 32:
+            return
         code = np.unique((pair.astype(np.int64) << 32) | self._member_keys(shingle).astype(np.int64))
         pair, key = code >> 32, (code & 0xFFFFFFFF).astype(_U32)
         self._band_keys = np.unique(key)
+        self._member_filter = HashFilter(self._band_keys)
         kid = np.searchsorted(self._band_keys, key)
         _, start, size = np.unique(pair, return_index=True, return_counts=True)
         self._pair_key_start, self._pair_key_count, self._pair_keys = start, size, kid
@@ -375,33 +376,22 @@ class MinHashDetector(CorpusDetector):
         pairs_of_key = np.bincount(kid, minlength=self._band_keys.size)
         order = np.lexsort((pairs_of_key[kid], pidx))  # per pair, its keys from the least shared on
         anchor = kid[order[start]]
-        by_anchor = np.argsort(anchor, kind="stable")
-        self._anchored = by_anchor
-        self._anchor_ptr = np.searchsorted(anchor[by_anchor], np.arange(self._band_keys.size + 1))
-
-    def _fit_members(self, argmin_shingles: np.ndarray) -> None:
-        """The bit table of `_is_member`. A row j whose multiplier a_j has k_j trailing zero bits maps two shingles
-        to one permuted value exactly when fmix32 of both agree in their low 32 - k_j bits, so membership is
-        decided on those bits (k = the largest k_j); a multiplier 0 maps every shingle to one value: no prefilter."""
-        self._member_shift = int(trailing_zeros32(self._a).max())
-        self._member_bits = None
-        if self._member_shift < 32:
-            self._member_bits = np.zeros(1 << (_MEMBER_BITS - 3), dtype=np.uint8)
-            idx = np.unique(self._member_keys(argmin_shingles) >> _U32(32 - _MEMBER_BITS))
-            np.bitwise_or.at(self._member_bits, idx >> _U32(3), (1 << (idx & _U32(7))).astype(np.uint8))
+        self._anchored = np.argsort(anchor, kind="stable")
+        self._anchor_ptr = np.searchsorted(anchor[self._anchored], np.arange(self._band_keys.size + 1))
 
     def _member_keys(self, h32: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            return fmix32(h32) << _U32(self._member_shift)
+        keys = fmix32(h32)
+        if self._member_shift:
+            keys <<= _U32(self._member_shift)
+        return keys
 
     def _is_member(self, h32: np.ndarray) -> np.ndarray | None:
-        """Per shingle: whether it may share a permuted value with an argmin shingle of the benchmark on some row
-        (true for every shingle that does, and for a few others: a bit table whose false hits are 0.1% or fewer,
-        since every false member costs prefilter work); None when every shingle may."""
-        if self._member_bits is None:
+        """Per shingle: whether it may share a permuted value with an argmin shingle of an indexed entry on some
+        banded row (true for every shingle that does, and for a few others: a filter sized to stay in the CPU
+        cache, whose false hits `_band_members` drops); None when every shingle may."""
+        if self._member_filter is None:
             return None
-        idx = self._member_keys(h32) >> _U32(32 - _MEMBER_BITS)
-        return ((self._member_bits[idx >> _U32(3)] >> (idx & _U32(7)).astype(np.uint8)) & 1).astype(bool)
+        return self._member_filter.maybe(self._member_keys(h32))
 
     def _band_hashes(self, sigs: np.ndarray) -> np.ndarray:
         """64-bit hash of every band of every signature, shape (len(sigs), bands); band i is rows i*r .. i*r+r-1."""
@@ -446,7 +436,7 @@ class MinHashDetector(CorpusDetector):
 
         Why nothing is lost. A window matches item B in a band when, on every row j of the band, the window's
         least permuted value m_j equals B's, M_j. M_j = perm_j(x) for the shingle x of B that holds B's least value
-        on row j (an argmin shingle, `_argmin_shingles`) and m_j = perm_j(y) for a shingle y of the window;
+        on row j (an argmin shingle, `_band_argmins`) and m_j = perm_j(y) for a shingle y of the window;
         perm_j(h) = fmix32(h) * a_j + b_j mod 2^32 gives two shingles one value only when fmix32 of both agree in
         their low 32 - k_j bits (a_j = 2^k_j * odd). So y is a member (`_is_member`, true for every shingle that
         agrees so with an argmin shingle of the benchmark). The least value over the window's members
