@@ -27,6 +27,7 @@ __all__ = [
     "normalize",
     "tokenize",
     "ngram_hashes",
+    "ngram_hashes_at",
     "mix64",
     "NUMBER_HASH",
     "fold_for_alignment",
@@ -253,7 +254,7 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     word = (cls & 1).view(bool)
     if not data.isascii():
         _blank_unicode_punctuation(body, word)
-    punct = np.flatnonzero(cls[1:-1] & 4) + 1
+    punct = np.flatnonzero(cls[1:-1] >= 4) + 1  # bit 2 is never set with bit 0 or 1; a bool mask is fastest
     if punct.size:
         before, after = body[punct - 1], body[punct + 1]
         # a ',' or '.' between two digits joins them into one number token
@@ -337,6 +338,18 @@ def ngram_hashes(token_hashes: np.ndarray, doc: np.ndarray, ns: Sequence[int]) -
             valid = np.flatnonzero(doc[:m] == doc[n - 1 : n - 1 + m])
             out[n] = (mix64(_polynomial(polynomials, n, total)[valid] ^ _U64(n)), valid)
     return out
+
+
+def ngram_hashes_at(token_hashes: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    """The hashes `ngram_hashes` gives the n-grams that start at token indices `starts` (each n-gram inside one
+    document), computed at those positions only: cheaper than every n-gram when they are few."""
+    acc = np.zeros(starts.size, dtype=_U64)
+    with np.errstate(over="ignore"):
+        for j in range(n):  # Horner's rule for the polynomial of `ngram_hashes`
+            acc *= _NGRAM_MULT
+            acc += token_hashes[starts + j]
+        acc ^= _U64(n)
+    return mix64(acc)
 
 
 def _polynomial(known: dict[int, np.ndarray], n: int, total: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from itd.core import Sample
-from itd.core.text import HashFilter, byte_to_char, ngram_hashes, normalize, tokenize
+from itd.core.text import HashFilter, byte_to_char, ngram_hashes, ngram_hashes_at, normalize, tokenize
 from itd.detectors.base import (
     DETECTORS,
     MAX_MATCH_TOKENS,
@@ -330,20 +330,31 @@ class NGramDetector(CorpusDetector):
         if tb.n_tokens == 0 or not self._tables:
             return part
         groups: list[tuple[np.ndarray, ...]] = []  # per hit: corpus first token, benchmark first token, n, pass
-        for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
-            grams = ngram_hashes(hashes, tb.doc, self.ns + ([self.n_short] if p == 0 and self._key_hashes.size else []))
-            if p == 0 and self._key_hashes.size:
-                part.key_found |= self._keys_seen(grams[self.n_short][0])
-            for n in self.ns:
-                q, pos = grams[n]
+        grams = ngram_hashes(tb.hashes, tb.doc, self.ns + ([self.n_short] if self._key_hashes.size else []))
+        if self._key_hashes.size:
+            part.key_found |= self._keys_seen(grams[self.n_short][0])
+        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number, dtype=np.int64)])
+        number_hashes = tb.number_hashes()
+        for n in self.ns:
+            q, pos = grams[n]
+            if not q.size:
+                continue
+            # the filter (of every table's keys) rejects almost every corpus n-gram before the binary search
+            raw = np.flatnonzero(self._filter.maybe(q))
+            # an n-gram without a number hashes in the number pass as in the raw one, where the filter has
+            # already rejected it or not: only those with a number are hashed and looked up again
+            ask = numbers_before[pos + n] > numbers_before[pos]
+            ask[raw] = True
+            ask = np.flatnonzero(ask)
+            q_number = ngram_hashes_at(number_hashes, pos[ask], n)
+            number = self._filter.maybe(q_number)
+            for p, (maybe, hashes) in enumerate(((raw, q[raw]), (ask[number], q_number[number]))):
                 table = self._tables[(p, n)]
-                if not table.keys.size or not q.size:
+                if not table.keys.size:
                     continue
-                # the filter rejects almost every corpus n-gram before the binary search
-                maybe = np.flatnonzero(self._filter.maybe(q))
-                idx = np.searchsorted(table.keys, q[maybe])
+                idx = np.searchsorted(table.keys, hashes)
                 idx[idx == table.keys.size] = 0
-                found = table.keys[idx] == q[maybe]
+                found = table.keys[idx] == hashes
                 hit = maybe[found]
                 if not hit.size:
                     continue

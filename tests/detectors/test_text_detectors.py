@@ -186,7 +186,7 @@ def test_ngram_hashes_are_the_polynomial_of_their_tokens_for_every_n(shared_data
     """The n-gram hashes (computed by splitting n into powers of two) against the direct formula: for every n, the
     polynomial sum_j t[i+j] * M^(n-1-j) mod 2^64 of the n tokens from i, mixed with n, for n-grams inside one text."""
     from itd.core import load_benchmark
-    from itd.core.text import _NGRAM_MULT, mix64
+    from itd.core.text import _NGRAM_MULT, mix64, ngram_hashes_at
 
     texts = [s.prompt_text() for s in load_benchmark(shared_data / "gsm8k" / "test.jsonl")[:40]] + ["one two", ""]
     tb = tokenize(texts)
@@ -200,3 +200,6 @@ def test_ngram_hashes_are_the_polynomial_of_their_tokens_for_every_n(shared_data
         expected = mix64(np.array(poly, dtype=np.uint64) ^ np.uint64(n))
         assert out[n][1].tolist() == starts, n
         assert np.array_equal(out[n][0], expected), n
+        # the same hashes computed at a few positions only (the number pass of the n-gram detector)
+        some = np.asarray(starts[::7], dtype=np.int64)
+        assert np.array_equal(ngram_hashes_at(tb.hashes, some, n), expected[::7]), n
