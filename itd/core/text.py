@@ -56,12 +56,8 @@ _LATEX_SPACING = re.compile(
     r"text(?:rm|bf|it)?|mbox|operatorname)(?![a-zA-Z])"
 )
 
-# Byte classes of the normalised (lowercase) buffer: 1 = word byte. Bytes >= 0x80 belong to non-ASCII
-# letters/digits (non-word unicode characters were already folded to spaces).
-_WORD = np.zeros(256, dtype=bool)
-_WORD[ord("0") : ord("9") + 1] = True
-_WORD[ord("a") : ord("z") + 1] = True
-_WORD[0x80:] = True
+# Byte classes of the normalised (lowercase) buffer (`tokenize` computes the word bytes by comparisons: digits,
+# a-z, and bytes >= 0x80, which belong to non-ASCII letters/digits until `_blank_unicode_punctuation`).
 _DIGIT = np.zeros(256, dtype=bool)
 _DIGIT[ord("0") : ord("9") + 1] = True
 _JOINER = np.zeros(256, dtype=bool)
@@ -70,9 +66,6 @@ _OPTION_LETTER = np.zeros(256, dtype=bool)
 _OPTION_LETTER[ord("a") : ord("j") + 1] = True
 _MARKER_END = np.zeros(256, dtype=bool)
 _MARKER_END[[ord("."), ord(")")]] = True
-_PUNCT = _JOINER | _MARKER_END
-# one lookup classifies every byte: bit 0 word, bit 1 digit, bit 2 punctuation that can join or mark
-_CLASS = (_WORD.astype(np.uint8) | (_DIGIT.astype(np.uint8) << 1) | (_PUNCT.astype(np.uint8) << 2))
 
 # Masks keeping the first k bytes of a little-endian uint64.
 _MASKS = np.array([(1 << (8 * k)) - 1 if k < 8 else (1 << 64) - 1 for k in range(9)], dtype=_U64)
@@ -250,11 +243,16 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     data = b"\n".join(encoded) + b"\n"
     buf = np.frombuffer(data + b"\0" * 8, dtype=np.uint8)
     body = buf[:-8]
-    cls = _CLASS[body]
-    word = (cls & 1).view(bool)
+    # byte classes by comparisons (vectorised; faster than a table lookup per byte): digits, then word bytes
+    # (digits, a-z, and every byte of a non-ASCII character), then ',' '.' ')' (44 | 2 == 46 | 2 == 46)
+    numeric = (body - np.uint8(ord("0"))) < 10
+    word = (body - np.uint8(ord("a"))) < 26
+    word |= numeric
+    word |= body >= 0x80
     if not data.isascii():
         _blank_unicode_punctuation(body, word)
-    punct = np.flatnonzero(cls[1:-1] >= 4) + 1  # bit 2 is never set with bit 0 or 1; a bool mask is fastest
+    inner = body[1:-1]
+    punct = np.flatnonzero(((inner | np.uint8(2)) == np.uint8(ord("."))) | (inner == np.uint8(ord(")")))) + 1
     if punct.size:
         before, after = body[punct - 1], body[punct + 1]
         # a ',' or '.' between two digits joins them into one number token
@@ -273,7 +271,6 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     starts, ends = bounds[0::2], bounds[1::2]  # runs of word bytes alternate start, end; the text ends in "\n"
     # a number and a letter written together ("5x", "2\,x" in LaTeX, "10am") are two tokens, so spacing a copy
     # differently does not change its tokens
-    numeric = ((cls >> 1) & 1).view(bool)
     if punct.size:
         numeric[punct[join]] = True
     split = np.flatnonzero(numeric[1:] != numeric[:-1]) + 1  # few: then the cheap tests on those only
