@@ -96,9 +96,9 @@ class HashFilter:
         return self.table[hashes >> self.shift]
 
 
-def mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, elementwise on a uint64 array (returns a new array)."""
-    x = x.astype(_U64, copy=True)
+def mix64(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """splitmix64 finaliser, elementwise on a uint64 array: a new array, or `x` itself changed with `inplace`."""
+    x = x if inplace and x.dtype == _U64 else x.astype(_U64, copy=True)
     with np.errstate(over="ignore"):
         x ^= x >> _U64(30)
         x *= _U64(0xBF58476D1CE4E5B9)
@@ -284,14 +284,14 @@ def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatc
     words64 = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf.data, strides=(1,))
     with np.errstate(over="ignore"):
         # every token reaches its first chunk: no selection for it
-        h = mix64((lens.astype(_U64) * _LEN_MULT) ^ (words64[starts] & _MASKS[np.minimum(lens, 8)]))
+        h = mix64((lens.astype(_U64) * _LEN_MULT) ^ (words64[starts] & _MASKS[np.minimum(lens, 8)]), inplace=True)
         sel = np.flatnonzero(lens > 8)
         for k in range(1, _CHUNKS):
             # a token's hash depends on its own bytes only: chunk k is mixed in only for tokens that reach it
             if not sel.size:
                 break
             chunk = words64[starts[sel] + 8 * k] & _MASKS[np.minimum(lens[sel] - 8 * k, 8)]
-            h[sel] = mix64(h[sel] ^ chunk)
+            h[sel] = mix64(h[sel] ^ chunk, inplace=True)
             sel = sel[lens[sel] > 8 * (k + 1)]
     long_tokens = np.flatnonzero(lens > 8 * _CHUNKS)
     for i in long_tokens:  # rare: URLs, base64, very long words
@@ -333,7 +333,7 @@ def ngram_hashes(token_hashes: np.ndarray, doc: np.ndarray, ns: Sequence[int]) -
                 out[n] = (np.zeros(0, _U64), np.zeros(0, np.int64))
                 continue
             valid = np.flatnonzero(doc[:m] == doc[n - 1 : n - 1 + m])
-            out[n] = (mix64(_polynomial(polynomials, n, total)[valid] ^ _U64(n)), valid)
+            out[n] = (mix64(_polynomial(polynomials, n, total)[valid] ^ _U64(n), inplace=True), valid)
     return out
 
 
@@ -346,7 +346,7 @@ def ngram_hashes_at(token_hashes: np.ndarray, starts: np.ndarray, n: int) -> np.
             acc *= _NGRAM_MULT
             acc += token_hashes[starts + j]
         acc ^= _U64(n)
-    return mix64(acc)
+    return mix64(acc, inplace=True)
 
 
 def _polynomial(known: dict[int, np.ndarray], n: int, total: int) -> np.ndarray:

@@ -403,7 +403,7 @@ class MinHashDetector(CorpusDetector):
             h = words[:, :, 0] * self._band_mult[0]
             for q in range(1, words.shape[2]):
                 h += words[:, :, q] * self._band_mult[q]
-        return mix64(h)
+        return mix64(h, inplace=True)
 
     def empty(self) -> MinHashPartial:
         return MinHashPartial(np.zeros((len(self.samples), 2)), self.new_book())
