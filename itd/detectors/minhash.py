@@ -365,12 +365,12 @@ class MinHashDetector(CorpusDetector):
         self._member_filter = None
         if self._member_shift >= 32:
             return
-        code = np.unique((pair.astype(np.int64) << 32) | self._member_keys(shingle).astype(np.int64))
+        code = _dedup_sorted(np.sort((pair.astype(np.int64) << 32) | self._member_keys(shingle).astype(np.int64)))
         pair, key = code >> 32, (code & 0xFFFFFFFF).astype(_U32)
-        self._band_keys = np.unique(key)
+        self._band_keys, kid = np.unique(key, return_inverse=True)
         self._member_filter = HashFilter(self._band_keys)
-        kid = np.searchsorted(self._band_keys, key)
-        _, start, size = np.unique(pair, return_index=True, return_counts=True)
+        start = np.flatnonzero(np.diff(pair, prepend=-1))  # pairs are sorted: where each begins
+        size = np.diff(np.append(start, pair.size))
         self._pair_key_start, self._pair_key_count, self._pair_keys = start, size, kid
         pidx = np.repeat(np.arange(start.size), size)
         pairs_of_key = np.bincount(kid, minlength=self._band_keys.size)
