@@ -28,6 +28,7 @@ __all__ = [
     "tokenize",
     "ngram_hashes",
     "ngram_hashes_at",
+    "expand_ranges",
     "mix64",
     "NUMBER_HASH",
     "fold_for_alignment",
@@ -176,14 +177,13 @@ def _blank_annotations(body: np.ndarray, word: np.ndarray) -> None:
     # like the regex <<[^<>]*>>: an open followed by another open before its close is not an annotation
     inner = np.append(opens[1:] >= ends[:-1], True)[: opens.size]
     opens, ends = opens[inner], ends[inner]
-    word[_ranges(opens, ends)] = False
+    word[expand_ranges(opens, ends - opens)] = False
 
 
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Every index of the disjoint ranges [starts[i], ends[i]), concatenated."""
-    lengths = ends - starts
-    skip = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return np.arange(int(lengths.sum())) + skip
+def expand_ranges(starts: np.ndarray | int, counts: np.ndarray) -> np.ndarray:
+    """starts[i], starts[i] + 1, ..., starts[i] + counts[i] - 1 for every i, concatenated (`starts` 0: the index
+    of each element within its range)."""
+    return np.arange(int(counts.sum())) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
 
 
 def fold_for_alignment(text: str) -> tuple[str, list[int]]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from itd.core import Sample
 from itd.core.errors import require
-from itd.core.text import HashFilter, byte_to_char, mix64, ngram_hashes, normalize, tokenize
+from itd.core.text import HashFilter, byte_to_char, expand_ranges, mix64, ngram_hashes, normalize, tokenize
 from itd.detectors.base import (
     DETECTORS,
     MAX_MATCH_TOKENS,
@@ -116,12 +116,6 @@ def _dedup_sorted(values: np.ndarray) -> np.ndarray:
     if values.size < 2:
         return values
     return values[np.concatenate([[True], values[1:] != values[:-1]])]
-
-
-def _expand(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """starts[i], starts[i] + 1, ..., starts[i] + counts[i] - 1 for every i, concatenated."""
-    total = int(counts.sum())
-    return np.arange(total) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
 
 
 def clip_tokens(text: str, max_tokens: int, *, tail: bool = False) -> str:
@@ -489,8 +483,7 @@ class MinHashDetector(CorpusDetector):
         keep = np.flatnonzero(hit[first])
         # every window of a kept run: window k of the run starts at lo + (k - k0) * stride
         count = k1[keep] - k0[keep]
-        step = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-        run_lo = np.repeat(lo[keep], count) + step * np.repeat(stride[keep], count)
+        run_lo = np.repeat(lo[keep], count) + expand_ranges(0, count) * np.repeat(stride[keep], count)
         return run_lo, np.minimum(run_lo + np.repeat(n_sh[keep], count), np.repeat(end[keep], count))
 
     def _band_members(self, h32: np.ndarray, member: np.ndarray, run_start: np.ndarray) -> np.ndarray:
@@ -509,9 +502,9 @@ class MinHashDetector(CorpusDetector):
         doc, key = present // n_keys, present % n_keys
         count = self._anchor_ptr[key + 1] - self._anchor_ptr[key]
         cand_doc = np.repeat(doc, count)
-        cand_pair = self._anchored[_expand(self._anchor_ptr[key], count)]
+        cand_pair = self._anchored[expand_ranges(self._anchor_ptr[key], count)]
         size = self._pair_key_count[cand_pair]
-        need = np.repeat(cand_doc, size) * n_keys + self._pair_keys[_expand(self._pair_key_start[cand_pair], size)]
+        need = np.repeat(cand_doc, size) * n_keys + self._pair_keys[expand_ranges(self._pair_key_start[cand_pair], size)]
         where = np.searchsorted(present, need)
         where[where == present.size] = 0
         held = present[where] == need
@@ -601,7 +594,7 @@ class MinHashDetector(CorpusDetector):
             if not count.any():
                 continue
             w = np.repeat(np.arange(bh.size), count)
-            e = ents[np.repeat(left, count) + np.arange(w.size) - np.repeat(np.cumsum(count) - count, count)]
+            e = ents[expand_ranges(left, count)]
             s, t = band * self._rows, (band + 1) * self._rows
             same = (sigs[w, s:t] == self._sigs[e, s:t]).all(axis=1)  # the band itself, not just its hash
             rows.append(w[same])
@@ -624,7 +617,7 @@ class MinHashDetector(CorpusDetector):
             n_sh, stride = self._window_shape(size)
             per_doc = _window_counts(np.diff(run_start), n_sh, stride)
             d = np.repeat(np.arange(per_doc.size), per_doc)
-            k = np.arange(d.size) - np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
+            k = expand_ranges(0, per_doc)
             lo = run_start[d] + k * stride
             los.append(lo)
             his.append(np.minimum(lo + n_sh, run_start[d + 1]))

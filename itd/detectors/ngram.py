@@ -14,7 +14,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from itd.core import Sample
-from itd.core.text import HashFilter, byte_to_char, ngram_hashes, ngram_hashes_at, normalize, tokenize
+from itd.core.text import HashFilter, byte_to_char, expand_ranges, ngram_hashes, ngram_hashes_at, normalize, tokenize
 from itd.detectors.base import (
     DETECTORS,
     MAX_MATCH_TOKENS,
@@ -364,8 +364,7 @@ class NGramDetector(CorpusDetector):
                 cpos = pos[hit]
                 # expand each hit to every benchmark occurrence of its n-gram
                 rep = np.repeat(np.arange(u.size), counts)
-                within = np.arange(rep.size) - np.repeat(np.cumsum(counts) - counts, counts)
-                bpos = table.occ[table.ptr[u][rep] + within]
+                bpos = table.occ[expand_ranges(table.ptr[u], counts)]
                 groups.append((cpos[rep], bpos, np.full(rep.size, n), np.full(rep.size, p)))
         if groups:
             self._collect_evidence(batch, *(np.concatenate(g) for g in zip(*groups)), book=part.evidence)
@@ -465,8 +464,7 @@ class NGramDetector(CorpusDetector):
                     continue
                 counts = table.ptr[u + 1] - table.ptr[u]
                 rep = np.repeat(u, counts)
-                within = np.arange(rep.size) - np.repeat(np.cumsum(counts) - counts, counts)
-                first = table.occ[table.ptr[rep] + within]
+                first = table.occ[expand_ranges(table.ptr[u], counts)]
                 for delta, sel in ((delta_all, slice(None)), (delta_distinct, table.distinct[rep])):
                     np.add.at(delta, first[sel], 1)
                     np.add.at(delta, first[sel] + n, -1)
