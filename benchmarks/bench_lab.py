@@ -57,9 +57,12 @@ def run_cell(name, benchmark, train, r, args, wd):
         corpus_frequency_table(tokenizer, [lab.out / "corpus" / "clean.jsonl"]).save(table)
         options = {"dcpdd": {"table": str(table)}}
     decision = "combined" if reference else "minkpp"
-    det = DetectConfig(methods=args.methods, decision=decision, batch_size=args.batch_size, options=options)
+    methods = args.methods + (("reference",) if args.base_reference else ())
+    det = DetectConfig(methods=methods, decision=decision, batch_size=args.batch_size, options=options)
+    base = load_model(base_model_dir(lab), device=args.device) if args.base_reference else None
     reports = {
-        twin: detect(items, load_model(getattr(lab, twin), device=args.device), reference, det, truth=truth)
+        twin: detect(items, load_model(getattr(lab, twin), device=args.device), reference, det, truth=truth,
+                     reference_model=base)
         for twin in ("contaminated", "clean")
     }
     return lab, train_s, reports
@@ -78,6 +81,14 @@ def reused(path: Path, config):
         return None
     print(f"- reusing the lab in {path.name} (built with the same settings)")
     return lab_result(path, manifest)
+
+
+def base_model_dir(lab) -> str:
+    """The lab's base model: both twins were trained from it, and it saw no benchmark item (the `reference` probe's
+    model with `--base-reference`: a model's earlier checkpoint, or the base model of a fine-tune)."""
+    from itd.lab.result import load_lab_manifest
+
+    return load_lab_manifest(lab.out)["base"]["cache"]
 
 
 def clean_texts(lab) -> set[str]:
@@ -114,6 +125,9 @@ def main() -> int:
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--methods", default=None, help="Comma-separated probes (recall needs --reference). Default: "
                     f"{','.join(METHODS)}, and answer_logp for a fine-tuning leak (it trains the answer only).")
+    ap.add_argument("--base-reference", action="store_true",
+                    help="Add the 'reference' probe (NLL ratio to a reference model) with the lab's base model, the "
+                         "checkpoint both twins were trained from, as the reference.")
     args = ap.parse_args()
     if args.methods:
         args.methods = tuple(args.methods.split(","))
@@ -148,7 +162,7 @@ def main() -> int:
                       f"clean {cln.set_tests['minkpp'].p_value:.2f}; FDR flags ({con.config.decision}) contaminated {len(con.flagged)} "
                       f"(precision {con.truth.get('flags', {}).get('precision')}), clean {len(cln.flagged)}"
                       if con.set_tests else f"- {name} r={r}: twins trained in {train_s:.0f} s")
-                for m in (*args.methods, "combined"):
+                for m in (*args.methods, *(("reference",) if args.base_reference else ()), "combined"):
                     if m not in con.truth["methods"]:
                         continue
                     t, c = con.truth["methods"][m], cln.truth["methods"][m]
