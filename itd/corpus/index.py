@@ -6,7 +6,9 @@ An index is a directory:
     parts-<build id>/raw_13.npy, numnorm_13.npy, raw_8.npy, numnorm_8.npy
 
 One sorted, unique `uint64` array of n-gram hashes per (pass, n) is saved as `.npy` (memory-mapped when checking,
-so a check touches only the pages its lookups hit). Membership is `np.searchsorted`.
+so a check touches only the pages its lookups hit). Membership is `np.searchsorted`. The number-normalised
+(`numnorm`) parts hold only the n-grams with a number token: any other hashes there as in the raw pass, so the
+raw part answers for it (`NGramDetector.lookup`), and the index is about half the size.
 
 Whole or absent. `build_index` writes everything into a staging directory beside the index,
 `.<name>.build-<build id>`, and only a complete build is switched in. `index.json` is the commit point:
@@ -52,7 +54,7 @@ from itd.core import Sample
 from itd.core.errors import InputError
 from itd.core.io import build_manifest, sha256_file, write_json
 from itd.core.processes import pid_alive
-from itd.core.text import ngram_hashes
+from itd.core.text import ngram_hashes, ngram_hashes_at
 from itd.corpus.engines import make_engine
 from itd.corpus.readers import Shard, ShardReader, plan_shards, resolve_layout
 from itd.corpus.report import SampleResult, ScanReport, label_of
@@ -68,7 +70,7 @@ from itd.detectors.ngram import PASSES, NGramDetector
 
 __all__ = ["INDEX_FORMAT", "IndexIntegrityError", "NGramIndex", "build_index", "check"]
 
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3  # 3: the numnorm parts hold only n-grams with a number token
 _SPILL = 8_000_000  # hashes held per (pass, n) before they are sorted and spilled to a run file
 
 
@@ -216,9 +218,13 @@ def _shard_hashes(reader: ShardReader, ns: list[int], batch_chars: int,
     seen = 0
     for batch_docs in batches(reader, batch_chars, overlap_tokens=max(ns)):
         tb = make_batch(batch_docs).tokens
-        for p, hashes in zip(PASSES, (tb.hashes, tb.number_hashes())):
-            for k, (h, _) in ngram_hashes(hashes, tb.doc, ns).items():
-                yield (p, k), _sorted_unique(h)
+        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number, dtype=np.int64)])
+        number_hashes = tb.number_hashes()
+        for k, (h, pos) in ngram_hashes(tb.hashes, tb.doc, ns).items():
+            yield (PASSES[0], k), _sorted_unique(h)
+            # the number pass keeps the n-grams with a number: the others hash as in the raw pass
+            numeric = pos[numbers_before[pos + k] > numbers_before[pos]]
+            yield (PASSES[1], k), _sorted_unique(ngram_hashes_at(number_hashes, numeric, k))
         if on_bytes is not None and reader.consumed > seen:
             on_bytes(reader.consumed - seen)
             seen = reader.consumed

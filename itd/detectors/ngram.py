@@ -91,6 +91,7 @@ class _Table:
     ptr: np.ndarray  # occurrences of keys[u] are occ[ptr[u]:ptr[u+1]]
     occ: np.ndarray  # global benchmark token index of each occurrence's first token
     distinct: np.ndarray  # keys[u] occurs in one benchmark item only (it tells that item apart)
+    numeric: np.ndarray  # keys[u]'s n-gram holds a number token (else its number-pass hash is its raw one)
 
 
 @dataclass(slots=True)
@@ -211,6 +212,7 @@ class NGramDetector(CorpusDetector):
         self._holders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._shared_limit = max(_MIN_SHARED_LIMIT, int(np.ceil(0.005 * n_samples)))
         self._distinct_tok = np.zeros((len(PASSES), tb.n_tokens), dtype=bool)
+        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number, dtype=np.int64)])
         for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
             delta = np.zeros(tb.n_tokens + 1, dtype=np.int64)
             prev = _previous_same(hashes)
@@ -238,7 +240,9 @@ class NGramDetector(CorpusDetector):
                     h, pos, items, starts = h[~common], pos[~common], items[~common], starts[~common]
                 first = np.flatnonzero(starts)
                 distinct = items[first] == 1
-                self._tables[(p, n)] = _Table(h[first], np.append(first, h.size).astype(np.int64), pos, distinct)
+                numeric = numbers_before[pos[first] + n] > numbers_before[pos[first]]
+                self._tables[(p, n)] = _Table(h[first], np.append(first, h.size).astype(np.int64), pos, distinct,
+                                              numeric)
                 unique_pos = pos[items == 1]
                 np.add.at(delta, unique_pos, 1)
                 np.add.at(delta, unique_pos + n, -1)
@@ -416,10 +420,14 @@ class NGramDetector(CorpusDetector):
 
     def lookup(self, contains) -> NGramPartial:
         """A partial result from a membership test `contains(pass_name, n, hashes) -> bool array` instead of a
-        corpus stream (used with a persistent index)."""
+        corpus stream (used with a persistent index). The number pass is asked only about n-grams with a number
+        (`itd.corpus.index` keeps only those): one without hashes as in the raw pass, which is asked instead."""
         part = self.empty()
         for (p, n), table in self._tables.items():
-            part.found[(p, n)] = np.asarray(contains(PASSES[p], n, table.keys), dtype=bool)
+            found = part.found[(p, n)]
+            numeric = table.numeric if p == 1 else np.ones(table.keys.size, dtype=bool)
+            found[numeric] = np.asarray(contains(PASSES[p], n, table.keys[numeric]), dtype=bool)
+            found[~numeric] = np.asarray(contains(PASSES[0], n, table.keys[~numeric]), dtype=bool)
         if self._key_hashes.size:
             seen = np.asarray(contains(PASSES[0], self.n_short, self._key_hashes), dtype=bool)
             part.key_found[self._key_sample[seen]] = True

@@ -338,3 +338,21 @@ def test_mcq_keys_are_seen_through_the_index(shared_data, tmp_path):
         by_id = report.by_id()
         assert [by_id[x.id].label for x in s] == expected
         assert len(report.contaminated) == 4
+
+
+def test_the_index_check_finds_what_the_ngram_scan_finds(gsm8k_case, tmp_path):
+    """`itd check` against an index, whose number-normalised parts keep only n-grams with a number, gives every
+    item the label and per-pass coverage an n-gram scan gives it, copies with other numbers included."""
+    from itd.corpus.index import build_index, check
+
+    samples, corpus, truth, _ = gsm8k_case
+    meta = build_index([corpus], tmp_path / "idx")
+    assert meta["ngrams"]["numnorm_13"] < meta["ngrams"]["raw_13"] / 2
+    via_index, via_scan = check(samples, tmp_path / "idx").by_id(), scan(samples, corpus, ScanConfig(detectors=("ngram",))).by_id()
+    assert via_index.keys() == via_scan.keys()
+    for sid, r in via_scan.items():
+        assert via_index[sid].label == r.label, sid
+        got, want = via_index[sid].findings[0].details, r.findings[0].details
+        assert got["coverage"] == want["coverage"], sid
+    renumbered = [sid for sid, kind in truth.items() if via_scan[sid].findings[0].details.get("match") == "numnorm"]
+    assert renumbered and all(via_index[sid].label != "clean" for sid in renumbered)
