@@ -499,9 +499,9 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
 
 
 def _combine(report: DetectionReport) -> None:
-    """Per item, the Cauchy combination of the combined probes' p-values, weighted by the other half's set-level
-    evidence (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k p-values (a leak of
-    many items and one of a few), with the tests that drove it."""
+    """Per item, the Cauchy combination of the combined probes' p-values, weighted by the other half's evidence
+    in the reference's tail (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
+    p-values (a leak of many items and one of a few), with the tests that drove it."""
     config = report.config
     probes = [m for m in config.combine if m in report.set_tests]
     if not probes:
