@@ -455,6 +455,22 @@ def test_cross_fit_cauchy_weights_the_probe_that_sees_the_leak():
         cross_fit_cauchy(p, scores[:, :3], ref)
 
 
+def test_cross_fit_cauchy_leads_with_the_probe_that_separates_in_the_tail():
+    """One probe that lifts the leaked items far into the reference's tail and seven that shift them a little: the
+    weights go to the first (a set-level shift would spread them), and the combination is as good as it."""
+    from itd.core.stats import cross_fit_cauchy
+
+    rng = np.random.default_rng(13)
+    p, scores, ref = _cross_fit_case(rng, k=8, leaked=120, shift=3.0)
+    scores[:120, 1:] += 0.6
+    p[:, 1:] = np.column_stack([conformal_pvalues(scores[:, j], ref[j]) for j in range(1, 8)])
+    combined, weights = cross_fit_cauchy(p, scores, ref)
+    assert (weights[:, 0] > 0.8).all(), weights
+    truth = np.arange(400) < 120
+    best = auroc(scores[truth, 0], scores[~truth, 0])
+    assert auroc(-np.log(combined[truth]), -np.log(combined[~truth])) >= best - 0.01
+
+
 def test_cross_fit_cauchy_is_calibrated_without_a_leak():
     from itd.core.stats import cross_fit_cauchy
 
