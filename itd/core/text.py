@@ -231,6 +231,12 @@ class TokenizedBatch:
         """Token hashes with every number replaced by one placeholder (the number-normalised pass)."""
         return np.where(self.is_number, NUMBER_HASH, self.hashes)
 
+    def holds_number(self, starts: np.ndarray, n: int) -> np.ndarray:
+        """Per n-gram starting at token index `starts[i]`: whether a number is among its n tokens (else its
+        number-pass hash is its raw one)."""
+        before = np.concatenate([[0], np.cumsum(self.is_number, dtype=np.int64)])
+        return before[starts + n] > before[starts]
+
 
 def tokenize(texts: Sequence[str], *, normalized: bool = False) -> TokenizedBatch:
     """Tokenise and hash a batch of texts in one vectorised pass."""

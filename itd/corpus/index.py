@@ -218,12 +218,11 @@ def _shard_hashes(reader: ShardReader, ns: list[int], batch_chars: int,
     seen = 0
     for batch_docs in batches(reader, batch_chars, overlap_tokens=max(ns)):
         tb = make_batch(batch_docs).tokens
-        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number, dtype=np.int64)])
         number_hashes = tb.number_hashes()
         for k, (h, pos) in ngram_hashes(tb.hashes, tb.doc, ns).items():
             yield (PASSES[0], k), _sorted_unique(h)
             # the number pass keeps the n-grams with a number: the others hash as in the raw pass
-            numeric = pos[numbers_before[pos + k] > numbers_before[pos]]
+            numeric = pos[tb.holds_number(pos, k)]
             yield (PASSES[1], k), _sorted_unique(ngram_hashes_at(number_hashes, numeric, k))
         if on_bytes is not None and reader.consumed > seen:
             on_bytes(reader.consumed - seen)

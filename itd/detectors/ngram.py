@@ -212,7 +212,6 @@ class NGramDetector(CorpusDetector):
         self._holders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._shared_limit = max(_MIN_SHARED_LIMIT, int(np.ceil(0.005 * n_samples)))
         self._distinct_tok = np.zeros((len(PASSES), tb.n_tokens), dtype=bool)
-        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number, dtype=np.int64)])
         for p, hashes in enumerate((tb.hashes, tb.number_hashes())):
             delta = np.zeros(tb.n_tokens + 1, dtype=np.int64)
             prev = _previous_same(hashes)
@@ -240,7 +239,7 @@ class NGramDetector(CorpusDetector):
                     h, pos, items, starts = h[~common], pos[~common], items[~common], starts[~common]
                 first = np.flatnonzero(starts)
                 distinct = items[first] == 1
-                numeric = numbers_before[pos[first] + n] > numbers_before[pos[first]]
+                numeric = tb.holds_number(pos[first], n)
                 self._tables[(p, n)] = _Table(h[first], np.append(first, h.size).astype(np.int64), pos, distinct,
                                               numeric)
                 unique_pos = pos[items == 1]
@@ -337,7 +336,6 @@ class NGramDetector(CorpusDetector):
         grams = ngram_hashes(tb.hashes, tb.doc, self.ns + ([self.n_short] if self._key_hashes.size else []))
         if self._key_hashes.size:
             part.key_found |= self._keys_seen(grams[self.n_short][0])
-        numbers_before = np.concatenate([[0], np.cumsum(tb.is_number, dtype=np.int64)])
         number_hashes = tb.number_hashes()
         for n in self.ns:
             q, pos = grams[n]
@@ -347,7 +345,7 @@ class NGramDetector(CorpusDetector):
             raw = np.flatnonzero(self._filter.maybe(q))
             # an n-gram without a number hashes in the number pass as in the raw one, where the filter has
             # already rejected it or not: only those with a number are hashed and looked up again
-            ask = numbers_before[pos + n] > numbers_before[pos]
+            ask = tb.holds_number(pos, n)
             ask[raw] = True
             ask = np.flatnonzero(ask)
             q_number = ngram_hashes_at(number_hashes, pos[ask], n)
