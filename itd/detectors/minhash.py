@@ -504,7 +504,8 @@ class MinHashDetector(CorpusDetector):
         cand_doc = np.repeat(doc, count)
         cand_pair = self._anchored[expand_ranges(self._anchor_ptr[key], count)]
         size = self._pair_key_count[cand_pair]
-        need = np.repeat(cand_doc, size) * n_keys + self._pair_keys[expand_ranges(self._pair_key_start[cand_pair], size)]
+        keys_needed = self._pair_keys[expand_ranges(self._pair_key_start[cand_pair], size)]
+        need = np.repeat(cand_doc, size) * n_keys + keys_needed
         where = np.searchsorted(present, need)
         where[where == present.size] = 0
         held = present[where] == need

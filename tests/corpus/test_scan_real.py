@@ -348,7 +348,8 @@ def test_the_index_check_finds_what_the_ngram_scan_finds(gsm8k_case, tmp_path):
     samples, corpus, truth, _ = gsm8k_case
     meta = build_index([corpus], tmp_path / "idx")
     assert meta["ngrams"]["numnorm_13"] < meta["ngrams"]["raw_13"] / 2
-    via_index, via_scan = check(samples, tmp_path / "idx").by_id(), scan(samples, corpus, ScanConfig(detectors=("ngram",))).by_id()
+    via_index = check(samples, tmp_path / "idx").by_id()
+    via_scan = scan(samples, corpus, ScanConfig(detectors=("ngram",))).by_id()
     assert via_index.keys() == via_scan.keys()
     for sid, r in via_scan.items():
         assert via_index[sid].label == r.label, sid

@@ -172,7 +172,8 @@ def test_items_too_short_to_index_fit_and_match_nothing():
     """Items under `min_tokens` tokens give the LSH no entry and the prefilter no band: the scan still runs."""
     from itd.core import Sample
 
-    samples = [Sample(id=str(i), benchmark="generic", question=f"what is {i} plus {i}", answer=str(2 * i)) for i in range(3)]
+    samples = [Sample(id=str(i), benchmark="generic", question=f"what is {i} plus {i}", answer=str(2 * i))
+               for i in range(3)]
     det = MinHashDetector().fit(samples)
     assert det._band_keys.size == 0
     part = det.scan_batch(make_batch(list(_documents(["what is 1 plus 1 the answer is 2"]))))
