@@ -267,8 +267,8 @@ def test_scan_workers_end_with_their_parent(shared_data, tmp_path, sig):
     """`itd scan -j 2` killed by a signal its Python cannot catch or does not handle: no worker survives it."""
     train = [json.loads(x) for x in (shared_data / "gsm8k" / "train.jsonl").read_text("utf-8").splitlines()]
     texts = [t["question"] + "\n" + t["answer"] for t in train]
-    for i in range(4):  # four files, four shards: both workers are busy for a while
-        _write_corpus(tmp_path / f"c{i}.jsonl", texts * 2)
+    for i in range(4):  # four files, four shards of ~30 MB: both workers are busy for a while, even at full speed
+        _write_corpus(tmp_path / f"c{i}.jsonl", texts * 8)
     bench = tmp_path / "bench.jsonl"
     bench.write_text("\n".join((shared_data / "gsm8k" / "test.jsonl").read_text("utf-8").splitlines()[:50]) + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "itd.cli.commands", "scan", str(bench), "-c", str(tmp_path), "-j", "2",
@@ -278,7 +278,7 @@ def test_scan_workers_end_with_their_parent(shared_data, tmp_path, sig):
         while len(workers := _children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert len(workers) >= 2, "the scan did not start its two workers"
-        time.sleep(0.5)
+        time.sleep(0.2)
         assert all(_running(w) for w in workers)
         proc.send_signal(sig)
         proc.wait(timeout=30)
