@@ -172,25 +172,22 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
     return combined[0] if one else combined
 
 
-def cross_fit_cauchy(pvalues: ArrayLike, scores: ArrayLike, reference_scores: Sequence[ArrayLike], *,
-                     seed: int = 0, min_items: int = 40, tail: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def cross_fit_cauchy(pvalues: ArrayLike, *, seed: int = 0, min_items: int = 40,
+                     tail: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Per item (row), the Cauchy combination of its tests' p-values (`pvalues`, items x tests), each test weighted
-    by how far the *other half* of the items reaches into the reference's upper tail on it: the squared one-sided
-    z of the share of that half's `scores` (column j) above the (1 - `tail`) quantile of `reference_scores[j]`
-    against the reference's own share (ties at the quantile counted half), negative z counted as 0 (equal weights
-    when no test shows an excess). Returns the combined p-values and the weights of each half (2 x tests, rows
-    summing to 1).
+    by how often the *other half* of the items is in its tail: the squared one-sided z of that half's share of
+    p-values <= `tail` against `tail`, the share a valid p-value has at most without a leak (negative z counted
+    as 0; equal weights when no test shows an excess). Returns the combined p-values and the weights of each half
+    (2 x tests, rows summing to 1).
 
     Equal weights let the tests that see nothing dilute the one that does (a fine-tuning leak moves the answer
-    probes only). Items are flagged in the reference's tail, so the weights measure the evidence there, where a
-    probe that separates leaked items well stands out; a squared z is each test's share of the signal, as in a
-    chi-square's noncentrality. A half's weights never use its own items, so, given the reference, they are
-    fixed for the items they weigh and the Cauchy combination stays as valid as with fixed weights. Fewer than
-    `min_items` items: equal weights, one fold."""
+    probes only). Items are flagged in the tail, so the weights measure the evidence there, where a probe that
+    separates leaked items well stands out, and on the p-values, so a calibration the scores lack (per answer
+    letter, `stratified_conformal_pvalues`) counts; a squared z is each test's share of the signal, as in a
+    chi-square's noncentrality. A half's weights never use its own items, so they are fixed for the items they
+    weigh and the Cauchy combination stays as valid as with fixed weights. Fewer than `min_items` items: equal
+    weights, one fold."""
     p = np.atleast_2d(np.asarray(pvalues, dtype=np.float64))
-    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
-    if s.shape != p.shape or len(reference_scores) != p.shape[1]:
-        raise ValueError("scores must have the shape of pvalues, and reference_scores one entry per test")
     if not 0.0 < tail < 1.0:
         raise ValueError(f"tail must be in (0, 1), got {tail}")
     n, k = p.shape
@@ -199,25 +196,16 @@ def cross_fit_cauchy(pvalues: ArrayLike, scores: ArrayLike, reference_scores: Se
     fold = np.random.default_rng(seed).permutation(n) % 2
     out, weights = np.empty(n), np.empty((2, k))
     for f in (0, 1):
-        other = s[fold != f]
-        z = np.array([_tail_excess_z(other[:, j], np.asarray(reference_scores[j], dtype=np.float64), tail)
-                      for j in range(k)])
+        other = p[fold != f]
+        z = np.zeros(k)
+        for j in range(k):
+            x = other[:, j][np.isfinite(other[:, j])]
+            if x.size:
+                z[j] = (np.count_nonzero(x <= tail) / x.size - tail) / math.sqrt(tail * (1.0 - tail) / x.size)
         w = np.clip(z, 0.0, None) ** 2
         weights[f] = w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
         out[fold == f] = cauchy_combination(p[fold == f], weights[f])
     return out, weights
-
-
-def _tail_excess_z(x: np.ndarray, ref: np.ndarray, tail: float) -> float:
-    """One-sided z of the share of `x` above the (1 - `tail`) quantile of `ref`, against `ref`'s own share (values
-    at the quantile count half, so discrete scores are measured fairly); 0 when either side is empty."""
-    x, ref = x[np.isfinite(x)], ref[np.isfinite(ref)]
-    if not x.size or not ref.size:
-        return 0.0
-    t = np.quantile(ref, 1.0 - tail, method="higher")
-    p0 = (np.count_nonzero(ref > t) + 0.5 * np.count_nonzero(ref == t)) / ref.size
-    p1 = (np.count_nonzero(x > t) + 0.5 * np.count_nonzero(x == t)) / x.size
-    return float((p1 - p0) / math.sqrt(max(p0 * (1.0 - p0), 1e-12) / x.size))
 
 
 def _pair_counts(positive: np.ndarray, negative_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

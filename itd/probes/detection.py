@@ -507,9 +507,7 @@ def _combine(report: DetectionReport) -> None:
     if not probes:
         return
     matrix = np.array([[it.p_values.get(m, np.nan) for m in probes] for it in report.items])
-    scores = np.array([[it.scores[m] for m in probes] for it in report.items])
-    combined_p, weights = stats.cross_fit_cauchy(matrix, scores, [report.reference_scores[m] for m in probes],
-                                                 seed=config.seed)
+    combined_p, weights = stats.cross_fit_cauchy(matrix, seed=config.seed)
     for it, pv in zip(report.items, combined_p.tolist()):
         it.combined_p = None if math.isnan(pv) else pv
     tests = list(probes) + [f"{m} top-k" for m in probes if m in report.sparse_tests]

@@ -442,17 +442,17 @@ def test_cross_fit_cauchy_weights_the_probe_that_sees_the_leak():
 
     rng = np.random.default_rng(11)
     p, scores, ref = _cross_fit_case(rng, leaked=120, shift=1.0)
-    combined, weights = cross_fit_cauchy(p, scores, ref)
+    combined, weights = cross_fit_cauchy(p)
     assert weights.shape == (2, 6) and np.allclose(weights.sum(axis=1), 1) and (weights[:, 0] > 0.5).all()
     truth = np.arange(400) < 120
     equal = cauchy_combination(p)
     assert auroc(-np.log(combined[truth]), -np.log(combined[~truth])) > auroc(-np.log(equal[truth]),
                                                                               -np.log(equal[~truth])) + 0.03
     # few items: equal weights, one fold
-    small, w = cross_fit_cauchy(p[:20], scores[:20], ref)
+    small, w = cross_fit_cauchy(p[:20])
     assert np.allclose(small, cauchy_combination(p[:20])) and np.allclose(w, 1 / 6)
-    with pytest.raises(ValueError, match="shape"):
-        cross_fit_cauchy(p, scores[:, :3], ref)
+    with pytest.raises(ValueError, match="tail"):
+        cross_fit_cauchy(p, tail=1.5)
 
 
 def test_cross_fit_cauchy_leads_with_the_probe_that_separates_in_the_tail():
@@ -464,7 +464,7 @@ def test_cross_fit_cauchy_leads_with_the_probe_that_separates_in_the_tail():
     p, scores, ref = _cross_fit_case(rng, k=8, leaked=120, shift=3.0)
     scores[:120, 1:] += 0.6
     p[:, 1:] = np.column_stack([conformal_pvalues(scores[:, j], ref[j]) for j in range(1, 8)])
-    combined, weights = cross_fit_cauchy(p, scores, ref)
+    combined, weights = cross_fit_cauchy(p)
     assert (weights[:, 0] > 0.8).all(), weights
     truth = np.arange(400) < 120
     best = auroc(scores[truth, 0], scores[~truth, 0])
@@ -478,7 +478,7 @@ def test_cross_fit_cauchy_is_calibrated_without_a_leak():
     rates = []
     for _ in range(40):
         p, scores, ref = _cross_fit_case(rng, n=200, m=300)
-        combined, _ = cross_fit_cauchy(p, scores, ref, seed=int(rng.integers(1 << 30)))
+        combined, _ = cross_fit_cauchy(p, seed=int(rng.integers(1 << 30)))
         rates.append((combined <= 0.05).mean())
     assert 0.03 <= float(np.mean(rates)) <= 0.07
 
