@@ -57,8 +57,7 @@ def run_cell(name, benchmark, train, r, args, wd):
         corpus_frequency_table(tokenizer, [lab.out / "corpus" / "clean.jsonl"]).save(table)
         options = {"dcpdd": {"table": str(table)}}
     decision = "combined" if reference else "minkpp"
-    methods = args.methods + (("reference",) if args.base_reference else ())
-    det = DetectConfig(methods=methods, decision=decision, batch_size=args.batch_size, options=options)
+    det = DetectConfig(methods=args.methods, decision=decision, batch_size=args.batch_size, options=options)
     base = load_model(base_model_dir(lab), device=args.device) if args.base_reference else None
     reports = {
         twin: detect(items, load_model(getattr(lab, twin), device=args.device), reference, det, truth=truth,
@@ -133,6 +132,8 @@ def main() -> int:
         args.methods = tuple(args.methods.split(","))
     else:  # a fine-tuning leak trains the answer only: the answer probe sees it
         args.methods = METHODS + (("answer_logp",) if args.recipe == "finetune" else ())
+    if args.base_reference and "reference" not in args.methods:
+        args.methods += ("reference",)
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
 
@@ -162,7 +163,7 @@ def main() -> int:
                       f"clean {cln.set_tests['minkpp'].p_value:.2f}; FDR flags ({con.config.decision}) contaminated {len(con.flagged)} "
                       f"(precision {con.truth.get('flags', {}).get('precision')}), clean {len(cln.flagged)}"
                       if con.set_tests else f"- {name} r={r}: twins trained in {train_s:.0f} s")
-                for m in (*args.methods, *(("reference",) if args.base_reference else ()), "combined"):
+                for m in (*args.methods, "combined"):
                     if m not in con.truth["methods"]:
                         continue
                     t, c = con.truth["methods"][m], cln.truth["methods"][m]

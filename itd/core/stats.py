@@ -197,11 +197,9 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, seed: int = 0, min_items: int = 40,
     out, weights = np.empty(n), np.empty((2, k))
     for f in (0, 1):
         other = p[fold != f]
-        z = np.zeros(k)
-        for j in range(k):
-            x = other[:, j][np.isfinite(other[:, j])]
-            if x.size:
-                z[j] = (np.count_nonzero(x <= tail) / x.size - tail) / math.sqrt(tail * (1.0 - tail) / x.size)
+        m = np.isfinite(other).sum(axis=0)  # per test: the other half's items that have a p-value
+        share = (other <= tail).sum(axis=0) / np.maximum(m, 1)
+        z = np.where(m > 0, (share - tail) / np.sqrt(tail * (1.0 - tail) / np.maximum(m, 1)), 0.0)
         w = np.clip(z, 0.0, None) ** 2
         weights[f] = w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
         out[fold == f] = cauchy_combination(p[fold == f], weights[f])
