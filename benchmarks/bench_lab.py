@@ -125,15 +125,16 @@ def main() -> int:
     ap.add_argument("--methods", default=None, help="Comma-separated probes (recall needs --reference). Default: "
                     f"{','.join(METHODS)}, and answer_logp for a fine-tuning leak (it trains the answer only).")
     ap.add_argument("--base-reference", action="store_true",
-                    help="Add the 'reference' probe (NLL ratio to a reference model) with the lab's base model, the "
+                    help="Add the reference-model probes ('reference', the NLL ratio to a reference model, and "
+                         "'answer_reference', the answer's log-likelihood ratio) with the lab's base model, the "
                          "checkpoint both twins were trained from, as the reference.")
     args = ap.parse_args()
     if args.methods:
         args.methods = tuple(args.methods.split(","))
     else:  # a fine-tuning leak trains the answer only: the answer probe sees it
         args.methods = METHODS + (("answer_logp",) if args.recipe == "finetune" else ())
-    if args.base_reference and "reference" not in args.methods:
-        args.methods += ("reference",)
+    if args.base_reference:
+        args.methods += tuple(m for m in ("reference", "answer_reference") if m not in args.methods)
     if args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -29,7 +30,7 @@ from itd.core.errors import InputError
 from itd.core.io import atomic_write, manifest_path, write_json
 from itd.core.progress import StageProgress, prefixed, under
 from itd.core.render import KEY_PREFIX, check_rendering, render, resolve_rendering
-from itd.probes.methods import PROBES
+from itd.probes.methods import PROBES, uses_reference_model
 
 if TYPE_CHECKING:  # itd.probes.models stays unimported until a model is scored
     from itd.probes.models import ItemScores, ModelRef, ScoringModel
@@ -42,6 +43,7 @@ __all__ = [
     "score_samples",
     "load_truth",
     "option_orders",
+    "set_test_weights",
 ]
 
 COMBINED = "combined"  # the decision by the Cauchy combination of every combined probe's p-value
@@ -396,8 +398,9 @@ def detect(
     config = config or DetectConfig()
     if not samples:
         raise InputError("the benchmark has no samples")
-    if ("reference" in config.methods) != (reference_model is not None):
-        raise InputError("the 'reference' probe needs a reference model (--reference-model), and only it uses one")
+    if uses_reference_model(config.methods) != (reference_model is not None):
+        raise InputError("the reference-model probes (reference, answer_reference) need a reference model "
+                         "(--reference-model), and only they use one")
     lm = resolve_model(model)
     ref_lm = None if reference_model is None else resolve_model(reference_model)
     config, reference = _with_recall_prefix(config, reference)
@@ -501,7 +504,8 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
 def _combine(report: DetectionReport) -> None:
     """Per item, the Cauchy combination of the combined probes' p-values, weighted by how often the other half's
     p-values lie in the tail (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
-    p-values (a leak of many items and one of a few), with the tests that drove it."""
+    p-values (a leak of many items and one of a few), one share per kind of evidence (`set_test_weights`), with
+    the tests that drove it."""
     config = report.config
     probes = [m for m in config.combine if m in report.set_tests]
     if not probes:
@@ -510,11 +514,13 @@ def _combine(report: DetectionReport) -> None:
     combined_p, weights = stats.cross_fit_cauchy(matrix, seed=config.seed)
     for it, pv in zip(report.items, combined_p.tolist()):
         it.combined_p = None if math.isnan(pv) else pv
-    tests = list(probes) + [f"{m} top-k" for m in probes if m in report.sparse_tests]
-    set_p = np.array([report.set_tests[m].p_value for m in probes]
-                     + [report.sparse_tests[m].p_value for m in probes if m in report.sparse_tests])
-    combined = float(stats.cauchy_combination(set_p))
-    terms = np.tan((0.5 - np.clip(set_p, 1e-300, 1 - 1e-15)) * np.pi)
+    tested = [(m, report.set_tests[m].p_value) for m in probes]
+    tested += [(m, report.sparse_tests[m].p_value) for m in probes if m in report.sparse_tests]
+    tests = [m if j < len(probes) else f"{m} top-k" for j, (m, _) in enumerate(tested)]
+    set_p = np.array([pv for _, pv in tested])
+    set_w = set_test_weights([m for m, _ in tested])
+    combined = float(stats.cauchy_combination(set_p, set_w))
+    terms = set_w * np.tan((0.5 - np.clip(set_p, 1e-300, 1 - 1e-15)) * np.pi)
     order = np.argsort(-terms, kind="stable")
     positive = terms.clip(min=0)
     share = positive / positive.sum() if positive.sum() > 0 else np.zeros_like(positive)
@@ -524,11 +530,27 @@ def _combine(report: DetectionReport) -> None:
         "p_value": combined,
         "probes": probes,
         "tests": tests,
+        "weights": {t: round(float(w), 4) for t, w in zip(tests, set_w)},
         "drivers": drivers,
         "shares": {tests[j]: round(float(share[j]), 4) for j in order},
         # the per-item combination's weights (`stats.cross_fit_cauchy`), averaged over the two halves
         "item_weights": {m: round(float(w), 4) for m, w in zip(probes, weights.mean(axis=0))},
     }
+
+
+def set_test_weights(test_probes: Sequence[str]) -> np.ndarray:
+    """The weights of set-level tests in their Cauchy combination, one per test, named by the probe it tests: each
+    kind of evidence among them (`Probe.evidence`) gets an equal share, split equally among its probes, and a
+    probe's share equally among its tests.
+
+    Fixed before any score is seen, so the combination keeps its level. Probes of one kind read the same quantities
+    (Min-K%, Min-K%++, Gap-K% and the loss are all functions of one pass's token log-probabilities) and move
+    together: weighted one per probe, six of them would outvote the one probe of another kind that sees the leak."""
+    kinds = {m: PROBES.get(m).evidence for m in test_probes}
+    per_probe = Counter(test_probes)
+    probes_of_kind = Counter(kinds[m] for m in per_probe)
+    n_kinds = len(probes_of_kind)
+    return np.array([1.0 / (n_kinds * probes_of_kind[kinds[m]] * per_probe[m]) for m in test_probes])
 
 
 def truth_metrics(items: Sequence[ItemDetection], config: DetectConfig, truth: Mapping[str, Sequence[str]]) -> dict[str, Any]:

@@ -17,6 +17,12 @@ next-token distribution, as in Min-K%++):
   on the question+answer rendering: minus the loss supervised fine-tuning minimises, which trains exactly these
   tokens and not the question's. A fine-tuning leak with the loss on the answer leaves the question's tokens as
   unfamiliar as an unseen item's (every whole-text probe misses it) and this score high. NaN without an answer.
+* `answer_reference`: answer_logp minus the same mean under a reference model (each model under its own
+  tokenisation): the likelihood-ratio form of `answer_logp` (Carlini et al. 2021's reference-model calibration,
+  on the answer only). How easy an answer is shows under both models and cancels; what only the evaluated model
+  was trained on stays. A fine-tuning leak of a one-letter answer moves neither the whole item's likelihood ratio
+  (`reference`) nor a one-model probe's ranking of easy and hard answers much; this ratio it moves. One pass of the
+  reference model (the one `reference` reads). NaN without an answer.
 * `dcpdd` (DC-PDD, Zhang et al. 2024): for the first occurrence of each token id in the text,
   alpha_t = p_t * -log f(x_t), f the token's Laplace-smoothed frequency in a reference corpus (`FrequencyTable`);
   the score is the mean of min(alpha_t, max_alpha).
@@ -43,6 +49,7 @@ from itd.core.registry import Registry
 
 __all__ = [
     "Probe",
+    "EVIDENCE",
     "PROBES",
     "GapKConfig",
     "DCPDDConfig",
@@ -53,7 +60,16 @@ __all__ = [
     "corpus_frequency_table",
     "tokenizer_hash",
     "probe_options",
+    "uses_reference_model",
 ]
+
+
+EVIDENCE = (
+    "likelihood",  # the item's own token log-probabilities under the evaluated model
+    "answer",  # the answer's tokens given the question
+    "context",  # how the likelihood moves behind a prefix of other text
+    "reference model",  # the evaluated model against a model that did not see the benchmark
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +77,22 @@ class Probe:
     """A registered probe: its name, the dataclass of its parameters (None: it has none), what it costs, the
     per-token statistics of the one forward pass it reads (`itd.probes.models` computes only those asked for), and
     whether it scores the answer given the question (`of_answer`: then a multiple-choice item's score carries the
-    model's preference among the letters, and detection calibrates it among items with the same gold letter)."""
+    model's preference among the letters, and detection calibrates it among items with the same gold letter), and
+    whether it compares the evaluated model with a second, reference model (`reference_model`). `evidence` is the
+    kind of evidence it reads (one of `EVIDENCE`): probes of one kind read the same quantities and agree, so the
+    set-level combination gives each kind one share rather than each probe (`itd.probes.detection`)."""
 
     name: str
     config: type | None
     cost: str
     token_stats: tuple[str, ...] = ()
     of_answer: bool = False
+    reference_model: bool = False
+    evidence: str = "likelihood"
+
+    def __post_init__(self) -> None:
+        if self.evidence not in EVIDENCE:
+            raise ValueError(f"probe {self.name!r}: evidence must be one of {EVIDENCE}, got {self.evidence!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +153,22 @@ for _probe in (
     Probe("mink", None, "one pass"),
     Probe("minkpp", None, "one pass", ("minkpp",)),
     Probe("lowercase", None, "one more pass (the lowercased text)"),
-    Probe("reference", None, "one pass of a reference model"),
+    Probe("reference", None, "one pass of a reference model", reference_model=True, evidence="reference model"),
     Probe("gapk", GapKConfig, "one pass", ("gap", "sigma")),
-    Probe("answer_acc", None, "one pass", ("gap",), of_answer=True),
-    Probe("answer_logp", None, "one pass", of_answer=True),
+    Probe("answer_acc", None, "one pass", ("gap",), of_answer=True, evidence="answer"),
+    Probe("answer_logp", None, "one pass", of_answer=True, evidence="answer"),
+    Probe("answer_reference", None, "one pass of a reference model", of_answer=True, reference_model=True,
+          evidence="reference model"),
     Probe("dcpdd", DCPDDConfig, "one pass and a token-frequency table"),
-    Probe("recall", ReCaLLConfig, "one more pass (prefix + text)"),
-    Probe("conrecall", ConReCaLLConfig, "two more passes (each prefix + text)"),
+    Probe("recall", ReCaLLConfig, "one more pass (prefix + text)", evidence="context"),
+    Probe("conrecall", ConReCaLLConfig, "two more passes (each prefix + text)", evidence="context"),
 ):
     PROBES.register(_probe.name)(_probe)
+
+
+def uses_reference_model(methods: Iterable[str]) -> bool:
+    """Whether any of `methods` compares the evaluated model with a reference model (`Probe.reference_model`)."""
+    return any(PROBES.get(m).reference_model for m in methods)
 
 
 def probe_options(methods: tuple[str, ...], options: Any) -> dict[str, Any]:

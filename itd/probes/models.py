@@ -18,6 +18,7 @@ negative log-likelihood (nats per token) of the text's tokens and `logp_t` the l
 * `lowercase`: -nll / nll_lower, nll_lower the NLL of the lowercased text (Carlini et al. 2021; a second pass).
 * `reference`: -nll / nll_ref, nll_ref the NLL of the text under a reference model (Carlini et al. 2021). If
   the two tokenizers differ, each model scores the text under its own tokenisation: the ratio is per item.
+* `answer_reference`: answer_logp minus the answer's mean log-probability under the reference model.
 * `gapk`, `answer_acc`, `answer_logp`, `dcpdd` (one pass; DC-PDD also reads a token-frequency table), `recall` and `conrecall`
   (one or two more passes, the text behind a prefix): see `itd.probes.methods`, which registers every probe and holds
   the parameters of those that have any (`ScoreConfig.options`).
@@ -54,6 +55,7 @@ from itd.core.io import Journal, content_key
 from itd.core.progress import Progress
 from itd.core.registry import close_names
 from itd.core.validate import is_int
+from itd.probes.methods import PROBES, FrequencyTable, probe_options, uses_reference_model
 from itd.probes.parallel import ReplicaPool, parse_devices
 
 __all__ = [
@@ -82,8 +84,8 @@ __all__ = [
     "AnsweredText",
 ]
 
-METHODS = ("loss", "zlib", "mink", "minkpp", "lowercase", "reference", "gapk", "answer_acc", "answer_logp", "dcpdd",
-           "recall", "conrecall")  # every probe registered in `itd.probes.methods.PROBES`
+METHODS = ("loss", "zlib", "mink", "minkpp", "lowercase", "reference", "gapk", "answer_acc", "answer_logp",
+           "answer_reference", "dcpdd", "recall", "conrecall")  # every probe registered in `itd.probes.methods.PROBES`
 DEFAULT_METHODS = ("loss", "zlib", "mink", "minkpp")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -497,7 +499,6 @@ class ScoreConfig:
                 hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 raise ValueError(f"unknown probe method {m!r}.{hint} Known: {', '.join(METHODS)}.")
         object.__setattr__(self, "methods", methods)
-        from itd.probes.methods import probe_options
 
         object.__setattr__(self, "options", probe_options(methods, self.options))
         if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not 0 < self.k <= 1:
@@ -518,7 +519,8 @@ class ItemScores:
 
     `nll`: mean negative log-likelihood in nats per scored token; `ppl` = exp(nll). `token_logprobs[i]`: log p of
     the i-th token of the text given everything before it. `token_minkpp`: the per-token Min-K%++ scores (None
-    unless `minkpp` was computed). `lowercase_nll` / `reference_nll`: the second-pass NLLs, when computed.
+    unless `minkpp` was computed). `lowercase_nll` / `reference_nll`: the second-pass NLLs, when computed;
+    `reference_answer_logp`: the reference model's mean log p of the answer's tokens (an `AnsweredText`'s).
     """
 
     scores: dict[str, float]
@@ -529,6 +531,7 @@ class ItemScores:
     token_minkpp: np.ndarray | None = None
     lowercase_nll: float | None = None
     reference_nll: float | None = None
+    reference_answer_logp: float | None = None
     token_gap: np.ndarray | None = None
     """logp_t - max log p at t (<= 0; 0 where the token is the model's top-1), when `gapk` or `answer_acc` ran."""
     answer_start: int | None = None
@@ -543,6 +546,8 @@ class ItemScores:
             out["lowercase_nll"] = self.lowercase_nll
         if self.reference_nll is not None:
             out["reference_nll"] = self.reference_nll
+        if self.reference_answer_logp is not None:
+            out["reference_answer_logp"] = self.reference_answer_logp
         if self.answer_start is not None:
             out["answer_start"] = self.answer_start
         if self.prefix_nll:
@@ -587,8 +592,9 @@ def score_texts(
     config = config or ScoreConfig()
     if any(not isinstance(t, str) for t in texts):
         raise TypeError("score_texts needs a sequence of str")
-    if ("reference" in config.methods) != (reference is not None):
-        raise ValueError("the 'reference' method and a reference model go together: give both or neither")
+    if uses_reference_model(config.methods) != (reference is not None):
+        raise ValueError("the reference-model probes (reference, answer_reference) and a reference model go "
+                         "together: give both or neither")
     texts = list(texts)
     if model.store is not None:
         return _score_stored(model, texts, config, reference, progress)
@@ -596,13 +602,14 @@ def score_texts(
         return model.replicas.score(model, texts, config, reference, progress)
     freq = _dcpdd_frequencies(model, config) if "dcpdd" in config.methods else None
     ids = _encode(model, texts)
+    ref_ids = _encode(reference, texts) if reference is not None else None
     passes: list[tuple[ScoringModel, list[list[int]], tuple[str, ...]]] = [
         (model, ids, _token_stats(config.methods))  # the one pass for every one-pass probe
     ]
     if "lowercase" in config.methods:
         passes.append((model, _encode(model, [t.lower() for t in texts]), ()))
     if reference is not None:
-        passes.append((reference, _encode(reference, texts), ()))
+        passes.append((reference, ref_ids, ()))
     prefixes = _prefixes(config)
     for prefix in prefixes.values():
         passes.append((model, _behind_prefix(model, ids, prefix, config), ()))
@@ -621,6 +628,7 @@ def score_texts(
     ref = next(extra)["lp"] if reference is not None else None
     conditioned = {key: next(extra)["lp"] for key in prefixes}
     starts = _answer_token_starts(model, texts, ids)
+    ref_starts = _answer_token_starts(reference, texts, ref_ids) if reference is not None else None
     out = []
     for i, text in enumerate(texts):
         lp = main["lp"][i]
@@ -633,6 +641,8 @@ def score_texts(
             item.lowercase_nll = _nll(lower[i])
         if ref is not None:
             item.reference_nll = _nll(ref[i])
+            if ref_starts[i] is not None:
+                item.reference_answer_logp = _answer_mean(ref[i], ref_starts[i])
         if conditioned:
             # the text's own tokens are the last ones of the prefixed row
             item.prefix_nll = {key: _nll(c[i][c[i].size - lp.size :]) for key, c in conditioned.items()}
@@ -645,8 +655,6 @@ def score_texts(
 
 def _token_stats(methods: Sequence[str]) -> tuple[str, ...]:
     """The per-token statistics the one pass computes for `methods` (besides log p)."""
-    from itd.probes.methods import PROBES
-
     return tuple(sorted({s for m in methods for s in PROBES.get(m).token_stats}))
 
 
@@ -729,8 +737,6 @@ def _mtime(path: str) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=4)
 def _load_table(path: str, mtime: int, size: int):
-    from itd.probes.methods import FrequencyTable
-
     return FrequencyTable.load(path)
 
 
@@ -800,6 +806,7 @@ def _scores_from_record(rec: dict[str, Any]) -> ItemScores:
         token_minkpp=None if minkpp is None else np.asarray(minkpp, dtype=dtype),
         lowercase_nll=rec.get("lowercase_nll"),
         reference_nll=rec.get("reference_nll"),
+        reference_answer_logp=rec.get("reference_answer_logp"),
         token_gap=None if gap is None else np.asarray(gap, dtype=dtype),
         answer_start=rec.get("answer_start"),
         prefix_nll=rec.get("prefix_nll"),
@@ -844,9 +851,11 @@ def _method_score(method: str, item: ItemScores, text: str, config: ScoreConfig,
             return math.nan
         return float(np.mean(item.token_gap[item.answer_start :] == 0))
     if method == "answer_logp":
-        if item.answer_start is None or item.answer_start >= item.token_logprobs.size:
+        return math.nan if item.answer_start is None else _answer_mean(item.token_logprobs, item.answer_start)
+    if method == "answer_reference":
+        if item.answer_start is None or item.reference_answer_logp is None:
             return math.nan
-        return float(np.mean(item.token_logprobs[item.answer_start :], dtype=np.float64))
+        return _answer_mean(item.token_logprobs, item.answer_start) - item.reference_answer_logp
     if method == "dcpdd":
         assert freq is not None
         return _dcpdd(item.token_logprobs, np.asarray(targets, dtype=np.int64), freq, config.options["dcpdd"].max_alpha)
@@ -858,6 +867,13 @@ def _method_score(method: str, item: ItemScores, text: str, config: ScoreConfig,
         nonmember = item.prefix_nll.get("conrecall_nonmember", item.prefix_nll["nonmember"])
         return _ratio(nonmember - config.options["conrecall"].gamma * item.prefix_nll["member"], item.nll)
     raise AssertionError(method)
+
+
+def _answer_mean(logprobs: np.ndarray, start: int) -> float:
+    """Mean log p of the answer's tokens (from index `start` on); NaN when the answer has no scored token."""
+    if start >= logprobs.size:
+        return math.nan
+    return float(np.mean(logprobs[start:], dtype=np.float64))
 
 
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from itd.cli.commands import main
 from itd.core import Sample, load_benchmark
 from itd.core.errors import InputError
 from itd.core.stats import cauchy_combination
-from itd.probes.detection import DetectConfig, detect, load_truth, option_orders
+from itd.probes.detection import DetectConfig, detect, load_truth, option_orders, set_test_weights
 from itd.probes.models import load_model
 
 
@@ -119,6 +119,34 @@ def test_cli_detect_writes_scores_and_exits_by_verdict(tiny_lab, lab_sets, tmp_p
     assert json.loads(capsys.readouterr().out)["contaminated"] is False
 
 
+def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, tmp_path, capsys):
+    """The reference-model probes, with the base model both twins continued from (it saw no benchmark item) as the
+    reference: each item's likelihood ratio, whole and of the answer, finds the leaked items."""
+    from itd.lab.result import load_lab_manifest
+
+    _, _, bench_file, ref_file = lab_sets
+    base = load_lab_manifest(tiny_lab.out)["base"]["cache"]
+    out = tmp_path / "scores.jsonl"
+    methods = ("minkpp", "reference", "answer_reference")
+    args = ["detect", str(bench_file), "--reference-set", str(ref_file), "--truth", str(tiny_lab.manifest),
+            "--methods", ",".join(methods), "--decision", "combined", "--device", "cpu", "--batch-size", "16",
+            "--json", "-q"]
+    rc = main([*args, "--model", str(tiny_lab.contaminated), "--reference-model", base, "--out", str(out)])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 1 and summary["contaminated"]
+    for m in ("reference", "answer_reference"):
+        assert summary["truth"]["methods"][m]["auroc"] >= 0.9, (m, summary["truth"]["methods"][m])
+    # one share per kind of evidence: the two reference-model probes split one half
+    assert summary["combined_set_test"]["weights"]["reference"] == pytest.approx(0.125, abs=1e-4)
+    records = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert all(isinstance(r["answer_reference"], float) for r in records)
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text("utf-8"))
+    assert manifest["models"] == [str(tiny_lab.contaminated), base]
+    # the reference-model probes and a reference model go together
+    assert main([*args, "--model", str(tiny_lab.contaminated)]) == 2
+    assert "reference model" in capsys.readouterr().err
+
+
 def test_cli_detect_input_errors(lab_sets, tmp_path, capsys):
     _, _, bench_file, _ = lab_sets
     assert main(["detect", str(bench_file), "--model", str(tmp_path / "no-such-model")]) == 2
@@ -173,6 +201,13 @@ def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tm
     # the set verdict combines each probe's Mann-Whitney and top-k tests, all of them in the summary
     assert con.combined_set["tests"] == [*methods, *(f"{m} top-k" for m in methods)]
     assert set(con.summary()["sparse_set_tests"]) == set(methods)
+    # one share per kind of evidence: the four likelihood probes split a third, answer_acc and recall have one each
+    tests, w = con.combined_set["tests"], con.combined_set["weights"]
+    assert w["loss"] == w["dcpdd top-k"] == pytest.approx(1 / 24, abs=1e-4)
+    assert w["answer_acc"] == w["recall top-k"] == pytest.approx(1 / 6, abs=1e-4)
+    set_p = [con.set_tests[m].p_value for m in methods] + [con.sparse_tests[m].p_value for m in methods]
+    assert con.combined_set["p_value"] == cauchy_combination(set_p, set_test_weights([t.removesuffix(" top-k")
+                                                                                       for t in tests]))
     # the per-item combination's weights, from the other half's evidence: on the leaked set, not spread evenly
     weights = con.combined_set["item_weights"]
     assert set(weights) == set(methods) and sum(weights.values()) == pytest.approx(1, abs=1e-3)

@@ -63,13 +63,26 @@ def test_gapk_matches_the_published_formula(lm, texts):
     assert sum(abs(i.scores["gapk"] - i.scores["minkpp"]) > 1e-3 for i in got) >= len(got) // 2
 
 
-def test_answer_accuracy_is_teacher_forced_top1_accuracy_on_the_answer(lm, shared_data):
-    records = _gsm8k(shared_data, "test", 6)
+def _answered_items(lm, shared_data, n: int = 6) -> list[AnsweredText]:
+    """GSM8K test items cut to 20 tokens of question and 20 of answer, as question+answer renderings."""
     items = []
-    for r in records:
+    for r in _gsm8k(shared_data, "test", n):
         question = lm.tokenizer.decode(lm.tokenizer(r["question"])["input_ids"][:20])
         answer = lm.tokenizer.decode(lm.tokenizer(r["answer"])["input_ids"][:20])
         items.append(AnsweredText(f"{question}\n{answer}", len(question) + 1))
+    return items
+
+
+def _answer_logps(lm, text: AnsweredText) -> list[float]:
+    """log p of each answer token given all before it (the answer's first token: the first whose decoded prefix
+    reaches past the answer's first character), one position at a time."""
+    ids, rows = _per_position(lm, text)
+    first = next(j for j in range(1, len(ids)) if len(lm.tokenizer.decode(ids[1 : j + 1])) > text.answer_start)
+    return [rows[t - 1][0] for t in range(first, len(ids))]
+
+
+def test_answer_accuracy_is_teacher_forced_top1_accuracy_on_the_answer(lm, shared_data):
+    items = _answered_items(lm, shared_data)
     got = score_texts(lm, items, ScoreConfig(methods=("loss", "answer_acc", "answer_logp"), batch_size=4))
     for text, item in zip(items, got):
         ids, rows = _per_position(lm, text)
@@ -79,14 +92,48 @@ def test_answer_accuracy_is_teacher_forced_top1_accuracy_on_the_answer(lm, share
         assert item.answer_start == first - 1
         assert item.scores["answer_acc"] == pytest.approx(float(np.mean(hits)), abs=1e-12)
         # answer_logp: the mean log p of the answer's tokens given all before them
-        logps = [rows[t - 1][0] for t in range(first, len(ids))]
-        assert item.scores["answer_logp"] == pytest.approx(float(np.mean(logps)), abs=1e-4)
+        assert item.scores["answer_logp"] == pytest.approx(float(np.mean(_answer_logps(lm, text))), abs=1e-4)
     # a plain text has no answer to score; nor has an answer that is empty
     plain = score_texts(lm, ["Janet has three ducks.", AnsweredText("Janet\n", 6)],
                         ScoreConfig(methods=("answer_acc", "answer_logp")))
     assert all(math.isnan(p.scores["answer_acc"]) and math.isnan(p.scores["answer_logp"]) for p in plain)
     with pytest.raises(ValueError, match="outside"):
         AnsweredText("abc", 4)
+
+
+def test_answer_reference_is_the_answer_log_likelihood_ratio_to_the_reference_model(lm, nobos_dir, shared_data,
+                                                                                    tmp_path):
+    """answer_logp under the evaluated model minus the same under the reference model, each model reading the
+    text under its own tokenizer (the reference here has another vocabulary and no BOS token)."""
+    ref = load_model(nobos_dir, device="cpu")
+    items = _answered_items(lm, shared_data)
+    assert any(_ids(ref, t) != _ids(lm, t) for t in items)
+    cfg = ScoreConfig(methods=("answer_logp", "answer_reference", "reference"), batch_size=4)
+    got = score_texts(lm, items, cfg, reference=ref)
+    for text, item in zip(items, got):
+        ours, theirs = np.mean(_answer_logps(lm, text)), np.mean(_answer_logps(ref, text))
+        assert item.reference_answer_logp == pytest.approx(float(theirs), abs=1e-4)
+        assert item.scores["answer_reference"] == pytest.approx(float(ours - theirs), abs=1e-4)
+        assert item.to_dict()["reference_answer_logp"] == item.reference_answer_logp
+    # through a results store: the same scores and reference answer log-likelihoods
+    import copy
+
+    from itd.core.io import Journal
+
+    stored_lm = copy.copy(lm)
+    stored_lm.store = Journal(tmp_path / "scores.journal")
+    for _ in range(2):  # scored, then read back
+        stored = score_texts(stored_lm, items, cfg, reference=ref)
+        assert [s.reference_answer_logp for s in stored] == pytest.approx([g.reference_answer_logp for g in got])
+        assert all(s.scores == pytest.approx(g.scores) for s, g in zip(stored, got))
+    # a plain text has no answer: NaN, and no reference answer log-likelihood
+    plain = score_texts(lm, ["Janet has three ducks."], cfg, reference=ref)[0]
+    assert math.isnan(plain.scores["answer_reference"]) and plain.reference_answer_logp is None
+    # the probe and a reference model go together
+    with pytest.raises(ValueError, match="reference model"):
+        score_texts(lm, items, ScoreConfig(methods=("answer_reference",)))
+    with pytest.raises(ValueError, match="reference model"):
+        score_texts(lm, items, ScoreConfig(methods=("answer_logp",)), reference=ref)
 
 
 @pytest.fixture(scope="module")
