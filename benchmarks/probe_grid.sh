@@ -6,10 +6,10 @@
 # GSM8K and MMLU (../shared/data), both leak recipes (pretrain, finetune), leak rates 5%, 10% and 30%, r in
 # {1, 3, 6}, one replica per seed (another split of leaked / unseen items, other training batches): one
 # `bench_lab.py` run per (benchmark, recipe, leak rate, seed), which trains the paired twins for each r and scores
-# every probe, the combination, and the set-level tests (Mann-Whitney and top-k) on both twins against a
-# reference of REFERENCE held-out items. Each run's report goes to runs/probe-grid/<benchmark>-<recipe>-
-# l<rate>-s<seed>.md, its labs beside it; a finished run is skipped, and a run stopped halfway reuses the labs it
-# finished (`--reuse`).
+# every probe (the reference-model probes with the lab's base model as the reference), the combination, and the
+# set-level tests (Mann-Whitney and top-k) on both twins against a reference of REFERENCE held-out items. Each
+# run's report goes to runs/probe-grid/<benchmark>-<recipe>-l<rate>-s<seed>.md, its labs beside it; a finished run
+# is skipped, and a run stopped halfway reuses the labs it finished (`--reuse`).
 #
 # Cost: the `small` preset trains one lab in 10-25 minutes on 2 CPU cores (twins of the r = 1 cells take the
 # longest), so the 36 runs of 3 labs each are about a day of CPU; on a GPU (DEVICE=cuda) a few minutes a lab.
@@ -30,7 +30,7 @@ for bench in gsm8k mmlu; do
         cell="$OUT/$bench-$recipe-l$leak-s$seed"
         [ -s "$cell.md" ] && continue
         python benchmarks/bench_lab.py --benchmarks "$bench" --recipe "$recipe" --leak-rate "$leak" --seed "$seed" \
-          --preset "$PRESET" --repeats "$REPEATS" --reference "$REFERENCE" --device "$DEVICE" --reuse \
+          --preset "$PRESET" --repeats "$REPEATS" --reference "$REFERENCE" --device "$DEVICE" --reuse --base-reference \
           --workdir "$cell" > "$cell.md.tmp" 2> "$cell.log"
         mv "$cell.md.tmp" "$cell.md"
         grep -E "combined set-level p" "$cell.md" || true

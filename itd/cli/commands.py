@@ -513,7 +513,8 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
 @click.option("--reference-set", type=click.Path(), help="Clean items the model cannot have seen, in the same format.")
 @click.option("--format", "fmt", default="auto", help="Format of BENCHMARK and the reference set.")
 @click.option("--methods", default="loss,zlib,mink,minkpp", help="Comma-separated probes: loss, zlib, mink, minkpp, "
-              "lowercase, reference, gapk, answer_acc, answer_logp, dcpdd (needs --dcpdd-table), recall (prefix from the reference set).")
+              "lowercase, reference and answer_reference (need --reference-model), gapk, answer_acc, answer_logp, "
+              "dcpdd (needs --dcpdd-table), recall (prefix from the reference set).")
 @click.option("--decision", default="minkpp", help="Probe whose p-values or threshold make the flags, or 'combined' (the "
               "Cauchy combination of every probe's p-value).")
 @click.option("--dcpdd-table", type=click.Path(dir_okay=False), help="Token-frequency table of the model's tokenizer for "

@@ -4,8 +4,11 @@ Every benchmark item is rendered (`itd.core.render`) and scored under the evalua
 batched pass (`itd.probes.models.score_texts`). A clean reference set, items the model cannot have seen in the same
 format, is scored the same way; each item's score then gets a conformal p-value against the reference scores,
 and items are flagged under Benjamini-Hochberg false-discovery-rate control. A one-sided Mann-Whitney test of
-benchmark against reference scores answers whether the set as a whole leaked. Without a reference set, the
-plain threshold of the ITD paper (`threshold`, on the decision method's score) flags items instead.
+benchmark against reference scores, and a top-k test for a leak of a few items, answer whether the set as a whole
+leaked. Several probes merge into one verdict by the Cauchy combination: per item with weights cross-fitted on
+the other half of the items, at set level with one share per kind of evidence (`set_test_weights`). Without a
+reference set, the plain threshold of the ITD paper (`threshold`, on the decision method's score) flags items
+instead.
 
 For multiple-choice items the option-permutation test (Oren et al. 2023) needs no reference at all: a model
 that memorised an item prefers its published option order over the other orders far more often than chance.
@@ -64,10 +67,10 @@ class DetectConfig:
     items joined into the ReCaLL / Con-ReCall non-member prefix (they leave the calibration set). `codec`: also
     run the dataset-level CoDeC test (`itd.probes.codec`, two more passes, one over `codec_shots` in-context items per
     item) on the benchmark and the reference set; it is reported beside the set-level tests and does not decide.
-    `stratify`: the p-values of the probes that score the answer (`answer_acc`, `answer_logp`) of a
-    multiple-choice item are calibrated against the reference items with the same gold letter (Mondrian
-    conformal p-values), so the model's preference among the letters is no evidence; a letter with fewer than 20
-    reference items falls back to the whole reference set.
+    `stratify`: the p-values of the probes that score the answer (`answer_acc`, `answer_logp`,
+    `answer_reference`) of a multiple-choice item are calibrated against the reference items with the same gold
+    letter (Mondrian conformal p-values), so the model's preference among the letters is no evidence; a letter
+    with fewer than 20 reference items falls back to the whole reference set.
     """
 
     methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
