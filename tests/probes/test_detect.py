@@ -219,3 +219,20 @@ def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tm
     assert con.truth["methods"]["combined"]["auroc"] >= 0.85
     for m in (*methods, "combined"):
         assert abs(cln.truth["methods"][m]["auroc"] - 0.5) < 0.2, (m, cln.truth["methods"][m])
+
+
+def test_set_test_weights_give_each_kind_of_evidence_one_share():
+    """Each kind of evidence (`Probe.evidence`) gets an equal share of the set-level combination, split among its
+    probes and their tests; fixed by the probes alone, so the combination keeps its level."""
+    tests = ["loss", "mink", "minkpp", "gapk", "answer_logp", "reference", "answer_reference",
+             "loss top-k", "mink top-k", "minkpp top-k", "gapk top-k", "answer_logp top-k", "reference top-k"]
+    w = dict(zip(tests, set_test_weights([t.removesuffix(" top-k") for t in tests])))
+    assert sum(w.values()) == pytest.approx(1)
+    assert w["loss"] == w["gapk top-k"] == pytest.approx(1 / 24)  # 4 likelihood probes x 2 tests share 1/3
+    assert w["answer_logp"] == w["answer_logp top-k"] == pytest.approx(1 / 6)
+    assert w["reference"] == w["reference top-k"] == pytest.approx(1 / 12)
+    assert w["answer_reference"] == pytest.approx(1 / 6)  # its only test carries its probe's whole share
+    # four likelihood probes that see nothing cannot outvote the one reference probe that sees a leak of a few
+    probes = ["loss", "mink", "minkpp", "gapk", "reference"]
+    set_p = [0.5, 0.6, 0.55, 0.5, 0.002]
+    assert cauchy_combination(set_p, set_test_weights(probes)) < 0.01 < cauchy_combination(set_p)
