@@ -40,6 +40,7 @@ from itd.core.io import Journal, atomic_write, build_manifest, redact_urls, writ
 from itd.core.progress import StageProgress, prefixed, under
 from itd.core.registry import config_from_table, did_you_mean, typed_value
 from itd.probes.detection import DetectConfig
+from itd.probes.methods import uses_reference_model
 from itd.rewriters.verify import VerifyConfig
 
 __all__ = [
@@ -77,12 +78,15 @@ class BenchmarkConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """The evaluated model (`name`: a local directory or hub name) and, optionally, a `clean` twin or reference
-    model of the same family that never saw the benchmark (fidelity, resistance, inflation removed).
-    With `base_url` both are model names on an OpenAI-compatible endpoint (evaluation only: an endpoint gives
-    no token probabilities to probe)."""
+    model of the same family that never saw the benchmark (fidelity, resistance, inflation removed), and a
+    `reference` model for the reference-model probes (`[detect] methods` with `reference`, `answer_reference`):
+    one that cannot have seen the benchmark, such as the base model of the fine-tune evaluated.
+    With `base_url` `name` and `clean` are model names on an OpenAI-compatible endpoint (evaluation only: an
+    endpoint gives no token probabilities to probe)."""
 
     name: str = ""
     clean: str | None = None
+    reference: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     base_url: str | None = None
@@ -205,6 +209,13 @@ class PipelineConfig:
                 raise InputError(f"unknown evaluate.arms entry {arm!r}; choose from {', '.join(ARMS)}")
         if not self.benchmark.path:
             raise InputError("the config needs benchmark.path (the benchmark file or directory)")
+        probes_reference = self.probes and uses_reference_model(self.detect.methods)
+        if probes_reference and not self.model.reference and not self.model.base_url:
+            raise InputError("[detect] methods include a reference-model probe (reference, answer_reference): set "
+                             "model.reference, a model that cannot have seen the benchmark")
+        if self.model.reference and not probes_reference:
+            raise InputError("model.reference is read by the reference-model probes only: add 'reference' or "
+                             "'answer_reference' to [detect] methods (with detection enabled)")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as nested plain values (TOML- and JSON-ready; None values left out), one table per stage."""
@@ -298,7 +309,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     return PipelineConfig.from_dict(data, where=str(path))
 
 
-_PATH_KEYS = {"benchmark": ("path", "reference", "fewshot", "truth"), "model": ("name", "clean"), "scan": ("corpus",),
+_PATH_KEYS = {"benchmark": ("path", "reference", "fewshot", "truth"), "model": ("name", "clean", "reference"), "scan": ("corpus",),
               "rewrite": ("math_prompt", "mcq_prompt")}
 
 
@@ -384,8 +395,8 @@ class Pipeline:
             from itd.probes.detection import detect
 
             log(f"detecting with {cfg.model.name}")
-            detection = detect(samples, models["model"], reference, cfg.detect, truth=truth,
-                               progress=prefixed(progress, "detect"))
+            detection = detect(samples, models["model"], reference, cfg.detect, reference_model=models.get("reference"),
+                               truth=truth, progress=prefixed(progress, "detect"))
             detection.write_jsonl(out / "detection.jsonl")
             files["detection"] = out / "detection.jsonl"
         if cfg.scan.corpus and cfg.scan.detect:
@@ -408,7 +419,7 @@ class Pipeline:
                              "benchmark.reference or detect.threshold (or scan.corpus), or rewrite.only_flagged = false")
         log(f"{len(flagged)} item(s) flagged")
 
-        rewrite_report = self._rewrite(samples, kind, flagged, models.get("model"), reference, state, progress)
+        rewrite_report = self._rewrite(samples, kind, flagged, models, reference, state, progress)
         rewrite_report.write_log(out / "rewrite.jsonl")
         files["rewrite"] = out / "rewrite.jsonl"
         decontaminated = rewrite_report.samples(drop_rejected=cfg.rewrite.drop_rejected)
@@ -423,7 +434,7 @@ class Pipeline:
             for arm in cfg.arms:
                 if arm == "all" and not cfg.rewrite.only_flagged:
                     continue  # the configured set already rewrote every item
-                arm_report = self._rewrite(samples, kind, flagged, models.get("model"), reference, state, progress,
+                arm_report = self._rewrite(samples, kind, flagged, models, reference, state, progress,
                                            only_flagged=False, seed=cfg.rewrite.seed + (arm == "retest"))
                 arm_report.write_log(out / f"rewrite-{arm}.jsonl")
                 files[f"rewrite-{arm}"] = out / f"rewrite-{arm}.jsonl"
@@ -459,8 +470,9 @@ class Pipeline:
             write_html_report(out / "report.html", summary, items, top=cfg.report.top)
             files["report"] = out / "report.html"
         inputs = [p for p in (cfg.benchmark.path, cfg.benchmark.reference, cfg.benchmark.fewshot, cfg.benchmark.truth) if p]
+        model_names = (cfg.model.name, cfg.model.clean, cfg.model.reference, cfg.rewrite.llm_model)
         manifest = build_manifest(command="run", config=cfg.to_dict(), inputs=[*inputs, *cfg.scan.corpus],
-                                  models=[m for m in (cfg.model.name, cfg.model.clean, cfg.rewrite.llm_model) if m])
+                                  models=[m for m in model_names if m])
         manifest["rewrite_stats"] = rewrite_report.stats
         manifest["seeds"] = {"detect": cfg.detect.seed, "rewrite": cfg.rewrite.seed, "evaluate": cfg.evaluate.seed}
         if evaluation:
@@ -507,7 +519,8 @@ class Pipeline:
             f.write(effective)
 
     def _models(self, state: Path) -> dict[str, Any]:
-        """The evaluated and clean models, loaded once, each with its journal of finished model calls."""
+        """The evaluated and clean models, loaded once, each with its journal of finished model calls, and the
+        reference model of the reference-model probes (its scores are journalled with the evaluated model's)."""
         cfg = self.config.model
         if not cfg.name:
             return {}
@@ -521,6 +534,8 @@ class Pipeline:
                 lm = load_model(name, device=cfg.device, dtype=cfg.dtype)
                 lm.store = Journal(state / f"scores-{role}.jsonl")
                 models[role] = lm
+        if cfg.reference:
+            models["reference"] = load_model(cfg.reference, device=cfg.device, dtype=cfg.dtype)
         return models
 
     def _scan_config(self):
@@ -530,10 +545,11 @@ class Pipeline:
         return ScanConfig(detectors=s.detectors, text_field=s.text_field, layout=s.layout, workers=s.workers, engine=s.engine,
                           ray_address=s.ray_address, detector_options=s.detector_options)
 
-    def _rewrite(self, samples, kind, flagged, lm, reference, state, progress, *, only_flagged: bool | None = None,
+    def _rewrite(self, samples, kind, flagged, models, reference, state, progress, *, only_flagged: bool | None = None,
                  seed: int | None = None):
-        """The rewrite stage: the configured rewriter, verifier and assurance, on the flagged items (or, with
-        `only_flagged` false, on every item); `seed` replaces the rewriter's seed."""
+        """The rewrite stage: the configured rewriter, verifier and assurance (the probes with the models of
+        `models`), on the flagged items (or, with `only_flagged` false, on every item); `seed` replaces the
+        rewriter's seed."""
         from itd.rewriters.assure import build_assurance
         from itd.rewriters.loop import build_rewriter, rewrite
         from itd.rewriters.verify import Verifier
@@ -551,8 +567,10 @@ class Pipeline:
         if "auto" in wanted:
             wanted.discard("auto")
             wanted.add("corpus" if cfg.scan.corpus else "model")
+        lm = models.get("model")
         probe = "model" in wanted and lm is not None and (reference or cfg.detect.threshold is not None)
         assurance = build_assurance(model=lm if probe else None, reference=reference, detect=cfg.detect,
+                                    reference_model=models.get("reference"),
                                     corpus=cfg.scan.corpus if "corpus" in wanted else (), scan=self._scan_config())
 
         def on_progress(stage: str, done: int, total: int, counters: dict) -> None:
@@ -707,7 +725,7 @@ def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged
              truth, truth_figures=None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": {"path": cfg.benchmark.path, "kind": kind, "items": len(samples)},
-        "models": {"model": cfg.model.name or None, "clean": cfg.model.clean},
+        "models": {"model": cfg.model.name or None, "clean": cfg.model.clean, "reference": cfg.model.reference},
         "flagged": len(flagged),
     }
     if detection is not None:

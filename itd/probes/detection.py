@@ -46,6 +46,7 @@ __all__ = [
     "score_samples",
     "load_truth",
     "option_orders",
+    "probe_pvalues",
     "set_test_weights",
 ]
 
@@ -416,9 +417,6 @@ def detect(
     if reference:
         ref_scored = score_samples(lm, reference, config, ref_lm, progress, "reference set")
         report.mode, report.reference_size = "fdr", len(reference)
-        # the answer probes' strata: a multiple-choice item's gold letter (None for other items)
-        keys = np.array([_answer_stratum(it.sample) for it in items], dtype=object)
-        ref_keys = np.array([_answer_stratum(s) for s in reference], dtype=object)
         for m in config.methods:
             bench = np.array([it.scores[m] for it in items])
             ref = np.array([s.scores[m] for s in ref_scored])
@@ -426,12 +424,7 @@ def detect(
             report.reference_scores[m] = ref[ok_r].tolist()
             if not ok_r.any() or not ok_b.any():
                 continue
-            p = np.ones(bench.size)
-            if config.stratify and PROBES.get(m).of_answer:  # within items of the same gold letter
-                p[ok_b] = stats.stratified_conformal_pvalues(bench[ok_b], ref[ok_r], keys[ok_b].tolist(),
-                                                             ref_keys[ok_r].tolist())
-            else:
-                p[ok_b] = stats.conformal_pvalues(bench[ok_b], ref[ok_r])
+            p = probe_pvalues(m, bench, ref, samples, reference, config)
             for it, pv in zip(items, p.tolist()):
                 it.p_values[m] = pv
             report.set_tests[m] = stats.set_level_test(bench[ok_b], ref[ok_r], seed=config.seed)
@@ -465,6 +458,25 @@ def detect(
     if truth is not None:
         report.truth = truth_metrics(items, config, truth)
     return report
+
+
+def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],
+                  reference: Sequence[Sample], config: DetectConfig) -> np.ndarray:
+    """Each sample's conformal p-value of its `method` score against the reference items' scores; for a probe that
+    scores the answer (`Probe.of_answer`) and `config.stratify`, against the reference items with the same gold
+    letter (a multiple-choice item's; others pool). 1 where a score is NaN, and for every sample when no reference
+    score is finite."""
+    ok_b, ok_r = np.isfinite(scores), np.isfinite(reference_scores)
+    p = np.ones(scores.size)
+    if not ok_b.any() or not ok_r.any():
+        return p
+    if config.stratify and PROBES.get(method).of_answer:  # within items of the same gold letter
+        keys = [_answer_stratum(s) for s, ok in zip(samples, ok_b) if ok]
+        ref_keys = [_answer_stratum(s) for s, ok in zip(reference, ok_r) if ok]
+        p[ok_b] = stats.stratified_conformal_pvalues(scores[ok_b], reference_scores[ok_r], keys, ref_keys)
+    else:
+        p[ok_b] = stats.conformal_pvalues(scores[ok_b], reference_scores[ok_r])
+    return p
 
 
 def _answer_stratum(sample: Sample) -> int | None:

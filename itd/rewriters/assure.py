@@ -37,50 +37,63 @@ class Assurance(Protocol):
 class ModelAssurance:
     """Model probes with the model and calibration that flagged the items.
 
-    With a reference set, a rewrite is still flagged when its decision-probe p-value against the reference
-    (scored once) is rejected by Benjamini-Hochberg at `config.fdr` among the rewrites of the round; without
-    one, when its score exceeds `config.threshold`.
+    With a reference set, a rewrite is still flagged when its decision p-value against the reference (scored
+    once) is rejected by Benjamini-Hochberg at `config.fdr` among the rewrites of the round; without one, when its
+    decision score exceeds `config.threshold`. The decision p-value is the decision probe's, or for "combined" the
+    Cauchy combination of the combined probes' with one share per kind of evidence (`set_test_weights`: a round's
+    rewrites are too few to fit weights on, as detection does).
     """
 
     name = "model"
 
-    def __init__(self, model: ModelRef, reference: Sequence[Sample] | None = None, config: DetectConfig | None = None):
+    def __init__(self, model: ModelRef, reference: Sequence[Sample] | None = None, config: DetectConfig | None = None,
+                 *, reference_model: ModelRef | None = None):
         """`model`: the evaluated model, loaded (`itd.probes.models.ScoringModel`) or a name/path to load; `reference`:
-        clean items for p-values, or `config.threshold` without them."""
-        from itd.probes.detection import DetectConfig
+        clean items for p-values, or `config.threshold` without them; `reference_model`: the reference-model
+        probes' model, when `config.methods` has any."""
+        from itd.probes.detection import COMBINED, DetectConfig
+        from itd.probes.methods import uses_reference_model
         from itd.probes.models import resolve_model
 
         self.config = config or DetectConfig()
         if not reference and self.config.threshold is None:
             raise InputError("model assurance needs a clean reference set (--reference-set) or a --threshold")
+        if uses_reference_model(self.config.methods) != (reference_model is not None):
+            raise InputError("the reference-model probes (reference, answer_reference) need a reference model, and "
+                             "only they use one")
         self.lm = resolve_model(model)
+        self.reference_lm = None if reference_model is None else resolve_model(reference_model)
         self.reference = list(reference or ())
-        self._ref: np.ndarray | None = None
+        combined = self.config.decision == COMBINED
+        self._probes = self.config.combine if combined else (self.config.decision,)
+        self._ref: dict[str, np.ndarray] | None = None
 
-    def _decision(self, samples: Sequence[Sample]) -> np.ndarray:
+    def _scores(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+        """The decision probes' scores of `samples` (NaN where a probe does not apply)."""
         from itd.probes.detection import score_samples
 
-        scored = score_samples(self.lm, samples, self.config, stage="assurance")
-        return np.array([s.scores[self.config.decision] for s in scored], dtype=float)
+        scored = score_samples(self.lm, samples, self.config, self.reference_lm, stage="assurance")
+        return {m: np.array([s.scores[m] for s in scored], dtype=float) for m in self._probes}
 
     def still_flagged(self, samples: Sequence[Sample], kind: str = "paraphrase") -> dict[str, str]:
         """Ids of the rewrites the probe still flags, with the score and p-value behind it (any `kind`)."""
         from itd.core import stats
+        from itd.probes.detection import probe_pvalues, set_test_weights
+
         if not samples:
             return {}
-        values = self._decision(samples)
+        scores = self._scores(samples)
         m = self.config.decision
         if not self.reference:
             return {
                 s.id: f"{m} {v:.4g} > threshold {self.config.threshold}"
-                for s, v in zip(samples, values) if np.isfinite(v) and v > self.config.threshold
+                for s, v in zip(samples, scores[m]) if np.isfinite(v) and v > self.config.threshold
             }
         if self._ref is None:
-            ref = self._decision(self.reference)
-            self._ref = ref[np.isfinite(ref)]
-        p = np.ones(values.size)
-        ok = np.isfinite(values)
-        p[ok] = stats.conformal_pvalues(values[ok], self._ref)
+            self._ref = self._scores(self.reference)
+        pvalues = np.column_stack([probe_pvalues(probe, scores[probe], self._ref[probe], samples, self.reference,
+                                                 self.config) for probe in self._probes])
+        p = pvalues[:, 0] if len(self._probes) == 1 else stats.cauchy_combination(pvalues, set_test_weights(self._probes))
         rejected, q = stats.benjamini_hochberg(p, self.config.fdr)
         return {
             s.id: f"{m} p={pv:.3g}, q={qv:.3g} <= fdr {self.config.fdr}"
@@ -131,13 +144,14 @@ class CorpusAssurance:
 
 
 def build_assurance(*, model: ModelRef | None = None, reference: Sequence[Sample] | None = None,
-                    detect: DetectConfig | None = None, corpus: Sequence[str | os.PathLike] = (),
-                    scan=None) -> list[Assurance]:
+                    detect: DetectConfig | None = None, reference_model: ModelRef | None = None,
+                    corpus: Sequence[str | os.PathLike] = (), scan=None) -> list[Assurance]:
     """The assurance detectors a rewrite run uses: model probes when `model` is given (with `reference` or
-    `detect.threshold`), a corpus scan when `corpus` is (with `scan`, an `itd.corpus.scan.ScanConfig`)."""
+    `detect.threshold`, and `reference_model` for the reference-model probes), a corpus scan when `corpus` is
+    (with `scan`, an `itd.corpus.scan.ScanConfig`)."""
     out: list[Assurance] = []
     if model is not None:
-        out.append(ModelAssurance(model, reference, detect))
+        out.append(ModelAssurance(model, reference, detect, reference_model=reference_model))
     if corpus:
         out.append(CorpusAssurance(list(corpus), scan))
     return out

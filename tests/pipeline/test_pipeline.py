@@ -281,6 +281,55 @@ def test_run_resumes_after_kill_9_with_identical_results_and_no_repeated_call(la
         assert set(keys) == ref_keys
 
 
+def test_run_with_a_reference_model_for_the_reference_model_probes(lab_run_config, tiny_lab):
+    """`model.reference` (here the lab's base model, which saw no benchmark item) feeds the reference-model probes
+    in detection and in the assurance of the rewrites; the manifest names it. Asking for those probes without it,
+    or giving it without them, is a config error (exit 2, no traceback)."""
+    from itd.lab.result import load_lab_manifest
+
+    base = load_lab_manifest(tiny_lab.out)["base"]["cache"]
+    config = lab_run_config.parent / "reference-model.toml"
+    config.write_text(f"""
+[benchmark]
+path = "benchmark.jsonl"
+reference = "reference.jsonl"
+truth = "truth.json"
+
+[model]
+name = "{tiny_lab.contaminated}"
+reference = "{base}"
+device = "cpu"
+
+[detect]
+methods = ["minkpp", "reference", "answer_reference"]
+decision = "combined"
+
+[rewrite]
+rounds = 1
+assurance = ["model"]
+
+[evaluate]
+enabled = false
+""")
+    out = lab_run_config.parent / "run-reference-model"
+    res = run_cli("run", str(config), "--out", str(out), "--json")
+    assert res.returncode in (0, 1), res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["models"]["reference"] == base and summary["flagged"] > 0
+    records = [json.loads(line) for line in (out / "detection.jsonl").read_text().splitlines()]
+    assert len(records) == 120 and all(isinstance(r["answer_reference"], float) for r in records)
+    # the assurance judged every rewrite with both models and the combined decision: accepted, or still flagged
+    # (a numeric rewrite keeps the memorised wording, which the reference-model probes see), never an error
+    attempts = [a for line in (out / "rewrite.jsonl").read_text().splitlines() for a in json.loads(line)["attempts"]]
+    assert len(attempts) >= summary["flagged"]
+    assert all(a["accepted"] or "still flagged: model: combined p=" in a["reason"] for a in attempts), attempts
+    assert base in json.loads((out / "manifest.json").read_text())["models"]
+    for change, message in ((("--set", "model.reference="), "set model.reference"),
+                            (("--set", 'detect.methods=["minkpp"]'), "read by the reference-model probes only")):
+        res = run_cli("run", str(config), "--out", str(out.parent / "refused"), *change)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
 def test_library_example_of_the_readme(lab_run_config, tmp_path, monkeypatch):
     """The README's library example, executed as written (paths swapped for the tiny lab's)."""
     readme = (ROOT / "README.md").read_text()

@@ -241,6 +241,12 @@ def test_model_assurance_flags_memorised_text_not_unseen(tiny_lab, gsm8k):
     still = check.still_flagged(leaked)
     assert len(still) >= 0.5 * len(leaked) and all("minkpp p=" in why for why in still.values())
     assert len(check.still_flagged(unseen)) <= 0.1 * len(unseen) + 1
+    # decided by the combination of several probes (the decision "combined"): the same kind of verdict
+    combined = ModelAssurance(str(tiny_lab.contaminated), reference,
+                              DetectConfig(methods=("loss", "minkpp", "answer_logp"), decision="combined", fdr=0.1))
+    still = combined.still_flagged(leaked)
+    assert len(still) >= 0.5 * len(leaked) and all("combined p=" in why for why in still.values())
+    assert len(combined.still_flagged(unseen)) <= 0.1 * len(unseen) + 1
 
 
 def test_load_flagged_reads_detect_and_scan_outputs(tmp_path):
