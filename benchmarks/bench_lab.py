@@ -154,8 +154,8 @@ def main() -> int:
                 lab, train_s, reports = run_cell(name, benchmark, train, r, args, wd)
                 con, cln = reports["contaminated"], reports["clean"]
                 if con.combined_set:
-                    print(f"- {name} r={r}: combined set-level p (Cauchy over {', '.join(con.combined_set['probes'])}; one "
-                          "share per kind of evidence): "
+                    probes = ", ".join(con.combined_set["probes"])
+                    print(f"- {name} r={r}: combined set-level p (Cauchy over {probes}; one share per kind of evidence): "
                           f"contaminated {con.combined_set['p_value']:.1e} (drivers: "
                           f"{', '.join(con.combined_set['drivers']) or 'none'}), clean {cln.combined_set['p_value']:.2f}; "
                           f"FDR flags on the combined p: contaminated {len(con.flagged)} "

@@ -527,7 +527,8 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
 @click.option("--permutation-test", is_flag=True, help="MCQ option-order test (label-free, one pass per order).")
 @click.option("--codec", is_flag=True, help="Dataset-level CoDeC test: does the model's confidence fall when other items "
               "of the set come first (two more passes; reported, not deciding).")
-@click.option("--reference-model", help="Second model for the reference-model probes ('reference', 'answer_reference').")
+@click.option("--reference-model", help="A model that cannot have seen the benchmark (the base of a fine-tune) for "
+              "the reference-model probes ('reference', 'answer_reference').")
 @click.option("--truth", type=click.Path(), help="Contamination-lab manifest (leaked/unseen ids) to measure the probes.")
 @click.option("--device", default="auto", help="auto, cuda, cuda:N, cpu or mps; or a list such as cuda:0,cuda:1 for one "
               "model replica per device (auto does that on several GPUs when the model fits on one).")

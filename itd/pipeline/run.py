@@ -309,8 +309,8 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     return PipelineConfig.from_dict(data, where=str(path))
 
 
-_PATH_KEYS = {"benchmark": ("path", "reference", "fewshot", "truth"), "model": ("name", "clean", "reference"), "scan": ("corpus",),
-              "rewrite": ("math_prompt", "mcq_prompt")}
+_PATH_KEYS = {"benchmark": ("path", "reference", "fewshot", "truth"), "model": ("name", "clean", "reference"),
+              "scan": ("corpus",), "rewrite": ("math_prompt", "mcq_prompt")}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -395,8 +395,9 @@ class Pipeline:
             from itd.probes.detection import detect
 
             log(f"detecting with {cfg.model.name}")
-            detection = detect(samples, models["model"], reference, cfg.detect, reference_model=models.get("reference"),
-                               truth=truth, progress=prefixed(progress, "detect"))
+            detection = detect(samples, models["model"], reference, cfg.detect,
+                               reference_model=models.get("reference"), truth=truth,
+                               progress=prefixed(progress, "detect"))
             detection.write_jsonl(out / "detection.jsonl")
             files["detection"] = out / "detection.jsonl"
         if cfg.scan.corpus and cfg.scan.detect:

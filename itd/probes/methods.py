@@ -20,9 +20,8 @@ next-token distribution, as in Min-K%++):
 * `answer_reference`: answer_logp minus the same mean under a reference model (each model under its own
   tokenisation): the likelihood-ratio form of `answer_logp` (Carlini et al. 2021's reference-model calibration,
   on the answer only). How easy an answer is shows under both models and cancels; what only the evaluated model
-  was trained on stays. A fine-tuning leak of a one-letter answer moves neither the whole item's likelihood ratio
-  (`reference`) nor a one-model probe's ranking of easy and hard answers much; this ratio it moves. One pass of the
-  reference model (the one `reference` reads). NaN without an answer.
+  was trained on stays, and the question's tokens, which a fine-tuning leak does not train, add nothing to it.
+  One pass of the reference model (the one `reference` reads). NaN without an answer.
 * `dcpdd` (DC-PDD, Zhang et al. 2024): for the first occurrence of each token id in the text,
   alpha_t = p_t * -log f(x_t), f the token's Laplace-smoothed frequency in a reference corpus (`FrequencyTable`);
   the score is the mean of min(alpha_t, max_alpha).

@@ -93,7 +93,10 @@ class ModelAssurance:
             self._ref = self._scores(self.reference)
         pvalues = np.column_stack([probe_pvalues(probe, scores[probe], self._ref[probe], samples, self.reference,
                                                  self.config) for probe in self._probes])
-        p = pvalues[:, 0] if len(self._probes) == 1 else stats.cauchy_combination(pvalues, set_test_weights(self._probes))
+        if len(self._probes) == 1:
+            p = pvalues[:, 0]
+        else:
+            p = stats.cauchy_combination(pvalues, set_test_weights(self._probes))
         rejected, q = stats.benjamini_hochberg(p, self.config.fdr)
         return {
             s.id: f"{m} p={pv:.3g}, q={qv:.3g} <= fdr {self.config.fdr}"
