@@ -6,10 +6,10 @@ the clean text) and each repeat count r, `itd.lab.build_lab` trains the contamin
 table gives, per probe, the AUROC of leaked vs unseen items (with a 95% bootstrap interval) and the TPR at 1% and
 5% FPR under the contaminated twin, and the AUROC under the clean twin (should be near 0.5: the twins differ only
 by the leaked items). The set-level test uses a clean reference set of `--reference` benchmark items outside
-the experiment, scored the same way; ReCaLL's non-member prefix is made of 4 of those reference items (they then
-leave the calibration set), DC-PDD's token frequencies come from the clean corpus both twins trained on, and the
-`combined` row is the Cauchy combination of every probe's conformal p-value (scored as -log10 p), which also
-makes the FDR flags.
+the experiment that neither twin saw, not even as a near copy (`itd.lab.held_out`), scored the same way;
+ReCaLL's non-member prefix is made of 4 of those reference items (they then leave the calibration set), DC-PDD's
+token frequencies come from the clean corpus both twins trained on, and the `combined` row is the Cauchy
+combination of every probe's conformal p-value (scored as -log10 p), which also makes the FDR flags.
 
     python benchmarks/bench_lab.py --preset small --repeats 1,3,6
 """
@@ -30,8 +30,7 @@ METHODS = ("loss", "zlib", "mink", "minkpp", "gapk", "answer_acc", "dcpdd", "rec
 
 
 def run_cell(name, benchmark, train, r, args, wd):
-    from itd.core.render import render
-    from itd.lab import LabConfig, build_lab
+    from itd.lab import LabConfig, build_lab, held_out
     from itd.probes.detection import DetectConfig, detect
     from itd.probes.models import load_model
 
@@ -44,8 +43,7 @@ def run_cell(name, benchmark, train, r, args, wd):
     train_s = time.perf_counter() - t0
     in_lab = set(lab.leaked) | set(lab.unseen)
     items = [s for s in benchmark if s.id in in_lab]
-    trained = clean_texts(lab)
-    pool = [s for s in benchmark if s.id not in in_lab and render(s) not in trained]
+    pool = held_out(lab, benchmark)  # seen by neither twin, not even as a near copy
     reference = random.Random(args.seed).sample(pool, min(args.reference, len(pool))) if args.reference else None
     truth = {"leaked": list(lab.leaked), "unseen": list(lab.unseen)}
     options = None
@@ -88,14 +86,6 @@ def base_model_dir(lab) -> str:
     from itd.lab.result import load_lab_manifest
 
     return load_lab_manifest(lab.out)["base"]["cache"]
-
-
-def clean_texts(lab) -> set[str]:
-    """The rendered texts both twins trained on (the clean corpus the lab saved), so none enters the reference."""
-    import json
-
-    with open(lab.out / "corpus" / "clean.jsonl", encoding="utf-8") as f:
-        return {json.loads(line)["text"] for line in f}
 
 
 def set_p(report, probe: str) -> str:

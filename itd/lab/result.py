@@ -14,6 +14,7 @@ from itd.core import Sample
 from itd.core.errors import InputError
 from itd.core.io import write_json
 from itd.core.render import render
+from itd.lab.experiment import near_copy_runs
 
 MODELS = ("contaminated", "clean")
 MANIFEST = "manifest.json"
@@ -106,17 +107,23 @@ def load_lab(path: str | os.PathLike) -> LabResult:
 
 
 def held_out(lab: LabResult, benchmark: Sequence[Sample]) -> list[Sample]:
-    """The items of `benchmark` that neither twin saw: not in the experiment, not a placebo item, and whose
-    rendered text is in neither twin's training corpus. A valid clean reference set for calibrating the probes
-    on the lab's models."""
+    """The items of `benchmark` that neither twin saw: not in the experiment, not a placebo item, and sharing no
+    run of 13 words with either twin's training corpus (`near_copy_runs`). A valid clean reference set for
+    calibrating the probes on the lab's models.
+
+    The lab keeps near copies of its experiment's items out of the clean text; a reference item with a near copy
+    in it (MMLU items that share a passage, about 10% of MMLU's held-out items) would be more familiar to both
+    twins than an unseen item, and the reference would no longer be exchangeable with the unseen items."""
     manifest = load_lab_manifest(lab.out)
     rendering = manifest.get("config", {}).get("rendering", "auto")
     trained: set[str] = set()
     for name in MODELS:
         with open(lab.out / "corpus" / f"{name}.jsonl", encoding="utf-8") as f:
             trained |= {json.loads(line)["text"] for line in f}
+    runs = set().union(*(near_copy_runs(text) for text in trained))
     excluded = set(lab.leaked) | set(lab.unseen) | set(manifest.get("placebo") or ())
-    return [s for s in benchmark if s.id not in excluded and render(s, rendering) not in trained]
+    return [s for s in benchmark if s.id not in excluded and (text := render(s, rendering)) not in trained
+            and runs.isdisjoint(near_copy_runs(text))]
 
 
 def write_experiment(lab: LabResult, benchmark: Sequence[Sample], out: str | os.PathLike, *,

@@ -399,6 +399,25 @@ def test_tiny_lab_is_a_loadable_ground_truth(tiny_lab, shared_data):
     assert manifest["training"]["contaminated"]["extra_exposures"] == r * len(leaked)
 
 
+def test_held_out_items_share_no_near_copy_with_what_either_twin_saw(tiny_lab, shared_data):
+    """`held_out`, the lab's clean reference set: outside the experiment, and no run of 13 words in common with
+    either twin's corpus; a benchmark item edited into a near copy of a training text is left out."""
+    from dataclasses import replace
+
+    from itd.lab import held_out
+    from itd.lab.experiment import near_copy_runs
+
+    test = load_benchmark(shared_data / "gsm8k" / "test.jsonl")
+    corpus = [json.loads(line)["text"] for twin in ("contaminated", "clean")
+              for line in (tiny_lab.out / "corpus" / f"{twin}.jsonl").open()]
+    runs = set().union(*(near_copy_runs(text) for text in corpus))
+    kept = held_out(tiny_lab, test)
+    assert len(kept) >= 600 and not {s.id for s in kept} & (set(tiny_lab.leaked) | set(tiny_lab.unseen))
+    assert all(runs.isdisjoint(near_copy_runs(render(s))) for s in kept)
+    near_copy = replace(kept[0], question=" ".join(corpus[-1].split()[:20]) + " " + kept[0].question)
+    assert [s.id for s in held_out(tiny_lab, [near_copy, *kept[1:5]])] == [s.id for s in kept[1:5]]
+
+
 @pytest.mark.slow
 def test_tiny_lab_contaminated_twin_tells_leaked_from_unseen(tiny_lab, shared_data):
     import torch
