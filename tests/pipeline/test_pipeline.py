@@ -288,31 +288,12 @@ def test_run_with_a_reference_model_for_the_reference_model_probes(lab_run_confi
     from itd.lab.result import load_lab_manifest
 
     base = load_lab_manifest(tiny_lab.out)["base"]["cache"]
-    config = lab_run_config.parent / "reference-model.toml"
-    config.write_text(f"""
-[benchmark]
-path = "benchmark.jsonl"
-reference = "reference.jsonl"
-truth = "truth.json"
-
-[model]
-name = "{tiny_lab.contaminated}"
-reference = "{base}"
-device = "cpu"
-
-[detect]
-methods = ["minkpp", "reference", "answer_reference"]
-decision = "combined"
-
-[rewrite]
-rounds = 1
-assurance = ["model"]
-
-[evaluate]
-enabled = false
-""")
+    settings = {"model.reference": base, "detect.methods": '["minkpp", "reference", "answer_reference"]',
+                "detect.decision": "combined", "rewrite.rounds": "1", "rewrite.assurance": '["model"]',
+                "evaluate.enabled": "false"}
+    args = [a for key, value in settings.items() for a in ("--set", f"{key}={value}")]
     out = lab_run_config.parent / "run-reference-model"
-    res = run_cli("run", str(config), "--out", str(out), "--json")
+    res = run_cli("run", str(lab_run_config), "--out", str(out), "--json", *args)
     assert res.returncode in (0, 1), res.stderr
     summary = json.loads(res.stdout)
     assert summary["models"]["reference"] == base and summary["flagged"] > 0
@@ -327,7 +308,7 @@ enabled = false
     assert base in json.loads((out / "manifest.json").read_text())["models"]
     for change, message in ((("--set", "model.reference="), "set model.reference"),
                             (("--set", 'detect.methods=["minkpp"]'), "read by the reference-model probes only")):
-        res = run_cli("run", str(config), "--out", str(out.parent / "refused"), *change)
+        res = run_cli("run", str(lab_run_config), "--out", str(out.parent / "refused"), *args, *change)
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
