@@ -6,7 +6,7 @@ format, is scored the same way; each item's score then gets a conformal p-value 
 and items are flagged under Benjamini-Hochberg false-discovery-rate control. A one-sided Mann-Whitney test of
 benchmark against reference scores, and a top-k test for a leak of a few items, answer whether the set as a whole
 leaked. Several probes merge into one verdict by the Cauchy combination: per item with weights cross-fitted on
-the other half of the items, at set level with one share per kind of evidence (`set_test_weights`). Without a
+the other half of the items, at set level with one share per kind of evidence (`evidence_weights`). Without a
 reference set, the plain threshold of the ITD paper (`threshold`, on the decision method's score) flags items
 instead.
 
@@ -46,8 +46,9 @@ __all__ = [
     "score_samples",
     "load_truth",
     "option_orders",
+    "check_reference_model",
     "probe_pvalues",
-    "set_test_weights",
+    "evidence_weights",
 ]
 
 COMBINED = "combined"  # the decision by the Cauchy combination of every combined probe's p-value
@@ -402,9 +403,7 @@ def detect(
     config = config or DetectConfig()
     if not samples:
         raise InputError("the benchmark has no samples")
-    if uses_reference_model(config.methods) != (reference_model is not None):
-        raise InputError("the reference-model probes (reference, answer_reference) need a reference model "
-                         "(--reference-model), and only they use one")
+    check_reference_model(config.methods, reference_model)
     lm = resolve_model(model)
     ref_lm = None if reference_model is None else resolve_model(reference_model)
     config, reference = _with_recall_prefix(config, reference)
@@ -458,6 +457,13 @@ def detect(
     if truth is not None:
         report.truth = truth_metrics(items, config, truth)
     return report
+
+
+def check_reference_model(methods: Sequence[str], reference_model: Any) -> None:
+    """InputError unless `methods` hold a reference-model probe exactly when a reference model is given."""
+    if uses_reference_model(methods) != (reference_model is not None):
+        raise InputError("the reference-model probes (reference, answer_reference) need a reference model "
+                         "(--reference-model), and only they use one")
 
 
 def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],
@@ -519,7 +525,7 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
 def _combine(report: DetectionReport) -> None:
     """Per item, the Cauchy combination of the combined probes' p-values, weighted by how often the other half's
     p-values lie in the tail (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
-    p-values (a leak of many items and one of a few), one share per kind of evidence (`set_test_weights`), with
+    p-values (a leak of many items and one of a few), one share per kind of evidence (`evidence_weights`), with
     the tests that drove it."""
     config = report.config
     probes = [m for m in config.combine if m in report.set_tests]
@@ -529,11 +535,11 @@ def _combine(report: DetectionReport) -> None:
     combined_p, weights = stats.cross_fit_cauchy(matrix, seed=config.seed)
     for it, pv in zip(report.items, combined_p.tolist()):
         it.combined_p = None if math.isnan(pv) else pv
-    tested = [(m, report.set_tests[m].p_value) for m in probes]
-    tested += [(m, report.sparse_tests[m].p_value) for m in probes if m in report.sparse_tests]
-    tests = [m if j < len(probes) else f"{m} top-k" for j, (m, _) in enumerate(tested)]
-    set_p = np.array([pv for _, pv in tested])
-    set_w = set_test_weights([m for m, _ in tested])
+    tested = [(m, m, report.set_tests[m].p_value) for m in probes]  # (test, its probe, p-value)
+    tested += [(f"{m} top-k", m, report.sparse_tests[m].p_value) for m in probes if m in report.sparse_tests]
+    tests = [t for t, _, _ in tested]
+    set_p = np.array([pv for _, _, pv in tested])
+    set_w = evidence_weights([m for _, m, _ in tested])
     combined = float(stats.cauchy_combination(set_p, set_w))
     terms = set_w * np.tan((0.5 - np.clip(set_p, 1e-300, 1 - 1e-15)) * np.pi)
     order = np.argsort(-terms, kind="stable")
@@ -553,10 +559,10 @@ def _combine(report: DetectionReport) -> None:
     }
 
 
-def set_test_weights(test_probes: Sequence[str]) -> np.ndarray:
-    """The weights of set-level tests in their Cauchy combination, one per test, named by the probe it tests: each
-    kind of evidence among them (`Probe.evidence`) gets an equal share, split equally among its probes, and a
-    probe's share equally among its tests.
+def evidence_weights(test_probes: Sequence[str]) -> np.ndarray:
+    """Weights of tests in a Cauchy combination, one per test, named by the probe it tests (a probe may have
+    several, as its Mann-Whitney and top-k set tests): each kind of evidence among them (`Probe.evidence`) gets an
+    equal share, split equally among its probes, and a probe's share equally among its tests.
 
     Fixed before any score is seen, so the combination keeps its level. Probes of one kind read the same quantities
     (Min-K%, Min-K%++, Gap-K% and the loss are all functions of one pass's token log-probabilities) and move

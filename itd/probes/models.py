@@ -520,7 +520,8 @@ class ItemScores:
     `nll`: mean negative log-likelihood in nats per scored token; `ppl` = exp(nll). `token_logprobs[i]`: log p of
     the i-th token of the text given everything before it. `token_minkpp`: the per-token Min-K%++ scores (None
     unless `minkpp` was computed). `lowercase_nll` / `reference_nll`: the second-pass NLLs, when computed;
-    `reference_answer_logp`: the reference model's mean log p of the answer's tokens (an `AnsweredText`'s).
+    `reference_answer_logp`: the reference model's mean log p of an `AnsweredText`'s answer tokens, when
+    `answer_reference` ran.
     """
 
     scores: dict[str, float]
@@ -628,7 +629,7 @@ def score_texts(
     ref = next(extra)["lp"] if reference is not None else None
     conditioned = {key: next(extra)["lp"] for key in prefixes}
     starts = _answer_token_starts(model, texts, ids)
-    ref_starts = _answer_token_starts(reference, texts, ref_ids) if reference is not None else None
+    ref_starts = _answer_token_starts(reference, texts, ref_ids) if "answer_reference" in config.methods else None
     out = []
     for i, text in enumerate(texts):
         lp = main["lp"][i]
@@ -641,7 +642,7 @@ def score_texts(
             item.lowercase_nll = _nll(lower[i])
         if ref is not None:
             item.reference_nll = _nll(ref[i])
-            if ref_starts[i] is not None:
+            if ref_starts is not None and ref_starts[i] is not None:
                 item.reference_answer_logp = _answer_mean(ref[i], ref_starts[i])
         if conditioned:
             # the text's own tokens are the last ones of the prefixed row

@@ -40,7 +40,7 @@ class ModelAssurance:
     With a reference set, a rewrite is still flagged when its decision p-value against the reference (scored
     once) is rejected by Benjamini-Hochberg at `config.fdr` among the rewrites of the round; without one, when its
     decision score exceeds `config.threshold`. The decision p-value is the decision probe's, or for "combined" the
-    Cauchy combination of the combined probes' with one share per kind of evidence (`set_test_weights`: a round's
+    Cauchy combination of the combined probes' with one share per kind of evidence (`evidence_weights`: a round's
     rewrites are too few to fit weights on, as detection does).
     """
 
@@ -51,16 +51,13 @@ class ModelAssurance:
         """`model`: the evaluated model, loaded (`itd.probes.models.ScoringModel`) or a name/path to load; `reference`:
         clean items for p-values, or `config.threshold` without them; `reference_model`: the reference-model
         probes' model, when `config.methods` has any."""
-        from itd.probes.detection import COMBINED, DetectConfig
-        from itd.probes.methods import uses_reference_model
+        from itd.probes.detection import COMBINED, DetectConfig, check_reference_model
         from itd.probes.models import resolve_model
 
         self.config = config or DetectConfig()
         if not reference and self.config.threshold is None:
             raise InputError("model assurance needs a clean reference set (--reference-set) or a --threshold")
-        if uses_reference_model(self.config.methods) != (reference_model is not None):
-            raise InputError("the reference-model probes (reference, answer_reference) need a reference model, and "
-                             "only they use one")
+        check_reference_model(self.config.methods, reference_model)
         self.lm = resolve_model(model)
         self.reference_lm = None if reference_model is None else resolve_model(reference_model)
         self.reference = list(reference or ())
@@ -78,7 +75,7 @@ class ModelAssurance:
     def still_flagged(self, samples: Sequence[Sample], kind: str = "paraphrase") -> dict[str, str]:
         """Ids of the rewrites the probe still flags, with the score and p-value behind it (any `kind`)."""
         from itd.core import stats
-        from itd.probes.detection import probe_pvalues, set_test_weights
+        from itd.probes.detection import probe_pvalues, evidence_weights
 
         if not samples:
             return {}
@@ -96,7 +93,7 @@ class ModelAssurance:
         if len(self._probes) == 1:
             p = pvalues[:, 0]
         else:
-            p = stats.cauchy_combination(pvalues, set_test_weights(self._probes))
+            p = stats.cauchy_combination(pvalues, evidence_weights(self._probes))
         rejected, q = stats.benjamini_hochberg(p, self.config.fdr)
         return {
             s.id: f"{m} p={pv:.3g}, q={qv:.3g} <= fdr {self.config.fdr}"

@@ -13,7 +13,7 @@ from itd.cli.commands import main
 from itd.core import Sample, load_benchmark
 from itd.core.errors import InputError
 from itd.core.stats import cauchy_combination
-from itd.probes.detection import DetectConfig, detect, load_truth, option_orders, set_test_weights
+from itd.probes.detection import DetectConfig, detect, evidence_weights, load_truth, option_orders
 from itd.probes.models import load_model
 
 
@@ -206,8 +206,8 @@ def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tm
     assert w["loss"] == w["dcpdd top-k"] == pytest.approx(1 / 24, abs=1e-4)
     assert w["answer_acc"] == w["recall top-k"] == pytest.approx(1 / 6, abs=1e-4)
     set_p = [con.set_tests[m].p_value for m in methods] + [con.sparse_tests[m].p_value for m in methods]
-    assert con.combined_set["p_value"] == cauchy_combination(set_p, set_test_weights([t.removesuffix(" top-k")
-                                                                                       for t in tests]))
+    probe_of = [t.removesuffix(" top-k") for t in tests]
+    assert con.combined_set["p_value"] == cauchy_combination(set_p, evidence_weights(probe_of))
     # the per-item combination's weights, from the other half's evidence: on the leaked set, not spread evenly
     weights = con.combined_set["item_weights"]
     assert set(weights) == set(methods) and sum(weights.values()) == pytest.approx(1, abs=1e-3)
@@ -221,12 +221,12 @@ def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tm
         assert abs(cln.truth["methods"][m]["auroc"] - 0.5) < 0.2, (m, cln.truth["methods"][m])
 
 
-def test_set_test_weights_give_each_kind_of_evidence_one_share():
+def test_evidence_weights_give_each_kind_of_evidence_one_share():
     """Each kind of evidence (`Probe.evidence`) gets an equal share of the set-level combination, split among its
     probes and their tests; fixed by the probes alone, so the combination keeps its level."""
     tests = ["loss", "mink", "minkpp", "gapk", "answer_logp", "reference", "answer_reference",
              "loss top-k", "mink top-k", "minkpp top-k", "gapk top-k", "answer_logp top-k", "reference top-k"]
-    w = dict(zip(tests, set_test_weights([t.removesuffix(" top-k") for t in tests])))
+    w = dict(zip(tests, evidence_weights([t.removesuffix(" top-k") for t in tests])))
     assert sum(w.values()) == pytest.approx(1)
     assert w["loss"] == w["gapk top-k"] == pytest.approx(1 / 24)  # 4 likelihood probes x 2 tests share 1/3
     assert w["answer_logp"] == w["answer_logp top-k"] == pytest.approx(1 / 6)
@@ -235,4 +235,4 @@ def test_set_test_weights_give_each_kind_of_evidence_one_share():
     # four likelihood probes that see nothing cannot outvote the one reference probe that sees a leak of a few
     probes = ["loss", "mink", "minkpp", "gapk", "reference"]
     set_p = [0.5, 0.6, 0.55, 0.5, 0.002]
-    assert cauchy_combination(set_p, set_test_weights(probes)) < 0.01 < cauchy_combination(set_p)
+    assert cauchy_combination(set_p, evidence_weights(probes)) < 0.01 < cauchy_combination(set_p)
