@@ -649,7 +649,9 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas
                       f"{rec['first_loss']:.2f} -> {rec['final_loss']:.2f}", f"{rec['seconds']:.0f}")
     console = out_console()
     console.print(table)
-    console.print(f"{len(result.leaked)} items leaked x{repeats} ({recipe}), {len(result.unseen)} unseen, "
+    near = corpus.get("near_leaked_items") or 0
+    near_part = f" ({near} more share a passage with a leaked item: neither)" if near else ""
+    console.print(f"{len(result.leaked)} items leaked x{repeats} ({recipe}), {len(result.unseen)} unseen{near_part}, "
                   f"{corpus['placebo_items']} placebo items x{repeats} for the clean twin, "
                   f"{corpus['train_items']} clean training items; {len(result.replicas)} replica(s)")
     console.print(f"models: {result.contaminated}, {result.clean}\nground truth: {result.manifest}")

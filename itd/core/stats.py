@@ -387,6 +387,9 @@ def set_level_test(
     benchmark_scores: ArrayLike,
     reference_scores: ArrayLike,
     *,
+    strata: Sequence[Any] | None = None,
+    reference_strata: Sequence[Any] | None = None,
+    min_reference: int = 20,
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int | np.random.Generator | None = 0,
@@ -396,18 +399,76 @@ def set_level_test(
     A small p-value says this model treats the benchmark as more familiar than comparable unseen text: evidence
     the set was in its training data. The reference must be drawn like the benchmark (same domain, length, format)
     and known to postdate the model's training cut-off, or the test measures the shift rather than leakage.
+
+    With `strata` (and `reference_strata`), scores are exchangeable only within a stratum (an answer probe's
+    scores within a gold letter: the model prefers some letters), and the test is van Elteren's: each stratum's
+    rank sum over its size plus one, added up; the AUROC is that of those within-stratum rank quantiles. Strata
+    with fewer than `min_reference` reference scores, and None, pool into one; benchmark scores whose stratum
+    has no reference are left out (`n_benchmark` counts the ones tested).
     """
     bench = _scores(benchmark_scores, "benchmark_scores")
     ref = _scores(reference_scores, "reference_scores")
-    result = _scipy_stats().mannwhitneyu(bench, ref, alternative="greater")
+    if strata is None:
+        result = _scipy_stats().mannwhitneyu(bench, ref, alternative="greater")
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+    else:
+        bench, ref, groups = _within_strata(bench, ref, strata, reference_strata, min_reference)
+        statistic, p_value = _van_elteren(bench, ref, groups)
     return SetTest(
-        statistic=float(result.statistic),
-        p_value=float(result.pvalue),
+        statistic=statistic,
+        p_value=p_value,
         auroc=auroc(bench, ref),
         auroc_ci=bootstrap_auroc_ci(bench, ref, n_boot=n_boot, confidence=confidence, seed=seed),
         n_benchmark=int(bench.size),
         n_reference=int(ref.size),
     )
+
+
+def _within_strata(bench: np.ndarray, ref: np.ndarray, strata: Sequence[Any], reference_strata: Sequence[Any] | None,
+                   min_reference: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Benchmark and reference scores as rank quantiles within their stratum (mid-rank / (size + 1) among the
+    stratum's pooled scores), and the stratum code of each pooled score (benchmark first). Strata with fewer than
+    `min_reference` references, and None, pool into one; benchmark scores of a stratum without references go."""
+    if reference_strata is None or len(strata) != bench.size or len(reference_strata) != ref.size:
+        raise ValueError("strata and reference_strata must label every score and every reference score")
+    ref_count: dict[Any, int] = {}
+    for key in reference_strata:
+        ref_count[key] = ref_count.get(key, 0) + 1
+    codes = {key: i for i, key in enumerate(k for k, c in ref_count.items() if k is not None and c >= min_reference)}
+    rest = len(codes)  # None and the small strata
+    gb = np.array([codes.get(k, rest) for k in strata], dtype=np.int64)
+    gr = np.array([codes.get(k, rest) for k in reference_strata], dtype=np.int64)
+    keep = np.isin(gb, gr)
+    if not keep.any():
+        raise ValueError("no benchmark score has a stratum with reference scores")
+    pooled, groups = np.concatenate([bench[keep], ref]), np.concatenate([gb[keep], gr])
+    quantiles = np.empty(pooled.size)
+    rankdata = _scipy_stats().rankdata
+    for g in np.unique(groups):
+        at = groups == g
+        quantiles[at] = rankdata(pooled[at]) / (at.sum() + 1.0)
+    n = int(keep.sum())
+    return quantiles[:n], quantiles[n:], groups
+
+
+def _van_elteren(bench: np.ndarray, ref: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """Van Elteren's stratified rank-sum statistic (the benchmark's within-stratum rank quantiles, summed, as
+    `_within_strata` returns them) and its one-sided normal p-value, each stratum's variance corrected for ties."""
+    pooled, n = np.concatenate([bench, ref]), bench.size
+    statistic = float(bench.sum())
+    mean = var = 0.0
+    for g in np.unique(groups):
+        at = groups == g
+        n_g, size = int(at[:n].sum()), int(at.sum())
+        if n_g == 0:  # every stratum with benchmark scores has references (`_within_strata`)
+            continue
+        _, ties = np.unique(pooled[at], return_counts=True)
+        tie_term = float((ties ** 3 - ties).sum()) / (size * (size - 1.0))
+        mean += n_g / 2.0
+        var += n_g * (size - n_g) / 12.0 * ((size + 1.0) - tie_term) / (size + 1.0) ** 2
+    if var <= 0:
+        return statistic, 1.0
+    return statistic, float(_scipy_stats().norm.sf((statistic - mean) / math.sqrt(var)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +484,8 @@ class SparseSetTest:
     n_reference: int
 
 
-def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *, n_permutations: int = 4999,
+def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *, strata: Sequence[Any] | None = None,
+                    reference_strata: Sequence[Any] | None = None, min_reference: int = 20, n_permutations: int = 4999,
                     max_k: int = 1000, seed: int | np.random.Generator | None = 0) -> SparseSetTest:
     """One-sided test that a few benchmark items score above clean reference text, the shape of a small leak.
 
@@ -435,11 +497,17 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     Mann-Whitney (`set_level_test`) weighs every item alike, so a leak of a few items moves it little: with 20
     leaked items among 400, against 600 references, its AUROC rises by 0.025 at most (every leaked item above
     every reference), z <= 1.34, p >= 0.09. Here the same 20 items at the top give p = 1 / (1 + n_permutations).
+
+    With `strata` (as `set_level_test` takes them), the scores are the within-stratum rank quantiles and the
+    permutations keep each stratum's benchmark count: exact when scores are exchangeable within each stratum.
     """
     bench = _scores(benchmark_scores, "benchmark_scores")
     ref = _scores(reference_scores, "reference_scores")
     if n_permutations < 1 or max_k < 1:
         raise ValueError(f"n_permutations and max_k must be >= 1, got {n_permutations} and {max_k}")
+    groups = None
+    if strata is not None:
+        bench, ref, groups = _within_strata(bench, ref, strata, reference_strata, min_reference)
     n, m = bench.size, ref.size
     pooled = np.concatenate([bench, ref])
     order = np.argsort(-pooled, kind="stable")
@@ -454,17 +522,22 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     log_pmf = _scipy_stats().hypergeom.logpmf(counts[None, :], pooled.size, n, ks[:, None])
     with np.errstate(invalid="ignore"):  # -inf + -inf where b > k: the tail is empty there
         log_tail = np.logaddexp.accumulate(log_pmf[:, ::-1], axis=1)[:, ::-1] / np.log(10)
-    observed_k = np.cumsum(order < n)[ks - 1]
+    is_bench = order < n  # in score order, as the permutations see it
+    observed_k = np.cumsum(is_bench)[ks - 1]
     observed_all = -log_tail[np.arange(ks.size), observed_k]
     best = int(np.argmax(observed_all))
     observed = float(observed_all[best])
     row_start = np.arange(ks.size) * (top + 1)
+    ranked_groups = np.zeros(pooled.size, dtype=np.int64) if groups is None else groups[order]
+    strata_columns = [np.flatnonzero(ranked_groups == g) for g in np.unique(ranked_groups)]
     rng = np.random.default_rng(seed)
     exceed = done = 0
     rows = max(1, (1 << 22) // pooled.size)  # permutations at a time (a few MB of labels)
     while done < n_permutations:
         b = min(rows, n_permutations - done)
-        labels = rng.permuted(np.tile(np.arange(pooled.size) < n, (b, 1)), axis=1)
+        labels = np.empty((b, pooled.size), dtype=bool)
+        for cols in strata_columns:  # permuted within each stratum
+            labels[:, cols] = rng.permuted(np.tile(is_bench[cols], (b, 1)), axis=1)
         in_top = np.cumsum(labels[:, :top], axis=1)[:, ks - 1]
         null = -log_tail.ravel()[row_start + in_top]
         exceed += int((null.max(axis=1) >= observed - 1e-9).sum())

@@ -34,8 +34,9 @@ Layout of a lab directory (one replica; replica k >= 1 of several is a lab of th
                         config.json names the prompt style to evaluate it with (``itd_prompt_style``)
     DIR/clean/          the clean twin, trained with the placebo items in the same slots
     DIR/corpus/         each twin's training documents as JSONL ``{"text": ...}`` (clean text once, extras r times)
-    DIR/manifest.json   ground truth (``leaked`` / ``unseen`` / ``placebo`` ids), recipe, repeats, seeds, the
-                        base's hash, config, corpus sizes, losses, timings
+    DIR/manifest.json   ground truth (``leaked`` / ``unseen`` / ``placebo`` ids, and ``near_leaked``: items
+                        sharing a 13-word run with a leaked one, neither), recipe, repeats, seeds, the base's
+                        hash, config, corpus sizes, losses, timings
 
 The manifest is written last: a directory without one is an unfinished (or killed) build.
 

@@ -195,7 +195,7 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
         _install_dir(out, name, save)
         del model
 
-    chosen = (*split.leaked, *split.unseen)
+    chosen = (*split.leaked, *split.unseen, *split.near_leaked)
     manifest = build_manifest(
         command="lab",
         config=config.to_dict(),
@@ -224,6 +224,7 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
             "leaked": split.leaked_ids,
             "unseen": split.unseen_ids,
             "placebo": split.placebo_ids,
+            "near_leaked": split.near_leaked_ids,
             "schedule": {
                 "steps": preset.twin_steps,
                 "exposures_per_item": config.repeats,
@@ -238,6 +239,7 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
                 "leaked_items": len(split.leaked),
                 "unseen_items": len(split.unseen),
                 "placebo_items": len(split.placebo),
+                "near_leaked_items": len(split.near_leaked),
                 "benchmark_duplicates_skipped": split.duplicates,
                 "train_items_dropped_as_experiment_items": split.dropped_train,
                 "documents": {name: len(corpora[name]) for name in MODELS},

@@ -23,7 +23,9 @@ _WORD = re.compile(r"\w+")
 @dataclass(frozen=True)
 class LabSplit:
     """The items of one replica: `leaked` (trained on), `unseen` (held out), the clean `train` items of the base
-    and the `placebo` items the clean twin sees where the contaminated one sees the leaked ones.
+    and the `placebo` items the clean twin sees where the contaminated one sees the leaked ones. `near_leaked`:
+    the experiment's other items that share a run of 13 words with a leaked one (MMLU questions on one passage),
+    which the contaminated twin saw in part, so neither leaked nor unseen.
 
     `duplicates` counts benchmark items left out because their text repeats an earlier item's, and
     `dropped_train` the clean items left out as copies or near copies (a shared run of 13 words) of an experiment
@@ -34,6 +36,7 @@ class LabSplit:
     unseen: tuple[Sample, ...]
     train: tuple[Sample, ...]
     placebo: tuple[Sample, ...] = ()
+    near_leaked: tuple[Sample, ...] = ()
     duplicates: int = 0
     dropped_train: int = 0
     replica: int = 0
@@ -50,6 +53,10 @@ class LabSplit:
     def placebo_ids(self) -> list[str]:
         return [s.id for s in self.placebo]
 
+    @property
+    def near_leaked_ids(self) -> list[str]:
+        return [s.id for s in self.near_leaked]
+
 
 def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, config: LabConfig,
                 replica: int = 0) -> LabSplit:
@@ -61,7 +68,8 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     `preset.n_train_items` items, is drawn from `train` or, when `train` is None, from the benchmark items not
     drawn for the experiment; the placebo, as many items as are leaked, from the same pool, or from the
     benchmark's rest with `config.placebo = "benchmark"`, the same set for every replica, in each replica
-    paired with its leaked items by gold answer (`pair_by_answer`). Neither copies an experiment item.
+    paired with its leaked items by gold answer (`pair_by_answer`). Neither copies an experiment item. The
+    drawn items that share a run of 13 words with a leaked item are `near_leaked`, not unseen.
     """
     preset = config.resolved_preset()
     check_int("replica", replica, 0)
@@ -86,9 +94,13 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     start = round(replica * n / config.replicas)
     window = {(start + j) % n for j in range(n_leaked)}
     leaked = [pool[i] for i in sorted(order[p] for p in window)]
-    unseen = [pool[i] for i in sorted(order[p] for p in range(n) if p not in window)]
-    chosen = {render(s, config.rendering) for s in (*leaked, *unseen)}
-    chosen_grams = set().union(*(near_copy_runs(text) for text in chosen))
+    others = [pool[i] for i in sorted(order[p] for p in range(n) if p not in window)]
+    runs = {s.id: near_copy_runs(render(s, config.rendering)) for s in (*leaked, *others)}
+    leaked_runs = set().union(*(runs[s.id] for s in leaked))
+    unseen = [s for s in others if leaked_runs.isdisjoint(runs[s.id])]
+    near_leaked = [s for s in others if not leaked_runs.isdisjoint(runs[s.id])]
+    chosen = {render(s, config.rendering) for s in (*leaked, *others)}
+    chosen_grams = set().union(*runs.values())
     rest_of_benchmark = [pool[i] for i in sorted(order[n:].tolist())]
 
     def usable(samples: Sequence[Sample]) -> list[Sample]:
@@ -118,7 +130,7 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
         what = "the training items" if train is not None else "the benchmark items not drawn for the experiment"
         raise InputError(f"no clean text: {what} leave none beside the {n_leaked} placebo items; pass more training items")
     return LabSplit(tuple(leaked), tuple(unseen), tuple(train_items), tuple(pair_by_answer(leaked, placebo)),
-                    len(benchmark) - len(pool), dropped, replica)
+                    tuple(near_leaked), len(benchmark) - len(pool), dropped, replica)
 
 
 def _answer_key(sample: Sample) -> int | None:

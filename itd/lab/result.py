@@ -121,7 +121,7 @@ def held_out(lab: LabResult, benchmark: Sequence[Sample]) -> list[Sample]:
         with open(lab.out / "corpus" / f"{name}.jsonl", encoding="utf-8") as f:
             trained |= {json.loads(line)["text"] for line in f}
     runs = set().union(*(near_copy_runs(text) for text in trained))
-    excluded = set(lab.leaked) | set(lab.unseen) | set(manifest.get("placebo") or ())
+    excluded = {*lab.leaked, *lab.unseen, *(manifest.get("placebo") or ()), *(manifest.get("near_leaked") or ())}
     return [s for s in benchmark if s.id not in excluded and (text := render(s, rendering)) not in trained
             and runs.isdisjoint(near_copy_runs(text))]
 

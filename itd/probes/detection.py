@@ -48,6 +48,7 @@ __all__ = [
     "option_orders",
     "check_reference_model",
     "probe_pvalues",
+    "probe_set_tests",
     "evidence_weights",
 ]
 
@@ -71,8 +72,10 @@ class DetectConfig:
     item) on the benchmark and the reference set; it is reported beside the set-level tests and does not decide.
     `stratify`: the p-values of the probes that score the answer (`answer_acc`, `answer_logp`,
     `answer_reference`) of a multiple-choice item are calibrated against the reference items with the same gold
-    letter (Mondrian conformal p-values), so the model's preference among the letters is no evidence; a letter
-    with fewer than 20 reference items falls back to the whole reference set.
+    letter (Mondrian conformal p-values), and their set-level tests compare scores within a letter (van Elteren's
+    test; the top-k test permutes within letters), so the model's preference among the letters is no evidence; a
+    letter with fewer than 20 reference items falls back to the whole reference set (pools with the other small
+    letters in the set tests).
     """
 
     methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
@@ -426,8 +429,7 @@ def detect(
             p = probe_pvalues(m, bench, ref, samples, reference, config)
             for it, pv in zip(items, p.tolist()):
                 it.p_values[m] = pv
-            report.set_tests[m] = stats.set_level_test(bench[ok_b], ref[ok_r], seed=config.seed)
-            report.sparse_tests[m] = stats.sparse_set_test(bench[ok_b], ref[ok_r], seed=config.seed)
+            report.set_tests[m], report.sparse_tests[m] = probe_set_tests(m, bench, ref, samples, reference, config)
         _combine(report)
         if config.decision == COMBINED:
             p_decision = np.array([1.0 if it.combined_p is None else it.combined_p for it in items])
@@ -468,21 +470,50 @@ def check_reference_model(methods: Sequence[str], reference_model: Any) -> None:
 
 def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],
                   reference: Sequence[Sample], config: DetectConfig) -> np.ndarray:
-    """Each sample's conformal p-value of its `method` score against the reference items' scores; for a probe that
-    scores the answer (`Probe.of_answer`) and `config.stratify`, against the reference items with the same gold
-    letter (a multiple-choice item's; others pool). 1 where a score is NaN, and for every sample when no reference
-    score is finite."""
+    """Each sample's conformal p-value of its `method` score against the reference items' scores; within the
+    sample's stratum where `_answer_strata` gives strata. 1 where a score is NaN, and for every sample when no
+    reference score is finite."""
     ok_b, ok_r = np.isfinite(scores), np.isfinite(reference_scores)
     p = np.ones(scores.size)
     if not ok_b.any() or not ok_r.any():
         return p
-    if config.stratify and PROBES.get(method).of_answer:  # within items of the same gold letter
-        keys = [_answer_stratum(s) for s, ok in zip(samples, ok_b) if ok]
-        ref_keys = [_answer_stratum(s) for s, ok in zip(reference, ok_r) if ok]
+    strata = _answer_strata(method, samples, reference, config)
+    if strata:
+        keys, ref_keys = (_kept(k, ok) for k, ok in zip(strata, (ok_b, ok_r)))
         p[ok_b] = stats.stratified_conformal_pvalues(scores[ok_b], reference_scores[ok_r], keys, ref_keys)
     else:
         p[ok_b] = stats.conformal_pvalues(scores[ok_b], reference_scores[ok_r])
     return p
+
+
+def probe_set_tests(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],
+              reference: Sequence[Sample], config: DetectConfig) -> tuple[stats.SetTest, stats.SparseSetTest]:
+    """The Mann-Whitney and top-k set tests of the finite `method` scores against the reference's; stratified
+    (van Elteren, permutations within strata) where `_answer_strata` gives strata."""
+    ok_b, ok_r = np.isfinite(scores), np.isfinite(reference_scores)
+    strata = _answer_strata(method, samples, reference, config)
+    by = {}
+    if strata:
+        by = dict(zip(("strata", "reference_strata"), (_kept(k, ok) for k, ok in zip(strata, (ok_b, ok_r)))))
+    bench, ref = scores[ok_b], reference_scores[ok_r]
+    return (stats.set_level_test(bench, ref, seed=config.seed, **by),
+            stats.sparse_set_test(bench, ref, seed=config.seed, **by))
+
+
+def _answer_strata(method: str, samples: Sequence[Sample], reference: Sequence[Sample], config: DetectConfig
+                  ) -> tuple[list[int | None], list[int | None]] | None:
+    """The gold letters of the samples and of the reference items when `method` scores the answer
+    (`Probe.of_answer`), `config.stratify` is on and some item has one (a multiple-choice item's; others pool):
+    a model prefers some letters, so an answer's score is exchangeable with a reference only within its letter.
+    None otherwise."""
+    if not (config.stratify and PROBES.get(method).of_answer):
+        return None
+    strata = [_answer_stratum(s) for s in samples], [_answer_stratum(s) for s in reference]
+    return strata if any(k is not None for keys in strata for k in keys) else None
+
+
+def _kept(keys: Sequence[Any], ok: np.ndarray) -> list[Any]:
+    return [k for k, keep in zip(keys, ok) if keep]
 
 
 def _answer_stratum(sample: Sample) -> int | None:

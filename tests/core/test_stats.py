@@ -509,3 +509,73 @@ def test_stratified_conformal_pvalues_calibrate_within_each_stratum():
     assert sparse[0] == pooled[0] and sparse[1] == pooled[1] and sparse[2] == p[2]
     with pytest.raises(ValueError, match="label every"):
         stratified_conformal_pvalues(null[:3], ref, [0, 1], ref_keys)
+
+
+def _letter_confounded(rng, n_bench, n_ref, shift=1.0):
+    """Scores with no leak whose level depends on the stratum (a model preferring letter 0), the benchmark's
+    letters skewed to 0 and the reference's balanced: exchangeable within a letter, not across."""
+    bench_keys = rng.choice(4, n_bench, p=[0.7, 0.1, 0.1, 0.1])
+    ref_keys = rng.choice(4, n_ref)
+    offset = np.array([shift, 0.0, 0.0, 0.0])
+    return (rng.normal(size=n_bench) + offset[bench_keys], rng.normal(size=n_ref) + offset[ref_keys],
+            bench_keys.tolist(), ref_keys.tolist())
+
+
+def test_stratified_set_level_test_is_van_elteren_and_calibrated_within_strata():
+    """With strata, the set test compares scores within a stratum only: calibrated where the strata's levels
+    differ and the benchmark's strata are skewed (the pooled Mann-Whitney test rejects almost always there), and
+    its statistic is van Elteren's, the within-stratum rank sums over stratum size plus one."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    strat, pooled = [], []
+    for _ in range(200):
+        bench, ref, keys, ref_keys = _letter_confounded(rng, 100, 300)
+        strat.append(set_level_test(bench, ref, strata=keys, reference_strata=ref_keys, n_boot=10).p_value)
+        pooled.append(set_level_test(bench, ref, n_boot=10).p_value)
+    assert np.mean(np.array(strat) <= 0.05) <= 0.09 and np.mean(np.array(pooled) <= 0.05) > 0.8
+    bench, ref, keys, ref_keys = _letter_confounded(rng, 60, 200)
+    res = set_level_test(bench, ref, strata=keys, reference_strata=ref_keys)
+    expected = 0.0
+    for k in range(4):
+        own = np.concatenate([bench[np.array(keys) == k], ref[np.array(ref_keys) == k]])
+        expected += rankdata(own)[:int(np.sum(np.array(keys) == k))].sum() / (own.size + 1)
+    assert res.statistic == pytest.approx(expected)
+    assert (res.n_benchmark, res.n_reference) == (60, 200)
+    leaked = bench + 1.0  # a real shift is still found
+    assert set_level_test(leaked, ref, strata=keys, reference_strata=ref_keys).p_value < 1e-4
+
+
+def test_stratified_set_tests_pool_small_strata_and_drop_benchmark_strata_without_references():
+    rng = np.random.default_rng(1)
+    ref, ref_keys = rng.normal(size=90), [0] * 50 + [1] * 30 + [2] * 10
+    bench, keys = rng.normal(size=12), [0] * 4 + [2] * 4 + [None] * 2 + [3] * 2  # 2, 3 and None pool
+    res = set_level_test(bench, ref, strata=keys, reference_strata=ref_keys, min_reference=20)
+    assert (res.n_benchmark, res.n_reference) == (12, 90)
+    # without small strata among the references, the pooled stratum has none: its benchmark scores go
+    ref_keys = [0] * 50 + [1] * 40
+    res = set_level_test(bench, ref, strata=keys, reference_strata=ref_keys, min_reference=20)
+    assert (res.n_benchmark, res.n_reference) == (4, 90)
+    top = sparse_set_test(bench, ref, strata=keys, reference_strata=ref_keys, min_reference=20, n_permutations=99)
+    assert (top.n_benchmark, top.n_reference) == (4, 90)
+    with pytest.raises(ValueError, match="label every"):
+        set_level_test(bench, ref, strata=keys[:3], reference_strata=ref_keys)
+    with pytest.raises(ValueError, match="no benchmark score"):
+        set_level_test(bench[-2:], ref, strata=[3, 3], reference_strata=ref_keys)
+
+
+def test_stratified_sparse_set_test_permutes_within_strata():
+    """The top-k test with strata ranks within-stratum quantiles and permutes within strata: calibrated under a
+    letter confound that the pooled test mistakes for a leak, and still finds a few items far above their
+    stratum's references."""
+    rng = np.random.default_rng(2)
+    strat, pooled = [], []
+    for i in range(100):
+        bench, ref, keys, ref_keys = _letter_confounded(rng, 100, 300, shift=1.5)
+        strat.append(sparse_set_test(bench, ref, strata=keys, reference_strata=ref_keys, n_permutations=99,
+                                     seed=i).p_value)
+        pooled.append(sparse_set_test(bench, ref, n_permutations=99, seed=i).p_value)
+    assert np.mean(np.array(strat) <= 0.05) <= 0.12 and np.mean(np.array(pooled) <= 0.05) > 0.8
+    bench, ref, keys, ref_keys = _letter_confounded(rng, 400, 600)
+    bench[:20] += 4.0
+    assert sparse_set_test(bench, ref, strata=keys, reference_strata=ref_keys, n_permutations=999).p_value <= 0.01

@@ -92,6 +92,23 @@ def test_copies_never_make_an_unseen_item_seen():
         split_items(bench, clean[:5], config)
 
 
+def test_items_sharing_a_run_with_a_leaked_item_are_neither_leaked_nor_unseen(shared_data):
+    """MMLU items on one passage, or with one long list of options (moral scenarios), share text: the
+    contaminated twin saw part of an item that shares a 13-word run with a leaked one, so it is set apart
+    (`near_leaked`, in the manifest), not counted unseen, and never drawn into the reference set."""
+    from itd.core import load_benchmark
+    from itd.core.render import render
+    from itd.lab.experiment import near_copy_runs
+
+    mmlu = load_benchmark(shared_data / "mmlu" / "test")
+    split = split_items(mmlu, None, LabConfig(preset="small", leak_rate=0.05, seed=0))
+    runs = {s.id: near_copy_runs(render(s)) for s in (*split.leaked, *split.unseen, *split.near_leaked)}
+    leaked_runs = set().union(*(runs[i] for i in split.leaked_ids))
+    assert len(split.leaked) + len(split.unseen) + len(split.near_leaked) == 400
+    assert split.near_leaked and all(not leaked_runs.isdisjoint(runs[i]) for i in split.near_leaked_ids)
+    assert all(leaked_runs.isdisjoint(runs[i]) for i in split.unseen_ids)
+
+
 def test_replicas_leak_shifted_windows_of_the_same_items(gsm8k):
     test, train = gsm8k
     config = LabConfig(preset="tiny", leak_rate=0.3, replicas=4, overrides={"n_test_items": 40})
@@ -332,6 +349,7 @@ def test_cli_lab_builds_and_prints_json(shared_data, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     manifest = load_lab_manifest(out)
     assert summary["leaked"] == len(manifest["leaked"]) == 36 and summary["unseen"] == 84
+    assert manifest["near_leaked"] == [] and manifest["corpus"]["near_leaked_items"] == 0  # GSM8K's items share no run
     assert manifest["repeats"] == 2 and manifest["seed"] == 5 and manifest["recipe"] == "finetune"
     assert manifest["training"]["base"]["steps"] == 1 and manifest["training"]["clean"]["steps"] == 1
     assert manifest["training"]["contaminated"]["extra_exposures"] == 2 * 36

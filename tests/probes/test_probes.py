@@ -343,9 +343,10 @@ def test_codec_test_scores_both_sets_and_compares_them(lm, shared_data):
 
 def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, shared_data):
     """A model's preference among the letters is no evidence of a leak: the answer probes' p-values of MCQ items
-    come from the reference items with the same gold letter; the other probes' from the whole reference set."""
+    come from the reference items with the same gold letter, and their set tests compare within letters; the
+    other probes' from the whole reference set."""
     from itd.core import load_benchmark
-    from itd.core.stats import conformal_pvalues
+    from itd.core.stats import conformal_pvalues, set_level_test, sparse_set_test
     from itd.probes.detection import DetectConfig, detect
 
     mmlu = load_benchmark(shared_data / "mmlu" / "test" / "high_school_biology_test.csv")
@@ -361,6 +362,14 @@ def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, 
         own = ref_scores["answer_logp"][letters == it.sample.answer]
         assert it.p_values["answer_logp"] == conformal_pvalues([it.scores["answer_logp"]], own)[0]
         assert it.p_values["loss"] == conformal_pvalues([it.scores["loss"]], ref_scores["loss"])[0]
+    scores = {m: np.array([it.scores[m] for it in report.items]) for m in ("loss", "answer_logp")}
+    by_letter = {"strata": [s.answer for s in bench], "reference_strata": letters.tolist()}
+    assert report.set_tests["answer_logp"] == set_level_test(scores["answer_logp"], ref_scores["answer_logp"],
+                                                             **by_letter)
+    assert report.sparse_tests["answer_logp"] == sparse_set_test(scores["answer_logp"], ref_scores["answer_logp"],
+                                                                 **by_letter)
+    assert report.set_tests["loss"] == set_level_test(scores["loss"], ref_scores["loss"])
     pooled = detect(bench, lm, reference, dataclasses.replace(config, stratify=False))
     assert [it.p_values["answer_logp"] for it in pooled.items] == [
         conformal_pvalues([it.scores["answer_logp"]], ref_scores["answer_logp"])[0] for it in pooled.items]
+    assert pooled.set_tests["answer_logp"] == set_level_test(scores["answer_logp"], ref_scores["answer_logp"])
