@@ -471,49 +471,43 @@ def check_reference_model(methods: Sequence[str], reference_model: Any) -> None:
 def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],
                   reference: Sequence[Sample], config: DetectConfig) -> np.ndarray:
     """Each sample's conformal p-value of its `method` score against the reference items' scores; within the
-    sample's stratum where `_answer_strata` gives strata. 1 where a score is NaN, and for every sample when no
-    reference score is finite."""
+    sample's gold letter where `_answer_strata` gives letters. 1 where a score is NaN, and for every sample when
+    no reference score is finite."""
     ok_b, ok_r = np.isfinite(scores), np.isfinite(reference_scores)
     p = np.ones(scores.size)
     if not ok_b.any() or not ok_r.any():
         return p
-    strata = _answer_strata(method, samples, reference, config)
+    strata = _answer_strata(method, samples, reference, config, ok_b, ok_r)
     if strata:
-        keys, ref_keys = (_kept(k, ok) for k, ok in zip(strata, (ok_b, ok_r)))
-        p[ok_b] = stats.stratified_conformal_pvalues(scores[ok_b], reference_scores[ok_r], keys, ref_keys)
+        p[ok_b] = stats.stratified_conformal_pvalues(scores[ok_b], reference_scores[ok_r], *strata)
     else:
         p[ok_b] = stats.conformal_pvalues(scores[ok_b], reference_scores[ok_r])
     return p
 
 
 def probe_set_tests(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],
-              reference: Sequence[Sample], config: DetectConfig) -> tuple[stats.SetTest, stats.SparseSetTest]:
-    """The Mann-Whitney and top-k set tests of the finite `method` scores against the reference's; stratified
-    (van Elteren, permutations within strata) where `_answer_strata` gives strata."""
+                    reference: Sequence[Sample], config: DetectConfig) -> tuple[stats.SetTest, stats.SparseSetTest]:
+    """The Mann-Whitney and top-k set tests of the finite `method` scores against the reference's; within gold
+    letters (van Elteren's test, permutations within letters) where `_answer_strata` gives letters."""
     ok_b, ok_r = np.isfinite(scores), np.isfinite(reference_scores)
-    strata = _answer_strata(method, samples, reference, config)
-    by = {}
-    if strata:
-        by = dict(zip(("strata", "reference_strata"), (_kept(k, ok) for k, ok in zip(strata, (ok_b, ok_r)))))
+    strata = _answer_strata(method, samples, reference, config, ok_b, ok_r)
+    by = dict(zip(("strata", "reference_strata"), strata)) if strata else {}
     bench, ref = scores[ok_b], reference_scores[ok_r]
     return (stats.set_level_test(bench, ref, seed=config.seed, **by),
             stats.sparse_set_test(bench, ref, seed=config.seed, **by))
 
 
-def _answer_strata(method: str, samples: Sequence[Sample], reference: Sequence[Sample], config: DetectConfig
-                  ) -> tuple[list[int | None], list[int | None]] | None:
-    """The gold letters of the samples and of the reference items when `method` scores the answer
-    (`Probe.of_answer`), `config.stratify` is on and some item has one (a multiple-choice item's; others pool):
-    a model prefers some letters, so an answer's score is exchangeable with a reference only within its letter.
-    None otherwise."""
+def _answer_strata(method: str, samples: Sequence[Sample], reference: Sequence[Sample], config: DetectConfig,
+                   ok: np.ndarray, ok_reference: np.ndarray) -> tuple[list[int | None], list[int | None]] | None:
+    """The gold letters of the samples and of the reference items whose scores are finite (`ok`,
+    `ok_reference`), when `method` scores the answer (`Probe.of_answer`), `config.stratify` is on and some item
+    has one (a multiple-choice item's; others pool): a model prefers some letters, so an answer's score is
+    exchangeable with a reference only within its letter. None otherwise."""
     if not (config.stratify and PROBES.get(method).of_answer):
         return None
-    strata = [_answer_stratum(s) for s in samples], [_answer_stratum(s) for s in reference]
-    return strata if any(k is not None for keys in strata for k in keys) else None
-
-
-def _kept(keys: Sequence[Any], ok: np.ndarray) -> list[Any]:
-    return [k for k, keep in zip(keys, ok) if keep]
+    keys = [_answer_stratum(s) for s, keep in zip(samples, ok) if keep]
+    ref_keys = [_answer_stratum(s) for s, keep in zip(reference, ok_reference) if keep]
+    return (keys, ref_keys) if any(k is not None for k in (*keys, *ref_keys)) else None
 
 
 def _answer_stratum(sample: Sample) -> int | None:
