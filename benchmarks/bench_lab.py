@@ -6,7 +6,8 @@ the clean text) and each repeat count r, `itd.lab.build_lab` trains the contamin
 table gives, per probe, the AUROC of leaked vs unseen items (with a 95% bootstrap interval) and the TPR at 1% and
 5% FPR under the contaminated twin, and the AUROC under the clean twin (should be near 0.5: the twins differ only
 by the leaked items). The set-level test uses a clean reference set of `--reference` benchmark items outside
-the experiment that neither twin saw, not even as a near copy (`itd.lab.held_out`), scored the same way;
+the experiment that neither twin saw, not even as a near copy (`itd.lab.held_out`), scored the same way
+(`--reserve-reference`: drawn with the experiment and kept from every corpus, as the unseen items are);
 ReCaLL's non-member prefix is made of 4 of those reference items (they then leave the calibration set), DC-PDD's
 token frequencies come from the clean corpus both twins trained on, and the `combined` row is the Cauchy
 combination of every probe's conformal p-value (scored as -log10 p), which also makes the FDR flags.
@@ -36,14 +37,15 @@ def run_cell(name, benchmark, train, r, args, wd):
 
     overrides = {"steps": args.steps} if args.steps else {}
     config = LabConfig(preset=args.preset, leak_rate=args.leak_rate, repeats=r, seed=args.seed, device=args.device,
-                       recipe=args.recipe, overrides=overrides)
+                       recipe=args.recipe, overrides=overrides,
+                       reference_items=args.reference if args.reserve_reference else 0)
     t0 = time.perf_counter()
     lab = reused(wd / f"{name}_r{r}", config) if args.reuse else None
     lab = lab or build_lab(benchmark, train, wd / f"{name}_r{r}", config)
     train_s = time.perf_counter() - t0
     in_lab = set(lab.leaked) | set(lab.unseen)
     items = [s for s in benchmark if s.id in in_lab]
-    pool = held_out(lab, benchmark)  # seen by neither twin, not even as a near copy
+    pool = held_out(lab, benchmark)  # reserved, or seen by neither twin, not even as a near copy
     reference = random.Random(args.seed).sample(pool, min(args.reference, len(pool))) if args.reference else None
     truth = {"leaked": list(lab.leaked), "unseen": list(lab.unseen)}
     options = None
@@ -114,6 +116,9 @@ def main() -> int:
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--methods", default=None, help="Comma-separated probes (recall needs --reference). Default: "
                     f"{','.join(METHODS)}, and answer_logp for a fine-tuning leak (it trains the answer only).")
+    ap.add_argument("--reserve-reference", action="store_true",
+                    help="Draw the --reference items with the experiment's and keep them from every corpus "
+                         "(LabConfig.reference_items): exchangeable with the unseen items by construction.")
     ap.add_argument("--base-reference", action="store_true",
                     help="Add the reference-model probes ('reference', the NLL ratio to a reference model, and "
                          "'answer_reference', the answer's log-likelihood ratio) with the lab's base model, the "

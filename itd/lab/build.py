@@ -195,7 +195,7 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
         _install_dir(out, name, save)
         del model
 
-    chosen = (*split.leaked, *split.unseen, *split.near_leaked)
+    chosen = (*split.leaked, *split.unseen, *split.near_leaked, *split.reference)
     manifest = build_manifest(
         command="lab",
         config=config.to_dict(),
@@ -225,6 +225,7 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
             "unseen": split.unseen_ids,
             "placebo": split.placebo_ids,
             "near_leaked": split.near_leaked_ids,
+            "reference": split.reference_ids,
             "schedule": {
                 "steps": preset.twin_steps,
                 "exposures_per_item": config.repeats,
@@ -240,6 +241,7 @@ def _build_replica(split: LabSplit, config: LabConfig, preset: LabPreset, device
                 "unseen_items": len(split.unseen),
                 "placebo_items": len(split.placebo),
                 "near_leaked_items": len(split.near_leaked),
+                "reference_items": len(split.reference),
                 "benchmark_duplicates_skipped": split.duplicates,
                 "train_items_dropped_as_experiment_items": split.dropped_train,
                 "documents": {name: len(corpora[name]) for name in MODELS},

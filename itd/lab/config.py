@@ -118,7 +118,10 @@ class LabConfig:
     are not; "auto": train when training items are given), the weight of the extra rows in the loss
     (`extra_weight`: the loss is the clean tokens' mean plus this weight times the extra rows' mean; None: the
     recipe's, one token mean over both for pretrain, 1.0 for finetune), the seed, the device ("auto": CUDA
-    when available, else CPU) and the rendering of items as corpus text."""
+    when available, else CPU), the rendering of items as corpus text, and `reference_items`: benchmark items
+    drawn with the experiment's and kept from every corpus as the unseen ones are, a clean reference set
+    exchangeable with the unseen items by construction (0: none; `itd.lab.held_out` then filters the rest of the
+    benchmark, which leaves out more of the items that share text with others, as MMLU's passages do)."""
 
     preset: str = "tiny"
     leak_rate: float = 0.3
@@ -133,6 +136,7 @@ class LabConfig:
     placebo: str = "auto"
     extra_weight: float | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    reference_items: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -144,6 +148,7 @@ class LabConfig:
             raise ValueError(f"leak_rate must be strictly between 0 and 1, got {self.leak_rate!r}")
         check_int("repeats", self.repeats, 0)
         check_int("replicas", self.replicas, 1)
+        check_int("reference_items", self.reference_items, 0)
         if self.extra_weight is not None and not (is_real(self.extra_weight) and self.extra_weight > 0):
             raise ValueError(f"extra_weight must be a positive number or None, got {self.extra_weight!r}")
         check_int("seed", self.seed, 0)
@@ -214,4 +219,6 @@ class LabConfig:
             "extra_weight": self.extra_weight,
             "overrides": dict(self.overrides),
             "resolved_preset": self.resolved_preset().to_dict(),
+            # only when asked for, so the labs built before it keep their config (and cached demo labs their key)
+            **({"reference_items": self.reference_items} if self.reference_items else {}),
         }

@@ -25,7 +25,8 @@ class LabSplit:
     """The items of one replica: `leaked` (trained on), `unseen` (held out), the clean `train` items of the base
     and the `placebo` items the clean twin sees where the contaminated one sees the leaked ones. `near_leaked`:
     the experiment's other items that share a run of 13 words with a leaked one (MMLU questions on one passage),
-    which the contaminated twin saw in part, so neither leaked nor unseen.
+    which the contaminated twin saw in part, so neither leaked nor unseen. `reference`: the reserved clean
+    reference items (`LabConfig.reference_items`), kept from the corpora as the unseen items are.
 
     `duplicates` counts benchmark items left out because their text repeats an earlier item's, and
     `dropped_train` the clean items left out as copies or near copies (a shared run of 13 words) of an experiment
@@ -37,6 +38,7 @@ class LabSplit:
     train: tuple[Sample, ...]
     placebo: tuple[Sample, ...] = ()
     near_leaked: tuple[Sample, ...] = ()
+    reference: tuple[Sample, ...] = ()
     duplicates: int = 0
     dropped_train: int = 0
     replica: int = 0
@@ -57,6 +59,10 @@ class LabSplit:
     def near_leaked_ids(self) -> list[str]:
         return [s.id for s in self.near_leaked]
 
+    @property
+    def reference_ids(self) -> list[str]:
+        return [s.id for s in self.reference]
+
 
 def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, config: LabConfig,
                 replica: int = 0) -> LabSplit:
@@ -69,7 +75,9 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     drawn for the experiment; the placebo, as many items as are leaked, from the same pool, or from the
     benchmark's rest with `config.placebo = "benchmark"`, the same set for every replica, in each replica
     paired with its leaked items by gold answer (`pair_by_answer`). Neither copies an experiment item. The
-    drawn items that share a run of 13 words with a leaked item are `near_leaked`, not unseen.
+    drawn items that share a run of 13 words with a leaked item are `near_leaked`, not unseen. The
+    `config.reference_items` items after the experiment's in the seeded order are the reserved `reference`
+    (those sharing such a run with a leaked item left out), and the clean text and the placebo copy none of them.
     """
     preset = config.resolved_preset()
     check_int("replica", replica, 0)
@@ -89,19 +97,25 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
     n = len(pool) if preset.n_test_items is None else min(preset.n_test_items, len(pool))
     if n < 2:
         raise InputError(f"the lab needs at least 2 distinct benchmark items, got {len(pool)}")
+    n_reference = config.reference_items
+    if n + n_reference > len(pool):
+        raise InputError(f"{n_reference} reference items asked for, and the benchmark has {len(pool) - n} beyond "
+                         f"the experiment's {n}")
     order = np.random.default_rng([config.seed, 0]).permutation(len(pool))
     n_leaked = min(max(round(config.leak_rate * n), 1), n - 1)
     start = round(replica * n / config.replicas)
     window = {(start + j) % n for j in range(n_leaked)}
     leaked = [pool[i] for i in sorted(order[p] for p in window)]
     others = [pool[i] for i in sorted(order[p] for p in range(n) if p not in window)]
-    runs = {s.id: near_copy_runs(render(s, config.rendering)) for s in (*leaked, *others)}
+    reserved = [pool[i] for i in sorted(order[n:n + n_reference].tolist())]
+    runs = {s.id: near_copy_runs(render(s, config.rendering)) for s in (*leaked, *others, *reserved)}
     leaked_runs = set().union(*(runs[s.id] for s in leaked))
     unseen = [s for s in others if leaked_runs.isdisjoint(runs[s.id])]
     near_leaked = [s for s in others if not leaked_runs.isdisjoint(runs[s.id])]
-    chosen = {render(s, config.rendering) for s in (*leaked, *others)}
+    reference = [s for s in reserved if leaked_runs.isdisjoint(runs[s.id])]
+    chosen = {render(s, config.rendering) for s in (*leaked, *others, *reserved)}
     chosen_grams = set().union(*runs.values())
-    rest_of_benchmark = [pool[i] for i in sorted(order[n:].tolist())]
+    rest_of_benchmark = [pool[i] for i in sorted(order[n + n_reference:].tolist())]
 
     def usable(samples: Sequence[Sample]) -> list[Sample]:
         return [s for s in samples if (text := render(s, config.rendering)) not in chosen
@@ -130,7 +144,7 @@ def split_items(benchmark: Sequence[Sample], train: Sequence[Sample] | None, con
         what = "the training items" if train is not None else "the benchmark items not drawn for the experiment"
         raise InputError(f"no clean text: {what} leave none beside the {n_leaked} placebo items; pass more training items")
     return LabSplit(tuple(leaked), tuple(unseen), tuple(train_items), tuple(pair_by_answer(leaked, placebo)),
-                    tuple(near_leaked), len(benchmark) - len(pool), dropped, replica)
+                    tuple(near_leaked), tuple(reference), len(benchmark) - len(pool), dropped, replica)
 
 
 def _answer_key(sample: Sample) -> int | None:

@@ -107,14 +107,20 @@ def load_lab(path: str | os.PathLike) -> LabResult:
 
 
 def held_out(lab: LabResult, benchmark: Sequence[Sample]) -> list[Sample]:
-    """The items of `benchmark` that neither twin saw: not in the experiment, not a placebo item, and sharing no
-    run of 13 words with either twin's training corpus (`near_copy_runs`). A valid clean reference set for
-    calibrating the probes on the lab's models.
+    """A valid clean reference set for calibrating the probes on the lab's models: the reserved reference items
+    when the lab was built with `LabConfig.reference_items` (drawn with the experiment, kept from every corpus:
+    exchangeable with the unseen items by construction); else the items of `benchmark` that neither twin saw:
+    not in the experiment, not a placebo item, and sharing no run of 13 words with either twin's training corpus
+    (`near_copy_runs`).
 
     The lab keeps near copies of its experiment's items out of the clean text; a reference item with a near copy
     in it (MMLU items that share a passage, about 10% of MMLU's held-out items) would be more familiar to both
-    twins than an unseen item, and the reference would no longer be exchangeable with the unseen items."""
+    twins than an unseen item. Leaving those out still leaves out more of the items that share text with others
+    than the experiment does, so reserve the reference where that matters."""
     manifest = load_lab_manifest(lab.out)
+    if manifest.get("reference"):
+        reserved = set(manifest["reference"])
+        return [s for s in benchmark if s.id in reserved]
     rendering = manifest.get("config", {}).get("rendering", "auto")
     trained: set[str] = set()
     for name in MODELS:
