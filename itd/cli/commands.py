@@ -603,14 +603,17 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="Twin pairs on one base, each leaking another seeded subset of the same items.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the split, the data order and the weights.")
+@click.option("--reference-items", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Benchmark items to reserve as a clean reference set, drawn with the experiment's and kept from "
+                   "every corpus as the unseen items are (ids in the manifest's 'reference').")
 @click.option("--steps", type=click.IntRange(min=1), help="Training steps of the base (default: the preset's).")
 @click.option("--twin-steps", type=click.IntRange(min=1), help="Steps of each twin's continuation (default: the preset's).")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu or cuda.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Lab directory (new, empty, or an earlier lab to rebuild).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas, seed, steps, twin_steps, device, out,
-        as_json, quiet):
+def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas, seed, reference_items, steps, twin_steps,
+        device, out, as_json, quiet):
     """Train paired twin models on one cached base, one with leaked BENCHMARK items and one with as many placebo
     items in the same slots: the ground truth to measure detection and decontamination on."""
     from rich.table import Table
@@ -623,7 +626,7 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas
     overrides = {key: value for key, value in (("steps", steps), ("twin_steps", twin_steps)) if value}
     try:
         config = LabConfig(preset=preset, leak_rate=leak_rate, repeats=repeats, recipe=recipe, replicas=replicas,
-                           seed=seed, device=device, overrides=overrides)
+                           seed=seed, device=device, overrides=overrides, reference_items=reference_items)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     samples = _load(benchmark, fmt)
@@ -651,6 +654,8 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas
     console.print(table)
     near = corpus.get("near_leaked_items") or 0
     near_part = f" ({near} more share a passage with a leaked item: neither)" if near else ""
+    if corpus.get("reference_items"):
+        near_part += f", {corpus['reference_items']} reserved as the clean reference set"
     console.print(f"{len(result.leaked)} items leaked x{repeats} ({recipe}), {len(result.unseen)} unseen{near_part}, "
                   f"{corpus['placebo_items']} placebo items x{repeats} for the clean twin, "
                   f"{corpus['train_items']} clean training items; {len(result.replicas)} replica(s)")

@@ -15,7 +15,8 @@ from itd.cli.commands import main
 from itd.core import Sample, load_benchmark
 from itd.core.errors import InputError
 from itd.core.render import render
-from itd.lab import LabConfig, build_corpus, build_lab, exposure_schedule, load_lab, load_lab_manifest, split_items
+from itd.lab import (LabConfig, build_corpus, build_lab, exposure_schedule, held_out, load_lab, load_lab_manifest,
+                     split_items)
 
 # A lab small enough to train in seconds: only for plumbing, not for memorisation.
 MINI = {"steps": 3, "twin_steps": 2, "batch_size": 4, "seq_len": 128, "n_test_items": 20, "n_train_items": 40}
@@ -107,6 +108,15 @@ def test_items_sharing_a_run_with_a_leaked_item_are_neither_leaked_nor_unseen(sh
     assert len(split.leaked) + len(split.unseen) + len(split.near_leaked) == 400
     assert split.near_leaked and all(not leaked_runs.isdisjoint(runs[i]) for i in split.near_leaked_ids)
     assert all(leaked_runs.isdisjoint(runs[i]) for i in split.unseen_ids)
+    # a reserved reference set follows the unseen items' rule, and no corpus text copies it
+    reserved = split_items(mmlu, None, LabConfig(preset="small", leak_rate=0.05, seed=0, reference_items=300))
+    assert reserved.leaked_ids == split.leaked_ids and reserved.unseen_ids == split.unseen_ids
+    assert 250 <= len(reserved.reference) < 300  # those sharing a run with a leaked item are left out
+    ref_runs = set().union(*(near_copy_runs(render(s)) for s in reserved.reference))
+    assert leaked_runs.isdisjoint(ref_runs)
+    assert all(ref_runs.isdisjoint(near_copy_runs(render(s))) for s in (*reserved.train, *reserved.placebo))
+    with pytest.raises(InputError, match="reference items asked for"):
+        split_items(mmlu[:500], None, LabConfig(preset="small", reference_items=200))
 
 
 def test_replicas_leak_shifted_windows_of_the_same_items(gsm8k):
@@ -182,6 +192,7 @@ def test_contaminated_corpus_holds_each_leaked_item_r_times(gsm8k):
         ({"leak_rate": True}, "leak_rate"),
         ({"repeats": -1}, "repeats"),
         ({"replicas": 0}, "replicas"),
+        ({"reference_items": -1}, "reference_items"),
         ({"recipe": "sft"}, "recipe"),
         ({"loss_on": "question"}, "loss_on"),
         ({"seed": -1}, "seed"),
@@ -202,6 +213,9 @@ def test_config_overrides_preset_fields():
     config = LabConfig(preset="Small", overrides={"steps": 7})
     assert config.preset == "small"
     assert config.resolved_preset().steps == 7 and config.resolved_preset().n_layer == 4
+    # a reserved reference changes the config only when asked for: labs built before it keep theirs
+    assert "reference_items" not in config.to_dict()
+    assert LabConfig(reference_items=100).to_dict()["reference_items"] == 100
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -344,7 +358,7 @@ def test_cli_lab_builds_and_prints_json(shared_data, tmp_path, capsys):
     gsm8k = shared_data / "gsm8k"
     rc = main(["lab", "--benchmark", str(gsm8k / "test.jsonl"), "--train", str(gsm8k / "train.jsonl"), "--steps", "1",
                "--twin-steps", "1", "--repeats", "2", "--seed", "5", "--recipe", "finetune", "--replicas", "2",
-               "--device", "cpu", "--out", str(out), "--json", "-q"])
+               "--reference-items", "50", "--device", "cpu", "--out", str(out), "--json", "-q"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     manifest = load_lab_manifest(out)
@@ -360,6 +374,15 @@ def test_cli_lab_builds_and_prints_json(shared_data, tmp_path, capsys):
     assert other["base"]["key"] == manifest["base"]["key"] and set(other["leaked"]) != set(manifest["leaked"])
     assert {*other["leaked"], *other["unseen"]} == {*manifest["leaked"], *manifest["unseen"]}
     assert [str(p) for p in load_lab(out).replicas] == [str(out), str(out / "replica-1")] == summary["replicas"]
+    # the reserved reference set: the lab's clean reference (`held_out`), the same for both replicas, in no corpus
+    test = load_benchmark(gsm8k / "test.jsonl")
+    reference = held_out(load_lab(out), test)
+    assert [s.id for s in reference] == sorted(manifest["reference"], key=[s.id for s in test].index)
+    assert len(reference) == manifest["corpus"]["reference_items"] == 50 and other["reference"] == manifest["reference"]
+    assert not set(manifest["reference"]) & {*manifest["leaked"], *manifest["unseen"], *manifest["placebo"]}
+    trained = {json.loads(line)["text"] for name in ("contaminated", "clean")
+               for line in (out / "corpus" / f"{name}.jsonl").read_text().splitlines()}
+    assert not {render(s) for s in reference} & trained
 
 
 @pytest.mark.parametrize(
