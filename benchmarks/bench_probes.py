@@ -180,11 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         newer = ScoreConfig(methods=METHODS + NEWER, k=args.k, batch_size=batch_size, options={"dcpdd": {"table": str(table)}})
         with_recall = ScoreConfig(methods=METHODS + NEWER + ("recall",), k=args.k, batch_size=batch_size,
                                   options={"dcpdd": {"table": str(table)}, "recall": {"prefix": prefix}})
+        # the reference-model probes read a second model's pass over the same texts (here a second copy of this one:
+        # the cost is that of its size)
+        reference_lm = load_model(source, device=args.device, dtype=args.dtype)
+        with_reference = ScoreConfig(methods=METHODS + NEWER + ("reference", "answer_reference"), k=args.k,
+                                     batch_size=batch_size, options={"dcpdd": {"table": str(table)}})
         score_texts(lm, answered[:8], with_recall)  # warm-up (and the table's first load)
+        score_texts(lm, answered[:8], with_reference, reference=reference_lm)
         ref = baseline(lm, texts[:5], args.k)  # warm-up
         forward_only(lm, seen[:1])
 
-        times: dict[str, list[float]] = {"baseline": [], "itd": [], "newer": [], "recall": [], "forward": []}
+        times: dict[str, list[float]] = {"baseline": [], "itd": [], "newer": [], "recall": [], "reference": [],
+                                         "forward": []}
         loads = []
         for rep in range(max(args.reps, args.baseline_reps)):  # round-robin: load spikes hit every contender
             loads.append(_load())
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("itd", lambda: score_texts(lm, texts, cfg)),
                 ("newer", lambda: score_texts(lm, answered, newer)),
                 ("recall", lambda: score_texts(lm, answered, with_recall)),
+                ("reference", lambda: score_texts(lm, answered, with_reference, reference=reference_lm)),
                 ("forward", lambda: forward_only(lm, seen)),
             ):
                 if rep >= (args.baseline_reps if name == "baseline" else args.reps):
@@ -232,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         ("itd `score_texts`, all methods, one pass", "itd", itd_items_s / base_items_s),
         ("itd, + gapk, answer_acc, dcpdd (one pass)", "newer", len(texts) / best["newer"] / base_items_s),
         ("itd, + those and recall (two passes)", "recall", len(texts) / best["recall"] / base_items_s),
+        ("itd, + gapk, answer_acc, dcpdd, reference, answer_reference (a reference model's pass too)", "reference",
+         len(texts) / best["reference"] / base_items_s),
         ("forward only, itd's batches, no reductions", "forward", "–"),
     )
     rows = [(label, best[k], len(texts) / best[k], tokens / best[k], ratio) for label, k, ratio in contenders]
@@ -240,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"itd vs baseline: **{itd_items_s / base_items_s:.1f}x** (goal >= 10x on CPU). "
           f"itd tokens/s as a share of forward-only: **{best['forward'] / best['itd']:.0%}** (goal on GPU >= 70%).  ")
     print(f"newer probes' cost: items/s **{best['itd'] / best['newer']:.0%}** of the four-probe scorer's with gapk, "
-          f"answer_acc and dcpdd added (one pass); **{best['itd'] / best['recall']:.0%}** with recall too.  ")
+          f"answer_acc and dcpdd added (one pass); **{best['itd'] / best['recall']:.0%}** with recall too; "
+          f"**{best['itd'] / best['reference']:.0%}** with the reference-model probes instead.  ")
     print("all timings (s): " + "; ".join(f"{k} " + ", ".join(f"{x:.2f}" for x in v) for k, v in times.items()) + "  ")
     print("largest |baseline - itd| score difference: " + ", ".join(f"{m} {d:.2g}" for m, d in diff.items()))
     bad = [m for m, d in diff.items() if not np.isfinite(d) or d > (1e-3 if lm.dtype == "float32" else 0.1)]

@@ -7,7 +7,8 @@
 # {1, 3, 6}, one replica per seed (another split of leaked / unseen items, other training batches): one
 # `bench_lab.py` run per (benchmark, recipe, leak rate, seed), which trains the paired twins for each r and scores
 # every probe (the reference-model probes with the lab's base model as the reference), the combination, and the
-# set-level tests (Mann-Whitney and top-k) on both twins against a reference of REFERENCE held-out items. Each
+# set-level tests (Mann-Whitney and top-k) on both twins against a reference of REFERENCE items reserved with the
+# experiment and kept from every corpus (`--reserve-reference`: exchangeable with the unseen items). Each
 # run's report goes to runs/probe-grid/<benchmark>-<recipe>-l<rate>-s<seed>.md, its labs beside it; a finished run
 # is skipped, and a run stopped halfway reuses the labs it finished (`--reuse`).
 #
@@ -30,7 +31,7 @@ for bench in gsm8k mmlu; do
         cell="$OUT/$bench-$recipe-l$leak-s$seed"
         [ -s "$cell.md" ] && continue
         python benchmarks/bench_lab.py --benchmarks "$bench" --recipe "$recipe" --leak-rate "$leak" --seed "$seed" \
-          --preset "$PRESET" --repeats "$REPEATS" --reference "$REFERENCE" --device "$DEVICE" --reuse --base-reference \
+          --preset "$PRESET" --repeats "$REPEATS" --reference "$REFERENCE" --device "$DEVICE" --reuse --base-reference --reserve-reference \
           --workdir "$cell" > "$cell.md.tmp" 2> "$cell.log"
         mv "$cell.md.tmp" "$cell.md"
         grep -E "combined set-level p" "$cell.md" || true
