@@ -134,6 +134,7 @@ def main() -> int:
         args.batch_size = int(args.batch_size)
 
     from itd.core import load_benchmark
+    from itd.lab.result import load_lab_manifest
 
     data = Path(args.data)
     sets = {
@@ -155,8 +156,10 @@ def main() -> int:
                           f"{', '.join(con.combined_set['drivers']) or 'none'}), clean {cln.combined_set['p_value']:.2f}; "
                           f"FDR flags on the combined p: contaminated {len(con.flagged)} "
                           f"(recall {con.truth.get('flags', {}).get('recall')}), clean {len(cln.flagged)}")
-                print(f"- {name} r={r}: {len(lab.leaked)} leaked / {len(lab.unseen)} unseen items, both twins trained in "
-                      f"{train_s:.0f} s; set-level p (minkpp) contaminated {con.set_tests['minkpp'].p_value:.1e}, "
+                near = len(load_lab_manifest(lab.out).get("near_leaked") or ())
+                print(f"- {name} r={r}: {len(lab.leaked)} leaked / {len(lab.unseen)} unseen items ({near} sharing a "
+                      f"13-word run with a leaked item left out), {con.reference_size} reference items; "
+                      f"both twins trained in {train_s:.0f} s; set-level p (minkpp) contaminated {con.set_tests['minkpp'].p_value:.1e}, "
                       f"clean {cln.set_tests['minkpp'].p_value:.2f}; FDR flags ({con.config.decision}) contaminated {len(con.flagged)} "
                       f"(precision {con.truth.get('flags', {}).get('precision')}), clean {len(cln.flagged)}"
                       if con.set_tests else f"- {name} r={r}: twins trained in {train_s:.0f} s")
