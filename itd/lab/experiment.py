@@ -24,9 +24,10 @@ _WORD = re.compile(r"\w+")
 class LabSplit:
     """The items of one replica: `leaked` (trained on), `unseen` (held out), the clean `train` items of the base
     and the `placebo` items the clean twin sees where the contaminated one sees the leaked ones. `near_leaked`:
-    the experiment's other items that share a run of 13 words with a leaked one (MMLU questions on one passage),
-    which the contaminated twin saw in part, so neither leaked nor unseen. `reference`: the reserved clean
-    reference items (`LabConfig.reference_items`), kept from the corpora as the unseen items are.
+    the experiment's other items that share a run of 13 words with a leaked one (MMLU questions on one passage or
+    with one long list of options), which the contaminated twin saw in part, so neither leaked nor unseen.
+    `reference`: the reserved clean reference items (`LabConfig.reference_items`), kept from the corpora as the
+    unseen items are.
 
     `duplicates` counts benchmark items left out because their text repeats an earlier item's, and
     `dropped_train` the clean items left out as copies or near copies (a shared run of 13 words) of an experiment
