@@ -10,7 +10,9 @@ the experiment that neither twin saw, not even as a near copy (`itd.lab.held_out
 (`--reserve-reference`: drawn with the experiment and kept from every corpus, as the unseen items are);
 ReCaLL's non-member prefix is made of 4 of those reference items (they then leave the calibration set), DC-PDD's
 token frequencies come from the clean corpus both twins trained on, and the `combined` row is the Cauchy
-combination of every probe's conformal p-value (scored as -log10 p), which also makes the FDR flags.
+combination of every probe's conformal p-value (scored as -log10 p), which also makes the FDR flags. Each twin's
+detection (every item's scores and p-values, the reference scores and the set tests in the manifest beside it)
+is written to `<benchmark>_r<r>_<twin>.jsonl` in the work directory.
 
     python benchmarks/bench_lab.py --preset small --repeats 1,3,6
 """
@@ -64,6 +66,12 @@ def run_cell(name, benchmark, train, r, args, wd):
                      reference_model=base)
         for twin in ("contaminated", "clean")
     }
+    from itd.core.io import build_manifest
+
+    for twin, report in reports.items():  # every item's scores and p-values, to study a combination offline
+        manifest = build_manifest(command="bench_lab", config={"detect": det.to_dict(), "lab": config.to_dict()},
+                                  inputs=[lab.manifest], models=[str(getattr(lab, twin))])
+        report.write_jsonl(wd / f"{name}_r{r}_{twin}.jsonl", manifest)
     return lab, train_s, reports
 
 
