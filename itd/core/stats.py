@@ -529,15 +529,17 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     observed = float(observed_all[best])
     row_start = np.arange(ks.size) * (top + 1)
     ranked_groups = np.zeros(pooled.size, dtype=np.int64) if groups is None else groups[order]
-    strata_columns = [np.flatnonzero(ranked_groups == g) for g in np.unique(ranked_groups)]
+    # each stratum's rank positions, and its benchmark labels put first (any order: they are permuted)
+    strata_columns = [(cols, np.arange(cols.size) < is_bench[cols].sum())
+                      for cols in (np.flatnonzero(ranked_groups == g) for g in np.unique(ranked_groups))]
     rng = np.random.default_rng(seed)
     exceed = done = 0
     rows = max(1, (1 << 22) // pooled.size)  # permutations at a time (a few MB of labels)
     while done < n_permutations:
         b = min(rows, n_permutations - done)
         labels = np.empty((b, pooled.size), dtype=bool)
-        for cols in strata_columns:  # permuted within each stratum
-            labels[:, cols] = rng.permuted(np.tile(is_bench[cols], (b, 1)), axis=1)
+        for cols, first in strata_columns:  # permuted within each stratum
+            labels[:, cols] = rng.permuted(np.tile(first, (b, 1)), axis=1)
         in_top = np.cumsum(labels[:, :top], axis=1)[:, ks - 1]
         null = -log_tail.ravel()[row_start + in_top]
         exceed += int((null.max(axis=1) >= observed - 1e-9).sum())
