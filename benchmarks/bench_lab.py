@@ -33,6 +33,7 @@ METHODS = ("loss", "zlib", "mink", "minkpp", "gapk", "answer_acc", "dcpdd", "rec
 
 
 def run_cell(name, benchmark, train, r, args, wd):
+    from itd.core.io import build_manifest
     from itd.lab import LabConfig, build_lab, held_out
     from itd.probes.detection import DetectConfig, detect
     from itd.probes.models import load_model
@@ -66,8 +67,6 @@ def run_cell(name, benchmark, train, r, args, wd):
                      reference_model=base)
         for twin in ("contaminated", "clean")
     }
-    from itd.core.io import build_manifest
-
     for twin, report in reports.items():  # every item's scores and p-values, to study a combination offline
         manifest = build_manifest(command="bench_lab", config={"detect": det.to_dict(), "lab": config.to_dict()},
                                   inputs=[lab.manifest], models=[str(getattr(lab, twin))])
@@ -142,7 +141,6 @@ def main() -> int:
         args.batch_size = int(args.batch_size)
 
     from itd.core import load_benchmark
-    from itd.lab.result import load_lab_manifest
 
     data = Path(args.data)
     sets = {
@@ -164,9 +162,8 @@ def main() -> int:
                           f"{', '.join(con.combined_set['drivers']) or 'none'}), clean {cln.combined_set['p_value']:.2f}; "
                           f"FDR flags on the combined p: contaminated {len(con.flagged)} "
                           f"(recall {con.truth.get('flags', {}).get('recall')}), clean {len(cln.flagged)}")
-                near = len(load_lab_manifest(lab.out).get("near_leaked") or ())
-                print(f"- {name} r={r}: {len(lab.leaked)} leaked / {len(lab.unseen)} unseen items ({near} sharing a "
-                      f"13-word run with a leaked item left out), {con.reference_size} reference items; "
+                print(f"- {name} r={r}: {len(lab.leaked)} leaked / {len(lab.unseen)} unseen items "
+                      f"({len(lab.near_leaked)} sharing a 13-word run with a leaked item left out), {con.reference_size} reference items; "
                       f"both twins trained in {train_s:.0f} s; set-level p (minkpp) contaminated {con.set_tests['minkpp'].p_value:.1e}, "
                       f"clean {cln.set_tests['minkpp'].p_value:.2f}; FDR flags ({con.config.decision}) contaminated {len(con.flagged)} "
                       f"(precision {con.truth.get('flags', {}).get('precision')}), clean {len(cln.flagged)}"

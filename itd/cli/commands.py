@@ -653,7 +653,7 @@ def lab(benchmark, train_path, fmt, preset, leak_rate, repeats, recipe, replicas
     console = out_console()
     console.print(table)
     near = corpus.get("near_leaked_items") or 0
-    near_part = f" ({near} more share a passage with a leaked item: neither)" if near else ""
+    near_part = f" ({near} more share a 13-word run with a leaked item: neither)" if near else ""
     if corpus.get("reference_items"):
         near_part += f", {corpus['reference_items']} reserved as the clean reference set"
     console.print(f"{len(result.leaked)} items leaked x{repeats} ({recipe}), {len(result.unseen)} unseen{near_part}, "

@@ -17,6 +17,7 @@ extra).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -431,9 +432,7 @@ def _within_strata(bench: np.ndarray, ref: np.ndarray, strata: Sequence[Any], re
     `min_reference` references, and None, pool into one; benchmark scores of a stratum without references go."""
     if reference_strata is None or len(strata) != bench.size or len(reference_strata) != ref.size:
         raise ValueError("strata and reference_strata must label every score and every reference score")
-    ref_count: dict[Any, int] = {}
-    for key in reference_strata:
-        ref_count[key] = ref_count.get(key, 0) + 1
+    ref_count = Counter(reference_strata)
     codes = {key: i for i, key in enumerate(k for k, c in ref_count.items() if k is not None and c >= min_reference)}
     rest = len(codes)  # None and the small strata
     gb = np.array([codes.get(k, rest) for k in strata], dtype=np.int64)

@@ -22,8 +22,9 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class LabResult:
-    """A built lab replica: its directory, the two model directories, the ground truth, the training loss curves
-    (base and twins), the base's cache key, and the directories of every replica of the build."""
+    """A built lab replica: its directory, the two model directories, the ground truth (with the items set apart
+    as `near_leaked`), the training loss curves (base and twins), the base's cache key, and the directories of
+    every replica of the build."""
 
     out: Path
     contaminated: Path
@@ -38,6 +39,7 @@ class LabResult:
     replica: int = 0
     replicas: tuple[Path, ...] = ()
     base: str = ""
+    near_leaked: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class LabResult:
             "leaked": len(self.leaked),
             "unseen": len(self.unseen),
             "placebo": len(self.placebo),
+            "near_leaked": len(self.near_leaked),
             "replica": self.replica,
             "replicas": [str(p) for p in self.replicas],
             "base": self.base,
@@ -75,6 +78,7 @@ def lab_result(path: Path, manifest: Mapping[str, Any]) -> LabResult:
         replica=int(manifest.get("replica") or 0),
         replicas=tuple(path / d if d != "." else path for d in dirs),
         base=str((manifest.get("base") or {}).get("key", "")),
+        near_leaked=tuple(manifest.get("near_leaked") or ()),
     )
 
 
@@ -127,7 +131,7 @@ def held_out(lab: LabResult, benchmark: Sequence[Sample]) -> list[Sample]:
         with open(lab.out / "corpus" / f"{name}.jsonl", encoding="utf-8") as f:
             trained |= {json.loads(line)["text"] for line in f}
     runs = set().union(*(near_copy_runs(text) for text in trained))
-    excluded = {*lab.leaked, *lab.unseen, *(manifest.get("placebo") or ()), *(manifest.get("near_leaked") or ())}
+    excluded = {*lab.leaked, *lab.unseen, *lab.placebo, *lab.near_leaked}
     return [s for s in benchmark if s.id not in excluded and (text := render(s, rendering)) not in trained
             and runs.isdisjoint(near_copy_runs(text))]
 

@@ -364,6 +364,7 @@ def test_cli_lab_builds_and_prints_json(shared_data, tmp_path, capsys):
     manifest = load_lab_manifest(out)
     assert summary["leaked"] == len(manifest["leaked"]) == 36 and summary["unseen"] == 84
     assert manifest["near_leaked"] == [] and manifest["corpus"]["near_leaked_items"] == 0  # GSM8K's items share no run
+    assert summary["near_leaked"] == 0 and load_lab(out).near_leaked == ()
     assert manifest["repeats"] == 2 and manifest["seed"] == 5 and manifest["recipe"] == "finetune"
     assert manifest["training"]["base"]["steps"] == 1 and manifest["training"]["clean"]["steps"] == 1
     assert manifest["training"]["contaminated"]["extra_exposures"] == 2 * 36
