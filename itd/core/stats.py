@@ -173,24 +173,30 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
     return combined[0] if one else combined
 
 
-def cross_fit_cauchy(pvalues: ArrayLike, *, seed: int = 0, min_items: int = 40,
-                     tail: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Per item (row), the Cauchy combination of its tests' p-values (`pvalues`, items x tests), each test weighted
-    by how often the *other half* of the items is in its tail: the squared one-sided z of that half's share of
-    p-values <= `tail` against `tail`, the share a valid p-value has at most without a leak (negative z counted
-    as 0; equal weights when no test shows an excess). Returns the combined p-values and the weights of each half
-    (2 x tests, rows summing to 1).
+_TAILS = (0.01, 0.02, 0.05, 0.1)  # where `cross_fit_cauchy` looks for an excess of small p-values
 
-    Equal weights let the tests that see nothing dilute the one that does (a fine-tuning leak moves the answer
-    probes only). Items are flagged in the tail, so the weights measure the evidence there, where a probe that
-    separates leaked items well stands out, and on the p-values, so a calibration the scores lack (per answer
-    letter, `stratified_conformal_pvalues`) counts; a squared z is each test's share of the signal, as in a
-    chi-square's noncentrality. A half's weights never use its own items, so they are fixed for the items they
-    weigh and the Cauchy combination stays as valid as with fixed weights. Fewer than `min_items` items: equal
-    weights, one fold."""
+
+def cross_fit_cauchy(pvalues: ArrayLike, *, seed: int = 0, min_items: int = 40, tails: Sequence[float] = _TAILS,
+                     threshold: float = 1.645) -> tuple[np.ndarray, np.ndarray]:
+    """Per item (row), the Cauchy combination of its tests' p-values (`pvalues`, items x tests), each test weighted
+    by the evidence of the *other half* of the items that it sees a leak. Returns the combined p-values and the
+    weights of each half (2 x tests, rows summing to 1).
+
+    A test's evidence is z, the largest over `tails` (those with at least one expected item) of the one-sided z of
+    the other half's share of p-values <= t against t, the share a valid p-value has at most without a leak; its
+    weight is (z - `threshold`)^2, 0 below the threshold (equal weights when no test passes it). Equal weights
+    let the tests that see nothing dilute the one that does (a fine-tuning leak moves the answer probes only);
+    items are flagged in the tail, where a probe that separates leaked items stands out, so the weights look
+    there, and on the p-values, so a calibration the scores lack (per answer letter) counts. A strong probe lifts
+    a small leak deep into the tail, a weaker one a larger leak less far: several tails see both. The threshold
+    keeps the tests' chance excesses (with 10 leaked items in a half, as large as the real one's) from taking
+    weight; above it a squared z is a test's share of the signal, as in a chi-square's noncentrality. A half's
+    weights never use its own items, so they are fixed for the items they weigh and the combination stays as
+    valid as with fixed weights. Fewer than `min_items` items: equal weights, one fold."""
     p = np.atleast_2d(np.asarray(pvalues, dtype=np.float64))
-    if not 0.0 < tail < 1.0:
-        raise ValueError(f"tail must be in (0, 1), got {tail}")
+    tails = np.asarray(tails, dtype=np.float64)
+    if not tails.size or ((tails <= 0.0) | (tails >= 1.0)).any():
+        raise ValueError(f"tails must be numbers in (0, 1), got {tails.tolist()}")
     n, k = p.shape
     if n < min_items:
         return cauchy_combination(p), np.full((2, k), 1.0 / k)
@@ -199,9 +205,12 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, seed: int = 0, min_items: int = 40,
     for f in (0, 1):
         other = p[fold != f]
         m = np.isfinite(other).sum(axis=0)  # per test: the other half's items that have a p-value
-        share = (other <= tail).sum(axis=0) / np.maximum(m, 1)
-        z = np.where(m > 0, (share - tail) / np.sqrt(tail * (1.0 - tail) / np.maximum(m, 1)), 0.0)
-        w = np.clip(z, 0.0, None) ** 2
+        z = np.zeros(k)
+        for t in tails:
+            seen = m * t >= 1.0  # a tail no item is expected in says nothing yet
+            share = (other <= t).sum(axis=0) / np.maximum(m, 1)
+            z = np.where(seen, np.maximum(z, (share - t) / np.sqrt(t * (1.0 - t) / np.maximum(m, 1))), z)
+        w = np.clip(z - threshold, 0.0, None) ** 2
         weights[f] = w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
         out[fold == f] = cauchy_combination(p[fold == f], weights[f])
     return out, weights
