@@ -50,7 +50,7 @@ def rules():
     }
 
 
-def separation(leaked, unseen, n_boot=1000):
+def separation(leaked, unseen, n_boot=2000):
     from itd.core import stats
 
     low, high = stats.bootstrap_auroc_ci(leaked, unseen, n_boot=n_boot)
