@@ -10,7 +10,8 @@ p-values: the per-item combined p depends on nothing else (the set-level combina
 
 For each rule: the combined AUROC (-log10 p of leaked against unseen items) minus the best probe's, and how often
 it falls below the best probe's 95% bootstrap interval (the issue's goal: never below by more than the CI); on
-the labs also TPR@5%FPR and the clean twin's share of combined p <= 0.05 (about 0.05 if calibrated).
+the labs also TPR@5%FPR, the FDR flags at 5% (Benjamini-Hochberg on the combined p, as `detect` flags) and the
+clean twin's share of combined p <= 0.05 (about 0.05 if calibrated) and flags.
 
     python benchmarks/bench_combination.py --draws 60
     python benchmarks/bench_combination.py --draws 0 W/gsm8k_r1_contaminated.jsonl ...
@@ -110,6 +111,8 @@ def lab_dump(path: Path):
 
 
 def labs(dumps: list[Path]) -> None:
+    from itd.core import stats
+
     combine = rules()
     print("### Labs: contaminated twins' dumps recombined\n")
     print("| lab | best probe AUROC [95% CI] (TPR@5%) | " + " | ".join(combine) + " |")
@@ -131,13 +134,19 @@ def labs(dumps: list[Path]) -> None:
             c = log_p(fn(p))
             a, lo, hi, t5 = separation(c[leaked], c[unseen])
             fails[r] += a < low
-            clean = f", clean {np.mean(fn(clean_p) <= 0.05):.3f}" if clean_p is not None else ""
-            cells.append(f"{a:.3f} [{lo:.2f}, {hi:.2f}] ({t5:.2f}){' below' if a < low else ''}{clean}")
+            flags, _ = stats.benjamini_hochberg(fn(p), 0.05)
+            clean = ""
+            if clean_p is not None:
+                cp = fn(clean_p)
+                clean = f"; clean: {np.mean(cp <= 0.05):.3f}, {stats.benjamini_hochberg(cp, 0.05)[0].sum()} flags"
+            cells.append(f"{a:.3f} [{lo:.2f}, {hi:.2f}] ({t5:.2f}){' below' if a < low else ''}; "
+                         f"flags {(flags & leaked).sum()}/{leaked.sum()} + {(flags & ~leaked).sum()}{clean}")
         name = f"{path.parent.name}/{path.stem.replace('_contaminated', '')}"
         print(f"| {name} | {top:.3f} [{low:.2f}, {high:.2f}] `{probes[j]}` ({tpr:.2f}) | " + " | ".join(cells) + " |")
     print("\nbelow the best probe's interval: " + ", ".join(f"{r} {fails[r]}/{len(dumps)}" for r in combine))
-    print("(cells: combined AUROC [95% CI] (TPR@5%FPR), 'below' the best probe's interval; clean: the clean twin's "
-          "share of combined p <= 0.05)\n")
+    print("(cells: combined AUROC [95% CI] (TPR@5%FPR), 'below' the best probe's interval; FDR flags at 5% on the "
+          "combined p, leaked found / leaked + others flagged; clean: the clean twin's share of combined p <= 0.05 "
+          "and its flags)\n")
 
 
 def main() -> int:

@@ -549,7 +549,7 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
 
 def _combine(report: DetectionReport) -> None:
     """Per item, the Cauchy combination of the combined probes' p-values, weighted by how often the other half's
-    p-values lie in the tail (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
+    p-values lie in their tails (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
     p-values (a leak of many items and one of a few), one share per kind of evidence (`evidence_weights`), with
     the tests that drove it."""
     config = report.config
