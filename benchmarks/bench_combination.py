@@ -44,9 +44,10 @@ def rules():
     from itd.core import stats
 
     return {
-        "tails 1-10%, z above 1.645 (shipped)": lambda p: stats.cross_fit_cauchy(p)[0],
-        "5% tail, z (before)": lambda p: stats.cross_fit_cauchy(p, tails=(0.05,), threshold=0.0)[0],
-        "2% tail, z": lambda p: stats.cross_fit_cauchy(p, tails=(0.02,), threshold=0.0)[0],
+        "all other items, tails 1-10%, z above 1.645 (shipped)": lambda p: stats.cross_fit_cauchy(p)[0],
+        "other half, tails 1-10%, z above 1.645": lambda p: stats.cross_fit_cauchy(p, folds=2)[0],
+        "other half, 5% tail, z (before)": lambda p: stats.cross_fit_cauchy(p, folds=2, tails=(0.05,),
+                                                                             threshold=0.0)[0],
         "equal weights": lambda p: stats.cauchy_combination(p),
     }
 

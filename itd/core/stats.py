@@ -136,7 +136,8 @@ _CAUCHY_LOW, _CAUCHY_HIGH = 1e-300, 1 - 1e-15  # p-values are clipped into these
 def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> np.ndarray:
     """Cauchy combination test (Liu & Xie 2020) of each row of `pvalues` (items x tests; a 1-D array is one row).
 
-    T = sum_j w_j tan((0.5 - p_j) pi) with weights summing to 1 (default equal); the combined p-value is
+    T = sum_j w_j tan((0.5 - p_j) pi) with weights summing to 1 (default equal; one per test, or a row of them per
+    item); the combined p-value is
     0.5 - arctan(T) / pi. Under the null, T is standard Cauchy whatever the dependence between the tests when
     each pair is bivariate normal after transformation, and approximately so otherwise; the tail is accurate
     exactly where decisions are made (small p). NaN entries (a test that did not apply) are left out of their
@@ -156,9 +157,9 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
     if ((p[ok] < 0) | (p[ok] > 1)).any():
         raise ValueError("pvalues must lie in [0, 1]")
     w = np.ones(p.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (p.shape[1],) or (w < 0).any() or not w.sum() > 0:
-        raise ValueError(f"weights must be {p.shape[1]} non-negative numbers, not all zero")
-    wm = np.where(ok, w[None, :], 0.0)
+    if w.shape not in ((p.shape[1],), p.shape) or (w < 0).any() or not (np.atleast_2d(w).sum(axis=1) > 0).all():
+        raise ValueError(f"weights must be {p.shape[1]} non-negative numbers, not all zero (or such a row per item)")
+    wm = np.where(ok, np.broadcast_to(w, p.shape), 0.0)
     total = wm.sum(axis=1)
     d = ok.sum(axis=1, keepdims=True)
     cap = np.where(d >= 2, 1.0 - 1.0 / np.maximum(d, 1), _CAUCHY_HIGH)
@@ -176,44 +177,52 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
 _TAILS = (0.01, 0.02, 0.05, 0.1)  # where `cross_fit_cauchy` looks for an excess of small p-values
 
 
-def cross_fit_cauchy(pvalues: ArrayLike, *, seed: int = 0, min_items: int = 40, tails: Sequence[float] = _TAILS,
-                     threshold: float = 1.645) -> tuple[np.ndarray, np.ndarray]:
+def cross_fit_cauchy(pvalues: ArrayLike, *, folds: int | None = None, seed: int = 0, min_items: int = 40,
+                     tails: Sequence[float] = _TAILS, threshold: float = 1.645) -> tuple[np.ndarray, np.ndarray]:
     """Per item (row), the Cauchy combination of its tests' p-values (`pvalues`, items x tests), each test weighted
-    by the evidence of the *other half* of the items that it sees a leak. Returns the combined p-values and the
-    weights of each half (2 x tests, rows summing to 1).
+    by the evidence of the *other* items that it sees a leak: all the others (leave-one-out, `folds` None) or
+    those of the other `folds` seeded folds. Returns the combined p-values and each item's weights (items x tests,
+    rows summing to 1).
 
     A test's evidence is z, the largest over `tails` (those with at least one expected item) of the one-sided z of
-    the other half's share of p-values <= t against t, the share a valid p-value has at most without a leak; its
+    the other items' share of p-values <= t against t, the share a valid p-value has at most without a leak; its
     weight is (z - `threshold`)^2, 0 below the threshold (equal weights when no test passes it). Equal weights
     let the tests that see nothing dilute the one that does (a fine-tuning leak moves the answer probes only);
     items are flagged in the tail, where a probe that separates leaked items stands out, so the weights look
     there, and on the p-values, so a calibration the scores lack (per answer letter) counts. A strong probe lifts
     a small leak deep into the tail, a weaker one a larger leak less far: several tails see both. The threshold
-    keeps the tests' chance excesses (with 10 leaked items in a half, as large as the real one's) from taking
-    weight; above it a squared z is a test's share of the signal, as in a chi-square's noncentrality. A half's
-    weights never use its own items, so they are fixed for the items they weigh and the combination stays as
-    valid as with fixed weights. Fewer than `min_items` items: equal weights, one fold."""
+    keeps the tests' chance excesses (with 20 leaked items of 400, as large as the real one's at one tail) from
+    taking weight; above it a squared z is a test's share of the signal, as in a chi-square's noncentrality. No
+    item's weights use its own p-values, so they are fixed for it and the combination stays about as valid as
+    with fixed weights; leaving one out uses the most items to find the test that sees the leak. Fewer than
+    `min_items` items: equal weights."""
     p = np.atleast_2d(np.asarray(pvalues, dtype=np.float64))
     tails = np.asarray(tails, dtype=np.float64)
     if not tails.size or ((tails <= 0.0) | (tails >= 1.0)).any():
         raise ValueError(f"tails must be numbers in (0, 1), got {tails.tolist()}")
     n, k = p.shape
+    if folds is not None and not 2 <= folds <= n:
+        raise ValueError(f"folds must be None (leave one out) or 2..{n}, got {folds}")
     if n < min_items:
-        return cauchy_combination(p), np.full((2, k), 1.0 / k)
-    fold = np.random.default_rng(seed).permutation(n) % 2
-    out, weights = np.empty(n), np.empty((2, k))
-    for f in (0, 1):
-        other = p[fold != f]
-        m = np.isfinite(other).sum(axis=0)  # per test: the other half's items that have a p-value
-        z = np.zeros(k)
-        for t in tails:
-            seen = m * t >= 1.0  # a tail no item is expected in says nothing yet
-            share = (other <= t).sum(axis=0) / np.maximum(m, 1)
-            z = np.where(seen, np.maximum(z, (share - t) / np.sqrt(t * (1.0 - t) / np.maximum(m, 1))), z)
-        w = np.clip(z - threshold, 0.0, None) ** 2
-        weights[f] = w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
-        out[fold == f] = cauchy_combination(p[fold == f], weights[f])
-    return out, weights
+        return cauchy_combination(p), np.full((n, k), 1.0 / k)
+    fold = np.arange(n) if folds is None else np.random.default_rng(seed).permutation(n) % folds
+
+    def others(indicator: np.ndarray) -> np.ndarray:
+        """Per item and test: the count of `indicator` over the items outside the item's fold."""
+        per_fold = np.zeros((fold.max() + 1, k))
+        np.add.at(per_fold, fold, indicator)
+        return indicator.sum(axis=0) - per_fold[fold]
+
+    m = others(np.isfinite(p))  # the other items that have a p-value
+    z = np.zeros((n, k))
+    for t in tails:
+        share = others(p <= t) / np.maximum(m, 1)
+        seen = m * t >= 1.0  # a tail no item is expected in says nothing yet
+        z = np.where(seen, np.maximum(z, (share - t) / np.sqrt(t * (1.0 - t) / np.maximum(m, 1))), z)
+    w = np.clip(z - threshold, 0.0, None) ** 2
+    total = w.sum(axis=1, keepdims=True)
+    weights = np.where(total > 0, w / np.where(total > 0, total, 1.0), 1.0 / k)
+    return cauchy_combination(p, weights), weights
 
 
 def _pair_counts(positive: np.ndarray, negative_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@ batched pass (`itd.probes.models.score_texts`). A clean reference set, items the
 format, is scored the same way; each item's score then gets a conformal p-value against the reference scores,
 and items are flagged under Benjamini-Hochberg false-discovery-rate control. A one-sided Mann-Whitney test of
 benchmark against reference scores, and a top-k test for a leak of a few items, answer whether the set as a whole
-leaked. Several probes merge into one verdict by the Cauchy combination: per item with weights cross-fitted on
-the other half of the items, at set level with one share per kind of evidence (`evidence_weights`). Without a
+leaked. Several probes merge into one verdict by the Cauchy combination: per item with weights from the other
+items' p-values, at set level with one share per kind of evidence (`evidence_weights`). Without a
 reference set, the plain threshold of the ITD paper (`threshold`, on the decision method's score) flags items
 instead.
 
@@ -548,7 +548,7 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
 
 
 def _combine(report: DetectionReport) -> None:
-    """Per item, the Cauchy combination of the combined probes' p-values, weighted by how often the other half's
+    """Per item, the Cauchy combination of the combined probes' p-values, weighted by how often the other items'
     p-values lie in their tails (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
     p-values (a leak of many items and one of a few), one share per kind of evidence (`evidence_weights`), with
     the tests that drove it."""
@@ -579,7 +579,7 @@ def _combine(report: DetectionReport) -> None:
         "weights": {t: round(float(w), 4) for t, w in zip(tests, set_w)},
         "drivers": drivers,
         "shares": {tests[j]: round(float(share[j]), 4) for j in order},
-        # the per-item combination's weights (`stats.cross_fit_cauchy`), averaged over the two halves
+        # the per-item combination's weights (`stats.cross_fit_cauchy`), averaged over the items
         "item_weights": {m: round(float(w), 4) for m, w in zip(probes, weights.mean(axis=0))},
     }
 

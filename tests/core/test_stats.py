@@ -427,6 +427,12 @@ def test_cauchy_combination():
         cauchy_combination([0.5, 1.5])
     with pytest.raises(ValueError, match="weights"):
         cauchy_combination([0.5, 0.5], [1.0])
+    # a row of weights per item combines each row with its own
+    rows, row_weights = rng.uniform(size=(5, 3)), rng.uniform(size=(5, 3))
+    assert np.allclose(cauchy_combination(rows, row_weights),
+                       [cauchy_combination(r, w) for r, w in zip(rows, row_weights)], rtol=1e-12)
+    with pytest.raises(ValueError, match="weights"):
+        cauchy_combination(rows, np.vstack([row_weights[:4], np.zeros(3)]))
 
 
 def _cross_fit_case(rng, n=400, m=600, k=6, leaked=0, shift=0.0):
@@ -443,7 +449,7 @@ def test_cross_fit_cauchy_weights_the_probe_that_sees_the_leak():
     rng = np.random.default_rng(11)
     p, scores, ref = _cross_fit_case(rng, leaked=120, shift=1.0)
     combined, weights = cross_fit_cauchy(p)
-    assert weights.shape == (2, 6) and np.allclose(weights.sum(axis=1), 1) and (weights[:, 0] > 0.5).all()
+    assert weights.shape == (400, 6) and np.allclose(weights.sum(axis=1), 1) and (weights[:, 0] > 0.5).all()
     truth = np.arange(400) < 120
     equal = cauchy_combination(p)
     assert auroc(-np.log(combined[truth]), -np.log(combined[~truth])) > auroc(-np.log(equal[truth]),
@@ -476,8 +482,8 @@ def test_cross_fit_cauchy_keeps_a_small_leak_seen_by_one_probe():
     """20 leaked items of 400 that one probe lifts by 2.6 standard deviations (a reference model at one exposure),
     five probes lifting them a little and four not at all, all correlated: with 10 leaked items a half, chance tail
     excesses of the others are as large as the real one's at a single tail. Over 12 draws the strong probe keeps
-    most of the weight and the combination falls below its AUROC's interval in at most a quarter of them (a
-    weight by the squared z at a 5% tail alone: half of them)."""
+    most of the weight and the combination falls below its AUROC's interval at most once (weights from the
+    other half's squared z at a 5% tail, as before: in half of them; from the other half with these tails: 3)."""
     from itd.core.stats import cross_fit_cauchy
 
     rng = np.random.default_rng(5)
@@ -492,7 +498,7 @@ def test_cross_fit_cauchy_keeps_a_small_leak_seen_by_one_probe():
         low, _ = bootstrap_auroc_ci(x[:n, 0][truth], x[:n, 0][~truth], n_boot=500)
         below += auroc(-np.log(combined[truth]), -np.log(combined[~truth])) < low
         strong_weight.append(weights[:, 0].min())
-    assert below <= 3 and np.median(strong_weight) >= 0.6, (below, strong_weight)
+    assert below <= 1 and np.median(strong_weight) >= 0.9, (below, strong_weight)
 
 
 def test_cross_fit_cauchy_is_calibrated_without_a_leak():

@@ -208,7 +208,7 @@ def test_newer_probes_and_the_combined_verdict_on_the_lab(tiny_lab, lab_sets, tm
     set_p = [con.set_tests[m].p_value for m in methods] + [con.sparse_tests[m].p_value for m in methods]
     probe_of = [t.removesuffix(" top-k") for t in tests]
     assert con.combined_set["p_value"] == cauchy_combination(set_p, evidence_weights(probe_of))
-    # the per-item combination's weights, from the other half's evidence: on the leaked set, not spread evenly
+    # the per-item combination's weights, from the other items' evidence: on the leaked set, not spread evenly
     weights = con.combined_set["item_weights"]
     assert set(weights) == set(methods) and sum(weights.values()) == pytest.approx(1, abs=1e-3)
     assert max(weights.values()) > 1 / len(methods)
