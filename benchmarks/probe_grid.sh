@@ -10,7 +10,8 @@
 # set-level tests (Mann-Whitney and top-k) on both twins against a reference of REFERENCE items reserved with the
 # experiment and kept from every corpus (`--reserve-reference`: exchangeable with the unseen items). Each
 # run's report goes to runs/probe-grid/<benchmark>-<recipe>-l<rate>-s<seed>.md, its labs beside it; a finished run
-# is skipped, and a run stopped halfway reuses the labs it finished (`--reuse`).
+# is skipped, and a run stopped halfway reuses the labs it finished (`--reuse`). At the end, `grid_summary.py`
+# gathers the replicas of every cell into runs/probe-grid/summary.md.
 #
 # Cost: the `small` preset trains one lab in 10-25 minutes on 2 CPU cores (twins of the r = 1 cells take the
 # longest), so the 36 runs of 3 labs each are about a day of CPU; on a GPU (DEVICE=cuda) a few minutes a lab.
@@ -39,3 +40,5 @@ for bench in gsm8k mmlu; do
     done
   done
 done
+# every cell, replicas gathered, one table per benchmark and recipe
+python benchmarks/grid_summary.py "$OUT" > "$OUT/summary.md"

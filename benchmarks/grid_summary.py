@@ -1,0 +1,152 @@
+"""The detection grid's tables: every lab cell `bench_lab.py` scored, replicas gathered, one table per benchmark and
+leak recipe (the detection issue's form).
+
+Reads the per-twin detections `bench_lab.py` writes to its work directories (`<benchmark>_r<r>_<twin>.jsonl`
+with a manifest beside each, the lab beside them) under the given directories, recursively. A cell is (benchmark,
+recipe, leak rate, r); its replicas are the labs of other seeds. Per probe and for the combination: AUROC of
+leaked against unseen items under the contaminated twin (mean over replicas, with the lowest replica's 95%
+bootstrap interval bound and the highest's), TPR at 1% and 5% FPR, the clean twin's AUROC; the FDR flags at 5%
+(recall, false flags, flags on the clean twin); and the set-level p-values per replica: the probe's Mann-Whitney
+and top-k tests and the set verdict of deciding by it (their Cauchy combination, as `detect` gives it; the
+combined verdict for the combination) on both twins, marked where it meets the issue's goal (contaminated
+p < 0.01, clean p > 0.1). The per-item combination is
+recomputed from the dumped p-values with this checkout's `stats.cross_fit_cauchy`; the set-level p-values are
+the run's.
+
+    python benchmarks/grid_summary.py runs/probe-grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+COMBINED = "combined"
+
+
+def load_twin(path: Path) -> dict:
+    """One twin's dump: probes, scores and p-values (items x probes), its manifest's summary."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    probes = list(rows[0]["p_values"])
+    values = [[np.nan if r.get(m) is None else r[m] for m in probes] for r in rows]
+    summary = json.loads(Path(f"{path}.manifest.json").read_text(encoding="utf-8"))["summary"]
+    return {"ids": [r["id"] for r in rows], "probes": probes, "scores": np.array(values, dtype=float),
+            "p": np.array([[r["p_values"].get(m, np.nan) for m in probes] for r in rows], dtype=float),
+            "summary": summary}
+
+
+def cell_of(lab_dir: Path) -> tuple[tuple, int, set[str], set[str]]:
+    """(benchmark, recipe, leak rate, r), the seed, and the leaked and unseen ids of the lab in `lab_dir`."""
+    from itd.lab.result import load_lab
+
+    lab = load_lab(lab_dir)
+    manifest = json.loads((lab_dir / "manifest.json").read_text(encoding="utf-8"))
+    benchmark = lab_dir.name.rsplit("_r", 1)[0]
+    key = (benchmark, manifest["recipe"], manifest["leak_rate"], manifest["repeats"])
+    return key, manifest["seed"], set(lab.leaked), set(lab.unseen)
+
+
+def replica(contaminated: Path) -> tuple[tuple, dict]:
+    """The figures of one lab: per probe (and combined) the separation on both twins, flags, set-level p."""
+    from itd.core import stats
+
+    key, seed, leaked, unseen = cell_of(contaminated.parent / contaminated.name.removesuffix("_contaminated.jsonl"))
+    twins = {"contaminated": load_twin(contaminated),
+             "clean": load_twin(contaminated.with_name(contaminated.name.replace("_contaminated", "_clean")))}
+    out = {"seed": seed, "lab": contaminated.parent.name, "probes": {}, "set": {}}
+    for twin, d in twins.items():
+        is_leaked = np.array([i in leaked for i in d["ids"]])
+        is_unseen = np.array([i in unseen for i in d["ids"]])
+        combined = stats.cross_fit_cauchy(d["p"])[0]
+        columns = {m: d["scores"][:, j] for j, m in enumerate(d["probes"])}
+        columns[COMBINED] = -np.log10(np.clip(combined, 1e-300, 1.0))
+        for m, s in columns.items():
+            ok = np.isfinite(s)
+            a, b = s[is_leaked & ok], s[is_unseen & ok]
+            if not a.size or not b.size:
+                continue
+            fig = out["probes"].setdefault(m, {})
+            if twin == "contaminated":
+                fig["auroc"] = stats.auroc(a, b)
+                fig["ci"] = stats.bootstrap_auroc_ci(a, b)
+                fig["tpr1"], fig["tpr5"] = stats.tpr_at_fpr(a, b, 0.01), stats.tpr_at_fpr(a, b, 0.05)
+            else:
+                fig["clean_auroc"] = stats.auroc(a, b)
+        flags, _ = stats.benjamini_hochberg(combined, 0.05)
+        out["flags_" + twin] = (int((flags & is_leaked).sum()), int(is_leaked.sum()), int((flags & ~is_leaked).sum()))
+        summary = d["summary"]
+        for m in d["probes"]:
+            if m in summary.get("set_tests", {}):
+                out["set"].setdefault(m, {})[twin] = (summary["set_tests"][m]["p_value"],
+                                                      summary["sparse_set_tests"][m]["p_value"])
+        if summary.get("combined_set_test"):
+            out["set"].setdefault(COMBINED, {})[twin] = (summary["combined_set_test"]["p_value"],)
+    return key, out
+
+
+def cell_table(replicas: list[dict]) -> str:
+    from itd.core.stats import cauchy_combination
+
+    probes = list(dict.fromkeys(m for rep in replicas for m in rep["probes"]))
+    rows = []
+    for m in probes:
+        figs = [rep["probes"][m] for rep in replicas if "auroc" in rep["probes"].get(m, {})]
+        if not figs:
+            continue
+        mean = lambda k: float(np.mean([f[k] for f in figs if k in f]))  # noqa: E731
+        sets = []
+        for rep in replicas:
+            p = rep["set"].get(m, {})
+            con, cln = p.get("contaminated"), p.get("clean")
+            if con and cln:
+                # the set verdict when deciding by this probe: the Cauchy combination of its tests (as `detect`'s)
+                verdict, clean = (float(cauchy_combination(list(v))) for v in (con, cln))
+                met = "**" if verdict < 0.01 and clean > 0.1 else ""
+                tests = f"{' / '.join(f'{v:.1e}' for v in con)} -> " if len(con) > 1 else ""
+                sets.append(f"{tests}{met}{verdict:.1e} ({clean:.2f}){met}")
+        rows.append((f"`{m}`", f"{mean('auroc'):.3f} [{min(f['ci'][0] for f in figs):.2f}, "
+                     f"{max(f['ci'][1] for f in figs):.2f}]", f"{mean('tpr1'):.2f}", f"{mean('tpr5'):.2f}",
+                     f"{mean('clean_auroc'):.3f}", "; ".join(sets) or "-"))
+    table = C.table(("probe", "AUROC, mean [lowest CI bound, highest]", "TPR@1%FPR", "TPR@5%FPR", "clean-twin AUROC",
+                     "set p per replica: MW / top-k -> verdict (clean twin's verdict); ** goal met"), rows)
+    flags = "; ".join(f"s{rep['seed']}: {rep['flags_contaminated'][0]}/{rep['flags_contaminated'][1]} leaked + "
+                      f"{rep['flags_contaminated'][2]} others, clean twin {sum(rep['flags_clean'][::2])}"
+                      for rep in replicas)
+    return table + f"\n\nFDR flags at 5% on the combined p (recomputed): {flags}\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="directories holding bench_lab.py work directories")
+    args = ap.parse_args()
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for d in args.dirs:
+        for dump in sorted(d.rglob("*_contaminated.jsonl")):
+            if not dump.with_name(dump.name.replace("_contaminated", "_clean")).exists():
+                continue
+            key, rep = replica(dump)
+            cells[key].append(rep)
+    if not cells:
+        print(f"no bench_lab.py dumps (<benchmark>_r<r>_contaminated.jsonl) under {', '.join(map(str, args.dirs))}",
+              file=sys.stderr)
+        return 2
+    C.header("The detection grid: every probe and the combination against ground truth, replicas gathered")
+    for key in sorted(cells):
+        benchmark, recipe, leak, r = key
+        reps = sorted(cells[key], key=lambda rep: rep["seed"])
+        labs = ", ".join(f"s{rep['seed']} ({rep['lab']})" for rep in reps)
+        print(f"### {benchmark}, {recipe} leak, {leak:.0%}, r = {r}: {len(reps)} replica(s): {labs}\n")
+        print(cell_table(reps))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
