@@ -72,6 +72,32 @@ def real_texts(data: str | Path) -> list[str]:
     return out
 
 
+# ---- contamination-lab detections (bench_lab.py's dumps) ----------------------------------------------------
+def load_lab_dump(path: Path) -> dict:
+    """One twin's detection as `bench_lab.py` dumps it (`<benchmark>_r<r>_<twin>.jsonl`): item ids, probes, scores
+    and p-values (items x probes), and its manifest's summary."""
+    import numpy as np
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    probes = list(rows[0]["p_values"])
+    values = [[np.nan if r.get(m) is None else r[m] for m in probes] for r in rows]
+    summary = json.loads(Path(f"{path}.manifest.json").read_text(encoding="utf-8"))["summary"]
+    return {"ids": [r["id"] for r in rows], "probes": probes, "scores": np.array(values, dtype=float),
+            "p": np.array([[r["p_values"].get(m, np.nan) for m in probes] for r in rows], dtype=float),
+            "summary": summary}
+
+
+def lab_cell(lab_dir: Path) -> tuple[tuple, int, set[str], set[str]]:
+    """(benchmark, recipe, leak rate, r), the seed, and the leaked and unseen ids of the lab in `lab_dir`."""
+    from itd.lab.result import lab_result, load_lab_manifest
+
+    manifest = load_lab_manifest(lab_dir)
+    lab = lab_result(lab_dir, manifest)
+    benchmark = lab_dir.name.rsplit("_r", 1)[0]
+    key = (benchmark, manifest["recipe"], manifest["leak_rate"], manifest["repeats"])
+    return key, manifest["seed"], set(lab.leaked), set(lab.unseen)
+
+
 # ---- generated corpora ----------------------------------------------------------------------------------------
 def filler_pool(rng: random.Random, n: int = 1500) -> list[str]:
     """Filler paragraphs (itd.pipeline.demo.filler_text) to draw documents from; generating is the slow part."""

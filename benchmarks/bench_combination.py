@@ -20,7 +20,6 @@ clean twin's share of combined p <= 0.05 (about 0.05 if calibrated) and flags.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -96,19 +95,10 @@ def simulate(draws: int, seed: int) -> None:
 
 def lab_dump(path: Path):
     """(probes, p-value matrix, leaked mask, unseen mask, raw scores) of one twin's dump; truth from its lab."""
-    from itd.lab.result import load_lab
-
-    bench_r, twin = path.stem.rsplit("_", 1)
-    lab = load_lab(path.parent / bench_r)
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    probes = list(rows[0]["p_values"])
-    p = np.array([[r["p_values"].get(m, np.nan) for m in probes] for r in rows], dtype=float)
-    scores = np.array([[r.get(m, np.nan) if r.get(m) is not None else np.nan for m in probes] for r in rows],
-                      dtype=float)
-    ids = [r["id"] for r in rows]
-    leaked = np.array([i in set(lab.leaked) for i in ids])
-    unseen = np.array([i in set(lab.unseen) for i in ids])
-    return probes, p, leaked, unseen, scores
+    d = C.load_lab_dump(path)
+    _, _, leaked, unseen = C.lab_cell(path.parent / path.name.rsplit("_", 1)[0])
+    return (d["probes"], d["p"], np.array([i in leaked for i in d["ids"]]), np.array([i in unseen for i in d["ids"]]),
+            d["scores"])
 
 
 def labs(dumps: list[Path]) -> None:

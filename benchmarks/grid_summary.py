@@ -32,35 +32,13 @@ import _common as C  # noqa: E402
 COMBINED = "combined"
 
 
-def load_twin(path: Path) -> dict:
-    """One twin's dump: probes, scores and p-values (items x probes), its manifest's summary."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    probes = list(rows[0]["p_values"])
-    values = [[np.nan if r.get(m) is None else r[m] for m in probes] for r in rows]
-    summary = json.loads(Path(f"{path}.manifest.json").read_text(encoding="utf-8"))["summary"]
-    return {"ids": [r["id"] for r in rows], "probes": probes, "scores": np.array(values, dtype=float),
-            "p": np.array([[r["p_values"].get(m, np.nan) for m in probes] for r in rows], dtype=float),
-            "summary": summary}
-
-
-def cell_of(lab_dir: Path) -> tuple[tuple, int, set[str], set[str]]:
-    """(benchmark, recipe, leak rate, r), the seed, and the leaked and unseen ids of the lab in `lab_dir`."""
-    from itd.lab.result import load_lab
-
-    lab = load_lab(lab_dir)
-    manifest = json.loads((lab_dir / "manifest.json").read_text(encoding="utf-8"))
-    benchmark = lab_dir.name.rsplit("_r", 1)[0]
-    key = (benchmark, manifest["recipe"], manifest["leak_rate"], manifest["repeats"])
-    return key, manifest["seed"], set(lab.leaked), set(lab.unseen)
-
-
 def replica(contaminated: Path) -> tuple[tuple, dict]:
     """The figures of one lab: per probe (and combined) the separation on both twins, flags, set-level p."""
     from itd.core import stats
 
-    key, seed, leaked, unseen = cell_of(contaminated.parent / contaminated.name.removesuffix("_contaminated.jsonl"))
-    twins = {"contaminated": load_twin(contaminated),
-             "clean": load_twin(contaminated.with_name(contaminated.name.replace("_contaminated", "_clean")))}
+    key, seed, leaked, unseen = C.lab_cell(contaminated.parent / contaminated.name.removesuffix("_contaminated.jsonl"))
+    twins = {"contaminated": C.load_lab_dump(contaminated),
+             "clean": C.load_lab_dump(contaminated.with_name(contaminated.name.replace("_contaminated", "_clean")))}
     out = {"seed": seed, "lab": contaminated.parent.name, "probes": {}, "set": {}}
     for twin, d in twins.items():
         is_leaked = np.array([i in leaked for i in d["ids"]])
