@@ -136,9 +136,8 @@ _CAUCHY_LOW, _CAUCHY_HIGH = 1e-300, 1 - 1e-15  # p-values are clipped into these
 def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> np.ndarray:
     """Cauchy combination test (Liu & Xie 2020) of each row of `pvalues` (items x tests; a 1-D array is one row).
 
-    T = sum_j w_j tan((0.5 - p_j) pi) with weights summing to 1 (default equal; one per test, or a row of them per
-    item); the combined p-value is
-    0.5 - arctan(T) / pi. Under the null, T is standard Cauchy whatever the dependence between the tests when
+    T = sum_j w_j tan((0.5 - p_j) pi) with weights summing to 1 (default equal; one per test, or a row of them
+    per item); the combined p-value is 0.5 - arctan(T) / pi. Under the null, T is standard Cauchy whatever the dependence between the tests when
     each pair is bivariate normal after transformation, and approximately so otherwise; the tail is accurate
     exactly where decisions are made (small p). NaN entries (a test that did not apply) are left out of their
     row, the weights renormalised; a row with no p-value gets NaN. Very small p-values use tan(x) ~ 1/(p pi).
@@ -221,7 +220,7 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, folds: int | None = None, seed: int 
         z = np.where(seen, np.maximum(z, (share - t) / np.sqrt(t * (1.0 - t) / np.maximum(m, 1))), z)
     w = np.clip(z - threshold, 0.0, None) ** 2
     total = w.sum(axis=1, keepdims=True)
-    weights = np.where(total > 0, w / np.where(total > 0, total, 1.0), 1.0 / k)
+    weights = np.divide(w, total, out=np.full_like(w, 1.0 / k), where=total > 0)
     return cauchy_combination(p, weights), weights
 
 

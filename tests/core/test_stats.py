@@ -454,12 +454,17 @@ def test_cross_fit_cauchy_weights_the_probe_that_sees_the_leak():
     equal = cauchy_combination(p)
     assert auroc(-np.log(combined[truth]), -np.log(combined[~truth])) > auroc(-np.log(equal[truth]),
                                                                               -np.log(equal[~truth])) + 0.03
-    # few items: equal weights, one fold
+    # K folds: one row of weights per fold
+    _, by_fold = cross_fit_cauchy(p, folds=2)
+    assert len(np.unique(by_fold, axis=0)) == 2 and (by_fold[:, 0] > 0.5).all()
+    # few items: equal weights
     small, w = cross_fit_cauchy(p[:20])
     assert np.allclose(small, cauchy_combination(p[:20])) and np.allclose(w, 1 / 6)
     for bad in ((1.5,), ()):
         with pytest.raises(ValueError, match="tails"):
             cross_fit_cauchy(p, tails=bad)
+    with pytest.raises(ValueError, match="folds"):
+        cross_fit_cauchy(p, folds=1)
 
 
 def test_cross_fit_cauchy_leads_with_the_probe_that_separates_in_the_tail():
