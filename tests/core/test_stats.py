@@ -483,6 +483,33 @@ def test_cross_fit_cauchy_leads_with_the_probe_that_separates_in_the_tail():
     assert auroc(-np.log(combined[truth]), -np.log(combined[~truth])) >= best - 0.01
 
 
+def test_cross_fit_cauchy_weights_match_their_definition():
+    """Each item's weights against a direct loop over items: the other items' largest one-sided tail-excess z over
+    the tails that expect an item, (z - 1.645)^2 above the threshold, normalised (equal when none passes); NaN
+    p-values count for no item."""
+    from itd.core.stats import cauchy_combination, cross_fit_cauchy
+
+    rng = np.random.default_rng(21)
+    p = rng.uniform(size=(80, 4))
+    p[:12, 0] = rng.uniform(0, 0.01, size=12)  # a leak the first test sees
+    p[5, 2] = np.nan
+    tails = (0.01, 0.02, 0.05, 0.1)
+    combined, weights = cross_fit_cauchy(p)
+    for i in range(p.shape[0]):
+        others = np.delete(p, i, axis=0)
+        z = np.zeros(4)
+        for j in range(4):
+            col = others[np.isfinite(others[:, j]), j]
+            for t in tails:
+                if col.size * t >= 1:
+                    z[j] = max(z[j], ((col <= t).mean() - t) / math.sqrt(t * (1 - t) / col.size))
+        w = np.clip(z - 1.645, 0, None) ** 2
+        w = w / w.sum() if w.sum() > 0 else np.full(4, 0.25)
+        assert weights[i] == pytest.approx(w, abs=1e-12), i
+        assert combined[i] == pytest.approx(cauchy_combination(p[i], w), rel=1e-12)
+    assert (weights[12:, 0] > 0.9).all()
+
+
 def test_cross_fit_cauchy_keeps_a_small_leak_seen_by_one_probe():
     """20 leaked items of 400 that one probe lifts by 2.6 standard deviations (a reference model at one exposure),
     five probes lifting them a little and four not at all, all correlated: with 10 leaked items a half, chance tail
