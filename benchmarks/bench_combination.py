@@ -63,7 +63,7 @@ def log_p(p):
 
 
 def simulate(draws: int, seed: int) -> None:
-    from itd.core.stats import conformal_pvalues
+    from itd.core.stats import auroc, conformal_pvalues
 
     combine = rules()
     print(f"### Simulation: {draws} draws per scenario, seed {seed}\n")
@@ -79,13 +79,12 @@ def simulate(draws: int, seed: int) -> None:
             x = np.sqrt(0.6) * rng.normal(size=(n + m, 1)) + np.sqrt(0.4) * rng.normal(size=(n + m, shifts.size))
             x[:leaked] += shifts
             p = np.column_stack([conformal_pvalues(x[:n, j], x[n:, j]) for j in range(shifts.size)])
-            aurocs = [separation(x[:n, j][truth], x[:n, j][~truth], n_boot=1)[0] for j in range(shifts.size)]
-            j = int(np.argmax(aurocs))
+            j = int(np.argmax([auroc(x[:n, j][truth], x[:n, j][~truth]) for j in range(shifts.size)]))
             top, low, _, _ = separation(x[:n, j][truth], x[:n, j][~truth], n_boot=500)
             best.append(top)
             for r, fn in combine.items():
                 c = log_p(fn(p))
-                a = separation(c[truth], c[~truth], n_boot=1)[0]
+                a = auroc(c[truth], c[~truth])
                 delta[r].append(a - top)
                 below[r] += a < low
         cells = [f"{np.mean(delta[r]):+.3f}, below CI {below[r] / draws:.0%}" for r in combine]
@@ -113,19 +112,18 @@ def labs(dumps: list[Path]) -> None:
         probes, p, leaked, unseen, scores = lab_dump(path)
         clean_path = path.with_name(path.name.replace("_contaminated", "_clean"))
         clean_p = lab_dump(clean_path)[1] if clean_path.exists() and clean_path != path else None
-        found = []
-        for j, m in enumerate(probes):
-            ok = np.isfinite(scores[:, j])
-            found.append((separation(scores[leaked & ok, j], scores[unseen & ok, j], n_boot=1)[0], j))
-        _, j = max(found)
-        ok = np.isfinite(scores[:, j])
+        ok = np.isfinite(scores)
+        j = max(range(len(probes)),
+                key=lambda j: stats.auroc(scores[leaked & ok[:, j], j], scores[unseen & ok[:, j], j]))
+        ok = ok[:, j]
         top, low, high, tpr = separation(scores[leaked & ok, j], scores[unseen & ok, j])
         cells = []
         for r, fn in combine.items():
-            c = log_p(fn(p))
+            combined = fn(p)
+            c = log_p(combined)
             a, lo, hi, t5 = separation(c[leaked], c[unseen])
             fails[r] += a < low
-            flags, _ = stats.benjamini_hochberg(fn(p), 0.05)
+            flags, _ = stats.benjamini_hochberg(combined, 0.05)
             clean = ""
             if clean_p is not None:
                 cp = fn(clean_p)
