@@ -73,25 +73,37 @@ def real_texts(data: str | Path) -> list[str]:
 
 
 # ---- contamination-lab detections (bench_lab.py's dumps) ----------------------------------------------------
+class DumpError(Exception):
+    """A `bench_lab.py` dump or its lab that cannot be read: the message names the file."""
+
+
 def load_lab_dump(path: Path) -> dict:
     """One twin's detection as `bench_lab.py` dumps it (`<benchmark>_r<r>_<twin>.jsonl`): item ids, probes, scores
-    and p-values (items x probes), and its manifest's summary."""
+    and p-values (items x probes), and its manifest's summary. DumpError when it cannot be read."""
     import numpy as np
 
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    probes = list(rows[0]["p_values"])
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        summary = json.loads(Path(f"{path}.manifest.json").read_text(encoding="utf-8"))["summary"]
+        probes = list(rows[0]["p_values"])
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise DumpError(f"{path}: not a bench_lab.py detection dump with its manifest ({exc!r})") from None
     values = [[np.nan if r.get(m) is None else r[m] for m in probes] for r in rows]
-    summary = json.loads(Path(f"{path}.manifest.json").read_text(encoding="utf-8"))["summary"]
     return {"ids": [r["id"] for r in rows], "probes": probes, "scores": np.array(values, dtype=float),
             "p": np.array([[r["p_values"].get(m, np.nan) for m in probes] for r in rows], dtype=float),
             "summary": summary}
 
 
 def lab_cell(lab_dir: Path) -> tuple[tuple, int, set[str], set[str]]:
-    """(benchmark, recipe, leak rate, r), the seed, and the leaked and unseen ids of the lab in `lab_dir`."""
+    """(benchmark, recipe, leak rate, r), the seed, and the leaked and unseen ids of the lab in `lab_dir`;
+    DumpError when it is not a finished lab."""
+    from itd.core.errors import InputError
     from itd.lab.result import lab_result, load_lab_manifest
 
-    manifest = load_lab_manifest(lab_dir)
+    try:
+        manifest = load_lab_manifest(lab_dir)
+    except InputError as exc:
+        raise DumpError(f"the dump's lab: {exc}") from None
     lab = lab_result(lab_dir, manifest)
     benchmark = lab_dir.name.rsplit("_r", 1)[0]
     key = (benchmark, manifest["recipe"], manifest["leak_rate"], manifest["repeats"])

@@ -111,7 +111,7 @@ def labs(dumps: list[Path]) -> None:
     for path in dumps:
         probes, p, leaked, unseen, scores = lab_dump(path)
         clean_path = path.with_name(path.name.replace("_contaminated", "_clean"))
-        clean_p = lab_dump(clean_path)[1] if clean_path.exists() and clean_path != path else None
+        clean_p = C.load_lab_dump(clean_path)["p"] if clean_path.exists() and clean_path != path else None
         ok = np.isfinite(scores)
         j = max(range(len(probes)),
                 key=lambda j: stats.auroc(scores[leaked & ok[:, j], j], scores[unseen & ok[:, j], j]))
@@ -148,7 +148,11 @@ def main() -> int:
     if args.draws:
         simulate(args.draws, args.seed)
     if args.dumps:
-        labs(args.dumps)
+        try:
+            labs(args.dumps)
+        except C.DumpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

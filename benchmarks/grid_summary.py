@@ -110,7 +110,11 @@ def main() -> int:
         for dump in sorted(d.rglob("*_contaminated.jsonl")):
             if not dump.with_name(dump.name.replace("_contaminated", "_clean")).exists():
                 continue
-            key, rep = replica(dump)
+            try:
+                key, rep = replica(dump)
+            except C.DumpError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             cells[key].append(rep)
     if not cells:
         print(f"no bench_lab.py dumps (<benchmark>_r<r>_contaminated.jsonl) under {', '.join(map(str, args.dirs))}",

@@ -41,4 +41,5 @@ for bench in gsm8k mmlu; do
   done
 done
 # every cell, replicas gathered, one table per benchmark and recipe
-python benchmarks/grid_summary.py "$OUT" > "$OUT/summary.md"
+python benchmarks/grid_summary.py "$OUT" > "$OUT/summary.md.tmp"
+mv "$OUT/summary.md.tmp" "$OUT/summary.md"

@@ -137,10 +137,11 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
     """Cauchy combination test (Liu & Xie 2020) of each row of `pvalues` (items x tests; a 1-D array is one row).
 
     T = sum_j w_j tan((0.5 - p_j) pi) with weights summing to 1 (default equal; one per test, or a row of them
-    per item); the combined p-value is 0.5 - arctan(T) / pi. Under the null, T is standard Cauchy whatever the dependence between the tests when
-    each pair is bivariate normal after transformation, and approximately so otherwise; the tail is accurate
-    exactly where decisions are made (small p). NaN entries (a test that did not apply) are left out of their
-    row, the weights renormalised; a row with no p-value gets NaN. Very small p-values use tan(x) ~ 1/(p pi).
+    per item); the combined p-value is 0.5 - arctan(T) / pi. Under the null, T is standard Cauchy whatever the
+    dependence between the tests when each pair is bivariate normal after transformation, and approximately so
+    otherwise; the tail is accurate exactly where decisions are made (small p). NaN entries (a test that did not
+    apply) are left out of their row, the weights renormalised; a row with no p-value gets NaN. Very small
+    p-values use tan(x) ~ 1/(p pi).
 
     In a row of d >= 2 p-values each is capped at 1 - 1/d, as the test's author advises for p-values at or near 1
     (ACAT's FAQ): tan((0.5 - p) pi) falls to minus infinity as p nears 1, so one such p-value (a discrete score tied
