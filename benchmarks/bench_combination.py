@@ -4,9 +4,10 @@ Two parts. **Simulation** (`--draws N`, seeded): 400 items against 600 reference
 normal scores (common factor 0.6), leaked items shifted by each probe's own amount, in scenarios shaped like the
 lab's cells (a 5% pretraining leak a reference model sees strongly, one seen by two probes, a weaker one, a 30%
 fine-tuning leak the answer probes see, a 10% leak). The rule is chosen here, where draws are many and the truth
-is known. **Labs** (`DUMPS`, held out from that choice): the per-twin detections that `bench_lab.py` writes to
-its work directory (`<benchmark>_r<r>_<twin>.jsonl`, the lab beside them), recombined from their per-probe
-p-values: the per-item combined p depends on nothing else (the set-level combination does not use these weights).
+is known, and draws without a leak give the combination's calibration. **Labs** (`DUMPS`, held out from that
+choice): the per-twin detections that `bench_lab.py` writes to its work directory (`<benchmark>_r<r>_<twin>.jsonl`,
+the lab beside them), recombined from their per-probe p-values: the per-item combined p depends on nothing else
+(the set-level combination does not use these weights).
 
 For each rule: the combined AUROC (-log10 p of leaked against unseen items) minus the best probe's, and how often
 it falls below the best probe's 95% bootstrap interval (the issue's goal: never below by more than the CI); on
@@ -90,6 +91,20 @@ def simulate(draws: int, seed: int) -> None:
         cells = [f"{np.mean(delta[r]):+.3f}, below CI {below[r] / draws:.0%}" for r in combine]
         print(f"| {name} | {np.mean(best):.3f} | " + " | ".join(cells) + " |")
     print("\n(cells: mean AUROC minus the best probe's; share of draws below the best probe's 95% interval)\n")
+    calibration = {r: [] for r in combine}
+    for _ in range(draws):  # no leak: the items and the reference exchangeable, the reference shared by all items
+        x = np.sqrt(0.6) * rng.normal(size=(n + m, 1)) + np.sqrt(0.4) * rng.normal(size=(n + m, 10))
+        p = np.column_stack([conformal_pvalues(x[:n, j], x[n:, j]) for j in range(10)])
+        for r, fn in combine.items():
+            c = fn(p)
+            calibration[r].append(((c <= 0.05).mean(), (c <= 0.01).mean()))
+    print(f"No leak ({draws} draws, ten probes as above): share of items with combined p <= 0.05 and <= 0.01 "
+          "(a calibrated combination: 0.05 and 0.01)\n")
+    print("| rule | p <= 0.05 | p <= 0.01 |\n|---|---|---|")
+    for r, rates in calibration.items():
+        a = np.array(rates)
+        print(f"| {r} | {a[:, 0].mean():.4f} | {a[:, 1].mean():.4f} |")
+    print()
 
 
 def lab_dump(path: Path):
