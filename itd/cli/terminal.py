@@ -450,6 +450,8 @@ def print_detection(report) -> None:
         out.print(f"flagged {summary['flagged']} of {summary['items']} items at FDR {report.config.fdr} "
                   f"(decision probe {report.config.decision}, reference set of {report.reference_size} items)"
                   + (f"; set-level p {set_p:.2e} (Mann-Whitney and top-k)" if set_p is not None else ""))
+        if report.verdict == "not_detected" and (line := _detectable_line(report)):
+            out.print(line)
     elif report.mode == "threshold":
         out.print(f"flagged {summary['flagged']} of {summary['items']} items with {report.config.decision} > {report.config.threshold}")
     else:
@@ -475,6 +477,24 @@ def print_detection(report) -> None:
                "undecided": "[yellow]undecided[/yellow] (exit 2)"}[report.verdict]
     out.print(f"verdict: {verdict}")
 
+
+
+def _detectable_line(report) -> str | None:
+    """What a verdict of no contamination leaves open: the smallest leak the top-k test could have seen (None
+    without a top-k test of the decision)."""
+    decision = report.config.decision
+    tests = [t for m, t in report.sparse_tests.items() if decision in (m, "combined")]
+    if not tests:
+        return None
+    sizes = [t.detectable for t in tests if t.detectable is not None]
+    if not sizes:
+        return (f"the top-k test could not reach p < {report.config.alpha} with {report.reference_size} reference "
+                "items, whatever the scores: give more reference items")
+    line = (f"a leak of {min(sizes)} or more items scored above every reference item would have given p < "
+            f"{report.config.alpha} in the top-k test")
+    if decision == "combined":
+        line += " of the probe that sees it (the combined verdict spreads alpha over its tests and needs more)"
+    return line + "; a leak whose items score lower needs more of them"
 
 
 @contextlib.contextmanager

@@ -499,11 +499,15 @@ class SparseSetTest:
     n_permutations: int
     n_benchmark: int
     n_reference: int
+    # the fewest benchmark items that, scored above every reference item, would give p < alpha: the smallest leak
+    # this test could see with these set sizes (None: no number of items would, with these permutations)
+    detectable: int | None = None
 
 
 def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *, strata: Sequence[Any] | None = None,
                     reference_strata: Sequence[Any] | None = None, min_reference: int = 20, n_permutations: int = 4999,
-                    max_k: int = 1000, seed: int | np.random.Generator | None = 0) -> SparseSetTest:
+                    max_k: int = 1000, alpha: float = 0.01,
+                    seed: int | np.random.Generator | None = 0) -> SparseSetTest:
     """One-sided test that a few benchmark items score above clean reference text, the shape of a small leak.
 
     For every k up to half the pooled scores, at most `max_k` (at the ends of tie groups), the k highest hold some
@@ -517,11 +521,17 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
 
     With `strata` (as `set_level_test` takes them), the scores are the within-stratum rank quantiles and the
     permutations keep each stratum's benchmark count: exact when scores are exchangeable within each stratum.
+
+    `detectable` says what a "not significant" means here: the fewest benchmark items that, placed above every
+    reference item, would give p < `alpha` against the same permutations (b such items alone make the statistic
+    at least -log10 P(all b highest are benchmark items)). A leak whose items a probe does not lift that far
+    needs more of them.
     """
     bench = _scores(benchmark_scores, "benchmark_scores")
     ref = _scores(reference_scores, "reference_scores")
     if n_permutations < 1 or max_k < 1:
         raise ValueError(f"n_permutations and max_k must be >= 1, got {n_permutations} and {max_k}")
+    _unit_interval(alpha, "alpha")
     groups = None
     if strata is not None:
         bench, ref, groups = _within_strata(bench, ref, strata, reference_strata, min_reference)
@@ -550,7 +560,8 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     strata_columns = [(cols, np.arange(cols.size) < is_bench[cols].sum())
                       for cols in (np.flatnonzero(ranked_groups == g) for g in np.unique(ranked_groups))]
     rng = np.random.default_rng(seed)
-    exceed = done = 0
+    null_max = []
+    done = 0
     rows = max(1, (1 << 22) // pooled.size)  # permutations at a time (a few MB of labels)
     while done < n_permutations:
         b = min(rows, n_permutations - done)
@@ -558,12 +569,22 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
         for cols, first in strata_columns:  # permuted within each stratum
             labels[:, cols] = rng.permuted(np.tile(first, (b, 1)), axis=1)
         in_top = np.cumsum(labels[:, :top], axis=1)[:, ks - 1]
-        null = -log_tail.ravel()[row_start + in_top]
-        exceed += int((null.max(axis=1) >= observed - 1e-9).sum())
+        null_max.append((-log_tail.ravel()[row_start + in_top]).max(axis=1))
         done += b
+    null_sorted = np.sort(np.concatenate(null_max))
+
+    def p_of(statistic: np.ndarray) -> np.ndarray:
+        """Permutation p-values of statistics: (1 + #{null >= statistic}) / (1 + n_permutations)."""
+        exceed = n_permutations - np.searchsorted(null_sorted, np.asarray(statistic) - 1e-9, side="left")
+        return (1 + exceed) / (1 + n_permutations)
+
+    # b benchmark items above every reference item: the b highest all benchmark, P = C(n, b) / C(N, b)
+    b = np.arange(1, min(n, top) + 1)
+    all_top = -np.cumsum(np.log10((n - b + 1) / (pooled.size - b + 1)))
+    caught = np.flatnonzero(p_of(all_top) < alpha)
     k = int(ks[best])
-    return SparseSetTest(observed, k, int(round(observed_k[best] - k * n / pooled.size)),
-                         (1 + exceed) / (1 + n_permutations), n_permutations, n, m)
+    return SparseSetTest(observed, k, int(round(observed_k[best] - k * n / pooled.size)), float(p_of(observed)),
+                         n_permutations, n, m, int(b[caught[0]]) if caught.size else None)
 
 
 def permutation_rank_pvalues(original_ll: ArrayLike, permuted_ll: ArrayLike) -> np.ndarray:

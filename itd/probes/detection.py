@@ -494,7 +494,7 @@ def probe_set_tests(method: str, scores: np.ndarray, reference_scores: np.ndarra
     by = dict(zip(("strata", "reference_strata"), strata)) if strata else {}
     bench, ref = scores[ok_b], reference_scores[ok_r]
     return (stats.set_level_test(bench, ref, seed=config.seed, **by),
-            stats.sparse_set_test(bench, ref, seed=config.seed, **by))
+            stats.sparse_set_test(bench, ref, seed=config.seed, alpha=config.alpha, **by))
 
 
 def _answer_strata(method: str, samples: Sequence[Sample], reference: Sequence[Sample], config: DetectConfig,

@@ -298,6 +298,29 @@ def test_sparse_set_test_finds_a_small_leak_that_mann_whitney_misses():
     assert (res.top_k, res.excess) == (20, 20 - 8)  # all 20 on top, where 20 * 400 / 1000 = 8 are expected
 
 
+def test_sparse_set_test_says_the_smallest_leak_it_could_see():
+    """`detectable` items above every reference item are caught at alpha; one fewer on top, with the rest of the
+    benchmark below every reference item, is not. More reference items make the smallest visible leak smaller."""
+    rng = np.random.default_rng(6)
+    sizes = {}
+    for m in (150, 600):
+        ref = rng.normal(0, 1, m)
+        res = sparse_set_test(rng.normal(0, 1, 400), ref, n_permutations=999, alpha=0.01)
+        d = sizes[m] = res.detectable
+        assert d is not None and 1 < d < 400
+        above = ref.max() + rng.uniform(0.1, 1.0, 400)
+        below = ref.min() - rng.uniform(0.1, 1.0, 400)
+        caught = sparse_set_test(np.concatenate([above[:d], rng.normal(0, 1, 400 - d)]), ref, n_permutations=999)
+        assert caught.p_value < 0.01, (m, d, caught)
+        missed = sparse_set_test(np.concatenate([above[:d - 1], below[:400 - d + 1]]), ref, n_permutations=999)
+        assert missed.p_value >= 0.01, (m, d, missed)
+    assert sizes[600] < sizes[150]
+    # too few permutations for p < alpha: no leak would be seen
+    assert sparse_set_test(rng.normal(size=400), rng.normal(size=600), n_permutations=50).detectable is None
+    with pytest.raises(ValueError, match="alpha"):
+        sparse_set_test(rng.normal(size=40), rng.normal(size=60), alpha=1.5)
+
+
 def test_sparse_set_test_is_calibrated_without_a_leak():
     rng = np.random.default_rng(5)
     p = np.array([sparse_set_test(rng.normal(size=60), rng.normal(size=90), n_permutations=99, seed=i).p_value

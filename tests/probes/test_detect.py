@@ -114,9 +114,39 @@ def test_cli_detect_writes_scores_and_exits_by_verdict(tiny_lab, lab_sets, tmp_p
     manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text("utf-8"))
     assert manifest["models"] == [str(tiny_lab.contaminated)] and manifest["summary"]["flagged"] == summary["flagged"]
     assert len(manifest["inputs"]) == 3
+    # each top-k test says the smallest leak it could see with these set sizes
+    assert all(isinstance(t["detectable"], int) and 1 <= t["detectable"] <= t["n_benchmark"]
+               for t in summary["sparse_set_tests"].values())
 
     assert main([*args, "--model", str(tiny_lab.clean)]) == 0
-    assert json.loads(capsys.readouterr().out)["contaminated"] is False
+    clean = json.loads(capsys.readouterr().out)
+    assert clean["contaminated"] is False
+    # as a table, "no contamination detected" says what could have stayed hidden
+    assert main([a for a in args if a != "--json"] + ["--model", str(tiny_lab.clean)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    detectable = clean["sparse_set_tests"][clean["decision"]]["detectable"] if clean["decision"] != "combined" else \
+        min(t["detectable"] for t in clean["sparse_set_tests"].values())
+    assert f"a leak of {detectable} or more items scored above every reference item would have given p < 0.05" in text
+    assert "no contamination detected" in text
+
+
+def test_detect_says_what_a_clean_verdict_leaves_open():
+    """Under "no contamination detected": the smallest leak the decision's top-k test could see, the smallest of
+    any probe's for the combined decision (with its caveat), or that none could be seen with so few references."""
+    from types import SimpleNamespace
+
+    from itd.cli.terminal import _detectable_line
+
+    def report(decision, sizes):
+        tests = {m: SimpleNamespace(detectable=d) for m, d in sizes.items()}
+        return SimpleNamespace(config=SimpleNamespace(decision=decision, alpha=0.05), sparse_tests=tests,
+                               reference_size=40)
+
+    line = _detectable_line(report("minkpp", {"minkpp": 9, "loss": 4}))
+    assert line.startswith("a leak of 9 or more items scored above every reference item would have given p < 0.05")
+    assert "4 or more" in _detectable_line(report("combined", {"minkpp": 9, "loss": 4, "zlib": None}))
+    assert "could not reach p < 0.05 with 40 reference items" in _detectable_line(report("loss", {"loss": None}))
+    assert _detectable_line(report("minkpp", {"loss": 4})) is None
 
 
 def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, tmp_path, capsys):

@@ -367,7 +367,7 @@ def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, 
     assert report.set_tests["answer_logp"] == set_level_test(scores["answer_logp"], ref_scores["answer_logp"],
                                                              **by_letter)
     assert report.sparse_tests["answer_logp"] == sparse_set_test(scores["answer_logp"], ref_scores["answer_logp"],
-                                                                 **by_letter)
+                                                                 alpha=config.alpha, **by_letter)
     assert report.set_tests["loss"] == set_level_test(scores["loss"], ref_scores["loss"])
     pooled = detect(bench, lm, reference, dataclasses.replace(config, stratify=False))
     assert [it.p_values["answer_logp"] for it in pooled.items] == [
