@@ -579,12 +579,12 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
         return (1 + exceed) / (1 + n_permutations)
 
     # b benchmark items above every reference item: the b highest all benchmark, P = C(n, b) / C(N, b)
-    b = np.arange(1, min(n, top) + 1)
-    all_top = -np.cumsum(np.log10((n - b + 1) / (pooled.size - b + 1)))
+    on_top = np.arange(1, min(n, top) + 1)
+    all_top = -np.cumsum(np.log10((n - on_top + 1) / (pooled.size - on_top + 1)))
     caught = np.flatnonzero(p_of(all_top) < alpha)
     k = int(ks[best])
     return SparseSetTest(observed, k, int(round(observed_k[best] - k * n / pooled.size)), float(p_of(observed)),
-                         n_permutations, n, m, int(b[caught[0]]) if caught.size else None)
+                         n_permutations, n, m, int(on_top[caught[0]]) if caught.size else None)
 
 
 def permutation_rank_pvalues(original_ll: ArrayLike, permuted_ll: ArrayLike) -> np.ndarray:
