@@ -171,10 +171,14 @@ def main() -> int:
                 for m in (*args.methods, "combined"):
                     if m not in con.truth["methods"]:
                         continue
-                    t, c = con.truth["methods"][m], cln.truth["methods"][m]
-                    rows.append((name, r, m, f"{t['auroc']:.3f} [{t['auroc_ci'][0]:.2f}, {t['auroc_ci'][1]:.2f}]",
-                                 t["tpr_at_1pct_fpr"], t["tpr_at_5pct_fpr"], f"{c['auroc']:.3f}",
-                                 set_p(con, m), set_p(cln, m)))
+                    figures = [(m, con.truth["methods"][m], cln.truth["methods"][m])]
+                    if m in con.truth.get("within_letter", {}):  # ranked by its p-values, calibrated within letters
+                        figures.append((f"{m} (within letter)", con.truth["within_letter"][m],
+                                        cln.truth["within_letter"][m]))
+                    for label, t, c in figures:
+                        rows.append((name, r, label, f"{t['auroc']:.3f} [{t['auroc_ci'][0]:.2f}, {t['auroc_ci'][1]:.2f}]",
+                                     t["tpr_at_1pct_fpr"], t["tpr_at_5pct_fpr"], f"{c['auroc']:.3f}",
+                                     set_p(con, m), set_p(cln, m)))
                 best = con.truth["methods"]["minkpp"]
                 verdicts.append((name, r, best["auroc"] >= GOAL_AUROC and best["tpr_at_5pct_fpr"] >= GOAL_TPR5))
     print()

@@ -5,7 +5,9 @@ Reads the per-twin detections `bench_lab.py` writes to its work directories (`<b
 with a manifest beside each, the lab beside them) under the given directories, recursively. A cell is (benchmark,
 recipe, leak rate, r); its replicas are the labs of other seeds. Per probe and for the combination: AUROC of
 leaked against unseen items under the contaminated twin (mean over replicas, with the lowest replica's 95%
-bootstrap interval bound and the highest's), TPR at 1% and 5% FPR, the clean twin's AUROC; the FDR flags at 5%
+bootstrap interval bound and the highest's), TPR at 1% and 5% FPR, the clean twin's AUROC (on a multiple-choice
+benchmark also each answer probe "within letter": ranked by its p-values, which are calibrated within gold
+letters, as the flags and the combination use it); the FDR flags at 5%
 (recall, false flags, flags on the clean twin); and the set-level p-values per replica: the probe's Mann-Whitney
 and top-k tests and the set verdict of deciding by it (their Cauchy combination, as `detect` gives it; the
 combined verdict for the combination) on both twins, marked where it meets the issue's goal (contaminated
@@ -35,6 +37,7 @@ COMBINED = "combined"
 def replica(contaminated: Path) -> tuple[tuple, dict]:
     """The figures of one lab: per probe (and combined) the separation on both twins, flags, set-level p."""
     from itd.core import stats
+    from itd.probes.methods import PROBES
 
     key, seed, leaked, unseen = C.lab_cell(contaminated.parent / contaminated.name.removesuffix("_contaminated.jsonl"))
     twins = {"contaminated": C.load_lab_dump(contaminated),
@@ -44,7 +47,13 @@ def replica(contaminated: Path) -> tuple[tuple, dict]:
         is_leaked = np.array([i in leaked for i in d["ids"]])
         is_unseen = np.array([i in unseen for i in d["ids"]])
         combined = stats.cross_fit_cauchy(d["p"])[0]
-        columns = {m: d["scores"][:, j] for j, m in enumerate(d["probes"])}
+        lettered = any(str(r).startswith("options") for r in d["renderings"])  # multiple choice
+        columns = {}
+        for j, m in enumerate(d["probes"]):
+            columns[m] = d["scores"][:, j]
+            if lettered and PROBES.get(m).of_answer:
+                p = np.where(np.isfinite(d["scores"][:, j]), d["p"][:, j], np.nan)
+                columns[f"{m} (within letter)"] = -np.log10(np.clip(p, 1e-300, 1.0))
         columns[COMBINED] = -np.log10(np.clip(combined, 1e-300, 1.0))
         for m, s in columns.items():
             ok = np.isfinite(s)

@@ -601,7 +601,11 @@ def evidence_weights(test_probes: Sequence[str]) -> np.ndarray:
 
 def truth_metrics(items: Sequence[ItemDetection], config: DetectConfig, truth: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """Per probe: AUROC (with bootstrap CI) and TPR at 1% and 5% FPR of leaked vs unseen items; and the
-    precision and recall of the flags. Items in neither list are ignored."""
+    precision and recall of the flags. Items in neither list are ignored.
+
+    `within_letter`: the same figures of each answer probe whose p-values were calibrated within gold letters,
+    ranked by those p-values. Its raw score mixes the letters' priors (a model may give one letter twice the
+    probability of another), which the p-values, the flags and the combination do not see."""
     leaked, unseen = set(truth.get("leaked", ())), set(truth.get("unseen", ()))
     pos = [it for it in items if it.sample.id in leaked]
     neg = [it for it in items if it.sample.id in unseen]
@@ -617,6 +621,14 @@ def truth_metrics(items: Sequence[ItemDetection], config: DetectConfig, truth: M
         if not a.size or not b.size:
             continue
         out["methods"][m] = _separation(a, b, config.seed)
+    lettered = any(_answer_stratum(it.sample) is not None for it in pos + neg)
+    for m in config.methods:
+        if not (lettered and config.stratify and PROBES.get(m).of_answer):
+            continue
+        a, b = (np.array([-math.log10(max(it.p_values[m], 1e-300)) for it in group if m in it.p_values
+                          and math.isfinite(it.scores[m])]) for group in (pos, neg))
+        if a.size and b.size:
+            out.setdefault("within_letter", {})[m] = _separation(a, b, config.seed)
     if any(it.combined_p is not None for it in pos + neg):
         a = np.array([-math.log10(max(it.combined_p, 1e-300)) for it in pos if it.combined_p is not None])
         b = np.array([-math.log10(max(it.combined_p, 1e-300)) for it in neg if it.combined_p is not None])

@@ -341,12 +341,13 @@ def test_codec_test_scores_both_sets_and_compares_them(lm, shared_data):
     assert "codec" not in plain.summary() and plain.verdict == report.verdict
 
 
-def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, shared_data):
+def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, shared_data, capsys):
     """A model's preference among the letters is no evidence of a leak: the answer probes' p-values of MCQ items
     come from the reference items with the same gold letter, and their set tests compare within letters; the
-    other probes' from the whole reference set."""
+    other probes' from the whole reference set. Ground-truth figures are given on both rankings."""
     from itd.core import load_benchmark
-    from itd.core.stats import conformal_pvalues, set_level_test, sparse_set_test
+    from itd.cli.terminal import print_detection
+    from itd.core.stats import auroc, conformal_pvalues, set_level_test, sparse_set_test, tpr_at_fpr
     from itd.probes.detection import DetectConfig, detect
 
     mmlu = load_benchmark(shared_data / "mmlu" / "test" / "high_school_biology_test.csv")
@@ -354,7 +355,8 @@ def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, 
                                  choices=tuple(c[:20] for c in s.choices)) for s in mmlu[:260]]
     bench, reference = short[:40], short[40:]
     config = DetectConfig(methods=("loss", "answer_logp"), decision="answer_logp", rendering="options+answer")
-    report = detect(bench, lm, reference, config)
+    truth = {"leaked": [s.id for s in bench[:20]], "unseen": [s.id for s in bench[20:]]}
+    report = detect(bench, lm, reference, config, truth=truth)
     ref_scores = {m: np.array(report.reference_scores[m]) for m in ("loss", "answer_logp")}
     letters = np.array([s.answer for s in reference])
     assert all(np.sum(letters == k) >= 20 for k in range(4))
@@ -369,7 +371,19 @@ def test_answer_probes_are_calibrated_among_items_with_the_same_gold_letter(lm, 
     assert report.sparse_tests["answer_logp"] == sparse_set_test(scores["answer_logp"], ref_scores["answer_logp"],
                                                                  alpha=config.alpha, **by_letter)
     assert report.set_tests["loss"] == set_level_test(scores["loss"], ref_scores["loss"])
-    pooled = detect(bench, lm, reference, dataclasses.replace(config, stratify=False))
+    # the ground-truth figures of an answer probe also rank items as its p-values do ("within letter")
+    calibrated = -np.log10([it.p_values["answer_logp"] for it in report.items])
+    within = report.truth["within_letter"]
+    assert set(within) == {"answer_logp"}
+    assert within["answer_logp"]["auroc"] == round(auroc(calibrated[:20], calibrated[20:]), 4)
+    assert within["answer_logp"]["tpr_at_5pct_fpr"] == round(tpr_at_fpr(calibrated[:20], calibrated[20:], 0.05), 4)
+    assert report.truth["methods"]["answer_logp"]["auroc"] == round(
+        auroc(scores["answer_logp"][:20], scores["answer_logp"][20:]), 4)
+    print_detection(report)
+    row = next(line for line in capsys.readouterr().out.splitlines() if "answer_logp" in line)
+    assert f"({within['answer_logp']['auroc']:.3f} within letter)" in row
+    pooled = detect(bench, lm, reference, dataclasses.replace(config, stratify=False), truth=truth)
+    assert "within_letter" not in pooled.truth
     assert [it.p_values["answer_logp"] for it in pooled.items] == [
         conformal_pvalues([it.scores["answer_logp"]], ref_scores["answer_logp"])[0] for it in pooled.items]
     assert pooled.set_tests["answer_logp"] == set_level_test(scores["answer_logp"], ref_scores["answer_logp"])
