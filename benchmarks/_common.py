@@ -79,7 +79,7 @@ class DumpError(Exception):
 
 def load_lab_dump(path: Path) -> dict:
     """One twin's detection as `bench_lab.py` dumps it (`<benchmark>_r<r>_<twin>.jsonl`): item ids and renderings,
-    probes, scores and p-values (items x probes), and its manifest's summary. DumpError when it cannot be read."""
+    probes, scores, p-values and control p-values (items x probes; NaN where none), and its manifest's summary. DumpError when it cannot be read."""
     import numpy as np
 
     try:
@@ -92,6 +92,9 @@ def load_lab_dump(path: Path) -> dict:
     return {"ids": [r["id"] for r in rows], "renderings": [r.get("rendering") for r in rows], "probes": probes,
             "scores": np.array(values, dtype=float),
             "p": np.array([[r["p_values"].get(m, np.nan) for m in probes] for r in rows], dtype=float),
+            # the same probes under the reference model (the combination's negative control), where detect ran it
+            "control": np.array([[r.get("control_p_values", {}).get(m, np.nan) for m in probes] for r in rows],
+                                dtype=float),
             "summary": summary}
 
 

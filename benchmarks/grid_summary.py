@@ -12,8 +12,8 @@ letters, as the flags and the combination use it); the FDR flags at 5%
 and top-k tests and the set verdict of deciding by it (their Cauchy combination, as `detect` gives it; the
 combined verdict for the combination) on both twins, marked where it meets the issue's goal (contaminated
 p < 0.01, clean p > 0.1). The per-item combination is
-recomputed from the dumped p-values with this checkout's `stats.cross_fit_cauchy`; the set-level p-values are
-the run's.
+recomputed from the dumped p-values (and the negative control's, where the run has them) with this checkout's
+`stats.cross_fit_cauchy`; the set-level p-values are the run's.
 
     python benchmarks/grid_summary.py runs/probe-grid
 """
@@ -46,7 +46,8 @@ def replica(contaminated: Path) -> tuple[tuple, dict]:
     for twin, d in twins.items():
         is_leaked = np.array([i in leaked for i in d["ids"]])
         is_unseen = np.array([i in unseen for i in d["ids"]])
-        combined = stats.cross_fit_cauchy(d["p"])[0]
+        control = d["control"] if np.isfinite(d["control"]).any() else None
+        combined = stats.cross_fit_cauchy(d["p"], control=control)[0]
         lettered = any(str(r).startswith("options") for r in d["renderings"])  # multiple choice
         columns = {}
         for j, m in enumerate(d["probes"]):

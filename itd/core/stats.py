@@ -177,8 +177,9 @@ def cauchy_combination(pvalues: ArrayLike, weights: ArrayLike | None = None) -> 
 _TAILS = (0.01, 0.02, 0.05, 0.1)  # where `cross_fit_cauchy` looks for an excess of small p-values
 
 
-def cross_fit_cauchy(pvalues: ArrayLike, *, folds: int | None = None, seed: int = 0, min_items: int = 40,
-                     tails: Sequence[float] = _TAILS, threshold: float = 1.645) -> tuple[np.ndarray, np.ndarray]:
+def cross_fit_cauchy(pvalues: ArrayLike, *, control: ArrayLike | None = None, folds: int | None = None, seed: int = 0,
+                     min_items: int = 40, tails: Sequence[float] = _TAILS,
+                     threshold: float = 1.645) -> tuple[np.ndarray, np.ndarray]:
     """Per item (row), the Cauchy combination of its tests' p-values (`pvalues`, items x tests), each test weighted
     by the evidence of the *other* items that it sees a leak: all the others (leave-one-out, `folds` None) or
     those of the other `folds` seeded folds. Returns the combined p-values and each item's weights (items x tests,
@@ -195,8 +196,16 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, folds: int | None = None, seed: int 
     taking weight; above it a squared z is a test's share of the signal, as in a chi-square's noncentrality. No
     item's weights use its own p-values, so they are fixed for it and the combination stays about as valid as
     with fixed weights; leaving one out uses the most items to find the test that sees the leak. Fewer than
-    `min_items` items: equal weights."""
+    `min_items` items: equal weights.
+
+    `control` (items x tests, NaN where a test has none): the same tests' p-values under a negative control, such
+    as a model that cannot have seen the benchmark. A share of p-values <= t that the control shows too is a
+    difference between the benchmark and its reference (chance, or a reference drawn from elsewhere), not a
+    leak: the excess is then counted over max(t, the control's share among the other items), never below t."""
     p = np.atleast_2d(np.asarray(pvalues, dtype=np.float64))
+    c = None if control is None else np.atleast_2d(np.asarray(control, dtype=np.float64))
+    if c is not None and c.shape != p.shape:
+        raise ValueError(f"control must have the p-values' shape {p.shape}, got {c.shape}")
     tails = np.asarray(tails, dtype=np.float64)
     if not tails.size or ((tails <= 0.0) | (tails >= 1.0)).any():
         raise ValueError(f"tails must be numbers in (0, 1), got {tails.tolist()}")
@@ -214,11 +223,15 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, folds: int | None = None, seed: int 
         return indicator.sum(axis=0) - per_fold[fold]
 
     m = others(np.isfinite(p))  # the other items that have a p-value
+    m_control = None if c is None else others(np.isfinite(c))
     z = np.zeros((n, k))
     for t in tails:
         share = others(p <= t) / np.maximum(m, 1)
+        expected = t
+        if c is not None:
+            expected = np.where(m_control > 0, np.maximum(t, others(c <= t) / np.maximum(m_control, 1)), t)
         seen = m * t >= 1.0  # a tail no item is expected in says nothing yet
-        z = np.where(seen, np.maximum(z, (share - t) / np.sqrt(t * (1.0 - t) / np.maximum(m, 1))), z)
+        z = np.where(seen, np.maximum(z, (share - expected) / np.sqrt(t * (1.0 - t) / np.maximum(m, 1))), z)
     w = np.clip(z - threshold, 0.0, None) ** 2
     total = w.sum(axis=1, keepdims=True)
     weights = np.divide(w, total, out=np.full_like(w, 1.0 / k), where=total > 0)

@@ -75,7 +75,10 @@ class DetectConfig:
     letter (Mondrian conformal p-values), and their set-level tests compare scores within a letter (van Elteren's
     test; the top-k test permutes within letters), so the model's preference among the letters is no evidence; a
     letter with fewer than 20 reference items falls back to the whole reference set (pools with the other small
-    letters in the set tests).
+    letters in the set tests). `control`: with a reference model, also score the combined one-model probes under
+    it, as a negative control for the per-item combination's weights (`stats.cross_fit_cauchy`): a shift between
+    the benchmark and the reference set that a model which never saw the benchmark shows too is not taken for a
+    leak. Two more passes of the reference model (benchmark and reference set); it changes no probe's p-value.
     """
 
     methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
@@ -96,6 +99,7 @@ class DetectConfig:
     codec: bool = False
     codec_shots: int = 3
     stratify: bool = True
+    control: bool = True
 
     def __post_init__(self) -> None:
         methods = tuple(dict.fromkeys(m.strip().lower() for m in self.methods if m.strip()))
@@ -151,6 +155,7 @@ class ItemDetection:
     n_tokens: int
     nll: float
     p_values: dict[str, float] = field(default_factory=dict)
+    control_p_values: dict[str, float] = field(default_factory=dict)
     combined_p: float | None = None
     q_value: float | None = None
     flag: bool | None = None
@@ -169,6 +174,8 @@ class ItemDetection:
         if self.p_values:
             rec["p_value"] = self.combined_p if decision == COMBINED else self.p_values.get(decision, 1.0)
             rec["p_values"] = dict(self.p_values)
+            if self.control_p_values:
+                rec["control_p_values"] = dict(self.control_p_values)
             if self.combined_p is not None:
                 rec["combined_p"] = self.combined_p
             rec["q_value"] = self.q_value
@@ -430,6 +437,8 @@ def detect(
             for it, pv in zip(items, p.tolist()):
                 it.p_values[m] = pv
             report.set_tests[m], report.sparse_tests[m] = probe_set_tests(m, bench, ref, samples, reference, config)
+        if config.control and ref_lm is not None:
+            _control_pvalues(report, lm, ref_lm, samples, reference, progress)
         _combine(report)
         if config.decision == COMBINED:
             p_decision = np.array([1.0 if it.combined_p is None else it.combined_p for it in items])
@@ -547,6 +556,37 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
     return replace(config, options=options), rest
 
 
+def control_probes(config: DetectConfig, lm: ScoringModel, reference_model: ScoringModel) -> list[str]:
+    """The combined probes a reference model can serve as a negative control for: those of one model, less DC-PDD
+    when the reference model has another tokenizer than the frequency table's (the evaluated model's)."""
+    from itd.probes.methods import tokenizer_hash
+
+    probes = [m for m in (config.combine or config.methods) if not PROBES.get(m).reference_model]
+    if "dcpdd" in probes and tokenizer_hash(lm.tokenizer) != tokenizer_hash(reference_model.tokenizer):
+        probes.remove("dcpdd")
+    return probes
+
+
+def _control_pvalues(report: DetectionReport, lm: ScoringModel, reference_model: ScoringModel,
+                     samples: Sequence[Sample], reference: Sequence[Sample], progress: StageProgress | None) -> None:
+    """Each item's `control_p_values`: the combined one-model probes scored under the reference model, calibrated
+    against the reference set under it as the probes are under the evaluated model."""
+    from dataclasses import replace
+
+    config = report.config
+    probes = [m for m in control_probes(config, lm, reference_model) if m in report.set_tests]
+    if not probes:
+        return
+    control = replace(config, methods=tuple(probes), decision=probes[0], combine=None)
+    bench = score_samples(reference_model, samples, control, None, progress, "control: benchmark")
+    ref = score_samples(reference_model, reference, control, None, progress, "control: reference set")
+    for m in probes:
+        p = probe_pvalues(m, np.array([sc.scores[m] for sc in bench]), np.array([sc.scores[m] for sc in ref]),
+                          samples, reference, config)
+        for it, pv in zip(report.items, p.tolist()):
+            it.control_p_values[m] = pv
+
+
 def _combine(report: DetectionReport) -> None:
     """Per item, the Cauchy combination of the combined probes' p-values, weighted by how often the other items'
     p-values lie in their tails (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
@@ -557,7 +597,10 @@ def _combine(report: DetectionReport) -> None:
     if not probes:
         return
     matrix = np.array([[it.p_values.get(m, np.nan) for m in probes] for it in report.items])
-    combined_p, weights = stats.cross_fit_cauchy(matrix, seed=config.seed)
+    control = None
+    if any(it.control_p_values for it in report.items):
+        control = np.array([[it.control_p_values.get(m, np.nan) for m in probes] for it in report.items])
+    combined_p, weights = stats.cross_fit_cauchy(matrix, control=control, seed=config.seed)
     for it, pv in zip(report.items, combined_p.tolist()):
         it.combined_p = None if math.isnan(pv) else pv
     tested = [(m, m, report.set_tests[m].p_value) for m in probes]  # (test, its probe, p-value)
@@ -581,6 +624,8 @@ def _combine(report: DetectionReport) -> None:
         "shares": {tests[j]: round(float(share[j]), 4) for j in order},
         # the per-item combination's weights (`stats.cross_fit_cauchy`), averaged over the items
         "item_weights": {m: round(float(w), 4) for m, w in zip(probes, weights.mean(axis=0))},
+        # the probes whose weights were checked against a negative control (`DetectConfig.control`)
+        "controlled": [] if control is None else [m for j, m in enumerate(probes) if np.isfinite(control[:, j]).any()],
     }
 
 

@@ -556,6 +556,42 @@ def test_cross_fit_cauchy_keeps_a_small_leak_seen_by_one_probe():
     assert below <= 1 and np.median(strong_weight) >= 0.9, (below, strong_weight)
 
 
+def test_cross_fit_cauchy_discounts_a_shift_its_negative_control_shows_too():
+    """A probe whose benchmark sits apart from its reference by chance (text both models read alike) has a tail
+    excess as large as a leak's; the same probe under a model that never saw the benchmark shows it too, and with
+    that control the weight goes to the probe that sees the leak. A control with fewer small p-values than
+    expected lends no probe weight; a test without one (NaN) is weighed as before."""
+    from itd.core.stats import cross_fit_cauchy
+
+    rng = np.random.default_rng(7)
+    n, m = 400, 600
+    truth = np.arange(n) < 40
+    text = rng.normal(size=(n + m, 1))  # what the shifted probe reads of the text, under either model
+    text[rng.choice(n, 24, replace=False)] += 3.0  # benchmark items unlike any reference item
+    evaluated = np.column_stack([text[:, 0] + 0.3 * rng.normal(size=n + m), rng.normal(size=n + m)])
+    control = np.column_stack([text[:, 0] + 0.3 * rng.normal(size=n + m), rng.normal(size=n + m)])
+    evaluated[:40, 1] += 1.6  # the leak: only the evaluated model's second probe sees it
+    pvalues = lambda x: np.column_stack([conformal_pvalues(x[:n, j], x[n:, j]) for j in range(2)])  # noqa: E731
+    p, c = pvalues(evaluated), pvalues(control)
+    c[:, 1] = np.nan  # the leak's probe has no control here
+
+    def auc(combined):
+        return auroc(-np.log(combined[truth]), -np.log(combined[~truth]))
+
+    plain, w_plain = cross_fit_cauchy(p)
+    controlled, w_controlled = cross_fit_cauchy(p, control=c)
+    assert w_plain[:, 0].mean() > 0.3  # the shift takes weight without the control
+    assert (w_controlled[:, 1] > 0.95).all()
+    assert auc(controlled) > auc(plain) + 0.05
+    assert auc(controlled) >= auroc(evaluated[:n, 1][truth], evaluated[:n, 1][~truth]) - 0.02
+    # a control with fewer small p-values than expected changes nothing; an all-NaN control is no control
+    deficit = np.where(np.isfinite(c), 1.0, np.nan)
+    assert np.array_equal(cross_fit_cauchy(p, control=deficit)[1], w_plain)
+    assert np.array_equal(cross_fit_cauchy(p, control=np.full_like(p, np.nan))[1], w_plain)
+    with pytest.raises(ValueError, match="shape"):
+        cross_fit_cauchy(p, control=c[:10])
+
+
 def test_cross_fit_cauchy_is_calibrated_without_a_leak():
     from itd.core.stats import cross_fit_cauchy
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from itd.cli.commands import main
 from itd.core import Sample, load_benchmark
 from itd.core.errors import InputError
-from itd.core.stats import cauchy_combination
+from itd.core.stats import cauchy_combination, cross_fit_cauchy
 from itd.probes.detection import DetectConfig, detect, evidence_weights, load_truth, option_orders
 from itd.probes.models import load_model
 
@@ -172,6 +173,12 @@ def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, t
     assert all(isinstance(r["answer_reference"], float) for r in records)
     manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text("utf-8"))
     assert manifest["models"] == [str(tiny_lab.contaminated), base]
+    # the one-model probe under the reference model is the combination's negative control, kept per item
+    assert summary["combined_set_test"]["controlled"] == ["minkpp"]
+    assert all(set(r["control_p_values"]) == {"minkpp"} for r in records)
+    p = np.array([[r["p_values"][m] for m in methods] for r in records])
+    control = np.array([[r["control_p_values"].get(m, np.nan) for m in methods] for r in records])
+    assert [r["combined_p"] for r in records] == pytest.approx(cross_fit_cauchy(p, control=control)[0].tolist())
     # the reference-model probes and a reference model go together
     assert main([*args, "--model", str(tiny_lab.contaminated)]) == 2
     assert "reference model" in capsys.readouterr().err
