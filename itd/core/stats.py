@@ -201,7 +201,9 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, control: ArrayLike | None = None, fo
     `control` (items x tests, NaN where a test has none): the same tests' p-values under a negative control, such
     as a model that cannot have seen the benchmark. A share of p-values <= t that the control shows too is a
     difference between the benchmark and its reference (chance, or a reference drawn from elsewhere), not a
-    leak: the excess is then counted over max(t, the control's share among the other items), never below t."""
+    leak: the excess is then counted over t plus the control's own excess among the other items beyond one
+    standard error (a control's chance excess would otherwise take weight from a probe that sees a leak and
+    leave it to a weaker one), never below t."""
     p = np.atleast_2d(np.asarray(pvalues, dtype=np.float64))
     c = None if control is None else np.atleast_2d(np.asarray(control, dtype=np.float64))
     if c is not None and c.shape != p.shape:
@@ -229,7 +231,9 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, control: ArrayLike | None = None, fo
         share = others(p <= t) / np.maximum(m, 1)
         expected = t
         if c is not None:
-            expected = np.where(m_control > 0, np.maximum(t, others(c <= t) / np.maximum(m_control, 1)), t)
+            control_share = others(c <= t) / np.maximum(m_control, 1)
+            beyond_noise = control_share - t - np.sqrt(t * (1.0 - t) / np.maximum(m_control, 1))
+            expected = np.where(m_control > 0, t + np.clip(beyond_noise, 0.0, None), t)
         seen = m * t >= 1.0  # a tail no item is expected in says nothing yet
         z = np.where(seen, np.maximum(z, (share - expected) / np.sqrt(t * (1.0 - t) / np.maximum(m, 1))), z)
     w = np.clip(z - threshold, 0.0, None) ** 2

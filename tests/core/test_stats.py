@@ -509,28 +509,42 @@ def test_cross_fit_cauchy_leads_with_the_probe_that_separates_in_the_tail():
 def test_cross_fit_cauchy_weights_match_their_definition():
     """Each item's weights against a direct loop over items: the other items' largest one-sided tail-excess z over
     the tails that expect an item, (z - 1.645)^2 above the threshold, normalised (equal when none passes); NaN
-    p-values count for no item."""
+    p-values count for no item. With a control, the excess is counted over t plus the control's excess beyond
+    one standard error."""
     from itd.core.stats import cauchy_combination, cross_fit_cauchy
 
     rng = np.random.default_rng(21)
     p = rng.uniform(size=(80, 4))
     p[:12, 0] = rng.uniform(0, 0.01, size=12)  # a leak the first test sees
     p[5, 2] = np.nan
+    p[20:40, 1] = rng.uniform(0, 0.02, size=20)  # a shift the control shows too
+    control = rng.uniform(size=(80, 4))
+    control[20:40, 1] = rng.uniform(0, 0.02, size=20)
+    control[:, 3] = np.nan  # no control for the last test
     tails = (0.01, 0.02, 0.05, 0.1)
-    combined, weights = cross_fit_cauchy(p)
-    for i in range(p.shape[0]):
-        others = np.delete(p, i, axis=0)
-        z = np.zeros(4)
-        for j in range(4):
-            col = others[np.isfinite(others[:, j]), j]
-            for t in tails:
-                if col.size * t >= 1:
-                    z[j] = max(z[j], ((col <= t).mean() - t) / math.sqrt(t * (1 - t) / col.size))
-        w = np.clip(z - 1.645, 0, None) ** 2
-        w = w / w.sum() if w.sum() > 0 else np.full(4, 0.25)
-        assert weights[i] == pytest.approx(w, abs=1e-12), i
-        assert combined[i] == pytest.approx(cauchy_combination(p[i], w), rel=1e-12)
-    assert (weights[12:, 0] > 0.9).all()
+    for c in (None, control):
+        combined, weights = cross_fit_cauchy(p, control=c)
+        for i in range(p.shape[0]):
+            others = np.delete(p, i, axis=0)
+            z = np.zeros(4)
+            for j in range(4):
+                col = others[np.isfinite(others[:, j]), j]
+                ctl = None if c is None else np.delete(c[:, j], i)
+                ctl = None if ctl is None or not np.isfinite(ctl).any() else ctl[np.isfinite(ctl)]
+                for t in tails:
+                    expected = t
+                    if ctl is not None:  # the control's excess beyond one standard error
+                        expected += max(0.0, (ctl <= t).mean() - t - math.sqrt(t * (1 - t) / ctl.size))
+                    if col.size * t >= 1:
+                        z[j] = max(z[j], ((col <= t).mean() - expected) / math.sqrt(t * (1 - t) / col.size))
+            w = np.clip(z - 1.645, 0, None) ** 2
+            w = w / w.sum() if w.sum() > 0 else np.full(4, 0.25)
+            assert weights[i] == pytest.approx(w, abs=1e-12), i
+            assert combined[i] == pytest.approx(cauchy_combination(p[i], w), rel=1e-12)
+    # the shift takes most of the weight, unless the control shows it too
+    assert (cross_fit_cauchy(p)[1][:, 1] > 0.5).all()
+    weights = cross_fit_cauchy(p, control=control)[1]
+    assert (weights[:, 1] == 0).all() and (weights[12:, 0] > 0.9).all()
 
 
 def test_cross_fit_cauchy_keeps_a_small_leak_seen_by_one_probe():
