@@ -544,7 +544,7 @@ def test_cross_fit_cauchy_weights_match_their_definition():
     # the shift takes most of the weight, unless the control shows it too
     assert (cross_fit_cauchy(p)[1][:, 1] > 0.5).all()
     weights = cross_fit_cauchy(p, control=control)[1]
-    assert (weights[:, 1] == 0).all() and (weights[12:, 0] > 0.9).all()
+    assert (weights[:, 1] < 0.05).all() and (weights[12:, 0] > 0.9).all()
 
 
 def test_cross_fit_cauchy_keeps_a_small_leak_seen_by_one_probe():
