@@ -98,6 +98,24 @@ def load_lab_dump(path: Path) -> dict:
             "summary": summary}
 
 
+def probe_columns(dump: dict) -> dict:
+    """Each probe's scores of a `load_lab_dump` dump (higher = more likely leaked), by name; on a multiple-choice
+    benchmark also each answer probe "within letter": -log10 of its p-values, which are calibrated within gold
+    letters, as the flags and the combination rank items (its raw score mixes the letters' priors)."""
+    import numpy as np
+
+    from itd.probes.methods import PROBES
+
+    lettered = any(str(r).startswith("options") for r in dump["renderings"])
+    columns = {}
+    for j, m in enumerate(dump["probes"]):
+        columns[m] = dump["scores"][:, j]
+        if lettered and PROBES.get(m).of_answer:
+            p = np.where(np.isfinite(dump["scores"][:, j]), dump["p"][:, j], np.nan)
+            columns[f"{m} (within letter)"] = -np.log10(np.clip(p, 1e-300, 1.0))
+    return columns
+
+
 def lab_cell(lab_dir: Path) -> tuple[tuple, int, set[str], set[str]]:
     """(benchmark, recipe, leak rate, r), the seed, and the leaked and unseen ids of the lab in `lab_dir`;
     DumpError when it is not a finished lab."""

@@ -12,7 +12,9 @@ the lab beside them), recombined from their per-probe p-values: the per-item com
 For each rule: the combined AUROC (-log10 p of leaked against unseen items) minus the best probe's, and how often
 it falls below the best probe's 95% bootstrap interval (the issue's goal: never below by more than the CI); on
 the labs also TPR@5%FPR, the FDR flags at 5% (Benjamini-Hochberg on the combined p, as `detect` flags) and the
-clean twin's share of combined p <= 0.05 (about 0.05 if calibrated) and flags.
+clean twin's share of combined p <= 0.05 (about 0.05 if calibrated) and flags. The simulation has no negative
+control (the shipped rule is then the same as without it); a lab dump has one where `detect` ran it (a
+reference model given).
 
     python benchmarks/bench_combination.py --draws 60
     python benchmarks/bench_combination.py --draws 0 W/gsm8k_r1_contaminated.jsonl ...
@@ -40,15 +42,18 @@ SCENARIOS = {  # name: (leaked of 400, per-probe shifts of the leaked items' sco
 
 
 def rules():
-    """name -> function of an items x probes p-value matrix giving the combined p-values."""
+    """name -> function of an items x probes p-value matrix and its negative control (or None) giving the combined
+    p-values."""
     from itd.core import stats
 
     return {
-        "all other items, tails 1-10%, z above 1.645 (shipped)": lambda p: stats.cross_fit_cauchy(p)[0],
-        "other half, tails 1-10%, z above 1.645": lambda p: stats.cross_fit_cauchy(p, folds=2)[0],
-        "other half, 5% tail, z (before)": lambda p: stats.cross_fit_cauchy(p, folds=2, tails=(0.05,),
-                                                                             threshold=0.0)[0],
-        "equal weights": lambda p: stats.cauchy_combination(p),
+        "all other items, tails 1-10%, z above 1.645, control (shipped)":
+            lambda p, c: stats.cross_fit_cauchy(p, control=c)[0],
+        "the same without the control": lambda p, c: stats.cross_fit_cauchy(p)[0],
+        "other half, tails 1-10%, z above 1.645": lambda p, c: stats.cross_fit_cauchy(p, folds=2)[0],
+        "other half, 5% tail, z (before)": lambda p, c: stats.cross_fit_cauchy(p, folds=2, tails=(0.05,),
+                                                                                threshold=0.0)[0],
+        "equal weights": lambda p, c: stats.cauchy_combination(p),
     }
 
 
@@ -84,7 +89,7 @@ def simulate(draws: int, seed: int) -> None:
             top, low, _, _ = separation(x[:n, j][truth], x[:n, j][~truth], n_boot=500)
             best.append(top)
             for r, fn in combine.items():
-                c = log_p(fn(p))
+                c = log_p(fn(p, None))
                 a = auroc(c[truth], c[~truth])
                 delta[r].append(a - top)
                 below[r] += a < low
@@ -96,7 +101,7 @@ def simulate(draws: int, seed: int) -> None:
         x = np.sqrt(0.6) * rng.normal(size=(n + m, 1)) + np.sqrt(0.4) * rng.normal(size=(n + m, 10))
         p = np.column_stack([conformal_pvalues(x[:n, j], x[n:, j]) for j in range(10)])
         for r, fn in combine.items():
-            c = fn(p)
+            c = fn(p, None)
             calibration[r].append(((c <= 0.05).mean(), (c <= 0.01).mean()))
     print(f"No leak ({draws} draws, ten probes as above): share of items with combined p <= 0.05 and <= 0.01 "
           "(a calibrated combination: 0.05 and 0.01)\n")
@@ -108,11 +113,14 @@ def simulate(draws: int, seed: int) -> None:
 
 
 def lab_dump(path: Path):
-    """(probes, p-value matrix, leaked mask, unseen mask, raw scores) of one twin's dump; truth from its lab."""
+    """(probe columns, p-value matrix, its negative control or None, leaked mask, unseen mask, the columns' scores)
+    of one twin's dump (`_common.probe_columns`: the answer probes also within letter); truth from its lab."""
     d = C.load_lab_dump(path)
     _, _, leaked, unseen = C.lab_cell(path.parent / path.name.rsplit("_", 1)[0])
-    return (d["probes"], d["p"], np.array([i in leaked for i in d["ids"]]), np.array([i in unseen for i in d["ids"]]),
-            d["scores"])
+    control = d["control"] if np.isfinite(d["control"]).any() else None
+    columns = C.probe_columns(d)
+    return (list(columns), d["p"], control, np.array([i in leaked for i in d["ids"]]),
+            np.array([i in unseen for i in d["ids"]]), np.column_stack(list(columns.values())))
 
 
 def labs(dumps: list[Path]) -> None:
@@ -124,9 +132,9 @@ def labs(dumps: list[Path]) -> None:
     print("|---|---|" + "---|" * len(combine))
     fails = {r: 0 for r in combine}
     for path in dumps:
-        probes, p, leaked, unseen, scores = lab_dump(path)
+        probes, p, control, leaked, unseen, scores = lab_dump(path)
         clean_path = path.with_name(path.name.replace("_contaminated", "_clean"))
-        clean_p = C.load_lab_dump(clean_path)["p"] if clean_path.exists() and clean_path != path else None
+        twin = C.load_lab_dump(clean_path) if clean_path.exists() and clean_path != path else None
         ok = np.isfinite(scores)
         j = max(range(len(probes)),
                 key=lambda j: stats.auroc(scores[leaked & ok[:, j], j], scores[unseen & ok[:, j], j]))
@@ -134,14 +142,14 @@ def labs(dumps: list[Path]) -> None:
         top, low, high, tpr = separation(scores[leaked & ok, j], scores[unseen & ok, j])
         cells = []
         for r, fn in combine.items():
-            combined = fn(p)
+            combined = fn(p, control)
             c = log_p(combined)
             a, lo, hi, t5 = separation(c[leaked], c[unseen])
             fails[r] += a < low
             flags, _ = stats.benjamini_hochberg(combined, 0.05)
             clean = ""
-            if clean_p is not None:
-                cp = fn(clean_p)
+            if twin is not None:
+                cp = fn(twin["p"], twin["control"] if np.isfinite(twin["control"]).any() else None)
                 clean = f"; clean: {np.mean(cp <= 0.05):.3f}, {stats.benjamini_hochberg(cp, 0.05)[0].sum()} flags"
             cells.append(f"{a:.3f} [{lo:.2f}, {hi:.2f}] ({t5:.2f}){' below' if a < low else ''}; "
                          f"flags {(flags & leaked).sum()}/{leaked.sum()} + {(flags & ~leaked).sum()}{clean}")

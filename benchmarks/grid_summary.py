@@ -37,7 +37,6 @@ COMBINED = "combined"
 def replica(contaminated: Path) -> tuple[tuple, dict]:
     """The figures of one lab: per probe (and combined) the separation on both twins, flags, set-level p."""
     from itd.core import stats
-    from itd.probes.methods import PROBES
 
     key, seed, leaked, unseen = C.lab_cell(contaminated.parent / contaminated.name.removesuffix("_contaminated.jsonl"))
     twins = {"contaminated": C.load_lab_dump(contaminated),
@@ -48,13 +47,7 @@ def replica(contaminated: Path) -> tuple[tuple, dict]:
         is_unseen = np.array([i in unseen for i in d["ids"]])
         control = d["control"] if np.isfinite(d["control"]).any() else None
         combined = stats.cross_fit_cauchy(d["p"], control=control)[0]
-        lettered = any(str(r).startswith("options") for r in d["renderings"])  # multiple choice
-        columns = {}
-        for j, m in enumerate(d["probes"]):
-            columns[m] = d["scores"][:, j]
-            if lettered and PROBES.get(m).of_answer:
-                p = np.where(np.isfinite(d["scores"][:, j]), d["p"][:, j], np.nan)
-                columns[f"{m} (within letter)"] = -np.log10(np.clip(p, 1e-300, 1.0))
+        columns = C.probe_columns(d)
         columns[COMBINED] = -np.log10(np.clip(combined, 1e-300, 1.0))
         for m, s in columns.items():
             ok = np.isfinite(s)
