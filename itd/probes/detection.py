@@ -556,7 +556,7 @@ def _with_recall_prefix(config: DetectConfig, reference: Sequence[Sample] | None
     return replace(config, options=options), rest
 
 
-def control_probes(config: DetectConfig, lm: ScoringModel, reference_model: ScoringModel) -> list[str]:
+def _control_probes(config: DetectConfig, lm: ScoringModel, reference_model: ScoringModel) -> list[str]:
     """The combined probes a reference model can serve as a negative control for: those of one model, less DC-PDD
     when the reference model has another tokenizer than the frequency table's (the evaluated model's)."""
     from itd.probes.methods import tokenizer_hash
@@ -574,7 +574,7 @@ def _control_pvalues(report: DetectionReport, lm: ScoringModel, reference_model:
     from dataclasses import replace
 
     config = report.config
-    probes = [m for m in control_probes(config, lm, reference_model) if m in report.set_tests]
+    probes = [m for m in _control_probes(config, lm, reference_model) if m in report.set_tests]
     if not probes:
         return
     control = replace(config, methods=tuple(probes), decision=probes[0], combine=None)

@@ -273,3 +273,26 @@ def test_evidence_weights_give_each_kind_of_evidence_one_share():
     probes = ["loss", "mink", "minkpp", "gapk", "reference"]
     set_p = [0.5, 0.6, 0.55, 0.5, 0.002]
     assert cauchy_combination(set_p, evidence_weights(probes)) < 0.01 < cauchy_combination(set_p)
+
+
+def test_the_negative_control_scores_the_one_model_probes_its_tokenizer_allows():
+    """The control is the combined one-model probes under the reference model: not the reference-model probes,
+    and not DC-PDD when the reference model's tokenizer is not the one its frequency table was built with."""
+    from itd.probes.detection import _control_probes
+
+    class Tokenizer:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+    class Model:
+        def __init__(self, vocab):
+            self.tokenizer = Tokenizer(vocab)
+
+    config = DetectConfig(methods=("loss", "dcpdd", "answer_logp", "reference"), decision="combined")
+    assert _control_probes(config, Model({"a": 0}), Model({"a": 0})) == ["loss", "dcpdd", "answer_logp"]
+    assert _control_probes(config, Model({"a": 0}), Model({"b": 0})) == ["loss", "answer_logp"]
+    chosen = DetectConfig(methods=config.methods, decision="combined", combine=("loss", "reference"))
+    assert _control_probes(chosen, Model({"a": 0}), Model({"a": 0})) == ["loss"]
