@@ -9,7 +9,7 @@ and 5% FPR, and the same AUROC under the clean twin (about 0.5 when the score se
 
 * `gold`: the gold letter's log-probability (what `answer_logp` is for a one-token answer);
 * `gold - others`: minus the mean of the other three letters';
-* `gold | others`: the residual of `gold` on the other three letters (least squares fitted on the reference
+* `gold given others`: the residual of `gold` on the other three letters (least squares fitted on the reference
   items of the same letter; leave-one-out for the reference items themselves);
 * `gold - base`: minus the base model's (what `answer_reference` is);
 * `gold, mean over orders`: `gold` averaged over every order of the three other choices, the gold choice kept
@@ -132,7 +132,7 @@ def lab_rows(lab_dir: Path, data: str, reference_size: int, orders: int) -> list
         return {
             "gold": g,
             "gold - others": g - others.mean(1),
-            "gold | others": residual_on(g, others, gold, is_ref),
+            "gold given others": residual_on(g, others, gold, is_ref),
             "gold - base": g - lp["base"][:, 0][idx, gold],
             "gold, mean over orders": lp[twin][idx, :, gold].mean(1),
             "gold - clean twin": g - lp["clean"][:, 0][idx, gold],
