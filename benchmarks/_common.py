@@ -79,7 +79,8 @@ class DumpError(Exception):
 
 def load_lab_dump(path: Path) -> dict:
     """One twin's detection as `bench_lab.py` dumps it (`<benchmark>_r<r>_<twin>.jsonl`): item ids and renderings,
-    probes, scores, p-values and control p-values (items x probes; NaN where none), and its manifest's summary. DumpError when it cannot be read."""
+    probes, scores and p-values (items x probes), the control's p-values (NaN where a probe has none; None
+    without a control), and its manifest's summary. DumpError when it cannot be read."""
     import numpy as np
 
     try:
@@ -89,12 +90,12 @@ def load_lab_dump(path: Path) -> dict:
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise DumpError(f"{path}: not a bench_lab.py detection dump with its manifest ({exc!r})") from None
     values = [[np.nan if r.get(m) is None else r[m] for m in probes] for r in rows]
+    # the same probes under the reference model (the combination's negative control), where detect ran it
+    control = np.array([[r.get("control_p_values", {}).get(m, np.nan) for m in probes] for r in rows], dtype=float)
     return {"ids": [r["id"] for r in rows], "renderings": [r.get("rendering") for r in rows], "probes": probes,
             "scores": np.array(values, dtype=float),
             "p": np.array([[r["p_values"].get(m, np.nan) for m in probes] for r in rows], dtype=float),
-            # the same probes under the reference model (the combination's negative control), where detect ran it
-            "control": np.array([[r.get("control_p_values", {}).get(m, np.nan) for m in probes] for r in rows],
-                                dtype=float),
+            "control": control if np.isfinite(control).any() else None,
             "summary": summary}
 
 

@@ -117,9 +117,8 @@ def lab_dump(path: Path):
     of one twin's dump (`_common.probe_columns`: the answer probes also within letter); truth from its lab."""
     d = C.load_lab_dump(path)
     _, _, leaked, unseen = C.lab_cell(path.parent / path.name.rsplit("_", 1)[0])
-    control = d["control"] if np.isfinite(d["control"]).any() else None
     columns = C.probe_columns(d)
-    return (list(columns), d["p"], control, np.array([i in leaked for i in d["ids"]]),
+    return (list(columns), d["p"], d["control"], np.array([i in leaked for i in d["ids"]]),
             np.array([i in unseen for i in d["ids"]]), np.column_stack(list(columns.values())))
 
 
@@ -149,7 +148,7 @@ def labs(dumps: list[Path]) -> None:
             flags, _ = stats.benjamini_hochberg(combined, 0.05)
             clean = ""
             if twin is not None:
-                cp = fn(twin["p"], twin["control"] if np.isfinite(twin["control"]).any() else None)
+                cp = fn(twin["p"], twin["control"])
                 clean = f"; clean: {np.mean(cp <= 0.05):.3f}, {stats.benjamini_hochberg(cp, 0.05)[0].sum()} flags"
             cells.append(f"{a:.3f} [{lo:.2f}, {hi:.2f}] ({t5:.2f}){' below' if a < low else ''}; "
                          f"flags {(flags & leaked).sum()}/{leaked.sum()} + {(flags & ~leaked).sum()}{clean}")

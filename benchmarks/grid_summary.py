@@ -45,8 +45,7 @@ def replica(contaminated: Path) -> tuple[tuple, dict]:
     for twin, d in twins.items():
         is_leaked = np.array([i in leaked for i in d["ids"]])
         is_unseen = np.array([i in unseen for i in d["ids"]])
-        control = d["control"] if np.isfinite(d["control"]).any() else None
-        combined = stats.cross_fit_cauchy(d["p"], control=control)[0]
+        combined = stats.cross_fit_cauchy(d["p"], control=d["control"])[0]
         columns = C.probe_columns(d)
         columns[COMBINED] = -np.log10(np.clip(combined, 1e-300, 1.0))
         for m, s in columns.items():
