@@ -43,13 +43,15 @@ def letter_logprobs(model_dir: str, prompts: list[list[str]]) -> np.ndarray:
     lab trained it."""
     import torch
 
+    from itd.core.errors import InputError
     from itd.probes.models import load_model
 
+    print(f"scoring {len(prompts)} items x {len(prompts[0])} prompts under {model_dir}", file=sys.stderr, flush=True)
     lm = load_model(model_dir, device="cpu")
     tok, model = lm.tokenizer, lm.model
     ids = [tok(f" {letter}", add_special_tokens=False)["input_ids"] for letter in LETTERS]
     if any(len(i) != 1 for i in ids):
-        raise SystemExit(f"error: {model_dir}: the letters are not single tokens")
+        raise InputError("the answer letters are not single tokens of this model", path=model_dir)
     letters = [i[0] for i in ids]
     out = np.zeros((len(prompts), len(prompts[0]), 4))
     with torch.no_grad():
@@ -92,17 +94,19 @@ def shift(score: np.ndarray, gold: np.ndarray, group: np.ndarray) -> float:
     return float(np.nanmean(z[group == 1]))
 
 
-def lab_rows(lab_dir: Path, data: str, reference_size: int, orders: int) -> list[tuple]:
-    from itd.core import load_benchmark, stats
+def lab_rows(lab_dir: Path, benchmark: list, reference_size: int, orders: int) -> list[tuple]:
+    from itd.core import stats
+    from itd.core.errors import InputError
     from itd.core.render import render
     from itd.lab.result import held_out, lab_result, load_lab_manifest
 
     manifest = load_lab_manifest(lab_dir)
     if manifest["recipe"] != "finetune":
-        raise SystemExit(f"error: {lab_dir}: a {manifest['recipe']} lab; this reads fine-tuning labs")
+        raise InputError(f"a {manifest['recipe']} lab; this reads fine-tuning labs", path=str(lab_dir))
     lab = lab_result(lab_dir, manifest)
-    benchmark = load_benchmark(Path(data) / "mmlu" / "test")
     by_id = {s.id: s for s in benchmark}
+    if not set(lab.leaked) <= by_id.keys():
+        raise InputError("not a lab of MMLU test items", path=str(lab_dir))
     pool = held_out(lab, benchmark)
     reference = random.Random(manifest["seed"]).sample(pool, min(reference_size, len(pool)))  # as bench_lab.py
     items = [by_id[i] for i in lab.leaked] + [by_id[i] for i in lab.unseen] + reference
@@ -167,16 +171,18 @@ def main() -> int:
     args = ap.parse_args()
     if not 1 <= args.orders <= 6:
         ap.error("--orders must be 1-6")
+    from itd.core import load_benchmark
     from itd.core.errors import InputError
 
     C.header("What one fine-tuning exposure of an MCQ answer leaves: the letters' log-probabilities")
     rows = []
-    for lab in args.labs:
-        try:
-            rows += lab_rows(lab, args.data, args.reference, args.orders)
-        except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        benchmark = load_benchmark(Path(args.data) / "mmlu" / "test")
+        for lab in args.labs:
+            rows += lab_rows(lab, benchmark, args.reference, args.orders)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print()
     print(C.table(("lab", "score", "shift (SD)", "AUROC within letter [95% CI]", "TPR@1%FPR", "TPR@5%FPR",
                    "clean-twin AUROC"), rows))
