@@ -175,17 +175,16 @@ def main() -> int:
     from itd.core.errors import InputError
 
     C.header("What one fine-tuning exposure of an MCQ answer leaves: the letters' log-probabilities")
-    rows = []
     try:
         benchmark = load_benchmark(Path(args.data) / "mmlu" / "test")
-        for lab in args.labs:
-            rows += lab_rows(lab, benchmark, args.reference, args.orders)
+        for lab in args.labs:  # a table per lab as it is done: a long run stopped halfway keeps what it measured
+            rows = lab_rows(lab, benchmark, args.reference, args.orders)
+            print()
+            print(C.table(("lab", "score", "shift (SD)", "AUROC within letter [95% CI]", "TPR@1%FPR", "TPR@5%FPR",
+                           "clean-twin AUROC"), rows), flush=True)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print()
-    print(C.table(("lab", "score", "shift (SD)", "AUROC within letter [95% CI]", "TPR@1%FPR", "TPR@5%FPR",
-                   "clean-twin AUROC"), rows))
     return 0
 
 

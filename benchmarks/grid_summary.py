@@ -11,7 +11,8 @@ letters, as the flags and the combination use it); the FDR flags at 5%
 (recall, false flags, flags on the clean twin); and the set-level p-values per replica: the probe's Mann-Whitney
 and top-k tests and the set verdict of deciding by it (their Cauchy combination, as `detect` gives it; the
 combined verdict for the combination) on both twins, marked where it meets the issue's goal (contaminated
-p < 0.01, clean p > 0.1). The per-item combination is
+p < 0.01, clean p > 0.1). A first table gives the issue's three goals per cell: the best per-item TPR@5%FPR, the
+combined set verdict, and the combination's AUROC against the best single probe's interval. The per-item combination is
 recomputed from the dumped p-values (and the negative control's, where the run has them) with this checkout's
 `stats.cross_fit_cauchy`; the set-level p-values are the run's.
 
@@ -103,6 +104,29 @@ def cell_table(replicas: list[dict]) -> str:
     return table + f"\n\nFDR flags at 5% on the combined p (recomputed): {flags}\n"
 
 
+def goals(replicas: list[dict]) -> tuple[str, str, str]:
+    """The issue's three goals for one cell, a value per replica: the best per-item TPR@5%FPR (probe or
+    combination, goal >= 0.5 at r = 1), the combined set verdict with the clean twin's (goal < 0.01 and > 0.1 at a
+    5% leak, r = 1), and the combination's AUROC against the best single probe's 95% interval (goal: not below)."""
+    tpr, verdict, versus = [], [], []
+    for rep in replicas:
+        probes = {m: f for m, f in rep["probes"].items() if "auroc" in f}
+        m = max(probes, key=lambda m: probes[m]["tpr5"])
+        tpr.append(f"{probes[m]['tpr5']:.2f} `{m}`")
+        sets = rep["set"].get(COMBINED, {})
+        if "contaminated" in sets and "clean" in sets:
+            con, cln = sets["contaminated"][0], sets["clean"][0]
+            met = "**" if con < 0.01 and cln > 0.1 else ""
+            verdict.append(f"{met}{con:.1e} ({cln:.2f}){met}")
+        single = {m: f for m, f in probes.items() if m != COMBINED}
+        if COMBINED in probes and single:
+            best = max(single, key=lambda m: single[m]["auroc"])
+            below = probes[COMBINED]["auroc"] < single[best]["ci"][0]
+            versus.append(f"{probes[COMBINED]['auroc']:.3f} vs {single[best]['auroc']:.3f} [{single[best]['ci'][0]:.2f}, "
+                          f"{single[best]['ci'][1]:.2f}]{' **below**' if below else ''}")
+    return "; ".join(tpr), "; ".join(verdict) or "-", "; ".join(versus) or "-"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", type=Path, help="directories holding bench_lab.py work directories")
@@ -123,6 +147,16 @@ def main() -> int:
               file=sys.stderr)
         return 2
     C.header("The detection grid: every probe and the combination against ground truth, replicas gathered")
+    rows = []
+    for key in sorted(cells):
+        benchmark, recipe, leak, r = key
+        reps = sorted(cells[key], key=lambda rep: rep["seed"])
+        rows.append((f"{benchmark}, {recipe}, {leak:.0%}, r = {r}", len(reps), *goals(reps)))
+    print("### The issue's goals, cell by cell (a value per replica, seeds in order)\n")
+    print(C.table(("cell", "replicas", "best TPR@5%FPR (goal at r = 1: >= 0.5)",
+                   "combined set verdict (clean twin); ** goal met", "combined AUROC vs the best probe's [95% CI]"),
+                  rows))
+    print()
     for key in sorted(cells):
         benchmark, recipe, leak, r = key
         reps = sorted(cells[key], key=lambda rep: rep["seed"])
