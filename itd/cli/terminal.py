@@ -427,12 +427,14 @@ def print_detection(report) -> None:
     for m in report.config.methods:
         values = [it.scores[m] for it in report.items]
         test, sparse = report.set_tests.get(m), report.sparse_tests.get(m)
+        controlled, controlled_sparse = report.controlled_set_tests.get(m), report.controlled_sparse_tests.get(m)
         t, w = truth.get(m, {}), within.get(m)
         table.add_row(
             m + (" (decision)" if m == report.config.decision else ""),
             f"{np.nanmedian(values):.4g}" if values else "-",
-            f"{test.p_value:.2e}" if test else "-",
-            f"{sparse.p_value:.2e} (k = {sparse.top_k})" if sparse else "-",
+            (f"{test.p_value:.2e}" if test else "-") + (f" ({controlled.p_value:.2e} controlled)" if controlled else ""),
+            (f"{sparse.p_value:.2e} (k = {sparse.top_k})" if sparse else "-")
+            + (f" ({controlled_sparse.p_value:.2e} controlled)" if controlled_sparse else ""),
             f"{test.auroc:.3f} [{test.auroc_ci[0]:.3f}, {test.auroc_ci[1]:.3f}]" if test else "-",
             (f"{t['auroc']:.3f}" if t else "-") + (f" ({w['auroc']:.3f} within letter)" if w else ""),
             (f"{t['tpr_at_5pct_fpr']:.2f}" if t else "-") + (f" ({w['tpr_at_5pct_fpr']:.2f})" if w else ""),

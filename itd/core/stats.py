@@ -4,14 +4,15 @@ Every score is oriented so that HIGHER means MORE LIKELY LEAKED (negate a loss o
 Per-item evidence becomes a p-value against a clean reference (`conformal_pvalues`) or against the item's own
 option permutations (`permutation_rank_pvalues`); `benjamini_hochberg` turns many p-values into flagged items at a
 controlled false discovery rate; `set_level_test` and `permutation_set_test` ask whether a whole set is
-contaminated, `sparse_set_test` whether a few of its items are (the shape of a small leak); `cauchy_combination`
+contaminated, `sparse_set_test` whether a few of its items are (the shape of a small leak), on raw scores or on
+`controlled_scores` (a negative control's view taken out); `cauchy_combination`
 merges several probes' p-values of one item (or one set) into one, valid under dependence; `auroc`, `tpr_at_fpr`
 and `bootstrap_auroc_ci` measure how well a score separates known-leaked from known-clean items.
 `bootstrap_means` is the project's one percentile bootstrap for figures made of means (accuracies, their
 differences and ratios), resampling items, or items and replicas crossed.
 
-NumPy only, except `set_level_test`, `sparse_set_test` and `permutation_set_test`, which need scipy (the `probes`
-extra).
+NumPy only, except `set_level_test`, `sparse_set_test`, `controlled_scores` and `permutation_set_test`, which need
+scipy (the `probes` extra).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "cauchy_combination",
     "cross_fit_cauchy",
     "conformal_pvalues",
+    "controlled_scores",
     "stratified_conformal_pvalues",
     "permutation_rank_pvalues",
     "permutation_set_test",
@@ -405,6 +407,29 @@ def bootstrap_means(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(reps, [tail, 1.0 - tail])
     return BootstrapCI(point, float(low), float(high), int(reps.size))
+
+
+def controlled_scores(benchmark_scores: ArrayLike, reference_scores: ArrayLike, control_benchmark: ArrayLike,
+                      control_reference: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's and the reference set's scores with a negative control's view taken out: each item's rank
+    among all of them under the evaluated model, minus its rank under a control model that never saw the benchmark,
+    over their number (so in (-1, 1); ties take their mean rank). Higher = ranked higher by the evaluated model than
+    by the control.
+
+    Each item's value depends on its own two scores and on the pooled set only, never on which side it stands, so
+    items exchangeable between benchmark and reference stay exchangeable: `set_level_test` and `sparse_set_test`
+    on these keep their level. A difference between the benchmark and its reference that the control model sees as
+    well (a chance draw, a reference from another source or time) cancels, while what only the evaluated model
+    learnt remains. The control arrays hold the same items' scores under the control model, in the same order."""
+    bench, ref = _scores(benchmark_scores, "benchmark_scores"), _scores(reference_scores, "reference_scores")
+    c_bench, c_ref = _scores(control_benchmark, "control_benchmark"), _scores(control_reference, "control_reference")
+    if c_bench.shape != bench.shape or c_ref.shape != ref.shape:
+        raise ValueError("the control's scores must be of the same benchmark and reference items "
+                         f"({bench.size} and {ref.size}), got {c_bench.size} and {c_ref.size}")
+    rankdata = _scipy_stats().rankdata
+    n = bench.size + ref.size
+    d = (rankdata(np.concatenate([bench, ref])) - rankdata(np.concatenate([c_bench, c_ref]))) / n
+    return d[: bench.size], d[bench.size :]
 
 
 @dataclass(frozen=True, slots=True)

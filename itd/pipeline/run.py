@@ -734,7 +734,8 @@ def _summary(cfg, samples, kind, detection, scan_report, rewrite_report, flagged
         d.pop("flagged_ids", None)
         d["methods"] = list(detection.config.methods)
         d["fdr"] = detection.config.fdr
-        d["set_test"] = d.get("set_tests", {}).get(detection.config.decision)
+        decision = detection.config.decision  # its deciding Mann-Whitney test: the controlled one where there is one
+        d["set_test"] = d["controlled_set_tests"].get(decision) or d["set_tests"].get(decision)
         out["detection"] = d
     if scan_report is not None:
         out.setdefault("detection", {})["scan"] = {"counts": scan_report.counts()}

@@ -76,9 +76,11 @@ class DetectConfig:
     test; the top-k test permutes within letters), so the model's preference among the letters is no evidence; a
     letter with fewer than 20 reference items falls back to the whole reference set (pools with the other small
     letters in the set tests). `control`: with a reference model, also score the combined one-model probes under
-    it, as a negative control for the per-item combination's weights (`stats.cross_fit_cauchy`): a shift between
-    the benchmark and the reference set that a model which never saw the benchmark shows too is not taken for a
-    leak. Two more passes of the reference model (benchmark and reference set); it changes no probe's p-value.
+    it, as a negative control: a shift between the benchmark and the reference set that a model which never saw
+    the benchmark shows too (a chance draw, a reference from another source) is not taken for a leak, neither by
+    the per-item combination's weights (`stats.cross_fit_cauchy`) nor by the set-level verdicts, which test those
+    probes on `stats.controlled_scores`. Two more passes of the reference model (benchmark and reference set); it
+    changes no probe's per-item p-value.
     """
 
     methods: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp")
@@ -209,6 +211,11 @@ class DetectionReport:
     """Per probe, the finite scores of the reference set (what the p-values are calibrated against)."""
     codec: Any = None
     """The CoDeC test (`itd.probes.codec.CodecResult`) when `config.codec` ran it."""
+    controlled_set_tests: dict[str, stats.SetTest] = field(default_factory=dict)
+    controlled_sparse_tests: dict[str, stats.SparseSetTest] = field(default_factory=dict)
+    """Per one-model probe with a negative control (`DetectConfig.control`): its Mann-Whitney and top-k tests on
+    `stats.controlled_scores` (rank under the evaluated model minus rank under the reference model). They replace
+    the probe's plain tests in the set-level verdicts."""
 
     @property
     def flagged(self) -> list[ItemDetection]:
@@ -221,10 +228,17 @@ class DetectionReport:
         reference."""
         if self.config.decision == COMBINED:
             return None if self.combined_set is None else self.combined_set["p_value"]
-        test, sparse = self.set_tests.get(self.config.decision), self.sparse_tests.get(self.config.decision)
+        test, sparse = self.verdict_tests(self.config.decision)
         if test is None:
             return None
         return test.p_value if sparse is None else float(stats.cauchy_combination([test.p_value, sparse.p_value]))
+
+    def verdict_tests(self, method: str) -> tuple[stats.SetTest | None, stats.SparseSetTest | None]:
+        """The Mann-Whitney and top-k tests that decide for `method` at set level: its controlled tests where a
+        negative control ran (`controlled_set_tests`), else its plain ones."""
+        if method in self.controlled_set_tests:
+            return self.controlled_set_tests[method], self.controlled_sparse_tests.get(method)
+        return self.set_tests.get(method), self.sparse_tests.get(method)
 
     @property
     def set_contaminated(self) -> bool | None:
@@ -269,6 +283,8 @@ class DetectionReport:
             "set_p_value": self.set_p_value,
             "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
             "sparse_set_tests": {m: asdict(t) for m, t in self.sparse_tests.items()},
+            "controlled_set_tests": {m: _set_test_dict(t) for m, t in self.controlled_set_tests.items()},
+            "controlled_sparse_set_tests": {m: asdict(t) for m, t in self.controlled_sparse_tests.items()},
             "reference_scores": {m: [round(x, 6) for x in v] for m, v in self.reference_scores.items()},
         }
         if self.combined_set is not None:
@@ -438,7 +454,7 @@ def detect(
                 it.p_values[m] = pv
             report.set_tests[m], report.sparse_tests[m] = probe_set_tests(m, bench, ref, samples, reference, config)
         if config.control and ref_lm is not None:
-            _control_pvalues(report, lm, ref_lm, samples, reference, progress)
+            _negative_control(report, lm, ref_lm, samples, reference, ref_scored, progress)
         _combine(report)
         if config.decision == COMBINED:
             p_decision = np.array([1.0 if it.combined_p is None else it.combined_p for it in items])
@@ -567,10 +583,13 @@ def _control_probes(config: DetectConfig, lm: ScoringModel, reference_model: Sco
     return probes
 
 
-def _control_pvalues(report: DetectionReport, lm: ScoringModel, reference_model: ScoringModel,
-                     samples: Sequence[Sample], reference: Sequence[Sample], progress: StageProgress | None) -> None:
-    """Each item's `control_p_values`: the combined one-model probes scored under the reference model, calibrated
-    against the reference set under it as the probes are under the evaluated model."""
+def _negative_control(report: DetectionReport, lm: ScoringModel, reference_model: ScoringModel,
+                      samples: Sequence[Sample], reference: Sequence[Sample], ref_scored: Sequence[Any],
+                      progress: StageProgress | None) -> None:
+    """The combined one-model probes scored under the reference model, which never saw the benchmark: each item's
+    `control_p_values` (calibrated against the reference set under it, as the probes are under the evaluated
+    model), and each probe's controlled set tests (`stats.controlled_scores` of its scores under both models, on
+    the benchmark and the reference set `ref_scored` was scored on)."""
     from dataclasses import replace
 
     config = report.config
@@ -581,17 +600,28 @@ def _control_pvalues(report: DetectionReport, lm: ScoringModel, reference_model:
     bench = score_samples(reference_model, samples, control, None, progress, "control: benchmark")
     ref = score_samples(reference_model, reference, control, None, progress, "control: reference set")
     for m in probes:
-        p = probe_pvalues(m, np.array([sc.scores[m] for sc in bench]), np.array([sc.scores[m] for sc in ref]),
-                          samples, reference, config)
+        control_bench, control_ref = (np.array([sc.scores[m] for sc in scored]) for scored in (bench, ref))
+        p = probe_pvalues(m, control_bench, control_ref, samples, reference, config)
         for it, pv in zip(report.items, p.tolist()):
             it.control_p_values[m] = pv
+        model_bench = np.array([it.scores[m] for it in report.items])
+        model_ref = np.array([sc.scores[m] for sc in ref_scored])
+        ok_b = np.isfinite(model_bench) & np.isfinite(control_bench)
+        ok_r = np.isfinite(model_ref) & np.isfinite(control_ref)
+        if not ok_b.any() or not ok_r.any():
+            continue
+        d_bench, d_ref = np.full(len(model_bench), np.nan), np.full(len(model_ref), np.nan)
+        d_bench[ok_b], d_ref[ok_r] = stats.controlled_scores(model_bench[ok_b], model_ref[ok_r], control_bench[ok_b],
+                                                             control_ref[ok_r])
+        report.controlled_set_tests[m], report.controlled_sparse_tests[m] = probe_set_tests(
+            m, d_bench, d_ref, samples, reference, config)
 
 
 def _combine(report: DetectionReport) -> None:
     """Per item, the Cauchy combination of the combined probes' p-values, weighted by how often the other items'
     p-values lie in their tails (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
-    p-values (a leak of many items and one of a few), one share per kind of evidence (`evidence_weights`), with
-    the tests that drove it."""
+    p-values (a leak of many items and one of a few; controlled where a negative control ran, `verdict_tests`),
+    one share per kind of evidence (`evidence_weights`), with the tests that drove it."""
     config = report.config
     probes = [m for m in config.combine if m in report.set_tests]
     if not probes:
@@ -603,8 +633,9 @@ def _combine(report: DetectionReport) -> None:
     combined_p, weights = stats.cross_fit_cauchy(matrix, control=control, seed=config.seed)
     for it, pv in zip(report.items, combined_p.tolist()):
         it.combined_p = None if math.isnan(pv) else pv
-    tested = [(m, m, report.set_tests[m].p_value) for m in probes]  # (test, its probe, p-value)
-    tested += [(f"{m} top-k", m, report.sparse_tests[m].p_value) for m in probes if m in report.sparse_tests]
+    decide = {m: report.verdict_tests(m) for m in probes}
+    tested = [(m, m, decide[m][0].p_value) for m in probes]  # (test, its probe, p-value)
+    tested += [(f"{m} top-k", m, decide[m][1].p_value) for m in probes if decide[m][1] is not None]
     tests = [t for t, _, _ in tested]
     set_p = np.array([pv for _, _, pv in tested])
     set_w = evidence_weights([m for _, m, _ in tested])
@@ -624,7 +655,8 @@ def _combine(report: DetectionReport) -> None:
         "shares": {tests[j]: round(float(share[j]), 4) for j in order},
         # the per-item combination's weights (`stats.cross_fit_cauchy`), averaged over the items
         "item_weights": {m: round(float(w), 4) for m, w in zip(probes, weights.mean(axis=0))},
-        # the probes whose weights were checked against a negative control (`DetectConfig.control`)
+        # the probes checked against a negative control (`DetectConfig.control`): their per-item weights, and
+        # their set tests where controlled ones could be computed (`controlled_set_tests`)
         "controlled": [] if control is None else [m for j, m in enumerate(probes) if np.isfinite(control[:, j]).any()],
     }
 

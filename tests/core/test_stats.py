@@ -19,6 +19,7 @@ from itd.core.stats import (
     bootstrap_auroc_ci,
     bootstrap_means,
     conformal_pvalues,
+    controlled_scores,
     permutation_rank_pvalues,
     permutation_set_test,
     set_level_test,
@@ -332,6 +333,50 @@ def test_sparse_set_test_is_calibrated_without_a_leak():
     assert sparse_set_test(rng.normal(-2, 1, 100), rng.normal(0, 1, 100), n_permutations=99).p_value > 0.5
 
 
+# a negative control at set level
+
+
+def test_controlled_scores_match_their_definition_and_ignore_which_side_an_item_stands():
+    rng = np.random.default_rng(11)
+    model, control = rng.normal(size=50).round(1), rng.normal(size=50).round(1)  # with ties
+    bench, ref = controlled_scores(model[:20], model[20:], control[:20], control[20:])
+    expected = (scipy_stats.rankdata(model) - scipy_stats.rankdata(control)) / 50
+    assert np.concatenate([bench, ref]) == pytest.approx(expected)
+    # another split of the same items gives each item the same value: items exchangeable stay exchangeable
+    order = rng.permutation(50)
+    bench2, ref2 = controlled_scores(model[order[:35]], model[order[35:]], control[order[:35]], control[order[35:]])
+    assert np.concatenate([bench2, ref2]) == pytest.approx(expected[order])
+
+
+def test_controlled_set_tests_cancel_a_shift_the_control_shows_and_keep_a_leak():
+    """A benchmark drawn a little apart from its reference (both models see it) fools the plain tests, not the
+    controlled ones; a leak the evaluated model alone saw stays plain to them."""
+    rng = np.random.default_rng(12)
+    n, m = 400, 600
+    control = rng.normal(size=n + m)
+    control[:n] += 0.3  # the draw's shift: any model, the control too, scores these items a little higher
+    model = control + 0.2 * rng.normal(size=n + m)
+    bench, ref = controlled_scores(model[:n], model[n:], control[:n], control[n:])
+    assert set_level_test(model[:n], model[n:]).p_value < 1e-4
+    assert set_level_test(bench, ref).p_value > 0.05
+    assert sparse_set_test(bench, ref, n_permutations=999).p_value > 0.05
+    leaked = model.copy()
+    leaked[:20] += 1.5  # 20 items (5%) the evaluated model saw
+    bench, ref = controlled_scores(leaked[:n], leaked[n:], control[:n], control[n:])
+    assert sparse_set_test(bench, ref, n_permutations=999).p_value < 0.01
+
+
+def test_controlled_set_tests_are_calibrated_without_a_leak():
+    rng = np.random.default_rng(13)
+    p = []
+    for _ in range(400):
+        control = rng.normal(size=150)
+        model = 0.8 * control + 0.6 * rng.normal(size=150)
+        p.append(set_level_test(*controlled_scores(model[:60], model[60:], control[:60], control[60:]), n_boot=1).p_value)
+    p = np.array(p)
+    assert 0.02 <= (p <= 0.05).mean() <= 0.09 and 0.06 <= (p <= 0.1).mean() <= 0.15
+
+
 # MCQ option permutations
 
 
@@ -409,6 +454,8 @@ def test_permutation_set_test_quiet_when_ranks_are_uniform():
         (lambda: sparse_set_test([1.0], [0.0], n_permutations=0), "n_permutations"),
         (lambda: sparse_set_test([1.0], [0.0], max_k=0), "max_k"),
         (lambda: sparse_set_test([1.0], [np.nan]), "NaN"),
+        (lambda: controlled_scores([1.0, 2.0], [0.0], [1.0], [0.0]), "same benchmark and reference items"),
+        (lambda: controlled_scores([1.0], [0.0], [1.0], [np.nan]), "NaN"),
     ],
 )
 def test_input_validation(call, match):

@@ -179,6 +179,15 @@ def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, t
     p = np.array([[r["p_values"][m] for m in methods] for r in records])
     control = np.array([[r["control_p_values"].get(m, np.nan) for m in methods] for r in records])
     assert [r["combined_p"] for r in records] == pytest.approx(cross_fit_cauchy(p, control=control)[0].tolist())
+    # at set level the one-model probe is tested on its ranks under the model less those under the control
+    assert set(summary["controlled_set_tests"]) == set(summary["controlled_sparse_set_tests"]) == {"minkpp"}
+    combined = summary["combined_set_test"]
+    plain = {m: (summary["set_tests"][m]["p_value"], summary["sparse_set_tests"][m]["p_value"]) for m in methods}
+    plain["minkpp"] = (summary["controlled_set_tests"]["minkpp"]["p_value"],
+                       summary["controlled_sparse_set_tests"]["minkpp"]["p_value"])
+    tested = [plain[t.removesuffix(" top-k")][t.endswith(" top-k")] for t in combined["tests"]]
+    assert combined["p_value"] == pytest.approx(
+        float(cauchy_combination(tested, [combined["weights"][t] for t in combined["tests"]])))
     # the reference-model probes and a reference model go together
     assert main([*args, "--model", str(tiny_lab.contaminated)]) == 2
     assert "reference model" in capsys.readouterr().err
