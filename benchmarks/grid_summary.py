@@ -12,7 +12,8 @@ letters, as the flags and the combination use it); the FDR flags at 5%
 and top-k tests and the set verdict of deciding by it (their Cauchy combination, as `detect` gives it; the
 combined verdict for the combination) on both twins, marked where it meets the issue's goal (contaminated
 p < 0.01, clean p > 0.1). A first table gives the issue's three goals per cell: the best per-item TPR@5%FPR, the
-combined set verdict, and the combination's AUROC against the best single probe's interval. The per-item combination is
+combined set verdict ("c" where the run's set tests had the negative control, `controlled_set_tests`), and the
+combination's AUROC against the best single probe's interval. The per-item combination is
 recomputed from the dumped p-values (and the negative control's, where the run has them) with this checkout's
 `stats.cross_fit_cauchy`; the set-level p-values are the run's.
 
@@ -70,6 +71,7 @@ def replica(contaminated: Path) -> tuple[tuple, dict]:
                                                       summary["sparse_set_tests"][m]["p_value"])
         if summary.get("combined_set_test"):
             out["set"].setdefault(COMBINED, {})[twin] = (summary["combined_set_test"]["p_value"],)
+        out["controlled"] = bool(summary.get("controlled_set_tests"))  # a run whose set verdicts had the control
     return key, out
 
 
@@ -117,7 +119,7 @@ def goals(replicas: list[dict]) -> tuple[str, str, str]:
         if "contaminated" in sets and "clean" in sets:
             con, cln = sets["contaminated"][0], sets["clean"][0]
             met = "**" if con < 0.01 and cln > 0.1 else ""
-            verdict.append(f"{met}{con:.1e} ({cln:.2f}){met}")
+            verdict.append(f"{met}{con:.1e} ({cln:.2f}){met}{' c' if rep['controlled'] else ''}")
         single = {m: f for m, f in probes.items() if m != COMBINED}
         if COMBINED in probes and single:
             best = max(single, key=lambda m: single[m]["auroc"])
@@ -154,7 +156,7 @@ def main() -> int:
         rows.append((f"{benchmark}, {recipe}, {leak:.0%}, r = {r}", len(reps), *goals(reps)))
     print("### The issue's goals, cell by cell (a value per replica, seeds in order)\n")
     print(C.table(("cell", "replicas", "best TPR@5%FPR (goal at r = 1: >= 0.5)",
-                   "combined set verdict (clean twin); ** goal met", "combined AUROC vs the best probe's [95% CI]"),
+                   "combined set verdict (clean twin); ** goal met; c: controlled", "combined AUROC vs the best probe's [95% CI]"),
                   rows))
     print()
     for key in sorted(cells):

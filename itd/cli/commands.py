@@ -529,6 +529,9 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
               "of the set come first (two more passes; reported, not deciding).")
 @click.option("--reference-model", help="A model that cannot have seen the benchmark (the base of a fine-tune) for "
               "the reference-model probes ('reference', 'answer_reference').")
+@click.option("--control/--no-control", default=True, show_default=True, help="With --reference-model, also score the "
+              "one-model probes under it as a negative control (two more passes): a benchmark/reference shift it shows "
+              "too weighs nothing per item and decides nothing at set level.")
 @click.option("--truth", type=click.Path(), help="Contamination-lab manifest (leaked/unseen ids) to measure the probes.")
 @click.option("--device", default="auto", help="auto, cuda, cuda:N, cpu or mps; or a list such as cuda:0,cuda:1 for one "
               "model replica per device (auto does that on several GPUs when the model fits on one).")
@@ -539,8 +542,8 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table, k, rendering, fdr, alpha, threshold,
-           permutation_test, codec, reference_model, truth, device, dtype, batch_size, trust_remote_code, out, as_json,
-           quiet):
+           permutation_test, codec, reference_model, control, truth, device, dtype, batch_size, trust_remote_code, out,
+           as_json, quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
     not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by."""
     from itd.core.io import build_manifest
@@ -556,7 +559,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     config = DetectConfig(
         methods=tuple(m for m in methods.split(",")), decision=decision, k=k, rendering=rendering, fdr=fdr,
         alpha=alpha, threshold=threshold, batch_size=batch_size, permutation_test=permutation_test, codec=codec,
-        options={"dcpdd": {"table": dcpdd_table}} if dcpdd_table and "dcpdd" in methods.split(",") else None,
+        control=control, options={"dcpdd": {"table": dcpdd_table}} if dcpdd_table and "dcpdd" in methods.split(",") else None,
     )
     config.score_config()  # reject a bad probe setting before any model is loaded
     samples = _load(benchmark, fmt)

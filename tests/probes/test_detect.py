@@ -188,6 +188,11 @@ def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, t
     tested = [plain[t.removesuffix(" top-k")][t.endswith(" top-k")] for t in combined["tests"]]
     assert combined["p_value"] == pytest.approx(
         float(cauchy_combination(tested, [combined["weights"][t] for t in combined["tests"]])))
+    # --no-control: the plain set tests decide, and no item carries control p-values
+    main([*args, "--model", str(tiny_lab.contaminated), "--reference-model", base, "--no-control", "--out", str(out)])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["controlled_set_tests"] == {} and summary["combined_set_test"]["controlled"] == []
+    assert not any("control_p_values" in json.loads(line) for line in out.read_text("utf-8").splitlines())
     # the reference-model probes and a reference model go together
     assert main([*args, "--model", str(tiny_lab.contaminated)]) == 2
     assert "reference model" in capsys.readouterr().err
