@@ -44,6 +44,7 @@ __all__ = [
     "stratified_conformal_pvalues",
     "permutation_rank_pvalues",
     "permutation_set_test",
+    "rank_correlation",
     "set_level_test",
     "sparse_set_test",
     "tpr_at_fpr",
@@ -430,6 +431,16 @@ def controlled_scores(benchmark_scores: ArrayLike, reference_scores: ArrayLike, 
     n = bench.size + ref.size
     d = (rankdata(np.concatenate([bench, ref])) - rankdata(np.concatenate([c_bench, c_ref]))) / n
     return d[: bench.size], d[bench.size :]
+
+
+def rank_correlation(x: ArrayLike, y: ArrayLike) -> float:
+    """Spearman's rank correlation of paired scores (ties take their mean rank); 0.0 when either side is constant."""
+    a, b = _scores(x, "x"), _scores(y, "y")
+    if a.shape != b.shape:
+        raise ValueError(f"x and y must pair up, got {a.size} and {b.size} scores")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(_scipy_stats().spearmanr(a, b).statistic)
 
 
 @dataclass(frozen=True, slots=True)

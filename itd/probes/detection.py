@@ -47,12 +47,16 @@ __all__ = [
     "load_truth",
     "option_orders",
     "check_reference_model",
+    "controlled_set_tests",
     "probe_pvalues",
     "probe_set_tests",
     "evidence_weights",
 ]
 
 COMBINED = "combined"  # the decision by the Cauchy combination of every combined probe's p-value
+# A controlled score's rank difference has variance 2 (1 - rho) times a plain rank's: above rho = 0.5 the control
+# removes more noise than it adds, below it the plain set tests are the stronger ones.
+CONTROL_MIN_CORRELATION = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +218,12 @@ class DetectionReport:
     controlled_set_tests: dict[str, stats.SetTest] = field(default_factory=dict)
     controlled_sparse_tests: dict[str, stats.SparseSetTest] = field(default_factory=dict)
     """Per one-model probe with a negative control (`DetectConfig.control`): its Mann-Whitney and top-k tests on
-    `stats.controlled_scores` (rank under the evaluated model minus rank under the reference model). They replace
+    `stats.controlled_scores` (rank under the evaluated model minus rank under the reference model), where the two
+    models rank the pooled items alike (`control_rank_correlation` above `CONTROL_MIN_CORRELATION`). They replace
     the probe's plain tests in the set-level verdicts."""
+    control_rank_correlation: dict[str, float] = field(default_factory=dict)
+    """Per probe with a negative control, the Spearman correlation of its scores under the two models over the
+    benchmark and reference items pooled (label-free, so choosing the tests by it keeps their level)."""
 
     @property
     def flagged(self) -> list[ItemDetection]:
@@ -285,6 +293,7 @@ class DetectionReport:
             "sparse_set_tests": {m: asdict(t) for m, t in self.sparse_tests.items()},
             "controlled_set_tests": {m: _set_test_dict(t) for m, t in self.controlled_set_tests.items()},
             "controlled_sparse_set_tests": {m: asdict(t) for m, t in self.controlled_sparse_tests.items()},
+            "control_rank_correlation": {m: round(r, 4) for m, r in self.control_rank_correlation.items()},
             "reference_scores": {m: [round(x, 6) for x in v] for m, v in self.reference_scores.items()},
         }
         if self.combined_set is not None:
@@ -606,15 +615,34 @@ def _negative_control(report: DetectionReport, lm: ScoringModel, reference_model
             it.control_p_values[m] = pv
         model_bench = np.array([it.scores[m] for it in report.items])
         model_ref = np.array([sc.scores[m] for sc in ref_scored])
-        ok_b = np.isfinite(model_bench) & np.isfinite(control_bench)
-        ok_r = np.isfinite(model_ref) & np.isfinite(control_ref)
-        if not ok_b.any() or not ok_r.any():
-            continue
-        d_bench, d_ref = np.full(len(model_bench), np.nan), np.full(len(model_ref), np.nan)
-        d_bench[ok_b], d_ref[ok_r] = stats.controlled_scores(model_bench[ok_b], model_ref[ok_r], control_bench[ok_b],
-                                                             control_ref[ok_r])
-        report.controlled_set_tests[m], report.controlled_sparse_tests[m] = probe_set_tests(
-            m, d_bench, d_ref, samples, reference, config)
+        rho, tests = controlled_set_tests(m, (model_bench, model_ref), (control_bench, control_ref), samples,
+                                          reference, config)
+        if rho is not None:
+            report.control_rank_correlation[m] = rho
+        if tests is not None:
+            report.controlled_set_tests[m], report.controlled_sparse_tests[m] = tests
+
+
+def controlled_set_tests(method: str, model: tuple[np.ndarray, np.ndarray], control: tuple[np.ndarray, np.ndarray],
+                         samples: Sequence[Sample], reference: Sequence[Sample], config: DetectConfig
+                         ) -> tuple[float | None, tuple[stats.SetTest, stats.SparseSetTest] | None]:
+    """`method`'s set tests (as `probe_set_tests`) on its controlled scores: `model` and `control` are its
+    (benchmark, reference set) scores under the evaluated model and under the control model. Returns the two
+    models' rank correlation over the pooled items where both scores are finite (None without such items) and the
+    tests, None where that correlation is not above `CONTROL_MIN_CORRELATION`."""
+    (model_bench, model_ref), (control_bench, control_ref) = model, control
+    ok_b = np.isfinite(model_bench) & np.isfinite(control_bench)
+    ok_r = np.isfinite(model_ref) & np.isfinite(control_ref)
+    if not ok_b.any() or not ok_r.any():
+        return None, None
+    rho = stats.rank_correlation(np.concatenate([model_bench[ok_b], model_ref[ok_r]]),
+                                 np.concatenate([control_bench[ok_b], control_ref[ok_r]]))
+    if not rho > CONTROL_MIN_CORRELATION:
+        return rho, None  # the control ranks the items too differently: its noise would outweigh the shift it removes
+    d_bench, d_ref = np.full(len(model_bench), np.nan), np.full(len(model_ref), np.nan)
+    d_bench[ok_b], d_ref[ok_r] = stats.controlled_scores(model_bench[ok_b], model_ref[ok_r], control_bench[ok_b],
+                                                         control_ref[ok_r])
+    return rho, probe_set_tests(method, d_bench, d_ref, samples, reference, config)
 
 
 def _combine(report: DetectionReport) -> None:

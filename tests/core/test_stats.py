@@ -21,6 +21,7 @@ from itd.core.stats import (
     conformal_pvalues,
     controlled_scores,
     permutation_rank_pvalues,
+    rank_correlation,
     permutation_set_test,
     set_level_test,
     sparse_set_test,
@@ -366,6 +367,15 @@ def test_controlled_set_tests_cancel_a_shift_the_control_shows_and_keep_a_leak()
     assert sparse_set_test(bench, ref, n_permutations=999).p_value < 0.01
 
 
+def test_rank_correlation_is_spearman_and_zero_on_a_constant_side():
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=60).round(1)
+    y = x + rng.normal(size=60)
+    assert rank_correlation(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic)
+    assert rank_correlation(x, -x) == pytest.approx(-1.0)
+    assert rank_correlation(np.ones(5), np.arange(5.0)) == 0.0
+
+
 def test_controlled_set_tests_are_calibrated_without_a_leak():
     rng = np.random.default_rng(13)
     p = []
@@ -456,6 +466,7 @@ def test_permutation_set_test_quiet_when_ranks_are_uniform():
         (lambda: sparse_set_test([1.0], [np.nan]), "NaN"),
         (lambda: controlled_scores([1.0, 2.0], [0.0], [1.0], [0.0]), "same benchmark and reference items"),
         (lambda: controlled_scores([1.0], [0.0], [1.0], [np.nan]), "NaN"),
+        (lambda: rank_correlation([1.0, 2.0], [1.0]), "pair up"),
     ],
 )
 def test_input_validation(call, match):

@@ -180,6 +180,7 @@ def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, t
     control = np.array([[r["control_p_values"].get(m, np.nan) for m in methods] for r in records])
     assert [r["combined_p"] for r in records] == pytest.approx(cross_fit_cauchy(p, control=control)[0].tolist())
     # at set level the one-model probe is tested on its ranks under the model less those under the control
+    assert summary["control_rank_correlation"]["minkpp"] > 0.5  # base and twin rank the items alike
     assert set(summary["controlled_set_tests"]) == set(summary["controlled_sparse_set_tests"]) == {"minkpp"}
     combined = summary["combined_set_test"]
     plain = {m: (summary["set_tests"][m]["p_value"], summary["sparse_set_tests"][m]["p_value"]) for m in methods}
@@ -191,7 +192,8 @@ def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, t
     # --no-control: the plain set tests decide, and no item carries control p-values
     main([*args, "--model", str(tiny_lab.contaminated), "--reference-model", base, "--no-control", "--out", str(out)])
     summary = json.loads(capsys.readouterr().out)
-    assert summary["controlled_set_tests"] == {} and summary["combined_set_test"]["controlled"] == []
+    assert summary["controlled_set_tests"] == summary["control_rank_correlation"] == {}
+    assert summary["combined_set_test"]["controlled"] == []
     assert not any("control_p_values" in json.loads(line) for line in out.read_text("utf-8").splitlines())
     # the reference-model probes and a reference model go together
     assert main([*args, "--model", str(tiny_lab.contaminated)]) == 2
@@ -287,6 +289,31 @@ def test_evidence_weights_give_each_kind_of_evidence_one_share():
     probes = ["loss", "mink", "minkpp", "gapk", "reference"]
     set_p = [0.5, 0.6, 0.55, 0.5, 0.002]
     assert cauchy_combination(set_p, evidence_weights(probes)) < 0.01 < cauchy_combination(set_p)
+
+
+def test_controlled_set_tests_only_where_the_control_ranks_the_items_alike():
+    """A control that ranks the items as the evaluated model does removes a shift both see; one that ranks them
+    otherwise (a base model that never learnt the answer format) is left out, and the plain tests decide."""
+    from itd.probes.detection import controlled_set_tests
+
+    rng = np.random.default_rng(3)
+    samples = [Sample(f"b{i}", "gsm8k", f"q{i}") for i in range(200)]
+    reference = [Sample(f"r{i}", "gsm8k", f"r{i}") for i in range(300)]
+    control = rng.normal(size=500)
+    control[:200] += 0.4  # the benchmark sits apart from its reference, and any model sees it
+    model = control + 0.3 * rng.normal(size=500)
+    model[0] = np.nan  # an item without a score is left out of both
+    config = DetectConfig()
+    rho, tests = controlled_set_tests("loss", (model[:200], model[200:]), (control[:200], control[200:]), samples,
+                                      reference, config)
+    assert rho > 0.9 and tests is not None
+    assert tests[0].p_value > 0.05 and tests[0].n_benchmark == 199
+    unrelated = rng.normal(size=500)
+    rho, tests = controlled_set_tests("loss", (model[:200], model[200:]), (unrelated[:200], unrelated[200:]), samples,
+                                      reference, config)
+    assert abs(rho) < 0.2 and tests is None
+    assert controlled_set_tests("loss", (np.full(200, np.nan), model[200:]), (control[:200], control[200:]), samples,
+                                reference, config) == (None, None)
 
 
 def test_the_negative_control_scores_the_one_model_probes_its_tokenizer_allows():
