@@ -629,7 +629,10 @@ def controlled_set_tests(method: str, model: tuple[np.ndarray, np.ndarray], cont
     """`method`'s set tests (as `probe_set_tests`) on its controlled scores: `model` and `control` are its
     (benchmark, reference set) scores under the evaluated model and under the control model. Returns the two
     models' rank correlation over the pooled items where both scores are finite (None without such items) and the
-    tests, None where that correlation is not above `CONTROL_MIN_CORRELATION`."""
+    tests, None where that correlation is not above `CONTROL_MIN_CORRELATION`, and for an answer probe compared
+    within gold letters: there the letters' priors, which both models share, make the correlation over all items
+    say little of how alike they rank the items of one letter (on the lab's MMLU fine-tuning twins 0.51 over all,
+    and the controlled verdict lost the leak)."""
     (model_bench, model_ref), (control_bench, control_ref) = model, control
     ok_b = np.isfinite(model_bench) & np.isfinite(control_bench)
     ok_r = np.isfinite(model_ref) & np.isfinite(control_ref)
@@ -639,6 +642,8 @@ def controlled_set_tests(method: str, model: tuple[np.ndarray, np.ndarray], cont
                                  np.concatenate([control_bench[ok_b], control_ref[ok_r]]))
     if not rho > CONTROL_MIN_CORRELATION:
         return rho, None  # the control ranks the items too differently: its noise would outweigh the shift it removes
+    if _answer_strata(method, samples, reference, config, ok_b, ok_r) is not None:
+        return rho, None
     d_bench, d_ref = np.full(len(model_bench), np.nan), np.full(len(model_ref), np.nan)
     d_bench[ok_b], d_ref[ok_r] = stats.controlled_scores(model_bench[ok_b], model_ref[ok_r], control_bench[ok_b],
                                                          control_ref[ok_r])

@@ -314,6 +314,11 @@ def test_controlled_set_tests_only_where_the_control_ranks_the_items_alike():
     assert abs(rho) < 0.2 and tests is None
     assert controlled_set_tests("loss", (np.full(200, np.nan), model[200:]), (control[:200], control[200:]), samples,
                                 reference, config) == (None, None)
+    # an answer probe of multiple-choice items is compared within gold letters and keeps its plain tests
+    mcq = [Sample(f"m{i}", "mmlu", f"q{i}", answer=i % 4, choices=("a", "b", "c", "d")) for i in range(500)]
+    rho, tests = controlled_set_tests("answer_logp", (model[:200], model[200:]), (control[:200], control[200:]),
+                                      mcq[:200], mcq[200:], config)
+    assert rho > 0.9 and tests is None
 
 
 def test_the_negative_control_scores_the_one_model_probes_its_tokenizer_allows():
