@@ -47,7 +47,7 @@ __all__ = [
     "load_truth",
     "option_orders",
     "check_reference_model",
-    "controlled_set_tests",
+    "probe_controlled_tests",
     "probe_pvalues",
     "probe_set_tests",
     "evidence_weights",
@@ -615,7 +615,7 @@ def _negative_control(report: DetectionReport, lm: ScoringModel, reference_model
             it.control_p_values[m] = pv
         model_bench = np.array([it.scores[m] for it in report.items])
         model_ref = np.array([sc.scores[m] for sc in ref_scored])
-        rho, tests = controlled_set_tests(m, (model_bench, model_ref), (control_bench, control_ref), samples,
+        rho, tests = probe_controlled_tests(m, (model_bench, model_ref), (control_bench, control_ref), samples,
                                           reference, config)
         if rho is not None:
             report.control_rank_correlation[m] = rho
@@ -623,7 +623,7 @@ def _negative_control(report: DetectionReport, lm: ScoringModel, reference_model
             report.controlled_set_tests[m], report.controlled_sparse_tests[m] = tests
 
 
-def controlled_set_tests(method: str, model: tuple[np.ndarray, np.ndarray], control: tuple[np.ndarray, np.ndarray],
+def probe_controlled_tests(method: str, model: tuple[np.ndarray, np.ndarray], control: tuple[np.ndarray, np.ndarray],
                          samples: Sequence[Sample], reference: Sequence[Sample], config: DetectConfig
                          ) -> tuple[float | None, tuple[stats.SetTest, stats.SparseSetTest] | None]:
     """`method`'s set tests (as `probe_set_tests`) on its controlled scores: `model` and `control` are its
@@ -688,8 +688,8 @@ def _combine(report: DetectionReport) -> None:
         "shares": {tests[j]: round(float(share[j]), 4) for j in order},
         # the per-item combination's weights (`stats.cross_fit_cauchy`), averaged over the items
         "item_weights": {m: round(float(w), 4) for m, w in zip(probes, weights.mean(axis=0))},
-        # the probes checked against a negative control (`DetectConfig.control`): their per-item weights, and
-        # their set tests where controlled ones could be computed (`controlled_set_tests`)
+        # the probes whose per-item weights were checked against a negative control (`DetectConfig.control`);
+        # which of them the set tests controlled: the summary's `controlled_set_tests`
         "controlled": [] if control is None else [m for j, m in enumerate(probes) if np.isfinite(control[:, j]).any()],
     }
 

@@ -294,7 +294,7 @@ def test_evidence_weights_give_each_kind_of_evidence_one_share():
 def test_controlled_set_tests_only_where_the_control_ranks_the_items_alike():
     """A control that ranks the items as the evaluated model does removes a shift both see; one that ranks them
     otherwise (a base model that never learnt the answer format) is left out, and the plain tests decide."""
-    from itd.probes.detection import controlled_set_tests
+    from itd.probes.detection import probe_controlled_tests
 
     rng = np.random.default_rng(3)
     samples = [Sample(f"b{i}", "gsm8k", f"q{i}") for i in range(200)]
@@ -304,19 +304,19 @@ def test_controlled_set_tests_only_where_the_control_ranks_the_items_alike():
     model = control + 0.3 * rng.normal(size=500)
     model[0] = np.nan  # an item without a score is left out of both
     config = DetectConfig()
-    rho, tests = controlled_set_tests("loss", (model[:200], model[200:]), (control[:200], control[200:]), samples,
+    rho, tests = probe_controlled_tests("loss", (model[:200], model[200:]), (control[:200], control[200:]), samples,
                                       reference, config)
     assert rho > 0.9 and tests is not None
     assert tests[0].p_value > 0.05 and tests[0].n_benchmark == 199
     unrelated = rng.normal(size=500)
-    rho, tests = controlled_set_tests("loss", (model[:200], model[200:]), (unrelated[:200], unrelated[200:]), samples,
+    rho, tests = probe_controlled_tests("loss", (model[:200], model[200:]), (unrelated[:200], unrelated[200:]), samples,
                                       reference, config)
     assert abs(rho) < 0.2 and tests is None
-    assert controlled_set_tests("loss", (np.full(200, np.nan), model[200:]), (control[:200], control[200:]), samples,
+    assert probe_controlled_tests("loss", (np.full(200, np.nan), model[200:]), (control[:200], control[200:]), samples,
                                 reference, config) == (None, None)
     # an answer probe of multiple-choice items is compared within gold letters and keeps its plain tests
     mcq = [Sample(f"m{i}", "mmlu", f"q{i}", answer=i % 4, choices=("a", "b", "c", "d")) for i in range(500)]
-    rho, tests = controlled_set_tests("answer_logp", (model[:200], model[200:]), (control[:200], control[200:]),
+    rho, tests = probe_controlled_tests("answer_logp", (model[:200], model[200:]), (control[:200], control[200:]),
                                       mcq[:200], mcq[200:], config)
     assert rho > 0.9 and tests is None
 
