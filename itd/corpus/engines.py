@@ -21,8 +21,8 @@ detectors): read-only, sent to each worker once.
   its start on another worker, and its partial result counts once. Two tasks per cluster CPU (at least 16)
   are in flight (more are submitted as results come back), and a result leaves the object store once it is merged,
   so the driver's and the store's memory do not grow with the number of shards. A small actor keeps the bytes read per
-  shard (of the shard's latest attempt, so a retried shard is not counted twice) for the progress callback, and
-  the number of attempts, reported as `retries`. Ray is connected to with `ray.init(address)` only if this
+  shard (of the shard's latest attempt, so a retried shard is not counted twice) for the progress callback;
+  `retries` counts the shard runs Ray repeated (each task reports its attempt number). Ray is connected to with `ray.init(address)` only if this
   process is not connected yet (`None`: start a local Ray instance, with `workers` CPUs when more than one is
   asked for, else every core; `"auto"`: the cluster this machine belongs to; `"ray://host:10001"`: Ray
   Client); a Ray instance started here is shut down at the end. If this process is killed, Ray's own fate
@@ -273,7 +273,7 @@ def _shared_value(ray: Any, ref: Any) -> Any:
     return _SHARED[key]
 
 
-def _run_shard(fn: ShardFn, shared_box: list[Any], shard: Shard, index: int, tracker: Any) -> tuple[Any, Any]:
+def _run_shard(fn: ShardFn, shared_box: list[Any], shard: Shard, index: int, tracker: Any) -> tuple[Any, Any, int]:
     """The Ray task of one shard (its worker process is titled `ray::_run_shard`)."""
     import ray
 
@@ -285,7 +285,17 @@ def _run_shard(fn: ShardFn, shared_box: list[Any], shard: Shard, index: int, tra
         tracker.add.remote(index, attempt, n)
 
     result = fn(shared, shard, on_bytes)
-    return result, _worker_info(ray.get_runtime_context().get_node_id())
+    return result, _worker_info(ray.get_runtime_context().get_node_id()), _ray_attempt_number(ray)
+
+
+def _ray_attempt_number(ray: Any) -> int:
+    """How many times Ray has already run this task (0 on its first run), from Ray's own task record.
+
+    The tracker's count can miss a run: a worker killed just after sending `start` loses the message. Ray has
+    no public call for this; 0 where its core worker lacks it (the tracker's count stands alone then).
+    """
+    attempt = getattr(ray._private.worker.global_worker.core_worker, "get_current_task_attempt_number", None)
+    return int(attempt()) if attempt is not None else 0
 
 
 _REMOTES: dict[tuple[str, int], Any] = {}
@@ -358,6 +368,7 @@ class RayEngine(Engine):
         box = [ray.put(shared)]  # once into the object store, shared by every task
         index: dict[Any, int] = {}
         todo = iter(enumerate(shards))
+        reruns = 0  # by Ray's count of the finished tasks' attempts
 
         def submit(n: int) -> None:
             for i, shard in itertools.islice(todo, n):
@@ -370,20 +381,21 @@ class RayEngine(Engine):
                 while ready:
                     ref = ready.pop()
                     try:
-                        result, info = ray.get(ref)
+                        result, info, attempt = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
                         cause = getattr(exc, "cause", None)
                         if isinstance(cause, ITDError):  # a bad input line: the user's error, not a crash
                             raise cause from None
                         raise
                     workers.add(info)
+                    reruns += attempt
                     i = index.pop(ref)
                     del ref  # the last reference: the result leaves the object store
                     submit(1)
                     yield i, result
                 if progress is not None:
                     progress(min(ray.get(tracker.done.remote()), total), total)
-            self.stats.retries = ray.get(tracker.retries.remote())
+            self.stats.retries = max(reruns, ray.get(tracker.retries.remote()))
             workers.fill(self.stats)
         except BaseException:
             for ref in index:

@@ -27,6 +27,7 @@ from itd.core.errors import InputError, MissingDependencyError
 from itd.core.io import build_manifest
 from itd.corpus.engines import ENGINES, LocalEngine, make_engine
 from itd.corpus.index import NGramIndex, build_index
+from itd.corpus.readers import Shard
 from itd.corpus.scan import ScanConfig, scan
 from itd.pipeline.demo import VARIANTS, filler_text, plant
 
@@ -153,6 +154,24 @@ def test_killed_worker_loses_no_shard(ray_local, case, local_report, tmp_path):
     assert killed, "no shard task was running to kill"
     assert report.stats["retries"] >= 1
     assert _sorted_lines(report, tmp_path / "ray.jsonl") == _sorted_lines(local_report, tmp_path / "local.jsonl")
+
+
+def test_a_worker_dying_at_once_counts_as_a_retry(ray_local, tmp_path):
+    # the worker dies right after its task starts, before a message it sent can reach the progress tracker:
+    # the retry is still counted (from Ray's own attempt number), and the shard's result still comes back once
+    def exit_on_first_run(marker_dir: str, shard: Shard, on_bytes) -> str:
+        # local, so Ray's pickler sends it by value: the workers cannot import this test module
+        marker = os.path.join(marker_dir, "ran")
+        if shard.path == "a" and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        on_bytes(shard.size)
+        return shard.path
+
+    engine = make_engine("ray")
+    shards = [Shard(path=name, kind="txt", compression=None, size=10) for name in ("a", "b", "c")]
+    results = dict(engine.map_shards(exit_on_first_run, str(tmp_path), shards))
+    assert results == {0: "a", 1: "b", 2: "c"} and engine.stats.retries == 1
 
 
 @pytest.mark.slow
