@@ -296,8 +296,24 @@ def test_sparse_set_test_finds_a_small_leak_that_mann_whitney_misses():
     bench[:20] = ref.max() + rng.uniform(0.1, 1.0, 20)
     assert set_level_test(bench, ref).p_value > 0.05
     res = sparse_set_test(bench, ref, n_permutations=999)
-    assert res.p_value == pytest.approx(1 / 1000)
     assert (res.top_k, res.excess) == (20, 20 - 8)  # all 20 on top, where 20 * 400 / 1000 = 8 are expected
+    # no permutation comes near: not held at 1 / 1000, but the union bound over the 500 thresholds tried
+    assert res.statistic == pytest.approx(-sum(math.log10((400 - i) / (1000 - i)) for i in range(20)))
+    assert res.p_value == pytest.approx(500 * 10 ** -res.statistic) and res.p_value < 1e-5
+    # within strata a threshold's count is no single hypergeometric one: the permutations' resolution stands
+    strata = np.arange(1000) % 2
+    within = sparse_set_test(bench, ref, strata=strata[:400], reference_strata=strata[400:], n_permutations=999)
+    assert within.p_value == pytest.approx(1 / 1000)
+
+
+def test_sparse_set_test_below_the_permutations_resolution_keeps_its_level():
+    """With 19 permutations (resolution 0.05) the union bound gives p-values down to 1e-4, and they stay
+    calibrated: no more than 1% of null draws at p <= 0.01."""
+    rng = np.random.default_rng(12)
+    p = np.array([sparse_set_test(rng.normal(size=60), rng.normal(size=90), n_permutations=19, seed=i).p_value
+                  for i in range(3000)])
+    assert (p <= 0.05).mean() <= 0.05 + 0.012 and (p <= 0.01).mean() <= 0.01 + 0.006
+    assert (p < 0.05).any()  # the bound was used: p-values below the resolution occur
 
 
 def test_sparse_set_test_says_the_smallest_leak_it_could_see():
@@ -317,8 +333,9 @@ def test_sparse_set_test_says_the_smallest_leak_it_could_see():
         missed = sparse_set_test(np.concatenate([above[:d - 1], below[:400 - d + 1]]), ref, n_permutations=999)
         assert missed.p_value >= 0.01, (m, d, missed)
     assert sizes[600] < sizes[150]
-    # too few permutations for p < alpha: no leak would be seen
-    assert sparse_set_test(rng.normal(size=400), rng.normal(size=600), n_permutations=50).detectable is None
+    # too few permutations to resolve alpha: the union bound still sees a leak, of more items
+    few = sparse_set_test(rng.normal(size=400), rng.normal(size=600), n_permutations=50).detectable
+    assert few is not None and few > sizes[600]
     with pytest.raises(ValueError, match="alpha"):
         sparse_set_test(rng.normal(size=40), rng.normal(size=60), alpha=1.5)
 
