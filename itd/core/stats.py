@@ -181,8 +181,8 @@ _TAILS = (0.01, 0.02, 0.05, 0.1)  # where `cross_fit_cauchy` looks for an excess
 
 
 def cross_fit_cauchy(pvalues: ArrayLike, *, control: ArrayLike | None = None, folds: int | None = None, seed: int = 0,
-                     min_items: int = 40, tails: Sequence[float] = _TAILS,
-                     threshold: float = 1.645) -> tuple[np.ndarray, np.ndarray]:
+                     min_items: int = 40, tails: Sequence[float] = _TAILS, threshold: float = 1.645,
+                     prior: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per item (row), the Cauchy combination of its tests' p-values (`pvalues`, items x tests), each test weighted
     by the evidence of the *other* items that it sees a leak: all the others (leave-one-out, `folds` None) or
     those of the other `folds` seeded folds. Returns the combined p-values and each item's weights (items x tests,
@@ -190,7 +190,8 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, control: ArrayLike | None = None, fo
 
     A test's evidence is z, the largest over `tails` (those with at least one expected item) of the one-sided z of
     the other items' share of p-values <= t against t, the share a valid p-value has at most without a leak; its
-    weight is (z - `threshold`)^2, 0 below the threshold (equal weights when no test passes it). Equal weights
+    weight is (z - `threshold`)^2, 0 below the threshold (`prior` weights, by default equal, when no test passes
+    it: nothing then says which test sees a leak). Equal weights
     let the tests that see nothing dilute the one that does (a fine-tuning leak moves the answer probes only);
     items are flagged in the tail, where a probe that separates leaked items stands out, so the weights look
     there, and on the p-values, so a calibration the scores lack (per answer letter) counts. A strong probe lifts
@@ -199,7 +200,7 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, control: ArrayLike | None = None, fo
     taking weight; above it a squared z is a test's share of the signal, as in a chi-square's noncentrality. No
     item's weights use its own p-values, so they are fixed for it and the combination stays about as valid as
     with fixed weights; leaving one out uses the most items to find the test that sees the leak. Fewer than
-    `min_items` items: equal weights.
+    `min_items` items: the `prior` weights.
 
     `control` (items x tests, NaN where a test has none): the same tests' p-values under a negative control, such
     as a model that cannot have seen the benchmark. A share of p-values <= t that the control shows too is a
@@ -217,8 +218,12 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, control: ArrayLike | None = None, fo
     n, k = p.shape
     if folds is not None and not 2 <= folds <= n:
         raise ValueError(f"folds must be None (leave one out) or 2..{n}, got {folds}")
+    base = np.full(k, 1.0 / k) if prior is None else np.asarray(prior, dtype=np.float64)
+    if base.shape != (k,) or (base < 0).any() or not base.sum() > 0:
+        raise ValueError(f"prior must hold {k} weights >= 0, not all 0; got {np.asarray(prior).tolist()}")
+    base = np.tile(base / base.sum(), (n, 1))
     if n < min_items:
-        return cauchy_combination(p), np.full((n, k), 1.0 / k)
+        return cauchy_combination(p, base), base
     fold = np.arange(n) if folds is None else np.random.default_rng(seed).permutation(n) % folds
 
     def others(indicator: np.ndarray) -> np.ndarray:
@@ -241,7 +246,7 @@ def cross_fit_cauchy(pvalues: ArrayLike, *, control: ArrayLike | None = None, fo
         z = np.where(seen, np.maximum(z, (share - expected) / np.sqrt(t * (1.0 - t) / np.maximum(m, 1))), z)
     w = np.clip(z - threshold, 0.0, None) ** 2
     total = w.sum(axis=1, keepdims=True)
-    weights = np.divide(w, total, out=np.full_like(w, 1.0 / k), where=total > 0)
+    weights = np.divide(w, total, out=base, where=total > 0)
     return cauchy_combination(p, weights), weights
 
 

@@ -652,7 +652,8 @@ def probe_controlled_tests(method: str, model: tuple[np.ndarray, np.ndarray], co
 
 def _combine(report: DetectionReport) -> None:
     """Per item, the Cauchy combination of the combined probes' p-values, weighted by how often the other items'
-    p-values lie in their tails (`stats.cross_fit_cauchy`); at set level, that of their Mann-Whitney and top-k
+    p-values lie in their tails (`stats.cross_fit_cauchy`; one share per kind of evidence where no probe's tail
+    shows a leak); at set level, that of their Mann-Whitney and top-k
     p-values (a leak of many items and one of a few; controlled where a negative control ran, `verdict_tests`),
     one share per kind of evidence (`evidence_weights`), with the tests that drove it."""
     config = report.config
@@ -663,7 +664,8 @@ def _combine(report: DetectionReport) -> None:
     control = None
     if any(it.control_p_values for it in report.items):
         control = np.array([[it.control_p_values.get(m, np.nan) for m in probes] for it in report.items])
-    combined_p, weights = stats.cross_fit_cauchy(matrix, control=control, seed=config.seed)
+    combined_p, weights = stats.cross_fit_cauchy(matrix, control=control, seed=config.seed,
+                                                 prior=evidence_weights(probes))
     for it, pv in zip(report.items, combined_p.tolist()):
         it.combined_p = None if math.isnan(pv) else pv
     decide = {m: report.verdict_tests(m) for m in probes}

@@ -555,9 +555,19 @@ def test_cross_fit_cauchy_weights_the_probe_that_sees_the_leak():
     # K folds: one row of weights per fold
     _, by_fold = cross_fit_cauchy(p, folds=2)
     assert len(np.unique(by_fold, axis=0)) == 2 and (by_fold[:, 0] > 0.5).all()
-    # few items: equal weights
+    # few items: equal weights, or the prior's
     small, w = cross_fit_cauchy(p[:20])
     assert np.allclose(small, cauchy_combination(p[:20])) and np.allclose(w, 1 / 6)
+    prior = np.array([3.0, 1, 1, 1, 1, 1])
+    small, w = cross_fit_cauchy(p[:20], prior=prior)
+    assert np.allclose(w, prior / 8) and np.allclose(small, cauchy_combination(p[:20], prior / 8))
+    # no probe sees a leak: the prior's weights (one share per kind of evidence in `detect`)
+    even = np.column_stack([rng.permutation(np.arange(1, 401) / 401) for _ in range(6)])  # no tail holds more
+    _, w = cross_fit_cauchy(even, prior=prior)
+    assert np.allclose(w, prior / 8)
+    for bad in (np.ones(5), np.zeros(6), -prior):
+        with pytest.raises(ValueError, match="prior"):
+            cross_fit_cauchy(p, prior=bad)
     for bad in ((1.5,), ()):
         with pytest.raises(ValueError, match="tails"):
             cross_fit_cauchy(p, tails=bad)
