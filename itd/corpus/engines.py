@@ -25,9 +25,9 @@ detectors): read-only, sent to each worker once.
   `retries` counts the shard runs Ray repeated (each task reports its attempt number). Ray is connected to with
   `ray.init(address)` only if this process is not connected yet (`None`: start a local Ray instance, with
   `workers` CPUs when more than one is asked for, else every core; `"auto"`: the cluster this machine belongs
-  to; `"ray://host:10001"`: Ray Client); a Ray instance started here is shut down at the end. If this process is killed, Ray's own fate
-  sharing ends the instance it started (measured with `kill -9`: raylet and workers at once, its two idle agent
-  processes within a minute). On a cluster, `itd` (and the corpus: a shared
+  to; `"ray://host:10001"`: Ray Client); a Ray instance started here is shut down at the end. If this process
+  is killed, Ray's own fate sharing ends the instance it started (measured with `kill -9`: raylet and workers at
+  once, its two idle agent processes within a minute). On a cluster, `itd` (and the corpus: a shared
   filesystem or URLs every node can read) must be available on every node.
 """
 
