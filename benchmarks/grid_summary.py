@@ -14,8 +14,9 @@ combined verdict for the combination) on both twins, marked where it meets the i
 p < 0.01, clean p > 0.1). A first table gives the issue's three goals per cell: the best per-item TPR@5%FPR, the
 combined set verdict ("c" where the run's set tests had the negative control, `controlled_set_tests`), and the
 combination's AUROC against the best single probe's interval. The per-item combination is
-recomputed from the dumped p-values (and the negative control's, where the run has them) with this checkout's
-`stats.cross_fit_cauchy`; the set-level p-values are the run's.
+recomputed from the dumped p-values (and the negative control's, where the run has them) as this checkout's
+`detect` does it (`stats.cross_fit_cauchy`, one share per kind of evidence where no probe's tail shows a leak);
+the set-level p-values are the run's.
 
     python benchmarks/grid_summary.py runs/probe-grid
 """
@@ -39,6 +40,7 @@ COMBINED = "combined"
 def replica(contaminated: Path) -> tuple[tuple, dict]:
     """The figures of one lab: per probe (and combined) the separation on both twins, flags, set-level p."""
     from itd.core import stats
+    from itd.probes.detection import evidence_weights
 
     key, seed, leaked, unseen = C.lab_cell(contaminated.parent / contaminated.name.removesuffix("_contaminated.jsonl"))
     twins = {"contaminated": C.load_lab_dump(contaminated),
@@ -47,7 +49,7 @@ def replica(contaminated: Path) -> tuple[tuple, dict]:
     for twin, d in twins.items():
         is_leaked = np.array([i in leaked for i in d["ids"]])
         is_unseen = np.array([i in unseen for i in d["ids"]])
-        combined = stats.cross_fit_cauchy(d["p"], control=d["control"])[0]
+        combined = stats.cross_fit_cauchy(d["p"], control=d["control"], prior=evidence_weights(d["probes"]))[0]
         columns = C.probe_columns(d)
         columns[COMBINED] = -np.log10(np.clip(combined, 1e-300, 1.0))
         for m, s in columns.items():
