@@ -292,10 +292,12 @@ def _ray_attempt_number(ray: Any) -> int:
     """How many times Ray has already run this task (0 on its first run), from Ray's own task record.
 
     The tracker's count can miss a run: a worker killed just after sending `start` loses the message. Ray has
-    no public call for this; 0 where its core worker lacks it (the tracker's count stands alone then).
+    no public call for this; 0 where a Ray version lacks it (the tracker's count stands alone then).
     """
-    attempt = getattr(ray._private.worker.global_worker.core_worker, "get_current_task_attempt_number", None)
-    return int(attempt()) if attempt is not None else 0
+    try:
+        return int(ray._private.worker.global_worker.core_worker.get_current_task_attempt_number())
+    except AttributeError:
+        return 0
 
 
 _REMOTES: dict[tuple[str, int], Any] = {}

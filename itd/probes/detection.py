@@ -616,7 +616,7 @@ def _negative_control(report: DetectionReport, lm: ScoringModel, reference_model
         model_bench = np.array([it.scores[m] for it in report.items])
         model_ref = np.array([sc.scores[m] for sc in ref_scored])
         rho, tests = probe_controlled_tests(m, (model_bench, model_ref), (control_bench, control_ref), samples,
-                                          reference, config)
+                                            reference, config)
         if rho is not None:
             report.control_rank_correlation[m] = rho
         if tests is not None:
@@ -624,8 +624,8 @@ def _negative_control(report: DetectionReport, lm: ScoringModel, reference_model
 
 
 def probe_controlled_tests(method: str, model: tuple[np.ndarray, np.ndarray], control: tuple[np.ndarray, np.ndarray],
-                         samples: Sequence[Sample], reference: Sequence[Sample], config: DetectConfig
-                         ) -> tuple[float | None, tuple[stats.SetTest, stats.SparseSetTest] | None]:
+                           samples: Sequence[Sample], reference: Sequence[Sample], config: DetectConfig
+                           ) -> tuple[float | None, tuple[stats.SetTest, stats.SparseSetTest] | None]:
     """`method`'s set tests (as `probe_set_tests`) on its controlled scores: `model` and `control` are its
     (benchmark, reference set) scores under the evaluated model and under the control model. Returns the two
     models' rank correlation over the pooled items where both scores are finite (None without such items) and the

@@ -178,7 +178,8 @@ def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, t
     assert all(set(r["control_p_values"]) == {"minkpp"} for r in records)
     p = np.array([[r["p_values"][m] for m in methods] for r in records])
     control = np.array([[r["control_p_values"].get(m, np.nan) for m in methods] for r in records])
-    assert [r["combined_p"] for r in records] == pytest.approx(cross_fit_cauchy(p, control=control)[0].tolist())
+    assert [r["combined_p"] for r in records] == pytest.approx(cross_fit_cauchy(
+        p, control=control, prior=evidence_weights(methods))[0].tolist())
     # at set level the one-model probe is tested on its ranks under the model less those under the control
     assert summary["control_rank_correlation"]["minkpp"] > 0.5  # base and twin rank the items alike
     assert set(summary["controlled_set_tests"]) == set(summary["controlled_sparse_set_tests"]) == {"minkpp"}
@@ -305,19 +306,19 @@ def test_controlled_set_tests_only_where_the_control_ranks_the_items_alike():
     model[0] = np.nan  # an item without a score is left out of both
     config = DetectConfig()
     rho, tests = probe_controlled_tests("loss", (model[:200], model[200:]), (control[:200], control[200:]), samples,
-                                      reference, config)
+                                        reference, config)
     assert rho > 0.9 and tests is not None
     assert tests[0].p_value > 0.05 and tests[0].n_benchmark == 199
     unrelated = rng.normal(size=500)
     rho, tests = probe_controlled_tests("loss", (model[:200], model[200:]), (unrelated[:200], unrelated[200:]), samples,
-                                      reference, config)
+                                        reference, config)
     assert abs(rho) < 0.2 and tests is None
     assert probe_controlled_tests("loss", (np.full(200, np.nan), model[200:]), (control[:200], control[200:]), samples,
-                                reference, config) == (None, None)
+                                  reference, config) == (None, None)
     # an answer probe of multiple-choice items is compared within gold letters and keeps its plain tests
     mcq = [Sample(f"m{i}", "mmlu", f"q{i}", answer=i % 4, choices=("a", "b", "c", "d")) for i in range(500)]
     rho, tests = probe_controlled_tests("answer_logp", (model[:200], model[200:]), (control[:200], control[200:]),
-                                      mcq[:200], mcq[200:], config)
+                                        mcq[:200], mcq[200:], config)
     assert rho > 0.9 and tests is None
 
 
