@@ -62,6 +62,16 @@ def _load(path: str, fmt: str):
     return load_benchmark(path, format=fmt)
 
 
+def _probe_options(methods: list[str], dcpdd_table: str | None, reference_score: str) -> dict[str, Any]:
+    """`itd detect`'s probe parameters (`ScoreConfig.options`) for the chosen `methods`."""
+    options: dict[str, Any] = {}
+    if dcpdd_table and "dcpdd" in methods:
+        options["dcpdd"] = {"table": dcpdd_table}
+    if "reference" in methods:
+        options["reference"] = {"score": reference_score}
+    return options
+
+
 def _check_paths(outputs: list[tuple[str, Any, bool]], inputs: list[Any] = (), corpus: list[Any] = ()) -> None:
     """Before any work: refuse outputs `(option, path, is_directory)` that could not be written, or that are
     an input (`inputs`, or a file of the `corpus` paths, which are expanded and checked on the way)."""
@@ -529,6 +539,9 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
               "of the set come first (two more passes; reported, not deciding).")
 @click.option("--reference-model", help="A model that cannot have seen the benchmark (the base of a fine-tune) for "
               "the reference-model probes ('reference', 'answer_reference').")
+# the choices are `itd.probes.methods.REFERENCE_SCORES` (not imported here: `itd --help` stays light)
+@click.option("--reference-score", type=click.Choice(("difference", "ratio")), default="difference", show_default=True,
+              help="The 'reference' probe's score: the log-likelihood difference of the two models, or their NLL ratio.")
 @click.option("--control/--no-control", default=True, show_default=True, help="With --reference-model, also score the "
               "one-model probes under it as a negative control (two more passes): a benchmark/reference shift it shows "
               "too weighs nothing per item and decides nothing at set level.")
@@ -542,8 +555,8 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table, k, rendering, fdr, alpha, threshold,
-           permutation_test, codec, reference_model, control, truth, device, dtype, batch_size, trust_remote_code, out,
-           as_json, quiet):
+           permutation_test, codec, reference_model, reference_score, control, truth, device, dtype, batch_size,
+           trust_remote_code, out, as_json, quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
     not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by."""
     from itd.core.io import build_manifest
@@ -559,7 +572,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     config = DetectConfig(
         methods=tuple(m for m in methods.split(",")), decision=decision, k=k, rendering=rendering, fdr=fdr,
         alpha=alpha, threshold=threshold, batch_size=batch_size, permutation_test=permutation_test, codec=codec,
-        control=control, options={"dcpdd": {"table": dcpdd_table}} if dcpdd_table and "dcpdd" in methods.split(",") else None,
+        control=control, options=_probe_options(methods.split(","), dcpdd_table, reference_score),
     )
     config.score_config()  # reject a bad probe setting before any model is loaded
     samples = _load(benchmark, fmt)

@@ -51,6 +51,8 @@ __all__ = [
     "EVIDENCE",
     "PROBES",
     "GapKConfig",
+    "ReferenceConfig",
+    "REFERENCE_SCORES",
     "DCPDDConfig",
     "ReCaLLConfig",
     "ConReCaLLConfig",
@@ -92,6 +94,24 @@ class Probe:
     def __post_init__(self) -> None:
         if self.evidence not in EVIDENCE:
             raise ValueError(f"probe {self.name!r}: evidence must be one of {EVIDENCE}, got {self.evidence!r}")
+
+
+REFERENCE_SCORES = ("difference", "ratio")
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceConfig:
+    """The `reference` probe's `score`: "difference" (the default), nll_ref - nll, the log-likelihood ratio of the
+    text between the evaluated and the reference model per token of the evaluated model (MIMIR's reference attack,
+    Duan et al. 2024; Watson et al. 2022's difficulty calibration); or "ratio", -nll / nll_ref (Carlini et al.
+    2021). The difference found more leaked items at low false-positive rates on the contamination lab's
+    single-exposure pretraining leaks (benchmarks/RESULTS.md)."""
+
+    score: str = "difference"
+
+    def __post_init__(self) -> None:
+        if self.score not in REFERENCE_SCORES:
+            raise ValueError(f"reference score must be one of {', '.join(REFERENCE_SCORES)}, got {self.score!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +172,8 @@ for _probe in (
     Probe("mink", None, "one pass"),
     Probe("minkpp", None, "one pass", ("minkpp",)),
     Probe("lowercase", None, "one more pass (the lowercased text)"),
-    Probe("reference", None, "one pass of a reference model", reference_model=True, evidence="reference model"),
+    Probe("reference", ReferenceConfig, "one pass of a reference model", reference_model=True,
+          evidence="reference model"),
     Probe("gapk", GapKConfig, "one pass", ("gap", "sigma")),
     Probe("answer_acc", None, "one pass", ("gap",), of_answer=True, evidence="answer"),
     Probe("answer_logp", None, "one pass", of_answer=True, evidence="answer"),

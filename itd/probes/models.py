@@ -16,8 +16,11 @@ negative log-likelihood (nats per token) of the text's tokens and `logp_t` the l
   and variance of log p(z | x_<t) for z drawn from the model's own next-token distribution (Min-K%++,
   Zhang et al. 2024). sigma_t^2 is also the variance of the logits under p: one more weighted reduction.
 * `lowercase`: -nll / nll_lower, nll_lower the NLL of the lowercased text (Carlini et al. 2021; a second pass).
-* `reference`: -nll / nll_ref, nll_ref the NLL of the text under a reference model (Carlini et al. 2021). If
-  the two tokenizers differ, each model scores the text under its own tokenisation: the ratio is per item.
+* `reference`: nll_ref - nll, nll_ref the NLL of the text under a reference model: the log-likelihood ratio of
+  the two models (MIMIR's reference attack, Duan et al. 2024); or, with `ReferenceConfig(score="ratio")`,
+  -nll / nll_ref (Carlini et al. 2021). If the two tokenizers differ, each model scores the text under its own
+  tokenisation: the difference is then that of the text's whole log-likelihoods, over the evaluated model's
+  token count (the two per-token means would be in different units).
 * `answer_reference`: answer_logp minus the answer's mean log-probability under the reference model.
 * `gapk`, `answer_acc`, `answer_logp`, `dcpdd` (one pass; DC-PDD also reads a token-frequency table), `recall` and `conrecall`
   (one or two more passes, the text behind a prefix): see `itd.probes.methods`, which registers every probe and holds
@@ -519,7 +522,8 @@ class ItemScores:
 
     `nll`: mean negative log-likelihood in nats per scored token; `ppl` = exp(nll). `token_logprobs[i]`: log p of
     the i-th token of the text given everything before it. `token_minkpp`: the per-token Min-K%++ scores (None
-    unless `minkpp` was computed). `lowercase_nll` / `reference_nll`: the second-pass NLLs, when computed;
+    unless `minkpp` was computed). `lowercase_nll` / `reference_nll`: the second-pass NLLs, when computed, and
+    `reference_n_tokens` the tokens the reference model scored;
     `reference_answer_logp`: the reference model's mean log p of an `AnsweredText`'s answer tokens, when
     `answer_reference` ran.
     """
@@ -532,6 +536,7 @@ class ItemScores:
     token_minkpp: np.ndarray | None = None
     lowercase_nll: float | None = None
     reference_nll: float | None = None
+    reference_n_tokens: int | None = None
     reference_answer_logp: float | None = None
     token_gap: np.ndarray | None = None
     """logp_t - max log p at t (<= 0; 0 where the token is the model's top-1), when `gapk` or `answer_acc` ran."""
@@ -547,6 +552,7 @@ class ItemScores:
             out["lowercase_nll"] = self.lowercase_nll
         if self.reference_nll is not None:
             out["reference_nll"] = self.reference_nll
+            out["reference_n_tokens"] = self.reference_n_tokens
         if self.reference_answer_logp is not None:
             out["reference_answer_logp"] = self.reference_answer_logp
         if self.answer_start is not None:
@@ -641,7 +647,7 @@ def score_texts(
         if lower is not None:
             item.lowercase_nll = _nll(lower[i])
         if ref is not None:
-            item.reference_nll = _nll(ref[i])
+            item.reference_nll, item.reference_n_tokens = _nll(ref[i]), int(ref[i].size)
             if ref_starts is not None and ref_starts[i] is not None:
                 item.reference_answer_logp = _answer_mean(ref[i], ref_starts[i])
         if conditioned:
@@ -807,6 +813,7 @@ def _scores_from_record(rec: dict[str, Any]) -> ItemScores:
         token_minkpp=None if minkpp is None else np.asarray(minkpp, dtype=dtype),
         lowercase_nll=rec.get("lowercase_nll"),
         reference_nll=rec.get("reference_nll"),
+        reference_n_tokens=rec.get("reference_n_tokens"),
         reference_answer_logp=rec.get("reference_answer_logp"),
         token_gap=None if gap is None else np.asarray(gap, dtype=dtype),
         answer_start=rec.get("answer_start"),
@@ -841,7 +848,9 @@ def _method_score(method: str, item: ItemScores, text: str, config: ScoreConfig,
     if method == "lowercase":
         return _neg_ratio(item.nll, item.lowercase_nll)
     if method == "reference":
-        return _neg_ratio(item.nll, item.reference_nll)
+        if config.options["reference"].score == "ratio":
+            return _neg_ratio(item.nll, item.reference_nll)
+        return _log_likelihood_ratio(item)
     if method == "gapk":
         assert item.token_gap is not None and sigma is not None
         opts = config.options["gapk"]
@@ -914,6 +923,14 @@ def _neg_ratio(nll: float, other: float | None) -> float:
     if other is None or not other > 0 or math.isnan(nll):
         return math.nan
     return -nll / other
+
+
+def _log_likelihood_ratio(item: ItemScores) -> float:
+    """log p_model(text) - log p_reference(text) over the evaluated model's token count: nll_ref - nll when both
+    models tokenise the text alike. NaN when either has no scored token."""
+    if item.reference_nll is None or not item.reference_n_tokens or not item.n_tokens:
+        return math.nan
+    return (item.reference_nll * item.reference_n_tokens - item.nll * item.n_tokens) / item.n_tokens
 
 
 def _nll(lp: np.ndarray) -> float:

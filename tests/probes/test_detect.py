@@ -190,15 +190,29 @@ def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, t
     tested = [plain[t.removesuffix(" top-k")][t.endswith(" top-k")] for t in combined["tests"]]
     assert combined["p_value"] == pytest.approx(
         float(cauchy_combination(tested, [combined["weights"][t] for t in combined["tests"]])))
-    # --no-control: the plain set tests decide, and no item carries control p-values
-    main([*args, "--model", str(tiny_lab.contaminated), "--reference-model", base, "--no-control", "--out", str(out)])
+    # --no-control: the plain set tests decide, and no item carries control p-values; --reference-score ratio:
+    # Carlini's -nll / nll_ref, where the default is nll_ref - nll (the twins and their base share a tokenizer)
+    main([*args, "--model", str(tiny_lab.contaminated), "--reference-model", base, "--no-control", "--out", str(out),
+          "--reference-score", "ratio"])
     summary = json.loads(capsys.readouterr().out)
     assert summary["controlled_set_tests"] == summary["control_rank_correlation"] == {}
     assert summary["combined_set_test"]["controlled"] == []
-    assert not any("control_p_values" in json.loads(line) for line in out.read_text("utf-8").splitlines())
+    ratio = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert not any("control_p_values" in r for r in ratio)
+    assert [r["reference"] for r in records] == pytest.approx([r["nll"] / -q["reference"] - r["nll"]
+                                                               for r, q in zip(records, ratio)], abs=1e-5)
     # the reference-model probes and a reference model go together
     assert main([*args, "--model", str(tiny_lab.contaminated)]) == 2
     assert "reference model" in capsys.readouterr().err
+
+
+def test_cli_reference_score_choices_are_the_probes():
+    """`--reference-score` offers exactly the `reference` probe's scores (the CLI spells them out to stay light)."""
+    from itd.cli.commands import detect as detect_command
+    from itd.probes.methods import REFERENCE_SCORES, ReferenceConfig
+
+    option = next(p for p in detect_command.params if p.name == "reference_score")
+    assert tuple(option.type.choices) == REFERENCE_SCORES and option.default == ReferenceConfig().score
 
 
 def test_cli_detect_input_errors(lab_sets, tmp_path, capsys):

@@ -257,17 +257,27 @@ def test_batched_equals_unbatched(lm, texts):
 
 
 def test_lowercase_and_reference(lm, model_dir, nobos_dir, texts):
+    """`reference` is log p_model(text) - log p_reference(text) per evaluated-model token, each model under its
+    own tokenizer (this reference has another vocabulary and no BOS token); or Carlini's NLL ratio."""
     ref = load_model(nobos_dir, device="cpu")
     got = score_texts(lm, texts, ScoreConfig(methods=("loss", "lowercase", "reference")), reference=ref)
+    ratio = score_texts(lm, texts, ScoreConfig(methods=("reference",), options={"reference": {"score": "ratio"}}),
+                        reference=ref)
     lower = score_texts(lm, [t.lower() for t in texts], ScoreConfig(methods=("loss",)))
     under_ref = score_texts(ref, texts, ScoreConfig(methods=("loss",)))
-    for g, lo, r in zip(got, lower, under_ref):
+    assert any(g.n_tokens != r.n_tokens for g, r in zip(got, under_ref))
+    for g, q, lo, r in zip(got, ratio, lower, under_ref):
         assert g.lowercase_nll == pytest.approx(lo.nll, abs=1e-6)
-        assert g.reference_nll == pytest.approx(r.nll, abs=1e-6)
+        assert g.reference_nll == pytest.approx(r.nll, abs=1e-6) and g.reference_n_tokens == r.n_tokens
         assert g.scores["lowercase"] == pytest.approx(-g.nll / lo.nll, rel=1e-6)
-        assert g.scores["reference"] == pytest.approx(-g.nll / r.nll, rel=1e-6)
+        whole_ratio = r.nll * r.n_tokens - g.nll * g.n_tokens  # log p_model(text) - log p_ref(text)
+        assert g.scores["reference"] == pytest.approx(whole_ratio / g.n_tokens, abs=1e-5)
+        assert q.scores["reference"] == pytest.approx(-g.nll / r.nll, rel=1e-6)
         assert g.token_minkpp is None
-        assert set(g.to_dict()) == {"scores", "n_tokens", "nll", "ppl", "lowercase_nll", "reference_nll"}
+        assert set(g.to_dict()) == {"scores", "n_tokens", "nll", "ppl", "lowercase_nll", "reference_nll",
+                                    "reference_n_tokens"}
+    with pytest.raises(ValueError, match="difference, ratio"):
+        ScoreConfig(methods=("reference",), options={"reference": {"score": "log"}})
 
 
 def test_tokenizer_without_bos_scores_after_eos(nobos_dir, texts):
