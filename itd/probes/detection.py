@@ -148,7 +148,9 @@ class DetectConfig:
             raise InputError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config, JSON-ready, with every chosen probe's parameters (defaults included), so a manifest says
+        exactly how each score was computed."""
+        return {**asdict(self), "options": {m: asdict(o) for m, o in self.score_config().options.items()}}
 
 
 @dataclass(slots=True)
