@@ -38,8 +38,8 @@ def both_scores(loss: np.ndarray, nll_ref: np.ndarray) -> dict[str, np.ndarray]:
     return {"ratio": loss / nll_ref, "difference": nll_ref + loss}
 
 
-def run_score(dump: dict, manifest_path: Path) -> str:
-    """Which `reference` score the run of `dump` computed."""
+def run_score(manifest_path: Path) -> str:
+    """Which `reference` score the run whose dump manifest is `manifest_path` computed."""
     options = json.loads(manifest_path.read_text(encoding="utf-8"))["config"]["detect"].get("options") or {}
     return options.get("reference", {}).get("score", "ratio")
 
@@ -49,7 +49,7 @@ def twin_scores(dump_path: Path) -> tuple[dict, dict[str, np.ndarray], dict[str,
     d = C.load_lab_dump(dump_path)
     if not {"loss", "reference"} <= set(d["probes"]):
         raise C.DumpError(f"{dump_path}: the run scored no 'loss' and 'reference' probes")
-    score = run_score(d, Path(f"{dump_path}.manifest.json"))
+    score = run_score(Path(f"{dump_path}.manifest.json"))
     col = {m: d["scores"][:, d["probes"].index(m)] for m in ("loss", "reference")}
     ref = {m: np.asarray(d["summary"]["reference_scores"][m], dtype=float) for m in ("loss", "reference")}
     bench = both_scores(col["loss"], reference_nll(col["loss"], col["reference"], score))
