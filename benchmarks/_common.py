@@ -99,6 +99,13 @@ def load_lab_dump(path: Path) -> dict:
             "summary": summary}
 
 
+def twin_dumps(dirs: Sequence[Path]) -> list[Path]:
+    """The contaminated twins' `bench_lab.py` dumps (`<benchmark>_r<r>_contaminated.jsonl`) under `dirs`,
+    recursively, that have their clean twin's beside them."""
+    return [dump for d in dirs for dump in sorted(d.rglob("*_contaminated.jsonl"))
+            if dump.with_name(dump.name.replace("_contaminated", "_clean")).exists()]
+
+
 def probe_columns(dump: dict) -> dict:
     """Each probe's scores of a `load_lab_dump` dump (higher = more likely leaked), by name; on a multiple-choice
     benchmark also each answer probe "within letter": -log10 of its p-values, which are calibrated within gold

@@ -85,15 +85,12 @@ def main() -> int:
     ap.add_argument("--permutations", type=int, default=999, help="permutations of each top-k set test")
     args = ap.parse_args()
     labs = []
-    for d in args.dirs:
-        for dump in sorted(d.rglob("*_contaminated.jsonl")):
-            if not dump.with_name(dump.name.replace("_contaminated", "_clean")).exists():
-                continue
-            try:
-                labs.append(lab_rows(dump, args.permutations))
-            except C.DumpError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
+    for dump in C.twin_dumps(args.dirs):
+        try:
+            labs.append(lab_rows(dump, args.permutations))
+        except C.DumpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if not labs:
         print(f"no bench_lab.py dumps with the 'reference' probe under {', '.join(map(str, args.dirs))}", file=sys.stderr)
         return 2

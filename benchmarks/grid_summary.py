@@ -136,16 +136,13 @@ def main() -> int:
     ap.add_argument("dirs", nargs="+", type=Path, help="directories holding bench_lab.py work directories")
     args = ap.parse_args()
     cells: dict[tuple, list[dict]] = defaultdict(list)
-    for d in args.dirs:
-        for dump in sorted(d.rglob("*_contaminated.jsonl")):
-            if not dump.with_name(dump.name.replace("_contaminated", "_clean")).exists():
-                continue
-            try:
-                key, rep = replica(dump)
-            except C.DumpError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            cells[key].append(rep)
+    for dump in C.twin_dumps(args.dirs):
+        try:
+            key, rep = replica(dump)
+        except C.DumpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        cells[key].append(rep)
     if not cells:
         print(f"no bench_lab.py dumps (<benchmark>_r<r>_contaminated.jsonl) under {', '.join(map(str, args.dirs))}",
               file=sys.stderr)
