@@ -577,8 +577,7 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     thresholds tried, (number of k) * 10^-statistic: each k's tail probability is itself a p-value, so the bound
     holds without permutations, and using it only below the permutations' resolution keeps the level (a p-value
     at or above that resolution is the permutation one). So a blatant leak is not held at 1 / (1 + n_permutations),
-    which a combination with other tests would dilute further. Not with `strata`: there a k's count is a sum of
-    hypergeometric counts, not the pooled one.
+    which a combination with other tests would dilute further.
 
     Mann-Whitney (`set_level_test`) weighs every item alike, so a leak of a few items moves it little: with 20
     leaked items among 400, against 600 references, its AUROC rises by 0.025 at most (every leaked item above
@@ -587,6 +586,9 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
 
     With `strata` (as `set_level_test` takes them), the scores are the within-stratum rank quantiles and the
     permutations keep each stratum's benchmark count: exact when scores are exchangeable within each stratum.
+    There the k highest hold a fixed number of each stratum's scores, so a k's count is a sum of independent
+    hypergeometric counts, one per stratum, and its tail is that sum's (exact, by convolution; tails below 1e-300
+    count as 1e-300), so the union bound holds within strata too.
 
     `detectable` says what a "not significant" means here: the fewest benchmark items that, placed above every
     reference item, would give p < `alpha` against the same permutations (b such items alone make the statistic
@@ -610,21 +612,20 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     ks = np.flatnonzero(ranked[1:top + 1] != ranked[:top]) + 1
     if not ks.size:  # the top half is one tie: no threshold there tells the sets apart
         return SparseSetTest(0.0, 0, 0, 1.0, n_permutations, n, m)
-    counts = np.arange(top + 1)
+    is_bench = order < n  # in score order, as the permutations see it
+    ranked_groups = np.zeros(pooled.size, dtype=np.int64) if groups is None else groups[order]
+    # each stratum's rank positions, and its benchmark labels put first (any order: they are permuted)
+    strata_columns = [(cols, np.arange(cols.size) < is_bench[cols].sum())
+                      for cols in (np.flatnonzero(ranked_groups == g) for g in np.unique(ranked_groups))]
     # log10 P(at least b benchmark items among the k highest), per k in ks and b = 0..top
-    log_pmf = _scipy_stats().hypergeom.logpmf(counts[None, :], pooled.size, n, ks[:, None])
+    log_pmf = _top_count_log_pmf([(cols, int(first.sum())) for cols, first in strata_columns], ks, top)
     with np.errstate(invalid="ignore"):  # -inf + -inf where b > k: the tail is empty there
         log_tail = np.logaddexp.accumulate(log_pmf[:, ::-1], axis=1)[:, ::-1] / np.log(10)
-    is_bench = order < n  # in score order, as the permutations see it
     observed_k = np.cumsum(is_bench)[ks - 1]
     observed_all = -log_tail[np.arange(ks.size), observed_k]
     best = int(np.argmax(observed_all))
     observed = float(observed_all[best])
     row_start = np.arange(ks.size) * (top + 1)
-    ranked_groups = np.zeros(pooled.size, dtype=np.int64) if groups is None else groups[order]
-    # each stratum's rank positions, and its benchmark labels put first (any order: they are permuted)
-    strata_columns = [(cols, np.arange(cols.size) < is_bench[cols].sum())
-                      for cols in (np.flatnonzero(ranked_groups == g) for g in np.unique(ranked_groups))]
     rng = np.random.default_rng(seed)
     null_max = []
     done = 0
@@ -645,18 +646,62 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
         statistic = np.asarray(statistic, dtype=float)
         exceed = n_permutations - np.searchsorted(null_sorted, statistic - 1e-9, side="left")
         p = (1 + exceed) / (1 + n_permutations)
-        if groups is None:
-            bound = np.minimum(1.0, ks.size * 10.0 ** -statistic)
-            p = np.where(exceed == 0, np.minimum(p, bound), p)
-        return p
+        bound = np.minimum(1.0, ks.size * 10.0 ** -statistic)
+        return np.where(exceed == 0, np.minimum(p, bound), p)
 
-    # b benchmark items above every reference item: the b highest all benchmark, P = C(n, b) / C(N, b)
-    on_top = np.arange(1, min(n, top) + 1)
-    all_top = -np.cumsum(np.log10((n - on_top + 1) / (pooled.size - on_top + 1)))
+    # b benchmark items above every reference item: the b highest all benchmark, P = C(n, b) / C(N, b), or
+    # within strata the product of each stratum's such ratio over its positions among the b highest
+    sizes = np.array([cols.size for cols, _ in strata_columns])
+    n_of = np.array([int(first.sum()) for _, first in strata_columns])
+    stratum = np.searchsorted(np.unique(ranked_groups), ranked_groups[:top])
+    seen = np.zeros(len(strata_columns), dtype=np.int64)
+    position = np.empty(top, dtype=np.int64)  # how many of its stratum's positions come before each one
+    for i, g in enumerate(stratum):
+        position[i] = seen[g]
+        seen[g] += 1
+    room = n_of[stratum] - position
+    on_top = np.arange(1, int(np.argmax(np.append(room <= 0, True))) + 1)  # while each stratum has items to give
+    all_top = -np.cumsum(np.log10(room[:on_top.size] / (sizes[stratum] - position)[:on_top.size]))
     caught = np.flatnonzero(p_of(all_top) < alpha)
     k = int(ks[best])
     return SparseSetTest(observed, k, int(round(observed_k[best] - k * n / pooled.size)), float(p_of(observed)),
                          n_permutations, n, m, int(on_top[caught[0]]) if caught.size else None)
+
+
+def _top_count_log_pmf(strata: Sequence[tuple[np.ndarray, int]], ks: np.ndarray, top: int) -> np.ndarray:
+    """Natural-log P(b benchmark items among the k highest scores), per k in `ks` and b = 0..top, when benchmark
+    labels are exchangeable within each stratum. `strata`: per stratum, its positions in score order and its
+    benchmark count. One stratum gives the hypergeometric law; several, the convolution of theirs (the k highest
+    hold a fixed number of each stratum's positions), each entry floored at 1e-300 of its row's largest where
+    double precision cannot hold it (so a tail is never too small)."""
+    hypergeom = _scipy_stats().hypergeom
+    counts = np.arange(top + 1)
+    total = None
+    for cols, n_g in strata:
+        in_top = np.searchsorted(cols, ks, side="left")  # the stratum's positions among the k highest
+        log_pmf = hypergeom.logpmf(counts[None, :], cols.size, n_g, in_top[:, None])
+        total = log_pmf if total is None else _log_convolve_rows(total, log_pmf)
+    return total
+
+
+def _log_convolve_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row by row, the log of the convolution of exp(a) and exp(b) (log pmfs of independent counts: that of
+    their sum), truncated to a's width. Direct sums of non-negative terms, so small entries keep their relative
+    precision (an FFT's error would swamp them); what underflows inside the support is floored (see above)."""
+    out = np.full_like(a, -np.inf)
+    width = a.shape[1]
+    for i, (row_a, row_b) in enumerate(zip(a, b)):
+        finite_a, finite_b = np.flatnonzero(np.isfinite(row_a)), np.flatnonzero(np.isfinite(row_b))
+        if not finite_a.size or not finite_b.size:
+            continue
+        lo_a, hi_a, lo_b, hi_b = finite_a[0], finite_a[-1] + 1, finite_b[0], finite_b[-1] + 1
+        shift_a, shift_b = row_a[lo_a:hi_a].max(), row_b[lo_b:hi_b].max()
+        conv = np.convolve(np.exp(row_a[lo_a:hi_a] - shift_a), np.exp(row_b[lo_b:hi_b] - shift_b))
+        lo = lo_a + lo_b
+        keep = min(conv.size, width - lo)
+        if keep > 0:
+            out[i, lo:lo + keep] = np.log(np.maximum(conv[:keep], 1e-300)) + shift_a + shift_b
+    return out
 
 
 def permutation_rank_pvalues(original_ll: ArrayLike, permuted_ll: ArrayLike) -> np.ndarray:

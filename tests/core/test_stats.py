@@ -287,6 +287,49 @@ def test_sparse_set_test_statistic_matches_its_definition():
     assert (res.n_benchmark, res.n_reference, res.n_permutations) == (60, 90, 99)
 
 
+def _direct_top_k_within(bench, ref, strata, reference_strata):
+    """The same within strata, in exact integers: scores become within-stratum rank quantiles (mid-rank over size
+    plus one), and a k's benchmark count is the sum of one hypergeometric count per stratum (the k highest hold a
+    fixed number of each stratum's scores), its law their convolution."""
+    labelled = [(x, g, True) for x, g in zip(bench, strata)] + [(x, g, False) for x, g in zip(ref, reference_strata)]
+    quantiles = {}
+    for g in set(strata) | set(reference_strata):
+        members = [i for i, (_, h, _) in enumerate(labelled) if h == g]
+        ranks = scipy_stats.rankdata([labelled[i][0] for i in members])
+        quantiles.update({i: r / (len(members) + 1) for i, r in zip(members, ranks)})
+    pooled = sorted(((quantiles[i], g, is_bench) for i, (_, g, is_bench) in enumerate(labelled)), key=lambda t: -t[0])
+    groups = sorted(set(strata))
+    size = {g: sum(h == g for _, h, _ in pooled) for g in groups}
+    n_of = {g: sum(h == g and b for _, h, b in pooled) for g in groups}
+    best = (0.0, 0)
+    for k in range(1, len(pooled) // 2 + 1):
+        if pooled[k][0] == pooled[k - 1][0]:
+            continue
+        law, denominator = [1], 1
+        for g in groups:
+            c = sum(h == g for _, h, _ in pooled[:k])
+            stratum = [math.comb(n_of[g], a) * math.comb(size[g] - n_of[g], c - a) for a in range(c + 1)]
+            law = [sum(law[i] * stratum[j - i] for i in range(len(law)) if 0 <= j - i < len(stratum))
+                   for j in range(len(law) + len(stratum) - 1)]
+            denominator *= math.comb(size[g], c)
+        count = sum(b for _, _, b in pooled[:k])
+        value = math.log10(denominator) - math.log10(sum(law[count:]))
+        best = max(best, (value, k))
+    return best
+
+
+def test_sparse_set_test_within_strata_matches_its_definition():
+    """Three strata of unequal sizes (their quantiles tie across strata at some ranks), a leak in two of them."""
+    rng = np.random.default_rng(8)
+    bench, ref = np.round(rng.normal(0, 1, 60), 1), np.round(rng.normal(0, 1, 90), 1)
+    strata, reference_strata = list(rng.integers(0, 3, 60)), list(rng.integers(0, 3, 90))
+    bench[:8] += np.where(np.array(strata[:8]) < 2, 3.0, 0.0)
+    res = sparse_set_test(bench, ref, strata=strata, reference_strata=reference_strata, min_reference=1,
+                          n_permutations=199)
+    value, k = _direct_top_k_within(bench, ref, strata, reference_strata)
+    assert res.statistic == pytest.approx(value, rel=1e-9) and res.top_k == k
+
+
 def test_sparse_set_test_finds_a_small_leak_that_mann_whitney_misses():
     """20 of 400 items above every reference: Mann-Whitney's AUROC moves by 0.025 at most, the top-k test sees
     them all at the top."""
@@ -300,10 +343,11 @@ def test_sparse_set_test_finds_a_small_leak_that_mann_whitney_misses():
     # no permutation comes near: not held at 1 / 1000, but the union bound over the 500 thresholds tried
     assert res.statistic == pytest.approx(-sum(math.log10((400 - i) / (1000 - i)) for i in range(20)))
     assert res.p_value == pytest.approx(500 * 10 ** -res.statistic) and res.p_value < 1e-5
-    # within strata a threshold's count is no single hypergeometric one: the permutations' resolution stands
+    # within strata (a k's count is then a sum of hypergeometric counts) the union bound holds as well, over
+    # 250 thresholds: the two strata of 500 have the same rank quantiles, so the pooled scores tie in pairs
     strata = np.arange(1000) % 2
     within = sparse_set_test(bench, ref, strata=strata[:400], reference_strata=strata[400:], n_permutations=999)
-    assert within.p_value == pytest.approx(1 / 1000)
+    assert within.p_value == pytest.approx(250 * 10 ** -within.statistic) and within.p_value < 1e-5
 
 
 def test_sparse_set_test_below_the_permutations_resolution_keeps_its_level():
@@ -314,6 +358,12 @@ def test_sparse_set_test_below_the_permutations_resolution_keeps_its_level():
                   for i in range(3000)])
     assert (p <= 0.05).mean() <= 0.05 + 0.012 and (p <= 0.01).mean() <= 0.01 + 0.006
     assert (p < 0.05).any()  # the bound was used: p-values below the resolution occur
+    # within four strata of unequal sizes, each k's tail that of a sum of hypergeometric counts
+    p = np.array([sparse_set_test(rng.normal(size=60), rng.normal(size=90), strata=rng.integers(0, 4, 60),
+                                  reference_strata=rng.integers(0, 4, 90), min_reference=1, n_permutations=19,
+                                  seed=i).p_value for i in range(1200)])
+    assert (p <= 0.05).mean() <= 0.05 + 0.015 and (p <= 0.01).mean() <= 0.01 + 0.007
+    assert (p < 0.05).any()
 
 
 def test_sparse_set_test_says_the_smallest_leak_it_could_see():
