@@ -42,6 +42,26 @@ def workdir(path: str | None, prefix: str) -> Iterator[Path]:
 
 
 # ---- real data ----------------------------------------------------------------------------------------------
+def stage_log(prefix: str = "", steps: int = 4) -> Callable[[str, int, int], None]:
+    """A `progress(stage, done, total)` callback for runs of hours whose stderr goes to a file (a progress bar
+    there is one line at the end): a timestamped line on stderr when a stage starts, at each of `steps` equal
+    parts of its total, and when it ends."""
+    start: dict[str, float] = {}
+    shown: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        start.setdefault(stage, now)
+        part = steps if total and done >= total else (done * steps // total if total else 0)
+        if shown.get(stage) == part:
+            return
+        shown[stage] = part
+        print(f"{time.strftime('%H:%M:%S')} {prefix}{stage}: {done}/{total} ({now - start[stage]:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    return update
+
+
 def gsm8k_records(data: str | Path, split: str) -> list[dict[str, str]]:
     with open(Path(data) / "gsm8k" / f"{split}.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

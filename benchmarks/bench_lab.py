@@ -44,7 +44,7 @@ def run_cell(name, benchmark, train, r, args, wd):
                        reference_items=args.reference if args.reserve_reference else 0)
     t0 = time.perf_counter()
     lab = reused(wd / f"{name}_r{r}", config) if args.reuse else None
-    lab = lab or build_lab(benchmark, train, wd / f"{name}_r{r}", config)
+    lab = lab or build_lab(benchmark, train, wd / f"{name}_r{r}", config, C.stage_log(f"{name} r={r} build: "))
     train_s = time.perf_counter() - t0
     in_lab = set(lab.leaked) | set(lab.unseen)
     items = [s for s in benchmark if s.id in in_lab]
@@ -64,7 +64,7 @@ def run_cell(name, benchmark, train, r, args, wd):
     base = load_model(base_model_dir(lab), device=args.device) if args.base_reference else None
     reports = {
         twin: detect(items, load_model(getattr(lab, twin), device=args.device), reference, det, truth=truth,
-                     reference_model=base)
+                     reference_model=base, progress=C.stage_log(f"{name} r={r} {twin}: "))
         for twin in ("contaminated", "clean")
     }
     for twin, report in reports.items():  # every item's scores and p-values, to study a combination offline
