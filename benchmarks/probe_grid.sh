@@ -9,8 +9,9 @@
 # every probe (the reference-model probes with the lab's base model as the reference), the combination, and the
 # set-level tests (Mann-Whitney and top-k) on both twins against a reference of REFERENCE items reserved with the
 # experiment and kept from every corpus (`--reserve-reference`: exchangeable with the unseen items). Each
-# run's report goes to runs/probe-grid/<benchmark>-<recipe>-l<rate>-s<seed>.md, its labs beside it, its stages with the time to a .log; a finished run
-# is skipped, and a run stopped halfway reuses the labs it finished (`--reuse`). At the end, `grid_summary.py`
+# run's report goes to runs/probe-grid/<benchmark>-<recipe>-l<rate>-s<seed>.md, its labs beside it and its
+# stages, timed, to a .log; a finished run is skipped, and a run stopped halfway reuses the labs it finished
+# (`--reuse`). At the end, `grid_summary.py`
 # gathers the replicas of every cell into runs/probe-grid/summary.md.
 #
 # Cost: the `small` preset trains one lab in 10-25 minutes on 2 CPU cores (twins of the r = 1 cells take the
