@@ -587,8 +587,8 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
     With `strata` (as `set_level_test` takes them), the scores are the within-stratum rank quantiles and the
     permutations keep each stratum's benchmark count: exact when scores are exchangeable within each stratum.
     There the k highest hold a fixed number of each stratum's scores, so a k's count is a sum of independent
-    hypergeometric counts, one per stratum, and its tail is that sum's (exact, by convolution; tails below 1e-300
-    count as 1e-300), so the union bound holds within strata too.
+    hypergeometric counts, one per stratum, and its tail is that sum's (exact, by convolution, but for terms too
+    small for double precision, which count as a little more), so the union bound holds within strata too.
 
     `detectable` says what a "not significant" means here: the fewest benchmark items that, placed above every
     reference item, would give p < `alpha` against the same permutations (b such items alone make the statistic
@@ -672,8 +672,8 @@ def _top_count_log_pmf(strata: Sequence[tuple[np.ndarray, int]], ks: np.ndarray,
     """Natural-log P(b benchmark items among the k highest scores), per k in `ks` and b = 0..top, when benchmark
     labels are exchangeable within each stratum. `strata`: per stratum, its positions in score order and its
     benchmark count. One stratum gives the hypergeometric law; several, the convolution of theirs (the k highest
-    hold a fixed number of each stratum's positions), each entry floored at 1e-300 of its row's largest where
-    double precision cannot hold it (so a tail is never too small)."""
+    hold a fixed number of each stratum's positions), each term floored at 1e-300 times the product of the two
+    laws' largest ones, where double precision cannot hold it (so a tail is never too small)."""
     hypergeom = _scipy_stats().hypergeom
     counts = np.arange(top + 1)
     total = None
