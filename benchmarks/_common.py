@@ -41,7 +41,6 @@ def workdir(path: str | None, prefix: str) -> Iterator[Path]:
             yield Path(tmp)
 
 
-# ---- real data ----------------------------------------------------------------------------------------------
 def stage_log(prefix: str = "", steps: int = 4) -> Callable[[str, int, int], None]:
     """A `progress(stage, done, total)` callback for runs of hours whose stderr goes to a file (a progress bar
     there is one line at the end): a timestamped line on stderr when a stage starts, at each of `steps` equal
@@ -62,6 +61,7 @@ def stage_log(prefix: str = "", steps: int = 4) -> Callable[[str, int, int], Non
     return update
 
 
+# ---- real data ----------------------------------------------------------------------------------------------
 def gsm8k_records(data: str | Path, split: str) -> list[dict[str, str]]:
     with open(Path(data) / "gsm8k" / f"{split}.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -651,17 +651,11 @@ def sparse_set_test(benchmark_scores: ArrayLike, reference_scores: ArrayLike, *,
 
     # b benchmark items above every reference item: the b highest all benchmark, P = C(n, b) / C(N, b), or
     # within strata the product of each stratum's such ratio over its positions among the b highest
-    sizes = np.array([cols.size for cols, _ in strata_columns])
-    n_of = np.array([int(first.sum()) for _, first in strata_columns])
-    stratum = np.searchsorted(np.unique(ranked_groups), ranked_groups[:top])
-    seen = np.zeros(len(strata_columns), dtype=np.int64)
-    position = np.empty(top, dtype=np.int64)  # how many of its stratum's positions come before each one
-    for i, g in enumerate(stratum):
-        position[i] = seen[g]
-        seen[g] += 1
-    room = n_of[stratum] - position
-    on_top = np.arange(1, int(np.argmax(np.append(room <= 0, True))) + 1)  # while each stratum has items to give
-    all_top = -np.cumsum(np.log10(room[:on_top.size] / (sizes[stratum] - position)[:on_top.size]))
+    room, left = np.empty(pooled.size), np.empty(pooled.size)
+    for cols, first in strata_columns:  # per position: its stratum's benchmark items and positions from it down
+        room[cols], left[cols] = first.sum() - np.arange(cols.size), cols.size - np.arange(cols.size)
+    on_top = np.arange(1, int(np.argmax(np.append(room[:top] <= 0, True))) + 1)  # while each stratum has items
+    all_top = -np.cumsum(np.log10(room[:on_top.size] / left[:on_top.size]))
     caught = np.flatnonzero(p_of(all_top) < alpha)
     k = int(ks[best])
     return SparseSetTest(observed, k, int(round(observed_k[best] - k * n / pooled.size)), float(p_of(observed)),
