@@ -83,7 +83,7 @@ def test_python_m_itd_and_help_that_is_never_cut():
     commands = helped.stdout.split("Commands:")[1]
     assert "..." not in commands
     listed = {line.split()[0] for line in commands.splitlines() if line.startswith("  ") and not line.startswith("   ")}
-    assert listed == {"check", "demo", "detect", "index", "lab", "rewrite", "run", "scan"}
+    assert listed == {"check", "dcpdd-table", "demo", "detect", "index", "lab", "rewrite", "run", "scan"}
     assert all(len(line) <= 80 for line in helped.stdout.splitlines())
 
 

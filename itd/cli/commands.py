@@ -528,7 +528,7 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
 @click.option("--decision", default="minkpp", help="Probe whose p-values or threshold make the flags, or 'combined' (the "
               "Cauchy combination of every probe's p-value).")
 @click.option("--dcpdd-table", type=click.Path(dir_okay=False), help="Token-frequency table of the model's tokenizer for "
-              "the dcpdd probe (itd.probes.methods.build_frequency_table).")
+              "the dcpdd probe (itd dcpdd-table).")
 @click.option("--k", type=FiniteFloat(0, 1, min_open=True), default=0.2, help="Fraction of tokens for Min-K% and Min-K%++.")
 @click.option("--rendering", default="auto", help="Text scored: auto, question, question+answer, options, options+answer.")
 @click.option("--fdr", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.05, help="False discovery rate of the flags.")
@@ -605,6 +605,47 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
                              "the model cannot have seen) or --threshold to decide by[/yellow]")
         return EXIT_USAGE
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
+
+
+@cli.command("dcpdd-table", short_help="Count a corpus's tokens under a model's tokenizer (for the dcpdd probe).")
+@click.option("--model", "-m", required=True, help="The model that `itd detect --methods dcpdd` will score: its "
+              "tokenizer (Hugging Face name or local model directory) counts the tokens.")
+@click.option("--corpus", "-c", multiple=True, required=True, help="Reference corpus file, directory or glob "
+              "(repeatable): text like what the model was trained on, such as a sample of web text.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Table file (.npz), with a manifest beside it.")
+@_corpus_reading_options
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own tokenizer code (off by default).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was read and counted as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def dcpdd_table(model, corpus, out, text_field, layout, workers, engine, ray_address, skip_bad_lines, max_bad_lines,
+                trust_remote_code, as_json, quiet):
+    """Count how often each token of MODEL's tokenizer occurs in CORPUS: DC-PDD's token-frequency table
+    (`itd detect --methods dcpdd --dcpdd-table OUT`), stored with the tokenizer's hash so a table of another
+    tokenizer is refused. Nothing is written when 0 documents were read or too many lines were skipped (exit 2)."""
+    from itd.core.io import build_manifest
+    from itd.probes.methods import corpus_frequency_table
+    from itd.probes.models import load_tokenizer
+
+    _check_paths([("--out", out, False)], [model], corpus=list(corpus))
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    with byte_progress("counting tokens", not quiet) as progress:
+        table = corpus_frequency_table(tokenizer, list(corpus), text_field=text_field, layout=layout,
+                                       skip_bad_lines=skip_bad_lines, max_bad_lines=max_bad_lines, progress=progress,
+                                       engine=engine, workers=workers, ray_address=ray_address)
+    config = {"text_field": text_field, "layout": layout, "skip_bad_lines": skip_bad_lines,
+              "max_bad_lines": max_bad_lines, "trust_remote_code": trust_remote_code}
+    table.save(out, build_manifest(command="dcpdd-table", config=config, inputs=list(corpus), models=[model]))
+    warn_skipped(table.read)
+    summary = {"out": out, "model": model, "tokenizer_hash": table.tokenizer_hash, "tokens": table.n_tokens,
+               "vocabulary": int(table.counts.size), "tokens_seen": int((table.counts > 0).sum()), **table.read}
+    if as_json:
+        echo_json(summary)
+    else:
+        out_console().print(f"token-frequency table written to {out}: {summary['tokens']:,} tokens, "
+                            f"{summary['tokens_seen']:,} of the tokenizer's {summary['vocabulary']:,} ids seen; "
+                            f"{read_summary(table.read)}", highlight=False, markup=False, soft_wrap=True)
+        out_console().print(layout_summary(table.read), highlight=False, markup=False, soft_wrap=True)
+    return EXIT_CLEAN
 
 
 @cli.command(short_help="Train twin models with a known leak (ground truth).")

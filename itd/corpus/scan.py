@@ -287,9 +287,12 @@ class ShardTally:
                   "the text, or --layout")
         if not self.documents:
             if not self.skipped:
+                names = ", ".join(redact_text(f) for f in sorted(self.files)[:3])
+                more = f" and {len(self.files) - 3:,} more" if len(self.files) > 3 else ""
                 raise InputError(
-                    f"read 0 documents from {len(self.files)} file(s) ({self.bytes:,} bytes): the corpus holds no "
-                    "text, and a verdict cannot rest on reading nothing"
+                    f"read 0 documents from {len(self.files)} file(s) ({self.bytes:,} bytes"
+                    f"{': ' + names + more if names else ''}): the corpus holds no text, and a verdict cannot rest "
+                    "on reading nothing"
                 )
             missing = sum(f.missing_field for f in self.files.values())
             why = layout if missing == self.skipped else "every line was skipped as malformed"

@@ -37,7 +37,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -239,12 +239,14 @@ def tokenizer_hash(tokenizer: Any) -> str:
 
 @dataclass(slots=True)
 class FrequencyTable:
-    """How often each token id occurs in a reference corpus under one tokenizer (`tokenizer_hash`)."""
+    """How often each token id occurs in a reference corpus under one tokenizer (`tokenizer_hash`); `read` says
+    what was read to make it (`corpus_frequency_table`: documents, bytes, files, layouts, skipped lines)."""
 
     counts: np.ndarray
     tokenizer_hash: str
     n_documents: int
     source: str = ""
+    read: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_tokens(self) -> int:
@@ -260,21 +262,26 @@ class FrequencyTable:
             raise InputError(
                 "the token-frequency table was built with another tokenizer than the scored model's (tokenizer "
                 f"hash {self.tokenizer_hash[:12]}, the model's {tokenizer_hash(tokenizer)[:12]}); build one with "
-                "this model's tokenizer", path=path)
+                "this model's tokenizer (itd dcpdd-table)", path=path)
         if self.counts.size < len(tokenizer):
             raise InputError(f"the token-frequency table has {self.counts.size} entries, the tokenizer "
                              f"{len(tokenizer)} ids", path=path)
 
     def save(self, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
-        """Write the table atomically as a `.npz` file (counts and metadata); the manifest, if given, beside it."""
-        from itd.core.io import atomic_write, manifest_path, write_json
+        """Write the table atomically as a `.npz` file (counts and metadata); with a `manifest`, the table and the
+        manifest beside it commit as one unit (`itd.core.io.atomic_group`)."""
+        from itd.core.io import atomic_group, atomic_write, manifest_path, redact_urls, write_json
 
-        meta = {"tokenizer_hash": self.tokenizer_hash, "n_documents": self.n_documents, "source": self.source,
-                "format": "itd-token-frequencies/1"}
-        with atomic_write(path, "wb", encoding=None) as f:
-            np.savez(f, counts=self.counts, meta=np.array(json.dumps(meta)))
-        if manifest is not None:
-            write_json(manifest_path(path), {**manifest, "table": {**meta, "n_tokens": self.n_tokens}})
+        meta = redact_urls({"tokenizer_hash": self.tokenizer_hash, "n_documents": self.n_documents,
+                            "source": self.source, "read": self.read, "format": "itd-token-frequencies/1"})
+        if manifest is None:
+            with atomic_write(path, "wb", encoding=None) as f:
+                np.savez(f, counts=self.counts, meta=np.array(json.dumps(meta)))
+            return
+        with atomic_group([path, manifest_path(path)]) as staged:
+            with open(staged.path(path), "wb") as f:
+                np.savez(f, counts=self.counts, meta=np.array(json.dumps(meta)))
+            write_json(staged.path(manifest_path(path)), {**manifest, "table": {**meta, "n_tokens": self.n_tokens}})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FrequencyTable:
@@ -290,7 +297,8 @@ class FrequencyTable:
             raise InputError(f"not a token-frequency table written by itd ({exc})", path=str(path)) from None
         if meta.get("format") != "itd-token-frequencies/1" or counts.ndim != 1:
             raise InputError("not a token-frequency table written by itd", path=str(path))
-        return cls(counts, str(meta["tokenizer_hash"]), int(meta["n_documents"]), str(meta.get("source", "")))
+        return cls(counts, str(meta["tokenizer_hash"]), int(meta["n_documents"]), str(meta.get("source", "")),
+                   dict(meta.get("read") or {}))
 
 
 def build_frequency_table(tokenizer: Any, texts: Iterable[str], *, source: str = "", batch: int = 256) -> FrequencyTable:
@@ -300,9 +308,7 @@ def build_frequency_table(tokenizer: Any, texts: Iterable[str], *, source: str =
     chunk: list[str] = []
 
     def flush() -> None:
-        for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
-            if ids:
-                np.add.at(counts, np.asarray(ids, dtype=np.int64), 1)
+        _add_token_counts(counts, tokenizer, chunk)
         chunk.clear()
 
     for text in texts:
@@ -318,11 +324,74 @@ def build_frequency_table(tokenizer: Any, texts: Iterable[str], *, source: str =
 
 
 def corpus_frequency_table(tokenizer: Any, paths: Iterable[str | os.PathLike], *, text_field: str = "text",
-                           layout: str = "auto") -> FrequencyTable:
-    """`build_frequency_table` over a corpus read with `itd.corpus.readers.iter_documents` (JSONL, text, parquet, ...;
-    files, directories, globs)."""
-    from itd.corpus.readers import iter_documents
+                           layout: str = "auto", skip_bad_lines: bool = False, max_bad_lines: float = 0.01,
+                           progress: Any = None, engine: str = "local", workers: int = 1,
+                           ray_address: str | None = None, batch_chars: int = 1 << 20) -> FrequencyTable:
+    """`build_frequency_table` over a corpus read as `itd scan` reads one (JSONL, text, parquet, Hugging Face
+    datasets; files, directories, globs; records in `layout` or from the fields `text_field` names), in this
+    process, a pool of `workers` processes or on Ray (`engine`). Malformed lines stop it, or with
+    `skip_bad_lines` are skipped up to `max_bad_lines`; reading nothing is an `InputError`
+    (`itd.corpus.scan.ShardTally.validate`). `progress(bytes done, bytes total)` follows the bytes read. The
+    table's `read` says what was read. A document longer than `batch_chars` is tokenised in windows of about that
+    size, so memory does not grow with it."""
+    from itd.corpus.engines import make_engine
+    from itd.corpus.readers import plan_shards, resolve_layout
+    from itd.corpus.scan import ShardTally, check_max_bad_lines, reader_skip_limit
 
     paths = [os.fspath(p) for p in paths]
-    docs = (d.text for d in iter_documents(paths, text_field=text_field, layout=layout))
-    return build_frequency_table(tokenizer, docs, source=", ".join(paths))
+    check_max_bad_lines(max_bad_lines)
+    resolve_layout(layout, text_field)  # a bad layout or field fails before anything is read
+    engine = engine.strip().lower()
+    if ray_address is not None and engine != "ray":
+        raise InputError(f"a Ray address ({ray_address!r}) needs the Ray engine (--engine ray)")
+    runner = make_engine(engine, workers=workers, address=ray_address) if engine != "local" or workers > 1 else None
+    shards = plan_shards(paths, 32 << 20 if runner is not None else None)
+    shared = (tokenizer, text_field, layout, skip_bad_lines, reader_skip_limit(max_bad_lines), batch_chars)
+    counts = np.zeros(len(tokenizer), dtype=np.int64)
+    tally = ShardTally()
+    if runner is not None:
+        results = (result for _, result in runner.map_shards(_count_shard_tokens, shared, shards, progress))
+    else:
+        total, done = sum(s.size for s in shards), [0]
+
+        def on_bytes(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], total)
+
+        results = (_count_shard_tokens(shared, shard, on_bytes) for shard in shards)
+    for shard_counts, shard_tally in results:
+        counts[: shard_counts.size] += shard_counts
+        tally.add(shard_tally)
+    tally.validate(max_bad_lines, text_field)
+    if not counts.any():
+        raise InputError(f"no tokens to count: the {tally.documents:,} documents read from {', '.join(paths)} "
+                         "have no text")
+    return FrequencyTable(counts, tokenizer_hash(tokenizer), tally.documents, ", ".join(paths), tally.stats())
+
+
+def _count_shard_tokens(shared: tuple, shard: Any, on_bytes: Any) -> tuple[np.ndarray, Any]:
+    """The token counts of one corpus shard and what was read (an engine task; `shared` as
+    `corpus_frequency_table` builds it)."""
+    from itd.corpus.readers import ShardReader
+    from itd.corpus.scan import ShardTally, batches
+
+    tokenizer, text_field, layout, skip_bad, max_skipped, batch_chars = shared
+    counts = np.zeros(len(tokenizer), dtype=np.int64)
+    reader = ShardReader(shard, text_field, skip_bad=skip_bad, max_skipped=max_skipped, layout=layout)
+    seen = 0
+    for docs in batches(reader, batch_chars):
+        _add_token_counts(counts, tokenizer, [d.text for d in docs])
+        if on_bytes is not None and reader.consumed > seen:
+            on_bytes(reader.consumed - seen)
+            seen = reader.consumed
+    if on_bytes is not None and shard.size > seen:
+        on_bytes(shard.size - seen)
+    return counts, ShardTally.of_reader(reader)
+
+
+def _add_token_counts(counts: np.ndarray, tokenizer: Any, texts: list[str]) -> None:
+    """Add the token ids of `texts` (no special tokens) to `counts`."""
+    for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
+        if ids:
+            np.add.at(counts, np.asarray(ids, dtype=np.int64), 1)

@@ -79,6 +79,7 @@ __all__ = [
     "ModelRef",
     "resolve_model",
     "load_model",
+    "load_tokenizer",
     "wrap_model",
     "ScoreConfig",
     "ItemScores",
@@ -248,25 +249,13 @@ def _load_one(spec: ModelSpec) -> LoadedModel:
     transformers = require("transformers", "probes", "Model probes")
     dev = resolve_device(torch, spec.device)
     torch_dtype = _resolve_dtype(torch, spec.dtype, dev)
-    offline = not local and _hub_offline()
-    common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    if offline:
-        common["local_files_only"] = True
-    if local:
-        where = source
-    elif offline:
-        where = f"{source!r} (not a local directory, and HF_HUB_OFFLINE is set: only the local Hub cache was searched)"
-    else:
-        where = f"{source!r} (not a local directory; set HF_HUB_OFFLINE=1 to search only the local Hub cache)"
+    common, where = _hub_options(source, local, spec.revision, spec.trust_remote_code)
     # The config first: one small file, so an unknown or unreachable name fails before anything heavy.
     try:
         config = transformers.AutoConfig.from_pretrained(source, **common)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load the model config of {where}: {_first_line(exc)}") from exc
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"cannot load the tokenizer of {where}: {_first_line(exc)}") from exc
+    tokenizer = _tokenizer(transformers, source, common, where)
     kwargs: dict[str, Any] = dict(common, config=config, use_safetensors=True)
     kwargs[_dtype_kwarg(transformers)] = torch_dtype
     n_gpus = torch.cuda.device_count() if dev == "cuda" else 0
@@ -285,6 +274,39 @@ def _load_one(spec: ModelSpec) -> LoadedModel:
     lm = wrap_model(model, tokenizer, name=spec.name_or_path)
     lm.spec = spec
     return lm
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str], *, trust_remote_code: bool = False,
+                   revision: str | None = None) -> Any:
+    """The tokenizer of the model `load_model` would load from `name_or_path` (a local model directory, checked as
+    it checks one, or a Hub name), without its weights."""
+    source, local = _resolve_source(str(name_or_path))
+    transformers = require("transformers", "probes", "Model probes")
+    common, where = _hub_options(source, local, revision, trust_remote_code)
+    with quiet_transformers():
+        return _tokenizer(transformers, source, common, where)
+
+
+def _hub_options(source: str, local: bool, revision: str | None, trust_remote_code: bool) -> tuple[dict[str, Any], str]:
+    """The `from_pretrained` options of a source, and how errors name it (where it was looked for)."""
+    offline = not local and _hub_offline()
+    common: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if offline:
+        common["local_files_only"] = True
+    if local:
+        where = source
+    elif offline:
+        where = f"{source!r} (not a local directory, and HF_HUB_OFFLINE is set: only the local Hub cache was searched)"
+    else:
+        where = f"{source!r} (not a local directory; set HF_HUB_OFFLINE=1 to search only the local Hub cache)"
+    return common, where
+
+
+def _tokenizer(transformers: Any, source: str, common: dict[str, Any], where: str) -> Any:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot load the tokenizer of {where}: {_first_line(exc)}") from exc
 
 
 def _load_replicas(spec: ModelSpec, devices: list[str]) -> LoadedModel:

@@ -164,6 +164,62 @@ def test_frequency_table_from_a_corpus_file(lm, shared_data, tmp_path):
     assert (table.counts == expected.counts).all() and table.tokenizer_hash == expected.tokenizer_hash
 
 
+def test_cli_dcpdd_table_builds_the_table_detect_reads(lm, model_dir, nobos_dir, shared_data, tmp_path, capsys):
+    """`itd dcpdd-table`: the model's tokenizer counts a corpus read as `itd scan` reads one (the same counts in a
+    process pool), the table and its manifest commit together and say what was read, `itd detect` scores dcpdd
+    with it and refuses it for a model of another tokenizer; bad input writes nothing and exits 2."""
+    import json
+
+    from itd.cli.commands import main
+
+    train = shared_data / "gsm8k" / "train.jsonl"
+    out = tmp_path / "freq.npz"
+    args = ["dcpdd-table", "--model", str(model_dir), "--corpus", str(train), "--text-field", "question", "-q"]
+    assert main([*args, "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    table = FrequencyTable.load(out)
+    expected = build_frequency_table(lm.tokenizer, [r["question"] for r in _gsm8k(shared_data, "train", 10**6)])
+    assert (table.counts == expected.counts).all() and table.tokenizer_hash == expected.tokenizer_hash
+    assert summary["documents"] == table.n_documents == table.read["documents"] == 7473
+    assert summary["tokens"] == table.n_tokens and summary["files"] == 1 and summary["skipped_lines"] == 0
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text("utf-8"))
+    assert manifest["command"] == "dcpdd-table" and manifest["models"] == [str(model_dir)]
+    assert manifest["inputs"][0]["sha256"] and manifest["table"]["tokenizer_hash"] == table.tokenizer_hash
+    pooled = tmp_path / "pooled.npz"
+    assert main([*args, "--out", str(pooled), "-j", "2"]) == 0
+    assert "7,473 documents" in capsys.readouterr().out
+    assert (FrequencyTable.load(pooled).counts == table.counts).all()
+
+    bench, ref = tmp_path / "bench.jsonl", tmp_path / "ref.jsonl"
+    rows = _gsm8k(shared_data, "test", 60)
+    for path, part in ((bench, rows[:20]), (ref, rows[20:])):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part), "utf-8")
+    detect = ["detect", str(bench), "--reference-set", str(ref), "--methods", "loss,dcpdd", "--decision", "dcpdd", "--dcpdd-table", str(out),
+              "--device", "cpu", "--json", "-q"]
+    assert main([*detect, "--model", str(model_dir)]) in (0, 1)
+    assert "dcpdd" in json.loads(capsys.readouterr().out)["set_tests"]
+    assert main([*detect, "--model", str(nobos_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "another tokenizer" in err and "freq.npz" in err and "Traceback" not in err
+
+    # reading nothing, or a malformed line, writes no table: exit 2, the file (and line) named
+    empty, broken = tmp_path / "empty.jsonl", tmp_path / "broken.jsonl"
+    empty.write_text("", "utf-8")
+    broken.write_text('{"text": "Janet has ducks."}\n{"text": "She sells eggs."}\n{"text": oops\n', "utf-8")
+    for corpus, where in ((empty, "read 0 documents"), (broken, "broken.jsonl:3: invalid JSON")):
+        target = tmp_path / f"{corpus.stem}.npz"
+        assert main(["dcpdd-table", "--model", str(model_dir), "--corpus", str(corpus), "--out", str(target), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert where in err and corpus.name in err and "Traceback" not in err
+        assert not target.exists() and not target.with_name(target.name + ".manifest.json").exists()
+    # skipping within the limit counts what was read
+    target = tmp_path / "skipped.npz"
+    assert main(["dcpdd-table", "--model", str(model_dir), "--corpus", str(broken), "--out", str(target), "-q",
+                 "--skip-bad-lines", "--max-bad-lines", "1", "--json"]) == 0
+    read = json.loads(capsys.readouterr().out)
+    assert read["documents"] == 2 and read["skipped_lines"] == 1 and FrequencyTable.load(target).n_documents == 2
+
+
 def _reference_dcpdd(lm, text: str, table: FrequencyTable, a: float) -> float:
     ids, rows = _per_position(lm, text)
     total = sum(table.counts)
