@@ -62,13 +62,25 @@ def _load(path: str, fmt: str):
     return load_benchmark(path, format=fmt)
 
 
-def _probe_options(methods: list[str], dcpdd_table: str | None, reference_score: str) -> dict[str, Any]:
-    """`itd detect`'s probe parameters (`ScoreConfig.options`) for the chosen `methods`."""
+def _probe_options(methods: list[str], dcpdd_table: str | None, reference_score: str,
+                   member_prefix: str | None = None) -> dict[str, Any]:
+    """`itd detect`'s probe parameters (`ScoreConfig.options`) for the chosen `methods`; the member prefix of
+    Con-ReCall is the text of the file `member_prefix` (an `InputError` naming it if it has none)."""
+    from itd.core.errors import InputError
+
     options: dict[str, Any] = {}
     if dcpdd_table and "dcpdd" in methods:
         options["dcpdd"] = {"table": dcpdd_table}
     if "reference" in methods:
         options["reference"] = {"score": reference_score}
+    if member_prefix and "conrecall" in methods:
+        try:
+            text = Path(member_prefix).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the member prefix: {exc}", path=member_prefix) from None
+        if not text.strip():
+            raise InputError("the member prefix file holds no text", path=member_prefix)
+        options["conrecall"] = {"member_prefix": text}
     return options
 
 
@@ -524,11 +536,15 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
 @click.option("--format", "fmt", default="auto", help="Format of BENCHMARK and the reference set.")
 @click.option("--methods", default="loss,zlib,mink,minkpp", help="Comma-separated probes: loss, zlib, mink, minkpp, "
               "lowercase, reference and answer_reference (need --reference-model), gapk, answer_acc, answer_logp, "
-              "dcpdd (needs --dcpdd-table), recall (prefix from the reference set).")
+              "dcpdd (needs --dcpdd-table), recall (prefix from the reference set), conrecall (needs "
+              "--member-prefix).")
 @click.option("--decision", default="minkpp", help="Probe whose p-values or threshold make the flags, or 'combined' (the "
               "Cauchy combination of every probe's p-value).")
 @click.option("--dcpdd-table", type=click.Path(dir_okay=False), help="Token-frequency table of the model's tokenizer for "
               "the dcpdd probe (itd dcpdd-table).")
+@click.option("--member-prefix", type=click.Path(dir_okay=False), help="Text the model is known to have trained "
+              "on (a UTF-8 file, read as is) for the conrecall probe's member prefix; its non-member prefix comes "
+              "from the reference set, as recall's does.")
 @click.option("--k", type=FiniteFloat(0, 1, min_open=True), default=0.2, help="Fraction of tokens for Min-K% and Min-K%++.")
 @click.option("--rendering", default="auto", help="Text scored: auto, question, question+answer, options, options+answer.")
 @click.option("--fdr", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.05, help="False discovery rate of the flags.")
@@ -554,7 +570,7 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write per-item scores (JSONL) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table, k, rendering, fdr, alpha, threshold,
+def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table, member_prefix, k, rendering, fdr, alpha, threshold,
            permutation_test, codec, reference_model, reference_score, control, truth, device, dtype, batch_size,
            trust_remote_code, out, as_json, quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
@@ -564,7 +580,8 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     from itd.probes.detection import detect as run_detect
     from itd.probes.models import load_model
 
-    _check_paths([("--out", out, False)], [benchmark, reference_set, truth, model, reference_model, dcpdd_table])
+    _check_paths([("--out", out, False)], [benchmark, reference_set, truth, model, reference_model, dcpdd_table,
+                                            member_prefix])
     if batch_size != "auto":
         if not batch_size.isdigit() or int(batch_size) < 1:
             raise click.BadParameter("must be a positive integer or 'auto'", param_hint="--batch-size")
@@ -572,7 +589,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     config = DetectConfig(
         methods=tuple(m for m in methods.split(",")), decision=decision, k=k, rendering=rendering, fdr=fdr,
         alpha=alpha, threshold=threshold, batch_size=batch_size, permutation_test=permutation_test, codec=codec,
-        control=control, options=_probe_options(methods.split(","), dcpdd_table, reference_score),
+        control=control, options=_probe_options(methods.split(","), dcpdd_table, reference_score, member_prefix),
     )
     config.score_config()  # reject a bad probe setting before any model is loaded
     samples = _load(benchmark, fmt)
@@ -587,7 +604,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     with stage_progress(labels, not quiet) as progress:
         report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids, progress=progress)
     if out:
-        inputs = [benchmark] + ([reference_set] if reference_set else []) + ([truth] if truth else [])
+        inputs = [f for f in (benchmark, reference_set, truth, dcpdd_table, member_prefix) if f]
         manifest = build_manifest(
             command="detect",
             config={**config.to_dict(), "format": fmt, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code},

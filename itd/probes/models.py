@@ -699,7 +699,8 @@ def _prefixes(config: ScoreConfig) -> dict[str, str]:
     if "conrecall" in config.methods:
         opts = config.options["conrecall"]
         if not opts.nonmember_prefix or not opts.member_prefix:
-            raise InputError("the 'conrecall' probe needs a non-member and a member prefix (ConReCaLLConfig)")
+            raise InputError("the 'conrecall' probe needs a non-member and a member prefix (ConReCaLLConfig; "
+                             "itd detect: --member-prefix, and --reference-set for the non-member one)")
         if out and out["nonmember"] != opts.nonmember_prefix:
             out["conrecall_nonmember"] = opts.nonmember_prefix
         else:

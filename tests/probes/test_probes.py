@@ -196,8 +196,11 @@ def test_cli_dcpdd_table_builds_the_table_detect_reads(lm, model_dir, nobos_dir,
         path.write_text("".join(json.dumps(r) + "\n" for r in part), "utf-8")
     detect = ["detect", str(bench), "--reference-set", str(ref), "--methods", "loss,dcpdd", "--decision", "dcpdd", "--dcpdd-table", str(out),
               "--device", "cpu", "--json", "-q"]
-    assert main([*detect, "--model", str(model_dir)]) in (0, 1)
+    scores = tmp_path / "scores.jsonl"
+    assert main([*detect, "--model", str(model_dir), "--out", str(scores)]) in (0, 1)
     assert "dcpdd" in json.loads(capsys.readouterr().out)["set_tests"]
+    manifest = json.loads(scores.with_name(scores.name + ".manifest.json").read_text("utf-8"))
+    assert [f["path"] for f in manifest["inputs"]] == [str(bench), str(ref), str(out)]
     assert main([*detect, "--model", str(nobos_dir)]) == 2
     err = capsys.readouterr().err
     assert "another tokenizer" in err and "freq.npz" in err and "Traceback" not in err
@@ -218,6 +221,34 @@ def test_cli_dcpdd_table_builds_the_table_detect_reads(lm, model_dir, nobos_dir,
                  "--skip-bad-lines", "--max-bad-lines", "1", "--json"]) == 0
     read = json.loads(capsys.readouterr().out)
     assert read["documents"] == 2 and read["skipped_lines"] == 1 and FrequencyTable.load(target).n_documents == 2
+
+
+def test_cli_detect_scores_conrecall_with_a_member_prefix_file(model_dir, shared_data, tmp_path, capsys):
+    """`--member-prefix FILE` gives Con-ReCall its member prefix (the non-member one comes from the reference set);
+    without one, or with an empty file, `itd detect` says what it needs and exits 2."""
+    import json
+
+    from itd.cli.commands import main
+
+    rows = _gsm8k(shared_data, "test", 40)
+    bench, ref, member = tmp_path / "bench.jsonl", tmp_path / "ref.jsonl", tmp_path / "member.txt"
+    for path, part in ((bench, rows[:12]), (ref, rows[12:])):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part), "utf-8")
+    member.write_text("\n\n".join(r["question"] for r in _gsm8k(shared_data, "train", 3)), "utf-8")
+    args = ["detect", str(bench), "--model", str(model_dir), "--reference-set", str(ref), "--methods",
+            "loss,conrecall", "--decision", "conrecall", "--device", "cpu", "-q"]
+    scores = tmp_path / "scores.jsonl"
+    assert main([*args, "--member-prefix", str(member), "--out", str(scores), "--json"]) in (0, 1)
+    assert json.loads(capsys.readouterr().out)["set_tests"]["conrecall"]["n_benchmark"] == 12
+    records = [json.loads(line) for line in scores.read_text("utf-8").splitlines()]
+    assert len(records) == 12 and all(math.isfinite(r["conrecall"]) for r in records)
+    assert main(args) == 2
+    assert "--member-prefix" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n", "utf-8")
+    assert main([*args, "--member-prefix", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no text" in err and "empty.txt" in err and "Traceback" not in err
 
 
 def _reference_dcpdd(lm, text: str, table: FrequencyTable, a: float) -> float:
