@@ -604,7 +604,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     with stage_progress(labels, not quiet) as progress:
         report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids, progress=progress)
     if out:
-        inputs = [f for f in (benchmark, reference_set, truth, dcpdd_table, member_prefix) if f]
+        inputs = [f for f in (benchmark, reference_set, truth, *config.input_files(), member_prefix) if f]
         manifest = build_manifest(
             command="detect",
             config={**config.to_dict(), "format": fmt, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code},

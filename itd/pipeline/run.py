@@ -471,6 +471,8 @@ class Pipeline:
             write_html_report(out / "report.html", summary, items, top=cfg.report.top)
             files["report"] = out / "report.html"
         inputs = [p for p in (cfg.benchmark.path, cfg.benchmark.reference, cfg.benchmark.fewshot, cfg.benchmark.truth) if p]
+        if cfg.probes:
+            inputs += cfg.detect.input_files()
         model_names = (cfg.model.name, cfg.model.clean, cfg.model.reference, cfg.rewrite.llm_model)
         manifest = build_manifest(command="run", config=cfg.to_dict(), inputs=[*inputs, *cfg.scan.corpus],
                                   models=[m for m in model_names if m])

@@ -152,6 +152,11 @@ class DetectConfig:
         exactly how each score was computed."""
         return {**asdict(self), "options": {m: asdict(o) for m, o in self.score_config().options.items()}}
 
+    def input_files(self) -> list[str]:
+        """The files the chosen probes read (DC-PDD's token-frequency table), for a manifest's input hashes."""
+        table = getattr(self.score_config().options.get("dcpdd"), "table", None)
+        return [table] if table and "dcpdd" in self.methods else []
+
 
 @dataclass(slots=True)
 class ItemDetection:

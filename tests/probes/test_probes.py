@@ -376,6 +376,10 @@ def test_detect_config_of_the_combined_verdict():
         DetectConfig(decision="combined", threshold=1.0)
     with pytest.raises(InputError, match="recall_shots"):
         DetectConfig(recall_shots=0)
+    # the files the probes read go into a manifest's input hashes: DC-PDD's table, when dcpdd is scored
+    with_table = {"dcpdd": {"table": "freq.npz"}}
+    assert DetectConfig(methods=("loss", "dcpdd"), decision="loss", options=with_table).input_files() == ["freq.npz"]
+    assert DetectConfig(methods=("loss",), decision="loss", options=with_table).input_files() == []
 
 
 def _item(i: int, question: str) -> "Sample":
