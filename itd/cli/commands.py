@@ -574,7 +574,8 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
            permutation_test, codec, reference_model, reference_score, control, truth, device, dtype, batch_size,
            trust_remote_code, out, as_json, quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
-    not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by."""
+    not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by, or when
+    the decision probes scored no item."""
     from itd.core.io import build_manifest
     from itd.probes.detection import DetectConfig, load_truth
     from itd.probes.detection import detect as run_detect
@@ -618,8 +619,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     else:
         print_detection(report)
     if report.contaminated is None:
-        err_console().print("[yellow]undecided: scores alone are no verdict; give --reference-set (clean items "
-                             "the model cannot have seen) or --threshold to decide by[/yellow]")
+        err_console().print(f"undecided: {report.undecided_reason}", style="yellow", markup=False, highlight=False)
         return EXIT_USAGE
     return EXIT_FOUND if report.contaminated else EXIT_CLEAN
 

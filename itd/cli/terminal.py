@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -425,13 +426,13 @@ def print_detection(report) -> None:
     truth = (report.truth or {}).get("methods", {})
     within = (report.truth or {}).get("within_letter", {})
     for m in report.config.methods:
-        values = [it.scores[m] for it in report.items]
+        values = [v for it in report.items if math.isfinite(v := it.scores[m])]
         test, sparse = report.set_tests.get(m), report.sparse_tests.get(m)
         controlled, controlled_sparse = report.controlled_set_tests.get(m), report.controlled_sparse_tests.get(m)
         t, w = truth.get(m, {}), within.get(m)
         table.add_row(
             m + (" (decision)" if m == report.config.decision else ""),
-            f"{np.nanmedian(values):.4g}" if values else "-",
+            f"{np.median(values):.4g}" if values else "-",
             (f"{test.p_value:.2e}" if test else "-") + (f" ({controlled.p_value:.2e} controlled)" if controlled else ""),
             (f"{sparse.p_value:.2e} (k = {sparse.top_k})" if sparse else "-")
             + (f" ({controlled_sparse.p_value:.2e} controlled)" if controlled_sparse else ""),
@@ -459,6 +460,8 @@ def print_detection(report) -> None:
         out.print(f"flagged {summary['flagged']} of {summary['items']} items with {report.config.decision} > {report.config.threshold}")
     else:
         out.print("no reference set and no threshold: scores only, nothing can be decided (give --reference-set or --threshold)")
+    if report.unscored and report.mode != "scores":
+        out.print(f"scored no item, so left out of every test and verdict: {', '.join(report.unscored)}")
     if report.permutation is not None:
         perm = report.permutation
         out.print(f"option-order test: original order ranked first for {perm.count} of {perm.n_items} items "

@@ -416,8 +416,9 @@ class Pipeline:
                              "or set rewrite.only_flagged = false to rewrite every item")
         if detection is not None and detection.verdict == "undecided" and scan_report is None and cfg.rewrite.only_flagged:
             # probe scores alone flag nothing; rewriting "the flagged items" would silently rewrite none
-            raise InputError("model-side detection cannot decide without a reference set or a threshold: set "
-                             "benchmark.reference or detect.threshold (or scan.corpus), or rewrite.only_flagged = false")
+            raise InputError(f"model-side detection cannot decide: {detection.undecided_reason} (in the run's "
+                             "config: benchmark.reference, detect.threshold or detect.methods); or give scan.corpus, "
+                             "or set rewrite.only_flagged = false")
         log(f"{len(flagged)} item(s) flagged")
 
         rewrite_report = self._rewrite(samples, kind, flagged, models, reference, state, progress)

@@ -262,10 +262,37 @@ class DetectionReport:
         return None if p is None else p < self.config.alpha
 
     @property
+    def unscored(self) -> list[str]:
+        """The probes that scored no benchmark item, or with a reference set no reference item (an answer probe on
+        items without an answer; a text the rendering leaves empty): they calibrate, test and decide nothing."""
+        if self.mode == "fdr":
+            return [m for m in self.config.methods if m not in self.set_tests]
+        return [m for m in self.config.methods if not any(math.isfinite(it.scores.get(m, math.nan)) for it in self.items)]
+
+    @property
+    def undecided_reason(self) -> str | None:
+        """Why nothing could decide, or None when something did: a reference set or a threshold with a decision
+        probe that scored items, or an option-permutation test that ran (MCQ items). Scores alone decide nothing,
+        and neither does a decision probe that read nothing."""
+        if self.permutation is not None:
+            return None
+        if self.mode == "scores":
+            return ("scores alone are no verdict; give --reference-set (clean items the model cannot have seen) or "
+                    "--threshold to decide by")
+        combined = self.config.decision == COMBINED
+        deciding = self.config.combine if combined else (self.config.decision,)
+        if any(m not in self.unscored for m in deciding):
+            return None
+        sides = "benchmark or reference item" if self.mode == "fdr" else "benchmark item"
+        names = ", ".join(deciding)
+        return (f"the decision {'probes' if len(deciding) > 1 else 'probe'} ({names}) scored no {sides}, so a "
+                "verdict would rest on reading nothing (the answer probes need items with an answer in the "
+                "rendering scored); choose probes that read these items")
+
+    @property
     def decided(self) -> bool:
-        """Whether anything could decide: a reference set, a threshold, or an option-permutation test that ran
-        (MCQ items). Scores alone decide nothing."""
-        return self.mode != "scores" or self.permutation is not None
+        """Whether anything could decide (`undecided_reason` is None)."""
+        return self.undecided_reason is None
 
     @property
     def contaminated(self) -> bool | None:
@@ -295,6 +322,8 @@ class DetectionReport:
             "flagged_ids": [it.sample.id for it in self.flagged],
             "verdict": self.verdict,
             "contaminated": self.contaminated,
+            "undecided_reason": self.undecided_reason,
+            "unscored": self.unscored,
             "set_p_value": self.set_p_value,
             "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
             "sparse_set_tests": {m: asdict(t) for m, t in self.sparse_tests.items()},

@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 
 from test_models import _gsm8k, _ids, _plain_logits, corpus, lm, model_dir, nobos_dir, texts  # noqa: E402,F401
 
+from itd.core import Sample  # noqa: E402
 from itd.core.errors import InputError  # noqa: E402
 from itd.probes.methods import (  # noqa: E402
     PROBES,
@@ -251,6 +252,39 @@ def test_cli_detect_scores_conrecall_with_a_member_prefix_file(model_dir, shared
     assert "holds no text" in err and "empty.txt" in err and "Traceback" not in err
 
 
+def test_a_decision_probe_that_scored_nothing_decides_nothing(lm, model_dir, shared_data, tmp_path, capsys):
+    """Items without an answer give the answer probes nothing to read: with such a probe as the decision the
+    verdict is undecided (exit 2, and the reason), never "no contamination detected"; beside a probe that reads
+    them, the combination decides by that probe and says which one scored nothing."""
+    import json
+
+    from itd.cli.commands import main
+    from itd.probes.detection import DetectConfig, detect
+
+    rows = _gsm8k(shared_data, "test", 60)
+    questions = [Sample(f"q{i}", "generic", r["question"]) for i, r in enumerate(rows)]
+    items, reference = questions[:20], questions[20:]
+    report = detect(items, lm, reference, DetectConfig(methods=("answer_acc",), decision="answer_acc"))
+    assert report.unscored == ["answer_acc"] and report.verdict == "undecided" and report.contaminated is None
+    assert "scored no benchmark or reference item" in report.undecided_reason
+    threshold = detect(items, lm, None, DetectConfig(methods=("answer_logp",), decision="answer_logp", threshold=-3.0))
+    assert threshold.verdict == "undecided" and "scored no benchmark item" in threshold.undecided_reason
+    both = detect(items, lm, reference, DetectConfig(methods=("loss", "answer_acc"), decision="combined"))
+    assert both.unscored == ["answer_acc"] and both.decided and both.combined_set["probes"] == ["loss"]
+
+    bench, ref = tmp_path / "bench.jsonl", tmp_path / "ref.jsonl"
+    for path, part in ((bench, rows[:20]), (ref, rows[20:])):
+        path.write_text("".join(json.dumps({"question": r["question"]}) + "\n" for r in part), "utf-8")
+    args = ["detect", str(bench), "--model", str(model_dir), "--reference-set", str(ref), "--device", "cpu", "-q"]
+    assert main([*args, "--methods", "answer_acc", "--decision", "answer_acc", "--json"]) == 2
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["verdict"] == "undecided" and summary["unscored"] == ["answer_acc"]
+    assert "undecided: the decision probe (answer_acc) scored no" in " ".join(captured.err.split())
+    assert main([*args, "--methods", "loss,answer_acc", "--decision", "combined"]) in (0, 1)
+    assert "left out of every test and verdict: answer_acc" in capsys.readouterr().out
+
+
 def _reference_dcpdd(lm, text: str, table: FrequencyTable, a: float) -> float:
     ids, rows = _per_position(lm, text)
     total = sum(table.counts)
@@ -382,9 +416,7 @@ def test_detect_config_of_the_combined_verdict():
     assert DetectConfig(methods=("loss",), decision="loss", options=with_table).input_files() == []
 
 
-def _item(i: int, question: str) -> "Sample":
-    from itd.core import Sample
-
+def _item(i: int, question: str) -> Sample:
     return Sample(id=f"c:{i}", benchmark="gsm8k", question=question, answer=str(i), solution=f"It is {i}.\n#### {i}")
 
 
