@@ -460,8 +460,8 @@ def print_detection(report) -> None:
         out.print(f"flagged {summary['flagged']} of {summary['items']} items with {report.config.decision} > {report.config.threshold}")
     else:
         out.print("no reference set and no threshold: scores only, nothing can be decided (give --reference-set or --threshold)")
-    if report.unscored and report.mode != "scores":
-        out.print(f"scored no item, so left out of every test and verdict: {', '.join(report.unscored)}")
+    if report.untested and report.mode != "scores":
+        out.print(f"read nothing a test could use, so left out of every test and verdict: {', '.join(report.untested)}")
     if report.permutation is not None:
         perm = report.permutation
         out.print(f"option-order test: original order ranked first for {perm.count} of {perm.n_items} items "

@@ -38,6 +38,7 @@ __all__ = [
     "bootstrap_means",
     "bootstrap_auroc_ci",
     "cauchy_combination",
+    "comparable_in_strata",
     "cross_fit_cauchy",
     "conformal_pvalues",
     "controlled_scores",
@@ -508,11 +509,7 @@ def _within_strata(bench: np.ndarray, ref: np.ndarray, strata: Sequence[Any], re
     `min_reference` references, and None, pool into one; benchmark scores of a stratum without references go."""
     if reference_strata is None or len(strata) != bench.size or len(reference_strata) != ref.size:
         raise ValueError("strata and reference_strata must label every score and every reference score")
-    ref_count = Counter(reference_strata)
-    codes = {key: i for i, key in enumerate(k for k, c in ref_count.items() if k is not None and c >= min_reference)}
-    rest = len(codes)  # None and the small strata
-    gb = np.array([codes.get(k, rest) for k in strata], dtype=np.int64)
-    gr = np.array([codes.get(k, rest) for k in reference_strata], dtype=np.int64)
+    gb, gr = _stratum_codes(strata, reference_strata, min_reference)
     keep = np.isin(gb, gr)
     if not keep.any():
         raise ValueError("no benchmark score has a stratum with reference scores")
@@ -524,6 +521,24 @@ def _within_strata(bench: np.ndarray, ref: np.ndarray, strata: Sequence[Any], re
         quantiles[at] = rankdata(pooled[at]) / (at.sum() + 1.0)
     n = int(keep.sum())
     return quantiles[:n], quantiles[n:], groups
+
+
+def comparable_in_strata(strata: Sequence[Any], reference_strata: Sequence[Any], min_reference: int = 20) -> np.ndarray:
+    """Which benchmark scores the within-stratum tests (`set_level_test`, `sparse_set_test` with `strata`) compare:
+    those whose stratum, as they group strata, holds reference scores. None of them: no such test can run."""
+    gb, gr = _stratum_codes(strata, reference_strata, min_reference)
+    return np.isin(gb, gr)
+
+
+def _stratum_codes(strata: Sequence[Any], reference_strata: Sequence[Any], min_reference: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The stratum code of each benchmark and reference score: one per stratum with at least `min_reference`
+    reference scores, and one more for None and the smaller strata, pooled."""
+    ref_count = Counter(reference_strata)
+    codes = {key: i for i, key in enumerate(k for k, c in ref_count.items() if k is not None and c >= min_reference)}
+    rest = len(codes)
+    return (np.array([codes.get(k, rest) for k in strata], dtype=np.int64),
+            np.array([codes.get(k, rest) for k in reference_strata], dtype=np.int64))
 
 
 def _van_elteren(bench: np.ndarray, ref: np.ndarray, groups: np.ndarray) -> tuple[float, float]:

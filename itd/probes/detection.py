@@ -262,9 +262,11 @@ class DetectionReport:
         return None if p is None else p < self.config.alpha
 
     @property
-    def unscored(self) -> list[str]:
-        """The probes that scored no benchmark item, or with a reference set no reference item (an answer probe on
-        items without an answer; a text the rendering leaves empty): they calibrate, test and decide nothing."""
+    def untested(self) -> list[str]:
+        """The probes that read nothing a test could use: no benchmark item scored (an answer probe on items without
+        an answer; a text the rendering leaves empty), or with a reference set no benchmark score comparable with a
+        reference score (none scored there; an answer probe, compared within gold letters, where no benchmark
+        item's letter has reference items). They calibrate, test and decide nothing."""
         if self.mode == "fdr":
             return [m for m in self.config.methods if m not in self.set_tests]
         return [m for m in self.config.methods if not any(math.isfinite(it.scores.get(m, math.nan)) for it in self.items)]
@@ -281,13 +283,15 @@ class DetectionReport:
                     "--threshold to decide by")
         combined = self.config.decision == COMBINED
         deciding = self.config.combine if combined else (self.config.decision,)
-        if any(m not in self.unscored for m in deciding):
+        if any(m not in self.untested for m in deciding):
             return None
-        sides = "benchmark or reference item" if self.mode == "fdr" else "benchmark item"
-        names = ", ".join(deciding)
-        return (f"the decision {'probes' if len(deciding) > 1 else 'probe'} ({names}) scored no {sides}, so a "
-                "verdict would rest on reading nothing (the answer probes need items with an answer in the "
-                "rendering scored); choose probes that read these items")
+        names = f"the decision {'probes' if len(deciding) > 1 else 'probe'} ({', '.join(deciding)})"
+        if self.mode == "fdr":
+            why = (f"{names} scored no benchmark item that a reference item could be compared with (the answer "
+                   "probes need items with an answer, and within gold letters reference items of the same letters)")
+        else:
+            why = f"{names} scored no benchmark item (the answer probes need items with an answer)"
+        return f"{why}, so a verdict would rest on reading nothing; choose probes that read these items"
 
     @property
     def decided(self) -> bool:
@@ -323,7 +327,7 @@ class DetectionReport:
             "verdict": self.verdict,
             "contaminated": self.contaminated,
             "undecided_reason": self.undecided_reason,
-            "unscored": self.unscored,
+            "untested": self.untested,
             "set_p_value": self.set_p_value,
             "set_tests": {m: _set_test_dict(t) for m, t in self.set_tests.items()},
             "sparse_set_tests": {m: asdict(t) for m, t in self.sparse_tests.items()},
@@ -490,14 +494,14 @@ def detect(
         for m in config.methods:
             bench = np.array([it.scores[m] for it in items])
             ref = np.array([s.scores[m] for s in ref_scored])
-            ok_b, ok_r = np.isfinite(bench), np.isfinite(ref)
-            report.reference_scores[m] = ref[ok_r].tolist()
-            if not ok_r.any() or not ok_b.any():
+            report.reference_scores[m] = ref[np.isfinite(ref)].tolist()
+            tests = probe_set_tests(m, bench, ref, samples, reference, config)
+            if tests is None:  # `untested`
                 continue
             p = probe_pvalues(m, bench, ref, samples, reference, config)
             for it, pv in zip(items, p.tolist()):
                 it.p_values[m] = pv
-            report.set_tests[m], report.sparse_tests[m] = probe_set_tests(m, bench, ref, samples, reference, config)
+            report.set_tests[m], report.sparse_tests[m] = tests
         if config.control and ref_lm is not None:
             _negative_control(report, lm, ref_lm, samples, reference, ref_scored, progress)
         _combine(report)
@@ -556,11 +560,18 @@ def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray,
 
 
 def probe_set_tests(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],
-                    reference: Sequence[Sample], config: DetectConfig) -> tuple[stats.SetTest, stats.SparseSetTest]:
+                    reference: Sequence[Sample], config: DetectConfig
+                    ) -> tuple[stats.SetTest, stats.SparseSetTest] | None:
     """The Mann-Whitney and top-k set tests of the finite `method` scores against the reference's; within gold
-    letters (van Elteren's test, permutations within letters) where `_answer_strata` gives letters."""
+    letters (van Elteren's test, permutations within letters) where `_answer_strata` gives letters. None when no
+    benchmark score can be compared with a reference score: none is finite on one side, or within letters no
+    benchmark item's letter has reference items."""
     ok_b, ok_r = np.isfinite(scores), np.isfinite(reference_scores)
+    if not ok_b.any() or not ok_r.any():
+        return None
     strata = _answer_strata(method, samples, reference, config, ok_b, ok_r)
+    if strata and not stats.comparable_in_strata(*strata).any():
+        return None
     by = dict(zip(("strata", "reference_strata"), strata)) if strata else {}
     bench, ref = scores[ok_b], reference_scores[ok_r]
     return (stats.set_level_test(bench, ref, seed=config.seed, **by),

@@ -18,6 +18,7 @@ from itd.core.stats import (
     benjamini_hochberg,
     bootstrap_auroc_ci,
     bootstrap_means,
+    comparable_in_strata,
     conformal_pvalues,
     controlled_scores,
     permutation_rank_pvalues,
@@ -832,6 +833,9 @@ def test_stratified_set_tests_pool_small_strata_and_drop_benchmark_strata_withou
         set_level_test(bench, ref, strata=keys[:3], reference_strata=ref_keys)
     with pytest.raises(ValueError, match="no benchmark score"):
         set_level_test(bench[-2:], ref, strata=[3, 3], reference_strata=ref_keys)
+    # which benchmark scores those tests compare, so a caller can tell before running them that none would be
+    assert comparable_in_strata(keys, ref_keys, min_reference=20).tolist() == [True] * 4 + [False] * 8
+    assert not comparable_in_strata([3, 3], ref_keys, min_reference=20).any()
 
 
 def test_stratified_sparse_set_test_permutes_within_strata():

@@ -252,25 +252,33 @@ def test_cli_detect_scores_conrecall_with_a_member_prefix_file(model_dir, shared
     assert "holds no text" in err and "empty.txt" in err and "Traceback" not in err
 
 
-def test_a_decision_probe_that_scored_nothing_decides_nothing(lm, model_dir, shared_data, tmp_path, capsys):
-    """Items without an answer give the answer probes nothing to read: with such a probe as the decision the
-    verdict is undecided (exit 2, and the reason), never "no contamination detected"; beside a probe that reads
-    them, the combination decides by that probe and says which one scored nothing."""
+def test_a_decision_probe_that_read_nothing_decides_nothing(lm, model_dir, shared_data, tmp_path, capsys):
+    """Items without an answer give the answer probes nothing to read, and within gold letters so do items whose
+    letters the reference set lacks: with such a probe as the decision the verdict is undecided (exit 2, and the
+    reason), never "no contamination detected" nor an internal error; beside a probe that reads them, the
+    combination decides by that probe and says which one read nothing."""
     import json
 
     from itd.cli.commands import main
+    from itd.core import load_benchmark
     from itd.probes.detection import DetectConfig, detect
 
     rows = _gsm8k(shared_data, "test", 60)
     questions = [Sample(f"q{i}", "generic", r["question"]) for i, r in enumerate(rows)]
     items, reference = questions[:20], questions[20:]
     report = detect(items, lm, reference, DetectConfig(methods=("answer_acc",), decision="answer_acc"))
-    assert report.unscored == ["answer_acc"] and report.verdict == "undecided" and report.contaminated is None
-    assert "scored no benchmark or reference item" in report.undecided_reason
+    assert report.untested == ["answer_acc"] and report.verdict == "undecided" and report.contaminated is None
+    assert "scored no benchmark item that a reference item could be compared with" in report.undecided_reason
     threshold = detect(items, lm, None, DetectConfig(methods=("answer_logp",), decision="answer_logp", threshold=-3.0))
-    assert threshold.verdict == "undecided" and "scored no benchmark item" in threshold.undecided_reason
+    assert threshold.verdict == "undecided" and "scored no benchmark item (" in threshold.undecided_reason
     both = detect(items, lm, reference, DetectConfig(methods=("loss", "answer_acc"), decision="combined"))
-    assert both.unscored == ["answer_acc"] and both.decided and both.combined_set["probes"] == ["loss"]
+    assert both.untested == ["answer_acc"] and both.decided and both.combined_set["probes"] == ["loss"]
+    # MCQ items of gold letters B-D against references that are all A: nothing to compare within letters
+    mcq = [s for f in sorted((shared_data / "mmlu" / "test").glob("*.csv"))[:4] for s in load_benchmark(f)]
+    letters_bcd, letter_a = [s for s in mcq if s.answer != 0][:20], [s for s in mcq if s.answer == 0][:30]
+    by_letter = detect(letters_bcd, lm, letter_a, DetectConfig(methods=("loss", "answer_logp"), decision="answer_logp"))
+    assert by_letter.untested == ["answer_logp"] and by_letter.verdict == "undecided"
+    assert "loss" in by_letter.set_tests and not any("answer_logp" in it.p_values for it in by_letter.items)
 
     bench, ref = tmp_path / "bench.jsonl", tmp_path / "ref.jsonl"
     for path, part in ((bench, rows[:20]), (ref, rows[20:])):
@@ -279,7 +287,7 @@ def test_a_decision_probe_that_scored_nothing_decides_nothing(lm, model_dir, sha
     assert main([*args, "--methods", "answer_acc", "--decision", "answer_acc", "--json"]) == 2
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
-    assert summary["verdict"] == "undecided" and summary["unscored"] == ["answer_acc"]
+    assert summary["verdict"] == "undecided" and summary["untested"] == ["answer_acc"]
     assert "undecided: the decision probe (answer_acc) scored no" in " ".join(captured.err.split())
     assert main([*args, "--methods", "loss,answer_acc", "--decision", "combined"]) in (0, 1)
     assert "left out of every test and verdict: answer_acc" in capsys.readouterr().out
