@@ -283,15 +283,28 @@ class DetectionReport:
                     "--threshold to decide by")
         combined = self.config.decision == COMBINED
         deciding = self.config.combine if combined else (self.config.decision,)
-        if any(m not in self.untested for m in deciding):
-            return None
         names = f"the decision {'probes' if len(deciding) > 1 else 'probe'} ({', '.join(deciding)})"
+        if any(m not in self.untested for m in deciding):
+            if self.mode != "fdr" or self._can_detect(deciding):
+                return None
+            return (f"with {self.reference_size} reference items nothing {names} read could have been found: the "
+                    f"smallest p-value an item can get, 1/{self.reference_size + 1}, is above the FDR level "
+                    f"{self.config.fdr}, and no top-k test could reach p < {self.config.alpha} whatever the scores; "
+                    "give more reference items")
         if self.mode == "fdr":
             why = (f"{names} scored no benchmark item that a reference item could be compared with (the answer "
                    "probes need items with an answer, and within gold letters reference items of the same letters)")
         else:
             why = f"{names} scored no benchmark item (the answer probes need items with an answer)"
         return f"{why}, so a verdict would rest on reading nothing; choose probes that read these items"
+
+    def _can_detect(self, probes: Sequence[str]) -> bool:
+        """Whether some scores could have made a verdict of contamination: an item's smallest conformal p-value
+        within the FDR level, or a top-k test of one of `probes` able to reach alpha (`detectable`)."""
+        if 1.0 / (self.reference_size + 1) <= self.config.fdr:
+            return True
+        tests = (self.verdict_tests(m)[1] for m in probes)
+        return any(t is not None and t.detectable is not None for t in tests)
 
     @property
     def decided(self) -> bool:

@@ -256,7 +256,8 @@ def test_a_decision_probe_that_read_nothing_decides_nothing(lm, model_dir, share
     """Items without an answer give the answer probes nothing to read, and within gold letters so do items whose
     letters the reference set lacks: with such a probe as the decision the verdict is undecided (exit 2, and the
     reason), never "no contamination detected" nor an internal error; beside a probe that reads them, the
-    combination decides by that probe and says which one read nothing."""
+    combination decides by that probe and says which one read nothing. Nor does a reference set too small for
+    any scores to be found."""
     import json
 
     from itd.cli.commands import main
@@ -279,6 +280,11 @@ def test_a_decision_probe_that_read_nothing_decides_nothing(lm, model_dir, share
     by_letter = detect(letters_bcd, lm, letter_a, DetectConfig(methods=("loss", "answer_logp"), decision="answer_logp"))
     assert by_letter.untested == ["answer_logp"] and by_letter.verdict == "undecided"
     assert "loss" in by_letter.set_tests and not any("answer_logp" in it.p_values for it in by_letter.items)
+    # three reference items: no item's p-value can pass the FDR level and no top-k test can reach alpha, so a
+    # "no contamination detected" would not depend on the scores at all
+    few = detect(items[:1], lm, reference[:3], DetectConfig(methods=("loss",), decision="loss"))
+    assert few.untested == [] and few.verdict == "undecided" and "give more reference items" in few.undecided_reason
+    assert detect(items, lm, reference[:12], DetectConfig(methods=("loss",), decision="loss")).decided
 
     bench, ref = tmp_path / "bench.jsonl", tmp_path / "ref.jsonl"
     for path, part in ((bench, rows[:20]), (ref, rows[20:])):
