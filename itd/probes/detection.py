@@ -486,7 +486,7 @@ def detect(
     "unseen": ids}` (a contamination-lab manifest) to measure every probe's AUROC and TPR at low FPR.
     `progress(stage, done, total)` counts scored tokens.
     """
-    from itd.probes.models import resolve_model
+    from itd.probes.models import resolve_model, same_weights
 
     config = config or DetectConfig()
     if not samples:
@@ -494,6 +494,10 @@ def detect(
     check_reference_model(config.methods, reference_model)
     lm = resolve_model(model)
     ref_lm = None if reference_model is None else resolve_model(reference_model)
+    if ref_lm is not None and same_weights(lm, ref_lm):
+        raise InputError(f"the reference model ({ref_lm.name}) has the evaluated model's weights: the reference-model "
+                         "probes and the negative control would compare the model with itself and find nothing; give "
+                         "a model that cannot have seen the benchmark, such as the base of the fine-tune evaluated")
     config, reference = _with_recall_prefix(config, reference)
     scored = score_samples(lm, samples, config, ref_lm, progress, "benchmark")
     items = [

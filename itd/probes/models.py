@@ -80,6 +80,7 @@ __all__ = [
     "resolve_model",
     "load_model",
     "load_tokenizer",
+    "same_weights",
     "wrap_model",
     "ScoreConfig",
     "ItemScores",
@@ -212,6 +213,17 @@ def resolve_model(model: ModelRef, **load: Any) -> ScoringModel:
         raise InputError(f"cannot score with a {type(model).__name__}: give a model name or directory, a "
                          "LoadedModel (itd.probes.models.load_model or wrap_model) or an object with its members")
     return model
+
+
+def same_weights(a: ScoringModel, b: ScoringModel) -> bool:
+    """Whether two loaded models hold the same weights (one object, or equal parameters, shape for shape): a
+    "reference model" that is the evaluated model itself makes every comparison between them read nothing."""
+    if a.model is b.model:
+        return True
+    pa, pb = list(a.model.parameters()), list(b.model.parameters())
+    if len(pa) != len(pb) or any(x.shape != y.shape for x, y in zip(pa, pb)):
+        return False
+    return all(bool((x.detach().cpu() == y.detach().cpu()).all()) for x, y in zip(pa, pb))
 
 
 def load_model(

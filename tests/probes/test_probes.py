@@ -257,7 +257,7 @@ def test_a_decision_probe_that_read_nothing_decides_nothing(lm, model_dir, share
     letters the reference set lacks: with such a probe as the decision the verdict is undecided (exit 2, and the
     reason), never "no contamination detected" nor an internal error; beside a probe that reads them, the
     combination decides by that probe and says which one read nothing. Nor does a reference set too small for
-    any scores to be found."""
+    any scores to be found, nor a reference model that is the evaluated model."""
     import json
 
     from itd.cli.commands import main
@@ -285,6 +285,14 @@ def test_a_decision_probe_that_read_nothing_decides_nothing(lm, model_dir, share
     few = detect(items[:1], lm, reference[:3], DetectConfig(methods=("loss",), decision="loss"))
     assert few.untested == [] and few.verdict == "undecided" and "give more reference items" in few.undecided_reason
     assert detect(items, lm, reference[:12], DetectConfig(methods=("loss",), decision="loss")).decided
+    # a reference model with the evaluated model's weights (here a copy of its directory) would compare the model
+    # with itself: refused before anything is scored
+    import shutil
+
+    copy = shutil.copytree(model_dir, tmp_path / "copy")
+    with pytest.raises(InputError, match="has the evaluated model's weights"):
+        detect(items, lm, reference, DetectConfig(methods=("loss", "reference"), decision="combined"),
+               reference_model=load_model(copy, device="cpu"))
 
     bench, ref = tmp_path / "bench.jsonl", tmp_path / "ref.jsonl"
     for path, part in ((bench, rows[:20]), (ref, rows[20:])):
