@@ -68,12 +68,16 @@ def _probe_options(methods: list[str], dcpdd_table: str | None, reference_score:
     Con-ReCall is the text of the file `member_prefix` (an `InputError` naming it if it has none)."""
     from itd.core.errors import InputError
 
+    given = {"--dcpdd-table": (dcpdd_table, "dcpdd"), "--member-prefix": (member_prefix, "conrecall")}
+    for option, (value, probe) in given.items():
+        if value and probe not in methods:
+            raise click.UsageError(f"{option} is for the {probe} probe, which --methods does not name")
     options: dict[str, Any] = {}
-    if dcpdd_table and "dcpdd" in methods:
+    if dcpdd_table:
         options["dcpdd"] = {"table": dcpdd_table}
     if "reference" in methods:
         options["reference"] = {"score": reference_score}
-    if member_prefix and "conrecall" in methods:
+    if member_prefix:
         try:
             text = Path(member_prefix).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -250,6 +250,10 @@ def test_cli_detect_scores_conrecall_with_a_member_prefix_file(model_dir, shared
     assert main([*args, "--member-prefix", str(empty)]) == 2
     err = capsys.readouterr().err
     assert "holds no text" in err and "empty.txt" in err and "Traceback" not in err
+    # an option for a probe that --methods leaves out would do nothing: a usage error
+    assert main(["detect", str(bench), "--model", str(model_dir), "--reference-set", str(ref), "--methods", "loss",
+                 "--decision", "loss", "--member-prefix", str(member), "-q"]) == 2
+    assert "--member-prefix is for the conrecall probe" in capsys.readouterr().err
 
 
 def test_a_decision_probe_that_read_nothing_decides_nothing(lm, model_dir, shared_data, tmp_path, capsys):
