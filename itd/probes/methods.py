@@ -341,26 +341,13 @@ def corpus_frequency_table(tokenizer: Any, paths: Iterable[str | os.PathLike], *
     paths = [os.fspath(p) for p in paths]
     check_max_bad_lines(max_bad_lines)
     resolve_layout(layout, text_field)  # a bad layout or field fails before anything is read
-    engine = engine.strip().lower()
-    if ray_address is not None and engine != "ray":
-        raise InputError(f"a Ray address ({ray_address!r}) needs the Ray engine (--engine ray)")
-    runner = make_engine(engine, workers=workers, address=ray_address) if engine != "local" or workers > 1 else None
-    shards = plan_shards(paths, 32 << 20 if runner is not None else None)
+    runner = make_engine(engine.strip().lower(), workers=workers, address=ray_address)
+    parallel = runner.name != "local" or workers > 1
+    shards = plan_shards(paths, 32 << 20 if parallel else None)  # large files cut only where shards run in parallel
     shared = (tokenizer, text_field, layout, skip_bad_lines, reader_skip_limit(max_bad_lines), batch_chars)
     counts = np.zeros(len(tokenizer), dtype=np.int64)
     tally = ShardTally()
-    if runner is not None:
-        results = (result for _, result in runner.map_shards(_count_shard_tokens, shared, shards, progress))
-    else:
-        total, done = sum(s.size for s in shards), [0]
-
-        def on_bytes(n: int) -> None:
-            done[0] += n
-            if progress is not None:
-                progress(done[0], total)
-
-        results = (_count_shard_tokens(shared, shard, on_bytes) for shard in shards)
-    for shard_counts, shard_tally in results:
+    for _, (shard_counts, shard_tally) in runner.map_shards(_count_shard_tokens, shared, shards, progress):
         counts[: shard_counts.size] += shard_counts
         tally.add(shard_tally)
     tally.validate(max_bad_lines, text_field)

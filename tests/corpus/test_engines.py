@@ -333,3 +333,24 @@ def test_evidence_books_merge_the_same_in_any_order():
         results.add(tuple((e.doc, e.start, e.match) for e in merged.get(0)))
     # the overlapping pair counts once (the first by offset), then the ties by document name and line
     assert results == {(("d.parquet:125", 0, "numnorm"), ("a.jsonl:12", 10, "numnorm"), ("a.jsonl:3951", 10, "numnorm"))}
+
+
+@pytest.mark.slow
+def test_dcpdd_table_on_ray_equals_local(ray_local, case, shared_data, tmp_path):
+    """DC-PDD's token-frequency table counted on Ray: the tokenizer travels to the workers, and the counts and what
+    was read equal those of the pass in this process."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from itd.probes.methods import corpus_frequency_table
+
+    _, corpus, _ = case
+    with open(shared_data / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
+        texts = [json.loads(line)["question"] for _, line in zip(range(300), f)]
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]")
+    local = corpus_frequency_table(tokenizer, [corpus])
+    on_ray = corpus_frequency_table(tokenizer, [corpus], engine="ray", workers=2)
+    assert (on_ray.counts == local.counts).all() and on_ray.n_documents == local.n_documents > 0
+    assert on_ray.read["files"] == local.read["files"] > 1 and on_ray.read["bytes"] == local.read["bytes"]
