@@ -310,7 +310,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
 
 
 _PATH_KEYS = {"benchmark": ("path", "reference", "fewshot", "truth"), "model": ("name", "clean", "reference"),
-              "scan": ("corpus",), "rewrite": ("math_prompt", "mcq_prompt")}
+              "scan": ("corpus",), "rewrite": ("math_prompt", "mcq_prompt"), "detect": ("options.dcpdd.table",)}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -320,13 +320,17 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         return value
 
     for table, keys in _PATH_KEYS.items():
-        section = data.get(table)
-        if isinstance(section, dict):
-            for key in keys:
-                if isinstance(section.get(key), list):
-                    section[key] = [fix(v) for v in section[key]]
-                elif key in section:
-                    section[key] = fix(section[key])
+        for dotted in keys:
+            *inner, key = dotted.split(".")
+            section = data.get(table)
+            for name in inner:  # a sub-table such as [detect.options.dcpdd]
+                section = section.get(name) if isinstance(section, dict) else None
+            if not isinstance(section, dict):
+                continue
+            if isinstance(section.get(key), list):
+                section[key] = [fix(v) for v in section[key]]
+            elif key in section:
+                section[key] = fix(section[key])
 
 
 @dataclass

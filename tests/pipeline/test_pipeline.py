@@ -73,6 +73,11 @@ def test_config_defaults_overrides_and_relative_paths(tmp_path):
     assert again == cfg
     with pytest.raises(InputError, match="benchmark.path"):
         PipelineConfig.from_dict({})
+    # a probe's file in its own sub-table is relative to the config file too, and hashed among the run's inputs
+    (tmp_path / "freq.npz").write_bytes(b"")
+    path.write_text('[benchmark]\npath = "bench.jsonl"\n[detect]\nmethods = ["loss", "dcpdd"]\ndecision = "loss"\n'
+                    '[detect.options.dcpdd]\ntable = "freq.npz"\n')
+    assert load_config(path).detect.input_files() == [str(tmp_path / "freq.npz")]
 
 
 def test_scan_table_holds_each_detectors_config(tmp_path):
