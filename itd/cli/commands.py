@@ -578,8 +578,8 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
            permutation_test, codec, reference_model, reference_score, control, truth, device, dtype, batch_size,
            trust_remote_code, out, as_json, quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
-    not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by, or when
-    the decision probes scored no item."""
+    not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by, when
+    the decision probes read nothing a test could use, or when the reference set is too small for any leak to show."""
     from itd.core.io import build_manifest
     from itd.probes.detection import DetectConfig, load_truth
     from itd.probes.detection import detect as run_detect
