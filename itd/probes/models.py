@@ -221,9 +221,11 @@ def same_weights(a: ScoringModel, b: ScoringModel) -> bool:
     if a.model is b.model:
         return True
     pa, pb = list(a.model.parameters()), list(b.model.parameters())
-    if len(pa) != len(pb) or any(x.shape != y.shape for x, y in zip(pa, pb)):
+    if len(pa) != len(pb) or any(x.shape != y.shape or x.dtype != y.dtype for x, y in zip(pa, pb)):
         return False
-    return all(bool((x.detach().cpu() == y.detach().cpu()).all()) for x, y in zip(pa, pb))
+    # tensor by tensor on the first model's device, stopping at the first difference (two trained models differ
+    # in their first tensor already)
+    return all(x.detach().equal(y.detach().to(x.device)) for x, y in zip(pa, pb))
 
 
 def load_model(
