@@ -348,7 +348,7 @@ def corpus_frequency_table(tokenizer: Any, paths: Iterable[str | os.PathLike], *
     counts = np.zeros(len(tokenizer), dtype=np.int64)
     tally = ShardTally()
     for _, (shard_counts, shard_tally) in runner.map_shards(_count_shard_tokens, shared, shards, progress):
-        counts[: shard_counts.size] += shard_counts
+        counts += shard_counts
         tally.add(shard_tally)
     tally.validate(max_bad_lines, text_field)
     if not counts.any():
