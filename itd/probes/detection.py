@@ -279,8 +279,10 @@ class DetectionReport:
         if self.permutation is not None:
             return None
         if self.mode == "scores":
+            no_mcq = " (the option-order test ran on no item: it needs multiple-choice items)" if \
+                self.config.permutation_test else ""
             return ("scores alone are no verdict; give --reference-set (clean items the model cannot have seen) or "
-                    "--threshold to decide by")
+                    f"--threshold to decide by{no_mcq}")
         combined = self.config.decision == COMBINED
         deciding = self.config.combine if combined else (self.config.decision,)
         names = f"the decision {'probes' if len(deciding) > 1 else 'probe'} ({', '.join(deciding)})"

@@ -275,6 +275,8 @@ def test_a_decision_probe_that_read_nothing_decides_nothing(lm, model_dir, share
     assert report.untested == ["answer_acc"] and report.verdict == "undecided" and report.contaminated is None
     assert "scored no benchmark item that a reference item could be compared with" in report.undecided_reason
     threshold = detect(items, lm, None, DetectConfig(methods=("answer_logp",), decision="answer_logp", threshold=-3.0))
+    no_mcq = detect(items, lm, None, DetectConfig(methods=("loss",), decision="loss", permutation_test=True))
+    assert no_mcq.verdict == "undecided" and "it needs multiple-choice items" in no_mcq.undecided_reason
     assert threshold.verdict == "undecided" and "scored no benchmark item (" in threshold.undecided_reason
     both = detect(items, lm, reference, DetectConfig(methods=("loss", "answer_acc"), decision="combined"))
     assert both.untested == ["answer_acc"] and both.decided and both.combined_set["probes"] == ["loss"]
