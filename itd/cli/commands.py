@@ -55,6 +55,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(number, param, ctx)
 
+    def _describe_range(self) -> str:
+        # click describes an unbounded range as "x<=None" in --help.
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 def _load(path: str, fmt: str):
     from itd.core import load_benchmark

@@ -105,6 +105,13 @@ def test_finite_float_keeps_its_bounds():
     assert FiniteFloat().convert("-3.25", None, None) == -3.25
 
 
+def test_help_shows_ranges_but_no_empty_one(capsys):
+    """An unbounded float option's help names no range (click would print "x<=None")."""
+    assert main(["detect", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "0<x<1" in text and "None]" not in text
+
+
 @pytest.mark.parametrize("args,message", [(["--preset", "huge"], "unknown lab preset 'huge'"),
                                           (["--device", "gpu"], "device must be"),
                                           (["--seed", "-1"], "-1 is not in the range x>=0")])
