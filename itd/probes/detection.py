@@ -112,6 +112,7 @@ class DetectConfig:
         if not methods:
             raise InputError("at least one probe method is needed")
         object.__setattr__(self, "methods", methods)
+        self.score_config()  # an unknown probe name is the error to report, before the decision that names one
         if self.decision not in methods and self.decision != COMBINED:
             raise InputError(f"the decision method {self.decision!r} must be one of the methods ({', '.join(methods)}) "
                              f"or {COMBINED!r}")

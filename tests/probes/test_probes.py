@@ -438,6 +438,9 @@ def test_detect_config_of_the_combined_verdict():
         DetectConfig(decision="combined", threshold=1.0)
     with pytest.raises(InputError, match="recall_shots"):
         DetectConfig(recall_shots=0)
+    # a mistyped probe is reported as such (with a suggestion), not as a decision missing from the methods
+    with pytest.raises(InputError, match="unknown probe method 'minkp'. Did you mean 'minkpp'"):
+        DetectConfig(methods=("minkp",))
     # the files the probes read go into a manifest's input hashes: DC-PDD's table, when dcpdd is scored
     with_table = {"dcpdd": {"table": "freq.npz"}}
     assert DetectConfig(methods=("loss", "dcpdd"), decision="loss", options=with_table).input_files() == ["freq.npz"]
