@@ -764,8 +764,8 @@ def _dcpdd_frequencies(model: ScoringModel, config: ScoreConfig) -> np.ndarray:
     """The smoothed token frequencies of the DC-PDD table, checked against the model's tokenizer."""
     path = config.options["dcpdd"].table
     if not path:
-        raise InputError("the 'dcpdd' probe needs a token-frequency table (DCPDDConfig.table; build one with "
-                         "itd.probes.methods.build_frequency_table)")
+        raise InputError("the 'dcpdd' probe needs a token-frequency table of the model's tokenizer (DCPDDConfig.table; "
+                         "itd detect: --dcpdd-table; build one with itd dcpdd-table)")
     table = _load_table(os.fspath(path), *_mtime(path))
     table.check(model.tokenizer, path=os.fspath(path))
     return table.frequencies()
