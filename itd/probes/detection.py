@@ -557,9 +557,13 @@ def detect(
 
 def check_reference_model(methods: Sequence[str], reference_model: Any) -> None:
     """InputError unless `methods` hold a reference-model probe exactly when a reference model is given."""
-    if uses_reference_model(methods) != (reference_model is not None):
+    if uses_reference_model(methods) and reference_model is None:
         raise InputError("the reference-model probes (reference, answer_reference) need a reference model "
-                         "(--reference-model), and only they use one")
+                         "(--reference-model)")
+    if reference_model is not None and not uses_reference_model(methods):
+        raise InputError("a reference model is used by the reference-model probes (reference, answer_reference), "
+                         "which also run the one-model probes' negative control: add one to --methods, or leave "
+                         "out --reference-model")
 
 
 def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],

@@ -203,7 +203,10 @@ def test_cli_detect_with_the_base_model_as_reference_model(tiny_lab, lab_sets, t
                                                                for r, q in zip(records, ratio)], abs=1e-5)
     # the reference-model probes and a reference model go together
     assert main([*args, "--model", str(tiny_lab.contaminated)]) == 2
-    assert "reference model" in capsys.readouterr().err
+    assert "need a reference model (--reference-model)" in capsys.readouterr().err
+    one_model = [*args[:args.index("--methods") + 1], "minkpp", "--decision", "minkpp", "--json", "-q"]
+    assert main([*one_model, "--model", str(tiny_lab.contaminated), "--reference-model", base]) == 2
+    assert "add one to --methods, or leave out --reference-model" in capsys.readouterr().err
 
 
 def test_cli_reference_score_choices_are_the_probes():
