@@ -576,21 +576,24 @@ def demo(benchmark, data, out, preset, items, recipe, repeats, seed, device, as_
 @click.option("--batch-size", default="auto", help="Rows per forward pass, or auto.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code (off by default).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write per-item scores (JSONL) here.")
+@click.option("--journal", type=click.Path(dir_okay=False), help="Keep every finished chunk of scoring in this file "
+              "(appended and synced as it finishes): after an interruption, the same command with the same file "
+              "scores only what is left.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of tables.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table, member_prefix, k, rendering, fdr, alpha, threshold,
            permutation_test, codec, reference_model, reference_score, control, truth, device, dtype, batch_size,
-           trust_remote_code, out, as_json, quiet):
+           trust_remote_code, out, journal, as_json, quiet):
     """Score BENCHMARK's items under MODEL and decide which leaked; exit 1 if the set or any item is flagged, 0 if
     not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by, when
     the decision probes read nothing a test could use, or when the reference set is too small for any leak to show."""
-    from itd.core.io import build_manifest
+    from itd.core.io import Journal, build_manifest
     from itd.probes.detection import DetectConfig, load_truth
     from itd.probes.detection import detect as run_detect
     from itd.probes.models import load_model
 
-    _check_paths([("--out", out, False)], [benchmark, reference_set, truth, model, reference_model, dcpdd_table,
-                                            member_prefix])
+    _check_paths([("--out", out, False), ("--journal", journal, False)],
+                 [benchmark, reference_set, truth, model, reference_model, dcpdd_table, member_prefix])
     if batch_size != "auto":
         if not batch_size.isdigit() or int(batch_size) < 1:
             raise click.BadParameter("must be a positive integer or 'auto'", param_hint="--batch-size")
@@ -600,7 +603,6 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
         alpha=alpha, threshold=threshold, batch_size=batch_size, permutation_test=permutation_test, codec=codec,
         control=control, options=_probe_options(methods.split(","), dcpdd_table, reference_score, member_prefix),
     )
-    config.score_config()  # reject a bad probe setting before any model is loaded
     samples = _load(benchmark, fmt)
     reference = _load(reference_set, fmt) if reference_set else None
     truth_ids = load_truth(truth) if truth else None
@@ -608,10 +610,22 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     lm = load_model(model, **load)
     # every replica of `lm` loads the reference model on its own device; here it goes beside replica 0
     ref_lm = load_model(reference_model, **{**load, "device": lm.device if lm.replicas else device}) if reference_model else None
+    if journal:
+        # one file for both models: a chunk's key holds the fingerprints of the models that scored it
+        lm.store = Journal(journal)
+        if ref_lm is not None:
+            ref_lm.store = lm.store
     labels = {stage: f"scoring {stage} (tokens)" for stage in ("benchmark", "reference set", "option orders",
                                                                "codec: alone", "codec: in context")}
-    with stage_progress(labels, not quiet) as progress:
-        report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids, progress=progress)
+    try:
+        with stage_progress(labels, not quiet) as progress:
+            report = run_detect(samples, lm, reference, config, reference_model=ref_lm, truth=truth_ids,
+                                progress=progress)
+    except KeyboardInterrupt:
+        if journal:
+            err_console().print(f"the finished scoring is kept in {journal}: the same command resumes it",
+                                markup=False, highlight=False)
+        raise
     if out:
         inputs = [f for f in (benchmark, reference_set, truth, *config.input_files(), member_prefix) if f]
         manifest = build_manifest(

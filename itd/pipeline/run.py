@@ -528,7 +528,8 @@ class Pipeline:
 
     def _models(self, state: Path) -> dict[str, Any]:
         """The evaluated and clean models, loaded once, each with its journal of finished model calls, and the
-        reference model of the reference-model probes (its scores are journalled with the evaluated model's)."""
+        reference model of the reference-model probes (its ratios to the evaluated model are journalled with the
+        evaluated model's, its own passes in its own journal)."""
         cfg = self.config.model
         if not cfg.name:
             return {}
@@ -543,7 +544,9 @@ class Pipeline:
                 lm.store = Journal(state / f"scores-{role}.jsonl")
                 models[role] = lm
         if cfg.reference:
+            # its own passes (the negative control of the one-model probes) are journalled too
             models["reference"] = load_model(cfg.reference, device=cfg.device, dtype=cfg.dtype)
+            models["reference"].store = Journal(state / "scores-reference.jsonl")
         return models
 
     def _scan_config(self):

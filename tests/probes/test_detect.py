@@ -131,6 +131,39 @@ def test_cli_detect_writes_scores_and_exits_by_verdict(tiny_lab, lab_sets, tmp_p
     assert "no contamination detected" in text
 
 
+def test_cli_detect_journal_resumes_without_scoring_again(tiny_lab, lab_sets, tmp_path, capsys):
+    """`--journal`: every finished chunk of scoring (both models', the negative control's included) is kept; the
+    same command after an interruption scores only the chunks that are missing and gives the same scores."""
+    from itd.lab.result import load_lab_manifest
+
+    _, _, bench_file, ref_file = lab_sets
+    base = load_lab_manifest(tiny_lab.out)["base"]["cache"]
+    journal = tmp_path / "detect.journal.jsonl"
+    args = ["detect", str(bench_file), "--reference-set", str(ref_file), "--model", str(tiny_lab.contaminated),
+            "--reference-model", base, "--methods", "minkpp,reference", "--decision", "combined", "--device", "cpu",
+            "--batch-size", "16", "--json", "-q", "--journal", str(journal)]
+
+    def run(name: str) -> list[dict]:
+        out = tmp_path / name
+        assert main([*args, "--out", str(out)]) == 1
+        capsys.readouterr()
+        return [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+
+    def keys() -> list[str]:
+        return [json.loads(line)["k"] for line in journal.read_text("utf-8").splitlines() if line.endswith("}")]
+
+    first = run("first.jsonl")
+    chunks = keys()
+    assert len(chunks) >= 4 and len(set(chunks)) == len(chunks)  # the benchmark, the reference, and the control's
+    size = journal.stat().st_size
+    assert run("again.jsonl") == first and journal.stat().st_size == size  # nothing scored again
+    # an interruption: half the chunks kept, and a torn last line
+    lines = journal.read_text("utf-8").splitlines(keepends=True)
+    journal.write_text("".join(lines[: len(lines) // 2]) + lines[-1][:40], "utf-8")
+    assert run("resumed.jsonl") == first
+    assert sorted(keys()) == sorted(chunks)  # the missing chunks, each scored once
+
+
 def test_detect_says_what_a_clean_verdict_leaves_open():
     """Under "no contamination detected": the smallest leak the decision's top-k test could see, the smallest of
     any probe's for the combined decision (with its caveat), or that none could be seen with so few references."""
