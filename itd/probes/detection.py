@@ -47,6 +47,7 @@ __all__ = [
     "load_truth",
     "option_orders",
     "check_reference_model",
+    "check_reference_set",
     "probe_controlled_tests",
     "probe_pvalues",
     "probe_set_tests",
@@ -495,6 +496,8 @@ def detect(
     if not samples:
         raise InputError("the benchmark has no samples")
     check_reference_model(config.methods, reference_model)
+    if reference:
+        check_reference_set(samples, reference)
     lm = resolve_model(model)
     ref_lm = None if reference_model is None else resolve_model(reference_model)
     if ref_lm is not None and same_weights(lm, ref_lm):
@@ -564,6 +567,22 @@ def check_reference_model(methods: Sequence[str], reference_model: Any) -> None:
         raise InputError("a reference model is used by the reference-model probes (reference, answer_reference), "
                          "which also run the one-model probes' negative control: add one to --methods, or leave "
                          "out --reference-model")
+
+
+def _kinds(samples: Sequence[Sample]) -> set[str]:
+    return {"multiple-choice" if s.is_mcq else "free-form" for s in samples}
+
+
+def check_reference_set(samples: Sequence[Sample], reference: Sequence[Sample]) -> None:
+    """InputError unless the reference set holds items of the benchmark's kinds (multiple-choice, free-form) and
+    no other: items of another kind are rendered and scored differently, and would tell the sets apart by form."""
+    bench, ref = _kinds(samples), _kinds(reference)
+    if bench != ref:
+        files = {s.source.file for s in reference if s.source is not None}
+        raise InputError(f"the reference set's items are {' and '.join(sorted(ref))} and the benchmark's "
+                         f"{' and '.join(sorted(bench))}: a reference set must hold clean items of the benchmark's "
+                         "kind (the same format), or the comparison finds their difference in form, not a leak",
+                         path=files.pop() if len(files) == 1 else None)
 
 
 def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],

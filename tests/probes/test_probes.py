@@ -313,6 +313,31 @@ def test_a_decision_probe_that_read_nothing_decides_nothing(lm, model_dir, share
     assert "left out of every test and verdict: answer_acc" in capsys.readouterr().out
 
 
+
+def test_a_reference_set_of_another_kind_is_refused(lm, model_dir, shared_data, tmp_path, capsys):
+    """GSM8K questions against MMLU items (or the reverse) differ in form: each would be told apart from the other
+    and "contaminated" would be found in every set. Refused before anything is scored, naming the reference file."""
+    import json
+
+    from itd.cli.commands import main
+    from itd.core import load_benchmark
+    from itd.probes.detection import detect
+
+    mmlu_file = sorted((shared_data / "mmlu" / "test").glob("*.csv"))[0]
+    gsm8k_file = tmp_path / "gsm8k.jsonl"
+    gsm8k_file.write_text("".join(json.dumps(r) + "\n" for r in _gsm8k(shared_data, "test", 30)), "utf-8")
+    gsm8k, mmlu = load_benchmark(gsm8k_file), load_benchmark(mmlu_file)
+    for items, reference in ((gsm8k, mmlu), (mmlu, gsm8k), (gsm8k + mmlu[:5], gsm8k)):
+        with pytest.raises(InputError, match="a reference set must hold clean items of the benchmark's kind"):
+            detect(items, lm, reference)
+    assert detect(gsm8k[:10], lm, gsm8k[10:]).decided
+    args = ["detect", str(gsm8k_file), "--model", str(model_dir), "--reference-set", str(mmlu_file), "-q"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {mmlu_file}: the reference set's items are multiple-choice and the benchmark's "
+                          "free-form") and "Traceback" not in err
+
+
 def _reference_dcpdd(lm, text: str, table: FrequencyTable, a: float) -> float:
     ids, rows = _per_position(lm, text)
     total = sum(table.counts)
