@@ -460,6 +460,9 @@ def print_detection(report) -> None:
         out.print(f"flagged {summary['flagged']} of {summary['items']} items with {report.config.decision} > {report.config.threshold}")
     else:
         out.print("no reference set and no threshold: scores only, nothing can be decided (give --reference-set or --threshold)")
+    if report.reference_overlap:
+        out.print(f"{report.reference_overlap} reference items were benchmark items too and were left out of the "
+                  "reference set (an item compared with itself hides its own leak)")
     if report.untested and report.mode != "scores":
         out.print(f"read nothing a test could use, so left out of every test and verdict: {', '.join(report.untested)}")
     if report.permutation is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "option_orders",
     "check_reference_model",
     "check_reference_set",
+    "reference_without_benchmark_items",
     "probe_controlled_tests",
     "probe_pvalues",
     "probe_set_tests",
@@ -233,6 +234,8 @@ class DetectionReport:
     control_rank_correlation: dict[str, float] = field(default_factory=dict)
     """Per probe with a negative control, the Spearman correlation of its scores under the two models over the
     benchmark and reference items pooled (label-free, so choosing the tests by it keeps their level)."""
+    reference_overlap: int = 0
+    """How many reference items were benchmark items too (the same scored text) and were left out."""
 
     @property
     def flagged(self) -> list[ItemDetection]:
@@ -339,6 +342,7 @@ class DetectionReport:
             "mode": self.mode,
             "decision": self.config.decision,
             "reference_items": self.reference_size,
+            "reference_overlap": self.reference_overlap,
             "flagged": len(self.flagged),
             "flagged_ids": [it.sample.id for it in self.flagged],
             "verdict": self.verdict,
@@ -496,8 +500,10 @@ def detect(
     if not samples:
         raise InputError("the benchmark has no samples")
     check_reference_model(config.methods, reference_model)
+    overlap = 0
     if reference:
         check_reference_set(samples, reference)
+        reference, overlap = reference_without_benchmark_items(samples, reference, config.rendering)
     lm = resolve_model(model)
     ref_lm = None if reference_model is None else resolve_model(reference_model)
     if ref_lm is not None and same_weights(lm, ref_lm):
@@ -510,7 +516,7 @@ def detect(
         ItemDetection(s, resolve_rendering(s, config.rendering), dict(sc.scores), sc.n_tokens, sc.nll)
         for s, sc in zip(samples, scored)
     ]
-    report = DetectionReport(items, config, lm.name, mode="scores")
+    report = DetectionReport(items, config, lm.name, mode="scores", reference_overlap=overlap)
     if reference:
         ref_scored = score_samples(lm, reference, config, ref_lm, progress, "reference set")
         report.mode, report.reference_size = "fdr", len(reference)
@@ -583,6 +589,24 @@ def check_reference_set(samples: Sequence[Sample], reference: Sequence[Sample]) 
                          f"{' and '.join(sorted(bench))}: a reference set must hold clean items of the benchmark's "
                          "kind (the same format), or the comparison finds their difference in form, not a leak",
                          path=files.pop() if len(files) == 1 else None)
+
+
+def reference_without_benchmark_items(samples: Sequence[Sample], reference: Sequence[Sample], rendering: str
+                                      ) -> tuple[list[Sample], int]:
+    """The reference items whose scored text (as `rendering`, whitespace and case folded) is no benchmark item's,
+    and how many were left out: an item compared with itself hides its own leak. InputError (naming the file)
+    when none is left, such as the benchmark given as its own reference."""
+    def key(sample: Sample) -> str:
+        return " ".join(scored_text(sample, rendering).split()).casefold()
+
+    in_benchmark = {key(s) for s in samples}
+    kept = [r for r in reference if key(r) not in in_benchmark]
+    if not kept:
+        files = {r.source.file for r in reference if r.source is not None}
+        raise InputError("every reference item is also a benchmark item: the comparison would find nothing "
+                         "whether or not the benchmark leaked; give clean items apart from the benchmark",
+                         path=files.pop() if len(files) == 1 else None)
+    return kept, len(reference) - len(kept)
 
 
 def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],

@@ -338,6 +338,37 @@ def test_a_reference_set_of_another_kind_is_refused(lm, model_dir, shared_data, 
                           "free-form") and "Traceback" not in err
 
 
+def test_benchmark_items_in_the_reference_set_are_left_out(lm, model_dir, shared_data, tmp_path, capsys):
+    """A benchmark item in the reference set is compared with itself and hides its own leak: such items (the same
+    scored text, whitespace and case aside) leave the reference, the report counts them, and a reference made of
+    nothing else (the benchmark given as its own reference, which said "no contamination") is refused."""
+    import json
+
+    from itd.cli.commands import main
+    from itd.core import load_benchmark
+    from itd.probes.detection import DetectConfig, detect
+
+    bench, ref = tmp_path / "bench.jsonl", tmp_path / "ref.jsonl"
+    rows = _gsm8k(shared_data, "test", 60)
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]), "utf-8")
+    spaced = [{**r, "question": "  " + r["question"].upper().replace(" ", "  ")} for r in rows[:5]]
+    ref.write_text("".join(json.dumps(r) + "\n" for r in rows[20:] + spaced), "utf-8")
+    items, reference = load_benchmark(bench), load_benchmark(ref)
+    report = detect(items, lm, reference, DetectConfig(methods=("loss",), decision="loss"))
+    assert report.reference_overlap == 5 and report.reference_size == 40
+    assert report.summary()["reference_overlap"] == 5
+    assert detect(items, lm, reference[:40], DetectConfig(methods=("loss",), decision="loss")).reference_overlap == 0
+    with pytest.raises(InputError, match="every reference item is also a benchmark item"):
+        detect(items, lm, items)
+    args = ["detect", str(bench), "--model", str(model_dir), "--device", "cpu", "-q", "--methods", "loss",
+            "--decision", "loss", "--reference-set"]
+    assert main([*args, str(bench)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bench}: every reference item is also a benchmark item") and "Traceback" not in err
+    assert main([*args, str(ref)]) in (0, 1)
+    assert "5 reference items were benchmark items too and were left out" in " ".join(capsys.readouterr().out.split())
+
+
 def _reference_dcpdd(lm, text: str, table: FrequencyTable, a: float) -> float:
     ids, rows = _per_position(lm, text)
     total = sum(table.counts)
