@@ -584,11 +584,10 @@ def check_reference_set(samples: Sequence[Sample], reference: Sequence[Sample]) 
     no other: items of another kind are rendered and scored differently, and would tell the sets apart by form."""
     bench, ref = _kinds(samples), _kinds(reference)
     if bench != ref:
-        files = {s.source.file for s in reference if s.source is not None}
         raise InputError(f"the reference set's items are {' and '.join(sorted(ref))} and the benchmark's "
                          f"{' and '.join(sorted(bench))}: a reference set must hold clean items of the benchmark's "
                          "kind (the same format), or the comparison finds their difference in form, not a leak",
-                         path=files.pop() if len(files) == 1 else None)
+                         path=_single_file(reference))
 
 
 def reference_without_benchmark_items(samples: Sequence[Sample], reference: Sequence[Sample], rendering: str
@@ -602,11 +601,16 @@ def reference_without_benchmark_items(samples: Sequence[Sample], reference: Sequ
     in_benchmark = {key(s) for s in samples}
     kept = [r for r in reference if key(r) not in in_benchmark]
     if not kept:
-        files = {r.source.file for r in reference if r.source is not None}
         raise InputError("every reference item is also a benchmark item: the comparison would find nothing "
                          "whether or not the benchmark leaked; give clean items apart from the benchmark",
-                         path=files.pop() if len(files) == 1 else None)
+                         path=_single_file(reference))
     return kept, len(reference) - len(kept)
+
+
+def _single_file(samples: Sequence[Sample]) -> str | None:
+    """The file all `samples` came from, for an error to name; None when they came from several or none."""
+    files = {s.source.file for s in samples if s.source is not None}
+    return files.pop() if len(files) == 1 else None
 
 
 def probe_pvalues(method: str, scores: np.ndarray, reference_scores: np.ndarray, samples: Sequence[Sample],
