@@ -588,8 +588,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     not, 2 (undecided) without --reference-set or --threshold (or an MCQ --permutation-test) to decide by, when
     the decision probes read nothing a test could use, or when the reference set is too small for any leak to show."""
     from itd.core.io import Journal, build_manifest
-    from itd.probes.detection import (DetectConfig, check_reference_set, load_truth,
-                                      reference_without_benchmark_items)
+    from itd.probes.detection import DetectConfig, load_truth, usable_reference
     from itd.probes.detection import detect as run_detect
     from itd.probes.models import load_model
 
@@ -608,8 +607,7 @@ def detect(benchmark, model, reference_set, fmt, methods, decision, dcpdd_table,
     reference = _load(reference_set, fmt) if reference_set else None
     truth_ids = load_truth(truth) if truth else None
     if reference:  # refused before any model loads (`detect` checks again, and counts the items it leaves out)
-        check_reference_set(samples, reference)
-        reference_without_benchmark_items(samples, reference, config.rendering)
+        usable_reference(samples, reference, config.rendering)
     load = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     lm = load_model(model, **load)
     # every replica of `lm` loads the reference model on its own device; here it goes beside replica 0

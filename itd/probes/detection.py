@@ -47,8 +47,7 @@ __all__ = [
     "load_truth",
     "option_orders",
     "check_reference_model",
-    "check_reference_set",
-    "reference_without_benchmark_items",
+    "usable_reference",
     "probe_controlled_tests",
     "probe_pvalues",
     "probe_set_tests",
@@ -502,8 +501,7 @@ def detect(
     check_reference_model(config.methods, reference_model)
     overlap = 0
     if reference:
-        check_reference_set(samples, reference)
-        reference, overlap = reference_without_benchmark_items(samples, reference, config.rendering)
+        reference, overlap = usable_reference(samples, reference, config.rendering)
     lm = resolve_model(model)
     ref_lm = None if reference_model is None else resolve_model(reference_model)
     if ref_lm is not None and same_weights(lm, ref_lm):
@@ -579,22 +577,21 @@ def _kinds(samples: Sequence[Sample]) -> set[str]:
     return {"multiple-choice" if s.is_mcq else "free-form" for s in samples}
 
 
-def check_reference_set(samples: Sequence[Sample], reference: Sequence[Sample]) -> None:
-    """InputError unless the reference set holds items of the benchmark's kinds (multiple-choice, free-form) and
-    no other: items of another kind are rendered and scored differently, and would tell the sets apart by form."""
-    bench, ref = _kinds(samples), _kinds(reference)
-    if bench != ref:
-        raise InputError(f"the reference set's items are {' and '.join(sorted(ref))} and the benchmark's "
-                         f"{' and '.join(sorted(bench))}: a reference set must hold clean items of the benchmark's "
-                         "kind (the same format), or the comparison finds their difference in form, not a leak",
-                         path=_single_file(reference))
+def usable_reference(samples: Sequence[Sample], reference: Sequence[Sample], rendering: str
+                     ) -> tuple[list[Sample], int]:
+    """The reference items that can calibrate `samples`, and how many were left out as benchmark items.
 
+    InputError (naming the reference file) when the reference holds other kinds of item than the benchmark
+    (multiple-choice, free-form: rendered and scored differently, the sets would differ by form), or when every
+    reference item is a benchmark item. A reference item whose scored text (as `rendering`, whitespace and case
+    folded) is a benchmark item's is left out: an item compared with itself hides its own leak."""
+    bench_kinds, ref_kinds = _kinds(samples), _kinds(reference)
+    if bench_kinds != ref_kinds:
+        raise InputError(f"the reference set's items are {' and '.join(sorted(ref_kinds))} and the benchmark's "
+                         f"{' and '.join(sorted(bench_kinds))}: a reference set must hold clean items of the "
+                         "benchmark's kind (the same format), or the comparison finds their difference in form, "
+                         "not a leak", path=_single_file(reference))
 
-def reference_without_benchmark_items(samples: Sequence[Sample], reference: Sequence[Sample], rendering: str
-                                      ) -> tuple[list[Sample], int]:
-    """The reference items whose scored text (as `rendering`, whitespace and case folded) is no benchmark item's,
-    and how many were left out: an item compared with itself hides its own leak. InputError (naming the file)
-    when none is left, such as the benchmark given as its own reference."""
     def key(sample: Sample) -> str:
         return " ".join(scored_text(sample, rendering).split()).casefold()
 
